@@ -1,0 +1,336 @@
+"""Typed, validated configs for data, model, prompt, quantization and training.
+
+Every config is a dataclass that checks itself in ``__post_init__`` and raises a
+:class:`ConfigError` saying which field is wrong, what it got and what is allowed. Configs
+round-trip through plain dicts (``to_dict`` / ``from_dict``) so they can live in YAML files,
+checkpoints and Tune result tables.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A config value is invalid; the message names the field and what is allowed."""
+
+
+def check(condition: bool, message: str) -> None:
+    """Raise :class:`ConfigError` with ``message`` unless ``condition`` holds."""
+    if not condition:
+        raise ConfigError(message)
+
+
+def check_choice(name: str, value: Any, allowed: tuple[Any, ...]) -> None:
+    check(value in allowed, f"{name}={value!r} is not allowed; choose one of {list(allowed)}.")
+
+
+def check_bits(name: str, bits: int) -> None:
+    check(
+        isinstance(bits, int) and not isinstance(bits, bool) and 2 <= bits <= 8,
+        f"{name}={bits!r} is not a supported bit width; use an integer from 2 to 8.",
+    )
+
+
+def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "") -> T:
+    """Build dataclass ``cls`` from ``data``, recursing into nested dataclass fields.
+
+    Unknown keys are an error that lists the known ones, so a typo never silently falls
+    back to a default.
+    """
+    data = dict(data or {})
+    where = where or cls.__name__
+    known = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - set(known))
+    check(
+        not unknown,
+        f"{where}: unknown field(s) {unknown}; known fields are {sorted(known)}.",
+    )
+    kwargs: dict[str, Any] = {}
+    for name, value in data.items():
+        sub = _dataclass_type(known[name].type)
+        if sub is not None and isinstance(value, dict):
+            value = from_dict(sub, value, f"{where}.{name}")
+        elif isinstance(value, list) and name in _TUPLE_FIELDS:
+            value = tuple(value)
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+_TUPLE_FIELDS = {"fanout", "candidate_bits"}
+
+
+def _dataclass_type(annotation: Any) -> type | None:
+    if isinstance(annotation, str):
+        return _CONFIG_TYPES.get(annotation)
+    return annotation if dataclasses.is_dataclass(annotation) else None
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """Plain-dict form of a config (tuples become lists, for YAML and JSON)."""
+
+    def plain(value: Any) -> Any:
+        if dataclasses.is_dataclass(value):
+            return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        if isinstance(value, (tuple, list)):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return value
+
+    return plain(config)
+
+
+@dataclass
+class SyntheticConfig:
+    """A generated graph with planted classes (the built-in default dataset).
+
+    Degrees follow a power law (Chung-Lu weights drawn from a Pareto distribution with
+    exponent ``degree_exponent``); an edge stays inside its source's class with probability
+    ``homophily``; features are the class centroid plus Gaussian noise of scale
+    ``feature_noise``.
+    """
+
+    num_nodes: int = 3000
+    avg_degree: float = 10.0
+    degree_exponent: float = 2.1
+    num_classes: int = 8
+    num_features: int = 32
+    homophily: float = 0.7
+    feature_noise: float = 2.0
+    train_fraction: float = 0.5
+    valid_fraction: float = 0.25
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check(self.num_nodes >= 2, f"data.synthetic.num_nodes={self.num_nodes} must be >= 2.")
+        check(self.avg_degree > 0, f"data.synthetic.avg_degree={self.avg_degree} must be > 0.")
+        check(
+            self.degree_exponent > 1.0,
+            f"data.synthetic.degree_exponent={self.degree_exponent} must be > 1 "
+            "(2 to 3 is like real graphs).",
+        )
+        check(self.num_classes >= 2, f"data.synthetic.num_classes={self.num_classes} must be >= 2.")
+        check(self.num_features >= 1, "data.synthetic.num_features must be >= 1.")
+        check(0.0 <= self.homophily <= 1.0, "data.synthetic.homophily must be in [0, 1].")
+        check(self.feature_noise >= 0.0, "data.synthetic.feature_noise must be >= 0.")
+        check(
+            0 < self.train_fraction
+            and 0 <= self.valid_fraction
+            and self.train_fraction + self.valid_fraction < 1,
+            "data.synthetic.train_fraction and valid_fraction must be positive and sum to < 1.",
+        )
+
+
+@dataclass
+class DataConfig:
+    """Where the graph comes from.
+
+    Args:
+        source: ``"synthetic"`` (generated from ``synthetic``), an OGB name such as
+            ``"ogbn-arxiv"``, or ``"dir"`` for a prepared dataset directory at ``path``.
+        root: where OGB datasets live (downloaded there on a machine with internet).
+        path: a prepared dataset directory (``lorap prepare`` output).
+    """
+
+    source: str = "synthetic"
+    root: str = "data"
+    path: str | None = None
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+    def __post_init__(self) -> None:
+        check(
+            self.source in ("synthetic", "dir") or self.source.startswith("ogbn-"),
+            f"data.source={self.source!r} is not known; use 'synthetic', 'dir' (with "
+            "data.path) or an OGB node dataset name such as 'ogbn-arxiv'.",
+        )
+        check(
+            self.source != "dir" or bool(self.path),
+            "data.source='dir' needs data.path, the prepared dataset directory.",
+        )
+
+
+ARCHS = ("gcn", "sage", "gin", "gat")
+NORMS = ("none", "batch", "layer")
+PROMPTS = ("none", "lorap", "gpf", "gpf_lorap")
+
+
+@dataclass
+class PromptConfig:
+    """Which prompt the model carries and its sizes.
+
+    Args:
+        kind: ``none``, ``lorap`` (after aggregation, every layer), ``gpf`` (GPF-plus on the
+            input features) or ``gpf_lorap`` (both).
+        k: number of prompt bases mixed by the softmax weights.
+        r: rank of LoRAP's low-rank factorisation.
+    """
+
+    kind: str = "none"
+    k: int = 8
+    r: int = 4
+
+    def __post_init__(self) -> None:
+        check_choice("prompt.kind", self.kind, PROMPTS)
+        check(
+            isinstance(self.k, int) and self.k >= 1,
+            f"prompt.k={self.k!r} must be an integer >= 1 (the paper uses 4 to 16).",
+        )
+        check(
+            isinstance(self.r, int) and self.r >= 1,
+            f"prompt.r={self.r!r} must be an integer >= 1 (the paper's elbow is 4 to 8).",
+        )
+
+    @property
+    def lorap(self) -> bool:
+        return self.kind in ("lorap", "gpf_lorap")
+
+    @property
+    def gpf(self) -> bool:
+        return self.kind in ("gpf", "gpf_lorap")
+
+
+@dataclass
+class ModelConfig:
+    """The GNN stack.
+
+    Args:
+        arch: layer type, one of ``gcn``, ``sage``, ``gin``, ``gat``.
+        hidden: hidden width.
+        layers: number of message-passing layers (>= 1).
+        dropout: dropout probability between layers.
+        norm: ``none``, ``batch`` or ``layer`` normalisation between layers.
+        heads: attention heads (GAT only; hidden layers concatenate heads).
+    """
+
+    arch: str = "gcn"
+    hidden: int = 64
+    layers: int = 2
+    dropout: float = 0.5
+    norm: str = "none"
+    heads: int = 2
+
+    def __post_init__(self) -> None:
+        check_choice("model.arch", self.arch, ARCHS)
+        check_choice("model.norm", self.norm, NORMS)
+        check(self.hidden >= 1, f"model.hidden={self.hidden} must be >= 1.")
+        check(self.layers >= 1, f"model.layers={self.layers} must be >= 1.")
+        check(0.0 <= self.dropout < 1.0, f"model.dropout={self.dropout} must be in [0, 1).")
+        check(self.heads >= 1, f"model.heads={self.heads} must be >= 1.")
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation.
+
+    Args:
+        epochs: maximum epochs.
+        lr: Adam learning rate.
+        weight_decay: Adam weight decay.
+        patience: stop after this many epochs without a better validation accuracy
+            (0 disables early stopping).
+        seed: seeds parameters, dropout and sampling.
+        fanout: per-layer neighbour fanouts for sampled training (``-1`` = all); ``None``
+            trains full-batch.
+        batch_size: seed nodes per mini-batch (sampled training).
+    """
+
+    epochs: int = 200
+    lr: float = 0.01
+    weight_decay: float = 5e-4
+    patience: int = 50
+    seed: int = 0
+    fanout: tuple[int, ...] | None = None
+    batch_size: int = 1024
+
+    def __post_init__(self) -> None:
+        check(self.epochs >= 1, f"train.epochs={self.epochs} must be >= 1.")
+        check(self.lr > 0, f"train.lr={self.lr} must be > 0.")
+        check(self.weight_decay >= 0, f"train.weight_decay={self.weight_decay} must be >= 0.")
+        check(self.patience >= 0, f"train.patience={self.patience} must be >= 0.")
+        check(self.batch_size >= 1, f"train.batch_size={self.batch_size} must be >= 1.")
+        if self.fanout is not None:
+            self.fanout = tuple(self.fanout)
+            check(
+                all(isinstance(f, int) and (f >= 1 or f == -1) for f in self.fanout),
+                f"train.fanout={list(self.fanout)} must hold integers >= 1 or -1 (all).",
+            )
+
+
+@dataclass
+class QuantSettings:
+    """Which quantization scheme to apply and its arguments.
+
+    ``scheme`` is ``none`` (float) or a registered scheme name (``qat``, and the schemes
+    added under ``lorap_dist/quant/schemes``); ``options`` are the scheme config's fields,
+    e.g. ``{bits: 4, observer: ema}``.
+    """
+
+    scheme: str = "none"
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check(isinstance(self.options, dict), "quant.options must be a mapping of field: value.")
+        if self.scheme != "none":
+            self.build()  # validate eagerly, so a bad config fails before any training
+
+    def build(self) -> Any:
+        """The scheme config object, or ``None`` for ``scheme: none``."""
+        if self.scheme == "none":
+            return None
+        from lorap_dist.quant.schemes import scheme_config_type
+
+        return from_dict(
+            scheme_config_type(self.scheme), self.options, f"quant.options ({self.scheme})"
+        )
+
+
+@dataclass
+class ExperimentConfig:
+    """Everything a run needs; the file ``lorap train --config FILE`` reads."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+    quant: QuantSettings = field(default_factory=QuantSettings)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> ExperimentConfig:
+        return from_dict(cls, data, "config")
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> ExperimentConfig:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist.")
+        try:
+            data = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+        if data is not None and not isinstance(data, dict):
+            raise ConfigError(f"config file {path} must hold a mapping at the top level.")
+        try:
+            return cls.from_dict(data)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+
+_CONFIG_TYPES: dict[str, type] = {
+    "SyntheticConfig": SyntheticConfig,
+    "DataConfig": DataConfig,
+    "PromptConfig": PromptConfig,
+    "ModelConfig": ModelConfig,
+    "TrainConfig": TrainConfig,
+    "QuantSettings": QuantSettings,
+}

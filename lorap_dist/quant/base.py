@@ -1,0 +1,96 @@
+"""The interface every quantization scheme implements, and the modules that carry it.
+
+A quantizable module (a layer, a linear) declares its *quantization points* in the class
+attribute ``QUANT_POINTS``, a mapping from point name to its role, and holds one
+:class:`Quantizer` per point in ``self.quantizers`` (an ``nn.ModuleDict``). A fresh module
+holds :class:`IdentityQuantizer` everywhere, so an unquantized model is the float model.
+:func:`lorap_dist.quant.quantize_` replaces them according to a scheme config.
+
+Roles:
+
+- ``"node"``: rows of the tensor are nodes (input features, messages, aggregates, outputs);
+  the quantizer receives a :class:`~lorap_dist.graph.NodeInfo` for those rows.
+- ``"weight"``: a weight matrix ``[out, in]``; rows are output channels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+
+import torch
+from torch import Tensor, nn
+
+from lorap_dist.graph.block import NodeInfo
+
+NODE = "node"
+WEIGHT = "weight"
+
+
+class Quantizer(nn.Module):
+    """Base class of every fake quantizer.
+
+    Subclasses implement :meth:`forward`. Schemes that add a term to the training loss
+    (A2Q's memory penalty, MixQ's bit-operations penalty) override :meth:`regularization`;
+    schemes whose bit width is learned override :meth:`average_bits`.
+    """
+
+    def forward(self, x: Tensor, nodes: NodeInfo | None = None) -> Tensor:  # noqa: D102
+        raise NotImplementedError
+
+    def regularization(self) -> Tensor | None:
+        """Extra loss term contributed by this quantizer, or ``None``."""
+        return None
+
+    def average_bits(self) -> float | None:
+        """Bit width this quantizer stores values at (averaged where it varies), or ``None``
+        when it does not quantize."""
+        return None
+
+    def qparams(self) -> tuple[float, int, int, int] | None:
+        """``(scale, zero_point, qmin, qmax)`` of a per-tensor affine quantizer, or ``None``.
+
+        The fused LoRAP kernel reads these to re-quantize inside the kernel.
+        """
+        return None
+
+
+class IdentityQuantizer(Quantizer):
+    """Leaves values at full precision: the quantizer of every point of a float model."""
+
+    def forward(self, x: Tensor, nodes: NodeInfo | None = None) -> Tensor:
+        return x
+
+
+def identity_quantizers(points: Mapping[str, str]) -> nn.ModuleDict:
+    """An ``nn.ModuleDict`` with an :class:`IdentityQuantizer` for each point name."""
+    return nn.ModuleDict({name: IdentityQuantizer() for name in points})
+
+
+def quantizable_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+    """``(qualified name, module)`` of every module in ``model`` with quantization points."""
+    for name, module in model.named_modules():
+        if hasattr(module, "QUANT_POINTS") and isinstance(
+            getattr(module, "quantizers", None), nn.ModuleDict
+        ):
+            yield name, module
+
+
+def quantizers_of(model: nn.Module) -> Iterator[tuple[str, Quantizer]]:
+    """``("<module>.<point>", quantizer)`` for every quantization point in ``model``."""
+    for name, module in quantizable_modules(model):
+        for point, quantizer in module.quantizers.items():
+            yield (f"{name}.{point}" if name else point), quantizer
+
+
+def quantization_loss(model: nn.Module) -> Tensor | None:
+    """Sum of every quantizer's :meth:`Quantizer.regularization`, or ``None`` if none adds one."""
+    terms = [t for _, q in quantizers_of(model) if (t := q.regularization()) is not None]
+    if not terms:
+        return None
+    return torch.stack([t.reshape(()) for t in terms]).sum()
+
+
+def average_bits(model: nn.Module) -> float | None:
+    """Mean stored bit width over the quantization points that quantize, or ``None``."""
+    bits = [b for _, q in quantizers_of(model) if (b := q.average_bits()) is not None]
+    return sum(bits) / len(bits) if bits else None

@@ -1,0 +1,76 @@
+import pytest
+
+from lorap_dist.cli import apply_overrides, load_config
+from lorap_dist.config import (
+    ConfigError,
+    ExperimentConfig,
+    ModelConfig,
+    PromptConfig,
+    QuantSettings,
+    SyntheticConfig,
+    TrainConfig,
+)
+
+
+def test_default_round_trips_through_dict():
+    config = ExperimentConfig()
+    assert ExperimentConfig.from_dict(config.to_dict()) == config
+
+
+def test_nested_fields_and_tuples_round_trip():
+    data = {
+        "model": {"arch": "gin", "layers": 3},
+        "prompt": {"kind": "gpf_lorap", "k": 4, "r": 2},
+        "train": {"fanout": [10, 5, -1]},
+        "data": {"synthetic": {"num_nodes": 100}},
+    }
+    config = ExperimentConfig.from_dict(data)
+    assert config.model.arch == "gin" and config.model.layers == 3
+    assert config.prompt.lorap and config.prompt.gpf
+    assert config.train.fanout == (10, 5, -1)
+    assert config.data.synthetic.num_nodes == 100
+    assert ExperimentConfig.from_dict(config.to_dict()) == config
+
+
+@pytest.mark.parametrize(
+    ("build", "words"),
+    [
+        (lambda: PromptConfig(k=0), ["prompt.k", ">= 1"]),
+        (lambda: PromptConfig(r=0), ["prompt.r", ">= 1"]),
+        (lambda: PromptConfig(kind="lora"), ["prompt.kind", "'lorap'"]),
+        (lambda: ModelConfig(arch="mlp"), ["model.arch", "'gcn'"]),
+        (lambda: ModelConfig(dropout=1.0), ["model.dropout"]),
+        (lambda: TrainConfig(fanout=(10, 0)), ["train.fanout", "-1"]),
+        (lambda: SyntheticConfig(degree_exponent=1.0), ["degree_exponent", "> 1"]),
+        (lambda: QuantSettings(scheme="fp4"), ["quant.scheme", "'qat'"]),
+    ],
+)
+def test_invalid_values_name_the_field_and_the_allowed_values(build, words):
+    with pytest.raises(ConfigError) as info:
+        build()
+    for word in words:
+        assert word in str(info.value)
+
+
+def test_unknown_field_lists_the_known_ones():
+    with pytest.raises(ConfigError, match=r"unknown field\(s\) \['hiden'\].*'hidden'"):
+        ExperimentConfig.from_dict({"model": {"hiden": 3}})
+
+
+def test_yaml_errors_name_the_file(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("model:\n  arch: transformer\n")
+    with pytest.raises(ConfigError, match=str(path)):
+        ExperimentConfig.from_yaml(path)
+    with pytest.raises(ConfigError, match="does not exist"):
+        ExperimentConfig.from_yaml(tmp_path / "missing.yaml")
+
+
+def test_overrides_parse_values_as_yaml(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model:\n  arch: sage\n")
+    config = load_config(str(path), ["model.hidden=16", "train.fanout=[5, 5]", "prompt.kind=lorap"])
+    assert config.model.arch == "sage" and config.model.hidden == 16
+    assert config.train.fanout == (5, 5) and config.prompt.kind == "lorap"
+    with pytest.raises(ConfigError, match="section.field=value"):
+        apply_overrides({}, ["novalue"])
