@@ -9,15 +9,47 @@ from lorap_dist.quant.base import (
     quantization_loss,
     quantizers_of,
 )
+from lorap_dist.quant.fake_quant import calculate_qparams, fake_quantize, quant_range
+from lorap_dist.quant.integer import (
+    dequantize,
+    dequantize_rows,
+    pack_int4,
+    quantize,
+    quantize_rows,
+    unpack_int4,
+)
+from lorap_dist.quant.observers import (
+    EMAObserver,
+    MinMaxObserver,
+    PercentileObserver,
+    RangeObserver,
+)
+from lorap_dist.quant.quantizer import FakeQuantizer
+from lorap_dist.quant.schemes.qat import QATConfig
 
 __all__ = [
+    "EMAObserver",
+    "FakeQuantizer",
     "IdentityQuantizer",
+    "MinMaxObserver",
+    "PercentileObserver",
+    "QATConfig",
     "QuantizeContext",
     "Quantizer",
+    "RangeObserver",
     "average_bits",
+    "calculate_qparams",
+    "dequantize",
+    "dequantize_rows",
+    "fake_quantize",
+    "pack_int4",
+    "quant_range",
     "quantization_loss",
+    "quantize",
     "quantize_",
+    "quantize_rows",
     "quantizers_of",
     "register_scheme",
     "registered_schemes",
+    "unpack_int4",
 ]

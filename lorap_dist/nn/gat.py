@@ -1,0 +1,144 @@
+"""Quantized graph attention convolution with optional LoRAP."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch_geometric.nn.inits import glorot
+from torch_geometric.utils import add_self_loops, remove_self_loops, softmax
+
+from lorap_dist.config import PromptConfig
+from lorap_dist.graph.block import Block, NodeInfo
+from lorap_dist.nn.conv import QuantizedConv, layer_input
+from lorap_dist.nn.linear import QLinear
+
+
+class QGATConv(QuantizedConv):
+    r"""Quantized graph attention from `"Graph Attention Networks"
+    <https://arxiv.org/abs/1710.10903>`_, with optional LoRAP
+    (`arXiv 2601.15079 <https://arxiv.org/abs/2601.15079>`_) after aggregation.
+
+    Per head :math:`h` (``H`` heads of width ``C``):
+
+    .. math::
+        \mathbf{m}_j &= Q_\text{msg}\big(Q_\text{in}(\mathbf{x}_j) \, Q(\mathbf{W})^\top\big)
+
+        \alpha_{ij}^h &= \mathrm{softmax}_{j \in \mathcal{N}(i) \cup \{i\}}\Big(
+        \mathrm{LeakyReLU}\big(\mathbf{a}_\text{src}^{h\top} \mathbf{m}_j^h
+        + \mathbf{a}_\text{dst}^{h\top} \mathbf{m}_i^h\big)\Big)
+
+        \mathbf{h}_i &= Q_\text{agg}\Big(\big\Vert_{h=1}^{H} \text{ (or mean over } h)
+        \sum_{j} \alpha_{ij}^h \mathbf{m}_j^h\Big)
+
+        \mathbf{h}_i &\leftarrow Q_\text{prompt}(\mathbf{h}_i + \mathbf{p}_i)
+        \quad \text{(LoRAP, when on)}
+
+        \mathbf{x}_i' &= Q_\text{out}(\mathbf{h}_i + \mathbf{b})
+
+    With identity quantizers and no LoRAP this is :class:`torch_geometric.nn.GATConv`
+    (existing self loops removed, one added per node). On a
+    :class:`~lorap_dist.graph.Block` the self loop of destination ``i`` comes from source
+    ``i`` (itself), so a block holding every in-neighbour of its destinations gives them
+    their full-graph outputs. LoRAP acts on the combined heads (width ``H*C`` when
+    concatenating, ``C`` when averaging).
+
+    Quantization points (all node role): ``input`` and ``message`` (source rows),
+    ``aggregate``, ``prompt`` (LoRAP only) and ``output`` (destination rows); the weight's
+    point lives in ``lin``. Attention logits are computed from the quantized messages.
+
+    Args:
+        in_channels: input width.
+        out_channels: width ``C`` of each head.
+        heads: number of heads ``H`` (default ``1``).
+        concat: concatenate the heads (``True``, default) or average them.
+        negative_slope: LeakyReLU slope of the attention logits (default ``0.2``).
+        dropout: dropout probability of the attention coefficients in training
+            (default ``0.0``).
+        add_self_loops: give every destination a self loop (default ``True``).
+        bias: add a learnable bias (default ``True``).
+        lorap_k: number of LoRAP bases; LoRAP is off when ``None`` (default ``None``).
+        lorap_r: LoRAP rank (default ``4``).
+        prompt: size LoRAP from a :class:`~lorap_dist.config.PromptConfig` instead
+            (default ``None``).
+
+    Shapes:
+        - input: ``x [N_src, in_channels]``, ``edge_index [2, E]`` or a ``Block``,
+          optional ``NodeInfo`` of the ``N_src`` rows
+        - output: ``[N_dst, H * C]`` when concatenating, else ``[N_dst, C]``
+          (``N_dst = N_src`` on a full graph)
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        heads: int = 1,
+        concat: bool = True,
+        negative_slope: float = 0.2,
+        dropout: float = 0.0,
+        add_self_loops: bool = True,
+        bias: bool = True,
+        lorap_k: int | None = None,
+        lorap_r: int = 4,
+        prompt: PromptConfig | None = None,
+    ) -> None:
+        super().__init__(aggr="add", node_dim=0)
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.heads = heads
+        self.concat = concat
+        self.negative_slope = negative_slope
+        self.dropout = dropout
+        self.add_self_loops = add_self_loops
+        width = heads * out_channels if concat else out_channels
+        self.lin = QLinear(in_channels, heads * out_channels, bias=False)
+        self.att_src = nn.Parameter(torch.empty(1, heads, out_channels))
+        self.att_dst = nn.Parameter(torch.empty(1, heads, out_channels))
+        self.bias = nn.Parameter(torch.empty(width)) if bias else None
+        self.init_quantization(
+            ("input", "message", "aggregate", "output"), width, lorap_k, lorap_r, prompt
+        )
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        super().reset_parameters()
+        self.lin.reset_parameters()
+        glorot(self.att_src)
+        glorot(self.att_dst)
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+        if self.lorap is not None:
+            self.lorap.reset_parameters()
+
+    def forward(self, x: Tensor, graph: Tensor | Block, nodes: NodeInfo | None = None) -> Tensor:
+        g = layer_input(type(self).__name__, x, graph, nodes)
+        H, C = self.heads, self.out_channels
+        edge_index = g.edge_index
+        if self.add_self_loops:
+            edge_index, _ = remove_self_loops(edge_index)
+            edge_index, _ = add_self_loops(edge_index, num_nodes=g.num_dst)
+        x = self.quantize("input", x, g.nodes_src)
+        messages = self.quantize("message", self.lin(x), g.nodes_src).view(-1, H, C)
+        logit_src = (messages * self.att_src).sum(dim=-1)  # [N_src, H]
+        logit_dst = (messages[: g.num_dst] * self.att_dst).sum(dim=-1)  # [N_dst, H]
+        src, dst = edge_index
+        alpha = F.leaky_relu(logit_src[src] + logit_dst[dst], self.negative_slope)
+        alpha = softmax(alpha, dst, num_nodes=g.num_dst)  # [E, H]
+        alpha = F.dropout(alpha, p=self.dropout, training=self.training)
+        h = self.propagate(edge_index, x=messages, alpha=alpha, size=(g.num_src, g.num_dst))
+        h = h.reshape(-1, H * C) if self.concat else h.mean(dim=1)
+        h = self.quantize("aggregate", h, g.nodes_dst)
+        h = self.prompt_aggregate(h, g.nodes_dst)
+        if self.bias is not None:
+            h = h + self.bias
+        return self.quantize("output", h, g.nodes_dst)
+
+    def message(self, x_j: Tensor, alpha: Tensor) -> Tensor:
+        return alpha.unsqueeze(-1) * x_j
+
+    def __repr__(self) -> str:
+        return (
+            f"{self.__class__.__name__}({self.in_channels}, {self.out_channels}, "
+            f"heads={self.heads}, concat={self.concat}{self.lorap_repr()})"
+        )

@@ -1,0 +1,123 @@
+"""Quantized graph convolution (Kipf & Welling) with optional LoRAP."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch_geometric.nn.conv.gcn_conv import gcn_norm
+
+from lorap_dist.config import PromptConfig
+from lorap_dist.graph.block import Block, NodeInfo
+from lorap_dist.nn.conv import QuantizedConv, layer_input
+from lorap_dist.nn.linear import QLinear
+
+
+def block_gcn_norm(edge_index: Tensor, num_src: int, num_dst: int) -> tuple[Tensor, Tensor]:
+    r"""Symmetric GCN normalisation of a block, with a self loop on every destination.
+
+    The block is normalised as PyG's :func:`gcn_norm` normalises the graph on its
+    ``num_src`` nodes (self loops added where missing, repeated self loops kept once), so
+    :math:`\hat{d}_j = 1 + \text{in-degree of } j \text{ in the block}`; a source that is not
+    a destination has no in-edges in the block and so :math:`\hat{d}_j = 1`. Edges into
+    sources that are not destinations (their added self loops) are dropped. On a full graph
+    (``num_dst == num_src``) this is exactly :func:`gcn_norm`.
+
+    Returns:
+        ``(edge_index [2, E'], edge_weight [E'])`` with
+        :math:`\hat{d}_j^{-1/2} \hat{d}_i^{-1/2}` per edge ``j -> i``.
+    """
+    edge_index, weight = gcn_norm(edge_index, None, num_src, add_self_loops=True)
+    if num_dst < num_src:
+        keep = edge_index[1] < num_dst
+        edge_index, weight = edge_index[:, keep], weight[keep]
+    return edge_index, weight
+
+
+class QGCNConv(QuantizedConv):
+    r"""Quantized graph convolution from `"Semi-supervised Classification with Graph
+    Convolutional Networks" <https://arxiv.org/abs/1609.02907>`_, with optional LoRAP
+    (`arXiv 2601.15079 <https://arxiv.org/abs/2601.15079>`_) after aggregation.
+
+    .. math::
+        \mathbf{m}_j &= Q_\text{msg}\big(Q_\text{in}(\mathbf{x}_j) \, Q(\mathbf{W})^\top\big)
+
+        \mathbf{h}_i &= Q_\text{agg}\Big(\sum_{j \in \mathcal{N}(i) \cup \{ i \}}
+        \frac{1}{\sqrt{\hat{d}_j \hat{d}_i}} \mathbf{m}_j\Big), \qquad
+        \hat{d}_i = 1 + \sum_{j} \mathbb{1}[j \to i]
+
+        \mathbf{h}_i &\leftarrow Q_\text{prompt}(\mathbf{h}_i + \mathbf{p}_i)
+        \quad \text{(LoRAP, when on)}
+
+        \mathbf{x}_i' &= Q_\text{out}(\mathbf{h}_i + \mathbf{b})
+
+    With identity quantizers and no LoRAP this is :class:`torch_geometric.nn.GCNConv`
+    (self loops added, symmetric normalisation). On a :class:`~lorap_dist.graph.Block` each
+    destination ``i`` gets a self loop from source ``i`` (itself) and the degrees are those
+    of the block (see :func:`block_gcn_norm`): a sampled block therefore normalises like
+    PyG's GCNConv run on the sampled subgraph, not like the full graph.
+
+    Quantization points (all node role): ``input`` (source rows), ``message`` (the
+    transformed source rows ``x W``), ``aggregate``, ``prompt`` (LoRAP only) and ``output``
+    (destination rows); the weight's point lives in ``lin``.
+
+    Args:
+        in_channels: input width.
+        out_channels: output width.
+        bias: add a learnable bias (default ``True``).
+        lorap_k: number of LoRAP bases; LoRAP is off when ``None`` (default ``None``).
+        lorap_r: LoRAP rank (default ``4``).
+        prompt: size LoRAP from a :class:`~lorap_dist.config.PromptConfig` instead
+            (default ``None``).
+
+    Shapes:
+        - input: ``x [N_src, in_channels]``, ``edge_index [2, E]`` or a ``Block``,
+          optional ``NodeInfo`` of the ``N_src`` rows
+        - output: ``[N_dst, out_channels]`` (``N_dst = N_src`` on a full graph)
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        bias: bool = True,
+        lorap_k: int | None = None,
+        lorap_r: int = 4,
+        prompt: PromptConfig | None = None,
+    ) -> None:
+        super().__init__(aggr="add")
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.lin = QLinear(in_channels, out_channels, bias=False)
+        self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
+        self.init_quantization(
+            ("input", "message", "aggregate", "output"), out_channels, lorap_k, lorap_r, prompt
+        )
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        super().reset_parameters()
+        self.lin.reset_parameters()
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+        if self.lorap is not None:
+            self.lorap.reset_parameters()
+
+    def forward(self, x: Tensor, graph: Tensor | Block, nodes: NodeInfo | None = None) -> Tensor:
+        g = layer_input(type(self).__name__, x, graph, nodes)
+        edge_index, weight = block_gcn_norm(g.edge_index, g.num_src, g.num_dst)
+        x = self.quantize("input", x, g.nodes_src)
+        messages = self.quantize("message", self.lin(x), g.nodes_src)  # [N_src, out]
+        h = self.propagate(edge_index, x=messages, edge_weight=weight, size=(g.num_src, g.num_dst))
+        h = self.quantize("aggregate", h, g.nodes_dst)  # [N_dst, out]
+        h = self.prompt_aggregate(h, g.nodes_dst)
+        if self.bias is not None:
+            h = h + self.bias
+        return self.quantize("output", h, g.nodes_dst)
+
+    def message(self, x_j: Tensor, edge_weight: Tensor) -> Tensor:
+        return edge_weight.unsqueeze(-1) * x_j
+
+    def __repr__(self) -> str:
+        return (
+            f"{self.__class__.__name__}({self.in_channels}, {self.out_channels}{self.lorap_repr()})"
+        )

@@ -1,0 +1,179 @@
+"""A stack of quantized message-passing layers with the prompts the config asks for."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lorap_dist.config import ModelConfig, PromptConfig
+from lorap_dist.graph.block import Block, NodeInfo
+from lorap_dist.nn.conv import QuantizedConv
+from lorap_dist.nn.gat import QGATConv
+from lorap_dist.nn.gcn import QGCNConv
+from lorap_dist.nn.gin import QGINConv
+from lorap_dist.nn.sage import QSAGEConv
+from lorap_dist.prompt.gpf import GPFPlus
+from lorap_dist.prompt.lorap import LoRAP
+from lorap_dist.quant.base import Quantizer
+
+
+class GNN(nn.Module):
+    r"""``model.layers`` quantized layers of one architecture, with optional prompts.
+
+    .. math::
+        \mathbf{X}^{(0)} = \mathrm{GPF}(\mathbf{X}) \text{ (when on)}, \qquad
+        \mathbf{X}^{(l+1)} = \mathrm{Dropout}\big(\mathrm{ReLU}\big(\mathrm{Norm}\big(
+        \mathrm{Conv}_l(\mathbf{X}^{(l)}, \mathcal{G}_l)\big)\big)\big)
+
+    The last layer is the bare convolution (no norm, activation or dropout). Hidden layers
+    have width ``model.hidden``; GAT's hidden layers concatenate ``model.heads`` heads of
+    ``hidden // heads`` channels and its last layer averages ``model.heads`` heads. With
+    ``prompt.lorap`` every layer carries LoRAP, with ``prompt.gpf`` the input passes
+    through :class:`~lorap_dist.prompt.GPFPlus`.
+
+    ``node_transform`` (default ``None``) is called as ``nodes = node_transform(nodes)`` at
+    the start of every forward pass, with the ``nodes`` given (possibly ``None``);
+    Degree-Quant sets it to draw the protection mask once per pass.
+
+    Args:
+        in_channels: input feature width.
+        out_channels: output width (number of classes).
+        model: the stack's :class:`~lorap_dist.config.ModelConfig`.
+        prompt: the :class:`~lorap_dist.config.PromptConfig` (default: no prompt).
+
+    Shapes:
+        - input: ``x [N, in_channels]`` with an ``edge_index [2, E]`` (full graph), or
+          ``x [blocks[0].num_src, in_channels]`` with one ``Block`` per layer, where
+          ``blocks[l + 1].num_src == blocks[l].num_dst``; optional ``NodeInfo`` of ``x``'s rows
+        - output: ``[N, out_channels]``, or ``[blocks[-1].num_dst, out_channels]``
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        model: ModelConfig,
+        prompt: PromptConfig | None = None,
+    ) -> None:
+        super().__init__()
+        prompt = prompt or PromptConfig()
+        if model.arch == "gat" and model.hidden % model.heads != 0 and model.layers > 1:
+            raise ValueError(
+                f"model.hidden={model.hidden} is not divisible by model.heads={model.heads}; "
+                "GAT's hidden layers split the hidden width across the heads."
+            )
+        self.config = model
+        self.prompt_config = prompt
+        self.node_transform: Callable[[NodeInfo | None], NodeInfo | None] | None = None
+        self.gpf = GPFPlus(in_channels, prompt.k) if prompt.gpf else None
+        widths = [in_channels] + [model.hidden] * (model.layers - 1) + [out_channels]
+        self.convs = nn.ModuleList(
+            _conv(model, prompt, widths[l], widths[l + 1], last=l == model.layers - 1)
+            for l in range(model.layers)
+        )
+        self.norms = nn.ModuleList(_norm(model.norm, model.hidden) for _ in widths[1:-1])
+        self.dropout = model.dropout
+
+    def reset_parameters(self) -> None:
+        for module in self.modules():
+            if module is not self and hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+
+    def forward(
+        self, x: Tensor, graph: Tensor | Sequence[Block], nodes: NodeInfo | None = None
+    ) -> Tensor:
+        if self.node_transform is not None:
+            nodes = self.node_transform(nodes)
+        graphs = self._per_layer(graph)
+        if self.gpf is not None:
+            x = self.gpf(x)
+        for l, (conv, layer_graph) in enumerate(zip(self.convs, graphs, strict=True)):
+            x = conv(x, layer_graph, nodes)
+            if isinstance(layer_graph, Block) and nodes is not None:
+                nodes = nodes.prefix(layer_graph.num_dst)
+            if l < len(self.norms):
+                x = F.relu(self.norms[l](x))
+                x = F.dropout(x, p=self.dropout, training=self.training)
+        return x
+
+    def _per_layer(self, graph: Tensor | Sequence[Block]) -> list[Tensor | Block]:
+        layers = len(self.convs)
+        if isinstance(graph, Tensor):
+            return [graph] * layers
+        blocks = list(graph)
+        if len(blocks) != layers or not all(isinstance(b, Block) for b in blocks):
+            raise ValueError(
+                f"GNN with {layers} layers got {len(blocks)} graph(s) of types "
+                f"{sorted({type(b).__name__ for b in blocks})}; pass one edge_index tensor "
+                f"or a list of exactly {layers} Blocks."
+            )
+        for l in range(layers - 1):
+            if blocks[l + 1].num_src != blocks[l].num_dst:
+                raise ValueError(
+                    f"blocks[{l + 1}].num_src={blocks[l + 1].num_src} differs from "
+                    f"blocks[{l}].num_dst={blocks[l].num_dst}; each layer's sources must be "
+                    "the previous layer's destinations."
+                )
+        return blocks
+
+    def __repr__(self) -> str:
+        prompt = self.prompt_config
+        return (
+            f"{self.__class__.__name__}(arch={self.config.arch}, layers={len(self.convs)}, "
+            f"hidden={self.config.hidden}, prompt={prompt.kind}, k={prompt.k}, r={prompt.r})"
+        )
+
+
+def _conv(
+    model: ModelConfig, prompt: PromptConfig, width_in: int, width_out: int, last: bool
+) -> QuantizedConv:
+    if model.arch == "gcn":
+        return QGCNConv(width_in, width_out, prompt=prompt)
+    if model.arch == "sage":
+        return QSAGEConv(width_in, width_out, prompt=prompt)
+    if model.arch == "gin":
+        return QGINConv(width_in, width_out, prompt=prompt)
+    if last:
+        return QGATConv(width_in, width_out, heads=model.heads, concat=False, prompt=prompt)
+    return QGATConv(width_in, width_out // model.heads, heads=model.heads, prompt=prompt)
+
+
+def _norm(kind: str, channels: int) -> nn.Module:
+    if kind == "batch":
+        return nn.BatchNorm1d(channels)
+    if kind == "layer":
+        return nn.LayerNorm(channels)
+    return nn.Identity()
+
+
+def build_model(
+    in_channels: int, num_classes: int, model_cfg: ModelConfig, prompt_cfg: PromptConfig
+) -> GNN:
+    """The :class:`GNN` for ``model_cfg`` and ``prompt_cfg`` with ``num_classes`` outputs."""
+    return GNN(in_channels, num_classes, model_cfg, prompt_cfg)
+
+
+def parameter_counts(model: nn.Module) -> dict[str, int]:
+    """Parameter counts of ``model`` by kind.
+
+    ``prompt`` counts the parameters of LoRAP and GPF-plus modules, ``quantizer`` those of
+    quantizers (learned step sizes, bit-width logits), ``backbone`` the rest; every
+    parameter is counted once.
+    """
+    kind_of: dict[int, str] = {}
+    for module in model.modules():
+        if isinstance(module, (LoRAP, GPFPlus)):
+            kind = "prompt"
+        elif isinstance(module, Quantizer):
+            kind = "quantizer"
+        else:
+            continue
+        for parameter in module.parameters():
+            kind_of.setdefault(id(parameter), kind)
+    counts = {"backbone": 0, "prompt": 0, "quantizer": 0}
+    for parameter in model.parameters():
+        counts[kind_of.get(id(parameter), "backbone")] += parameter.numel()
+    counts["total"] = sum(counts.values())
+    return counts

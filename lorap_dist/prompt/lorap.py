@@ -1,0 +1,103 @@
+"""Low-Rank Aggregation Prompting (LoRAP, arXiv 2601.15079): a learned prompt added to a
+layer's aggregate, after aggregation and before the update."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from lorap_dist.config import PromptConfig
+from lorap_dist.graph.block import NodeInfo
+from lorap_dist.quant.base import Quantizer
+
+
+def lorap_prompt(h: Tensor, w_phi: Tensor, p_a: Tensor, p_b: Tensor) -> Tensor:
+    r"""Add the low-rank, input-dependent prompt to an aggregate (pure torch).
+
+    .. math::
+        \mathbf{w} = \mathrm{softmax}(\mathbf{H} \mathbf{W}_\phi), \qquad
+        \mathbf{P} = (\mathbf{w} \mathbf{P}_A) \mathbf{P}_B, \qquad
+        \mathbf{H}' = \mathbf{H} + \mathbf{P}
+
+    with the softmax taken over the ``k`` bases of each row.
+
+    Args:
+        h: the (dequantized) aggregate.
+        w_phi: the shared scoring matrix.
+        p_a: first low-rank factor of the bases.
+        p_b: second low-rank factor of the bases.
+
+    Shapes:
+        ``h [N, d]``, ``w_phi [d, k]``, ``p_a [k, r]``, ``p_b [r, d]`` -> ``[N, d]``.
+    """
+    weights = torch.softmax(h @ w_phi, dim=-1)  # [N, k]
+    return h + (weights @ p_a) @ p_b
+
+
+class LoRAP(nn.Module):
+    r"""Low-Rank Aggregation Prompting, from `"LoRAP" <https://arxiv.org/abs/2601.15079>`_.
+
+    A quantized aggregate carries the quantization error of every neighbour; LoRAP adds a
+    prompt chosen per node from ``k`` low-rank bases and re-quantizes the sum:
+
+    .. math::
+        \mathbf{h}_i' = Q\Big(\mathbf{h}_i + \mathrm{softmax}(\mathbf{h}_i \mathbf{W}_\phi)
+        \, \mathbf{P}_A \mathbf{P}_B\Big)
+
+    ``P_B`` starts at exactly zero, so an untrained prompted layer equals its backbone and
+    training starts from the backbone's function; ``W_phi`` and ``P_A`` start Glorot-uniform
+    so that the gradient of ``P_B`` is non-zero from the first step. Parameters:
+    ``d*k + r*(k + d)``.
+
+    Args:
+        channels: width ``d`` of the aggregate.
+        k: number of prompt bases (default ``8``).
+        r: rank of the bases (default ``4``).
+
+    Shapes:
+        input ``h [N, d]`` -> output ``[N, d]``.
+    """
+
+    def __init__(self, channels: int, k: int = 8, r: int = 4) -> None:
+        super().__init__()
+        for name, value in (("channels", channels), ("k", k), ("r", r)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"LoRAP got {name}={value!r}; it must be an integer >= 1.")
+        self.channels, self.k, self.r = channels, k, r
+        self.w_phi = nn.Parameter(torch.empty(channels, k))
+        self.p_a = nn.Parameter(torch.empty(k, r))
+        self.p_b = nn.Parameter(torch.empty(r, channels))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for weight in (self.w_phi, self.p_a):
+            bound = math.sqrt(6.0 / sum(weight.shape))
+            nn.init.uniform_(weight, -bound, bound)
+        nn.init.zeros_(self.p_b)
+
+    def forward(self, h: Tensor, quantizer: Quantizer, nodes: NodeInfo | None = None) -> Tensor:
+        """``quantizer(h + p, nodes)``: the prompted aggregate, re-quantized by the layer's
+        ``"prompt"`` point."""
+        return quantizer(lorap_prompt(h, self.w_phi, self.p_a, self.p_b), nodes)
+
+    def __repr__(self) -> str:
+        return f"{self.__class__.__name__}({self.channels}, k={self.k}, r={self.r})"
+
+
+def lorap_sizes(
+    lorap_k: int | None, lorap_r: int, prompt: PromptConfig | None
+) -> tuple[int, int] | None:
+    """``(k, r)`` of a layer's LoRAP from its constructor arguments, or ``None`` when off.
+
+    LoRAP is on when ``lorap_k`` is given, or when ``prompt`` asks for it (``kind`` is
+    ``lorap`` or ``gpf_lorap``); giving both is ambiguous and an error.
+    """
+    if prompt is not None and lorap_k is not None:
+        raise ValueError(
+            f"got both lorap_k={lorap_k} and prompt={prompt}; size LoRAP with one of them."
+        )
+    if prompt is not None:
+        return (prompt.k, prompt.r) if prompt.lorap else None
+    return None if lorap_k is None else (lorap_k, lorap_r)

@@ -1,0 +1,192 @@
+r"""Fake quantization with a straight-through estimator (STE), and the range-to-qparams rule.
+
+Fake quantization rounds a float tensor onto the grid of a ``b``-bit integer type and maps
+it back to float, so training sees the quantization error while every tensor stays float:
+
+.. math::
+
+    q = \operatorname{round}(x \cdot s^{-1}) + z, \qquad
+    \hat x = (\operatorname{clamp}(q, q_{\min}, q_{\max}) - z) \cdot s
+
+with scale :math:`s`, zero point :math:`z`, ``round`` rounding half to even. The gradient is
+the straight-through estimator masked to the representable range:
+
+.. math::
+
+    \frac{\partial L}{\partial x} = \frac{\partial L}{\partial \hat x} \cdot
+    \mathbb{1}[q_{\min} \le q \le q_{\max}]
+
+The operations run in the order and dtype of PyTorch's CPU kernels for
+:func:`torch.fake_quantize_per_tensor_affine` and
+:func:`torch.fake_quantize_per_channel_affine` (``inv_scale = 1 / scale`` in float32, then
+``x * inv_scale``, round half to even, ``+ z``, clamp, ``- z``, ``* scale``), so the values
+and gradients are bit-equal to theirs: float16, bfloat16 and float32 inputs are computed
+in float32 (as C++ promotes them), float64 inputs in float64, and the result is cast back.
+One deliberate exception: for float64 inputs per tensor, PyTorch 2.13 rounds the final
+product ``(q - z) * s`` to float32; here it stays float64 (the grid value and the gradient
+are still equal, the value differs by at most a float32 rounding). Non-finite inputs are
+outside the contract (PyTorch casts ``q`` to int64 first, which this module does not
+imitate).
+
+Range conventions (those of ``torch.ao`` observers), for a range :math:`[m, M]`:
+
+- affine: grid :math:`[0, 2^b - 1]`,
+  :math:`s = (M^+ - m^-) / (q_{\max} - q_{\min})`,
+  :math:`z = q_{\min} - \operatorname{round}(m^- / s)` clamped to the grid;
+- symmetric: grid :math:`[-2^{b-1}, 2^{b-1} - 1]`,
+  :math:`s = \max(-m^-, M^+) / ((q_{\max} - q_{\min}) / 2)`, :math:`z = 0`;
+
+where :math:`m^- = \min(m, 0)` and :math:`M^+ = \max(M, 0)` (the range always includes
+zero, so zero is exact), and the scale is at least ``eps`` (float32 machine epsilon) so
+that a constant tensor never divides by zero. The symmetric scale divides by
+:math:`(q_{\max} - q_{\min}) / 2 = 2^{b-1} - \tfrac12`, as ``torch.ao`` does, so
+:math:`\max|x|` lands half a step beyond :math:`q_{\max}` and is clipped by at most half a
+step; the whole signed grid is in use.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+EPS = torch.finfo(torch.float32).eps
+
+
+def quant_range(bits: int, symmetric: bool) -> tuple[int, int]:
+    """``(qmin, qmax)`` of a ``bits``-bit grid: signed ``[-2^(b-1), 2^(b-1)-1]`` when
+    ``symmetric``, else unsigned ``[0, 2^b - 1]``."""
+    if not (isinstance(bits, int) and 2 <= bits <= 8):
+        raise ValueError(f"bits={bits!r} is not supported; use an integer from 2 to 8.")
+    if symmetric:
+        return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    return 0, (1 << bits) - 1
+
+
+def calculate_qparams(
+    min_val: Tensor, max_val: Tensor, bits: int, symmetric: bool, eps: float = EPS
+) -> tuple[Tensor, Tensor]:
+    """Scale and zero point that map the range ``[min_val, max_val]`` onto the grid.
+
+    Follows ``torch.ao.quantization`` observers (see the module docstring for the formulas):
+    the range is widened to include zero, the scale is at least ``eps``.
+
+    Args:
+        min_val: range minimum, any shape (``[]`` per tensor, ``[C]`` per channel).
+        max_val: range maximum, same shape.
+        bits: bit width, 2 to 8.
+        symmetric: signed grid with zero point 0, else unsigned grid with a zero point.
+        eps: smallest scale.
+
+    Returns:
+        ``(scale, zero_point)``: float32 and int32 tensors of the shape of ``min_val``.
+    """
+    qmin, qmax = quant_range(bits, symmetric)
+    min_neg = torch.clamp(min_val.float(), max=0.0)
+    max_pos = torch.clamp(max_val.float(), min=0.0)
+    if symmetric:
+        scale = torch.maximum(-min_neg, max_pos) / (float(qmax - qmin) / 2)
+        scale = torch.clamp(scale, min=eps)
+        return scale, torch.zeros_like(scale, dtype=torch.int32)
+    scale = torch.clamp((max_pos - min_neg) / float(qmax - qmin), min=eps)
+    zero_point = qmin - torch.round(min_neg / scale).to(torch.int32)
+    return scale, torch.clamp(zero_point, qmin, qmax)
+
+
+def _broadcast(param: Tensor, x: Tensor, axis: int | None) -> Tensor:
+    """``param`` (``[]`` or ``[x.shape[axis]]``) viewed so it broadcasts along ``axis``."""
+    if axis is None:
+        if param.numel() != 1:
+            raise ValueError(
+                f"a per-tensor quantization parameter must hold one value, got shape "
+                f"{tuple(param.shape)}; pass axis= for per-channel parameters."
+            )
+        return param.reshape(())
+    axis = axis % x.dim()
+    if param.shape != (x.shape[axis],):
+        raise ValueError(
+            f"per-channel parameters along axis {axis} need shape ({x.shape[axis]},) for an "
+            f"input of shape {tuple(x.shape)}, got {tuple(param.shape)}."
+        )
+    shape = [1] * x.dim()
+    shape[axis] = -1
+    return param.reshape(shape)
+
+
+def compute_dtype(x: Tensor) -> torch.dtype:
+    """The dtype PyTorch's kernels compute in: float64 for float64 inputs, else float32
+    (half and bfloat16 promote to float32 in C++ arithmetic)."""
+    return torch.promote_types(x.dtype, torch.float32)
+
+
+def quantize_codes(
+    x: Tensor, scale: Tensor, zero_point: Tensor, qmin: int, qmax: int, axis: int | None = None
+) -> tuple[Tensor, Tensor]:
+    """Unclamped grid values ``q = round(x / s) + z`` and the in-range mask.
+
+    ``q`` is in :func:`compute_dtype` of ``x``; ``1 / s`` is always computed in float32.
+
+    This is the first half of :func:`fake_quantize`, shared with the integer quantizer so
+    that ``dequantize(quantize(x)) == fake_quantize(x)`` bit for bit.
+    """
+    dtype = compute_dtype(x)
+    inv_scale = torch.reciprocal(_broadcast(scale.to(x.device, torch.float32), x, axis))
+    z = _broadcast(zero_point.to(x.device, dtype), x, axis)
+    q = torch.round(x.to(dtype) * inv_scale.to(dtype)) + z
+    return q, (q >= qmin) & (q <= qmax)
+
+
+class _FakeQuantizeSTE(torch.autograd.Function):
+    """``Function.apply`` behind :func:`fake_quantize`; saves only the in-range mask."""
+
+    @staticmethod
+    def forward(
+        ctx: torch.autograd.function.FunctionCtx,
+        x: Tensor,
+        scale: Tensor,
+        zero_point: Tensor,
+        qmin: int,
+        qmax: int,
+        axis: int | None,
+    ) -> Tensor:
+        q, mask = quantize_codes(x, scale, zero_point, qmin, qmax, axis)
+        dtype = compute_dtype(x)
+        s = _broadcast(scale.to(x.device, torch.float32), x, axis).to(dtype)
+        z = _broadcast(zero_point.to(x.device, dtype), x, axis)
+        ctx.save_for_backward(mask)
+        return ((torch.clamp(q, qmin, qmax) - z) * s).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> tuple:
+        (mask,) = ctx.saved_tensors
+        return grad * mask, None, None, None, None, None
+
+
+def fake_quantize(
+    x: Tensor,
+    scale: Tensor | float,
+    zero_point: Tensor | int,
+    qmin: int,
+    qmax: int,
+    axis: int | None = None,
+) -> Tensor:
+    """Fake-quantize ``x`` with a straight-through gradient (formulas in the module docstring).
+
+    Args:
+        x: input of any shape.
+        scale: per-tensor scale (a float or one-element tensor), or per-channel scales of
+            shape ``[x.shape[axis]]``. Gradients do not flow into it.
+        zero_point: like ``scale``, integer valued.
+        qmin: smallest grid value.
+        qmax: largest grid value.
+        axis: the channel axis of per-channel parameters; ``None`` for per tensor.
+
+    Returns:
+        a tensor like ``x``, bit-equal to :func:`torch.fake_quantize_per_tensor_affine`
+        (``axis=None``) or :func:`torch.fake_quantize_per_channel_affine` (but see the
+        module docstring for float64 per tensor).
+    """
+    if qmin > qmax:
+        raise ValueError(f"qmin={qmin} must not exceed qmax={qmax}.")
+    scale = torch.as_tensor(scale, dtype=torch.float32, device=x.device).detach()
+    zero_point = torch.as_tensor(zero_point, device=x.device).detach()
+    return _FakeQuantizeSTE.apply(x, scale, zero_point, qmin, qmax, axis)

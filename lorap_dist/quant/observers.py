@@ -1,0 +1,198 @@
+r"""Range observers: modules that track the ``[min, max]`` range a quantizer maps to its grid.
+
+An observer sees each tensor that passes the quantization point in training mode (in
+evaluation mode it leaves its range as it is) and keeps the range in two buffers,
+``min_val`` and ``max_val``, so the range is saved and restored with the model's
+``state_dict``. Per tensor the buffers are scalars; per row (``per_row=True``) they hold one
+value per index of axis 0, which is reduced over all other axes. Before the first
+observation the buffers are empty (shape ``[0]``); loading a ``state_dict`` resizes them.
+
+With :math:`m_t, M_t` the range of batch :math:`t`:
+
+- :class:`MinMaxObserver`: running extremes :math:`\min_t m_t`, :math:`\max_t M_t`;
+- :class:`EMAObserver`: :math:`r_1 = (m_1, M_1)`,
+  :math:`r_t = (1 - \mu)\, r_{t-1} + \mu\, (m_t, M_t)`;
+- :class:`PercentileObserver`: as :class:`EMAObserver`, with :math:`m_t, M_t` the
+  :math:`p` and :math:`1 - p` quantiles of the batch instead of its extremes.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+# torch.quantile refuses inputs with more elements than this.
+_QUANTILE_MAX_NUMEL = 1 << 24
+
+
+class RangeObserver(nn.Module):
+    """Base class: reduces a batch to a range and folds it into the stored one.
+
+    Subclasses implement :meth:`_fold` and may override :meth:`_batch_range`.
+
+    Args:
+        per_row: one range per index of axis 0 instead of one for the whole tensor.
+    """
+
+    min_val: Tensor
+    max_val: Tensor
+
+    def __init__(self, per_row: bool = False) -> None:
+        super().__init__()
+        self.per_row = per_row
+        self.register_buffer("min_val", torch.empty(0))
+        self.register_buffer("max_val", torch.empty(0))
+
+    @property
+    def initialized(self) -> bool:
+        """Whether a range has been observed (or loaded)."""
+        return self.min_val.numel() > 0
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Fold the range of ``x`` into the stored range when training; return ``x``."""
+        if self.training and x.numel() > 0:
+            self.observe(x)
+        return x
+
+    @torch.no_grad()
+    def observe(self, x: Tensor) -> None:
+        """Fold the range of ``x`` into the stored range, whatever the mode."""
+        batch_min, batch_max = self.batch_range(x)
+        if self.initialized and batch_min.shape != self.min_val.shape:
+            raise ValueError(
+                f"{type(self).__name__} holds ranges of shape {tuple(self.min_val.shape)} but "
+                f"got a batch with ranges of shape {tuple(batch_min.shape)}; a per-row observer "
+                "needs the same number of rows every call (weights), so observe node features "
+                "per tensor."
+            )
+        if self.initialized:
+            batch_min, batch_max = self._fold(batch_min, batch_max)
+        self.min_val = batch_min
+        self.max_val = batch_max
+
+    def batch_range(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``(min, max)`` of ``x``: float32 scalars, or ``[x.shape[0]]`` when per row."""
+        values = self._values(x)
+        lo, hi = torch.aminmax(values, dim=-1 if self.per_row else None)
+        return lo, hi
+
+    def _values(self, x: Tensor) -> Tensor:
+        """``x`` as float32, flat, or ``[rows, values per row]`` when per row."""
+        x = x.detach().to(torch.float32)
+        if not self.per_row:
+            return x.reshape(-1)
+        if x.dim() == 0:
+            raise ValueError("a per-row observer needs a tensor with at least one dimension.")
+        return x.reshape(x.shape[0], math.prod(x.shape[1:]))
+
+    def _fold(self, batch_min: Tensor, batch_max: Tensor) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    def _load_from_state_dict(
+        self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any
+    ) -> None:
+        # The range's shape is only known once observed: take the saved one.
+        for name in ("min_val", "max_val"):
+            saved = state_dict.get(prefix + name)
+            if saved is not None and saved.shape != getattr(self, name).shape:
+                setattr(self, name, torch.empty_like(saved, device=getattr(self, name).device))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def extra_repr(self) -> str:
+        return f"per_row={self.per_row}"
+
+
+class MinMaxObserver(RangeObserver):
+    """Running extremes: the range covers every value seen in training.
+
+    Args:
+        per_row: one range per index of axis 0.
+    """
+
+    def _fold(self, batch_min: Tensor, batch_max: Tensor) -> tuple[Tensor, Tensor]:
+        return torch.minimum(self.min_val, batch_min), torch.maximum(self.max_val, batch_max)
+
+
+class EMAObserver(RangeObserver):
+    r"""Exponential moving average of the batch extremes.
+
+    .. math::
+
+        r_t = (1 - \mu)\, r_{t-1} + \mu\, r^{\text{batch}}_t, \qquad r_1 = r^{\text{batch}}_1
+
+    ``momentum=1`` keeps the latest batch's range (the quantizers of weights use this: the
+    range of the current weights).
+
+    Args:
+        momentum: :math:`\mu \in (0, 1]`, weight of the new batch (default 0.01).
+        per_row: one range per index of axis 0.
+    """
+
+    def __init__(self, momentum: float = 0.01, per_row: bool = False) -> None:
+        if not 0.0 < momentum <= 1.0:
+            raise ValueError(f"momentum={momentum!r} must be in (0, 1].")
+        super().__init__(per_row=per_row)
+        self.momentum = momentum
+
+    def _fold(self, batch_min: Tensor, batch_max: Tensor) -> tuple[Tensor, Tensor]:
+        m = self.momentum
+        return (1 - m) * self.min_val + m * batch_min, (1 - m) * self.max_val + m * batch_max
+
+    def extra_repr(self) -> str:
+        return f"momentum={self.momentum}, per_row={self.per_row}"
+
+
+class PercentileObserver(EMAObserver):
+    r"""Moving average of the batch's :math:`p` and :math:`1 - p` quantiles (Degree-Quant).
+
+    Clipping the outer ``percentile`` of each tail spends the grid on the bulk of the
+    values instead of on rare outliers. Quantiles are :func:`torch.quantile` with linear
+    interpolation. Where a batch (or a row, per row) holds more than ``max_samples``
+    values, the quantiles are estimated from ``max_samples`` of them drawn uniformly with
+    replacement (the same columns for every row); ``torch.quantile`` accepts at most
+    :math:`2^{24}` elements, so larger tensors are always subsampled to fit.
+
+    Args:
+        percentile: :math:`p \in (0, 0.5)`, the fraction clipped from each tail
+            (default 0.001; Degree-Quant uses 0.01 at INT4).
+        momentum: weight of the new batch in the moving average, in ``(0, 1]``.
+        max_samples: at most this many values per range estimate, or ``None``.
+        per_row: one range per index of axis 0.
+    """
+
+    def __init__(
+        self,
+        percentile: float = 0.001,
+        momentum: float = 0.01,
+        max_samples: int | None = None,
+        per_row: bool = False,
+    ) -> None:
+        if not 0.0 < percentile < 0.5:
+            raise ValueError(f"percentile={percentile!r} must be in (0, 0.5).")
+        if max_samples is not None and max_samples < 1:
+            raise ValueError(f"max_samples={max_samples!r} must be >= 1 or None.")
+        super().__init__(momentum=momentum, per_row=per_row)
+        self.percentile = percentile
+        self.max_samples = max_samples
+
+    def batch_range(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        values = self._values(x)  # [n] or [rows, n]
+        rows = values.shape[0] if self.per_row else 1
+        limit = max(1, _QUANTILE_MAX_NUMEL // rows)
+        if self.max_samples is not None:
+            limit = min(limit, self.max_samples)
+        if values.shape[-1] > limit:
+            picks = torch.randint(values.shape[-1], (limit,), device=values.device)
+            values = values[..., picks]
+        q = torch.tensor([self.percentile, 1.0 - self.percentile], device=values.device)
+        lo, hi = torch.quantile(values, q, dim=-1 if self.per_row else None)
+        return lo, hi
+
+    def extra_repr(self) -> str:
+        return (
+            f"percentile={self.percentile}, momentum={self.momentum}, "
+            f"max_samples={self.max_samples}, per_row={self.per_row}"
+        )

@@ -1,0 +1,110 @@
+r"""The fake quantizer of plain quantization-aware training: observe a range, fake-quantize.
+
+.. math::
+
+    (m, M) &= \text{observer}(x) \quad \text{(training only; stored range in evaluation)} \\
+    (s, z) &= \text{qparams}(m, M, b) \\
+    \hat x &= \operatorname{fake\_quantize}(x; s, z, q_{\min}, q_{\max})
+            \quad \text{with the straight-through gradient}
+
+Rows that a :class:`~lorap_dist.graph.NodeInfo` marks in ``protect`` stay at full precision
+(gradient 1) and are left out of the observed range, which is how Degree-Quant keeps
+high-degree nodes from both suffering and distorting the quantization of the others.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from lorap_dist.graph.block import NodeInfo
+from lorap_dist.quant.base import Quantizer
+from lorap_dist.quant.fake_quant import calculate_qparams, fake_quantize, quant_range
+from lorap_dist.quant.observers import MinMaxObserver, RangeObserver
+
+
+class FakeQuantizer(Quantizer):
+    """Fake quantization with a range from an observer (formulas in the module docstring).
+
+    In training mode each call first folds the input's range into the observer, then
+    quantizes with the updated range. In evaluation mode the stored range is used as it is;
+    until one has been observed or loaded, the current input's range is used (and not
+    stored), so a freshly quantized model can be evaluated before it is trained.
+
+    Args:
+        bits: bit width, 2 to 8.
+        symmetric: signed grid ``[-2^(b-1), 2^(b-1)-1]`` with zero point 0 (else unsigned
+            ``[0, 2^b-1]`` with a zero point).
+        per_row: one range, scale and zero point per row (index of axis 0), e.g. per output
+            channel of a weight ``[out, in]``; the number of rows must not change.
+        observer: the range observer; a :class:`MinMaxObserver` by default. Its ``per_row``
+            must equal ``per_row``.
+
+    Shapes:
+        input ``[N, ...]`` and optional ``nodes.protect`` ``[N]`` -> output ``[N, ...]``.
+    """
+
+    def __init__(
+        self,
+        bits: int = 8,
+        symmetric: bool = False,
+        per_row: bool = False,
+        observer: RangeObserver | None = None,
+    ) -> None:
+        super().__init__()
+        self.qmin, self.qmax = quant_range(bits, symmetric)
+        self.bits = bits
+        self.symmetric = symmetric
+        self.per_row = per_row
+        self.observer = MinMaxObserver(per_row=per_row) if observer is None else observer
+        if self.observer.per_row != per_row:
+            raise ValueError(
+                f"FakeQuantizer(per_row={per_row}) got an observer with "
+                f"per_row={self.observer.per_row}; give both the same value."
+            )
+
+    def forward(self, x: Tensor, nodes: NodeInfo | None = None) -> Tensor:
+        protect = None if nodes is None else nodes.protect
+        if protect is not None:
+            if self.per_row:
+                raise ValueError(
+                    "a per-row FakeQuantizer cannot protect rows: its ranges are fixed per "
+                    "row; use a per-tensor quantizer for node features with a protect mask."
+                )
+            protect = protect.to(device=x.device, dtype=torch.bool)
+            if protect.shape != x.shape[:1]:
+                raise ValueError(
+                    f"nodes.protect has shape {tuple(protect.shape)} but the input has "
+                    f"{x.shape[0]} rows; it needs one flag per row."
+                )
+        observed = x if protect is None else x[~protect]
+        if observed.numel() == 0:
+            return x  # every row protected (or no rows): nothing to quantize
+        self.observer(observed)
+        if self.observer.initialized:
+            lo, hi = self.observer.min_val, self.observer.max_val
+        else:
+            lo, hi = self.observer.batch_range(observed)
+        scale, zero_point = calculate_qparams(lo, hi, self.bits, self.symmetric)
+        out = fake_quantize(
+            x, scale, zero_point, self.qmin, self.qmax, axis=0 if self.per_row else None
+        )
+        if protect is None:
+            return out
+        return torch.where(protect.reshape(-1, *[1] * (x.dim() - 1)), x, out)
+
+    def average_bits(self) -> float:
+        return float(self.bits)
+
+    def qparams(self) -> tuple[float, int, int, int] | None:
+        """``(scale, zero_point, qmin, qmax)`` of the stored range; ``None`` when per row or
+        before a range has been observed."""
+        if self.per_row or not self.observer.initialized:
+            return None
+        scale, zero_point = calculate_qparams(
+            self.observer.min_val, self.observer.max_val, self.bits, self.symmetric
+        )
+        return float(scale), int(zero_point), self.qmin, self.qmax
+
+    def extra_repr(self) -> str:
+        return f"bits={self.bits}, symmetric={self.symmetric}, per_row={self.per_row}"

@@ -1,0 +1,103 @@
+import pytest
+import torch
+from torch_geometric.nn import GCNConv
+
+from lorap_dist.graph import Block
+from lorap_dist.nn import QGCNConv, block_gcn_norm
+from lorap_dist.testing.graphs import full_block, in_neighbour_block, random_graph
+from lorap_dist.testing.layers import assert_same_outputs_and_grads, copy_parameters
+
+NAMES = {"lin.weight": "lin.weight", "bias": "bias"}
+
+
+def pair(in_channels: int, out_channels: int, seed: int) -> tuple[QGCNConv, GCNConv]:
+    torch.manual_seed(seed)
+    ours, theirs = QGCNConv(in_channels, out_channels), GCNConv(in_channels, out_channels)
+    torch.nn.init.normal_(theirs.bias)  # PyG starts it at zero, which would hide a bias bug
+    copy_parameters(ours, theirs, NAMES)
+    return ours, theirs
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("channels", [(5, 3), (8, 16)])
+def test_matches_pyg_gcnconv(seed: int, channels: tuple[int, int]) -> None:
+    ours, theirs = pair(*channels, seed)
+    edge_index = random_graph(13, 30, seed)
+    x = torch.randn(13, channels[0])
+    assert_same_outputs_and_grads(
+        ours,
+        theirs,
+        NAMES,
+        x,
+        lambda m, x: m(x, edge_index),
+        lambda m, x: m(x, edge_index),
+    )
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_full_block_equals_full_graph(seed: int) -> None:
+    layer = QGCNConv(6, 4, lorap_k=3, lorap_r=2)
+    torch.nn.init.normal_(layer.lorap.p_b)
+    edge_index = random_graph(11, 25, seed)
+    x = torch.randn(11, 6)
+    torch.testing.assert_close(layer(x, full_block(edge_index, 11)), layer(x, edge_index))
+
+
+@pytest.mark.parametrize("seed", [0, 4])
+def test_block_normalises_like_pyg_on_the_sampled_subgraph(seed: int) -> None:
+    """Sources that are not destinations have no in-edges in the block, so their degree is 1
+    (their self loop), as for PyG's GCNConv on the sampled subgraph."""
+    ours, theirs = pair(6, 4, seed)
+    edge_index = random_graph(15, 35, seed)
+    x = torch.randn(15, 6)
+    block, src_ids = in_neighbour_block(edge_index, torch.tensor([0, 5, 9, 14]))
+    assert block.num_src > block.num_dst
+    x_src = x[src_ids]
+    expected = theirs(x_src, block.edge_index)[: block.num_dst]
+    torch.testing.assert_close(ours(x_src, block), expected, atol=1e-6, rtol=1e-5)
+    full_graph = ours(x, edge_index)[torch.tensor([0, 5, 9, 14])]
+    assert not torch.allclose(ours(x_src, block), full_graph, atol=1e-4)
+
+
+def test_block_norm_drops_only_the_self_loops_of_pure_sources() -> None:
+    edge_index = torch.tensor([[2, 3, 1, 3], [0, 0, 1, 1]])
+    index, weight = block_gcn_norm(edge_index, num_src=4, num_dst=2)
+    pairs = {(int(s), int(d)): float(w) for (s, d), w in zip(index.t(), weight, strict=True)}
+    # degrees with self loops: node 0 -> 3, node 1 -> 2 (its own loop is not added twice),
+    # sources 2 and 3 -> 1 (no in-edges in the block)
+    expected = {
+        (2, 0): 3**-0.5,
+        (3, 0): 3**-0.5,
+        (0, 0): 1 / 3,
+        (1, 1): 1 / 2,
+        (3, 1): 2**-0.5,
+    }
+    assert pairs.keys() == expected.keys()
+    for key, value in expected.items():
+        assert pairs[key] == pytest.approx(value)
+
+
+def test_errors_name_the_input() -> None:
+    layer = QGCNConv(3, 2)
+    with pytest.raises(ValueError, match="num_src=5"):
+        layer(torch.randn(4, 3), Block(torch.zeros(2, 0, dtype=torch.long), 5, 2))
+    with pytest.raises(TypeError, match="Block"):
+        layer((torch.randn(4, 3), torch.randn(2, 3)), torch.zeros(2, 0, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"\[2, E\]"):
+        layer(torch.randn(4, 3), torch.zeros(3, 1, dtype=torch.long))
+
+
+def test_reset_repr_and_points() -> None:
+    layer = QGCNConv(3, 2, lorap_k=4, lorap_r=2)
+    assert layer.QUANT_POINTS == dict.fromkeys(
+        ["input", "message", "aggregate", "prompt", "output"], "node"
+    )
+    assert set(QGCNConv(3, 2).QUANT_POINTS) == {"input", "message", "aggregate", "output"}
+    assert repr(layer) == "QGCNConv(3, 2, lorap=(k=4, r=2))"
+    with torch.no_grad():
+        layer.bias.fill_(1.0)
+        layer.lorap.p_b.fill_(1.0)
+    weight = layer.lin.weight.clone()
+    layer.reset_parameters()
+    assert torch.all(layer.bias == 0) and torch.all(layer.lorap.p_b == 0)
+    assert not torch.equal(layer.lin.weight, weight)

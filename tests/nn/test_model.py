@@ -1,0 +1,170 @@
+import pytest
+import torch
+from torch import Tensor, nn
+
+from lorap_dist.config import ModelConfig, PromptConfig
+from lorap_dist.graph import Block, NodeInfo
+from lorap_dist.nn import GNN, QGATConv, build_model, parameter_counts
+from lorap_dist.prompt import GPFPlus, LoRAP
+from lorap_dist.quant import Quantizer
+from lorap_dist.testing.fake_quant import RecordingQuantizer
+from lorap_dist.testing.graphs import full_block, in_neighbour_block, random_graph
+
+ARCHS = ["gcn", "sage", "gin", "gat"]
+IN, OUT, N = 5, 3, 14
+
+
+def model_config(arch: str, norm: str = "none", layers: int = 2) -> ModelConfig:
+    return ModelConfig(arch=arch, hidden=8, layers=layers, dropout=0.3, norm=norm, heads=2)
+
+
+def randomise_prompts(model: nn.Module) -> None:
+    for module in model.modules():
+        if isinstance(module, LoRAP):
+            nn.init.normal_(module.p_b)
+        if isinstance(module, GPFPlus):
+            nn.init.normal_(module.bases)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("kind", ["lorap", "gpf", "gpf_lorap"])
+def test_untrained_prompt_equals_the_backbone(arch: str, kind: str) -> None:
+    torch.manual_seed(0)
+    backbone = build_model(IN, OUT, model_config(arch, norm="layer"), PromptConfig())
+    prompted = build_model(IN, OUT, model_config(arch, norm="layer"), PromptConfig(kind=kind))
+    missing, unexpected = prompted.load_state_dict(backbone.state_dict(), strict=False)
+    assert not unexpected
+    assert missing and all(".lorap." in k or k.startswith("gpf.") for k in missing)
+    backbone.eval(), prompted.eval()
+    edge_index, x = random_graph(N, 40, seed=1), torch.randn(N, IN)
+    torch.testing.assert_close(prompted(x, edge_index), backbone(x, edge_index))
+    randomise_prompts(prompted)  # ... and the prompt is really on the path
+    assert not torch.allclose(prompted(x, edge_index), backbone(x, edge_index))
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_lorap_gradient_reaches_every_layer_and_one_step_moves_the_output(arch: str) -> None:
+    torch.manual_seed(0)
+    model = build_model(IN, OUT, model_config(arch), PromptConfig(kind="lorap", k=4, r=2))
+    model.eval()
+    edge_index, x = random_graph(N, 40, seed=2), torch.randn(N, IN)
+    before = model(x, edge_index).detach()
+    prompt_params = [m.p_b for m in model.modules() if isinstance(m, LoRAP)]
+    assert len(prompt_params) == 2
+    loss = nn.functional.cross_entropy(model(x, edge_index), torch.randint(OUT, (N,)))
+    loss.backward()
+    for p_b in prompt_params:
+        assert p_b.grad is not None and p_b.grad.abs().sum() > 0
+    torch.optim.Adam(prompt_params, lr=0.01).step()
+    assert all(p_b.abs().sum() > 0 for p_b in prompt_params)
+    assert not torch.allclose(model(x, edge_index), before)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("norm", ["none", "batch"])
+def test_full_blocks_equal_the_full_graph(arch: str, norm: str) -> None:
+    torch.manual_seed(0)
+    model = build_model(IN, OUT, model_config(arch, norm, layers=3), PromptConfig("gpf_lorap"))
+    randomise_prompts(model)
+    model.eval()
+    edge_index, x = random_graph(N, 40, seed=3), torch.randn(N, IN)
+    blocks = [full_block(edge_index, N)] * 3
+    torch.testing.assert_close(model(x, blocks), model(x, edge_index))
+
+
+@pytest.mark.parametrize("arch", ["sage", "gin", "gat"])
+def test_sampled_blocks_give_the_seeds_their_full_graph_outputs(arch: str) -> None:
+    torch.manual_seed(0)
+    model = build_model(IN, OUT, model_config(arch, "layer"), PromptConfig("lorap"))
+    randomise_prompts(model)
+    model.eval()
+    edge_index, x = random_graph(30, 60, seed=4), torch.randn(30, IN)
+    seeds = torch.tensor([2, 11, 17])
+    outer, hop1 = in_neighbour_block(edge_index, seeds)  # last layer: seeds <- 1-hop
+    inner, hop2 = in_neighbour_block(edge_index, hop1)  # first layer: 1-hop <- 2-hop
+    assert inner.num_src > inner.num_dst > outer.num_dst
+    out = model(x[hop2], [inner, outer])
+    torch.testing.assert_close(out, model(x, edge_index)[seeds])
+
+
+def test_node_facts_follow_the_blocks_and_the_node_transform() -> None:
+    model = build_model(IN, OUT, model_config("sage"), PromptConfig())
+    recorders = [RecordingQuantizer(), RecordingQuantizer()]
+    for conv, recorder in zip(model.convs, recorders, strict=True):
+        conv.quantizers["input"] = recorder
+    edge_index = random_graph(N, 40, seed=5)
+    inner, ids = in_neighbour_block(edge_index, torch.arange(6))
+    src, dst = inner.edge_index
+    outer = Block(inner.edge_index[:, (dst < 2) & (src < inner.num_dst)], inner.num_dst, 2)
+    calls = []
+
+    def transform(nodes: NodeInfo | None) -> NodeInfo:
+        calls.append(nodes)
+        return NodeInfo(ids=nodes.ids, protect=nodes.ids % 2 == 0)
+
+    model.node_transform = transform
+    given = NodeInfo(ids=ids)
+    model(torch.randn(len(ids), IN), [inner, outer], given)
+    assert calls == [given]
+    for recorder, rows in zip(recorders, (inner.num_src, inner.num_dst), strict=True):
+        ((_, nodes),) = recorder.calls
+        torch.testing.assert_close(nodes.ids, ids[:rows])
+        torch.testing.assert_close(nodes.protect, ids[:rows] % 2 == 0)
+
+
+def test_block_lists_are_checked() -> None:
+    model = build_model(IN, OUT, model_config("gcn"), PromptConfig())
+    edge_index, x = random_graph(N, 40, seed=6), torch.randn(N, IN)
+    with pytest.raises(ValueError, match="exactly 2 Blocks"):
+        model(x, [full_block(edge_index, N)])
+    with pytest.raises(ValueError, match=r"blocks\[1\].num_src=5"):
+        model(x, [Block(edge_index, N, N), Block(edge_index[:, :0], 5, 5)])
+
+
+def test_gat_hidden_width_must_split_across_heads() -> None:
+    with pytest.raises(ValueError, match="divisible"):
+        GNN(IN, OUT, ModelConfig(arch="gat", hidden=9, heads=2))
+    model = GNN(IN, OUT, ModelConfig(arch="gat", hidden=8, heads=2, layers=3))
+    first, last = model.convs[0], model.convs[-1]
+    assert isinstance(first, QGATConv) and (first.heads, first.out_channels) == (2, 4)
+    assert first.concat and not last.concat and last.out_channels == OUT
+
+
+def aggregate_widths(arch: str) -> list[int]:
+    """Width LoRAP sees in each of 3 layers (IN -> 8 -> 8 -> OUT)."""
+    return {"gcn": [8, 8, OUT], "sage": [IN, 8, 8], "gin": [IN, 8, 8], "gat": [8, 8, OUT]}[arch]
+
+
+class LearnedStep(Quantizer):
+    def __init__(self) -> None:
+        super().__init__()
+        self.step = nn.Parameter(torch.ones(3))
+
+    def forward(self, x: Tensor, nodes: NodeInfo | None = None) -> Tensor:
+        return x
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("kind", ["none", "lorap", "gpf", "gpf_lorap"])
+def test_parameter_counts(arch: str, kind: str) -> None:
+    k, r = 4, 2
+    config = model_config(arch, norm="batch", layers=3)
+    backbone = parameter_counts(build_model(IN, OUT, config, PromptConfig()))
+    model = build_model(IN, OUT, config, PromptConfig(kind=kind, k=k, r=r))
+    prompt = PromptConfig(kind=kind)
+    expected = sum(d * k + r * (k + d) for d in aggregate_widths(arch)) if prompt.lorap else 0
+    expected += 2 * IN * k if prompt.gpf else 0
+    model.convs[0].quantizers["input"] = LearnedStep()
+    counts = parameter_counts(model)
+    assert counts == {
+        "backbone": backbone["backbone"],
+        "prompt": expected,
+        "quantizer": 3,
+        "total": backbone["backbone"] + expected + 3,
+    }
+    assert counts["total"] == sum(p.numel() for p in model.parameters())
+
+
+def test_repr_names_the_stack() -> None:
+    model = build_model(IN, OUT, model_config("gin"), PromptConfig("lorap", k=6, r=3))
+    assert repr(model) == "GNN(arch=gin, layers=2, hidden=8, prompt=lorap, k=6, r=3)"

@@ -1,0 +1,41 @@
+import pytest
+import torch
+
+from lorap_dist.prompt import GPFPlus
+
+
+def test_untrained_prompt_is_the_identity() -> None:
+    gpf = GPFPlus(5, k=3)
+    assert torch.all(gpf.bases == 0) and gpf.weight.abs().sum() > 0
+    x = torch.randn(7, 5)
+    torch.testing.assert_close(gpf(x), x)
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1), (6, 5, 3), (9, 12, 7)])
+def test_matches_hand_formula(shape) -> None:
+    n, d, k = shape
+    gpf = GPFPlus(d, k)
+    torch.nn.init.normal_(gpf.bases)
+    x = torch.randn(n, d)
+    scores = torch.exp(x @ gpf.weight)
+    expected = x + (scores / scores.sum(dim=1, keepdim=True)) @ gpf.bases
+    torch.testing.assert_close(gpf(x), expected)
+
+
+def test_gradient_reaches_the_bases_at_init() -> None:
+    gpf = GPFPlus(4, k=3)
+    x = torch.randn(6, 4)
+    (gpf(x) * torch.randn(6, 4)).sum().backward()
+    assert gpf.bases.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("d, k", [(4, 3), (17, 8)])
+def test_parameter_count_and_repr(d: int, k: int) -> None:
+    gpf = GPFPlus(d, k)
+    assert sum(p.numel() for p in gpf.parameters()) == 2 * d * k
+    assert repr(gpf) == f"GPFPlus({d}, k={k})"
+
+
+def test_invalid_sizes_are_rejected() -> None:
+    with pytest.raises(ValueError, match="k=0"):
+        GPFPlus(4, k=0)

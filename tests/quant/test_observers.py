@@ -1,0 +1,156 @@
+"""Range observers: update rules, per-row reduction, training-only updates, state_dict."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lorap_dist.quant import EMAObserver, MinMaxObserver, PercentileObserver
+
+
+def _batches(n: int, shape=(8, 5), seed: int = 0) -> list[torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randn(shape, generator=gen) * (i + 1) for i in range(n)]
+
+
+@pytest.mark.parametrize("per_row", [False, True])
+def test_minmax_keeps_running_extremes(per_row):
+    observer = MinMaxObserver(per_row=per_row)
+    batches = _batches(3)
+    for x in batches:
+        observer(x)
+    stacked = torch.stack(batches)  # [3, 8, 5]
+    dims = (0, 2) if per_row else (0, 1, 2)
+    assert torch.equal(observer.min_val, stacked.amin(dim=dims))
+    assert torch.equal(observer.max_val, stacked.amax(dim=dims))
+
+
+@pytest.mark.parametrize("per_row", [False, True])
+@pytest.mark.parametrize("momentum", [0.01, 0.3, 1.0])
+def test_ema_starts_at_the_first_batch_then_averages(per_row, momentum):
+    observer = EMAObserver(momentum=momentum, per_row=per_row)
+    first, second, third = _batches(3, seed=1)
+
+    def batch_range(x):
+        return (x.amin(dim=1), x.amax(dim=1)) if per_row else (x.min(), x.max())
+
+    observer(first)
+    expected_min, expected_max = batch_range(first)
+    assert torch.equal(observer.min_val, expected_min)
+    for x in (second, third):
+        observer(x)
+        lo, hi = batch_range(x)
+        expected_min = (1 - momentum) * expected_min + momentum * lo
+        expected_max = (1 - momentum) * expected_max + momentum * hi
+    assert torch.equal(observer.min_val, expected_min)
+    assert torch.equal(observer.max_val, expected_max)
+    if momentum == 1.0:
+        assert torch.equal(observer.max_val, hi)  # keeps only the latest batch
+
+
+@pytest.mark.parametrize("percentile", [0.001, 0.01, 0.2])
+@pytest.mark.parametrize("shape", [(1000,), (30, 7, 11)])
+def test_percentile_per_tensor_matches_torch_quantile(percentile, shape):
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(2)).exp()
+    observer = PercentileObserver(percentile=percentile)
+    observer(x)
+    q = torch.tensor([percentile, 1 - percentile])
+    lo, hi = torch.quantile(x.reshape(-1), q)
+    assert torch.equal(observer.min_val, lo)
+    assert torch.equal(observer.max_val, hi)
+    assert x.min() < lo < hi < x.max()  # the tails were clipped
+
+
+def test_percentile_per_row_matches_torch_quantile():
+    x = torch.randn(6, 4, 50, generator=torch.Generator().manual_seed(3))
+    observer = PercentileObserver(percentile=0.05, per_row=True)
+    observer(x)
+    lo, hi = torch.quantile(x.reshape(6, -1), torch.tensor([0.05, 0.95]), dim=1)
+    assert observer.min_val.shape == (6,)
+    assert torch.equal(observer.min_val, lo)
+    assert torch.equal(observer.max_val, hi)
+
+
+def test_percentile_averages_batches_with_momentum():
+    first, second = _batches(2, seed=4)
+    observer = PercentileObserver(percentile=0.1, momentum=0.25)
+    observer(first)
+    observer(second)
+    q = torch.tensor([0.1, 0.9])
+    lo1, hi1 = torch.quantile(first.reshape(-1), q)
+    lo2, hi2 = torch.quantile(second.reshape(-1), q)
+    assert torch.allclose(observer.min_val, 0.75 * lo1 + 0.25 * lo2)
+    assert torch.allclose(observer.max_val, 0.75 * hi1 + 0.25 * hi2)
+
+
+def test_percentile_subsamples_to_max_samples():
+    x = torch.linspace(0, 1, 100_001)
+    torch.manual_seed(0)
+    observer = PercentileObserver(percentile=0.25, max_samples=2000)
+    observer(x)
+    # 2000 draws estimate the quartiles of a uniform grid to well within 0.05 ...
+    assert abs(float(observer.min_val) - 0.25) < 0.05
+    assert abs(float(observer.max_val) - 0.75) < 0.05
+    # ... but not exactly: the estimate came from a subsample, not all 100001 values.
+    assert float(observer.min_val) != float(torch.quantile(x, 0.25))
+
+
+def test_observers_do_not_update_in_eval_mode():
+    observer = MinMaxObserver()
+    observer(torch.tensor([-1.0, 2.0]))
+    observer.eval()
+    returned = observer(torch.tensor([-5.0, 9.0]))
+    assert torch.equal(returned, torch.tensor([-5.0, 9.0]))
+    assert (float(observer.min_val), float(observer.max_val)) == (-1.0, 2.0)
+    fresh = EMAObserver().eval()
+    fresh(torch.ones(3))
+    assert not fresh.initialized
+
+
+def test_observer_ignores_gradients_and_input_dtype():
+    x = torch.tensor([[-1.5, 2.0], [0.5, 3.0]], dtype=torch.float16, requires_grad=True)
+    observer = MinMaxObserver(per_row=True)
+    observer(x)
+    assert observer.min_val.dtype == torch.float32
+    assert not observer.min_val.requires_grad
+    assert observer.max_val.tolist() == [2.0, 3.0]
+
+
+@pytest.mark.parametrize("per_row", [False, True])
+def test_state_dict_round_trips_into_a_fresh_observer(per_row):
+    observer = EMAObserver(momentum=0.5, per_row=per_row)
+    for x in _batches(2, seed=5):
+        observer(x)
+    state = observer.state_dict()
+    assert set(state) == {"min_val", "max_val"}
+    fresh = EMAObserver(momentum=0.5, per_row=per_row)
+    assert not fresh.initialized
+    fresh.load_state_dict(state)
+    assert torch.equal(fresh.min_val, observer.min_val)
+    assert torch.equal(fresh.max_val, observer.max_val)
+
+
+def test_per_row_observer_rejects_a_changed_row_count():
+    observer = MinMaxObserver(per_row=True)
+    observer(torch.randn(4, 3))
+    with pytest.raises(ValueError, match="same number of rows"):
+        observer(torch.randn(5, 3))
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: EMAObserver(momentum=0.0), "momentum=0.0"),
+        (lambda: EMAObserver(momentum=1.5), "momentum=1.5"),
+        (lambda: PercentileObserver(percentile=0.5), "percentile=0.5"),
+        (lambda: PercentileObserver(max_samples=0), "max_samples=0"),
+    ],
+)
+def test_invalid_arguments_are_named(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+def test_repr_names_the_settings():
+    assert "percentile=0.01" in repr(PercentileObserver(percentile=0.01))
+    assert "momentum=0.2, per_row=True" in repr(EMAObserver(momentum=0.2, per_row=True))

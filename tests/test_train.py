@@ -1,0 +1,83 @@
+import json
+
+import pytest
+import torch
+
+from lorap_dist.cli import main
+from lorap_dist.config import ExperimentConfig
+from lorap_dist.graph.synthetic import generate_synthetic
+from lorap_dist.train import train
+
+SMALL = {
+    "data": {"synthetic": {"num_nodes": 600, "avg_degree": 8, "feature_noise": 1.5}},
+    "model": {"hidden": 32},
+    "train": {"epochs": 60, "patience": 0, "lr": 0.02},
+}
+
+
+def small_config(**sections) -> ExperimentConfig:
+    data = json.loads(json.dumps(SMALL))
+    for name, values in sections.items():
+        data.setdefault(name, {}).update(values)
+    return ExperimentConfig.from_dict(data)
+
+
+@pytest.mark.parametrize("arch", ["gcn", "sage", "gin", "gat"])
+def test_full_batch_training_learns_the_planted_classes(arch):
+    config = small_config(model={"arch": arch})
+    result, _ = train(config, progress=False)
+    chance = 1 / config.data.synthetic.num_classes
+    assert result.test_acc > chance + 0.3
+    assert result.history[-1]["loss"] < result.history[0]["loss"]
+
+
+def test_int4_lorap_run_reports_bits_and_prompt_parameters():
+    config = small_config(
+        prompt={"kind": "lorap", "k": 4, "r": 2},
+        quant={"scheme": "qat", "options": {"bits": 4}},
+        train={"epochs": 5},
+    )
+    result, _ = train(config, progress=False)
+    assert result.avg_bits is not None and result.avg_bits <= 8
+    hidden, classes = config.model.hidden, config.data.synthetic.num_classes
+    per_layer = [d * 4 + 2 * (4 + d) for d in (hidden, classes)]
+    assert result.params["prompt"] == sum(per_layer)
+
+
+def test_early_stopping_stops_and_keeps_the_best_epoch():
+    config = small_config(train={"epochs": 300, "patience": 5, "lr": 0.05})
+    result, _ = train(config, progress=False)
+    assert result.epochs_run < 300
+    assert result.epochs_run - 1 - result.best_epoch == 5
+    best_valid = max(h["valid"] for h in result.history)
+    assert result.valid_acc == pytest.approx(best_valid)
+
+
+def test_same_seed_same_result():
+    config = small_config(train={"epochs": 10})
+    graph = generate_synthetic(config.data.synthetic)
+    a, model_a = train(config, graph, progress=False)
+    b, model_b = train(config, graph, progress=False)
+    assert a.test_acc == b.test_acc
+    for pa, pb in zip(model_a.parameters(), model_b.parameters(), strict=True):
+        assert torch.equal(pa, pb)
+
+
+def test_cli_train_with_overrides_writes_the_result(tmp_path, capsys):
+    out = tmp_path / "result.json"
+    args = ["train", "--no-progress", "--out", str(out), "--set", "train.epochs=3"]
+    args += ["--set", "data.synthetic.num_nodes=300", "--set", "prompt.kind=gpf_lorap"]
+    with pytest.raises(SystemExit) as code:
+        main(args)
+    assert code.value.code == 0
+    saved = json.loads(out.read_text())
+    assert saved["epochs_run"] == 3 and len(saved["history"]) == 3
+    assert "test_acc" in json.loads(capsys.readouterr().out)
+
+
+def test_cli_bad_config_is_a_clear_error(capsys):
+    with pytest.raises(SystemExit) as code:
+        main(["train", "--set", "quant.options.bits=9", "--set", "quant.scheme=qat"])
+    assert code.value.code == 2
+    err = capsys.readouterr().err
+    assert "bits=9" in err and "2 to 8" in err
