@@ -1,0 +1,245 @@
+"""Latency of the fused LoRAP op against the unfused sequence of torch ops.
+
+Claim measured: fusing LoRAP's prompt injection (GEMM, softmax, GEMM, GEMM, add,
+re-quantize) into one kernel lowers its latency (the paper reports about 2x on GPU).
+
+- CPU: the op's CPU path (``lorap_forward``: the pure-torch reference, which also computes the
+  integer codes, and its closed-form backward) against the naive unfused composition (each of
+  matmul, softmax, matmul, matmul, add, ``fake_quantize_per_tensor_affine`` materialised,
+  backward by autograd).
+- GPU (when one is present): the Triton kernels against the same unfused composition, with
+  the fraction of the device's peak memory bandwidth the fused kernels reach, and the fused
+  quantized aggregation against gather + dequantize + ``index_add_``.
+
+Writes ``benchmarks/results/kernel_lorap.json`` and prints a Markdown table. Run the CPU part
+under the shared lock on the 2-core dev machine::
+
+    flock /tmp/lorap-heavy.lock .venv/bin/python benchmarks/kernel_lorap.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import gc
+import json
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from lorap_dist.kernels.lorap_fused import lorap_forward
+from lorap_dist.kernels.quant_aggregate import quant_aggregate
+
+RESULTS = Path(__file__).parent / "results" / "kernel_lorap.json"
+REPORT = RESULTS.with_suffix(".md")  # the printed tables, for BENCHMARKS.md
+COMMAND = "flock /tmp/lorap-heavy.lock .venv/bin/python benchmarks/kernel_lorap.py"
+K, R = 8, 4
+QPARAMS = (0.02, 0, -128, 127)  # INT8: scale, zero point, qmin, qmax
+# Peak HBM bandwidth in bytes/s, keyed on a substring of torch.cuda.get_device_name().
+PEAK_BANDWIDTH = {
+    "H200": 4.8e12,
+    "H100 PCIe": 2.0e12,
+    "H100": 3.35e12,
+    "A100-SXM4-80GB": 2.04e12,
+    "A100": 1.94e12,
+    "L40S": 0.864e12,
+    "A10G": 0.6e12,
+}
+
+
+def unfused_lorap(h, w_phi, p_a, p_b, scale, zero_point, qmin, qmax):
+    """The unfused sequence: every intermediate is materialised."""
+    logits = h @ w_phi
+    w = torch.softmax(logits, dim=1)
+    t = w @ p_a
+    p = t @ p_b
+    y = h + p
+    return torch.fake_quantize_per_tensor_affine(y, scale, zero_point, qmin, qmax)
+
+
+def _step(fn: Callable, leaves: list[torch.Tensor], grad: torch.Tensor | None) -> object:
+    """One forward (``grad`` None, no autograd graph) or forward + backward."""
+    if grad is None:
+        with torch.no_grad():
+            return fn(*leaves, *QPARAMS)
+    return torch.autograd.grad(fn(*leaves, *QPARAMS), leaves, grad)
+
+
+def median_ms(fn: Callable[[], object], repeats: int, warmup: int, cuda: bool) -> float:
+    for _ in range(warmup):
+        fn()
+    if cuda:
+        torch.cuda.synchronize()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        if cuda:
+            torch.cuda.synchronize()
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def lorap_rows(device: str, sizes, dims, repeats_for) -> list[dict]:
+    cuda = device == "cuda"
+    rows = []
+    for n in sizes:
+        for d in dims:
+            g = torch.Generator(device=device).manual_seed(0)
+            h = torch.randn(n, d, device=device, generator=g)
+            w_phi = torch.randn(d, K, device=device, generator=g) / d**0.5
+            p_a = torch.randn(K, R, device=device, generator=g)
+            p_b = torch.randn(R, d, device=device, generator=g) * 0.5
+            grad = torch.randn(n, d, device=device, generator=g)
+            leaves = [t.requires_grad_(True) for t in (h, w_phi, p_a, p_b)]
+            repeats, warmup = repeats_for(n)
+            for pass_ in ("fwd", "fwd_bwd"):
+                timings = {}
+                for name, fn in (("fused", lorap_forward), ("unfused", unfused_lorap)):
+                    step = functools.partial(
+                        _step, fn, leaves, grad if pass_ == "fwd_bwd" else None
+                    )
+                    timings[name] = median_ms(step, repeats, warmup, cuda)
+                    gc.collect()
+                row = {
+                    "n": n,
+                    "d": d,
+                    "pass": pass_,
+                    "fused_ms": round(timings["fused"], 3),
+                    "unfused_ms": round(timings["unfused"], 3),
+                }
+                if cuda:
+                    # Fused bytes: read h, write out (fp32) and codes (int8); the backward reads
+                    # grad_out and h and writes grad_h. Weights are negligible.
+                    elements = n * d
+                    moved = elements * (4 + 4 + 1)
+                    if pass_ == "fwd_bwd":
+                        moved += elements * (4 + 4 + 4)
+                    seconds = timings["fused"] / 1e3
+                    row["bandwidth_fraction"] = round(moved / seconds / peak_bandwidth(), 3)
+                rows.append(row)
+                print(row, flush=True)
+            del h, w_phi, p_a, p_b, grad, leaves
+            gc.collect()
+    return rows
+
+
+def peak_bandwidth() -> float:
+    name = torch.cuda.get_device_name()
+    for key, value in PEAK_BANDWIDTH.items():
+        if key in name:
+            return value
+    raise SystemExit(f"No peak bandwidth known for {name!r}; add it to PEAK_BANDWIDTH.")
+
+
+def aggregate_rows(sizes, dims, degree: int = 10) -> list[dict]:
+    """GPU only: fused INT8 aggregation against gather + dequantize + index_add_."""
+    rows = []
+    for n in sizes:
+        for d in dims:
+            g = torch.Generator(device="cuda").manual_seed(0)
+            codes = torch.randint(-128, 128, (n, d), device="cuda", generator=g, dtype=torch.int8)
+            scale = torch.rand(n, device="cuda", generator=g) * 0.1
+            indices = torch.randint(0, n, (n * degree,), device="cuda", generator=g)
+            indptr = torch.arange(0, n * degree + 1, degree, device="cuda")
+            dst = torch.arange(n, device="cuda").repeat_interleave(degree)
+
+            fused = functools.partial(quant_aggregate, codes, scale, indptr, indices, d, 8, "sum")
+            unfused = functools.partial(_gather_index_add, codes, scale, indices, dst)
+            fused_ms = median_ms(fused, 20, 3, True)
+            unfused_ms = median_ms(unfused, 20, 3, True)
+            moved = n * degree * (d + 8 + 4) + n * d * 4  # codes, index + scale per edge, out
+            rows.append(
+                {
+                    "n": n,
+                    "d": d,
+                    "pass": "fwd",
+                    "fused_ms": round(fused_ms, 3),
+                    "unfused_ms": round(unfused_ms, 3),
+                    "bandwidth_fraction": round(moved / (fused_ms / 1e3) / peak_bandwidth(), 3),
+                }
+            )
+            print(rows[-1], flush=True)
+    return rows
+
+
+def _gather_index_add(codes, scale, indices, dst) -> torch.Tensor:
+    """The unfused aggregation: materialise E x d float messages, then index_add_."""
+    messages = codes[indices].float() * scale[indices, None]
+    out = torch.zeros(codes.shape[0], codes.shape[1], device=codes.device)
+    return out.index_add_(0, dst, messages)
+
+
+def markdown(rows: list[dict], title: str) -> str:
+    has_bw = any("bandwidth_fraction" in r for r in rows)
+    head = "| N | d | pass | fused ms | unfused ms | unfused / fused |"
+    rule = "|---:|---:|---|---:|---:|---:|"
+    if has_bw:
+        head += " fused bandwidth / peak |"
+        rule += "---:|"
+    lines = [f"**{title}**", "", head, rule]
+    for r in rows:
+        line = (
+            f"| {r['n']:,} | {r['d']} | {r['pass']} | {r['fused_ms']:.2f} | "
+            f"{r['unfused_ms']:.2f} | {r['unfused_ms'] / r['fused_ms']:.2f}x |"
+        )
+        if has_bw:
+            line += f" {r['bandwidth_fraction']:.2f} |"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    parser.add_argument("--dims", type=int, nargs="+", default=[64, 128, 256])
+    parser.add_argument("--skip-cpu", action="store_true")
+    args = parser.parse_args()
+
+    def cpu_repeats(n: int) -> tuple[int, int]:
+        return (9, 2) if n <= 10_000 else (5, 1) if n <= 100_000 else (3, 1)
+
+    result: dict = {
+        "k": K,
+        "r": R,
+        "qparams": list(QPARAMS),
+        "torch": torch.__version__,
+        "cpu_threads": torch.get_num_threads(),
+    }
+    tables = []
+    if not args.skip_cpu:
+        result["cpu"] = lorap_rows("cpu", args.sizes, args.dims, cpu_repeats)
+        tables.append(markdown(result["cpu"], "CPU: the op's reference path vs unfused torch ops"))
+    elif RESULTS.exists():
+        result["cpu"] = json.loads(RESULTS.read_text()).get("cpu")
+    if torch.cuda.is_available():
+        result["gpu_device"] = torch.cuda.get_device_name()
+        result["gpu"] = lorap_rows("cuda", args.sizes, args.dims, lambda n: (20, 3))
+        result["gpu_quant_aggregate"] = aggregate_rows(args.sizes, args.dims)
+        tables.append(
+            markdown(result["gpu"], f"GPU ({result['gpu_device']}): Triton fused vs unfused")
+        )
+        tables.append(markdown(result["gpu_quant_aggregate"], "GPU: quant_aggregate vs index_add_"))
+    else:
+        result["gpu"] = None
+        result["gpu_reason"] = "torch.cuda.is_available() is False on the machine that ran this."
+        tables.append(f"GPU: not measured ({result['gpu_reason']})")
+    report = "\n\n".join(tables)
+    print(report)
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    REPORT.write_text(
+        "## Fused LoRAP kernel latency (`benchmarks/kernel_lorap.py`)\n\n"
+        f"Command: `{COMMAND}` (k={K}, r={R}, INT8 output, fp32, "
+        f"{result['cpu_threads']} CPU threads, torch {result['torch']}).\n\n"
+        'On CPU the "fused" column is the op\'s CPU path, the pure-torch reference (it also '
+        "computes the integer codes; its backward is the closed form, recomputing the "
+        "forward), so the CPU ratio measures op overhead, not kernel fusion; the fusion claim "
+        "is the GPU table.\n\n" + report + "\n"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,685 @@
+"""Fused LoRAP prompt injection: softmax-weighted low-rank prompt, add, re-quantize.
+
+LoRAP (Low-Rank Aggregation Prompting, arXiv 2601.15079) adds a learned, input-dependent
+prompt to a quantized aggregate and re-quantizes the sum. Unfused this is six kernels
+(GEMM, softmax, GEMM, GEMM, add, fake-quantize), each writing an ``N x d`` or ``N x k``
+intermediate; fused, every row block reads ``h`` once and writes the codes and the
+dequantized values once.
+
+Forward, per row block (all arithmetic in fp32, whatever the storage dtype)::
+
+    h      = h                      (float input)
+           = codes_in * s_in        (int8 input, s_in per tensor [1] or per row [N])
+    logits = h @ W_phi              # N x k
+    w      = softmax(logits, dim=1)  # N x k
+    t      = w @ P_A                 # N x r
+    y      = h + t @ P_B             # N x d
+    c      = rint(y * (1 / scale)) + zero_point   (round half to even, 1/scale in fp32)
+    codes  = clamp(c, qmin, qmax)
+    out    = (codes - zero_point) * scale
+
+``out`` is bit-identical to ``torch.fake_quantize_per_tensor_affine(y, scale, zero_point,
+qmin, qmax)`` on CPU whenever ``y`` is.
+
+Backward (straight-through estimator, as the gradient of ``fake_quantize_per_tensor_affine``)::
+
+    g_y    = g_out * [qmin <= c <= qmax]
+    g_t    = g_y @ P_B^T                                  # N x r
+    g_w    = g_t @ P_A^T                                  # N x k
+    g_l    = w * (g_w - rowsum(w * g_w))                  # softmax backward, N x k
+    g_h    = g_y + g_l @ W_phi^T                          # N x d (w.r.t. the dequantized h)
+    g_W_phi = h^T @ g_l        g_P_A = w^T @ g_t        g_P_B = t^T @ g_y
+
+The weight gradients are sums over rows: each backward program walks a fixed, strided set
+of row blocks, writes its partial sums to a ``[num_programs, ...]`` fp32 buffer, and
+``torch.sum`` reduces the buffer afterwards: deterministic, no atomics.
+
+Conventions:
+
+- codes are stored as ``int8`` when ``[qmin, qmax]`` fits in ``[-128, 127]``, ``uint8`` when
+  it fits in ``[0, 255]`` and ``int32`` otherwise (:func:`codes_dtype`);
+- ``out`` has ``h``'s dtype for float ``h`` and ``float32`` for ``int8`` ``h``; gradients have
+  the dtype of the tensor they belong to (``float32`` for the dequantized ``int8`` ``h``);
+- an ``int8`` input is dequantized symmetrically (no zero point): ``h = codes_in * s_in``;
+- ``tl.dot`` on NVIDIA needs inner dimensions of at least 16 (fp16) or 8 (fp32), and LoRAP's
+  ``k`` and ``r`` are often 4 or 8, so ``d``, ``k`` and ``r`` are padded to powers of two of at
+  least 16 with masked loads: padded ``W_phi`` columns give logits of ``-inf`` (weight 0 after
+  the softmax) and padded ``P_A``/``P_B`` entries are 0, so padding changes no result.
+
+Entry points: :func:`lorap_forward` (what :mod:`lorap_dist.prompt.lorap` calls), the op
+``torch.ops.lorap_dist.lorap_fused`` (:func:`lorap_fused`, returns ``(out, codes)``) and its
+backward op
+``torch.ops.lorap_dist.lorap_fused_backward``, the pure-torch :func:`lorap_reference`, and the
+launchers :func:`lorap_fused_triton` / :func:`lorap_fused_backward_triton`, which also run on
+CPU tensors under ``TRITON_INTERPRET=1`` (tests). CUDA tensors take the Triton kernels, CPU
+tensors the reference, unless :func:`triton_on_cpu` is active.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ._triton import cdiv, jit, next_power_of_2, triton_on_cpu, use_triton
+
+# ``triton.language``, bound by ``_triton.jit`` on the first launch (see ``load_triton``).
+tl = None
+
+__all__ = [
+    "codes_dtype",
+    "lorap_forward",
+    "lorap_fused",
+    "lorap_fused_backward",
+    "lorap_fused_backward_triton",
+    "lorap_fused_triton",
+    "lorap_reference",
+    "triton_on_cpu",
+]
+
+# Adding then subtracting 1.5 * 2**23 rounds an fp32 |x| < 2**22 to the nearest integer,
+# ties to even (the FPU's rounding mode), without libdevice (which the interpreter lacks).
+_RINT_MAGIC = 12582912.0
+
+
+# ----------------------------------------------------------------------------------------
+# Triton kernels: plain functions, jitted on first launch (``_triton.jit``).
+# ----------------------------------------------------------------------------------------
+
+
+def _lorap_fwd_kernel(
+    h_ptr,  # [N, d] float, or int8 codes when HAS_IN_SCALE
+    in_scale_ptr,  # [N] or [1] fp32 (read with stride in_scale_stride)
+    w_phi_ptr,  # [d, k]
+    p_a_ptr,  # [k, r]
+    p_b_ptr,  # [r, d]
+    codes_ptr,  # [N, d] int8 / uint8 / int32
+    out_ptr,  # [N, d]
+    n_rows,
+    d,
+    k,
+    r,
+    in_scale_stride,
+    scale,
+    inv_scale,
+    zero_point,
+    qmin,
+    qmax,
+    HAS_IN_SCALE: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_k = tl.arange(0, BLOCK_K)
+    offs_r = tl.arange(0, BLOCK_R)
+    row_mask = rows < n_rows
+    d_mask = offs_d < d
+    k_mask = offs_k < k
+    r_mask = offs_r < r
+    tile_mask = row_mask[:, None] & d_mask[None, :]
+    # int64 before the stride multiply: rows * d overflows int32 beyond 2**31 elements.
+    tile = rows.to(tl.int64)[:, None] * d + offs_d[None, :]
+
+    w_phi = tl.load(
+        w_phi_ptr + offs_d[:, None] * k + offs_k[None, :],
+        mask=d_mask[:, None] & k_mask[None, :],
+        other=0.0,
+    ).to(tl.float32)
+    p_a = tl.load(
+        p_a_ptr + offs_k[:, None] * r + offs_r[None, :],
+        mask=k_mask[:, None] & r_mask[None, :],
+        other=0.0,
+    ).to(tl.float32)
+    p_b = tl.load(
+        p_b_ptr + offs_r[:, None] * d + offs_d[None, :],
+        mask=r_mask[:, None] & d_mask[None, :],
+        other=0.0,
+    ).to(tl.float32)
+
+    h = tl.load(h_ptr + tile, mask=tile_mask, other=0).to(tl.float32)
+    if HAS_IN_SCALE:
+        s_in = tl.load(in_scale_ptr + rows.to(tl.int64) * in_scale_stride, mask=row_mask, other=0.0)
+        h = h * s_in[:, None]
+
+    logits = tl.dot(h, w_phi, input_precision="ieee")
+    logits = tl.where(k_mask[None, :], logits, float("-inf"))
+    e = tl.exp(logits - tl.max(logits, axis=1)[:, None])
+    w = e / tl.sum(e, axis=1)[:, None]
+    t = tl.dot(w, p_a, input_precision="ieee")
+    y = h + tl.dot(t, p_b, input_precision="ieee")
+
+    # Clamping to one step outside [qmin, qmax] first keeps |v| small for the rint trick and
+    # changes neither the clamped code nor the STE mask.
+    v = y * inv_scale
+    v = tl.minimum(tl.maximum(v, (qmin - zero_point - 1) * 1.0), (qmax - zero_point + 1) * 1.0)
+    code = ((v + _RINT_MAGIC) - _RINT_MAGIC) + zero_point
+    code = tl.minimum(tl.maximum(code, qmin * 1.0), qmax * 1.0)
+    out = (code - zero_point) * scale
+    tl.store(codes_ptr + tile, code.to(codes_ptr.dtype.element_ty), mask=tile_mask)
+    tl.store(out_ptr + tile, out.to(out_ptr.dtype.element_ty), mask=tile_mask)
+
+
+def _lorap_bwd_kernel(
+    grad_out_ptr,  # [N, d]
+    h_ptr,  # [N, d] float, or int8 codes when HAS_IN_SCALE
+    in_scale_ptr,  # [N] or [1] fp32
+    w_phi_ptr,  # [d, k]
+    p_a_ptr,  # [k, r]
+    p_b_ptr,  # [r, d]
+    grad_h_ptr,  # [N, d]
+    grad_w_phi_part_ptr,  # [num_programs, d, k] fp32
+    grad_p_a_part_ptr,  # [num_programs, k, r] fp32
+    grad_p_b_part_ptr,  # [num_programs, r, d] fp32
+    n_rows,
+    d,
+    k,
+    r,
+    in_scale_stride,
+    inv_scale,
+    zero_point,
+    qmin,
+    qmax,
+    HAS_IN_SCALE: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    num_programs = tl.num_programs(0)
+    num_blocks = tl.cdiv(n_rows, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_k = tl.arange(0, BLOCK_K)
+    offs_r = tl.arange(0, BLOCK_R)
+    d_mask = offs_d < d
+    k_mask = offs_k < k
+    r_mask = offs_r < r
+    dk_mask = d_mask[:, None] & k_mask[None, :]
+    kr_mask = k_mask[:, None] & r_mask[None, :]
+    rd_mask = r_mask[:, None] & d_mask[None, :]
+
+    w_phi = tl.load(w_phi_ptr + offs_d[:, None] * k + offs_k[None, :], mask=dk_mask, other=0.0).to(
+        tl.float32
+    )
+    p_a = tl.load(p_a_ptr + offs_k[:, None] * r + offs_r[None, :], mask=kr_mask, other=0.0).to(
+        tl.float32
+    )
+    p_b = tl.load(p_b_ptr + offs_r[:, None] * d + offs_d[None, :], mask=rd_mask, other=0.0).to(
+        tl.float32
+    )
+
+    acc_w_phi = tl.zeros((BLOCK_D, BLOCK_K), dtype=tl.float32)
+    acc_p_a = tl.zeros((BLOCK_K, BLOCK_R), dtype=tl.float32)
+    acc_p_b = tl.zeros((BLOCK_R, BLOCK_D), dtype=tl.float32)
+
+    for block in range(pid, num_blocks, num_programs):
+        rows = block * BLOCK_N + tl.arange(0, BLOCK_N)
+        row_mask = rows < n_rows
+        tile_mask = row_mask[:, None] & d_mask[None, :]
+        tile = rows.to(tl.int64)[:, None] * d + offs_d[None, :]
+
+        # Recompute the forward: cheaper than storing w, t and the STE mask.
+        h = tl.load(h_ptr + tile, mask=tile_mask, other=0).to(tl.float32)
+        if HAS_IN_SCALE:
+            s_in = tl.load(
+                in_scale_ptr + rows.to(tl.int64) * in_scale_stride, mask=row_mask, other=0.0
+            )
+            h = h * s_in[:, None]
+        logits = tl.dot(h, w_phi, input_precision="ieee")
+        logits = tl.where(k_mask[None, :], logits, float("-inf"))
+        e = tl.exp(logits - tl.max(logits, axis=1)[:, None])
+        w = e / tl.sum(e, axis=1)[:, None]
+        t = tl.dot(w, p_a, input_precision="ieee")
+        y = h + tl.dot(t, p_b, input_precision="ieee")
+        v = y * inv_scale
+        v = tl.minimum(tl.maximum(v, (qmin - zero_point - 1) * 1.0), (qmax - zero_point + 1) * 1.0)
+        code = ((v + _RINT_MAGIC) - _RINT_MAGIC) + zero_point
+        keep = (code >= qmin * 1.0) & (code <= qmax * 1.0) & tile_mask
+
+        g_out = tl.load(grad_out_ptr + tile, mask=tile_mask, other=0.0).to(tl.float32)
+        # Rows outside the tensor get g_y = 0, so every product below vanishes for them.
+        g_y = tl.where(keep, g_out, 0.0)
+        g_t = tl.dot(g_y, tl.trans(p_b), input_precision="ieee")
+        g_w = tl.dot(g_t, tl.trans(p_a), input_precision="ieee")
+        g_l = w * (g_w - tl.sum(w * g_w, axis=1)[:, None])
+        g_h = g_y + tl.dot(g_l, tl.trans(w_phi), input_precision="ieee")
+        tl.store(grad_h_ptr + tile, g_h.to(grad_h_ptr.dtype.element_ty), mask=tile_mask)
+
+        acc_p_b += tl.dot(tl.trans(t), g_y, input_precision="ieee")
+        acc_p_a += tl.dot(tl.trans(w), g_t, input_precision="ieee")
+        acc_w_phi += tl.dot(tl.trans(h), g_l, input_precision="ieee")
+
+    base = pid.to(tl.int64)
+    tl.store(
+        grad_w_phi_part_ptr + base * d * k + offs_d[:, None] * k + offs_k[None, :],
+        acc_w_phi,
+        mask=dk_mask,
+    )
+    tl.store(
+        grad_p_a_part_ptr + base * k * r + offs_k[:, None] * r + offs_r[None, :],
+        acc_p_a,
+        mask=kr_mask,
+    )
+    tl.store(
+        grad_p_b_part_ptr + base * r * d + offs_r[:, None] * d + offs_d[None, :],
+        acc_p_b,
+        mask=rd_mask,
+    )
+
+
+# ----------------------------------------------------------------------------------------
+# Checks, reference and launchers.
+# ----------------------------------------------------------------------------------------
+
+
+def codes_dtype(qmin: int, qmax: int) -> torch.dtype:
+    """Storage dtype of the integer codes for the range ``[qmin, qmax]``.
+
+    ``int8`` if it fits in ``[-128, 127]``, ``uint8`` if it fits in ``[0, 255]``, else ``int32``.
+    """
+    if -128 <= qmin and qmax <= 127:
+        return torch.int8
+    if 0 <= qmin and qmax <= 255:
+        return torch.uint8
+    return torch.int32
+
+
+def _out_dtype(h: Tensor) -> torch.dtype:
+    return torch.float32 if h.dtype == torch.int8 else h.dtype
+
+
+_FLOATS = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _check_inputs(
+    h: Tensor,
+    w_phi: Tensor,
+    p_a: Tensor,
+    p_b: Tensor,
+    in_scale: Tensor | None,
+    scale: float,
+    zero_point: int,
+    qmin: int,
+    qmax: int,
+) -> None:
+    """Raise a ValueError that names the argument when shapes, dtypes or ranges are wrong."""
+    if h.dim() != 2:
+        raise ValueError(f"h must be a 2-D [N, d] tensor; got shape {tuple(h.shape)}.")
+    n, d = h.shape
+    if h.dtype == torch.int8:
+        if in_scale is None:
+            raise ValueError(
+                "h is int8 codes, so in_scale (fp32, shape [1] or [N]) is required to "
+                "dequantize it; pass in_scale, or pass a float h."
+            )
+    elif h.dtype not in _FLOATS:
+        raise ValueError(f"h must be float32, float16, bfloat16 or int8; got {h.dtype}.")
+    elif in_scale is not None:
+        raise ValueError("in_scale is only meaningful for an int8 h; drop it for a float h.")
+    if in_scale is not None:
+        if in_scale.dtype != torch.float32:
+            raise ValueError(f"in_scale must be float32; got {in_scale.dtype}.")
+        if in_scale.numel() not in (1, n) or in_scale.dim() > 1:
+            raise ValueError(
+                f"in_scale must have shape [1] (per tensor) or [N]={n} (per row); got "
+                f"{tuple(in_scale.shape)}."
+            )
+        if in_scale.device != h.device:
+            raise ValueError(f"in_scale is on {in_scale.device} but h is on {h.device}.")
+    for name, t in (("w_phi", w_phi), ("p_a", p_a), ("p_b", p_b)):
+        if t.dim() != 2:
+            raise ValueError(f"{name} must be a 2-D tensor; got shape {tuple(t.shape)}.")
+        if t.dtype not in _FLOATS:
+            raise ValueError(f"{name} must be float32, float16 or bfloat16; got {t.dtype}.")
+        if t.device != h.device:
+            raise ValueError(f"{name} is on {t.device} but h is on {h.device}.")
+    if w_phi.shape[0] != d:
+        raise ValueError(f"w_phi must be [d, k] with d={d} (h's width); got {tuple(w_phi.shape)}.")
+    k = w_phi.shape[1]
+    if k < 1 or p_a.shape[0] != k:
+        raise ValueError(
+            f"p_a must be [k, r] with k={k} (w_phi's columns); got {tuple(p_a.shape)}."
+        )
+    r = p_a.shape[1]
+    if r < 1 or tuple(p_b.shape) != (r, d):
+        raise ValueError(f"p_b must be [r, d] = [{r}, {d}]; got {tuple(p_b.shape)}.")
+    if not (scale > 0.0 and scale < float("inf")):
+        raise ValueError(f"scale must be a positive finite number; got {scale}.")
+    if not qmin < qmax:
+        raise ValueError(f"qmin must be below qmax; got qmin={qmin}, qmax={qmax}.")
+    if not qmin <= zero_point <= qmax:
+        raise ValueError(
+            f"zero_point must lie in [qmin, qmax] = [{qmin}, {qmax}]; got {zero_point}."
+        )
+    if max(abs(qmin - zero_point), abs(qmax - zero_point)) >= 2**21:
+        raise ValueError(
+            f"[qmin, qmax] = [{qmin}, {qmax}] is too wide for the fp32 rounding; use at most "
+            "21-bit codes."
+        )
+
+
+def _dequantize(h: Tensor, in_scale: Tensor | None) -> Tensor:
+    if in_scale is None:
+        return h.float()
+    s = in_scale.reshape(-1, 1) if in_scale.numel() > 1 else in_scale.reshape(1, 1)
+    return h.float() * s
+
+
+def _inv_scale(scale: float) -> float:
+    """``1 / scale`` rounded to fp32 exactly as ``fake_quantize_per_tensor_affine`` does."""
+    s = torch.tensor(scale, dtype=torch.float32)
+    return float(torch.ones((), dtype=torch.float32) / s)
+
+
+def lorap_reference(
+    h: Tensor,
+    w_phi: Tensor,
+    p_a: Tensor,
+    p_b: Tensor,
+    scale: float,
+    zero_point: int,
+    qmin: int,
+    qmax: int,
+    in_scale: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Pure-torch LoRAP forward: the CPU path and the test oracle.
+
+    Same formulas and conventions as the module docstring; differentiable (autograd through
+    ``torch.fake_quantize_per_tensor_affine`` gives the straight-through gradient).
+
+    Args:
+        h: ``[N, d]`` float aggregate, or ``int8`` codes dequantized with ``in_scale``.
+        w_phi: ``[d, k]``; p_a: ``[k, r]``; p_b: ``[r, d]``.
+        scale, zero_point, qmin, qmax: the output quantizer (per-tensor affine).
+        in_scale: ``[1]`` or ``[N]`` fp32 scale of an ``int8`` ``h``; ``None`` for float ``h``.
+
+    Returns:
+        ``(codes, out)``: ``[N, d]`` codes in :func:`codes_dtype` and ``[N, d]`` dequantized
+        values in ``h``'s float dtype (``float32`` for ``int8`` ``h``).
+    """
+    _check_inputs(h, w_phi, p_a, p_b, in_scale, scale, zero_point, qmin, qmax)
+    hf = _dequantize(h, in_scale)
+    w = torch.softmax(hf @ w_phi.float(), dim=1)
+    y = hf + (w @ p_a.float()) @ p_b.float()
+    out = torch.fake_quantize_per_tensor_affine(y, scale, zero_point, qmin, qmax)
+    with torch.no_grad():
+        codes = torch.clamp(torch.round(y * _inv_scale(scale)) + zero_point, qmin, qmax)
+    return codes.to(codes_dtype(qmin, qmax)), out.to(_out_dtype(h))
+
+
+def _lorap_backward_reference(
+    grad_out: Tensor,
+    h: Tensor,
+    w_phi: Tensor,
+    p_a: Tensor,
+    p_b: Tensor,
+    in_scale: Tensor | None,
+    scale: float,
+    zero_point: int,
+    qmin: int,
+    qmax: int,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Closed-form backward of the module docstring, in pure torch (the CPU backward)."""
+    hf = _dequantize(h, in_scale)
+    wf, af, bf = w_phi.float(), p_a.float(), p_b.float()
+    w = torch.softmax(hf @ wf, dim=1)
+    t = w @ af
+    y = hf + t @ bf
+    c = torch.round(y * _inv_scale(scale)) + zero_point
+    g_y = grad_out.float() * ((c >= qmin) & (c <= qmax))
+    g_t = g_y @ bf.T
+    g_w = g_t @ af.T
+    g_l = w * (g_w - (w * g_w).sum(dim=1, keepdim=True))
+    g_h = g_y + g_l @ wf.T
+    return (
+        g_h.to(_out_dtype(h)),
+        (hf.T @ g_l).to(w_phi.dtype),
+        (w.T @ g_t).to(p_a.dtype),
+        (t.T @ g_y).to(p_b.dtype),
+    )
+
+
+def _blocks(d: int, k: int, r: int) -> tuple[int, int, int]:
+    return tuple(max(16, next_power_of_2(x)) for x in (d, k, r))
+
+
+def _default_block_n(n: int, block_d: int, device: torch.device) -> int:
+    if device.type != "cuda":
+        # The interpreter costs ~0.4 ms per program and per loop trip: few, large blocks.
+        return max(16, min(256, next_power_of_2(n)))
+    # Keep the [BLOCK_N, BLOCK_D] fp32 tiles (h, y, grad) within registers: 8192 elements.
+    return max(16, min(128, 8192 // block_d))
+
+
+def _launch_options(device: torch.device, block_d: int) -> dict:
+    if device.type != "cuda":
+        return {}
+    # No FMA contraction: y * inv_scale must round before the +1.5*2**23 of the rint trick,
+    # as it does in fake_quantize_per_tensor_affine.
+    return {"num_warps": 8 if block_d >= 256 else 4, "enable_fp_fusion": False}
+
+
+def _in_scale_arg(h: Tensor, in_scale: Tensor | None) -> tuple[Tensor, int]:
+    if in_scale is None:
+        return torch.ones(1, dtype=torch.float32, device=h.device), 0
+    in_scale = in_scale.reshape(-1).contiguous()
+    return in_scale, (1 if in_scale.numel() > 1 else 0)
+
+
+def lorap_fused_triton(
+    h: Tensor,
+    w_phi: Tensor,
+    p_a: Tensor,
+    p_b: Tensor,
+    in_scale: Tensor | None,
+    scale: float,
+    zero_point: int,
+    qmin: int,
+    qmax: int,
+    *,
+    block_n: int | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Launch the forward kernel directly: ``(codes, out)``.
+
+    Runs on CUDA tensors, or on CPU tensors when ``TRITON_INTERPRET=1`` was set before the
+    first launch. ``block_n`` overrides the rows per program (a power of two, >= 16).
+    """
+    _check_inputs(h, w_phi, p_a, p_b, in_scale, scale, zero_point, qmin, qmax)
+    h, w_phi, p_a, p_b = (t.contiguous() for t in (h, w_phi, p_a, p_b))
+    n, d = h.shape
+    k, r = p_a.shape
+    codes = torch.empty((n, d), dtype=codes_dtype(qmin, qmax), device=h.device)
+    out = torch.empty((n, d), dtype=_out_dtype(h), device=h.device)
+    if n == 0:
+        return codes, out
+    block_d, block_k, block_r = _blocks(d, k, r)
+    block_n = block_n or _default_block_n(n, block_d, h.device)
+    s_in, s_in_stride = _in_scale_arg(h, in_scale)
+    grid = (cdiv(n, block_n),)
+    jit(_lorap_fwd_kernel)[grid](
+        h, s_in, w_phi, p_a, p_b, codes, out,
+        n, d, k, r, s_in_stride,
+        float(scale), _inv_scale(scale), int(zero_point), int(qmin), int(qmax),
+        HAS_IN_SCALE=in_scale is not None,
+        BLOCK_N=block_n, BLOCK_D=block_d, BLOCK_K=block_k, BLOCK_R=block_r,
+        **_launch_options(h.device, block_d),
+    )  # fmt: skip
+    return codes, out
+
+
+def lorap_fused_backward_triton(
+    grad_out: Tensor,
+    h: Tensor,
+    w_phi: Tensor,
+    p_a: Tensor,
+    p_b: Tensor,
+    in_scale: Tensor | None,
+    scale: float,
+    zero_point: int,
+    qmin: int,
+    qmax: int,
+    *,
+    block_n: int | None = None,
+    num_programs: int | None = None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Launch the backward kernel directly: ``(grad_h, grad_w_phi, grad_p_a, grad_p_b)``.
+
+    ``num_programs`` overrides the persistent grid (default: 4 per SM on CUDA, at most 8 under
+    the interpreter); each program loops over every ``num_programs``-th row block.
+    """
+    _check_inputs(h, w_phi, p_a, p_b, in_scale, scale, zero_point, qmin, qmax)
+    if tuple(grad_out.shape) != tuple(h.shape):
+        raise ValueError(
+            f"grad_out must have h's shape {tuple(h.shape)}; got {tuple(grad_out.shape)}."
+        )
+    grad_out, h, w_phi, p_a, p_b = (t.contiguous() for t in (grad_out, h, w_phi, p_a, p_b))
+    n, d = h.shape
+    k, r = p_a.shape
+    grad_h = torch.empty((n, d), dtype=_out_dtype(h), device=h.device)
+    if n == 0:
+        return grad_h, torch.zeros_like(w_phi), torch.zeros_like(p_a), torch.zeros_like(p_b)
+    block_d, block_k, block_r = _blocks(d, k, r)
+    block_n = block_n or _default_block_n(n, block_d, h.device)
+    num_blocks = cdiv(n, block_n)
+    if num_programs is None:
+        if h.device.type == "cuda":
+            sms = torch.cuda.get_device_properties(h.device).multi_processor_count
+            num_programs = 4 * sms
+        else:
+            num_programs = 8
+    num_programs = max(1, min(num_programs, num_blocks))
+    f32 = dict(dtype=torch.float32, device=h.device)
+    part_w_phi = torch.empty((num_programs, d, k), **f32)
+    part_p_a = torch.empty((num_programs, k, r), **f32)
+    part_p_b = torch.empty((num_programs, r, d), **f32)
+    s_in, s_in_stride = _in_scale_arg(h, in_scale)
+    jit(_lorap_bwd_kernel)[(num_programs,)](
+        grad_out, h, s_in, w_phi, p_a, p_b,
+        grad_h, part_w_phi, part_p_a, part_p_b,
+        n, d, k, r, s_in_stride,
+        _inv_scale(scale), int(zero_point), int(qmin), int(qmax),
+        HAS_IN_SCALE=in_scale is not None,
+        BLOCK_N=block_n, BLOCK_D=block_d, BLOCK_K=block_k, BLOCK_R=block_r,
+        **_launch_options(h.device, block_d),
+    )  # fmt: skip
+    return (
+        grad_h,
+        part_w_phi.sum(dim=0).to(w_phi.dtype),
+        part_p_a.sum(dim=0).to(p_a.dtype),
+        part_p_b.sum(dim=0).to(p_b.dtype),
+    )
+
+
+# ----------------------------------------------------------------------------------------
+# The registered ops.
+# ----------------------------------------------------------------------------------------
+
+
+@torch.library.custom_op("lorap_dist::lorap_fused", mutates_args=())
+def lorap_fused(
+    h: Tensor,
+    w_phi: Tensor,
+    p_a: Tensor,
+    p_b: Tensor,
+    in_scale: Tensor | None,
+    scale: float,
+    zero_point: int,
+    qmin: int,
+    qmax: int,
+) -> tuple[Tensor, Tensor]:
+    """LoRAP forward as one op: ``(out, codes)`` (see the module docstring).
+
+    ``out`` comes first, unlike :func:`lorap_reference`: autograd tooling (``opcheck``) sums
+    the outputs in order, and an integer first output makes that sum an integer tensor.
+    """
+    if use_triton(h):
+        codes, out = lorap_fused_triton(h, w_phi, p_a, p_b, in_scale, scale, zero_point, qmin, qmax)
+    else:
+        with torch.no_grad():
+            codes, out = lorap_reference(
+                h, w_phi, p_a, p_b, scale, zero_point, qmin, qmax, in_scale=in_scale
+            )
+    return out, codes
+
+
+@lorap_fused.register_fake
+def _(h, w_phi, p_a, p_b, in_scale, scale, zero_point, qmin, qmax):
+    _check_inputs(h, w_phi, p_a, p_b, in_scale, scale, zero_point, qmin, qmax)
+    out = h.new_empty(h.shape, dtype=_out_dtype(h))
+    return out, h.new_empty(h.shape, dtype=codes_dtype(qmin, qmax))
+
+
+@torch.library.custom_op("lorap_dist::lorap_fused_backward", mutates_args=())
+def lorap_fused_backward(
+    grad_out: Tensor,
+    h: Tensor,
+    w_phi: Tensor,
+    p_a: Tensor,
+    p_b: Tensor,
+    in_scale: Tensor | None,
+    scale: float,
+    zero_point: int,
+    qmin: int,
+    qmax: int,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """LoRAP backward as one op: ``(grad_h, grad_w_phi, grad_p_a, grad_p_b)``."""
+    args = (grad_out, h, w_phi, p_a, p_b, in_scale, scale, zero_point, qmin, qmax)
+    if use_triton(h):
+        return lorap_fused_backward_triton(*args)
+    _check_inputs(h, w_phi, p_a, p_b, in_scale, scale, zero_point, qmin, qmax)
+    return _lorap_backward_reference(*args)
+
+
+@lorap_fused_backward.register_fake
+def _(grad_out, h, w_phi, p_a, p_b, in_scale, scale, zero_point, qmin, qmax):
+    return (
+        h.new_empty(h.shape, dtype=_out_dtype(h)),
+        torch.empty_like(w_phi),
+        torch.empty_like(p_a),
+        torch.empty_like(p_b),
+    )
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    h, w_phi, p_a, p_b, in_scale, scale, zero_point, qmin, qmax = inputs
+    ctx.save_for_backward(h, w_phi, p_a, p_b, in_scale)
+    ctx.qparams = (scale, zero_point, qmin, qmax)
+    ctx.h_is_codes = h.dtype == torch.int8
+
+
+def _backward(ctx, grad_out, grad_codes):
+    h, w_phi, p_a, p_b, in_scale = ctx.saved_tensors
+    if grad_out is None:
+        return (None,) * 9
+    g_h, g_w_phi, g_p_a, g_p_b = lorap_fused_backward(
+        grad_out, h, w_phi, p_a, p_b, in_scale, *ctx.qparams
+    )
+    # Integer codes have no gradient; g_h is then w.r.t. the dequantized aggregate only.
+    return (None if ctx.h_is_codes else g_h), g_w_phi, g_p_a, g_p_b, None, None, None, None, None
+
+
+lorap_fused.register_autograd(_backward, setup_context=_setup_context)
+
+
+def lorap_forward(
+    h: Tensor,
+    w_phi: Tensor,
+    p_a: Tensor,
+    p_b: Tensor,
+    scale: float,
+    zero_point: int,
+    qmin: int,
+    qmax: int,
+    in_scale: Tensor | None = None,
+) -> Tensor:
+    """LoRAP prompt injection and re-quantization: the dequantized ``[N, d]`` output.
+
+    Differentiable in ``h`` (float), ``w_phi``, ``p_a`` and ``p_b``; the Triton kernels run
+    for CUDA tensors, the pure-torch reference for CPU tensors.
+    """
+    return lorap_fused(
+        h, w_phi, p_a, p_b, in_scale, float(scale), int(zero_point), int(qmin), int(qmax)
+    )[0]

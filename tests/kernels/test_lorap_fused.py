@@ -1,0 +1,281 @@
+"""The fused LoRAP kernels (Triton, under TRITON_INTERPRET=1) against the pure-torch reference."""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+import torch
+from lorap_dist.kernels import lorap_fused as lf
+
+# (n, d, k, r): d not a power of two, N not a multiple of the block, k and r from 1 to 16.
+SHAPES = [
+    (37, 24, 1, 1),
+    (50, 40, 3, 2),
+    (64, 33, 8, 4),
+    (21, 100, 16, 16),
+    (5, 17, 5, 7),
+    (70, 48, 4, 8),
+]
+# (scale, zero_point, qmin, qmax): INT8 signed, INT4 signed, UINT8 (asymmetric).
+QPARAMS = {
+    "int8": (0.02, 3, -128, 127),
+    "int4": (0.3, -1, -8, 7),
+    "uint8": (0.02, 128, 0, 255),
+}
+
+
+def make_inputs(n, d, k, r, dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    h = torch.randn(n, d, generator=g)
+    w_phi = torch.randn(d, k, generator=g) / d**0.5
+    p_a = torch.randn(k, r, generator=g)
+    p_b = torch.randn(r, d, generator=g) * 0.5
+    return tuple(t.to(dtype) for t in (h, w_phi, p_a, p_b))
+
+
+def reference_prequant(h, w_phi, p_a, p_b, scale, in_scale=None):
+    """``y * (1/scale)`` of the reference: where it sits within 1e-3 of a rounding tie, a
+    different (equally correct) fp32 summation order may round the other way."""
+    hf = lf._dequantize(h, in_scale)
+    w = torch.softmax(hf @ w_phi.float(), dim=1)
+    y = hf + (w @ p_a.float()) @ p_b.float()
+    return y * lf._inv_scale(scale)
+
+
+def assert_codes_equal(codes, ref_codes, v):
+    """Codes equal exactly, except at most by one step at a near-tie of the pre-rounding value."""
+    assert codes.dtype == ref_codes.dtype
+    diff = (codes.int() - ref_codes.int()).abs()
+    near_tie = ((v - v.floor()) - 0.5).abs() < 1e-3
+    assert int(diff.max()) <= 1 if diff.numel() else True
+    assert not bool((diff > 0)[~near_tie].any()), "codes differ away from a rounding tie"
+
+
+def assert_close_rel(actual, expected, rtol=1e-5):
+    atol = rtol * max(float(expected.abs().max()), 1.0)
+    torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol)
+
+
+def reference_grads(h, w_phi, p_a, p_b, grad_out, qp, in_scale=None):
+    leaves = [t.detach().clone().requires_grad_(True) for t in (w_phi, p_a, p_b)]
+    if h.is_floating_point():
+        leaves.insert(0, h.detach().clone().requires_grad_(True))
+        args = leaves
+    else:
+        args = [h, *leaves]
+    _, out = lf.lorap_reference(*args, *qp, in_scale=in_scale)
+    grads = torch.autograd.grad(out, leaves, grad_out)
+    return grads if h.is_floating_point() else (None, *grads)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "n{}-d{}-k{}-r{}".format(*s))
+@pytest.mark.parametrize("qname", list(QPARAMS))
+def test_forward_matches_reference(shape, qname):
+    qp = QPARAMS[qname]
+    h, w_phi, p_a, p_b = make_inputs(*shape)
+    codes, out = lf.lorap_fused_triton(h, w_phi, p_a, p_b, None, *qp, block_n=16)
+    ref_codes, ref_out = lf.lorap_reference(h, w_phi, p_a, p_b, *qp)
+    assert codes.dtype == lf.codes_dtype(qp[2], qp[3])
+    assert_codes_equal(codes, ref_codes, reference_prequant(h, w_phi, p_a, p_b, qp[0]))
+    scale, zp = qp[0], qp[1]
+    # out is exactly (codes - zp) * scale, as in fake_quantize_per_tensor_affine.
+    assert torch.equal(out, (codes.int() - zp).float() * torch.tensor(scale))
+    assert_close_rel(out, ref_out)
+
+
+def test_reference_matches_fake_quantize_exactly():
+    h, w_phi, p_a, p_b = make_inputs(40, 24, 4, 4)
+    qp = QPARAMS["int8"]
+    codes, out = lf.lorap_reference(h, w_phi, p_a, p_b, *qp)
+    y = h + torch.softmax(h @ w_phi, 1) @ p_a @ p_b
+    assert torch.equal(out, torch.fake_quantize_per_tensor_affine(y, *qp))
+    assert torch.equal(out, (codes.int() - qp[1]).float() * torch.tensor(qp[0]))
+
+
+@pytest.mark.parametrize("qname", ["int8", "int4"])
+def test_rounding_ties_bit_exact(qname):
+    """With P_B = 0 the prompt is exactly 0, so y = h; put h on and near half-steps."""
+    scale, zp, qmin, qmax = QPARAMS[qname]
+    n, d, k, r = 40, 20, 4, 4
+    steps = torch.arange(n * d, dtype=torch.float32).reshape(n, d) % (2 * (qmax - qmin)) + (
+        qmin - zp - (qmax - qmin) // 2
+    )
+    offsets = torch.tensor([0.5, -0.5, 0.49999, 0.0, 0.25])[torch.arange(d) % 5]
+    h = (steps + offsets) * scale
+    _, w_phi, p_a, _ = make_inputs(n, d, k, r)
+    p_b = torch.zeros(r, d)
+    codes, out = lf.lorap_fused_triton(h, w_phi, p_a, p_b, None, scale, zp, qmin, qmax)
+    ref_codes, ref_out = lf.lorap_reference(h, w_phi, p_a, p_b, scale, zp, qmin, qmax)
+    assert torch.equal(codes, ref_codes)
+    assert torch.equal(out, ref_out)
+    assert torch.equal(out, torch.fake_quantize_per_tensor_affine(h, scale, zp, qmin, qmax))
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "n{}-d{}-k{}-r{}".format(*s))
+@pytest.mark.parametrize("qname", ["int8", "int4"])
+def test_backward_matches_autograd(shape, qname):
+    qp = QPARAMS[qname]
+    h, w_phi, p_a, p_b = make_inputs(*shape, seed=1)
+    grad_out = torch.randn(h.shape, generator=torch.Generator().manual_seed(2))
+    expected = reference_grads(h, w_phi, p_a, p_b, grad_out, qp)
+    got = lf.lorap_fused_backward_triton(
+        grad_out, h, w_phi, p_a, p_b, None, *qp, block_n=16, num_programs=2
+    )
+    closed_form = lf._lorap_backward_reference(grad_out, h, w_phi, p_a, p_b, None, *qp)
+    for name, g, c, e in zip(("h", "w_phi", "p_a", "p_b"), got, closed_form, expected, strict=True):
+        assert g.dtype == e.dtype, name
+        assert_close_rel(g, e)
+        assert_close_rel(c, e)
+
+
+def test_backward_is_deterministic_and_loops_over_blocks():
+    """7 row blocks on 3 persistent programs: each program walks more than one block."""
+    qp = QPARAMS["int8"]
+    h, w_phi, p_a, p_b = make_inputs(100, 24, 4, 4, seed=3)
+    grad_out = torch.randn(h.shape, generator=torch.Generator().manual_seed(4))
+    runs = [
+        lf.lorap_fused_backward_triton(
+            grad_out, h, w_phi, p_a, p_b, None, *qp, block_n=16, num_programs=3
+        )
+        for _ in range(2)
+    ]
+    for a, b in zip(*runs, strict=True):
+        assert torch.equal(a, b)
+    for g, e in zip(runs[0], reference_grads(h, w_phi, p_a, p_b, grad_out, qp), strict=True):
+        assert_close_rel(g, e)
+
+
+@pytest.mark.parametrize("per_row", [False, True], ids=["per_tensor", "per_row"])
+def test_int8_input_dequantized_in_kernel(per_row):
+    n, d, k, r = 45, 20, 6, 3
+    g = torch.Generator().manual_seed(5)
+    h = torch.randint(-128, 128, (n, d), generator=g, dtype=torch.int8)
+    in_scale = torch.rand(n if per_row else 1, generator=g) * 0.02 + 0.005
+    _, w_phi, p_a, p_b = make_inputs(n, d, k, r)
+    qp = QPARAMS["int4"]
+    codes, out = lf.lorap_fused_triton(h, w_phi, p_a, p_b, in_scale, *qp, block_n=32)
+    ref_codes, ref_out = lf.lorap_reference(h, w_phi, p_a, p_b, *qp, in_scale=in_scale)
+    assert out.dtype == torch.float32
+    assert_codes_equal(codes, ref_codes, reference_prequant(h, w_phi, p_a, p_b, qp[0], in_scale))
+    assert_close_rel(out, ref_out)
+
+    grad_out = torch.randn(n, d, generator=g)
+    got = lf.lorap_fused_backward_triton(grad_out, h, w_phi, p_a, p_b, in_scale, *qp)
+    expected = reference_grads(h, w_phi, p_a, p_b, grad_out, qp, in_scale=in_scale)
+    for g_got, g_ref in zip(got[1:], expected[1:], strict=True):
+        assert_close_rel(g_got, g_ref)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_inputs(dtype):
+    qp = QPARAMS["int8"]
+    h, w_phi, p_a, p_b = make_inputs(30, 24, 8, 4, dtype=dtype, seed=6)
+    codes, out = lf.lorap_fused_triton(h, w_phi, p_a, p_b, None, *qp)
+    ref_codes, ref_out = lf.lorap_reference(h, w_phi, p_a, p_b, *qp)
+    assert out.dtype == dtype
+    assert_codes_equal(codes, ref_codes, reference_prequant(h, w_phi, p_a, p_b, qp[0]))
+    same = codes == ref_codes
+    if dtype == torch.float16:
+        assert torch.equal(out[same], ref_out[same])
+    else:
+        # The interpreter's fp32 -> bf16 cast truncates instead of rounding to nearest (the
+        # GPU rounds): allow one bf16 step.
+        assert_close_rel(out[same].float(), ref_out[same].float(), rtol=2**-7)
+
+    grad_out = torch.randn(h.shape, generator=torch.Generator().manual_seed(7)).to(dtype)
+    got = lf.lorap_fused_backward_triton(grad_out, h, w_phi, p_a, p_b, None, *qp)
+    expected = reference_grads(h, w_phi, p_a, p_b, grad_out, qp)
+    for g_got, g_ref in zip(got, expected, strict=True):
+        assert g_got.dtype == dtype
+        assert_close_rel(g_got.float(), g_ref.float(), rtol=1e-2)
+
+
+def test_op_autograd_through_triton_on_cpu():
+    qp = QPARAMS["int8"]
+    h, w_phi, p_a, p_b = make_inputs(33, 20, 5, 3, seed=8)
+    grad_out = torch.randn(h.shape, generator=torch.Generator().manual_seed(9))
+    leaves = [t.clone().requires_grad_(True) for t in (h, w_phi, p_a, p_b)]
+    with lf.triton_on_cpu():
+        out = lf.lorap_forward(*leaves, *qp)
+        got = torch.autograd.grad(out, leaves, grad_out)
+    for g_got, g_ref in zip(got, reference_grads(h, w_phi, p_a, p_b, grad_out, qp), strict=True):
+        assert_close_rel(g_got, g_ref)
+
+
+def test_lorap_forward_cpu_path_is_the_reference():
+    qp = QPARAMS["int4"]
+    h, w_phi, p_a, p_b = make_inputs(20, 12, 4, 4)
+    assert torch.equal(
+        lf.lorap_forward(h, w_phi, p_a, p_b, *qp), lf.lorap_reference(h, w_phi, p_a, p_b, *qp)[1]
+    )
+
+
+@pytest.mark.parametrize("triton_path", [False, True], ids=["reference", "triton"])
+@pytest.mark.parametrize("int8_input", [False, True], ids=["float_h", "int8_h"])
+def test_opcheck(triton_path, int8_input):
+    qp = QPARAMS["int8"]
+    h, w_phi, p_a, p_b = make_inputs(18, 12, 3, 2, seed=10)
+    in_scale = None
+    if int8_input:
+        h, in_scale = (h * 40).round().clamp(-128, 127).to(torch.int8), torch.tensor([0.025])
+    else:
+        h.requires_grad_(True)
+    for t in (w_phi, p_a, p_b):
+        t.requires_grad_(True)
+    context = lf.triton_on_cpu() if triton_path else contextlib.nullcontext()
+    with context:
+        torch.library.opcheck(torch.ops.lorap_dist.lorap_fused, (h, w_phi, p_a, p_b, in_scale, *qp))
+        grad_out = torch.randn(h.shape)
+        torch.library.opcheck(
+            torch.ops.lorap_dist.lorap_fused_backward,
+            (grad_out, h.detach(), w_phi.detach(), p_a.detach(), p_b.detach(), in_scale, *qp),
+        )
+
+
+@pytest.mark.slow
+def test_torch_compile_fullgraph():
+    class Prompt(torch.nn.Module):
+        def __init__(self, d, k, r):
+            super().__init__()
+            _, w_phi, p_a, p_b = make_inputs(1, d, k, r)
+            self.w_phi, self.p_a, self.p_b = (torch.nn.Parameter(t) for t in (w_phi, p_a, p_b))
+
+        def forward(self, h):
+            return lf.lorap_forward(h.relu(), self.w_phi, self.p_a, self.p_b, *QPARAMS["int8"])
+
+    module = Prompt(16, 4, 2)
+    compiled = torch.compile(module, fullgraph=True)
+    h = torch.randn(25, 16)
+    out = compiled(h)
+    torch.testing.assert_close(out, module(h), rtol=0, atol=0)
+    out.square().sum().backward()
+    grads = [p.grad.clone() for p in module.parameters()]
+    module.zero_grad()
+    module(h).square().sum().backward()
+    for g, p in zip(grads, module.parameters(), strict=True):
+        torch.testing.assert_close(g, p.grad)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (dict(h=torch.zeros(4, 8, 1)), "h must be a 2-D"),
+        (dict(h=torch.zeros(4, 8, dtype=torch.int32)), "h must be float32"),
+        (dict(h=torch.zeros(4, 8, dtype=torch.int8)), "in_scale"),
+        (dict(w_phi=torch.zeros(7, 3)), "w_phi must be \\[d, k\\]"),
+        (dict(p_a=torch.zeros(4, 2)), "p_a must be \\[k, r\\]"),
+        (dict(p_b=torch.zeros(2, 9)), "p_b must be \\[r, d\\]"),
+        (dict(scale=0.0), "scale must be a positive"),
+        (dict(zero_point=200), "zero_point must lie"),
+        (dict(qmin=5, qmax=5, zero_point=5), "qmin must be below qmax"),
+    ],
+)
+def test_bad_inputs_raise_value_error(change, message):
+    args = dict(
+        h=torch.zeros(4, 8), w_phi=torch.zeros(8, 3), p_a=torch.zeros(3, 2), p_b=torch.zeros(2, 8),
+        scale=0.1, zero_point=0, qmin=-128, qmax=127,
+    )  # fmt: skip
+    args.update(change)
+    with pytest.raises(ValueError, match=message):
+        lf.lorap_forward(**args)

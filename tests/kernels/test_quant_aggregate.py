@@ -1,0 +1,121 @@
+"""The fused quantized aggregation kernel (Triton, under TRITON_INTERPRET=1) against its
+pure-torch reference."""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+import torch
+from lorap_dist.kernels import quant_aggregate as qa
+from lorap_dist.kernels._triton import triton_on_cpu
+
+
+def make_block(num_src, num_dst, d, bits, max_degree=40, seed=0, index_dtype=torch.int64):
+    g = torch.Generator().manual_seed(seed)
+    deg = torch.randint(0, max_degree + 1, (num_dst,), generator=g)
+    if num_dst > 2:
+        deg[1] = 0  # a destination without edges
+    indptr = torch.cat([torch.zeros(1, dtype=torch.int64), deg.cumsum(0)])
+    indices = torch.randint(0, num_src, (int(deg.sum()),), generator=g).to(index_dtype)
+    scale = torch.rand(num_src, generator=g) * 0.1 + 0.01
+    if bits == 8:
+        codes = torch.randint(-128, 128, (num_src, d), generator=g, dtype=torch.int8)
+    else:
+        codes = qa.pack_int4(torch.randint(-8, 8, (num_src, d), generator=g, dtype=torch.int8))
+    return codes, scale, indptr, indices
+
+
+def assert_close_rel(actual, expected, rtol=1e-5):
+    atol = rtol * max(float(expected.abs().max()) if expected.numel() else 0.0, 1.0)
+    torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("d", [1, 7, 33, 64])
+def test_int4_pack_roundtrip_low_nibble_first(d):
+    codes = torch.randint(-8, 8, (5, d), dtype=torch.int8)
+    packed = qa.pack_int4(codes)
+    assert packed.shape == (5, (d + 1) // 2) and packed.dtype == torch.uint8
+    assert torch.equal(qa.unpack_int4(packed, d), codes)
+    assert int(packed[0, 0]) & 0xF == int(codes[0, 0]) & 0xF
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+@pytest.mark.parametrize("reduce", ["sum", "mean"])
+@pytest.mark.parametrize("d", [7, 33, 64])
+def test_matches_reference(bits, reduce, d):
+    codes, scale, indptr, indices = make_block(30, 12, d, bits, seed=d)
+    out = qa.quant_aggregate_triton(codes, scale, indptr, indices, d, bits, reduce, block_e=8)
+    expected = qa.quant_aggregate_reference(codes, scale, indptr, indices, d, bits, reduce)
+    assert out.dtype == torch.float32 and out.shape == (12, d)
+    assert_close_rel(out, expected)
+    assert torch.equal(out[1], torch.zeros(d))
+
+
+def test_reference_equals_dequantize_then_index_add():
+    codes, scale, indptr, indices = make_block(20, 6, 10, 8)
+    dense = codes.float() * scale[:, None]
+    deg = indptr.diff()
+    dst = torch.repeat_interleave(torch.arange(6), deg)
+    expected = torch.zeros(6, 10).index_add_(0, dst, dense[indices])
+    out = qa.quant_aggregate_reference(codes, scale, indptr, indices, 10, 8, "sum")
+    assert torch.equal(out, expected)
+
+
+@pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64])
+def test_int32_indices_and_no_edges(index_dtype):
+    codes, scale, indptr, indices = make_block(10, 5, 9, 8, index_dtype=index_dtype)
+    indptr = indptr.to(index_dtype)
+    out = qa.quant_aggregate_triton(codes, scale, indptr, indices, 9)
+    assert_close_rel(out, qa.quant_aggregate_reference(codes, scale, indptr, indices, 9))
+    empty = torch.zeros(6, dtype=index_dtype)
+    none = qa.quant_aggregate_triton(codes, scale, empty, indices[:0], 9, 8, "mean")
+    assert torch.equal(none, torch.zeros(5, 9))
+
+
+@pytest.mark.parametrize("triton_path", [False, True], ids=["reference", "triton"])
+@pytest.mark.parametrize("bits", [8, 4])
+def test_opcheck(triton_path, bits):
+    codes, scale, indptr, indices = make_block(16, 6, 11, bits, max_degree=6)
+    with triton_on_cpu() if triton_path else contextlib.nullcontext():
+        torch.library.opcheck(
+            torch.ops.lorap_dist.quant_aggregate, (codes, scale, indptr, indices, 11, bits, "mean")
+        )
+
+
+@pytest.mark.slow
+def test_torch_compile_fullgraph():
+    codes, scale, indptr, indices = make_block(16, 6, 11, 4, max_degree=6)
+
+    def layer(codes, scale, indptr, indices):
+        return qa.quant_aggregate(codes, scale, indptr, indices, 11, 4, "mean").relu()
+
+    compiled = torch.compile(layer, fullgraph=True)
+    torch.testing.assert_close(
+        compiled(codes, scale, indptr, indices), layer(codes, scale, indptr, indices)
+    )
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (dict(bits=3), "bits must be 8"),
+        (dict(reduce="max"), "reduce must be one of"),
+        (dict(src_codes=torch.zeros(4, 8, dtype=torch.uint8)), "src_codes must be torch.int8"),
+        (
+            dict(src_codes=torch.zeros(4, 8, dtype=torch.uint8), bits=4),
+            "src_codes must be torch.uint8",
+        ),
+        (dict(src_scale=torch.zeros(3)), "src_scale must be float32"),
+        (dict(indices=torch.zeros(2, 2, dtype=torch.int64)), "indices must be a 1-D"),
+        (dict(indptr=torch.zeros(3)), "indptr must be a 1-D"),
+    ],
+)
+def test_bad_inputs_raise_value_error(change, message):
+    args = dict(
+        src_codes=torch.zeros(4, 8, dtype=torch.int8), src_scale=torch.ones(4),
+        indptr=torch.tensor([0, 1, 2]), indices=torch.tensor([0, 3]), d=8, bits=8, reduce="sum",
+    )  # fmt: skip
+    args.update(change)
+    with pytest.raises(ValueError, match=message):
+        qa.quant_aggregate(**args)
