@@ -21,6 +21,13 @@ Forward, per row block (all arithmetic in fp32, whatever the storage dtype)::
 ``out`` is bit-identical to ``torch.fake_quantize_per_tensor_affine(y, scale, zero_point,
 qmin, qmax)`` on CPU whenever ``y`` is.
 
+Range pass (the same kernel with ``RANGE_ONLY``): a quantizer that observes its input in
+training needs ``[min(y), max(y)]`` before it can fix the grid ``y`` is quantized on, so
+training runs the kernel twice: first writing only each program's ``(min y, max y)`` over
+its valid entries to a ``[num_programs, 2]`` fp32 buffer, reduced by ``amin``/``amax``
+(deterministic, no atomics), then quantizing with the updated range. Recomputing ``y``
+costs a second read of ``h``; storing it would cost a write and a read of ``N x d``.
+
 Backward (straight-through estimator, as the gradient of ``fake_quantize_per_tensor_affine``)::
 
     g_y    = g_out * [qmin <= c <= qmax]
@@ -49,8 +56,10 @@ Conventions:
 Entry points: :func:`lorap_forward` (what :mod:`lorap_dist.prompt.lorap` calls), the op
 ``torch.ops.lorap_dist.lorap_fused`` (:func:`lorap_fused`, returns ``(out, codes)``) and its
 backward op
-``torch.ops.lorap_dist.lorap_fused_backward``, the pure-torch :func:`lorap_reference`, and the
-launchers :func:`lorap_fused_triton` / :func:`lorap_fused_backward_triton`, which also run on
+``torch.ops.lorap_dist.lorap_fused_backward``, the range op ``torch.ops.lorap_dist.lorap_range``
+(:func:`lorap_range`), the pure-torch :func:`lorap_reference` / :func:`lorap_range_reference`,
+and the launchers :func:`lorap_fused_triton` / :func:`lorap_fused_backward_triton` /
+:func:`lorap_range_triton`, which also run on
 CPU tensors under ``TRITON_INTERPRET=1`` (tests). CUDA tensors take the Triton kernels, CPU
 tensors the reference, unless :func:`triton_on_cpu` is active.
 """
@@ -72,6 +81,9 @@ __all__ = [
     "lorap_fused_backward",
     "lorap_fused_backward_triton",
     "lorap_fused_triton",
+    "lorap_range",
+    "lorap_range_reference",
+    "lorap_range_triton",
     "lorap_reference",
     "triton_on_cpu",
 ]
@@ -92,8 +104,9 @@ def _lorap_fwd_kernel(
     w_phi_ptr,  # [d, k]
     p_a_ptr,  # [k, r]
     p_b_ptr,  # [r, d]
-    codes_ptr,  # [N, d] int8 / uint8 / int32
-    out_ptr,  # [N, d]
+    codes_ptr,  # [N, d] int8 / uint8 / int32 (unused when RANGE_ONLY)
+    out_ptr,  # [N, d] (unused when RANGE_ONLY)
+    range_part_ptr,  # [num_programs, 2] fp32 (only written when RANGE_ONLY)
     n_rows,
     d,
     k,
@@ -105,6 +118,7 @@ def _lorap_fwd_kernel(
     qmin,
     qmax,
     HAS_IN_SCALE: tl.constexpr,
+    RANGE_ONLY: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -151,15 +165,22 @@ def _lorap_fwd_kernel(
     t = tl.dot(w, p_a, input_precision="ieee")
     y = h + tl.dot(t, p_b, input_precision="ieee")
 
-    # Clamping to one step outside [qmin, qmax] first keeps |v| small for the rint trick and
-    # changes neither the clamped code nor the STE mask.
-    v = y * inv_scale
-    v = tl.minimum(tl.maximum(v, (qmin - zero_point - 1) * 1.0), (qmax - zero_point + 1) * 1.0)
-    code = ((v + _RINT_MAGIC) - _RINT_MAGIC) + zero_point
-    code = tl.minimum(tl.maximum(code, qmin * 1.0), qmax * 1.0)
-    out = (code - zero_point) * scale
-    tl.store(codes_ptr + tile, code.to(codes_ptr.dtype.element_ty), mask=tile_mask)
-    tl.store(out_ptr + tile, out.to(out_ptr.dtype.element_ty), mask=tile_mask)
+    if RANGE_ONLY:
+        # The range pass: this block's min and max of y over valid entries, nothing else.
+        y_min = tl.min(tl.min(tl.where(tile_mask, y, float("inf")), axis=1), axis=0)
+        y_max = tl.max(tl.max(tl.where(tile_mask, y, float("-inf")), axis=1), axis=0)
+        tl.store(range_part_ptr + pid.to(tl.int64) * 2, y_min)
+        tl.store(range_part_ptr + pid.to(tl.int64) * 2 + 1, y_max)
+    else:
+        # Clamping to one step outside [qmin, qmax] first keeps |v| small for the rint trick
+        # and changes neither the clamped code nor the STE mask.
+        v = y * inv_scale
+        v = tl.minimum(tl.maximum(v, (qmin - zero_point - 1) * 1.0), (qmax - zero_point + 1) * 1.0)
+        code = ((v + _RINT_MAGIC) - _RINT_MAGIC) + zero_point
+        code = tl.minimum(tl.maximum(code, qmin * 1.0), qmax * 1.0)
+        out = (code - zero_point) * scale
+        tl.store(codes_ptr + tile, code.to(codes_ptr.dtype.element_ty), mask=tile_mask)
+        tl.store(out_ptr + tile, out.to(out_ptr.dtype.element_ty), mask=tile_mask)
 
 
 def _lorap_bwd_kernel(
@@ -306,6 +327,26 @@ def _check_inputs(
     qmax: int,
 ) -> None:
     """Raise a ValueError that names the argument when shapes, dtypes or ranges are wrong."""
+    _check_operands(h, w_phi, p_a, p_b, in_scale)
+    if not (scale > 0.0 and scale < float("inf")):
+        raise ValueError(f"scale must be a positive finite number; got {scale}.")
+    if not qmin < qmax:
+        raise ValueError(f"qmin must be below qmax; got qmin={qmin}, qmax={qmax}.")
+    if not qmin <= zero_point <= qmax:
+        raise ValueError(
+            f"zero_point must lie in [qmin, qmax] = [{qmin}, {qmax}]; got {zero_point}."
+        )
+    if max(abs(qmin - zero_point), abs(qmax - zero_point)) >= 2**21:
+        raise ValueError(
+            f"[qmin, qmax] = [{qmin}, {qmax}] is too wide for the fp32 rounding; use at most "
+            "21-bit codes."
+        )
+
+
+def _check_operands(
+    h: Tensor, w_phi: Tensor, p_a: Tensor, p_b: Tensor, in_scale: Tensor | None
+) -> None:
+    """The shape, dtype and device checks of :func:`_check_inputs`, without the grid."""
     if h.dim() != 2:
         raise ValueError(f"h must be a 2-D [N, d] tensor; got shape {tuple(h.shape)}.")
     n, d = h.shape
@@ -346,19 +387,6 @@ def _check_inputs(
     r = p_a.shape[1]
     if r < 1 or tuple(p_b.shape) != (r, d):
         raise ValueError(f"p_b must be [r, d] = [{r}, {d}]; got {tuple(p_b.shape)}.")
-    if not (scale > 0.0 and scale < float("inf")):
-        raise ValueError(f"scale must be a positive finite number; got {scale}.")
-    if not qmin < qmax:
-        raise ValueError(f"qmin must be below qmax; got qmin={qmin}, qmax={qmax}.")
-    if not qmin <= zero_point <= qmax:
-        raise ValueError(
-            f"zero_point must lie in [qmin, qmax] = [{qmin}, {qmax}]; got {zero_point}."
-        )
-    if max(abs(qmin - zero_point), abs(qmax - zero_point)) >= 2**21:
-        raise ValueError(
-            f"[qmin, qmax] = [{qmin}, {qmax}] is too wide for the fp32 rounding; use at most "
-            "21-bit codes."
-        )
 
 
 def _dequantize(h: Tensor, in_scale: Tensor | None) -> Tensor:
@@ -372,6 +400,33 @@ def _inv_scale(scale: float) -> float:
     """``1 / scale`` rounded to fp32 exactly as ``fake_quantize_per_tensor_affine`` does."""
     s = torch.tensor(scale, dtype=torch.float32)
     return float(torch.ones((), dtype=torch.float32) / s)
+
+
+def _prompted_reference(
+    h: Tensor, w_phi: Tensor, p_a: Tensor, p_b: Tensor, in_scale: Tensor | None
+) -> Tensor:
+    """``y = h + softmax(h W_phi) P_A P_B`` in fp32, with the operations (and so the values)
+    of :func:`lorap_dist.prompt.lorap_prompt` on fp32 inputs."""
+    hf = _dequantize(h, in_scale)
+    w = torch.softmax(hf @ w_phi.float(), dim=1)
+    return hf + (w @ p_a.float()) @ p_b.float()
+
+
+def lorap_range_reference(
+    h: Tensor, w_phi: Tensor, p_a: Tensor, p_b: Tensor, in_scale: Tensor | None = None
+) -> Tensor:
+    """``[min(y), max(y)]`` (fp32, shape ``[2]``) of the prompted sum: the CPU path of
+    :func:`lorap_range` and its test oracle."""
+    _check_range_inputs(h, w_phi, p_a, p_b, in_scale)
+    return torch.stack(torch.aminmax(_prompted_reference(h, w_phi, p_a, p_b, in_scale)))
+
+
+def _check_range_inputs(
+    h: Tensor, w_phi: Tensor, p_a: Tensor, p_b: Tensor, in_scale: Tensor | None
+) -> None:
+    _check_operands(h, w_phi, p_a, p_b, in_scale)
+    if h.shape[0] == 0:
+        raise ValueError("h has no rows, so the range of y is undefined; skip the range pass.")
 
 
 def lorap_reference(
@@ -401,9 +456,7 @@ def lorap_reference(
         values in ``h``'s float dtype (``float32`` for ``int8`` ``h``).
     """
     _check_inputs(h, w_phi, p_a, p_b, in_scale, scale, zero_point, qmin, qmax)
-    hf = _dequantize(h, in_scale)
-    w = torch.softmax(hf @ w_phi.float(), dim=1)
-    y = hf + (w @ p_a.float()) @ p_b.float()
+    y = _prompted_reference(h, w_phi, p_a, p_b, in_scale)
     out = torch.fake_quantize_per_tensor_affine(y, scale, zero_point, qmin, qmax)
     with torch.no_grad():
         codes = torch.clamp(torch.round(y * _inv_scale(scale)) + zero_point, qmin, qmax)
@@ -500,14 +553,50 @@ def lorap_fused_triton(
     s_in, s_in_stride = _in_scale_arg(h, in_scale)
     grid = (cdiv(n, block_n),)
     jit(_lorap_fwd_kernel)[grid](
-        h, s_in, w_phi, p_a, p_b, codes, out,
+        h, s_in, w_phi, p_a, p_b, codes, out, out,
         n, d, k, r, s_in_stride,
         float(scale), _inv_scale(scale), int(zero_point), int(qmin), int(qmax),
-        HAS_IN_SCALE=in_scale is not None,
+        HAS_IN_SCALE=in_scale is not None, RANGE_ONLY=False,
         BLOCK_N=block_n, BLOCK_D=block_d, BLOCK_K=block_k, BLOCK_R=block_r,
         **_launch_options(h.device, block_d),
     )  # fmt: skip
     return codes, out
+
+
+def lorap_range_triton(
+    h: Tensor,
+    w_phi: Tensor,
+    p_a: Tensor,
+    p_b: Tensor,
+    in_scale: Tensor | None,
+    *,
+    block_n: int | None = None,
+) -> Tensor:
+    """Launch the forward kernel's range pass directly: ``[min(y), max(y)]``, fp32 ``[2]``.
+
+    Every program writes the extremes of its row block to a ``[num_programs, 2]`` buffer
+    (padding masked with ``+inf``/``-inf``), reduced afterwards with ``amin``/``amax``:
+    deterministic, no atomics.
+    """
+    _check_range_inputs(h, w_phi, p_a, p_b, in_scale)
+    h, w_phi, p_a, p_b = (t.contiguous() for t in (h, w_phi, p_a, p_b))
+    n, d = h.shape
+    k, r = p_a.shape
+    block_d, block_k, block_r = _blocks(d, k, r)
+    block_n = block_n or _default_block_n(n, block_d, h.device)
+    grid = (cdiv(n, block_n),)
+    parts = torch.empty((grid[0], 2), dtype=torch.float32, device=h.device)
+    s_in, s_in_stride = _in_scale_arg(h, in_scale)
+    # codes_ptr and out_ptr are never touched with RANGE_ONLY: pass the buffer as both.
+    jit(_lorap_fwd_kernel)[grid](
+        h, s_in, w_phi, p_a, p_b, parts, parts, parts,
+        n, d, k, r, s_in_stride,
+        1.0, 1.0, 0, 0, 1,
+        HAS_IN_SCALE=in_scale is not None, RANGE_ONLY=True,
+        BLOCK_N=block_n, BLOCK_D=block_d, BLOCK_K=block_k, BLOCK_R=block_r,
+        **_launch_options(h.device, block_d),
+    )  # fmt: skip
+    return torch.stack((parts[:, 0].amin(), parts[:, 1].amax()))
 
 
 def lorap_fused_backward_triton(
@@ -662,6 +751,27 @@ def _backward(ctx, grad_out, grad_codes):
 
 
 lorap_fused.register_autograd(_backward, setup_context=_setup_context)
+
+
+@torch.library.custom_op("lorap_dist::lorap_range", mutates_args=())
+def lorap_range(
+    h: Tensor, w_phi: Tensor, p_a: Tensor, p_b: Tensor, in_scale: Tensor | None = None
+) -> Tensor:
+    """``[min(y), max(y)]`` (fp32, shape ``[2]``) of ``y = h + softmax(h W_phi) P_A P_B``.
+
+    The range pass that lets a quantizer observe ``y`` before :func:`lorap_forward`
+    quantizes it, without ``y`` ever being written out. Not differentiable: call it on
+    detached inputs (an observed range takes no gradient).
+    """
+    if use_triton(h):
+        return lorap_range_triton(h, w_phi, p_a, p_b, in_scale)
+    return lorap_range_reference(h, w_phi, p_a, p_b, in_scale)
+
+
+@lorap_range.register_fake
+def _(h, w_phi, p_a, p_b, in_scale=None):
+    _check_operands(h, w_phi, p_a, p_b, in_scale)
+    return h.new_empty((2,), dtype=torch.float32)
 
 
 def lorap_forward(

@@ -22,9 +22,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from lorap_dist.config import ExperimentConfig
+from lorap_dist.config import ConfigError, ExperimentConfig
 from lorap_dist.graph.block import NodeInfo
+from lorap_dist.graph.csr import csr_from_edge_index
 from lorap_dist.graph.data import GraphData
+from lorap_dist.graph.sampler import NeighborSampler, iter_minibatches
 from lorap_dist.nn import build_model, parameter_counts
 from lorap_dist.quant import average_bits, quantization_loss, quantize_
 
@@ -106,12 +108,11 @@ def train(
         model.parameters(), lr=config.train.lr, weight_decay=config.train.weight_decay
     )
     nodes = NodeInfo(ids=torch.arange(graph.num_nodes), degree=graph.in_degree())
-    if config.train.fanout is not None:
-        from lorap_dist.minibatch import MiniBatchRunner
-
-        runner: Any = MiniBatchRunner(config, graph, nodes)
-    else:
-        runner = FullBatchRunner(graph, nodes)
+    runner: FullBatchRunner = (
+        FullBatchRunner(graph, nodes)
+        if config.train.fanout is None
+        else MiniBatchRunner(graph, nodes, config)
+    )
 
     best = {"valid": -1.0, "epoch": -1, "state": copy.deepcopy(model.state_dict())}
     history: list[dict[str, float]] = []
@@ -178,3 +179,41 @@ class FullBatchRunner:
             split: accuracy(logits[idx], g.y[idx])
             for split, idx in (("train", g.train_idx), ("valid", g.valid_idx), ("test", g.test_idx))
         }
+
+
+class MiniBatchRunner(FullBatchRunner):
+    """Each epoch walks the training nodes in shuffled mini-batches of sampled blocks.
+
+    Layer ``l`` runs on ``blocks[l]`` and computes only the nodes layer ``l + 1`` consumes
+    (trimmed message-flow graphs). Evaluation is exact: full-neighbourhood inference on the
+    whole graph, as :class:`FullBatchRunner` does.
+    """
+
+    def __init__(self, graph: GraphData, nodes: NodeInfo, config: ExperimentConfig) -> None:
+        super().__init__(graph, nodes)
+        fanout = config.train.fanout
+        if fanout is None or len(fanout) != config.model.layers:
+            raise ConfigError(
+                f"train.fanout={fanout} needs one entry per layer (model.layers="
+                f"{config.model.layers}), e.g. {[10] * config.model.layers}."
+            )
+        csr = csr_from_edge_index(graph.edge_index, graph.num_nodes)
+        self.sampler = NeighborSampler.from_csr(csr, fanout)
+        self.batch_size = config.train.batch_size
+        self.generator = torch.Generator().manual_seed(config.train.seed)
+
+    def train_epoch(self, model: nn.Module, optimizer: torch.optim.Optimizer, epoch: int) -> float:
+        g = self.graph
+        model.train()
+        losses = []
+        batches = iter_minibatches(self.sampler, g.train_idx, self.batch_size, self.generator)
+        for batch in batches:
+            ids = batch.node_ids
+            nodes = NodeInfo(ids=ids, degree=self.nodes.degree[ids])
+            optimizer.zero_grad()
+            logits = model(g.x[ids], batch.blocks, nodes)  # [seed_count, classes]
+            loss = total_loss(model, logits, g.y[ids[: batch.seed_count]])
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+        return sum(losses) / len(losses)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from lorap_dist.cli import main
-from lorap_dist.config import ExperimentConfig
+from lorap_dist.config import ConfigError, ExperimentConfig
 from lorap_dist.graph.synthetic import generate_synthetic
 from lorap_dist.train import train
 
@@ -81,3 +81,22 @@ def test_cli_bad_config_is_a_clear_error(capsys):
     assert code.value.code == 2
     err = capsys.readouterr().err
     assert "bits=9" in err and "2 to 8" in err
+
+
+@pytest.mark.parametrize("arch", ["sage", "gin"])
+def test_sampled_minibatch_training_learns(arch):
+    config = small_config(
+        model={"arch": arch},
+        prompt={"kind": "lorap"},
+        quant={"scheme": "qat", "options": {"bits": 8}},
+        train={"epochs": 15, "fanout": [5, 5], "batch_size": 64},
+    )
+    result, _ = train(config, progress=False)
+    assert result.test_acc > 1 / config.data.synthetic.num_classes + 0.3
+    assert result.history[-1]["loss"] < result.history[0]["loss"]
+
+
+def test_fanout_must_have_one_entry_per_layer():
+    config = small_config(train={"fanout": [5], "epochs": 1})
+    with pytest.raises(ConfigError, match=r"one entry per layer \(model.layers=2\)"):
+        train(config, progress=False)

@@ -10,7 +10,9 @@ from torch import Tensor, nn
 
 from lorap_dist.config import PromptConfig
 from lorap_dist.graph.block import NodeInfo
+from lorap_dist.kernels.lorap_fused import lorap_forward, lorap_range
 from lorap_dist.quant.base import Quantizer
+from lorap_dist.quant.quantizer import FakeQuantizer
 
 
 def lorap_prompt(h: Tensor, w_phi: Tensor, p_a: Tensor, p_b: Tensor) -> Tensor:
@@ -79,8 +81,44 @@ class LoRAP(nn.Module):
 
     def forward(self, h: Tensor, quantizer: Quantizer, nodes: NodeInfo | None = None) -> Tensor:
         """``quantizer(h + p, nodes)``: the prompted aggregate, re-quantized by the layer's
-        ``"prompt"`` point."""
+        ``"prompt"`` point.
+
+        When ``quantizer`` is a per-tensor :class:`FakeQuantizer` that can hand its grid to a
+        kernel (:meth:`FakeQuantizer.fused_grid_available`), the fused op
+        :func:`~lorap_dist.kernels.lorap_fused.lorap_forward` computes the prompt and the
+        re-quantization in one pass (Triton on CUDA, the pure-torch reference on CPU); in
+        training a range pass (:func:`~lorap_dist.kernels.lorap_fused.lorap_range`) first
+        feeds ``[min, max]`` of ``h + p`` to the observer, so the result, the observer's range
+        and the gradients are those of the unfused path. Every other quantizer gets the
+        plain sum: an :class:`~lorap_dist.quant.IdentityQuantizer` has nothing to
+        re-quantize, and percentile, per-row, protect-mask or learned-range quantizers need
+        the values of ``h + p``. So do float16/bfloat16/float64 inputs (the kernel computes
+        in float32, the unfused path in the input's dtype: same math, other rounding) and
+        code traced by ``torch.compile`` (reading the grid as Python numbers would break the
+        graph; Inductor fuses the unfused path itself).
+        """
+        if self._fused_path(h, quantizer, nodes):
+            return self._fused_forward(h, quantizer)
         return quantizer(lorap_prompt(h, self.w_phi, self.p_a, self.p_b), nodes)
+
+    def _fused_path(self, h: Tensor, quantizer: Quantizer, nodes: NodeInfo | None) -> bool:
+        return (
+            isinstance(quantizer, FakeQuantizer)
+            and quantizer.fused_grid_available(nodes)
+            and h.dim() == 2
+            and h.shape[0] > 0
+            and all(t.dtype == torch.float32 for t in (h, self.w_phi, self.p_a, self.p_b))
+            and not torch.compiler.is_compiling()
+        )
+
+    def _fused_forward(self, h: Tensor, quantizer: FakeQuantizer) -> Tensor:
+        if quantizer.observing:
+            # An observed range takes no gradient; the op has no autograd of its own.
+            with torch.no_grad():
+                y_min, y_max = lorap_range(h, self.w_phi, self.p_a, self.p_b)
+            quantizer.observe_range(y_min, y_max)
+        scale, zero_point, qmin, qmax = quantizer.qparams()
+        return lorap_forward(h, self.w_phi, self.p_a, self.p_b, scale, zero_point, qmin, qmax)
 
     def __repr__(self) -> str:
         return f"{self.__class__.__name__}({self.channels}, k={self.k}, r={self.r})"

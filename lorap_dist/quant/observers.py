@@ -40,6 +40,10 @@ class RangeObserver(nn.Module):
     min_val: Tensor
     max_val: Tensor
 
+    #: Whether the batch range is the batch's extremes, so that a kernel that computes only
+    #: ``(min, max)`` can hand it to :meth:`observe_range` (quantiles need the values).
+    range_from_extremes: bool = True
+
     def __init__(self, per_row: bool = False) -> None:
         super().__init__()
         self.per_row = per_row
@@ -60,7 +64,9 @@ class RangeObserver(nn.Module):
     @torch.no_grad()
     def observe(self, x: Tensor) -> None:
         """Fold the range of ``x`` into the stored range, whatever the mode."""
-        batch_min, batch_max = self.batch_range(x)
+        self._fold_and_store(*self.batch_range(x))
+
+    def _fold_and_store(self, batch_min: Tensor, batch_max: Tensor) -> None:
         if self.initialized and batch_min.shape != self.min_val.shape:
             raise ValueError(
                 f"{type(self).__name__} holds ranges of shape {tuple(self.min_val.shape)} but "
@@ -72,6 +78,33 @@ class RangeObserver(nn.Module):
             batch_min, batch_max = self._fold(batch_min, batch_max)
         self.min_val = batch_min
         self.max_val = batch_max
+
+    @torch.no_grad()
+    def observe_range(self, batch_min: Tensor, batch_max: Tensor) -> None:
+        """Fold a batch range given directly when training: what :meth:`forward` does for a
+        tensor whose extremes are ``batch_min`` and ``batch_max``.
+
+        For per-tensor observers whose batch range is the extremes (``range_from_extremes``),
+        e.g. when a fused kernel computed the extremes without writing the tensor out.
+
+        Args:
+            batch_min: one-element tensor, the batch's minimum.
+            batch_max: one-element tensor, the batch's maximum.
+        """
+        if self.per_row or not self.range_from_extremes:
+            raise ValueError(
+                f"{type(self).__name__}(per_row={self.per_row}) cannot observe a range given "
+                "as (min, max): it needs one range per row or the values themselves; call it "
+                "on the tensor instead."
+            )
+        if batch_min.numel() != 1 or batch_max.numel() != 1:
+            raise ValueError(
+                f"observe_range takes one-element tensors; got shapes {tuple(batch_min.shape)} "
+                f"and {tuple(batch_max.shape)}."
+            )
+        if not self.training:
+            return
+        self._fold_and_store(batch_min.reshape(()).float(), batch_max.reshape(()).float())
 
     def batch_range(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``(min, max)`` of ``x``: float32 scalars, or ``[x.shape[0]]`` when per row."""
@@ -162,6 +195,8 @@ class PercentileObserver(EMAObserver):
         max_samples: at most this many values per range estimate, or ``None``.
         per_row: one range per index of axis 0.
     """
+
+    range_from_extremes = False
 
     def __init__(
         self,

@@ -96,6 +96,36 @@ class FakeQuantizer(Quantizer):
     def average_bits(self) -> float:
         return float(self.bits)
 
+    def fused_grid_available(self, nodes: NodeInfo | None = None) -> bool:
+        """Whether a fused kernel may quantize this call's input on the per-tensor grid of
+        :meth:`qparams`, after :meth:`observe_range` has folded the input's extremes in.
+
+        True when that gives exactly what :meth:`forward` gives: per tensor, an observer whose
+        batch range is the extremes (not a
+        :class:`~lorap_dist.quant.observers.PercentileObserver`, which needs the values), no
+        protected rows in ``nodes``, :meth:`forward` not overridden by a subclass, and a range
+        to quantize with (stored, or observed in this call because the observer is training;
+        :meth:`forward` of an untrained quantizer in evaluation uses the input's range, which
+        a fused kernel does not have).
+        """
+        return (
+            type(self).forward is FakeQuantizer.forward
+            and not self.per_row
+            and self.observer.range_from_extremes
+            and (nodes is None or nodes.protect is None)
+            and (self.observer.training or self.observer.initialized)
+        )
+
+    @property
+    def observing(self) -> bool:
+        """Whether :meth:`forward` folds its input's range into the observer (training)."""
+        return self.observer.training
+
+    def observe_range(self, batch_min: Tensor, batch_max: Tensor) -> None:
+        """Fold an input's extremes into the observer when training, as :meth:`forward`
+        folds its input's range (see :meth:`RangeObserver.observe_range`)."""
+        self.observer.observe_range(batch_min, batch_max)
+
     def qparams(self) -> tuple[float, int, int, int] | None:
         """``(scale, zero_point, qmin, qmax)`` of the stored range; ``None`` when per row or
         before a range has been observed."""

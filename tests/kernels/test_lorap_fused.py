@@ -233,6 +233,57 @@ def test_opcheck(triton_path, int8_input):
         )
 
 
+@pytest.mark.parametrize(
+    "shape",
+    [(37, 24, 1, 1), (50, 40, 3, 2), (5, 17, 5, 7)],
+    ids=lambda s: "n{}-d{}-k{}-r{}".format(*s),
+)
+def test_range_pass_matches_reference(shape):
+    """Blocks of 16 rows: the last block is partial, so masked rows must not reach the range.
+
+    Not bit-exact: the interpreter's ``tl.dot`` sums in another order than torch's matmul,
+    so ``y`` (and its extremes) may differ in the last ulp; 1e-6 relative covers that.
+    """
+    h, w_phi, p_a, p_b = make_inputs(*shape, seed=11)
+    # Padded rows (h = 0) give y = the prompt of a zero row, well below min(y) once h is
+    # shifted up by 20, so an unmasked pad would show; the last, partial block holds the max.
+    h = h + 20.0
+    h[-1] += 5.0
+    got = lf.lorap_range_triton(h, w_phi, p_a, p_b, None, block_n=16)
+    y = reference_prequant(h, w_phi, p_a, p_b, 1.0)
+    expected = torch.stack(torch.aminmax(y))
+    assert got.dtype == torch.float32 and got.shape == (2,)
+    assert float(expected[0]) > 10.0
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=0)
+    assert torch.equal(lf.lorap_range(h, w_phi, p_a, p_b), expected)  # CPU: the reference
+
+
+@pytest.mark.parametrize("per_row", [False, True], ids=["per_tensor", "per_row"])
+def test_range_pass_int8_input(per_row):
+    n, d, k, r = 45, 20, 6, 3
+    g = torch.Generator().manual_seed(12)
+    h = torch.randint(-128, 128, (n, d), generator=g, dtype=torch.int8)
+    in_scale = torch.rand(n if per_row else 1, generator=g) * 0.02 + 0.005
+    _, w_phi, p_a, p_b = make_inputs(n, d, k, r)
+    got = lf.lorap_range_triton(h, w_phi, p_a, p_b, in_scale, block_n=16)
+    expected = lf.lorap_range_reference(h, w_phi, p_a, p_b, in_scale)
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=0)
+
+
+def test_range_pass_rejects_empty_input():
+    _, w_phi, p_a, p_b = make_inputs(1, 8, 3, 2)
+    with pytest.raises(ValueError, match="no rows"):
+        lf.lorap_range(torch.zeros(0, 8), w_phi, p_a, p_b)
+
+
+@pytest.mark.parametrize("triton_path", [False, True], ids=["reference", "triton"])
+def test_range_opcheck(triton_path):
+    h, w_phi, p_a, p_b = make_inputs(18, 12, 3, 2, seed=13)
+    context = lf.triton_on_cpu() if triton_path else contextlib.nullcontext()
+    with context:
+        torch.library.opcheck(torch.ops.lorap_dist.lorap_range, (h, w_phi, p_a, p_b, None))
+
+
 @pytest.mark.slow
 def test_torch_compile_fullgraph():
     class Prompt(torch.nn.Module):

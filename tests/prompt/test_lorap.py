@@ -1,12 +1,15 @@
+import copy
 import math
 
 import pytest
 import torch
+from lorap_dist.kernels.lorap_fused import triton_on_cpu
 
 from lorap_dist.config import PromptConfig
 from lorap_dist.graph import NodeInfo
 from lorap_dist.prompt import LoRAP, lorap_prompt, lorap_sizes
-from lorap_dist.quant import IdentityQuantizer
+from lorap_dist.prompt import lorap as lorap_module
+from lorap_dist.quant import EMAObserver, FakeQuantizer, IdentityQuantizer, PercentileObserver
 from lorap_dist.testing.fake_quant import GridQuantizer, RecordingQuantizer
 
 
@@ -119,3 +122,141 @@ def test_lorap_sizes() -> None:
     assert lorap_sizes(None, 4, PromptConfig(kind="gpf")) is None
     with pytest.raises(ValueError, match="both"):
         lorap_sizes(6, 4, PromptConfig(kind="lorap"))
+
+
+# --- The fused path: LoRAP.forward with a per-tensor FakeQuantizer takes the fused op. ---
+
+
+def _trained_lorap(d: int = 12, k: int = 4, r: int = 3, seed: int = 0) -> LoRAP:
+    torch.manual_seed(seed)
+    lorap = LoRAP(d, k, r)
+    torch.nn.init.normal_(lorap.p_b, std=0.5)
+    return lorap
+
+
+def _unfused(lorap: LoRAP, h, quantizer, nodes=None):
+    return quantizer(lorap_prompt(h, lorap.w_phi, lorap.p_a, lorap.p_b), nodes)
+
+
+@pytest.fixture
+def range_calls(monkeypatch):
+    """Counts the fused module path's calls of the range op and of the forward op."""
+    calls = {"range": 0, "forward": 0}
+    for name, key in (("lorap_range", "range"), ("lorap_forward", "forward")):
+        original = getattr(lorap_module, name)
+
+        def counted(*args, _original=original, _key=key, **kwargs):
+            calls[_key] += 1
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(lorap_module, name, counted)
+    return calls
+
+
+def _train_steps(lorap, quantizer, fused: bool, steps: int = 3, seed: int = 1):
+    """SGD steps on a random regression; returns outputs and gradients of every step."""
+    gen = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.SGD(lorap.parameters(), lr=0.05)
+    outputs, grads = [], []
+    for _ in range(steps):
+        h = (torch.randn(23, lorap.channels, generator=gen) * 2).requires_grad_(True)
+        target = torch.randn(23, lorap.channels, generator=gen)
+        out = lorap(h, quantizer) if fused else _unfused(lorap, h, quantizer)
+        optimizer.zero_grad()
+        (out - target).pow(2).sum().backward()
+        outputs.append(out.detach())
+        grads.append([h.grad] + [p.grad.clone() for p in lorap.parameters()])
+        optimizer.step()
+    return outputs, grads
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("observer", ["minmax", "ema"])
+def test_fused_path_equals_the_unfused_path_in_training_and_eval(bits, observer, range_calls):
+    def make_quantizer():
+        return FakeQuantizer(bits=bits, observer=EMAObserver(0.3) if observer == "ema" else None)
+
+    fused_lorap, fused_q = _trained_lorap(), make_quantizer()
+    plain_lorap, plain_q = _trained_lorap(), make_quantizer()
+    fused_out, fused_grads = _train_steps(fused_lorap, fused_q, fused=True)
+    plain_out, plain_grads = _train_steps(plain_lorap, plain_q, fused=False)
+    assert range_calls == {"range": 3, "forward": 3}
+    # On CPU the op's forward runs the same torch operations as the unfused path: bit-equal.
+    # Its backward writes the softmax gradient out where autograd calls ATen's softmax
+    # backward: bit-equal here too, but that is not the same code, hence the tolerance.
+    for a, b in zip(fused_out, plain_out, strict=True):
+        assert torch.equal(a, b)
+    for step_a, step_b in zip(fused_grads, plain_grads, strict=True):
+        for a, b in zip(step_a, step_b, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+    assert torch.equal(fused_q.observer.min_val, plain_q.observer.min_val)
+    assert torch.equal(fused_q.observer.max_val, plain_q.observer.max_val)
+
+    fused_q.eval()
+    plain_q.eval()
+    h = torch.randn(9, 12, generator=torch.Generator().manual_seed(5)) * 4  # outside the range
+    assert torch.equal(fused_lorap(h, fused_q), _unfused(plain_lorap, h, plain_q))
+    assert range_calls == {"range": 3, "forward": 4}  # eval: no range pass
+    assert torch.equal(fused_q.observer.max_val, plain_q.observer.max_val)
+
+
+@pytest.mark.parametrize(
+    "quantizer, nodes",
+    [
+        (FakeQuantizer(observer=PercentileObserver(0.01)), None),
+        (FakeQuantizer(), NodeInfo(protect=torch.arange(7) % 3 == 0)),
+        (FakeQuantizer(per_row=True), None),
+        (FakeQuantizer().eval(), None),  # no range stored yet
+        (IdentityQuantizer(), None),
+    ],
+    ids=["percentile", "protect", "per_row", "eval_untrained", "identity"],
+)
+def test_other_quantizers_take_the_unfused_path(quantizer, nodes, range_calls):
+    lorap = _trained_lorap(d=5, k=3, r=2)
+    h = torch.randn(7, 5, generator=torch.Generator().manual_seed(6))
+    reference = copy.deepcopy(quantizer)
+    torch.testing.assert_close(lorap(h, quantizer, nodes), _unfused(lorap, h, reference, nodes))
+    assert range_calls == {"range": 0, "forward": 0}
+
+
+def test_float64_input_takes_the_unfused_path(range_calls):
+    lorap = _trained_lorap(d=5, k=3, r=2).double()
+    h = torch.randn(7, 5, dtype=torch.float64)
+    assert lorap(h, FakeQuantizer()).dtype == torch.float64
+    assert range_calls == {"range": 0, "forward": 0}
+
+
+def test_fused_path_through_the_triton_kernels_on_cpu(range_calls):
+    """The module path through the Triton kernels under the interpreter: the kernel's dot
+    products sum in another order, so y moves by ulps (codes may differ at rounding ties)."""
+    fused_lorap, fused_q = _trained_lorap(d=20, k=5, r=3), FakeQuantizer(bits=8)
+    plain_lorap, plain_q = _trained_lorap(d=20, k=5, r=3), FakeQuantizer(bits=8)
+    h = torch.randn(37, 20, generator=torch.Generator().manual_seed(7)) * 2
+    with triton_on_cpu():
+        out = fused_lorap(h, fused_q)
+        out.square().sum().backward()
+    expected = _unfused(plain_lorap, h, plain_q)
+    expected.square().sum().backward()
+    out, expected = out.detach(), expected.detach()
+    assert range_calls == {"range": 1, "forward": 1}
+    torch.testing.assert_close(
+        fused_q.observer.min_val, plain_q.observer.min_val, rtol=1e-6, atol=0
+    )
+    torch.testing.assert_close(
+        fused_q.observer.max_val, plain_q.observer.max_val, rtol=1e-6, atol=0
+    )
+    step = fused_q.qparams()[0]
+    assert float((out - expected).abs().max()) <= step * 1.0001
+    assert float((out != expected).float().mean()) < 0.01
+    for a, b in zip(fused_lorap.parameters(), plain_lorap.parameters(), strict=True):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.slow
+def test_torch_compile_fullgraph_in_eval() -> None:
+    lorap, quantizer = _trained_lorap(d=16, k=4, r=2), FakeQuantizer(bits=8)
+    h = torch.randn(25, 16, generator=torch.Generator().manual_seed(8))
+    lorap(h, quantizer)  # store a range
+    quantizer.eval()
+    compiled = torch.compile(lambda x: lorap(x, quantizer), fullgraph=True)
+    torch.testing.assert_close(compiled(h * 1.5), lorap(h * 1.5, quantizer), rtol=0, atol=0)

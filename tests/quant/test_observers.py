@@ -154,3 +154,27 @@ def test_invalid_arguments_are_named(make, message):
 def test_repr_names_the_settings():
     assert "percentile=0.01" in repr(PercentileObserver(percentile=0.01))
     assert "momentum=0.2, per_row=True" in repr(EMAObserver(momentum=0.2, per_row=True))
+
+
+@pytest.mark.parametrize("make", [MinMaxObserver, lambda: EMAObserver(momentum=0.3)])
+def test_observe_range_folds_like_observing_the_tensor(make):
+    gen = torch.Generator().manual_seed(3)
+    from_tensor, from_range = make(), make()
+    for _ in range(3):
+        x = torch.randn(40, 7, generator=gen) * 2
+        from_tensor(x)
+        from_range.observe_range(*torch.aminmax(x))
+        assert torch.equal(from_range.min_val, from_tensor.min_val)
+        assert torch.equal(from_range.max_val, from_tensor.max_val)
+    from_range.eval()
+    from_range.observe_range(torch.tensor(-100.0), torch.tensor([100.0]))
+    assert torch.equal(from_range.max_val, from_tensor.max_val)
+
+
+@pytest.mark.parametrize(
+    "observer", [PercentileObserver(), MinMaxObserver(per_row=True)], ids=["percentile", "per_row"]
+)
+def test_observe_range_refuses_observers_that_need_the_values(observer):
+    assert not observer.range_from_extremes or observer.per_row
+    with pytest.raises(ValueError, match="cannot observe a range"):
+        observer.observe_range(torch.tensor(0.0), torch.tensor(1.0))

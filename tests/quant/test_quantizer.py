@@ -142,3 +142,31 @@ def test_repr_shows_bits_scheme_and_observer():
     text = repr(FakeQuantizer(bits=4, symmetric=True, observer=EMAObserver(momentum=0.05)))
     assert "bits=4, symmetric=True, per_row=False" in text
     assert "EMAObserver(momentum=0.05" in text
+
+
+def test_fused_grid_available_only_for_a_fixed_per_tensor_grid() -> None:
+    quantizer = FakeQuantizer(bits=4)
+    assert quantizer.fused_grid_available() and quantizer.observing
+    assert quantizer.fused_grid_available(NodeInfo(ids=torch.arange(3)))
+    assert not quantizer.fused_grid_available(NodeInfo(protect=torch.zeros(3, dtype=torch.bool)))
+    assert not FakeQuantizer(per_row=True).fused_grid_available()
+    assert not FakeQuantizer(observer=PercentileObserver()).fused_grid_available()
+    quantizer.eval()  # nothing stored yet: forward would use the input's own range
+    assert not quantizer.fused_grid_available() and not quantizer.observing
+    quantizer.train()(_randn(5, 3))
+    assert quantizer.eval().fused_grid_available()
+
+    class Subclass(FakeQuantizer):
+        def forward(self, x, nodes=None):
+            return x
+
+    assert not Subclass().fused_grid_available()
+
+
+def test_observe_range_then_qparams_equals_forward() -> None:
+    x = _randn(20, 6, seed=4) * 3
+    by_forward, by_range = (FakeQuantizer(bits=8, observer=EMAObserver(0.5)) for _ in range(2))
+    out = by_forward(x)
+    by_range.observe_range(*torch.aminmax(x))
+    assert by_range.qparams() == by_forward.qparams()
+    assert torch.equal(torch.fake_quantize_per_tensor_affine(x, *by_range.qparams()), out)
