@@ -41,16 +41,31 @@ def load_config(path: str | None, overrides: list[str]) -> ExperimentConfig:
     return ExperimentConfig.from_dict(apply_overrides(data, overrides))
 
 
+def _write_json(path: str | None, payload: dict[str, Any]) -> None:
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(payload, indent=2, default=str))
+
+
 def _train(args: argparse.Namespace) -> int:
+    config = load_config(args.config, args.set)
+    if config.dist is not None:
+        from lorap_dist.dist.trainer import run_distributed
+
+        summary = run_distributed(config, config.dist, resume=args.resume)
+        print(json.dumps(summary, indent=2, default=str))
+        _write_json(args.out, summary)
+        return 0
+    if args.resume:
+        raise ConfigError(
+            "--resume needs a distributed run (a `dist` section in the config); single-process "
+            "runs keep no checkpoints."
+        )
     from lorap_dist.train import train
 
-    config = load_config(args.config, args.set)
     result, _ = train(config, progress=not args.no_progress)
-    summary = {k: v for k, v in result.to_dict().items() if k != "history"}
-    print(json.dumps(summary, indent=2))
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result.to_dict(), indent=2))
+    print(json.dumps({k: v for k, v in result.to_dict().items() if k != "history"}, indent=2))
+    _write_json(args.out, result.to_dict())
     return 0
 
 
@@ -85,6 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--out", help="write the full result (with per-epoch history) as JSON here")
     train.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    train.add_argument(
+        "--resume",
+        help="resume a distributed run from a checkpoint directory, or from the newest good "
+        "checkpoint of a run directory",
+    )
     train.set_defaults(func=_train)
 
     try:
@@ -104,11 +124,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from lorap_dist.dist.checkpoint import CheckpointError
+    from lorap_dist.graph.errors import DatasetError
+
     args = build_parser().parse_args(argv)
     try:
         code = args.func(args)
     except ConfigError as exc:
         print(f"lorap {args.command}: config error: {exc}", file=sys.stderr)
+        code = 2
+    except DatasetError as exc:
+        print(f"lorap {args.command}: dataset error: {exc}", file=sys.stderr)
+        code = 2
+    except CheckpointError as exc:
+        print(f"lorap {args.command}: checkpoint error: {exc}", file=sys.stderr)
         code = 2
     raise SystemExit(code)
 

@@ -294,13 +294,26 @@ class QuantSettings:
 
 @dataclass
 class ExperimentConfig:
-    """Everything a run needs; the file ``lorap train --config FILE`` reads."""
+    """Everything a run needs; the file ``lorap train --config FILE`` reads.
+
+    ``dist`` (a :class:`lorap_dist.dist.config.DistConfig`) makes the run distributed: one
+    Ray Train worker per partition of a prepared dataset. Without it, training runs in this
+    process.
+    """
 
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     prompt: PromptConfig = field(default_factory=PromptConfig)
     quant: QuantSettings = field(default_factory=QuantSettings)
     train: TrainConfig = field(default_factory=TrainConfig)
+    dist: Any = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.dist, dict):
+            # Imported here: the distributed layer sits above this module.
+            from lorap_dist.dist.config import DistConfig
+
+            self.dist = DistConfig.from_dict(self.dist)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> ExperimentConfig:

@@ -60,9 +60,13 @@ def load_graph(config: ExperimentConfig) -> GraphData:
         from lorap_dist.graph.synthetic import generate_synthetic
 
         return generate_synthetic(data.synthetic)
-    from lorap_dist.graph.sources import load_source
+    if data.source == "dir":
+        from lorap_dist.graph.storage import open_dataset
 
-    return load_source(data)
+        return open_dataset(data.path).to_graph_data()
+    from lorap_dist.graph.sources import open_source
+
+    return open_source(data.source, data.root).to_graph_data()
 
 
 def build_quantized_model(config: ExperimentConfig, graph: GraphData) -> nn.Module:

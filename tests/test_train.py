@@ -100,3 +100,27 @@ def test_fanout_must_have_one_entry_per_layer():
     config = small_config(train={"fanout": [5], "epochs": 1})
     with pytest.raises(ConfigError, match=r"one entry per layer \(model.layers=2\)"):
         train(config, progress=False)
+
+
+def test_trains_from_an_ogb_layout_dataset_and_a_prepared_directory(tmp_path):
+    from lorap_dist.graph.prepare import PrepareOptions, prepare
+    from lorap_dist.testing.ogb_layout import write_ogb_dataset
+
+    synthetic = small_config().data.synthetic
+    graph = generate_synthetic(synthetic)
+    write_ogb_dataset(tmp_path / "ogb", "ogbn-arxiv", graph)
+    from_ogb = small_config(
+        data={"source": "ogbn-arxiv", "root": str(tmp_path / "ogb")}, train={"epochs": 30}
+    )
+    result, _ = train(from_ogb, progress=False)
+    assert result.test_acc > 1 / synthetic.num_classes + 0.3
+
+    out = prepare(
+        PrepareOptions(
+            out=tmp_path / "prepared", source="synthetic", parts=2, partitioner="random",
+            synthetic=synthetic, use_ray=False, progress=False,
+        )
+    )
+    prepared = small_config(data={"source": "dir", "path": str(out)}, train={"epochs": 30})
+    result, _ = train(prepared, progress=False)
+    assert result.test_acc > 1 / synthetic.num_classes + 0.3

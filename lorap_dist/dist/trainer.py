@@ -1,0 +1,156 @@
+"""Build the Ray Train ``TorchTrainer`` for a distributed run, and run it.
+
+:func:`run_distributed` is what ``lorap train`` calls for a config with a ``dist`` section:
+it checks the dataset directory before any worker starts, builds the trainer
+(:func:`build_trainer`), runs it, and returns the final numbers.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from lorap_dist.config import ConfigError, ExperimentConfig
+from lorap_dist.dist.config import DistConfig
+from lorap_dist.graph.errors import DatasetError
+
+# Offline-friendly Ray defaults; a user's own setting wins.
+RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}
+
+
+def validate_dataset(path: str | Path | None, num_workers: int) -> Path:
+    """Check the dataset directory before any worker starts.
+
+    Raises:
+        DatasetError: the directory is missing, its ``meta.json`` is missing or unreadable or
+            of another format version, or its partition count differs from ``num_workers``.
+    """
+    from lorap_dist.graph.storage import read_meta
+
+    if not path:
+        raise DatasetError(
+            "distributed training reads a prepared dataset directory: set data.source: dir "
+            "and data.path: DIR (create it with `lorap prepare --out DIR ...`)."
+        )
+    directory = Path(path).expanduser().resolve()
+    if not directory.is_dir():
+        raise DatasetError(
+            f"dataset directory {directory} does not exist; create it with "
+            "`lorap prepare --out DIR ...` or fix data.path."
+        )
+    meta = read_meta(directory)  # names a missing/unreadable meta.json or another version
+    parts = int(meta.get("num_parts", -1))
+    if parts != num_workers:
+        raise DatasetError(
+            f"dataset {directory} has num_parts={parts} but dist.num_workers={num_workers}; "
+            f"each worker trains one partition: set dist.num_workers: {parts}, or prepare "
+            f"the dataset again with {num_workers} parts."
+        )
+    return directory
+
+
+def worker_config(
+    experiment: ExperimentConfig, settings: DistConfig, resume: str | Path | None = None
+) -> dict[str, Any]:
+    """The plain dict every worker receives (``train_loop_per_worker(config)``)."""
+    return {
+        "experiment": experiment.to_dict(),
+        "dist": _plain(settings),
+        "dataset_path": str(Path(experiment.data.path or "").expanduser().resolve()),
+        "resume": None if resume is None else str(Path(resume).expanduser().resolve()),
+    }
+
+
+def _plain(settings: DistConfig) -> dict[str, Any]:
+    from lorap_dist.config import to_dict
+
+    return to_dict(settings)
+
+
+def build_trainer(
+    experiment: ExperimentConfig, settings: DistConfig, resume: str | Path | None = None
+) -> Any:
+    """The ``ray.train.torch.TorchTrainer`` for this run (not started)."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from lorap_dist.dist.worker import train_loop_per_worker
+
+    name = settings.name or time.strftime("lorap-%Y%m%d-%H%M%S")
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=worker_config(experiment, settings, resume),
+        torch_config=TorchConfig(backend="nccl" if settings.use_gpu else "gloo"),
+        scaling_config=ScalingConfig(
+            num_workers=settings.num_workers,
+            use_gpu=settings.use_gpu,
+            resources_per_worker={"CPU": settings.cpus_per_worker}
+            | ({"GPU": 1} if settings.use_gpu else {}),
+        ),
+        run_config=RunConfig(
+            name=name,
+            storage_path=str(settings.storage_dir),
+            failure_config=FailureConfig(max_failures=settings.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=settings.keep_checkpoints),
+            worker_runtime_env={
+                "env_vars": {"OMP_NUM_THREADS": str(int(settings.cpus_per_worker) or 1)}
+            },
+        ),
+    )
+
+
+def run_distributed(
+    experiment: ExperimentConfig,
+    settings: DistConfig,
+    resume: str | Path | None = None,
+) -> dict[str, Any]:
+    """Train ``experiment`` on ``settings.num_workers`` Ray Train workers.
+
+    Args:
+        experiment: the run (``data.source: dir`` with ``data.path``).
+        settings: the ``dist`` section.
+        resume: a checkpoint directory, or a run directory whose newest good checkpoint is
+            used (damaged newer ones are skipped with a warning).
+
+    Returns:
+        ``valid_acc``/``test_acc`` (last evaluation), ``best_valid_acc``/``best_test_acc``,
+        ``seeds_per_s`` and ``bytes_exchanged`` of the last epoch, ``epochs``, ``steps``,
+        ``checkpoint`` (path of the last checkpoint) and ``run_dir``.
+
+    Raises:
+        DatasetError: the dataset directory is unusable (before any worker starts).
+        CheckpointError: ``resume`` holds no usable checkpoint.
+        RuntimeError: training failed after ``settings.max_failures`` restarts.
+    """
+    if experiment.data.source != "dir":
+        raise ConfigError(
+            f"data.source={experiment.data.source!r}: distributed training reads a prepared "
+            "dataset directory; run `lorap prepare` and set data.source: dir, data.path: DIR."
+        )
+    validate_dataset(experiment.data.path, settings.num_workers)
+    if resume is not None:
+        from lorap_dist.dist.worker import resolve_resume_path
+
+        resume = resolve_resume_path(resume)
+    for key, value in RAY_ENV.items():
+        os.environ.setdefault(key, value)
+    result = build_trainer(experiment, settings, resume).fit()
+    if result.error is not None:
+        raise RuntimeError(f"distributed training failed: {result.error}") from result.error
+    metrics = dict(result.metrics or {})
+    return {
+        "valid_acc": metrics.get("valid_acc"),
+        "test_acc": metrics.get("test_acc"),
+        "train_acc": metrics.get("train_acc"),
+        "best_valid_acc": metrics.get("best_valid_acc"),
+        "best_test_acc": metrics.get("best_test_acc"),
+        "loss": metrics.get("loss"),
+        "seeds_per_s": metrics.get("seeds_per_s"),
+        "bytes_exchanged": metrics.get("bytes_exchanged"),
+        "epochs": metrics.get("epoch"),
+        "steps": metrics.get("step"),
+        "checkpoint": None if result.checkpoint is None else result.checkpoint.path,
+        "run_dir": str(result.path),
+    }

@@ -1,0 +1,315 @@
+"""The per-worker training loop Ray Train runs on every rank: ``train_loop_per_worker(config)``.
+
+``config`` is the dict :func:`lorap_dist.dist.trainer.worker_config` builds: the experiment
+(``ExperimentConfig.to_dict()``), the ``dist`` section, the dataset directory and an optional
+checkpoint to resume from. Every rank runs the same number of steps and calls
+``ray.train.report`` once per epoch; rank 0 writes the checkpoints.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+
+from lorap_dist.config import ExperimentConfig
+from lorap_dist.dist.checkpoint import (
+    TrainingState,
+    architecture,
+    capture_rng,
+    checkpoint_name,
+    latest_good_checkpoint,
+    load_checkpoint,
+    restore_rng,
+    save_checkpoint,
+)
+from lorap_dist.dist.config import DistConfig
+from lorap_dist.dist.exchange import FeatureExchange
+from lorap_dist.dist.inference import layerwise_inference
+from lorap_dist.dist.seeds import SeedSchedule, epoch_generator
+from lorap_dist.graph.block import NodeInfo
+from lorap_dist.graph.sampler import NeighborSampler
+from lorap_dist.graph.storage import Dataset, open_dataset
+from lorap_dist.nn.model import build_model
+from lorap_dist.quant import quantize_
+from lorap_dist.train import total_loss
+
+SAMPLING_STREAM = 1  # epoch_generator stream of the neighbour sampler (0 orders the seeds)
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Train one rank's share; see the module docstring for ``config``."""
+    experiment = ExperimentConfig.from_dict(config["experiment"])
+    settings = DistConfig.from_dict(config["dist"])
+    train_cfg = experiment.train
+    context = ray.train.get_context()
+    rank, world_size = context.get_world_rank(), context.get_world_size()
+    device = ray.train.torch.get_device()
+
+    # 1. Open the dataset (memory-mapped) and this rank's feature shard.
+    dataset = open_dataset(config["dataset_path"])
+    part = dataset.part(rank)
+    degree = dataset.indptr.diff()  # [N] full-graph in-degree
+    exchange = FeatureExchange(
+        dataset.partition_book,
+        part.features,
+        part.scales,
+        payload_bits=settings.exchange_bits,
+        device=device,
+    )
+    fanouts = train_cfg.fanout or [-1] * experiment.model.layers  # None: full neighbourhoods
+    sampler = NeighborSampler(dataset.indptr, dataset.indices, fanouts)
+    train_counts = [dataset.part(q).split_ids("train").numel() for q in range(world_size)]
+    schedule = SeedSchedule(train_counts, train_cfg.batch_size, settings.seed_policy)
+    own_seeds = part.split_ids("train")
+
+    # 2. Build the model (same initial weights on every rank) and wrap it in DDP.
+    torch.manual_seed(train_cfg.seed)
+    model = build_model(
+        dataset.num_features, dataset.num_classes, experiment.model, experiment.prompt
+    )
+    scheme = experiment.quant.build()
+    if scheme is not None:
+        quantize_(model, scheme, num_nodes=dataset.num_nodes)  # A2Q: per-node parameters
+    model.to(device)
+    optimizer = torch.optim.Adam(
+        model.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay
+    )
+    dataset_facts = {
+        "num_features": dataset.num_features,
+        "num_classes": dataset.num_classes,
+        "num_nodes": dataset.num_nodes,
+    }
+
+    # 3. Resume: Ray Train's checkpoint after a restart, else the --resume path.
+    start_epoch, step, extra = 0, 0, {"best_valid": -1.0, "best_test": float("nan")}
+    checkpoint_dir = _resume_directory(config.get("resume"))
+    restored_rng = None
+    if checkpoint_dir is not None:
+        with checkpoint_dir as directory:
+            state = load_checkpoint(
+                directory,
+                expected_architecture=architecture(experiment.to_dict(), dataset_facts),
+            )
+        model.load_state_dict(state.model)
+        optimizer.load_state_dict(state.optimizer)
+        start_epoch, step, extra = state.epoch, state.step, state.extra
+        restored_rng = state.rng[rank]
+    ddp = DistributedDataParallel(
+        model,
+        device_ids=[device.index] if device.type == "cuda" else None,
+        find_unused_parameters=_has_unused_parameters(
+            model, sampler, exchange, part, own_seeds, degree, device
+        ),
+    )
+    if restored_rng is not None:
+        restore_rng(restored_rng)  # last: nothing above may draw from the restored streams
+
+    # 4. Train: the same number of steps on every rank.
+    for epoch in range(start_epoch, train_cfg.epochs):
+        ddp.train()
+        started = time.perf_counter()
+        bytes_before = exchange.bytes_sent
+        batches = schedule.batches(own_seeds, rank, epoch, train_cfg.seed)
+        generator = epoch_generator(train_cfg.seed, epoch, rank, SAMPLING_STREAM)
+        totals = torch.zeros(3, dtype=torch.float64)  # loss * seeds, correct, seeds
+        for index, seeds in enumerate(batches):
+            _maybe_fail(settings, rank, epoch, index)
+            batch = sampler.sample_blocks(seeds, generator)
+            x = exchange.fetch(batch.node_ids)  # [num_src, F], a collective
+            nodes = NodeInfo(
+                ids=batch.node_ids.to(device), degree=degree[batch.node_ids].to(device)
+            )
+            logits = ddp(x, [b.to(device) for b in batch.blocks], nodes)
+            y = part.labels[seeds - part.start].to(device)
+            loss = total_loss(model, logits, y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            step += 1
+            totals += torch.tensor(
+                [loss.item() * len(seeds), (logits.argmax(-1) == y).sum().item(), len(seeds)],
+                dtype=torch.float64,
+            )
+        elapsed = time.perf_counter() - started
+        sent = torch.tensor([exchange.bytes_sent - bytes_before], dtype=torch.float64)
+        dist.all_reduce(totals)
+        dist.all_reduce(sent)
+        metrics: dict[str, Any] = {
+            "epoch": epoch + 1,
+            "step": step,
+            "loss": float(totals[0] / totals[2]),
+            "train_acc_sampled": float(totals[1] / totals[2]),
+            "seeds_per_s": float(totals[2]) / max(elapsed, 1e-9),
+            "bytes_exchanged": int(sent.item()),
+            "epoch_s": elapsed,
+        }
+
+        # 5. Evaluate exactly (full neighbourhoods, layer by layer) on every partition.
+        last = epoch + 1 == train_cfg.epochs
+        if last or (settings.eval_every and (epoch + 1) % settings.eval_every == 0):
+            metrics |= evaluate(model, dataset, part, degree, settings, device)
+            if metrics["valid_acc"] > extra["best_valid"]:
+                extra = {"best_valid": metrics["valid_acc"], "best_test": metrics["test_acc"]}
+        metrics |= {"best_valid_acc": extra["best_valid"], "best_test_acc": extra["best_test"]}
+
+        # 6. Rank 0 writes the checkpoint; every rank reports once per epoch.
+        if last or (epoch + 1) % settings.checkpoint_every == 0:
+            rng_states = [None] * world_size
+            dist.all_gather_object(rng_states, capture_rng())
+            _report_with_checkpoint(
+                metrics,
+                TrainingState(
+                    model=model.state_dict(),
+                    optimizer=optimizer.state_dict(),
+                    config=experiment.to_dict(),
+                    epoch=epoch + 1,
+                    step=step,
+                    rng=rng_states,
+                    dataset=dataset_facts,
+                    extra=extra,
+                ),
+                rank,
+            )
+        else:
+            ray.train.report(metrics)
+
+
+def evaluate(
+    model: nn.Module,
+    dataset: Dataset,
+    part: Any,
+    degree: Tensor,
+    settings: DistConfig,
+    device: torch.device,
+) -> dict[str, float]:
+    """Exact train/valid/test accuracy over all partitions (a collective)."""
+    logits = layerwise_inference(
+        model,
+        part.features_fp32(),
+        dataset.partition_book,
+        dataset.indptr,
+        dataset.indices,
+        degree,
+        batch_size=settings.eval_batch_size,
+        device=device,
+    )
+    predicted = logits.argmax(-1)
+    counts = []
+    for code in (1, 2, 3):  # train, valid, test (storage.SPLIT_CODES)
+        mask = part.split == code
+        counts += [int((predicted[mask] == part.labels[mask]).sum()), int(mask.sum())]
+    totals = torch.tensor(counts, dtype=torch.float64)
+    dist.all_reduce(totals)
+    return {
+        f"{name}_acc": float(totals[2 * i] / totals[2 * i + 1]) if totals[2 * i + 1] else math.nan
+        for i, name in enumerate(("train", "valid", "test"))
+    }
+
+
+def _report_with_checkpoint(metrics: dict[str, Any], state: TrainingState, rank: int) -> None:
+    name = checkpoint_name(state.epoch)
+    if rank != 0:
+        ray.train.report(metrics, checkpoint_dir_name=name)
+        return
+    with tempfile.TemporaryDirectory(prefix="lorap-ckpt-") as tmp:
+        path = save_checkpoint(state, Path(tmp) / name)
+        ray.train.report(
+            metrics,
+            checkpoint=ray.train.Checkpoint.from_directory(str(path)),
+            checkpoint_dir_name=name,
+        )
+
+
+class _Directory:
+    """A context manager giving a local directory for a Ray checkpoint or a plain path."""
+
+    def __init__(self, checkpoint: ray.train.Checkpoint | None, path: Path | None) -> None:
+        self.checkpoint, self.path, self._inner = checkpoint, path, None
+
+    def __enter__(self) -> str:
+        if self.checkpoint is None:
+            return str(self.path)
+        self._inner = self.checkpoint.as_directory()
+        return self._inner.__enter__()
+
+    def __exit__(self, *exc: object) -> None:
+        if self._inner is not None:
+            self._inner.__exit__(*exc)
+
+
+def _resume_directory(resume: str | None) -> _Directory | None:
+    """Ray Train's latest checkpoint (after a worker restart) wins over ``resume``."""
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        return _Directory(checkpoint, None)
+    if resume is None:
+        return None
+    return _Directory(None, resolve_resume_path(resume))
+
+
+def resolve_resume_path(resume: str | Path) -> Path:
+    """A checkpoint directory itself, or the newest good checkpoint under a run directory."""
+    path = Path(resume)
+    if (path / "manifest.json").is_file():
+        return path
+    found = latest_good_checkpoint(path)
+    if found is None:
+        from lorap_dist.dist.checkpoint import CheckpointError
+
+        raise CheckpointError(
+            f"--resume {path}: no usable checkpoint there (neither a checkpoint directory "
+            "with manifest.json nor a run directory holding checkpoint_epoch_* ones)."
+        )
+    return found
+
+
+def _has_unused_parameters(
+    model: nn.Module,
+    sampler: NeighborSampler,
+    exchange: FeatureExchange,
+    part: Any,
+    own_seeds: Tensor,
+    degree: Tensor,
+    device: torch.device,
+) -> bool:
+    """Whether a training step leaves some parameter without a gradient, found on a copy
+    of the model with one local batch (own rows only, so no collective), RNG untouched.
+
+    DDP needs ``find_unused_parameters=True`` exactly then, and it costs a graph traversal
+    per step otherwise.
+    """
+    probe = copy.deepcopy(model).train()
+    seeds = own_seeds[: min(len(own_seeds), 8)]
+    with torch.random.fork_rng(devices=[]):
+        batch = sampler.sample_blocks(seeds, torch.Generator().manual_seed(0))
+        local = batch.node_ids
+        owned = (local >= part.start) & (local < part.end)
+        x = torch.zeros(len(local), exchange.num_features)
+        x[owned] = part.features_fp32(local[owned] - part.start)
+        nodes = NodeInfo(ids=local.to(device), degree=degree[local].to(device))
+        logits = probe(x.to(device), [b.to(device) for b in batch.blocks], nodes)
+        total_loss(probe, logits, part.labels[seeds - part.start].to(device)).backward()
+    return any(p.requires_grad and p.grad is None for p in probe.parameters())
+
+
+def _maybe_fail(settings: DistConfig, rank: int, epoch: int, step: int) -> None:
+    fault = settings.fault_inject
+    if fault is None or (rank, epoch, step) != (fault.rank, fault.epoch, fault.step):
+        return
+    marker = Path(fault.marker)
+    if marker.exists():
+        return
+    marker.write_text(f"rank {rank} killed at epoch {epoch} step {step}\n")
+    os._exit(1)

@@ -1,0 +1,90 @@
+"""Shared fixtures for the distributed tests: a tiny prepared dataset directory.
+
+The directory is written with the storage module's own writers in its documented layout,
+so these tests do not depend on the (separately tested) prepare pipeline.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lorap_dist.config import SyntheticConfig
+from lorap_dist.graph.data import GraphData
+from lorap_dist.graph.storage import (
+    SPLIT_CODES,
+    part_dir,
+    quantize_int8,
+    write_array,
+    write_columns,
+    write_meta,
+)
+from lorap_dist.graph.synthetic import generate_synthetic
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+
+TINY = SyntheticConfig(num_nodes=200, avg_degree=6, num_classes=4, num_features=8, seed=0)
+
+
+def write_dataset(graph: GraphData, path: Path, num_parts: int, encoding: str = "fp32") -> Path:
+    """Randomly partition ``graph`` into ``num_parts`` contiguous ID ranges and write it."""
+    n = graph.num_nodes
+    new_of_old = torch.randperm(n, generator=torch.Generator().manual_seed(1))
+    old_of_new = torch.argsort(new_of_old)
+    bounds = np.linspace(0, n, num_parts + 1).astype(np.int64)
+    src, dst = new_of_old[graph.edge_index[0]], new_of_old[graph.edge_index[1]]
+    order = torch.argsort(dst * n + src)
+    src, dst = src[order], dst[order]
+    indptr = torch.zeros(n + 1, dtype=torch.int64)
+    indptr[1:] = torch.cumsum(torch.bincount(dst, minlength=n), 0)
+    split = torch.zeros(n, dtype=torch.int8)
+    for name in ("train", "valid", "test"):
+        split[new_of_old[getattr(graph, f"{name}_idx")]] = SPLIT_CODES[name]
+    x, y = graph.x[old_of_new].numpy(), graph.y[old_of_new].numpy()
+    write_columns(path / "partition_book.arrow", {"start": bounds[:-1], "end": bounds[1:]})
+    write_columns(
+        path / "node_map.arrow",
+        {"global_of_original": new_of_old.numpy(), "original_of_global": old_of_new.numpy()},
+    )
+    write_array(path / "topology/indptr.arrow", indptr.numpy())
+    write_array(path / "topology/indices.arrow", src.to(torch.int32).numpy())
+    for r in range(num_parts):
+        a, b = bounds[r], bounds[r + 1]
+        d = path / part_dir(r)
+        if encoding == "int8":
+            codes, scales = quantize_int8(x[a:b])
+            write_array(d / "features.arrow", codes)
+            write_array(d / "scales.arrow", scales)
+        else:
+            write_array(d / "features.arrow", x[a:b])
+        write_array(d / "labels.arrow", y[a:b].astype(np.int64))
+        write_array(d / "split.arrow", split[a:b].numpy())
+    write_meta(
+        path,
+        {
+            "num_nodes": n,
+            "num_edges": int(src.numel()),
+            "num_features": graph.x.size(1),
+            "num_classes": graph.num_classes,
+            "num_parts": num_parts,
+            "partitioner": "random",
+            "feature_encoding": encoding,
+        },
+    )
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_graph() -> GraphData:
+    return generate_synthetic(TINY)
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tiny_graph, tmp_path_factory) -> Path:
+    """200 nodes, 2 parts, fp32 features."""
+    return write_dataset(tiny_graph, tmp_path_factory.mktemp("tiny") / "ds", 2)

@@ -1,0 +1,177 @@
+"""Arrow checkpoints: bit-exact round trip, damage detection, fallback, architecture check."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from lorap_dist.dist.checkpoint import (
+    STATE_FILE,
+    TENSORS_FILE,
+    CheckpointError,
+    TrainingState,
+    architecture,
+    capture_rng,
+    checkpoint_name,
+    latest_good_checkpoint,
+    load_checkpoint,
+    restore_rng,
+    save_checkpoint,
+)
+
+CONFIG = {
+    "model": {"arch": "gcn", "hidden": 8, "layers": 2, "heads": 2},
+    "prompt": {"kind": "lorap", "k": 4, "r": 2},
+    "quant": {"scheme": "qat", "options": {"bits": 4}},
+    "train": {"lr": 0.01},
+}
+DATASET = {"num_features": 5, "num_classes": 3, "num_nodes": 10}
+
+
+def trained_state(epoch: int = 1) -> tuple[TrainingState, nn.Module, torch.optim.Optimizer]:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 3))
+    model.register_buffer("scale", torch.tensor(0.25, dtype=torch.float64))
+    model.register_buffer("empty", torch.zeros(0, 4))
+    model.register_buffer("codes", torch.arange(6, dtype=torch.int8).reshape(2, 3))
+    model.register_buffer("bf16", torch.randn(3).to(torch.bfloat16))
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    for _ in range(3):
+        opt.zero_grad()
+        model(torch.randn(4, 5)).sum().backward()
+        opt.step()
+    state = TrainingState(
+        model=model.state_dict(),
+        optimizer=opt.state_dict(),
+        config=CONFIG,
+        epoch=epoch,
+        step=3 * epoch,
+        rng=[capture_rng(), capture_rng()],
+        dataset=DATASET,
+        extra={"best_valid": 0.5},
+    )
+    return state, model, opt
+
+
+def test_round_trip_is_bit_exact(tmp_path):
+    random.seed(3)
+    np.random.seed(4)
+    torch.manual_seed(5)
+    state, model, opt = trained_state()
+    path = save_checkpoint(state, tmp_path / checkpoint_name(1))
+    expected_next = (torch.rand(4), random.random(), np.random.rand())
+
+    loaded = load_checkpoint(path, expected_architecture=architecture(CONFIG, DATASET))
+    assert loaded.model.keys() == state.model.keys()
+    for key, value in state.model.items():
+        assert loaded.model[key].dtype == value.dtype
+        assert torch.equal(loaded.model[key], value), key
+    restored = nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 3))
+    restored_opt = torch.optim.Adam(restored.parameters(), lr=0.5)
+    restored_opt.load_state_dict(loaded.optimizer)
+    for pid, pstate in opt.state_dict()["state"].items():
+        for key, value in pstate.items():
+            assert torch.equal(restored_opt.state_dict()["state"][pid][key], value)
+    assert restored_opt.param_groups[0]["lr"] == 0.01
+    assert (loaded.epoch, loaded.step, loaded.extra) == (1, 3, {"best_valid": 0.5})
+
+    torch.rand(10), random.random(), np.random.rand()  # move every RNG on
+    restore_rng(loaded.rng[0])
+    assert torch.equal(torch.rand(4), expected_next[0])
+    assert random.random() == expected_next[1]
+    assert np.random.rand() == expected_next[2]
+
+
+def test_no_temporary_directory_is_left(tmp_path):
+    state, _, _ = trained_state()
+    save_checkpoint(state, tmp_path / checkpoint_name(1))
+    save_checkpoint(state, tmp_path / checkpoint_name(1))  # overwrite
+    assert sorted(p.name for p in tmp_path.iterdir()) == [checkpoint_name(1)]
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip"])
+@pytest.mark.parametrize("file", [TENSORS_FILE, STATE_FILE])
+def test_damaged_file_is_named(tmp_path, damage, file):
+    state, _, _ = trained_state()
+    path = save_checkpoint(state, tmp_path / checkpoint_name(1))
+    target = path / file
+    data = bytearray(target.read_bytes())
+    if damage == "truncate":
+        target.write_bytes(bytes(data[: len(data) // 2]))
+    else:
+        data[len(data) // 3] ^= 0x01
+        target.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=str(target).replace(".", r"\.")) as info:
+        load_checkpoint(path)
+    assert ("truncated" if damage == "truncate" else "corrupt") in str(info.value)
+
+
+def test_missing_manifest_means_incomplete(tmp_path):
+    state, _, _ = trained_state()
+    path = save_checkpoint(state, tmp_path / checkpoint_name(1))
+    (path / "manifest.json").unlink()
+    with pytest.raises(CheckpointError, match="not completely written"):
+        load_checkpoint(path)
+
+
+def test_latest_good_falls_back_with_warning(tmp_path):
+    for epoch in (1, 2, 3):
+        state, _, _ = trained_state(epoch)
+        save_checkpoint(state, tmp_path / "run" / checkpoint_name(epoch))
+    assert latest_good_checkpoint(tmp_path / "run").name == checkpoint_name(3)
+    newest = tmp_path / "run" / checkpoint_name(3) / TENSORS_FILE
+    newest.write_bytes(newest.read_bytes()[:100])
+    with pytest.warns(UserWarning, match=str(newest).replace(".", r"\.")):
+        good = latest_good_checkpoint(tmp_path / "run")
+    assert good.name == checkpoint_name(2)
+    assert load_checkpoint(good).epoch == 2
+    assert latest_good_checkpoint(tmp_path / "nowhere") is None
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "message"),
+    [
+        ("model", "hidden", 16, "model.hidden: expected 16, checkpoint has 8"),
+        ("model", "arch", "sage", "model.arch: expected 'sage', checkpoint has 'gcn'"),
+        ("prompt", "r", 8, "prompt.r: expected 8, checkpoint has 2"),
+        ("quant", "options", {"bits": 8}, "quant.options.bits: expected 8, checkpoint has 4"),
+        ("quant", "scheme", "a2q", "quant.scheme: expected 'a2q', checkpoint has 'qat'"),
+    ],
+)
+def test_mismatched_architecture_names_the_field(tmp_path, section, key, value, message):
+    state, _, _ = trained_state()
+    path = save_checkpoint(state, tmp_path / checkpoint_name(1))
+    other = json.loads(json.dumps(CONFIG))
+    other[section][key] = value
+    with pytest.raises(CheckpointError, match=re.escape(message)):
+        load_checkpoint(path, expected_architecture=architecture(other, DATASET))
+
+
+def test_mismatched_dataset_dims_name_the_field(tmp_path):
+    state, _, _ = trained_state()
+    path = save_checkpoint(state, tmp_path / checkpoint_name(1))
+    with pytest.raises(CheckpointError, match="dataset.num_classes: expected 7, checkpoint has 3"):
+        load_checkpoint(
+            path, expected_architecture=architecture(CONFIG, DATASET | {"num_classes": 7})
+        )
+
+
+def test_resume_path_skips_a_damaged_newest_checkpoint(tmp_path):
+    from lorap_dist.dist.worker import resolve_resume_path
+
+    for epoch in (1, 2):
+        state, _, _ = trained_state(epoch)
+        save_checkpoint(state, tmp_path / "run" / checkpoint_name(epoch))
+    assert resolve_resume_path(tmp_path / "run" / checkpoint_name(2)).name == checkpoint_name(2)
+    newest = tmp_path / "run" / checkpoint_name(2) / STATE_FILE
+    newest.write_bytes(newest.read_bytes()[:-3])
+    with pytest.warns(UserWarning, match="truncated"):
+        assert resolve_resume_path(tmp_path / "run").name == checkpoint_name(1)
+    with pytest.raises(CheckpointError, match="no usable checkpoint"):
+        resolve_resume_path(tmp_path / "empty")

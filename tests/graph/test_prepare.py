@@ -1,0 +1,175 @@
+"""The prepare job end to end: Ray tasks, the CLI entry point, overwrite and interruption."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lorap_dist.config import ConfigError, SyntheticConfig
+from lorap_dist.graph import prepare as prepare_module
+from lorap_dist.graph.errors import DatasetError
+from lorap_dist.graph.prepare import PrepareOptions, add_prepare_arguments, prepare
+from lorap_dist.graph.preprocess import build_csr
+from lorap_dist.graph.sources import synthetic_source
+from lorap_dist.graph.storage import open_dataset
+from lorap_dist.graph.synthetic import generate_synthetic
+from lorap_dist.testing.ogb_layout import write_ogb_dataset
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # for `jobs`
+CFG = SyntheticConfig(num_nodes=900, num_features=4, seed=8)
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """One small local Ray instance for every Ray test of this module."""
+    ray = pytest.importorskip("ray")
+    ray.init(
+        num_cpus=2, include_dashboard=False, object_store_memory=128 * 1024**2, log_to_driver=False
+    )
+    yield ray
+    ray.shutdown()
+
+
+def quick(out: Path, **overrides) -> PrepareOptions:
+    options = dict(
+        out=out, parts=2, partitioner="random", synthetic=CFG, use_ray=False, progress=False
+    )
+    return PrepareOptions(**{**options, **overrides})
+
+
+@pytest.mark.slow
+def test_prepare_with_ray_tasks_round_trips_the_graph(tmp_path, ray_local):
+    out = prepare(quick(tmp_path / "ds", parts=3, partitioner="stream", use_ray=True))
+    ds = open_dataset(out, verify=True)
+    source = synthetic_source(CFG)
+    m = ds.node_map
+    np.testing.assert_array_equal(ds.features_of(m).numpy(), source.feature_rows(0, 900))
+    np.testing.assert_array_equal(ds.labels_of(m).numpy(), source.labels)
+    original = build_csr(source)
+    rows = torch.repeat_interleave(torch.arange(ds.num_nodes), ds.indptr.diff())
+    mapped = m.numpy()
+    assert sorted(zip(ds.indices.tolist(), rows.tolist(), strict=True)) == sorted(
+        zip(mapped[original.indices].tolist(), mapped[original.rows()].tolist(), strict=True)
+    )
+    assert ds.meta["num_parts"] == 3 and ds.meta["partitioner"] == "stream"
+    assert ray_local.is_initialized()  # prepare leaves a Ray it did not start running
+
+
+@pytest.mark.slow
+def test_job_entry_point_prepares_an_ogb_dataset(tmp_path, ray_local):
+    from jobs.prepare import main
+
+    graph = generate_synthetic(SyntheticConfig(num_nodes=500, num_features=8, seed=9))
+    write_ogb_dataset(tmp_path / "ogb", "ogbn-products", graph)
+    out = main(
+        [
+            "--source",
+            "ogbn-products",
+            "--root",
+            str(tmp_path / "ogb"),
+            "--out",
+            str(tmp_path / "products"),
+            "--parts",
+            "2",
+            "--partitioner",
+            "metis",
+            "--features",
+            "int8",
+            "--no-progress",
+        ]
+    )
+    ds = open_dataset(out, verify=True)
+    assert ds.num_classes == 47 and ds.feature_encoding == "int8"
+    assert ds.num_edges == graph.num_edges
+    x = graph.x.numpy()
+    error = np.abs(ds.features_of(ds.node_map).numpy() - x)
+    assert np.all(error <= np.abs(x).max(axis=1, keepdims=True) / 254 + 1e-6)
+
+
+def test_existing_output_is_refused_unless_overwrite(tmp_path):
+    out = prepare(quick(tmp_path / "ds"))
+    first = json.loads((out / "meta.json").read_text())
+    with pytest.raises(DatasetError, match="already exists; pass --overwrite"):
+        prepare(quick(out, parts=3))
+    prepare(quick(out, parts=3, overwrite=True))
+    assert open_dataset(out).num_parts == 3 != first["num_parts"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_interrupted_run_leaves_nothing_that_looks_complete(tmp_path, monkeypatch, existing):
+    out = tmp_path / "ds"
+    if existing:
+        prepare(quick(out))
+    before = (out / "meta.json").read_text() if existing else None
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(prepare_module, "write_meta", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        prepare(quick(out, parts=3, overwrite=True))
+    if existing:  # the old dataset is untouched
+        assert (out / "meta.json").read_text() == before
+        open_dataset(out, verify=True)
+    else:
+        assert not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == (["ds"] if existing else [])
+
+
+def test_a_killed_run_leaves_only_a_hidden_staging_directory(tmp_path):
+    """A run killed before the rename leaves ``.ds.tmp-*``, never something at ``out``."""
+    staging = tmp_path / ".ds.tmp-deadbeef"
+    staging.mkdir()
+    with pytest.raises(DatasetError, match="meta.json is missing"):
+        open_dataset(staging)
+    assert not (tmp_path / "ds").exists()
+
+
+def test_command_line_flags():
+    parser = argparse.ArgumentParser()
+    add_prepare_arguments(parser)
+    args = parser.parse_args(
+        [
+            "--out",
+            "x",
+            "--source",
+            "ogbn-arxiv",
+            "--parts",
+            "4",
+            "--partitioner",
+            "stream",
+            "--features",
+            "int8",
+            "--no-symmetrize",
+            "--overwrite",
+        ]
+    )
+    options = prepare_module.options_from_args(args)
+    assert (options.parts, options.partitioner, options.features) == (4, "stream", "int8")
+    assert not options.symmetrize and options.drop_self_loops and options.overwrite
+    with pytest.raises(ConfigError, match="--parts 0 must be"):
+        PrepareOptions(out="x", parts=0)
+
+
+def test_directed_graph_with_self_loops_is_partitioned_on_its_undirected_form(tmp_path):
+    cfg = SyntheticConfig(num_nodes=60, avg_degree=40.0, seed=2)  # hubs: self loops occur
+    out = prepare(
+        quick(
+            tmp_path / "ds",
+            partitioner="metis",
+            synthetic=cfg,
+            symmetrize=False,
+            drop_self_loops=False,
+        )
+    )
+    ds = open_dataset(out)
+    rows = torch.repeat_interleave(torch.arange(ds.num_nodes), ds.indptr.diff())
+    assert bool((rows == ds.indices.long()).any())  # self loops kept
+    assert ds.num_edges == build_csr(synthetic_source(cfg), False, False).num_edges
