@@ -1,4 +1,4 @@
-"""The ``lorap`` command: ``train``, ``prepare`` (and, as they land, ``sweep`` and ``report``).
+"""The ``lorap`` command: ``train``, ``prepare``, ``sweep`` and ``report``.
 
 Every sub-command has ``--help``. Configs are YAML files (see ``jobs/configs/``); any field
 can be overridden on the command line with ``--set section.field=value``.
@@ -69,6 +69,41 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sweep(args: argparse.Namespace) -> int:
+    from lorap_dist.tune import load_sweep, run_sweep
+
+    overrides = []
+    for item in args.set:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r} is not of the form key=value.")
+        overrides.append((key, yaml.safe_load(raw)))
+    outcome = run_sweep(
+        load_sweep(args.config, overrides),
+        resume=True if args.resume else None,
+        restart_errored=args.restart_errored,
+        out_dir=args.out,
+    )
+    counts = outcome.trials["status"].value_counts().to_dict()
+    print(f"sweep {outcome.experiment_dir}: {counts}")
+    for name, path in outcome.files.items():
+        print(f"  {name}: {path}")
+    for note in outcome.notes:
+        print(f"  note: {note}")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from lorap_dist.tune import report
+
+    files, notes = report(args.results, args.out, args.prefix)
+    for name, path in files.items():
+        print(f"{name}: {path}")
+    for note in notes:
+        print(f"note: {note}")
+    return 0
+
+
 def _prepare(args: argparse.Namespace) -> int:
     from lorap_dist.graph.prepare import run_prepare
 
@@ -106,6 +141,43 @@ def build_parser() -> argparse.ArgumentParser:
         "checkpoint of a run directory",
     )
     train.set_defaults(func=_train)
+
+    sweep = sub.add_parser(
+        "sweep",
+        help="run a Ray Tune sweep over config fields (see jobs/configs/sweeps/)",
+        description="Run every configuration of a sweep file as a Ray Tune trial and write "
+        "a Parquet file of trials, a summary table and plots. Running a sweep whose "
+        "experiment directory exists resumes it: finished trials are kept.",
+    )
+    sweep.add_argument("--config", required=True, help="YAML sweep file")
+    sweep.add_argument(
+        "--resume", action="store_true", help="require an interrupted sweep to resume"
+    )
+    sweep.add_argument(
+        "--restart-errored",
+        action="store_true",
+        help="when resuming, also run the trials that failed, from scratch",
+    )
+    sweep.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a sweep field, e.g. --set seeds=[0,1] --set base.train.epochs=30 "
+        "--set space.prompt.kind=[none,lorap]",
+    )
+    sweep.add_argument("--out", help="results directory (default <experiment dir>/results)")
+    sweep.set_defaults(func=_sweep)
+
+    report = sub.add_parser(
+        "report",
+        help="render the table and plots of a sweep's results Parquet file",
+        description="Write summary.md and the PNG plots for an existing trials.parquet.",
+    )
+    report.add_argument("results", help="a sweep's trials.parquet (or its directory)")
+    report.add_argument("--out", help="output directory (default: beside the Parquet file)")
+    report.add_argument("--prefix", default="", help="prefix for the file names written")
+    report.set_defaults(func=_report)
 
     try:
         from lorap_dist.graph.prepare import add_prepare_arguments

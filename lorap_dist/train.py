@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -94,6 +95,7 @@ def train(
     graph: GraphData | None = None,
     *,
     progress: bool = True,
+    on_epoch: Callable[[dict[str, float], nn.Module], None] | None = None,
 ) -> tuple[TrainResult, nn.Module]:
     """Train ``config`` on one process and return the result and the best model.
 
@@ -101,6 +103,9 @@ def train(
         config: the experiment.
         graph: an already loaded graph (else ``config.data`` is loaded).
         progress: show a progress bar over epochs.
+        on_epoch: called after every epoch's validation with that epoch's history row
+            (``epoch``, ``loss``, ``train``, ``valid``, ``test``) and the model; the sweep
+            driver reports to Ray Tune through it.
     """
     start = time.perf_counter()
     # 1. data
@@ -134,6 +139,8 @@ def train(
                 "epoch": epoch,
                 "state": copy.deepcopy(model.state_dict()),
             }
+        if on_epoch is not None:
+            on_epoch(history[-1], model)
         bar.set_postfix(
             loss=f"{loss:.3f}", valid=f"{accs['valid']:.3f}", best=f"{best['valid']:.3f}"
         )

@@ -1,0 +1,271 @@
+"""The Tune sweep driver: sweep-file validation, a tiny sweep end to end, a failing trial,
+and a sweep resumed after its driver was killed.
+
+One local Ray instance (2 CPUs) serves the module. Trials train single-process for 1 to 3
+epochs on a 200-node generated graph, so the Ray and Tune overheads dominate.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from lorap_dist.cli import main
+from lorap_dist.config import ConfigError
+from lorap_dist.tune import (
+    RUNS_LOG,
+    SweepConfig,
+    check_path,
+    experiment_config,
+    load_sweep,
+    max_concurrent_trials,
+    report,
+    run_sweep,
+    trial_resources,
+)
+
+BASE = {
+    "data": {
+        "source": "synthetic",
+        "synthetic": {"num_nodes": 200, "avg_degree": 6, "num_classes": 4, "num_features": 8},
+    },
+    "model": {"hidden": 8},
+    "prompt": {"kind": "lorap", "k": 4, "r": 2},
+    "quant": {"scheme": "qat", "options": {"bits": 4}},
+    "train": {"epochs": 1, "patience": 0},
+}
+
+
+def write_sweep(tmp_path: Path, **fields) -> Path:
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    data = {"name": "tiny", "storage_path": str(tmp_path / "sweeps"), "base": BASE} | fields
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+# --- the sweep file ---------------------------------------------------------------------
+
+
+def test_unknown_path_names_the_path_and_the_known_fields():
+    with pytest.raises(ConfigError, match=r"'prompt.rank'.*prompt has no field 'rank'.*'r'"):
+        check_path("prompt.rank")
+    with pytest.raises(ConfigError, match=r"known fields are \['data', 'dist'"):
+        check_path("optim.lr")
+    with pytest.raises(ConfigError, match="is a value, not a section"):
+        check_path("train.lr.x")
+    for path in ("prompt.r", "quant.options.bits", "dist.num_workers", "data.synthetic.seed"):
+        check_path(path)
+
+
+def test_grid_points_cross_space_and_variants():
+    sweep = SweepConfig(
+        name="s",
+        base=BASE,
+        space={"prompt.r": [1, 2], "prompt.kind": ["none", "lorap"]},
+        variants=[{"quant.options.bits": 4}, {"quant.options.bits": 8}],
+    )
+    points = sweep.points()
+    assert len(points) == 8
+    assert {(p["prompt.r"], p["prompt.kind"], p["quant.options.bits"]) for p in points} == {
+        (r, k, b) for r in (1, 2) for k in ("none", "lorap") for b in (4, 8)
+    }
+    config = experiment_config(sweep.base, points[-1], seed=7)
+    assert (config.prompt.r, config.quant.options["bits"], config.train.seed) == (2, 8, 7)
+
+
+def test_random_points_are_drawn_reproducibly():
+    def sweep() -> SweepConfig:
+        return SweepConfig(
+            name="s",
+            base=BASE,
+            mode="random",
+            num_samples=5,
+            space={"train.lr": {"loguniform": [1e-3, 1e-1]}, "prompt.r": [1, 2, 4]},
+        )
+
+    first, second = sweep().points(), sweep().points()
+    assert first == second and len(first) == 5
+    assert all(1e-3 <= p["train.lr"] <= 1e-1 and p["prompt.r"] in (1, 2, 4) for p in first)
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        (
+            {"space": {"prompt.r": [1, 0]}},
+            r"configuration prompt.r=0: prompt.r=0 must be an integer >= 1",
+        ),
+        ({"space": {"train.seed": [0, 1]}}, "seeds: \\[...\\]"),
+        ({"space": {"train.lr": {"uniform": [0.1, 0.2]}}}, "distributions need mode: random"),
+        ({"space": {"prompt.r": []}}, "empty"),
+        ({"space": {"quant.options.bitz": [4]}}, r"unknown field\(s\) \['bitz'\]"),
+        ({"mode": "bayes"}, r"sweep mode='bayes' is not allowed"),
+        ({"seeds": []}, "non-empty list"),
+    ],
+)
+def test_invalid_sweeps_fail_before_running(fields, message):
+    with pytest.raises(ConfigError, match=message):
+        SweepConfig(name="s", base=BASE, **fields)
+
+
+def test_sweep_file_reads_base_relative_to_itself(tmp_path):
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(BASE))
+    path = tmp_path / "configs" / "sweep.yaml"
+    path.parent.mkdir()
+    path.write_text(yaml.safe_dump({"name": "s", "base": "../base.yaml", "space": {}}))
+    assert load_sweep(path).base["prompt"]["k"] == 4
+    path.write_text(yaml.safe_dump({"name": "s", "spaces": {}}))
+    with pytest.raises(ConfigError, match=r"unknown field\(s\) \['spaces'\]"):
+        load_sweep(path)
+
+
+def test_concurrency_follows_resources_per_trial():
+    base = SweepConfig(name="s", base=BASE).base
+    single = trial_resources(experiment_config(base, {}, 0), cpus_per_trial=1)
+    dist = trial_resources(
+        experiment_config(base, {"dist.num_workers": 4, "dist.use_gpu": True}, 0), 1
+    )
+    assert single == {"CPU": 1} and dist == {"CPU": 4.0, "GPU": 4.0}
+    assert max_concurrent_trials({"CPU": 16.0, "GPU": 8.0}, [single, dist]) == 2
+    assert max_concurrent_trials({"CPU": 16.0}, [single]) == 16
+    assert max_concurrent_trials({"CPU": 16.0}, [single], cap=2) == 2
+    assert max_concurrent_trials({"CPU": 1.0}, [dist]) == 1  # at least one
+
+
+# --- sweeps on Ray ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(tmp_path_factory):
+    import ray
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ["TUNE_GLOBAL_CHECKPOINT_S"] = "0"  # save the sweep's state at every step
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        _temp_dir=str(tmp_path_factory.mktemp("ray")),
+        runtime_env={"env_vars": {"RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}},
+    )
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+def runs(experiment_dir: Path) -> list[dict]:
+    lines = (experiment_dir / RUNS_LOG).read_text().splitlines()
+    return [json.loads(line) for line in lines]
+
+
+@pytest.mark.slow
+def test_sweep_end_to_end_writes_table_and_plots(ray_cluster, tmp_path, capsys):
+    path = write_sweep(
+        tmp_path, space={"prompt.r": [1, 2], "quant.options.bits": [4, 8]}, max_failures=0
+    )
+    outcome = run_sweep(load_sweep(path), verbose=0)
+
+    trials = pd.read_parquet(outcome.files["trials"])
+    assert len(trials) == 4 and set(trials["status"]) == {"completed"}
+    assert sorted(zip(trials["prompt.r"], trials["quant.options.bits"], strict=True)) == [
+        (1, 4),
+        (1, 8),
+        (2, 4),
+        (2, 8),
+    ]
+    assert trials["best_test_acc"].between(0, 1).all()
+    assert (trials["avg_bits"] == trials["quant.options.bits"]).all()
+    assert (trials["params_prompt"] > 0).all() and (trials["params_backbone"] > 0).all()
+    # a bigger rank adds r * (k + d) prompt parameters per layer
+    by_rank = trials.groupby("prompt.r")["params_prompt"].first()
+    assert by_rank[2] > by_rank[1]
+    summary = outcome.files["summary"].read_text()
+    assert "| prompt.r | quant.options.bits | test acc (%) |" in summary
+    assert {"accuracy_vs_rank", "accuracy_vs_bits"} <= set(outcome.files)
+    assert outcome.files["accuracy_vs_rank"].read_bytes()[:4] == b"\x89PNG"
+    assert any("throughput_vs_workers skipped" in note for note in outcome.notes)
+
+    # `lorap report` renders the same table from the Parquet file alone
+    out = tmp_path / "report"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["report", str(outcome.files["trials"]), "--out", str(out), "--prefix", "r_"])
+    assert exit_info.value.code == 0
+    table = summary.split("## Plots")[0]
+    assert (out / "r_summary.md").read_text().split("## Plots")[0] == table
+    assert (out / "r_accuracy_vs_bits.png").is_file()
+    with pytest.raises(ConfigError, match="does not exist"):
+        report(tmp_path / "missing.parquet")
+
+
+def _terminated(experiment_dir: Path) -> set[str]:
+    """Trial ids the sweep's saved state records as finished."""
+    done = set()
+    for state in experiment_dir.glob("experiment_state-*.json"):
+        try:
+            data = json.loads(state.read_text())
+        except (json.JSONDecodeError, OSError):  # caught mid-write
+            continue
+        for trial_json, _ in data["trial_data"]:
+            trial = json.loads(trial_json)
+            if trial["status"] == "TERMINATED":
+                done.add(trial["trial_id"])
+    return done
+
+
+@pytest.mark.slow
+def test_failed_trial_is_reported_and_killed_sweep_resumes_unfinished(ray_cluster, tmp_path):
+    # model.layers x train.fanout: layers=2 with a one-entry fanout fails inside the trial.
+    path = write_sweep(
+        tmp_path,
+        base=BASE | {"train": {"epochs": 3, "patience": 0}},
+        space={"model.layers": [1, 2], "train.fanout": [None, [4]]},
+        max_failures=1,
+        max_concurrent_trials=1,
+    )
+    experiment_dir = load_sweep(path).experiment_dir
+
+    # 1. The driver runs in its own process on this Ray cluster and is killed as soon as
+    #    its saved state holds a finished trial.
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "lorap_dist.cli", "sweep", "--config", str(path)],
+        env=os.environ | {"RAY_ADDRESS": ray_cluster},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 150
+    finished: set[str] = set()
+    while not finished and driver.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+        finished = _terminated(experiment_dir)
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.wait()
+    assert finished, "the sweep recorded no finished trial before the deadline"
+    assert len(finished) < 4, "the driver finished every trial before it was killed"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sweep", "--config", str(write_sweep(tmp_path / "other", space={}))] + ["--resume"])
+    assert exit_info.value.code == 2  # nothing to resume there
+
+    # 2. Resume: finished trials are kept, the others run.
+    outcome = run_sweep(load_sweep(path), resume=True, verbose=0)
+    trials = outcome.trials
+    assert len(trials) == 4
+    failed = trials[trials["status"] == "failed"]
+    assert len(failed) == 1 and (failed["model.layers"] == 2).all()
+    assert "train.fanout=(4,) needs one entry per layer" in failed["error"].iloc[0]
+    assert (trials[trials["status"] != "failed"]["status"] == "completed").all()
+
+    executions = pd.DataFrame(runs(experiment_dir))["trial_id"].value_counts()
+    assert set(executions.index) == set(trials["trial_id"])  # no trial was started anew
+    for trial_id in finished:
+        assert executions[trial_id] == 1, f"finished trial {trial_id} ran again"
+    # the failing trial ran once plus its one retry (twice more if the kill cut it short)
+    assert executions[failed["trial_id"].iloc[0]] in (2, 3)
