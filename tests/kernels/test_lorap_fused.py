@@ -110,6 +110,10 @@ def test_rounding_ties_bit_exact(qname):
     assert torch.equal(codes, ref_codes)
     assert torch.equal(out, ref_out)
     assert torch.equal(out, torch.fake_quantize_per_tensor_affine(h, scale, zp, qmin, qmax))
+    # The op's CPU path (rounds once, reads the output back from the codes) agrees too.
+    op_out, op_codes = torch.ops.lorap_dist.lorap_fused(h, w_phi, p_a, p_b, None, *QPARAMS[qname])
+    assert torch.equal(op_codes, ref_codes)
+    assert torch.equal(op_out, ref_out)
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "n{}-d{}-k{}-r{}".format(*s))
