@@ -25,13 +25,19 @@ from lorap_dist.quant.observers import (
     RangeObserver,
 )
 from lorap_dist.quant.quantizer import FakeQuantizer
+from lorap_dist.quant.schemes.a2q import A2QConfig
+from lorap_dist.quant.schemes.degree_quant import DegreeQuantConfig
+from lorap_dist.quant.schemes.mixq import MixQConfig, freeze_mixq, mixq_bits
 from lorap_dist.quant.schemes.qat import QATConfig
 
 __all__ = [
+    "A2QConfig",
+    "DegreeQuantConfig",
     "EMAObserver",
     "FakeQuantizer",
     "IdentityQuantizer",
     "MinMaxObserver",
+    "MixQConfig",
     "PercentileObserver",
     "QATConfig",
     "QuantizeContext",
@@ -42,6 +48,8 @@ __all__ = [
     "dequantize",
     "dequantize_rows",
     "fake_quantize",
+    "freeze_mixq",
+    "mixq_bits",
     "pack_int4",
     "quant_range",
     "quantization_loss",

@@ -1,0 +1,489 @@
+r"""A2Q: learned step size and bit width per node (per output channel for weights).
+
+From `"A2Q: Aggregation-Aware Quantization for Graph Neural Networks"
+<https://arxiv.org/abs/2302.00193>`_ (Zhu et al., ICLR 2023).
+``quantize_(model, A2QConfig(memory_budget=4.0), num_nodes=N)`` gives each node-feature
+point a table of ``N`` learned ``(step, bits)`` pairs keyed by global node ID
+(``NodeInfo.ids``), and each weight a pair per output channel. Row :math:`i` is quantized
+symmetrically with :math:`b_i` rounded in the forward pass:
+
+.. math::
+
+    Q(x_{ic}) = s_i \operatorname{clip}\big(\operatorname{round}(x_{ic} / s_i),
+    -2^{b_i - 1}, 2^{b_i - 1} - 1\big)
+
+**Gradients.** The output passes a straight-through gradient to :math:`x`, masked to the
+clip range. The quantizer's own parameters do *not* follow the task loss: they receive the
+gradient of the local L1 error :math:`E = \sum_{i,c} |x_{ic} - Q(x_{ic})|` (the error of
+each row depends only on that row's parameters). The custom autograd function
+:class:`A2QFakeQuantize` returns :math:`\partial E / \partial s_i` and
+:math:`\partial E / \partial b_i` from its backward in place of the chain rule, so
+``loss.backward()`` on the task loss puts them in ``.grad`` and the model's optimizer
+steps them with everything else. With :math:`e = x - Q(x)`,
+:math:`k = \operatorname{round}(x / s)` and :math:`q_{\max} = 2^{b-1}-1`,
+:math:`q_{\min} = -2^{b-1}`:
+
+.. math::
+
+    \frac{\partial E}{\partial s_i} = -\sum_c \operatorname{sign}(e_{ic})
+    \begin{cases} k_{ic} - x_{ic}/s_i & q_{\min} \le k_{ic} \le q_{\max} \\
+    q_{\max} & k_{ic} > q_{\max} \\ q_{\min} & k_{ic} < q_{\min} \end{cases}
+    \qquad
+    \frac{\partial E}{\partial b_i} = -\sum_c \operatorname{sign}(e_{ic})
+    \begin{cases} 0 & q_{\min} \le k_{ic} \le q_{\max} \\
+    s_i 2^{b_i-1} \ln 2 & k_{ic} > q_{\max} \\ -s_i 2^{b_i-1} \ln 2 & k_{ic} < q_{\min}
+    \end{cases}
+
+These are the exact derivatives of the surrogate
+:math:`\tilde E(s, b) = \sum |x - s \operatorname{clip}(x/s + \delta, -2^{b-1}, 2^{b-1}-1)|`
+with the rounding residual :math:`\delta = \operatorname{round}(x/s) - x/s` held fixed
+(the straight-through estimator of ``round``, as in LSQ) and :math:`b` continuous in the clip
+bounds (the straight-through estimator of the rounding of :math:`b`). Steps are stored as
+``log_step`` (:math:`s = e^\theta`, so an optimizer step changes them by a relative amount
+and they stay positive); bits are projected onto ``[min_bits, max_bits]`` before each
+training forward pass.
+
+**Memory penalty.** Each node-feature point (and each weight point whose bits are learned)
+adds :math:`\lambda \operatorname{relu}(\bar b - B)^2` through ``regularization()``, with
+:math:`\bar b` the mean rounded bit width of its rows (straight-through gradient) and
+:math:`B` = ``memory_budget``.
+
+**Nearest-Neighbour Strategy.** A node without parameters of its own (``NodeInfo.ids`` is
+``None``, an ID outside the table, or a node never seen in training) takes the pair of a
+learned pool of ``pool_size`` pairs that minimises
+:math:`(\max_c |x_{ic}| - 2^{b_j - 1} s_j)^2`. In training every row also updates the pool
+entry nearest to it with the local gradient of quantizing the row with that entry (without
+changing the row's output), so the pool learns the steps and bits that the nodes need.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from lorap_dist.config import ConfigError, check, check_bits
+from lorap_dist.graph.block import NodeInfo
+from lorap_dist.quant.api import QuantizeContext, register_scheme
+from lorap_dist.quant.base import NODE, WEIGHT, Quantizer
+
+_MIN_STEP = 1e-8
+_QUANTILE_MAX_NUMEL = 1 << 24  # torch.quantile refuses more elements
+_LN2 = math.log(2.0)
+
+
+@dataclass
+class A2QConfig:
+    """A2Q: learned per-node steps and bit widths, local gradients, memory penalty.
+
+    Args:
+        init_bits: bit width every row starts at.
+        min_bits: smallest learned bit width (1 to 8; 1 bit is the grid ``{-s, 0}``).
+        max_bits: largest learned bit width, at most 8.
+        memory_budget: target average bit width ``B`` of each point, in
+            ``[min_bits, max_bits]``.
+        penalty: :math:`\\lambda` of the memory penalty, ``>= 0`` (0 turns it off).
+        pool_size: pairs in the Nearest-Neighbour Strategy's pool, ``>= 1``.
+        weight_bits: fixed bit width of weights (per-channel steps still learned), or
+            ``None`` to learn a bit width per output channel as well.
+    """
+
+    init_bits: int = 4
+    min_bits: int = 2
+    max_bits: int = 8
+    memory_budget: float = 4.0
+    penalty: float = 1.0
+    pool_size: int = 32
+    weight_bits: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("init_bits", "min_bits", "max_bits"):
+            value = getattr(self, name)
+            check(
+                _is_int(value) and 1 <= value <= 8,
+                f"A2QConfig.{name}={value!r} is not a supported bit width; use an integer "
+                "from 1 to 8.",
+            )
+        check(
+            self.min_bits <= self.init_bits <= self.max_bits,
+            f"A2QConfig.init_bits={self.init_bits} must lie in [min_bits, max_bits] = "
+            f"[{self.min_bits}, {self.max_bits}].",
+        )
+        check(
+            _is_number(self.memory_budget) and self.min_bits <= self.memory_budget <= self.max_bits,
+            f"A2QConfig.memory_budget={self.memory_budget!r} must be a number of bits in "
+            f"[min_bits, max_bits] = [{self.min_bits}, {self.max_bits}].",
+        )
+        check(
+            _is_number(self.penalty) and self.penalty >= 0,
+            f"A2QConfig.penalty={self.penalty!r} must be a number >= 0 (0 turns the memory "
+            "penalty off).",
+        )
+        check(
+            _is_int(self.pool_size) and self.pool_size >= 1,
+            f"A2QConfig.pool_size={self.pool_size!r} must be an integer >= 1 (pairs in the "
+            "Nearest-Neighbour Strategy's pool).",
+        )
+        if self.weight_bits is not None:
+            check_bits("A2QConfig.weight_bits", self.weight_bits)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _grid(bits: Tensor) -> tuple[Tensor, Tensor]:
+    """``(qmin, qmax) = (-2^(b-1), 2^(b-1) - 1)`` of integer-valued ``bits``."""
+    half = torch.exp2(bits - 1)
+    return -half, half - 1
+
+
+def a2q_reference(x: Tensor, step: Tensor, bits: Tensor) -> Tensor:
+    """``s * clip(round(x / s), -2^(b-1), 2^(b-1) - 1)`` per row, ``b`` rounded (no autograd
+    rules; the test oracle and the value of :class:`A2QFakeQuantize`).
+
+    Shapes:
+        ``x [n, c]``, ``step [n]``, ``bits [n]`` -> ``[n, c]``.
+    """
+    qmin, qmax = _grid(torch.round(bits).unsqueeze(1))
+    s = step.unsqueeze(1)
+    return torch.minimum(torch.maximum(torch.round(x / s), qmin), qmax) * s
+
+
+def local_error_gradients(x: Tensor, step: Tensor, bits: Tensor) -> tuple[Tensor, Tensor]:
+    """``(dE/ds, dE/db)`` per row of the L1 error ``E = sum |x - Q(x)|`` (formulas in the
+    module docstring; ``b`` rounded, the gradient taken as for continuous ``b``).
+
+    Shapes:
+        ``x [n, c]``, ``step [n]``, ``bits [n]`` -> ``[n]``, ``[n]``.
+    """
+    b = torch.round(bits).unsqueeze(1)
+    s = step.unsqueeze(1)
+    qmin, qmax = _grid(b)
+    u = x / s
+    k = torch.round(u)
+    above, below = k > qmax, k < qmin
+    sign = -torch.sign(x - torch.minimum(torch.maximum(k, qmin), qmax) * s)  # dE/dQ
+    dq_ds = torch.where(above, qmax, torch.where(below, qmin, k - u))
+    reach = s * torch.exp2(b - 1) * _LN2
+    dq_db = torch.where(above, reach, torch.where(below, -reach, torch.zeros_like(u)))
+    return (sign * dq_ds).sum(dim=1), (sign * dq_db).sum(dim=1)
+
+
+class A2QFakeQuantize(torch.autograd.Function):
+    r"""Row-wise A2Q fake quantization whose step and bits get the local L1-error gradient.
+
+    Forward: :func:`a2q_reference` with ``(step, bits)``. Backward: ``x`` gets the upstream
+    gradient masked to the clip range (straight-through); ``step`` and ``bits`` get
+    :func:`local_error_gradients` (the upstream gradient is not used for them); the optional
+    probe pair ``(probe_step, probe_bits)`` gets the local gradient of quantizing each row
+    with it, without taking part in the output (this is how the NNS pool learns).
+    """
+
+    @staticmethod
+    def forward(
+        ctx: torch.autograd.function.FunctionCtx,
+        x: Tensor,
+        step: Tensor,
+        bits: Tensor,
+        probe_step: Tensor | None,
+        probe_bits: Tensor | None,
+    ) -> Tensor:
+        ctx.save_for_backward(x, step, bits, probe_step, probe_bits)
+        return a2q_reference(x, step, bits)
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> tuple:
+        x, step, bits, probe_step, probe_bits = ctx.saved_tensors
+        grad_x = grad_step = grad_bits = grad_probe_step = grad_probe_bits = None
+        if ctx.needs_input_grad[0]:
+            qmin, qmax = _grid(torch.round(bits).unsqueeze(1))
+            k = torch.round(x / step.unsqueeze(1))
+            grad_x = grad * ((k >= qmin) & (k <= qmax))
+        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+            grad_step, grad_bits = local_error_gradients(x, step, bits)
+        if probe_step is not None and (ctx.needs_input_grad[3] or ctx.needs_input_grad[4]):
+            grad_probe_step, grad_probe_bits = local_error_gradients(x, probe_step, probe_bits)
+        return grad_x, grad_step, grad_bits, grad_probe_step, grad_probe_bits
+
+
+def nearest_pool_entry(max_abs: Tensor, step: Tensor, bits: Tensor) -> Tensor:
+    """Index of the pool pair minimising ``(max_abs - 2^(b-1) * s)^2`` for each row.
+
+    Ties go to the pair with the smaller reach ``2^(b-1) * s``.
+
+    Shapes:
+        ``max_abs [n]``, pool ``step [m]``, ``bits [m]`` -> ``[n]`` long.
+    """
+    reach = torch.exp2(torch.round(bits) - 1) * step  # [m]
+    order = torch.argsort(reach)
+    sorted_reach = reach[order]
+    if reach.numel() == 1:
+        return torch.zeros_like(max_abs, dtype=torch.long)
+    right = torch.searchsorted(sorted_reach, max_abs).clamp(1, reach.numel() - 1)
+    left = right - 1
+    take_right = (sorted_reach[right] - max_abs) < (max_abs - sorted_reach[left])
+    return order[torch.where(take_right, right, left)]
+
+
+def _round_ste(bits: Tensor) -> Tensor:
+    return bits + (torch.round(bits) - bits).detach()
+
+
+class A2QNodeQuantizer(Quantizer):
+    """A2Q for a node-feature point: a ``(step, bits)`` pair per global node ID and an NNS
+    pool (rules in the module docstring).
+
+    A row with a valid ID gets its table entry initialised, the first time it is seen in
+    training with a non-zero value, to ``bits = init_bits`` and the step that just covers
+    its largest value, ``s = max|x_i| / (2^(init_bits-1) - 1)``; the pool is initialised
+    from the first training batch with reaches spread over the quantiles of the non-zero
+    ``max|x_i|``.
+
+    Args:
+        num_nodes: rows of the table (nodes of the full graph).
+        init_bits: starting bit width.
+        min_bits: smallest bit width.
+        max_bits: largest bit width.
+        memory_budget: target mean bit width of the point.
+        penalty: weight of the memory penalty.
+        pool_size: pairs in the NNS pool.
+
+    Shapes:
+        input ``[n, ...]`` with optional ``nodes.ids [n]`` -> output ``[n, ...]``.
+    """
+
+    initialized: Tensor
+    pool_initialized: Tensor
+
+    def __init__(
+        self,
+        num_nodes: int,
+        init_bits: int = 4,
+        min_bits: int = 2,
+        max_bits: int = 8,
+        memory_budget: float = 4.0,
+        penalty: float = 1.0,
+        pool_size: int = 32,
+    ) -> None:
+        super().__init__()
+        self.num_nodes = num_nodes
+        self.init_bits, self.min_bits, self.max_bits = init_bits, min_bits, max_bits
+        self.memory_budget, self.penalty = memory_budget, penalty
+        self.log_step = nn.Parameter(torch.zeros(num_nodes))
+        self.bits = nn.Parameter(torch.full((num_nodes,), float(init_bits)))
+        self.pool_log_step = nn.Parameter(torch.zeros(pool_size))
+        self.pool_bits = nn.Parameter(torch.full((pool_size,), float(init_bits)))
+        self.register_buffer("initialized", torch.zeros(num_nodes, dtype=torch.bool))
+        self.register_buffer("pool_initialized", torch.tensor(False))
+
+    def forward(self, x: Tensor, nodes: NodeInfo | None = None) -> Tensor:
+        rows = x.reshape(x.shape[0], -1) if x.dim() != 2 else x  # [n, c]
+        if rows.shape[0] == 0 or rows.shape[1] == 0:
+            return x
+        max_abs = rows.detach().abs().amax(dim=1)  # [n]
+        ids = self._valid_ids(nodes, rows.shape[0], x.device)  # [n], -1 where none
+        if self.training:
+            self._project_bits()
+            self._initialize(max_abs, ids)
+        safe_ids = ids.clamp(min=0)
+        own = (ids >= 0) & self.initialized[safe_ids]
+        pool_step, pool_bits = self.pool_log_step.exp(), self.pool_bits
+        nearest = nearest_pool_entry(max_abs, pool_step.detach(), pool_bits.detach())
+        step = torch.where(own, self.log_step[safe_ids].exp(), pool_step.detach()[nearest])
+        bits = torch.where(own, self.bits[safe_ids], pool_bits.detach()[nearest])
+        bits = bits.clamp(self.min_bits, self.max_bits)
+        if self.training:
+            probe = (pool_step[nearest], pool_bits[nearest])
+        else:
+            probe = (None, None)
+        out = A2QFakeQuantize.apply(rows, step.clamp(min=_MIN_STEP), bits, *probe)
+        return out.reshape(x.shape)
+
+    def _valid_ids(self, nodes: NodeInfo | None, n: int, device: torch.device) -> Tensor:
+        if nodes is None or nodes.ids is None:
+            return torch.full((n,), -1, dtype=torch.long, device=device)
+        ids = nodes.ids.to(device=device, dtype=torch.long)
+        if ids.shape != (n,):
+            raise ValueError(
+                f"nodes.ids has shape {tuple(ids.shape)} but the input has {n} rows; A2Q "
+                "needs one global node ID per row."
+            )
+        return torch.where((ids >= 0) & (ids < self.num_nodes), ids, -1)
+
+    @torch.no_grad()
+    def _project_bits(self) -> None:
+        self.bits.clamp_(self.min_bits, self.max_bits)
+        self.pool_bits.clamp_(self.min_bits, self.max_bits)
+
+    @torch.no_grad()
+    def _initialize(self, max_abs: Tensor, ids: Tensor) -> None:
+        # A row of zeros has no scale to start from (and quantizes exactly with any step):
+        # it stays without parameters, on the pool, until it first carries a value.
+        qmax = 2.0 ** (self.init_bits - 1) - 1 if self.init_bits > 1 else 1.0
+        new = (ids >= 0) & (max_abs > 0)
+        new[new.clone()] = ~self.initialized[ids[new]]
+        if new.any():
+            self.log_step[ids[new]] = torch.log(max_abs[new] / qmax)
+            self.bits[ids[new]] = float(self.init_bits)
+            self.initialized[ids[new]] = True
+        positive = max_abs[max_abs > 0]
+        if not bool(self.pool_initialized) and positive.numel() > 0:
+            levels = torch.linspace(0.0, 1.0, self.pool_log_step.numel(), device=max_abs.device)
+            if positive.numel() > _QUANTILE_MAX_NUMEL:
+                positive = positive[torch.randperm(positive.numel())[:_QUANTILE_MAX_NUMEL]]
+            reach = torch.quantile(positive.float(), levels)
+            self.pool_log_step.copy_(torch.log(reach / 2.0 ** (self.init_bits - 1)))
+            self.pool_bits.fill_(float(self.init_bits))
+            self.pool_initialized.fill_(True)
+
+    def _learned_bits(self) -> Tensor:
+        """Rounded-with-STE bits of the rows with parameters of their own (``[0]`` if none)."""
+        return _round_ste(self.bits[self.initialized].clamp(self.min_bits, self.max_bits))
+
+    def regularization(self) -> Tensor | None:
+        """:math:`\\lambda \\operatorname{relu}(\\bar b - B)^2`, or ``None`` when off."""
+        bits = self._learned_bits()
+        if self.penalty == 0 or bits.numel() == 0:
+            return None
+        return self.penalty * torch.relu(bits.mean() - self.memory_budget) ** 2
+
+    def average_bits(self) -> float:
+        """Mean rounded bit width of the nodes with parameters (``init_bits`` before any)."""
+        bits = self._learned_bits()
+        return float(bits.detach().mean()) if bits.numel() else float(self.init_bits)
+
+    def extra_repr(self) -> str:
+        return (
+            f"num_nodes={self.num_nodes}, bits=[{self.min_bits}, {self.max_bits}], "
+            f"budget={self.memory_budget}, pool_size={self.pool_log_step.numel()}"
+        )
+
+
+class A2QWeightQuantizer(Quantizer):
+    """A2Q for a weight ``[out, in]``: a learned ``(step, bits)`` pair per output channel.
+
+    Steps start at ``max|W_o| / (2^(b-1) - 1)`` of the weight the quantizer is built for.
+    With ``fixed_bits`` the bit width is a buffer (not learned) and no penalty applies.
+
+    Args:
+        weight: the weight this quantizer serves (for its shape and the initial steps).
+        init_bits: starting (or, with ``fixed_bits``, constant) bit width.
+        min_bits: smallest bit width.
+        max_bits: largest bit width.
+        memory_budget: target mean bit width.
+        penalty: weight of the memory penalty.
+        fixed_bits: keep the bit width at ``init_bits``.
+    """
+
+    def __init__(
+        self,
+        weight: Tensor,
+        init_bits: int,
+        min_bits: int,
+        max_bits: int,
+        memory_budget: float,
+        penalty: float,
+        fixed_bits: bool,
+    ) -> None:
+        super().__init__()
+        self.min_bits, self.max_bits = min_bits, max_bits
+        self.memory_budget, self.penalty = memory_budget, penalty
+        rows = weight.detach().reshape(weight.shape[0], -1)
+        qmax = 2.0 ** (init_bits - 1) - 1 if init_bits > 1 else 1.0
+        step = (rows.abs().amax(dim=1) / qmax).clamp(min=_MIN_STEP)
+        self.log_step = nn.Parameter(torch.log(step))
+        bits = torch.full((weight.shape[0],), float(init_bits))
+        if fixed_bits:
+            self.register_buffer("bits", bits)
+        else:
+            self.bits = nn.Parameter(bits)
+
+    def forward(self, x: Tensor, nodes: NodeInfo | None = None) -> Tensor:
+        rows = x.reshape(x.shape[0], -1)
+        if rows.shape[0] != self.log_step.numel():
+            raise ValueError(
+                f"A2QWeightQuantizer was built for {self.log_step.numel()} output channels "
+                f"but got a weight with {rows.shape[0]}."
+            )
+        if self.training and isinstance(self.bits, nn.Parameter):
+            with torch.no_grad():
+                self.bits.clamp_(self.min_bits, self.max_bits)
+        bits = self.bits.clamp(self.min_bits, self.max_bits)
+        out = A2QFakeQuantize.apply(rows, self.log_step.exp(), bits, None, None)
+        return out.reshape(x.shape)
+
+    def regularization(self) -> Tensor | None:
+        """The memory penalty on the channels' mean bit width (learned bits only)."""
+        if self.penalty == 0 or not isinstance(self.bits, nn.Parameter):
+            return None
+        mean = _round_ste(self.bits.clamp(self.min_bits, self.max_bits)).mean()
+        return self.penalty * torch.relu(mean - self.memory_budget) ** 2
+
+    def average_bits(self) -> float:
+        return float(torch.round(self.bits.detach().clamp(self.min_bits, self.max_bits)).mean())
+
+    def extra_repr(self) -> str:
+        return (
+            f"channels={self.log_step.numel()}, learned_bits={isinstance(self.bits, nn.Parameter)}"
+        )
+
+
+@register_scheme(A2QConfig)
+def _build_a2q_quantizer(
+    config: A2QConfig, module: nn.Module, point: str, role: str, context: QuantizeContext
+) -> Quantizer:
+    """A per-node table for node points, a per-channel pair for weights."""
+    if role == NODE:
+        if context.num_nodes is None:
+            raise ConfigError(
+                "A2Q keeps a (step, bits) pair per node, keyed by global node ID, so it needs "
+                "the number of nodes of the full graph: call quantize_(model, A2QConfig(...), "
+                "num_nodes=N)."
+            )
+        return A2QNodeQuantizer(
+            num_nodes=context.num_nodes,
+            init_bits=config.init_bits,
+            min_bits=config.min_bits,
+            max_bits=config.max_bits,
+            memory_budget=config.memory_budget,
+            penalty=config.penalty,
+            pool_size=config.pool_size,
+        )
+    if role == WEIGHT:
+        weight = getattr(module, point, None)
+        if not isinstance(weight, Tensor):
+            raise ConfigError(
+                f"A2Q sizes a weight point's per-channel steps from the weight, but "
+                f"{type(module).__name__}.{point} is not a tensor; name the weight's "
+                "quantization point after the weight attribute."
+            )
+        if config.weight_bits is not None:
+            return A2QWeightQuantizer(
+                weight,
+                init_bits=config.weight_bits,
+                min_bits=config.weight_bits,
+                max_bits=config.weight_bits,
+                memory_budget=config.memory_budget,
+                penalty=0.0,
+                fixed_bits=True,
+            )
+        return A2QWeightQuantizer(
+            weight,
+            init_bits=config.init_bits,
+            min_bits=config.min_bits,
+            max_bits=config.max_bits,
+            memory_budget=config.memory_budget,
+            penalty=config.penalty,
+            fixed_bits=False,
+        )
+    raise ConfigError(
+        f"{type(module).__name__}.QUANT_POINTS[{point!r}] has role {role!r}; the a2q scheme "
+        f"quantizes the roles {[NODE, WEIGHT]}."
+    )
