@@ -42,10 +42,12 @@ from lorap_dist.graph.csr import CSR
 # Above this fanout the without-replacement draw switches from Floyd's algorithm (``fanout``
 # vectorized steps, each comparing against the draws so far: O(fanout^2) per node) to sorting
 # random keys over every neighbour of the over-full nodes (O(deg log deg) per node).
-# Measured on the 2.4 M-node benchmark graph, 2 CPU cores, frontier of 150 k nodes:
-# fanout 15: Floyd 36 ms vs sort 2.1 s; fanout 64: Floyd 0.29 s vs sort 2.3 s;
-# fanout 256: Floyd 5.6 s vs sort 2.6 s (the full table is in benchmarks/results/sampler.md).
-FLOYD_MAX_FANOUT = 128
+# Measured by benchmarks/sampler.py on the 2.4 M-node / 122.6 M-edge graph, 2 CPU threads,
+# over-full nodes of 50 k hop-3 frontier nodes (mean in-degree 359), Floyd vs sorted keys:
+# fanout 15: 0.012 s vs 4.38 s; 64: 0.083 s vs 4.98 s; 128: 2.04 s vs 5.48 s;
+# 256: 0.69 s vs 4.46 s. Floyd won at every fanout measured, so it covers fanouts up to 256;
+# the sort stays for larger fanouts, where Floyd's quadratic cost keeps growing.
+FLOYD_MAX_FANOUT = 256
 
 
 @dataclass
@@ -148,7 +150,8 @@ class NeighborSampler(BaseSampler):
         replace: draw with replacement (every node with neighbours gets exactly ``fanout``
             draws) instead of without.
         generator: default random source when a call passes none; ``None`` uses the global
-            RNG of the graph's device.
+            RNG of the graph's device. Loader workers each get a copy of it, hence the same
+            stream: leave it ``None`` under ``num_workers > 0`` (PyG seeds each worker).
         edge_ids: ``[E]`` original edge column of each CSR position (``CSR.edge_ids``), so
             PyG's loaders map edge features; ``None`` when CSR order is the original order.
     """
