@@ -54,7 +54,10 @@ class DistConfig:
             (:mod:`lorap_dist.dist.seeds`).
         exchange_bits: ``None`` sends features as stored; ``8`` or ``4`` re-quantizes rows
             for the all_to_all (:mod:`lorap_dist.dist.exchange`).
-        eval_every: epochs between full-graph evaluations (``0``: only after the last).
+        eval_every: epochs between full-graph evaluations (``0``: only after the last;
+            ``null``: never, e.g. for throughput benchmarks).
+        max_steps_per_epoch: cap on the steps of an epoch (``null``: a full pass over the
+            seeds). For benchmarks and smoke runs on graphs whose full epoch takes too long.
         eval_batch_size: destination nodes per chunk of layer-wise inference.
         fault_inject: test-only worker crash (:class:`FaultInjection`).
     """
@@ -69,7 +72,8 @@ class DistConfig:
     keep_checkpoints: int | None = None
     seed_policy: str = "pad"
     exchange_bits: int | None = None
-    eval_every: int = 1
+    eval_every: int | None = 1
+    max_steps_per_epoch: int | None = None
     eval_batch_size: int = 4096
     fault_inject: FaultInjection | None = None
 
@@ -86,7 +90,14 @@ class DistConfig:
         )
         check_choice("dist.seed_policy", self.seed_policy, POLICIES)
         check_choice("dist.exchange_bits", self.exchange_bits, (None, 8, 4))
-        check(self.eval_every >= 0, "dist.eval_every must be >= 0.")
+        check(
+            self.eval_every is None or self.eval_every >= 0,
+            "dist.eval_every must be >= 0 (0: after the last epoch only), or null (never).",
+        )
+        check(
+            self.max_steps_per_epoch is None or self.max_steps_per_epoch >= 1,
+            "dist.max_steps_per_epoch must be >= 1, or null (a full pass).",
+        )
         check(self.eval_batch_size >= 1, "dist.eval_batch_size must be >= 1.")
 
     @property

@@ -116,7 +116,8 @@ def run_distributed(
 
     Returns:
         ``valid_acc``/``test_acc`` (last evaluation), ``best_valid_acc``/``best_test_acc``,
-        ``seeds_per_s`` and ``bytes_exchanged`` of the last epoch, ``epochs``, ``steps``,
+        ``seeds_per_s``, ``bytes_exchanged``, ``epoch_s`` and ``peak_rss_gib`` (the largest
+        worker's peak resident set so far) of the last epoch, ``epochs``, ``steps``,
         ``checkpoint`` (path of the last checkpoint) and ``run_dir``.
 
     Raises:
@@ -149,6 +150,8 @@ def run_distributed(
         "loss": metrics.get("loss"),
         "seeds_per_s": metrics.get("seeds_per_s"),
         "bytes_exchanged": metrics.get("bytes_exchanged"),
+        "epoch_s": metrics.get("epoch_s"),
+        "peak_rss_gib": metrics.get("peak_rss_gib"),
         "epochs": metrics.get("epoch"),
         "steps": metrics.get("step"),
         "checkpoint": None if result.checkpoint is None else result.checkpoint.path,

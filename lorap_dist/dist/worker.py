@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+import resource
 import tempfile
 import time
 from pathlib import Path
@@ -122,6 +123,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         started = time.perf_counter()
         bytes_before = exchange.bytes_sent
         batches = schedule.batches(own_seeds, rank, epoch, train_cfg.seed)
+        batches = batches[: settings.max_steps_per_epoch]  # the same count on every rank
         generator = epoch_generator(train_cfg.seed, epoch, rank, SAMPLING_STREAM)
         totals = torch.zeros(3, dtype=torch.float64)  # loss * seeds, correct, seeds
         for index, seeds in enumerate(batches):
@@ -146,6 +148,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         sent = torch.tensor([exchange.bytes_sent - bytes_before], dtype=torch.float64)
         dist.all_reduce(totals)
         dist.all_reduce(sent)
+        peak_rss = torch.tensor([_peak_rss_bytes()], dtype=torch.float64)
+        dist.all_reduce(peak_rss, op=dist.ReduceOp.MAX)
         metrics: dict[str, Any] = {
             "epoch": epoch + 1,
             "step": step,
@@ -154,11 +158,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             "seeds_per_s": float(totals[2]) / max(elapsed, 1e-9),
             "bytes_exchanged": int(sent.item()),
             "epoch_s": elapsed,
+            "peak_rss_gib": float(peak_rss) / 2**30,  # the largest worker's
         }
 
         # 5. Evaluate exactly (full neighbourhoods, layer by layer) on every partition.
         last = epoch + 1 == train_cfg.epochs
-        if last or (settings.eval_every and (epoch + 1) % settings.eval_every == 0):
+        every = settings.eval_every
+        if every is not None and (last or (every and (epoch + 1) % every == 0)):
             metrics |= evaluate(model, dataset, part, degree, settings, device)
             if metrics["valid_acc"] > extra["best_valid"]:
                 extra = {"best_valid": metrics["valid_acc"], "best_test": metrics["test_acc"]}
@@ -302,6 +308,11 @@ def _has_unused_parameters(
         logits = probe(x.to(device), [b.to(device) for b in batch.blocks], nodes)
         total_loss(probe, logits, part.labels[seeds - part.start].to(device)).backward()
     return any(p.requires_grad and p.grad is None for p in probe.parameters())
+
+
+def _peak_rss_bytes() -> int:
+    """This process's peak resident set size (Linux reports ``ru_maxrss`` in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def _maybe_fail(settings: DistConfig, rank: int, epoch: int, step: int) -> None:

@@ -11,7 +11,7 @@ import pytest
 import ray
 import torch
 
-from lorap_dist.config import ExperimentConfig
+from lorap_dist.config import ConfigError, ExperimentConfig
 from lorap_dist.dist.checkpoint import checkpoint_name, load_checkpoint
 from lorap_dist.dist.config import DistConfig
 from lorap_dist.dist.trainer import run_distributed, validate_dataset
@@ -104,3 +104,22 @@ def test_partition_count_mismatch_fails_before_workers_start(tiny_dataset, tmp_p
             experiment(tiny_dataset, 1),
             DistConfig(num_workers=3, storage_path=str(tmp_path / "runs")),
         )
+
+
+def test_step_cap_no_evaluation_and_memory_report(ray_cluster, tiny_dataset, tmp_path):
+    capped = run_distributed(
+        experiment(tiny_dataset, 2),
+        settings(tmp_path, "capped", max_steps_per_epoch=1, eval_every=None),
+    )
+    assert capped["epochs"] == 2
+    assert capped["steps"] == 2  # one step per epoch, not a full pass over the seeds
+    assert capped["test_acc"] is None and capped["valid_acc"] is None
+    assert capped["peak_rss_gib"] > 0
+    assert capped["seeds_per_s"] > 0
+
+
+def test_dist_config_rejects_bad_caps():
+    with pytest.raises(ConfigError, match="max_steps_per_epoch must be >= 1"):
+        DistConfig(max_steps_per_epoch=0)
+    with pytest.raises(ConfigError, match="eval_every must be >= 0"):
+        DistConfig(eval_every=-1)
