@@ -29,7 +29,13 @@ from lorap_dist.graph.csr import csr_from_edge_index
 from lorap_dist.graph.data import GraphData
 from lorap_dist.graph.sampler import NeighborSampler, iter_minibatches
 from lorap_dist.nn import build_model, parameter_counts
-from lorap_dist.quant import average_bits, quantization_loss, quantize_
+from lorap_dist.quant import (
+    average_bits,
+    end_epoch,
+    quantization_loss,
+    quantization_settled,
+    quantize_,
+)
 
 
 @dataclass
@@ -130,6 +136,8 @@ def train(
     for epoch in bar:
         # 3. one epoch of training
         loss = runner.train_epoch(model, optimizer, epoch)
+        if end_epoch(model, epoch, config.train.epochs):
+            best["valid"] = -1.0  # e.g. MixQ froze its bit widths: a different model now
         # 4. validation, best state, early stop
         accs = runner.evaluate(model)
         history.append({"epoch": epoch, "loss": loss, **accs})
@@ -144,7 +152,8 @@ def train(
         bar.set_postfix(
             loss=f"{loss:.3f}", valid=f"{accs['valid']:.3f}", best=f"{best['valid']:.3f}"
         )
-        if config.train.patience and epoch - best["epoch"] >= config.train.patience:
+        patience = config.train.patience
+        if patience and epoch - best["epoch"] >= patience and quantization_settled(model):
             break
     bar.close()
     # 5. report the best epoch

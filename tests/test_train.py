@@ -117,8 +117,13 @@ def test_trains_from_an_ogb_layout_dataset_and_a_prepared_directory(tmp_path):
 
     out = prepare(
         PrepareOptions(
-            out=tmp_path / "prepared", source="synthetic", parts=2, partitioner="random",
-            synthetic=synthetic, use_ray=False, progress=False,
+            out=tmp_path / "prepared",
+            source="synthetic",
+            parts=2,
+            partitioner="random",
+            synthetic=synthetic,
+            use_ray=False,
+            progress=False,
         )
     )
     prepared = small_config(data={"source": "dir", "path": str(out)}, train={"epochs": 30})

@@ -43,7 +43,7 @@ from lorap_dist.graph.block import NodeInfo
 from lorap_dist.graph.sampler import NeighborSampler
 from lorap_dist.graph.storage import Dataset, open_dataset
 from lorap_dist.nn.model import build_model
-from lorap_dist.quant import quantize_
+from lorap_dist.quant import end_epoch, quantize_
 from lorap_dist.train import total_loss
 
 SAMPLING_STREAM = 1  # epoch_generator stream of the neighbour sampler (0 orders the seeds)
@@ -145,6 +145,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 dtype=torch.float64,
             )
         elapsed = time.perf_counter() - started
+        if end_epoch(model, epoch, train_cfg.epochs):  # e.g. MixQ froze: a different model
+            extra = {"best_valid": -1.0, "best_test": float("nan")}
         sent = torch.tensor([exchange.bytes_sent - bytes_before], dtype=torch.float64)
         dist.all_reduce(totals)
         dist.all_reduce(sent)

@@ -46,6 +46,22 @@ class Quantizer(nn.Module):
         when it does not quantize."""
         return None
 
+    def end_epoch(self, epoch: int, epochs: int) -> bool:
+        """Called after training epoch ``epoch`` (0-based) of ``epochs``; schemes with a
+        schedule (MixQ's search, then freeze) advance it here.
+
+        Returns:
+            ``True`` when what the quantizer computes changed in a way that makes the model
+            a different model from here on (earlier validation scores no longer describe it).
+        """
+        return False
+
+    @property
+    def settled(self) -> bool:
+        """``False`` while a schedule still has to change this quantizer (early stopping
+        waits for it)."""
+        return True
+
     def qparams(self) -> tuple[float, int, int, int] | None:
         """``(scale, zero_point, qmin, qmax)`` of a per-tensor affine quantizer, or ``None``.
 
@@ -88,6 +104,18 @@ def quantization_loss(model: nn.Module) -> Tensor | None:
     if not terms:
         return None
     return torch.stack([t.reshape(()) for t in terms]).sum()
+
+
+def end_epoch(model: nn.Module, epoch: int, epochs: int) -> bool:
+    """Advance every quantizer's schedule after epoch ``epoch`` of ``epochs``
+    (:meth:`Quantizer.end_epoch`); ``True`` when any of them changed the model."""
+    changed = [q.end_epoch(epoch, epochs) for _, q in quantizers_of(model)]
+    return any(changed)
+
+
+def quantization_settled(model: nn.Module) -> bool:
+    """``True`` when no quantizer's schedule will change the model any more."""
+    return all(q.settled for _, q in quantizers_of(model))
 
 
 def average_bits(model: nn.Module) -> float | None:

@@ -31,6 +31,10 @@ from lorap_dist.quant.schemes.mixq import MixQConfig, MixQQuantizer, freeze_mixq
         ({"observer": "percentile"}, "MixQConfig.observer='percentile'"),
         ({"momentum": 0.0}, "MixQConfig.momentum=0.0"),
         ({"symmetric": 1}, "MixQConfig.symmetric=1"),
+        ({"search_fraction": 0.0}, "MixQConfig.search_fraction=0.0"),
+        ({"search_fraction": 1.5}, "MixQConfig.search_fraction=1.5"),
+        ({"final_temperature": 0}, "MixQConfig.final_temperature=0"),
+        ({"search_logits": "yes"}, "MixQConfig.search_logits='yes'"),
     ],
 )
 def test_invalid_fields_are_named(options, named):
@@ -51,9 +55,14 @@ def test_config_round_trips_through_a_dict():
     assert built == config and built.candidate_bits == (2, 8)
 
 
-def _quantizer(bits=(2, 4, 8), penalty=0.1) -> MixQQuantizer:
+def _quantizer(bits=(2, 4, 8), penalty=0.1, **schedule) -> MixQQuantizer:
     return MixQQuantizer(
-        bits, symmetric=False, per_row=False, observer=MinMaxObserver(), penalty=penalty
+        bits,
+        symmetric=False,
+        per_row=False,
+        observer=MinMaxObserver(),
+        penalty=penalty,
+        **schedule,
     )
 
 
@@ -110,6 +119,9 @@ def test_model_level_selection_and_reported_bits():
     points = dict(quantizers_of(model))
     choice = {}
     for i, (name, quantizer) in enumerate(points.items()):
+        if name == "convs.1.output":  # the logits: not searched by default
+            choice[name] = 8
+            continue
         with torch.no_grad():
             quantizer.logits.zero_()
             quantizer.logits[i % 3] = 1.0
@@ -120,3 +132,67 @@ def test_model_level_selection_and_reported_bits():
     assert all(int(q.selected) >= 0 for q in points.values())
     with pytest.raises(ValueError, match="no MixQ quantizer"):
         freeze_mixq(build_model(5, 3, ModelConfig(), PromptConfig()))
+
+
+def test_schedule_anneals_the_temperature_then_freezes_to_the_argmax():
+    quantizer = _quantizer(search_fraction=0.4, final_temperature=0.01)
+    with torch.no_grad():
+        quantizer.logits.copy_(torch.tensor([0.2, 0.1, 0.0]))
+    x = torch.randn(16, 3)
+    quantizer(x)
+    # 10 epochs, 4 of search: T = 0.01 ** (e / 4) after epoch e (1-based), then frozen.
+    assert quantizer.end_epoch(0, 10) is False and not quantizer.settled
+    assert float(quantizer.temperature) == pytest.approx(0.01**0.25)
+    weights = torch.softmax(quantizer.logits.detach() / 0.01**0.25, 0)
+    torch.testing.assert_close(quantizer.mixing_weights().detach(), weights)
+    expected = (weights * torch.tensor([2.0, 4.0, 8.0])).sum()
+    torch.testing.assert_close(quantizer.expected_bits().detach(), expected)
+    assert [quantizer.end_epoch(e, 10) for e in (1, 2)] == [False, False]
+    assert quantizer.end_epoch(3, 10) is True  # the last search epoch: frozen
+    assert quantizer.settled and quantizer.chosen_bits() == 2
+    assert float(quantizer.temperature) == pytest.approx(0.01)
+    torch.testing.assert_close(quantizer(x), _fq(x, 2))
+    assert quantizer.end_epoch(4, 10) is False  # nothing changes after the freeze
+
+
+def test_full_search_never_freezes_and_its_state_resumes_the_schedule():
+    quantizer = _quantizer(search_fraction=1.0, final_temperature=0.5)
+    quantizer(torch.randn(8, 2))
+    assert quantizer.settled  # early stopping may stop it at any time
+    assert not any(quantizer.end_epoch(e, 5) for e in range(5))
+    assert not quantizer.frozen and float(quantizer.temperature) == pytest.approx(0.5)
+    other = _quantizer(search_fraction=1.0, final_temperature=0.5)
+    other.load_state_dict(quantizer.state_dict())
+    assert float(other.temperature) == pytest.approx(0.5)
+
+
+def test_training_fine_tunes_and_reports_the_frozen_model():
+    from lorap_dist.config import ExperimentConfig
+    from lorap_dist.graph.synthetic import generate_synthetic
+    from lorap_dist.train import train
+
+    config = ExperimentConfig.from_dict(
+        {
+            "data": {"synthetic": {"num_nodes": 200, "avg_degree": 5}},
+            "model": {"arch": "gcn", "hidden": 8},
+            "quant": {"scheme": "mixq", "options": {"search_fraction": 0.5}},
+            # patience shorter than the search: early stopping must wait for the freeze
+            "train": {"epochs": 8, "patience": 1, "seed": 0},
+        }
+    )
+    graph = generate_synthetic(config.data.synthetic)
+    result, model = train(config, graph, progress=False)
+    points = [q for _, q in quantizers_of(model)]
+    assert points and all(q.frozen for q in points)
+    assert result.epochs_run > 4 and result.best_epoch >= 3  # best chosen among frozen epochs
+    assert result.avg_bits == pytest.approx(sum(mixq_bits(model).values()) / len(points))
+
+
+@pytest.mark.parametrize("search_logits", [False, True])
+def test_only_the_logits_skip_the_search_unless_asked(search_logits):
+    model = build_model(5, 3, ModelConfig(arch="gin", hidden=6, layers=3), PromptConfig())
+    quantize_(model, MixQConfig(candidate_bits=(2, 4), search_logits=search_logits))
+    candidates = {name: q.candidate_bits for name, q in quantizers_of(model)}
+    logits = candidates.pop("convs.2.output")
+    assert logits == ((2, 4) if search_logits else (4,))
+    assert candidates and all(bits == (2, 4) for bits in candidates.values())
