@@ -37,9 +37,12 @@ Backward (straight-through estimator, as the gradient of ``fake_quantize_per_ten
     g_h    = g_y + g_l @ W_phi^T                          # N x d (w.r.t. the dequantized h)
     g_W_phi = h^T @ g_l        g_P_A = w^T @ g_t        g_P_B = t^T @ g_y
 
-The weight gradients are sums over rows: each backward program walks a fixed, strided set
-of row blocks, writes its partial sums to a ``[num_programs, ...]`` fp32 buffer, and
-``torch.sum`` reduces the buffer afterwards: deterministic, no atomics.
+The CPU path keeps ``w`` and the mask from its forward for the backward; the Triton
+backward recomputes them from ``h`` (a re-read of ``h`` costs less than writing and reading
+``N x (k + d)`` residuals). The weight gradients are sums over rows: each backward program
+walks a fixed, strided set of row blocks, writes its partial sums to a
+``[num_programs, ...]`` fp32 buffer, and ``torch.sum`` reduces the buffer afterwards:
+deterministic, no atomics.
 
 Conventions:
 
@@ -54,7 +57,8 @@ Conventions:
   the softmax) and padded ``P_A``/``P_B`` entries are 0, so padding changes no result.
 
 Entry points: :func:`lorap_forward` (what :mod:`lorap_dist.prompt.lorap` calls), the op
-``torch.ops.lorap_dist.lorap_fused`` (:func:`lorap_fused`, returns ``(out, codes)``) and its
+``torch.ops.lorap_dist.lorap_fused`` (:func:`lorap_fused`, returns ``(out, codes)`` and the
+residuals its backward reads) and its
 backward op
 ``torch.ops.lorap_dist.lorap_fused_backward``, the range op ``torch.ops.lorap_dist.lorap_range``
 (:func:`lorap_range`), the pure-torch :func:`lorap_reference` / :func:`lorap_range_reference`,
@@ -403,13 +407,20 @@ def _inv_scale(scale: float) -> float:
 
 
 def _prompted_reference(
-    h: Tensor, w_phi: Tensor, p_a: Tensor, p_b: Tensor, in_scale: Tensor | None
-) -> Tensor:
+    h: Tensor,
+    w_phi: Tensor,
+    p_a: Tensor,
+    p_b: Tensor,
+    in_scale: Tensor | None,
+    with_weights: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
     """``y = h + softmax(h W_phi) P_A P_B`` in fp32, with the operations (and so the values)
-    of :func:`lorap_dist.prompt.lorap_prompt` on fp32 inputs."""
+    of :func:`lorap_dist.prompt.lorap_prompt` on fp32 inputs; ``(y, w)`` with the softmax
+    weights ``w`` when ``with_weights``."""
     hf = _dequantize(h, in_scale)
     w = torch.softmax(hf @ w_phi.float(), dim=1)
-    return hf + (w @ p_a.float()) @ p_b.float()
+    y = hf + (w @ p_a.float()) @ p_b.float()
+    return (y, w) if with_weights else y
 
 
 def lorap_range_reference(
@@ -474,25 +485,42 @@ def _lorap_backward_reference(
     zero_point: int,
     qmin: int,
     qmax: int,
+    saved_w: Tensor | None = None,
+    saved_mask: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Closed-form backward of the module docstring, in pure torch (the CPU backward)."""
+    """Closed-form backward of the module docstring, in pure torch (the CPU backward).
+
+    With the forward's softmax weights ``saved_w`` and straight-through mask ``saved_mask``
+    (what :func:`_reference_forward` keeps) the forward is not recomputed; without them it is.
+    """
     hf = _dequantize(h, in_scale)
     wf, af, bf = w_phi.float(), p_a.float(), p_b.float()
-    w = torch.softmax(hf @ wf, dim=1)
-    t = w @ af
-    y = hf + t @ bf
-    c = torch.round(y * _inv_scale(scale)) + zero_point
-    g_y = grad_out.float() * ((c >= qmin) & (c <= qmax))
+    if _has_rows(saved_w) and _has_rows(saved_mask):
+        w, mask = saved_w, saved_mask
+        t = w @ af
+    else:
+        w = torch.softmax(hf @ wf, dim=1)
+        t = w @ af
+        y = hf + t @ bf
+        c = torch.round(y * _inv_scale(scale)) + zero_point
+        mask = (c >= qmin) & (c <= qmax)
+    g_y = grad_out.float() * mask
     g_t = g_y @ bf.T
     g_w = g_t @ af.T
     g_l = w * (g_w - (w * g_w).sum(dim=1, keepdim=True))
-    g_h = g_y + g_l @ wf.T
+    g_h = torch.addmm(g_y, g_l, wf.T)
+    # The weight gradients as (narrow^T @ wide)^T: ``hf.T @ g_l`` ([d, N] @ [N, k]) runs 12x
+    # slower on CPU than ``(g_l.T @ hf).T`` at N = 100k, d = 64, k = 8.
     return (
         g_h.to(_out_dtype(h)),
-        (hf.T @ g_l).to(w_phi.dtype),
+        (g_l.T @ hf).T.contiguous().to(w_phi.dtype),
         (w.T @ g_t).to(p_a.dtype),
         (t.T @ g_y).to(p_b.dtype),
     )
+
+
+def _has_rows(t: Tensor | None) -> bool:
+    return t is not None and t.shape[0] > 0
 
 
 def _blocks(d: int, k: int, r: int) -> tuple[int, int, int]:
@@ -678,17 +706,40 @@ def lorap_fused(
     zero_point: int,
     qmin: int,
     qmax: int,
-) -> tuple[Tensor, Tensor]:
-    """LoRAP forward as one op: ``(out, codes)`` (see the module docstring).
+    saved_y: Tensor | None = None,
+    saved_w: Tensor | None = None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """LoRAP forward as one op: ``(out, codes, saved_w, saved_mask)`` (see the module
+    docstring).
+
+    ``saved_y`` and ``saved_w`` (inputs) are what :func:`lorap_range` returned for the same
+    ``h`` and parameters: the CPU path then skips computing the prompt again; the Triton path
+    ignores them.
 
     ``out`` comes first, unlike :func:`lorap_reference`: autograd tooling (``opcheck``) sums
     the outputs in order, and an integer first output makes that sum an integer tensor.
+    ``saved_w`` (``[N, k]`` fp32 softmax weights) and ``saved_mask`` (``[N, d]`` bool
+    straight-through mask) are what the backward needs besides the inputs; they take no
+    gradient. The CPU path keeps them, so its backward does not recompute the forward; the
+    Triton path returns them with 0 rows: its backward kernel recomputes them from ``h``,
+    which costs less GPU memory traffic than writing and reading them.
     """
     if use_triton(h):
         codes, out = lorap_fused_triton(h, w_phi, p_a, p_b, in_scale, scale, zero_point, qmin, qmax)
+        saved_w, saved_mask = _no_residuals(h, w_phi)
     else:
-        codes, out = _reference_forward(h, w_phi, p_a, p_b, in_scale, scale, zero_point, qmin, qmax)
-    return out, codes
+        codes, out, saved_w, saved_mask = _reference_forward(
+            h, w_phi, p_a, p_b, in_scale, scale, zero_point, qmin, qmax, saved_y, saved_w
+        )
+    return out, codes, saved_w, saved_mask
+
+
+def _no_residuals(h: Tensor, w_phi: Tensor) -> tuple[Tensor, Tensor]:
+    """The 0-row ``saved_w`` and ``saved_mask`` of the Triton path."""
+    return (
+        h.new_empty((0, w_phi.shape[1]), dtype=torch.float32),
+        h.new_empty((0, h.shape[1]), dtype=torch.bool),
+    )
 
 
 @torch.no_grad()
@@ -702,26 +753,48 @@ def _reference_forward(
     zero_point: int,
     qmin: int,
     qmax: int,
-) -> tuple[Tensor, Tensor]:
+    saved_y: Tensor | None = None,
+    saved_w: Tensor | None = None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """The values of :func:`lorap_reference` without its autograd graph: the CPU forward.
 
-    The codes are rounded once and the output is read back from them, the operations
+    Returns ``(codes, out, w, mask)``: the softmax weights and the straight-through mask are
+    kept for the backward. ``saved_y`` and ``saved_w`` from the CPU range pass
+    (:func:`lorap_range`) are used instead of computing ``y`` and ``w`` again. The codes are
+    rounded once and the output is read back from them, the operations
     ``fake_quantize_per_tensor_affine`` performs, so ``out`` is bit-identical to it while the
     rounding pass is not done twice (fake-quantizing ``y`` and then rounding it again for the
     codes cost 1.6x the forward on a 100k x 64 aggregate).
     """
     _check_inputs(h, w_phi, p_a, p_b, in_scale, scale, zero_point, qmin, qmax)
-    y = _prompted_reference(h, w_phi, p_a, p_b, in_scale)
-    codes = torch.round(y.mul_(_inv_scale(scale))).add_(zero_point).clamp_(qmin, qmax)
+    if _has_rows(saved_y) and _has_rows(saved_w):
+        n, k = h.shape[0], w_phi.shape[1]
+        if saved_y.shape != h.shape or tuple(saved_w.shape) != (n, k):
+            raise ValueError(
+                f"saved_y {tuple(saved_y.shape)} and saved_w {tuple(saved_w.shape)} must be "
+                f"[N, d] = {tuple(h.shape)} and [N, k] = {(n, k)}: pass what lorap_range "
+                "returned for this h and these parameters."
+            )
+        y, w = saved_y * _inv_scale(scale), saved_w.clone()  # outputs may not alias inputs
+    else:
+        y, w = _prompted_reference(h, w_phi, p_a, p_b, in_scale, with_weights=True)
+        y.mul_(_inv_scale(scale))
+    codes = torch.round(y).add_(zero_point)
+    mask = (codes >= qmin) & (codes <= qmax)
+    codes = codes.clamp_(qmin, qmax)
     out = (codes - zero_point).mul_(scale)
-    return codes.to(codes_dtype(qmin, qmax)), out.to(_out_dtype(h))
+    return codes.to(codes_dtype(qmin, qmax)), out.to(_out_dtype(h)), w, mask
 
 
 @lorap_fused.register_fake
-def _(h, w_phi, p_a, p_b, in_scale, scale, zero_point, qmin, qmax):
+def _(h, w_phi, p_a, p_b, in_scale, scale, zero_point, qmin, qmax, saved_y=None, saved_w=None):
     _check_inputs(h, w_phi, p_a, p_b, in_scale, scale, zero_point, qmin, qmax)
     out = h.new_empty(h.shape, dtype=_out_dtype(h))
-    return out, h.new_empty(h.shape, dtype=codes_dtype(qmin, qmax))
+    codes = h.new_empty(h.shape, dtype=codes_dtype(qmin, qmax))
+    if use_triton(h):
+        return out, codes, *_no_residuals(h, w_phi)
+    saved_w = h.new_empty((h.shape[0], w_phi.shape[1]), dtype=torch.float32)
+    return out, codes, saved_w, h.new_empty(h.shape, dtype=torch.bool)
 
 
 @torch.library.custom_op("lorap_dist::lorap_fused_backward", mutates_args=())
@@ -736,17 +809,24 @@ def lorap_fused_backward(
     zero_point: int,
     qmin: int,
     qmax: int,
+    saved_w: Tensor | None = None,
+    saved_mask: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """LoRAP backward as one op: ``(grad_h, grad_w_phi, grad_p_a, grad_p_b)``."""
+    """LoRAP backward as one op: ``(grad_h, grad_w_phi, grad_p_a, grad_p_b)``.
+
+    ``saved_w`` and ``saved_mask`` are the forward's residuals (see :func:`lorap_fused`);
+    when absent or empty the backward recomputes them.
+    """
     args = (grad_out, h, w_phi, p_a, p_b, in_scale, scale, zero_point, qmin, qmax)
     if use_triton(h):
         return lorap_fused_backward_triton(*args)
     _check_inputs(h, w_phi, p_a, p_b, in_scale, scale, zero_point, qmin, qmax)
-    return _lorap_backward_reference(*args)
+    return _lorap_backward_reference(*args, saved_w, saved_mask)
 
 
 @lorap_fused_backward.register_fake
-def _(grad_out, h, w_phi, p_a, p_b, in_scale, scale, zero_point, qmin, qmax):
+def _(grad_out, h, w_phi, p_a, p_b, in_scale, scale, zero_point, qmin, qmax, saved_w=None,
+      saved_mask=None):  # fmt: skip
     return (
         h.new_empty(h.shape, dtype=_out_dtype(h)),
         torch.empty_like(w_phi),
@@ -756,21 +836,24 @@ def _(grad_out, h, w_phi, p_a, p_b, in_scale, scale, zero_point, qmin, qmax):
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    h, w_phi, p_a, p_b, in_scale, scale, zero_point, qmin, qmax = inputs
-    ctx.save_for_backward(h, w_phi, p_a, p_b, in_scale)
+    h, w_phi, p_a, p_b, in_scale, scale, zero_point, qmin, qmax, _, _ = inputs
+    _, _, saved_w, saved_mask = output
+    ctx.mark_non_differentiable(saved_w, saved_mask)
+    ctx.save_for_backward(h, w_phi, p_a, p_b, in_scale, saved_w, saved_mask)
     ctx.qparams = (scale, zero_point, qmin, qmax)
     ctx.h_is_codes = h.dtype == torch.int8
 
 
-def _backward(ctx, grad_out, grad_codes):
-    h, w_phi, p_a, p_b, in_scale = ctx.saved_tensors
+def _backward(ctx, grad_out, grad_codes, grad_saved_w, grad_saved_mask):
+    h, w_phi, p_a, p_b, in_scale, saved_w, saved_mask = ctx.saved_tensors
     if grad_out is None:
-        return (None,) * 9
+        return (None,) * 11
     g_h, g_w_phi, g_p_a, g_p_b = lorap_fused_backward(
-        grad_out, h, w_phi, p_a, p_b, in_scale, *ctx.qparams
+        grad_out, h, w_phi, p_a, p_b, in_scale, *ctx.qparams, saved_w, saved_mask
     )
     # Integer codes have no gradient; g_h is then w.r.t. the dequantized aggregate only.
-    return (None if ctx.h_is_codes else g_h), g_w_phi, g_p_a, g_p_b, None, None, None, None, None
+    g_h = None if ctx.h_is_codes else g_h
+    return g_h, g_w_phi, g_p_a, g_p_b, *(None,) * 7
 
 
 lorap_fused.register_autograd(_backward, setup_context=_setup_context)
@@ -779,22 +862,38 @@ lorap_fused.register_autograd(_backward, setup_context=_setup_context)
 @torch.library.custom_op("lorap_dist::lorap_range", mutates_args=())
 def lorap_range(
     h: Tensor, w_phi: Tensor, p_a: Tensor, p_b: Tensor, in_scale: Tensor | None = None
-) -> Tensor:
-    """``[min(y), max(y)]`` (fp32, shape ``[2]``) of ``y = h + softmax(h W_phi) P_A P_B``.
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(y_range, saved_y, saved_w)``: ``[min(y), max(y)]`` (fp32, shape ``[2]``) of
+    ``y = h + softmax(h W_phi) P_A P_B``, and what the forward may reuse.
 
     The range pass that lets a quantizer observe ``y`` before :func:`lorap_forward`
-    quantizes it, without ``y`` ever being written out. Not differentiable: call it on
-    detached inputs (an observed range takes no gradient).
+    quantizes it. The Triton path never writes ``y`` out and returns ``saved_y``
+    (``[0, d]``) and ``saved_w`` (``[0, k]``) empty; the CPU path has computed ``y`` and the
+    softmax weights anyway and returns them (``[N, d]``, ``[N, k]``, fp32), so that
+    :func:`lorap_forward` does not compute them a second time. Not differentiable: call it
+    on detached inputs (an observed range takes no gradient).
     """
     if use_triton(h):
-        return lorap_range_triton(h, w_phi, p_a, p_b, in_scale)
-    return lorap_range_reference(h, w_phi, p_a, p_b, in_scale)
+        return lorap_range_triton(h, w_phi, p_a, p_b, in_scale), *_no_saved_prompt(h, w_phi)
+    _check_range_inputs(h, w_phi, p_a, p_b, in_scale)
+    y, w = _prompted_reference(h, w_phi, p_a, p_b, in_scale, with_weights=True)
+    return torch.stack(torch.aminmax(y)), y, w
 
 
 @lorap_range.register_fake
 def _(h, w_phi, p_a, p_b, in_scale=None):
     _check_operands(h, w_phi, p_a, p_b, in_scale)
-    return h.new_empty((2,), dtype=torch.float32)
+    y_range = h.new_empty((2,), dtype=torch.float32)
+    if use_triton(h):
+        return y_range, *_no_saved_prompt(h, w_phi)
+    f32 = dict(dtype=torch.float32)
+    return y_range, h.new_empty(h.shape, **f32), h.new_empty((h.shape[0], w_phi.shape[1]), **f32)
+
+
+def _no_saved_prompt(h: Tensor, w_phi: Tensor) -> tuple[Tensor, Tensor]:
+    """The empty ``saved_y`` and ``saved_w`` of the Triton range pass."""
+    f32 = dict(dtype=torch.float32)
+    return h.new_empty((0, h.shape[1]), **f32), h.new_empty((0, w_phi.shape[1]), **f32)
 
 
 def lorap_forward(
@@ -807,12 +906,16 @@ def lorap_forward(
     qmin: int,
     qmax: int,
     in_scale: Tensor | None = None,
+    saved: tuple[Tensor, Tensor] | None = None,
 ) -> Tensor:
     """LoRAP prompt injection and re-quantization: the dequantized ``[N, d]`` output.
 
     Differentiable in ``h`` (float), ``w_phi``, ``p_a`` and ``p_b``; the Triton kernels run
-    for CUDA tensors, the pure-torch reference for CPU tensors.
+    for CUDA tensors, the pure-torch reference for CPU tensors. ``saved`` is
+    ``(saved_y, saved_w)`` from :func:`lorap_range` on the same inputs, reused on CPU.
     """
+    saved_y, saved_w = saved if saved is not None else (None, None)
     return lorap_fused(
-        h, w_phi, p_a, p_b, in_scale, float(scale), int(zero_point), int(qmin), int(qmax)
-    )[0]
+        h, w_phi, p_a, p_b, in_scale, float(scale), int(zero_point), int(qmin), int(qmax),
+        saved_y, saved_w,
+    )[0]  # fmt: skip

@@ -112,13 +112,17 @@ class LoRAP(nn.Module):
         )
 
     def _fused_forward(self, h: Tensor, quantizer: FakeQuantizer) -> Tensor:
+        saved = None
         if quantizer.observing:
-            # An observed range takes no gradient; the op has no autograd of its own.
+            # An observed range takes no gradient; the op has no autograd of its own. On
+            # CPU it also hands back the prompted sum, which the forward then reuses.
             with torch.no_grad():
-                y_min, y_max = lorap_range(h, self.w_phi, self.p_a, self.p_b)
-            quantizer.observe_range(y_min, y_max)
+                y_range, *saved = lorap_range(h, self.w_phi, self.p_a, self.p_b)
+            quantizer.observe_range(y_range[0], y_range[1])
         scale, zero_point, qmin, qmax = quantizer.qparams()
-        return lorap_forward(h, self.w_phi, self.p_a, self.p_b, scale, zero_point, qmin, qmax)
+        return lorap_forward(
+            h, self.w_phi, self.p_a, self.p_b, scale, zero_point, qmin, qmax, saved=saved
+        )
 
     def __repr__(self) -> str:
         return f"{self.__class__.__name__}({self.channels}, k={self.k}, r={self.r})"

@@ -111,7 +111,9 @@ def test_rounding_ties_bit_exact(qname):
     assert torch.equal(out, ref_out)
     assert torch.equal(out, torch.fake_quantize_per_tensor_affine(h, scale, zp, qmin, qmax))
     # The op's CPU path (rounds once, reads the output back from the codes) agrees too.
-    op_out, op_codes = torch.ops.lorap_dist.lorap_fused(h, w_phi, p_a, p_b, None, *QPARAMS[qname])
+    op_out, op_codes, *_ = torch.ops.lorap_dist.lorap_fused(
+        h, w_phi, p_a, p_b, None, *QPARAMS[qname]
+    )
     assert torch.equal(op_codes, ref_codes)
     assert torch.equal(op_out, ref_out)
 
@@ -207,6 +209,32 @@ def test_op_autograd_through_triton_on_cpu():
         assert_close_rel(g_got, g_ref)
 
 
+@pytest.mark.parametrize("qname", ["int8", "int4"])
+def test_cpu_path_keeps_its_residuals_and_its_backward_reads_them(qname):
+    qp = QPARAMS[qname]
+    h, w_phi, p_a, p_b = make_inputs(40, 20, 5, 3, seed=11)
+    h = h * 4  # push part of y outside the grid, so the mask has zeros
+    _, _, saved_w, saved_mask = torch.ops.lorap_dist.lorap_fused(h, w_phi, p_a, p_b, None, *qp)
+    torch.testing.assert_close(saved_w, torch.softmax(h @ w_phi, dim=1))
+    c = torch.round(reference_prequant(h, w_phi, p_a, p_b, qp[0])) + qp[1]
+    assert torch.equal(saved_mask, (c >= qp[2]) & (c <= qp[3]))
+    assert 0 < saved_mask.sum() < saved_mask.numel()
+    # The CPU op's autograd (residuals kept) equals autograd of the reference.
+    grad_out = torch.randn(h.shape, generator=torch.Generator().manual_seed(12))
+    leaves = [t.clone().requires_grad_(True) for t in (h, w_phi, p_a, p_b)]
+    got = torch.autograd.grad(lf.lorap_forward(*leaves, *qp), leaves, grad_out)
+    for g_got, g_ref in zip(got, reference_grads(h, w_phi, p_a, p_b, grad_out, qp), strict=True):
+        assert_close_rel(g_got, g_ref)
+    # The backward uses what it is handed: with an all-false mask g_y = 0, so every
+    # gradient is zero.
+    args = (grad_out, h, w_phi, p_a, p_b, None, *qp)
+    blocked = lf.lorap_fused_backward(*args, saved_w, torch.zeros_like(saved_mask))
+    assert all(torch.count_nonzero(g) == 0 for g in blocked)
+    recomputed = lf.lorap_fused_backward(*args)
+    for a, b in zip(lf.lorap_fused_backward(*args, saved_w, saved_mask), recomputed, strict=True):
+        torch.testing.assert_close(a, b)
+
+
 def test_lorap_forward_cpu_path_is_the_reference():
     qp = QPARAMS["int4"]
     h, w_phi, p_a, p_b = make_inputs(20, 12, 4, 4)
@@ -231,9 +259,16 @@ def test_opcheck(triton_path, int8_input):
     with context:
         torch.library.opcheck(torch.ops.lorap_dist.lorap_fused, (h, w_phi, p_a, p_b, in_scale, *qp))
         grad_out = torch.randn(h.shape)
+        backward_args = (grad_out, h.detach(), w_phi.detach(), p_a.detach(), p_b.detach())
+        torch.library.opcheck(
+            torch.ops.lorap_dist.lorap_fused_backward, (*backward_args, in_scale, *qp)
+        )
+        _, _, saved_w, saved_mask = torch.ops.lorap_dist.lorap_fused(
+            *backward_args[1:], in_scale, *qp
+        )
         torch.library.opcheck(
             torch.ops.lorap_dist.lorap_fused_backward,
-            (grad_out, h.detach(), w_phi.detach(), p_a.detach(), p_b.detach(), in_scale, *qp),
+            (*backward_args, in_scale, *qp, saved_w, saved_mask),
         )
 
 
@@ -259,7 +294,30 @@ def test_range_pass_matches_reference(shape):
     assert got.dtype == torch.float32 and got.shape == (2,)
     assert float(expected[0]) > 10.0
     torch.testing.assert_close(got, expected, rtol=1e-6, atol=0)
-    assert torch.equal(lf.lorap_range(h, w_phi, p_a, p_b), expected)  # CPU: the reference
+    cpu_range, saved_y, saved_w = lf.lorap_range(h, w_phi, p_a, p_b)  # CPU: the reference
+    assert torch.equal(cpu_range, expected)
+    assert torch.equal(saved_y, y) and torch.equal(saved_w, torch.softmax(h @ w_phi, dim=1))
+    with lf.triton_on_cpu():
+        triton_range, empty_y, empty_w = lf.lorap_range(h, w_phi, p_a, p_b)
+    torch.testing.assert_close(triton_range, expected, rtol=1e-6, atol=0)
+    assert empty_y.shape == (0, shape[1]) and empty_w.shape == (0, shape[2])
+
+
+@pytest.mark.parametrize("qname", ["int8", "int4"])
+def test_forward_reusing_the_range_pass_is_bit_identical(qname):
+    qp = QPARAMS[qname]
+    h, w_phi, p_a, p_b = make_inputs(30, 20, 5, 3, seed=14)
+    _, saved_y, saved_w = lf.lorap_range(h, w_phi, p_a, p_b)
+    fresh = torch.ops.lorap_dist.lorap_fused(h, w_phi, p_a, p_b, None, *qp)
+    reused = torch.ops.lorap_dist.lorap_fused(h, w_phi, p_a, p_b, None, *qp, saved_y, saved_w)
+    for a, b in zip(fresh, reused, strict=True):
+        assert torch.equal(a, b)
+    # What is handed in is what is used (a stale y gives other codes) ...
+    stale = torch.ops.lorap_dist.lorap_fused(h, w_phi, p_a, p_b, None, *qp, saved_y + 1, saved_w)
+    assert not torch.equal(stale[1], fresh[1])
+    # ... and a residual of the wrong shape is refused, naming both.
+    with pytest.raises(ValueError, match=r"saved_y \(29, 20\) and saved_w"):
+        lf.lorap_forward(h, w_phi, p_a, p_b, *qp, saved=(saved_y[:29], saved_w))
 
 
 @pytest.mark.parametrize("per_row", [False, True], ids=["per_tensor", "per_row"])
@@ -286,6 +344,12 @@ def test_range_opcheck(triton_path):
     context = lf.triton_on_cpu() if triton_path else contextlib.nullcontext()
     with context:
         torch.library.opcheck(torch.ops.lorap_dist.lorap_range, (h, w_phi, p_a, p_b, None))
+        _, saved_y, saved_w = lf.lorap_range(h, w_phi, p_a, p_b)
+        qp = QPARAMS["int4"]
+        leaves = [t.clone().requires_grad_(True) for t in (h, w_phi, p_a, p_b)]
+        torch.library.opcheck(
+            torch.ops.lorap_dist.lorap_fused, (*leaves, None, *qp, saved_y, saved_w)
+        )
 
 
 @pytest.mark.slow

@@ -153,21 +153,15 @@ def range_calls(monkeypatch):
     return calls
 
 
-def _train_steps(lorap, quantizer, fused: bool, steps: int = 3, seed: int = 1):
-    """SGD steps on a random regression; returns outputs and gradients of every step."""
-    gen = torch.Generator().manual_seed(seed)
+def _step(lorap, quantizer, fused: bool, h, target):
+    """One SGD step on a regression; returns the output and the gradients it took."""
     optimizer = torch.optim.SGD(lorap.parameters(), lr=0.05)
-    outputs, grads = [], []
-    for _ in range(steps):
-        h = (torch.randn(23, lorap.channels, generator=gen) * 2).requires_grad_(True)
-        target = torch.randn(23, lorap.channels, generator=gen)
-        out = lorap(h, quantizer) if fused else _unfused(lorap, h, quantizer)
-        optimizer.zero_grad()
-        (out - target).pow(2).sum().backward()
-        outputs.append(out.detach())
-        grads.append([h.grad] + [p.grad.clone() for p in lorap.parameters()])
-        optimizer.step()
-    return outputs, grads
+    h = h.clone().requires_grad_(True)
+    out = lorap(h, quantizer) if fused else _unfused(lorap, h, quantizer)
+    optimizer.zero_grad()
+    (out - target).pow(2).sum().backward()
+    optimizer.step()
+    return out.detach(), [h.grad] + [p.grad.clone() for p in lorap.parameters()]
 
 
 @pytest.mark.parametrize("bits", [4, 8])
@@ -178,20 +172,31 @@ def test_fused_path_equals_the_unfused_path_in_training_and_eval(bits, observer,
 
     fused_lorap, fused_q = _trained_lorap(), make_quantizer()
     plain_lorap, plain_q = _trained_lorap(), make_quantizer()
-    fused_out, fused_grads = _train_steps(fused_lorap, fused_q, fused=True)
-    plain_out, plain_grads = _train_steps(plain_lorap, plain_q, fused=False)
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(3):
+        # Each step starts both paths from the same state (the gradients agree to rounding,
+        # so the parameters would drift apart by ulps over steps).
+        plain_lorap.load_state_dict(fused_lorap.state_dict())
+        plain_q.load_state_dict(fused_q.state_dict())
+        h = torch.randn(23, fused_lorap.channels, generator=gen) * 2
+        target = torch.randn(23, fused_lorap.channels, generator=gen)
+        fused_out, fused_grads = _step(fused_lorap, fused_q, True, h, target)
+        plain_out, plain_grads = _step(plain_lorap, plain_q, False, h, target)
+        # On CPU the op's forward runs the same torch operations as the unfused path:
+        # bit-equal, and so is the range the observer folds in.
+        assert torch.equal(fused_out, plain_out)
+        assert torch.equal(fused_q.observer.min_val, plain_q.observer.min_val)
+        assert torch.equal(fused_q.observer.max_val, plain_q.observer.max_val)
+        # Its backward is the closed form (softmax gradient written out, weight gradients as
+        # transposed products, g_h by addmm): other summation orders, so the gradients agree
+        # to the kernel contract's 1e-5, relative to each tensor's largest entry.
+        for a, b in zip(fused_grads, plain_grads, strict=True):
+            scale = max(float(b.abs().max()), 1.0)
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * scale)
     assert range_calls == {"range": 3, "forward": 3}
-    # On CPU the op's forward runs the same torch operations as the unfused path: bit-equal.
-    # Its backward writes the softmax gradient out where autograd calls ATen's softmax
-    # backward: bit-equal here too, but that is not the same code, hence the tolerance.
-    for a, b in zip(fused_out, plain_out, strict=True):
-        assert torch.equal(a, b)
-    for step_a, step_b in zip(fused_grads, plain_grads, strict=True):
-        for a, b in zip(step_a, step_b, strict=True):
-            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
-    assert torch.equal(fused_q.observer.min_val, plain_q.observer.min_val)
-    assert torch.equal(fused_q.observer.max_val, plain_q.observer.max_val)
 
+    plain_lorap.load_state_dict(fused_lorap.state_dict())
+    plain_q.load_state_dict(fused_q.state_dict())
     fused_q.eval()
     plain_q.eval()
     h = torch.randn(9, 12, generator=torch.Generator().manual_seed(5)) * 4  # outside the range
