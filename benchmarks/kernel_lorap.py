@@ -6,7 +6,9 @@ re-quantize) into one kernel lowers its latency (the paper reports about 2x on G
 - CPU: the op's CPU path (``lorap_forward``: the pure-torch reference, which also computes the
   integer codes, and its closed-form backward) against the naive unfused composition (each of
   matmul, softmax, matmul, matmul, add, ``fake_quantize_per_tensor_affine`` materialised,
-  backward by autograd).
+  backward by autograd). Passes: ``fwd`` (no autograd), ``fwd_bwd`` (fixed grid), and
+  ``train``: the :class:`LoRAP` layer with an observing INT8 quantizer, as in a training
+  step (range pass, forward, backward), against ``quantizer(lorap_prompt(...))``.
 - GPU (when one is present): the Triton kernels against the same unfused composition, with
   the fraction of the device's peak memory bandwidth the fused kernels reach, and the fused
   quantized aggregation against gather + dequantize + ``index_add_``.
@@ -31,6 +33,9 @@ from pathlib import Path
 import torch
 from lorap_dist.kernels.lorap_fused import lorap_forward
 from lorap_dist.kernels.quant_aggregate import quant_aggregate
+
+from lorap_dist.prompt.lorap import LoRAP, lorap_prompt
+from lorap_dist.quant.quantizer import FakeQuantizer
 
 RESULTS = Path(__file__).parent / "results" / "kernel_lorap.json"
 REPORT = RESULTS.with_suffix(".md")  # the printed tables, for BENCHMARKS.md
@@ -67,6 +72,28 @@ def _step(fn: Callable, leaves: list[torch.Tensor], grad: torch.Tensor | None) -
     return torch.autograd.grad(fn(*leaves, *QPARAMS), leaves, grad)
 
 
+def _train_step(fused: bool, leaves: list[torch.Tensor], grad: torch.Tensor) -> Callable:
+    """What a training step runs: the :class:`LoRAP` layer with an observing INT8
+    quantizer (range pass, forward, backward) or its unfused equivalent."""
+    h, w_phi, p_a, p_b = leaves
+    d = h.shape[1]
+    lorap = LoRAP(d, K, R).to(h.device)
+    with torch.no_grad():
+        for param, value in zip(lorap.parameters(), (w_phi, p_a, p_b), strict=True):
+            param.copy_(value)
+    quantizer = FakeQuantizer(bits=8).to(h.device).train()
+    inputs = [h, *lorap.parameters()]
+
+    def step() -> object:
+        if fused:
+            out = lorap(h, quantizer)
+        else:
+            out = quantizer(lorap_prompt(h, lorap.w_phi, lorap.p_a, lorap.p_b))
+        return torch.autograd.grad(out, inputs, grad)
+
+    return step
+
+
 def median_ms(fn: Callable[[], object], repeats: int, warmup: int, cuda: bool) -> float:
     for _ in range(warmup):
         fn()
@@ -95,12 +122,15 @@ def lorap_rows(device: str, sizes, dims, repeats_for) -> list[dict]:
             grad = torch.randn(n, d, device=device, generator=g)
             leaves = [t.requires_grad_(True) for t in (h, w_phi, p_a, p_b)]
             repeats, warmup = repeats_for(n)
-            for pass_ in ("fwd", "fwd_bwd"):
+            for pass_ in ("fwd", "fwd_bwd", "train"):
                 timings = {}
                 for name, fn in (("fused", lorap_forward), ("unfused", unfused_lorap)):
-                    step = functools.partial(
-                        _step, fn, leaves, grad if pass_ == "fwd_bwd" else None
-                    )
+                    if pass_ == "train":
+                        step = _train_step(name == "fused", leaves, grad)
+                    else:
+                        step = functools.partial(
+                            _step, fn, leaves, grad if pass_ == "fwd_bwd" else None
+                        )
                     timings[name] = median_ms(step, repeats, warmup, cuda)
                     gc.collect()
                 row = {
@@ -115,8 +145,10 @@ def lorap_rows(device: str, sizes, dims, repeats_for) -> list[dict]:
                     # grad_out and h and writes grad_h. Weights are negligible.
                     elements = n * d
                     moved = elements * (4 + 4 + 1)
-                    if pass_ == "fwd_bwd":
+                    if pass_ != "fwd":
                         moved += elements * (4 + 4 + 4)
+                    if pass_ == "train":
+                        moved += elements * 4  # the range pass reads h once more
                     seconds = timings["fused"] / 1e3
                     row["bandwidth_fraction"] = round(moved / seconds / peak_bandwidth(), 3)
                 rows.append(row)
