@@ -85,8 +85,10 @@ def test_cli_bad_config_is_a_clear_error(capsys):
 
 @pytest.mark.parametrize("arch", ["sage", "gin"])
 def test_sampled_minibatch_training_learns(arch):
+    # GIN's sum over heavy-tailed neighbourhoods needs normalisation to train reliably (without
+    # it the run sits near the threshold and flips with rounding-level changes).
     config = small_config(
-        model={"arch": arch},
+        model={"arch": arch, "norm": "batch" if arch == "gin" else "none"},
         prompt={"kind": "lorap"},
         quant={"scheme": "qat", "options": {"bits": 8}},
         train={"epochs": 15, "fanout": [5, 5], "batch_size": 64},
