@@ -58,14 +58,18 @@ Conventions:
 
 Entry points: :func:`lorap_forward` (what :mod:`lorap_dist.prompt.lorap` calls), the op
 ``torch.ops.lorap_dist.lorap_fused`` (:func:`lorap_fused`, returns ``(out, codes)`` and the
-residuals its backward reads) and its
-backward op
-``torch.ops.lorap_dist.lorap_fused_backward``, the range op ``torch.ops.lorap_dist.lorap_range``
-(:func:`lorap_range`), the pure-torch :func:`lorap_reference` / :func:`lorap_range_reference`,
-and the launchers :func:`lorap_fused_triton` / :func:`lorap_fused_backward_triton` /
-:func:`lorap_range_triton`, which also run on
-CPU tensors under ``TRITON_INTERPRET=1`` (tests). CUDA tensors take the Triton kernels, CPU
-tensors the reference, unless :func:`triton_on_cpu` is active.
+residuals its backward reads) and its backward op ``torch.ops.lorap_dist.lorap_fused_backward``,
+the range op ``torch.ops.lorap_dist.lorap_range`` (:func:`lorap_range`), the pure-torch
+:func:`lorap_reference` / :func:`lorap_range_reference`, and the launchers
+:func:`lorap_fused_triton` / :func:`lorap_fused_backward_triton` / :func:`lorap_range_triton`,
+which also run on CPU tensors under ``TRITON_INTERPRET=1`` (tests). CUDA tensors take the
+Triton kernels, CPU tensors the reference, unless :func:`triton_on_cpu` is active.
+
+The ops take the output grid (``scale``, ``zero_point``) as one-element device tensors and
+the kernels read it from memory (with ``1 / scale`` computed on the device by the same fp32
+division): an observer's freshly updated range never has to reach the host, so a training
+step has no host sync here and ``torch.compile`` traces the op without a graph break. The
+launchers and :func:`lorap_forward` also accept Python numbers.
 """
 
 from __future__ import annotations
@@ -116,9 +120,7 @@ def _lorap_fwd_kernel(
     k,
     r,
     in_scale_stride,
-    scale,
-    inv_scale,
-    zero_point,
+    grid_ptr,  # [3] fp32: scale, 1 / scale, zero point (unused when RANGE_ONLY)
     qmin,
     qmax,
     HAS_IN_SCALE: tl.constexpr,
@@ -176,6 +178,10 @@ def _lorap_fwd_kernel(
         tl.store(range_part_ptr + pid.to(tl.int64) * 2, y_min)
         tl.store(range_part_ptr + pid.to(tl.int64) * 2 + 1, y_max)
     else:
+        # The grid is read from device memory, so no host ever waits for the observer.
+        scale = tl.load(grid_ptr)
+        inv_scale = tl.load(grid_ptr + 1)
+        zero_point = tl.load(grid_ptr + 2)
         # Clamping to one step outside [qmin, qmax] first keeps |v| small for the rint trick
         # and changes neither the clamped code nor the STE mask.
         v = y * inv_scale
@@ -203,8 +209,7 @@ def _lorap_bwd_kernel(
     k,
     r,
     in_scale_stride,
-    inv_scale,
-    zero_point,
+    grid_ptr,  # [3] fp32: scale, 1 / scale, zero point
     qmin,
     qmax,
     HAS_IN_SCALE: tl.constexpr,
@@ -236,6 +241,8 @@ def _lorap_bwd_kernel(
         tl.float32
     )
 
+    inv_scale = tl.load(grid_ptr + 1)
+    zero_point = tl.load(grid_ptr + 2)
     acc_w_phi = tl.zeros((BLOCK_D, BLOCK_K), dtype=tl.float32)
     acc_p_a = tl.zeros((BLOCK_K, BLOCK_R), dtype=tl.float32)
     acc_p_b = tl.zeros((BLOCK_R, BLOCK_D), dtype=tl.float32)
@@ -329,13 +336,36 @@ def _check_inputs(
     zero_point: int,
     qmin: int,
     qmax: int,
+    check_values: bool = True,
 ) -> None:
-    """Raise a ValueError that names the argument when shapes, dtypes or ranges are wrong."""
+    """Raise a ValueError that names the argument when shapes, dtypes or ranges are wrong.
+
+    ``scale`` and ``zero_point`` may be one-element tensors (the op's form); their values are
+    then checked only on the CPU, since reading a GPU tensor's value would stall the host,
+    and not at all with ``check_values=False`` (fake tensors have no values).
+    """
     _check_operands(h, w_phi, p_a, p_b, in_scale)
-    if not (scale > 0.0 and scale < float("inf")):
-        raise ValueError(f"scale must be a positive finite number; got {scale}.")
+    for name, value in (("scale", scale), ("zero_point", zero_point)):
+        if isinstance(value, Tensor):
+            if value.numel() != 1:
+                raise ValueError(f"{name} must hold one value; got shape {tuple(value.shape)}.")
+            if value.device != h.device and value.device.type != "cpu":
+                raise ValueError(f"{name} is on {value.device} but h is on {h.device}.")
     if not qmin < qmax:
         raise ValueError(f"qmin must be below qmax; got qmin={qmin}, qmax={qmax}.")
+    if isinstance(scale, Tensor) or isinstance(zero_point, Tensor):
+        on_host = all(t.device.type == "cpu" for t in (scale, zero_point) if isinstance(t, Tensor))
+        if not (check_values and on_host) or torch.compiler.is_compiling():
+            return
+    if isinstance(scale, Tensor):
+        scale = float(scale)
+    if isinstance(zero_point, Tensor):
+        zero_point = float(zero_point)
+        if zero_point != int(zero_point):
+            raise ValueError(f"zero_point must be an integer; got {zero_point}.")
+        zero_point = int(zero_point)
+    if not (scale > 0.0 and scale < float("inf")):
+        raise ValueError(f"scale must be a positive finite number; got {scale}.")
     if not qmin <= zero_point <= qmax:
         raise ValueError(
             f"zero_point must lie in [qmin, qmax] = [{qmin}, {qmax}]; got {zero_point}."
@@ -404,6 +434,21 @@ def _inv_scale(scale: float) -> float:
     """``1 / scale`` rounded to fp32 exactly as ``fake_quantize_per_tensor_affine`` does."""
     s = torch.tensor(scale, dtype=torch.float32)
     return float(torch.ones((), dtype=torch.float32) / s)
+
+
+def _grid(scale: float | Tensor, zero_point: int | Tensor, device: torch.device) -> Tensor:
+    """``[scale, 1 / scale, zero_point]`` as one fp32 ``[3]`` tensor on ``device``.
+
+    From tensors this stays on their device (no host sync); ``1 / scale`` is the fp32
+    division ``fake_quantize_per_tensor_affine`` performs, and a zero point (an integer of
+    at most 21 bits, see :func:`_check_inputs`) is exact in fp32.
+    """
+    if not isinstance(scale, Tensor) and not isinstance(zero_point, Tensor):
+        values = [float(scale), _inv_scale(scale), float(zero_point)]
+        return torch.tensor(values, dtype=torch.float32, device=device)
+    s = torch.as_tensor(scale, dtype=torch.float32, device=device).reshape(1)
+    zp = torch.as_tensor(zero_point, device=device).reshape(1).to(torch.float32)
+    return torch.cat((s, torch.ones_like(s) / s, zp))
 
 
 def _prompted_reference(
@@ -481,8 +526,8 @@ def _lorap_backward_reference(
     p_a: Tensor,
     p_b: Tensor,
     in_scale: Tensor | None,
-    scale: float,
-    zero_point: int,
+    scale: float | Tensor,
+    zero_point: int | Tensor,
     qmin: int,
     qmax: int,
     saved_w: Tensor | None = None,
@@ -502,7 +547,8 @@ def _lorap_backward_reference(
         w = torch.softmax(hf @ wf, dim=1)
         t = w @ af
         y = hf + t @ bf
-        c = torch.round(y * _inv_scale(scale)) + zero_point
+        _, inv_scale, zp = _grid(scale, zero_point, h.device)
+        c = torch.round(y * inv_scale) + zp
         mask = (c >= qmin) & (c <= qmax)
     g_y = grad_out.float() * mask
     g_t = g_y @ bf.T
@@ -556,8 +602,8 @@ def lorap_fused_triton(
     p_a: Tensor,
     p_b: Tensor,
     in_scale: Tensor | None,
-    scale: float,
-    zero_point: int,
+    scale: float | Tensor,
+    zero_point: int | Tensor,
     qmin: int,
     qmax: int,
     *,
@@ -583,7 +629,7 @@ def lorap_fused_triton(
     jit(_lorap_fwd_kernel)[grid](
         h, s_in, w_phi, p_a, p_b, codes, out, out,
         n, d, k, r, s_in_stride,
-        float(scale), _inv_scale(scale), int(zero_point), int(qmin), int(qmax),
+        _grid(scale, zero_point, h.device), int(qmin), int(qmax),
         HAS_IN_SCALE=in_scale is not None, RANGE_ONLY=False,
         BLOCK_N=block_n, BLOCK_D=block_d, BLOCK_K=block_k, BLOCK_R=block_r,
         **_launch_options(h.device, block_d),
@@ -619,7 +665,7 @@ def lorap_range_triton(
     jit(_lorap_fwd_kernel)[grid](
         h, s_in, w_phi, p_a, p_b, parts, parts, parts,
         n, d, k, r, s_in_stride,
-        1.0, 1.0, 0, 0, 1,
+        parts, 0, 1,
         HAS_IN_SCALE=in_scale is not None, RANGE_ONLY=True,
         BLOCK_N=block_n, BLOCK_D=block_d, BLOCK_K=block_k, BLOCK_R=block_r,
         **_launch_options(h.device, block_d),
@@ -634,8 +680,8 @@ def lorap_fused_backward_triton(
     p_a: Tensor,
     p_b: Tensor,
     in_scale: Tensor | None,
-    scale: float,
-    zero_point: int,
+    scale: float | Tensor,
+    zero_point: int | Tensor,
     qmin: int,
     qmax: int,
     *,
@@ -677,7 +723,7 @@ def lorap_fused_backward_triton(
         grad_out, h, s_in, w_phi, p_a, p_b,
         grad_h, part_w_phi, part_p_a, part_p_b,
         n, d, k, r, s_in_stride,
-        _inv_scale(scale), int(zero_point), int(qmin), int(qmax),
+        _grid(scale, zero_point, h.device), int(qmin), int(qmax),
         HAS_IN_SCALE=in_scale is not None,
         BLOCK_N=block_n, BLOCK_D=block_d, BLOCK_K=block_k, BLOCK_R=block_r,
         **_launch_options(h.device, block_d),
@@ -702,8 +748,8 @@ def lorap_fused(
     p_a: Tensor,
     p_b: Tensor,
     in_scale: Tensor | None,
-    scale: float,
-    zero_point: int,
+    scale: Tensor,
+    zero_point: Tensor,
     qmin: int,
     qmax: int,
     saved_y: Tensor | None = None,
@@ -711,6 +757,10 @@ def lorap_fused(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """LoRAP forward as one op: ``(out, codes, saved_w, saved_mask)`` (see the module
     docstring).
+
+    ``scale`` and ``zero_point`` are one-element tensors (fp32 and any real dtype) on ``h``'s
+    device: the grid an observer has just updated goes to the kernel without the host ever
+    reading it, and ``torch.compile`` traces the op without a graph break.
 
     ``saved_y`` and ``saved_w`` (inputs) are what :func:`lorap_range` returned for the same
     ``h`` and parameters: the CPU path then skips computing the prompt again; the Triton path
@@ -749,8 +799,8 @@ def _reference_forward(
     p_a: Tensor,
     p_b: Tensor,
     in_scale: Tensor | None,
-    scale: float,
-    zero_point: int,
+    scale: float | Tensor,
+    zero_point: int | Tensor,
     qmin: int,
     qmax: int,
     saved_y: Tensor | None = None,
@@ -767,6 +817,7 @@ def _reference_forward(
     codes cost 1.6x the forward on a 100k x 64 aggregate).
     """
     _check_inputs(h, w_phi, p_a, p_b, in_scale, scale, zero_point, qmin, qmax)
+    grid_scale, inv_scale, zp = _grid(scale, zero_point, h.device)
     if _has_rows(saved_y) and _has_rows(saved_w):
         n, k = h.shape[0], w_phi.shape[1]
         if saved_y.shape != h.shape or tuple(saved_w.shape) != (n, k):
@@ -775,20 +826,20 @@ def _reference_forward(
                 f"[N, d] = {tuple(h.shape)} and [N, k] = {(n, k)}: pass what lorap_range "
                 "returned for this h and these parameters."
             )
-        y, w = saved_y * _inv_scale(scale), saved_w.clone()  # outputs may not alias inputs
+        y, w = saved_y * inv_scale, saved_w.clone()  # outputs may not alias inputs
     else:
         y, w = _prompted_reference(h, w_phi, p_a, p_b, in_scale, with_weights=True)
-        y.mul_(_inv_scale(scale))
-    codes = torch.round(y).add_(zero_point)
+        y.mul_(inv_scale)
+    codes = torch.round(y).add_(zp)
     mask = (codes >= qmin) & (codes <= qmax)
     codes = codes.clamp_(qmin, qmax)
-    out = (codes - zero_point).mul_(scale)
+    out = (codes - zp).mul_(grid_scale)
     return codes.to(codes_dtype(qmin, qmax)), out.to(_out_dtype(h)), w, mask
 
 
 @lorap_fused.register_fake
 def _(h, w_phi, p_a, p_b, in_scale, scale, zero_point, qmin, qmax, saved_y=None, saved_w=None):
-    _check_inputs(h, w_phi, p_a, p_b, in_scale, scale, zero_point, qmin, qmax)
+    _check_inputs(h, w_phi, p_a, p_b, in_scale, scale, zero_point, qmin, qmax, check_values=False)
     out = h.new_empty(h.shape, dtype=_out_dtype(h))
     codes = h.new_empty(h.shape, dtype=codes_dtype(qmin, qmax))
     if use_triton(h):
@@ -805,8 +856,8 @@ def lorap_fused_backward(
     p_a: Tensor,
     p_b: Tensor,
     in_scale: Tensor | None,
-    scale: float,
-    zero_point: int,
+    scale: Tensor,
+    zero_point: Tensor,
     qmin: int,
     qmax: int,
     saved_w: Tensor | None = None,
@@ -839,17 +890,17 @@ def _setup_context(ctx, inputs, output) -> None:
     h, w_phi, p_a, p_b, in_scale, scale, zero_point, qmin, qmax, _, _ = inputs
     _, _, saved_w, saved_mask = output
     ctx.mark_non_differentiable(saved_w, saved_mask)
-    ctx.save_for_backward(h, w_phi, p_a, p_b, in_scale, saved_w, saved_mask)
-    ctx.qparams = (scale, zero_point, qmin, qmax)
+    ctx.save_for_backward(h, w_phi, p_a, p_b, in_scale, scale, zero_point, saved_w, saved_mask)
+    ctx.qrange = (qmin, qmax)
     ctx.h_is_codes = h.dtype == torch.int8
 
 
 def _backward(ctx, grad_out, grad_codes, grad_saved_w, grad_saved_mask):
-    h, w_phi, p_a, p_b, in_scale, saved_w, saved_mask = ctx.saved_tensors
+    h, w_phi, p_a, p_b, in_scale, scale, zero_point, saved_w, saved_mask = ctx.saved_tensors
     if grad_out is None:
         return (None,) * 11
     g_h, g_w_phi, g_p_a, g_p_b = lorap_fused_backward(
-        grad_out, h, w_phi, p_a, p_b, in_scale, *ctx.qparams, saved_w, saved_mask
+        grad_out, h, w_phi, p_a, p_b, in_scale, scale, zero_point, *ctx.qrange, saved_w, saved_mask
     )
     # Integer codes have no gradient; g_h is then w.r.t. the dequantized aggregate only.
     g_h = None if ctx.h_is_codes else g_h
@@ -901,8 +952,8 @@ def lorap_forward(
     w_phi: Tensor,
     p_a: Tensor,
     p_b: Tensor,
-    scale: float,
-    zero_point: int,
+    scale: float | Tensor,
+    zero_point: int | Tensor,
     qmin: int,
     qmax: int,
     in_scale: Tensor | None = None,
@@ -913,9 +964,22 @@ def lorap_forward(
     Differentiable in ``h`` (float), ``w_phi``, ``p_a`` and ``p_b``; the Triton kernels run
     for CUDA tensors, the pure-torch reference for CPU tensors. ``saved`` is
     ``(saved_y, saved_w)`` from :func:`lorap_range` on the same inputs, reused on CPU.
+    ``scale`` and ``zero_point`` may be Python numbers or one-element tensors (kept on the
+    device: no host sync).
     """
     saved_y, saved_w = saved if saved is not None else (None, None)
+    scale, zero_point = _as_grid_tensors(scale, zero_point, h.device)
     return lorap_fused(
-        h, w_phi, p_a, p_b, in_scale, float(scale), int(zero_point), int(qmin), int(qmax),
-        saved_y, saved_w,
-    )[0]  # fmt: skip
+        h, w_phi, p_a, p_b, in_scale, scale, zero_point, int(qmin), int(qmax), saved_y, saved_w
+    )[0]
+
+
+def _as_grid_tensors(
+    scale: float | Tensor, zero_point: int | Tensor, device: torch.device
+) -> tuple[Tensor, Tensor]:
+    """Python numbers as the op's one-element tensors; tensors unchanged."""
+    if not isinstance(scale, Tensor):
+        scale = torch.tensor([float(scale)], dtype=torch.float32, device=device)
+    if not isinstance(zero_point, Tensor):
+        zero_point = torch.tensor([int(zero_point)], dtype=torch.int32, device=device)
+    return scale, zero_point

@@ -93,9 +93,9 @@ class LoRAP(nn.Module):
         plain sum: an :class:`~lorap_dist.quant.IdentityQuantizer` has nothing to
         re-quantize, and percentile, per-row, protect-mask or learned-range quantizers need
         the values of ``h + p``. So do float16/bfloat16/float64 inputs (the kernel computes
-        in float32, the unfused path in the input's dtype: same math, other rounding) and
-        code traced by ``torch.compile`` (reading the grid as Python numbers would break the
-        graph; Inductor fuses the unfused path itself).
+        in float32, the unfused path in the input's dtype: same math, other rounding). The
+        grid goes to the op as device tensors, so the host never waits for the observer and
+        ``torch.compile`` traces the fused op without a graph break.
         """
         if self._fused_path(h, quantizer, nodes):
             return self._fused_forward(h, quantizer)
@@ -108,7 +108,6 @@ class LoRAP(nn.Module):
             and h.dim() == 2
             and h.shape[0] > 0
             and all(t.dtype == torch.float32 for t in (h, self.w_phi, self.p_a, self.p_b))
-            and not torch.compiler.is_compiling()
         )
 
     def _fused_forward(self, h: Tensor, quantizer: FakeQuantizer) -> Tensor:
@@ -119,7 +118,7 @@ class LoRAP(nn.Module):
             with torch.no_grad():
                 y_range, *saved = lorap_range(h, self.w_phi, self.p_a, self.p_b)
             quantizer.observe_range(y_range[0], y_range[1])
-        scale, zero_point, qmin, qmax = quantizer.qparams()
+        scale, zero_point, qmin, qmax = quantizer.grid()  # tensors: no host sync
         return lorap_forward(
             h, self.w_phi, self.p_a, self.p_b, scale, zero_point, qmin, qmax, saved=saved
         )

@@ -129,12 +129,21 @@ class FakeQuantizer(Quantizer):
     def qparams(self) -> tuple[float, int, int, int] | None:
         """``(scale, zero_point, qmin, qmax)`` of the stored range; ``None`` when per row or
         before a range has been observed."""
+        grid = self.grid()
+        if grid is None:
+            return None
+        scale, zero_point, qmin, qmax = grid
+        return float(scale), int(zero_point), qmin, qmax
+
+    def grid(self) -> tuple[Tensor, Tensor, int, int] | None:
+        """:meth:`qparams` with ``scale`` (fp32) and ``zero_point`` (int32) as one-element
+        tensors on the observer's device: what a kernel reads without a host sync."""
         if self.per_row or not self.observer.initialized:
             return None
         scale, zero_point = calculate_qparams(
             self.observer.min_val, self.observer.max_val, self.bits, self.symmetric
         )
-        return float(scale), int(zero_point), self.qmin, self.qmax
+        return scale.reshape(1), zero_point.reshape(1), self.qmin, self.qmax
 
     def extra_repr(self) -> str:
         return f"bits={self.bits}, symmetric={self.symmetric}, per_row={self.per_row}"

@@ -25,6 +25,12 @@ QPARAMS = {
 }
 
 
+def op_grid(qp):
+    """The registered ops take scale and zero point as one-element tensors."""
+    scale, zero_point, qmin, qmax = qp
+    return torch.tensor([scale]), torch.tensor([zero_point], dtype=torch.int32), qmin, qmax
+
+
 def make_inputs(n, d, k, r, dtype=torch.float32, seed=0):
     g = torch.Generator().manual_seed(seed)
     h = torch.randn(n, d, generator=g)
@@ -112,7 +118,7 @@ def test_rounding_ties_bit_exact(qname):
     assert torch.equal(out, torch.fake_quantize_per_tensor_affine(h, scale, zp, qmin, qmax))
     # The op's CPU path (rounds once, reads the output back from the codes) agrees too.
     op_out, op_codes, *_ = torch.ops.lorap_dist.lorap_fused(
-        h, w_phi, p_a, p_b, None, *QPARAMS[qname]
+        h, w_phi, p_a, p_b, None, *op_grid(QPARAMS[qname])
     )
     assert torch.equal(op_codes, ref_codes)
     assert torch.equal(op_out, ref_out)
@@ -214,7 +220,9 @@ def test_cpu_path_keeps_its_residuals_and_its_backward_reads_them(qname):
     qp = QPARAMS[qname]
     h, w_phi, p_a, p_b = make_inputs(40, 20, 5, 3, seed=11)
     h = h * 4  # push part of y outside the grid, so the mask has zeros
-    _, _, saved_w, saved_mask = torch.ops.lorap_dist.lorap_fused(h, w_phi, p_a, p_b, None, *qp)
+    _, _, saved_w, saved_mask = torch.ops.lorap_dist.lorap_fused(
+        h, w_phi, p_a, p_b, None, *op_grid(qp)
+    )
     torch.testing.assert_close(saved_w, torch.softmax(h @ w_phi, dim=1))
     c = torch.round(reference_prequant(h, w_phi, p_a, p_b, qp[0])) + qp[1]
     assert torch.equal(saved_mask, (c >= qp[2]) & (c <= qp[3]))
@@ -227,7 +235,7 @@ def test_cpu_path_keeps_its_residuals_and_its_backward_reads_them(qname):
         assert_close_rel(g_got, g_ref)
     # The backward uses what it is handed: with an all-false mask g_y = 0, so every
     # gradient is zero.
-    args = (grad_out, h, w_phi, p_a, p_b, None, *qp)
+    args = (grad_out, h, w_phi, p_a, p_b, None, *op_grid(qp))
     blocked = lf.lorap_fused_backward(*args, saved_w, torch.zeros_like(saved_mask))
     assert all(torch.count_nonzero(g) == 0 for g in blocked)
     recomputed = lf.lorap_fused_backward(*args)
@@ -257,18 +265,20 @@ def test_opcheck(triton_path, int8_input):
         t.requires_grad_(True)
     context = lf.triton_on_cpu() if triton_path else contextlib.nullcontext()
     with context:
-        torch.library.opcheck(torch.ops.lorap_dist.lorap_fused, (h, w_phi, p_a, p_b, in_scale, *qp))
+        torch.library.opcheck(
+            torch.ops.lorap_dist.lorap_fused, (h, w_phi, p_a, p_b, in_scale, *op_grid(qp))
+        )
         grad_out = torch.randn(h.shape)
         backward_args = (grad_out, h.detach(), w_phi.detach(), p_a.detach(), p_b.detach())
         torch.library.opcheck(
-            torch.ops.lorap_dist.lorap_fused_backward, (*backward_args, in_scale, *qp)
+            torch.ops.lorap_dist.lorap_fused_backward, (*backward_args, in_scale, *op_grid(qp))
         )
         _, _, saved_w, saved_mask = torch.ops.lorap_dist.lorap_fused(
-            *backward_args[1:], in_scale, *qp
+            *backward_args[1:], in_scale, *op_grid(qp)
         )
         torch.library.opcheck(
             torch.ops.lorap_dist.lorap_fused_backward,
-            (*backward_args, in_scale, *qp, saved_w, saved_mask),
+            (*backward_args, in_scale, *op_grid(qp), saved_w, saved_mask),
         )
 
 
@@ -308,12 +318,16 @@ def test_forward_reusing_the_range_pass_is_bit_identical(qname):
     qp = QPARAMS[qname]
     h, w_phi, p_a, p_b = make_inputs(30, 20, 5, 3, seed=14)
     _, saved_y, saved_w = lf.lorap_range(h, w_phi, p_a, p_b)
-    fresh = torch.ops.lorap_dist.lorap_fused(h, w_phi, p_a, p_b, None, *qp)
-    reused = torch.ops.lorap_dist.lorap_fused(h, w_phi, p_a, p_b, None, *qp, saved_y, saved_w)
+    fresh = torch.ops.lorap_dist.lorap_fused(h, w_phi, p_a, p_b, None, *op_grid(qp))
+    reused = torch.ops.lorap_dist.lorap_fused(
+        h, w_phi, p_a, p_b, None, *op_grid(qp), saved_y, saved_w
+    )
     for a, b in zip(fresh, reused, strict=True):
         assert torch.equal(a, b)
     # What is handed in is what is used (a stale y gives other codes) ...
-    stale = torch.ops.lorap_dist.lorap_fused(h, w_phi, p_a, p_b, None, *qp, saved_y + 1, saved_w)
+    stale = torch.ops.lorap_dist.lorap_fused(
+        h, w_phi, p_a, p_b, None, *op_grid(qp), saved_y + 1, saved_w
+    )
     assert not torch.equal(stale[1], fresh[1])
     # ... and a residual of the wrong shape is refused, naming both.
     with pytest.raises(ValueError, match=r"saved_y \(29, 20\) and saved_w"):
@@ -348,7 +362,7 @@ def test_range_opcheck(triton_path):
         qp = QPARAMS["int4"]
         leaves = [t.clone().requires_grad_(True) for t in (h, w_phi, p_a, p_b)]
         torch.library.opcheck(
-            torch.ops.lorap_dist.lorap_fused, (*leaves, None, *qp, saved_y, saved_w)
+            torch.ops.lorap_dist.lorap_fused, (*leaves, None, *op_grid(qp), saved_y, saved_w)
         )
 
 

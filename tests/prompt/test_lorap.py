@@ -257,11 +257,31 @@ def test_fused_path_through_the_triton_kernels_on_cpu(range_calls):
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-3, atol=1e-3)
 
 
+def _ops_in(graphs) -> set:
+    return {node.target for gm in graphs for node in gm.graph.nodes}
+
+
 @pytest.mark.slow
-def test_torch_compile_fullgraph_in_eval() -> None:
+@pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
+def test_torch_compile_fullgraph_traces_the_fused_op(training) -> None:
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
     lorap, quantizer = _trained_lorap(d=16, k=4, r=2), FakeQuantizer(bits=8)
+    twin, twin_q = _trained_lorap(d=16, k=4, r=2), FakeQuantizer(bits=8)
     h = torch.randn(25, 16, generator=torch.Generator().manual_seed(8))
     lorap(h, quantizer)  # store a range
-    quantizer.eval()
-    compiled = torch.compile(lambda x: lorap(x, quantizer), fullgraph=True)
-    torch.testing.assert_close(compiled(h * 1.5), lorap(h * 1.5, quantizer), rtol=0, atol=0)
+    twin(h, twin_q)
+    quantizer.train(training)
+    twin_q.train(training)
+    compiled = torch.compile(lambda x: lorap(x, quantizer), backend=backend, fullgraph=True)
+    for scale in (1.5, 2.0):  # in training the second call sees the range the first widened
+        assert torch.equal(compiled(h * scale), twin(h * scale, twin_q))
+        assert torch.equal(quantizer.observer.max_val, twin_q.observer.max_val)
+    # The grid reaches the op as tensors: the fused op is in the graph, not the unfused ops.
+    ops = _ops_in(graphs)
+    assert torch.ops.lorap_dist.lorap_fused.default in ops
+    assert (torch.ops.lorap_dist.lorap_range.default in ops) == training
