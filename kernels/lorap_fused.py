@@ -754,6 +754,7 @@ def lorap_fused(
     qmax: int,
     saved_y: Tensor | None = None,
     saved_w: Tensor | None = None,
+    keep_residuals: bool = True,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """LoRAP forward as one op: ``(out, codes, saved_w, saved_mask)`` (see the module
     docstring).
@@ -772,15 +773,17 @@ def lorap_fused(
     straight-through mask) are what the backward needs besides the inputs; they take no
     gradient. The CPU path keeps them, so its backward does not recompute the forward; the
     Triton path returns them with 0 rows: its backward kernel recomputes them from ``h``,
-    which costs less GPU memory traffic than writing and reading them.
+    which costs less GPU memory traffic than writing and reading them. So does the CPU path
+    with ``keep_residuals=False``, for a forward no backward will follow (inference).
     """
     if use_triton(h):
         codes, out = lorap_fused_triton(h, w_phi, p_a, p_b, in_scale, scale, zero_point, qmin, qmax)
         saved_w, saved_mask = _no_residuals(h, w_phi)
     else:
         codes, out, saved_w, saved_mask = _reference_forward(
-            h, w_phi, p_a, p_b, in_scale, scale, zero_point, qmin, qmax, saved_y, saved_w
-        )
+            h, w_phi, p_a, p_b, in_scale, scale, zero_point, qmin, qmax, saved_y, saved_w,
+            keep_residuals,
+        )  # fmt: skip
     return out, codes, saved_w, saved_mask
 
 
@@ -805,6 +808,7 @@ def _reference_forward(
     qmax: int,
     saved_y: Tensor | None = None,
     saved_w: Tensor | None = None,
+    keep_residuals: bool = True,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """The values of :func:`lorap_reference` without its autograd graph: the CPU forward.
 
@@ -830,19 +834,24 @@ def _reference_forward(
     else:
         y, w = _prompted_reference(h, w_phi, p_a, p_b, in_scale, with_weights=True)
         y.mul_(inv_scale)
-    codes = torch.round(y).add_(zp)
-    mask = (codes >= qmin) & (codes <= qmax)
-    codes = codes.clamp_(qmin, qmax)
+    unclamped = torch.round(y).add_(zp)
+    codes = unclamped.clamp(qmin, qmax)
+    if not keep_residuals:
+        w, mask = _no_residuals(h, w_phi)
+    else:
+        mask = codes == unclamped  # inside [qmin, qmax]: the straight-through mask
+    del unclamped
     out = (codes - zp).mul_(grid_scale)
     return codes.to(codes_dtype(qmin, qmax)), out.to(_out_dtype(h)), w, mask
 
 
 @lorap_fused.register_fake
-def _(h, w_phi, p_a, p_b, in_scale, scale, zero_point, qmin, qmax, saved_y=None, saved_w=None):
+def _(h, w_phi, p_a, p_b, in_scale, scale, zero_point, qmin, qmax, saved_y=None, saved_w=None,
+      keep_residuals=True):  # fmt: skip
     _check_inputs(h, w_phi, p_a, p_b, in_scale, scale, zero_point, qmin, qmax, check_values=False)
     out = h.new_empty(h.shape, dtype=_out_dtype(h))
     codes = h.new_empty(h.shape, dtype=codes_dtype(qmin, qmax))
-    if use_triton(h):
+    if use_triton(h) or not keep_residuals:
         return out, codes, *_no_residuals(h, w_phi)
     saved_w = h.new_empty((h.shape[0], w_phi.shape[1]), dtype=torch.float32)
     return out, codes, saved_w, h.new_empty(h.shape, dtype=torch.bool)
@@ -887,7 +896,7 @@ def _(grad_out, h, w_phi, p_a, p_b, in_scale, scale, zero_point, qmin, qmax, sav
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    h, w_phi, p_a, p_b, in_scale, scale, zero_point, qmin, qmax, _, _ = inputs
+    h, w_phi, p_a, p_b, in_scale, scale, zero_point, qmin, qmax, _, _, _ = inputs
     _, _, saved_w, saved_mask = output
     ctx.mark_non_differentiable(saved_w, saved_mask)
     ctx.save_for_backward(h, w_phi, p_a, p_b, in_scale, scale, zero_point, saved_w, saved_mask)
@@ -898,13 +907,13 @@ def _setup_context(ctx, inputs, output) -> None:
 def _backward(ctx, grad_out, grad_codes, grad_saved_w, grad_saved_mask):
     h, w_phi, p_a, p_b, in_scale, scale, zero_point, saved_w, saved_mask = ctx.saved_tensors
     if grad_out is None:
-        return (None,) * 11
+        return (None,) * 12
     g_h, g_w_phi, g_p_a, g_p_b = lorap_fused_backward(
         grad_out, h, w_phi, p_a, p_b, in_scale, scale, zero_point, *ctx.qrange, saved_w, saved_mask
     )
     # Integer codes have no gradient; g_h is then w.r.t. the dequantized aggregate only.
     g_h = None if ctx.h_is_codes else g_h
-    return g_h, g_w_phi, g_p_a, g_p_b, *(None,) * 7
+    return g_h, g_w_phi, g_p_a, g_p_b, *(None,) * 8
 
 
 lorap_fused.register_autograd(_backward, setup_context=_setup_context)
@@ -969,9 +978,12 @@ def lorap_forward(
     """
     saved_y, saved_w = saved if saved is not None else (None, None)
     scale, zero_point = _as_grid_tensors(scale, zero_point, h.device)
+    differentiable = (h, w_phi, p_a, p_b)
+    keep = torch.is_grad_enabled() and any(t.requires_grad for t in differentiable)
     return lorap_fused(
-        h, w_phi, p_a, p_b, in_scale, scale, zero_point, int(qmin), int(qmax), saved_y, saved_w
-    )[0]
+        h, w_phi, p_a, p_b, in_scale, scale, zero_point, int(qmin), int(qmax), saved_y, saved_w,
+        keep,
+    )[0]  # fmt: skip
 
 
 def _as_grid_tensors(

@@ -243,6 +243,36 @@ def test_cpu_path_keeps_its_residuals_and_its_backward_reads_them(qname):
         torch.testing.assert_close(a, b)
 
 
+def test_residuals_are_kept_only_when_a_backward_can_follow(monkeypatch):
+    qp = QPARAMS["int8"]
+    h, w_phi, p_a, p_b = make_inputs(30, 12, 4, 3, seed=15)
+    args = (h, w_phi, p_a, p_b, None, *op_grid(qp))
+    kept = torch.ops.lorap_dist.lorap_fused(*args)
+    dropped = torch.ops.lorap_dist.lorap_fused(*args, None, None, False)
+    assert torch.equal(kept[0], dropped[0]) and torch.equal(kept[1], dropped[1])
+    assert kept[2].shape == (30, 4) and dropped[2].shape == (0, 4)
+    assert kept[3].shape == (30, 12) and dropped[3].shape == (0, 12)
+    # lorap_forward asks for them only with autograd on and a leaf that wants a gradient.
+    seen = []
+    original = lf.lorap_fused
+
+    def spy(*op_args):
+        seen.append(op_args[-1])
+        return original(*op_args)
+
+    monkeypatch.setattr(lf, "lorap_fused", spy)
+    lf.lorap_forward(h, w_phi, p_a, p_b, *qp)
+    leaves = [t.clone().requires_grad_(True) for t in (h, w_phi, p_a, p_b)]
+    with torch.no_grad():
+        lf.lorap_forward(*leaves, *qp)
+    out = lf.lorap_forward(*leaves, *qp)
+    assert seen == [False, False, True]
+    grad_out = torch.randn(h.shape, generator=torch.Generator().manual_seed(16))
+    got = torch.autograd.grad(out, leaves, grad_out)
+    for g_got, g_ref in zip(got, reference_grads(h, w_phi, p_a, p_b, grad_out, qp), strict=True):
+        assert_close_rel(g_got, g_ref)
+
+
 def test_lorap_forward_cpu_path_is_the_reference():
     qp = QPARAMS["int4"]
     h, w_phi, p_a, p_b = make_inputs(20, 12, 4, 4)
