@@ -267,8 +267,9 @@ def main() -> None:
         f"Command: `{COMMAND}` (k={K}, r={R}, INT8 output, fp32, "
         f"{result['cpu_threads']} CPU threads, torch {result['torch']}).\n\n"
         'On CPU the "fused" column is the op\'s CPU path, the pure-torch reference (it also '
-        "computes the integer codes; its backward is the closed form, recomputing the "
-        "forward), so the CPU ratio measures op overhead, not kernel fusion; the fusion claim "
+        "computes the integer codes; its closed-form backward reads the softmax weights and "
+        "STE mask its forward kept; in training it reuses the range pass's prompted sum), so "
+        "the CPU ratio measures the op's implementation, not kernel fusion; the fusion claim "
         "is the GPU table.\n\n" + report + "\n"
     )
 
