@@ -834,13 +834,14 @@ def _reference_forward(
     else:
         y, w = _prompted_reference(h, w_phi, p_a, p_b, in_scale, with_weights=True)
         y.mul_(inv_scale)
-    unclamped = torch.round(y).add_(zp)
-    codes = unclamped.clamp(qmin, qmax)
-    if not keep_residuals:
+    codes = torch.round(y).add_(zp)
+    if keep_residuals:
+        clamped = codes.clamp(qmin, qmax)
+        mask = clamped == codes  # inside [qmin, qmax]: the straight-through mask
+        codes = clamped
+    else:  # no backward follows: clamp in place, keep nothing
+        codes.clamp_(qmin, qmax)
         w, mask = _no_residuals(h, w_phi)
-    else:
-        mask = codes == unclamped  # inside [qmin, qmax]: the straight-through mask
-    del unclamped
     out = (codes - zp).mul_(grid_scale)
     return codes.to(codes_dtype(qmin, qmax)), out.to(_out_dtype(h)), w, mask
 
