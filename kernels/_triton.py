@@ -17,6 +17,7 @@ import torch
 __all__ = ["cdiv", "jit", "load_triton", "next_power_of_2", "triton_on_cpu", "use_triton"]
 
 _FORCE_TRITON_ON_CPU = False
+_JITTED_HELPERS: set[tuple[str, str]] = set()
 
 
 def load_triton() -> ModuleType:
@@ -53,10 +54,17 @@ def jit(kernel: Callable) -> Callable:
     """``triton.jit(kernel)``, done on first launch rather than at import.
 
     The kernel's module names ``tl`` as a placeholder global (``None``); it is bound to
-    ``triton.language`` here, before jitting, so the kernel body resolves ``tl.*``.
+    ``triton.language`` here, before jitting, so the kernel body resolves ``tl.*``. Device
+    functions the kernels call are named in the module's ``_JIT_HELPERS`` and jitted here too.
     """
     triton = load_triton()
-    kernel.__globals__["tl"] = triton.language
+    module = kernel.__globals__
+    module["tl"] = triton.language
+    for name in module.get("_JIT_HELPERS", ()):
+        # Bound in place of the plain function, once per module and name.
+        if (module["__name__"], name) not in _JITTED_HELPERS:
+            module[name] = triton.jit(module[name])
+            _JITTED_HELPERS.add((module["__name__"], name))
     return triton.jit(kernel)
 
 

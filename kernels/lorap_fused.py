@@ -74,6 +74,8 @@ launchers and :func:`lorap_forward` also accept Python numbers.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import Tensor
 
@@ -96,6 +98,9 @@ __all__ = [
     "triton_on_cpu",
 ]
 
+# Device functions the kernels call, jitted with them (see ``_triton.jit``).
+_JIT_HELPERS = ("_round_code", "_load_h")
+
 # Adding then subtracting 1.5 * 2**23 rounds an fp32 |x| < 2**22 to the nearest integer,
 # ties to even (the FPU's rounding mode), without libdevice (which the interpreter lacks).
 _RINT_MAGIC = 12582912.0
@@ -106,8 +111,96 @@ _RINT_MAGIC = 12582912.0
 # ----------------------------------------------------------------------------------------
 
 
+def _round_code(y, grid_ptr, qmin, qmax):
+    """``rint(y / scale) + zero_point`` on the grid at ``grid_ptr`` (``[scale, 1 / scale,
+    zero_point]``), before the clamp to ``[qmin, qmax]``.
+
+    Clamping to one step outside ``[qmin, qmax]`` first keeps ``|v|`` small for the rint trick
+    and changes neither the clamped code nor the straight-through mask.
+    """
+    inv_scale = tl.load(grid_ptr + 1)
+    zero_point = tl.load(grid_ptr + 2)
+    v = y * inv_scale
+    v = tl.minimum(tl.maximum(v, (qmin - zero_point - 1) * 1.0), (qmax - zero_point + 1) * 1.0)
+    return ((v + _RINT_MAGIC) - _RINT_MAGIC) + zero_point
+
+
+def _load_h(
+    h_ptr,  # [N, d] float / int8 codes; with GATHER the source codes [num_src, row_bytes]
+    in_scale_ptr,  # [N] or [1] fp32; with GATHER [num_src] or [1]
+    in_scale_stride,
+    indptr_ptr,  # [N + 1] CSR offsets over the rows (GATHER only)
+    indices_ptr,  # [E] source row of each edge (GATHER only)
+    agg_grid_ptr,  # [3] fp32 grid of the aggregate's quantizer (QUANT_AGG only)
+    agg_qmin,
+    agg_qmax,
+    rows,
+    row_mask,
+    offs_d,
+    d_mask,
+    d,
+    row_bytes,
+    HAS_IN_SCALE: tl.constexpr,
+    GATHER: tl.constexpr,
+    BITS: tl.constexpr,
+    MEAN: tl.constexpr,
+    QUANT_AGG: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    """The fp32 ``[BLOCK_N, BLOCK_D]`` tile of ``h`` for ``rows`` (0 outside the tensor).
+
+    Without ``GATHER`` it is read from ``h`` (dequantized with ``in_scale`` for int8 codes).
+    With ``GATHER`` it is the quantized aggregation of :mod:`.quant_aggregate`, done in
+    registers: every row walks its CSR edges in order (the block loops to its largest
+    degree, shorter rows masked), gathers the INT8 or packed INT4 source codes with their
+    scales, sums in fp32 and divides by the degree for ``MEAN``; ``QUANT_AGG`` then
+    fake-quantizes the aggregate on the grid at ``agg_grid_ptr``. No ``h`` is written.
+    """
+    if GATHER:
+        rows64 = rows.to(tl.int64)
+        start = tl.load(indptr_ptr + rows64, mask=row_mask, other=0).to(tl.int64)
+        deg = tl.load(indptr_ptr + rows64 + 1, mask=row_mask, other=0).to(tl.int64) - start
+        h = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+        for j in range(0, tl.max(deg, axis=0)):
+            e_mask = j < deg
+            # int64 before the stride multiply: src * row_bytes overflows int32 on big graphs.
+            src = tl.load(indices_ptr + start + j, mask=e_mask, other=0).to(tl.int64)
+            s = tl.load(in_scale_ptr + src * in_scale_stride, mask=e_mask, other=0.0)
+            gather_mask = e_mask[:, None] & d_mask[None, :]
+            if BITS == 8:
+                q = tl.load(
+                    h_ptr + src[:, None] * row_bytes + offs_d[None, :], mask=gather_mask, other=0
+                ).to(tl.float32)
+            else:
+                byte = tl.load(
+                    h_ptr + src[:, None] * row_bytes + (offs_d // 2)[None, :],
+                    mask=gather_mask,
+                    other=0,
+                ).to(tl.int32)
+                nibble = (byte >> ((offs_d % 2) * 4)[None, :]) & 0xF
+                q = tl.where(nibble >= 8, nibble - 16, nibble).to(tl.float32)
+            h += q * s[:, None]
+        if MEAN:
+            h = h / tl.maximum(deg, 1).to(tl.float32)[:, None]
+        if QUANT_AGG:
+            code = _round_code(h, agg_grid_ptr, agg_qmin, agg_qmax)
+            code = tl.minimum(tl.maximum(code, agg_qmin * 1.0), agg_qmax * 1.0)
+            h = (code - tl.load(agg_grid_ptr + 2)) * tl.load(agg_grid_ptr)
+    else:
+        tile = rows.to(tl.int64)[:, None] * d + offs_d[None, :]
+        h = tl.load(h_ptr + tile, mask=row_mask[:, None] & d_mask[None, :], other=0)
+        h = h.to(tl.float32)
+        if HAS_IN_SCALE:
+            s_in = tl.load(
+                in_scale_ptr + rows.to(tl.int64) * in_scale_stride, mask=row_mask, other=0.0
+            )
+            h = h * s_in[:, None]
+    return h
+
+
 def _lorap_fwd_kernel(
-    h_ptr,  # [N, d] float, or int8 codes when HAS_IN_SCALE
+    h_ptr,  # [N, d] float, or int8 codes when HAS_IN_SCALE; source codes with GATHER
     in_scale_ptr,  # [N] or [1] fp32 (read with stride in_scale_stride)
     w_phi_ptr,  # [d, k]
     p_a_ptr,  # [k, r]
@@ -115,16 +208,26 @@ def _lorap_fwd_kernel(
     codes_ptr,  # [N, d] int8 / uint8 / int32 (unused when RANGE_ONLY)
     out_ptr,  # [N, d] (unused when RANGE_ONLY)
     range_part_ptr,  # [num_programs, 2] fp32 (only written when RANGE_ONLY)
+    indptr_ptr,  # GATHER only, see _load_h
+    indices_ptr,
+    agg_grid_ptr,
     n_rows,
     d,
     k,
     r,
     in_scale_stride,
+    row_bytes,
     grid_ptr,  # [3] fp32: scale, 1 / scale, zero point (unused when RANGE_ONLY)
     qmin,
     qmax,
+    agg_qmin,
+    agg_qmax,
     HAS_IN_SCALE: tl.constexpr,
     RANGE_ONLY: tl.constexpr,
+    GATHER: tl.constexpr,
+    BITS: tl.constexpr,
+    MEAN: tl.constexpr,
+    QUANT_AGG: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -159,10 +262,11 @@ def _lorap_fwd_kernel(
         other=0.0,
     ).to(tl.float32)
 
-    h = tl.load(h_ptr + tile, mask=tile_mask, other=0).to(tl.float32)
-    if HAS_IN_SCALE:
-        s_in = tl.load(in_scale_ptr + rows.to(tl.int64) * in_scale_stride, mask=row_mask, other=0.0)
-        h = h * s_in[:, None]
+    h = _load_h(
+        h_ptr, in_scale_ptr, in_scale_stride, indptr_ptr, indices_ptr, agg_grid_ptr,
+        agg_qmin, agg_qmax, rows, row_mask, offs_d, d_mask, d, row_bytes,
+        HAS_IN_SCALE, GATHER, BITS, MEAN, QUANT_AGG, BLOCK_N, BLOCK_D,
+    )  # fmt: skip
 
     logits = tl.dot(h, w_phi, input_precision="ieee")
     logits = tl.where(k_mask[None, :], logits, float("-inf"))
@@ -179,40 +283,43 @@ def _lorap_fwd_kernel(
         tl.store(range_part_ptr + pid.to(tl.int64) * 2 + 1, y_max)
     else:
         # The grid is read from device memory, so no host ever waits for the observer.
-        scale = tl.load(grid_ptr)
-        inv_scale = tl.load(grid_ptr + 1)
-        zero_point = tl.load(grid_ptr + 2)
-        # Clamping to one step outside [qmin, qmax] first keeps |v| small for the rint trick
-        # and changes neither the clamped code nor the STE mask.
-        v = y * inv_scale
-        v = tl.minimum(tl.maximum(v, (qmin - zero_point - 1) * 1.0), (qmax - zero_point + 1) * 1.0)
-        code = ((v + _RINT_MAGIC) - _RINT_MAGIC) + zero_point
+        code = _round_code(y, grid_ptr, qmin, qmax)
         code = tl.minimum(tl.maximum(code, qmin * 1.0), qmax * 1.0)
-        out = (code - zero_point) * scale
+        out = (code - tl.load(grid_ptr + 2)) * tl.load(grid_ptr)
         tl.store(codes_ptr + tile, code.to(codes_ptr.dtype.element_ty), mask=tile_mask)
         tl.store(out_ptr + tile, out.to(out_ptr.dtype.element_ty), mask=tile_mask)
 
 
 def _lorap_bwd_kernel(
     grad_out_ptr,  # [N, d]
-    h_ptr,  # [N, d] float, or int8 codes when HAS_IN_SCALE
+    h_ptr,  # [N, d] float, or int8 codes when HAS_IN_SCALE; source codes with GATHER
     in_scale_ptr,  # [N] or [1] fp32
     w_phi_ptr,  # [d, k]
     p_a_ptr,  # [k, r]
     p_b_ptr,  # [r, d]
-    grad_h_ptr,  # [N, d]
+    grad_h_ptr,  # [N, d] (not written with GATHER: integer sources take no gradient)
     grad_w_phi_part_ptr,  # [num_programs, d, k] fp32
     grad_p_a_part_ptr,  # [num_programs, k, r] fp32
     grad_p_b_part_ptr,  # [num_programs, r, d] fp32
+    indptr_ptr,  # GATHER only, see _load_h
+    indices_ptr,
+    agg_grid_ptr,
     n_rows,
     d,
     k,
     r,
     in_scale_stride,
+    row_bytes,
     grid_ptr,  # [3] fp32: scale, 1 / scale, zero point
     qmin,
     qmax,
+    agg_qmin,
+    agg_qmax,
     HAS_IN_SCALE: tl.constexpr,
+    GATHER: tl.constexpr,
+    BITS: tl.constexpr,
+    MEAN: tl.constexpr,
+    QUANT_AGG: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -241,8 +348,6 @@ def _lorap_bwd_kernel(
         tl.float32
     )
 
-    inv_scale = tl.load(grid_ptr + 1)
-    zero_point = tl.load(grid_ptr + 2)
     acc_w_phi = tl.zeros((BLOCK_D, BLOCK_K), dtype=tl.float32)
     acc_p_a = tl.zeros((BLOCK_K, BLOCK_R), dtype=tl.float32)
     acc_p_b = tl.zeros((BLOCK_R, BLOCK_D), dtype=tl.float32)
@@ -254,21 +359,18 @@ def _lorap_bwd_kernel(
         tile = rows.to(tl.int64)[:, None] * d + offs_d[None, :]
 
         # Recompute the forward: cheaper than storing w, t and the STE mask.
-        h = tl.load(h_ptr + tile, mask=tile_mask, other=0).to(tl.float32)
-        if HAS_IN_SCALE:
-            s_in = tl.load(
-                in_scale_ptr + rows.to(tl.int64) * in_scale_stride, mask=row_mask, other=0.0
-            )
-            h = h * s_in[:, None]
+        h = _load_h(
+            h_ptr, in_scale_ptr, in_scale_stride, indptr_ptr, indices_ptr, agg_grid_ptr,
+            agg_qmin, agg_qmax, rows, row_mask, offs_d, d_mask, d, row_bytes,
+            HAS_IN_SCALE, GATHER, BITS, MEAN, QUANT_AGG, BLOCK_N, BLOCK_D,
+        )  # fmt: skip
         logits = tl.dot(h, w_phi, input_precision="ieee")
         logits = tl.where(k_mask[None, :], logits, float("-inf"))
         e = tl.exp(logits - tl.max(logits, axis=1)[:, None])
         w = e / tl.sum(e, axis=1)[:, None]
         t = tl.dot(w, p_a, input_precision="ieee")
         y = h + tl.dot(t, p_b, input_precision="ieee")
-        v = y * inv_scale
-        v = tl.minimum(tl.maximum(v, (qmin - zero_point - 1) * 1.0), (qmax - zero_point + 1) * 1.0)
-        code = ((v + _RINT_MAGIC) - _RINT_MAGIC) + zero_point
+        code = _round_code(y, grid_ptr, qmin, qmax)
         keep = (code >= qmin * 1.0) & (code <= qmax * 1.0) & tile_mask
 
         g_out = tl.load(grad_out_ptr + tile, mask=tile_mask, other=0.0).to(tl.float32)
@@ -277,8 +379,9 @@ def _lorap_bwd_kernel(
         g_t = tl.dot(g_y, tl.trans(p_b), input_precision="ieee")
         g_w = tl.dot(g_t, tl.trans(p_a), input_precision="ieee")
         g_l = w * (g_w - tl.sum(w * g_w, axis=1)[:, None])
-        g_h = g_y + tl.dot(g_l, tl.trans(w_phi), input_precision="ieee")
-        tl.store(grad_h_ptr + tile, g_h.to(grad_h_ptr.dtype.element_ty), mask=tile_mask)
+        if not GATHER:
+            g_h = g_y + tl.dot(g_l, tl.trans(w_phi), input_precision="ieee")
+            tl.store(grad_h_ptr + tile, g_h.to(grad_h_ptr.dtype.element_ty), mask=tile_mask)
 
         acc_p_b += tl.dot(tl.trans(t), g_y, input_precision="ieee")
         acc_p_a += tl.dot(tl.trans(w), g_t, input_precision="ieee")
@@ -345,14 +448,28 @@ def _check_inputs(
     and not at all with ``check_values=False`` (fake tensors have no values).
     """
     _check_operands(h, w_phi, p_a, p_b, in_scale)
-    for name, value in (("scale", scale), ("zero_point", zero_point)):
+    check_grid(scale, zero_point, qmin, qmax, h.device, check_values)
+
+
+def check_grid(
+    scale: float | Tensor,
+    zero_point: int | Tensor,
+    qmin: int,
+    qmax: int,
+    device: torch.device,
+    check_values: bool = True,
+    name: str = "",
+) -> None:
+    """The grid checks of :func:`_check_inputs`; ``name`` prefixes the argument names (for
+    an op with more than one grid)."""
+    for arg, value in ((f"{name}scale", scale), (f"{name}zero_point", zero_point)):
         if isinstance(value, Tensor):
             if value.numel() != 1:
-                raise ValueError(f"{name} must hold one value; got shape {tuple(value.shape)}.")
-            if value.device != h.device and value.device.type != "cpu":
-                raise ValueError(f"{name} is on {value.device} but h is on {h.device}.")
+                raise ValueError(f"{arg} must hold one value; got shape {tuple(value.shape)}.")
+            if value.device != device and value.device.type != "cpu":
+                raise ValueError(f"{arg} is on {value.device} but the data is on {device}.")
     if not qmin < qmax:
-        raise ValueError(f"qmin must be below qmax; got qmin={qmin}, qmax={qmax}.")
+        raise ValueError(f"{name}qmin must be below {name}qmax; got {qmin}, {qmax}.")
     if isinstance(scale, Tensor) or isinstance(zero_point, Tensor):
         on_host = all(t.device.type == "cpu" for t in (scale, zero_point) if isinstance(t, Tensor))
         if not (check_values and on_host) or torch.compiler.is_compiling():
@@ -362,18 +479,19 @@ def _check_inputs(
     if isinstance(zero_point, Tensor):
         zero_point = float(zero_point)
         if zero_point != int(zero_point):
-            raise ValueError(f"zero_point must be an integer; got {zero_point}.")
+            raise ValueError(f"{name}zero_point must be an integer; got {zero_point}.")
         zero_point = int(zero_point)
     if not (scale > 0.0 and scale < float("inf")):
-        raise ValueError(f"scale must be a positive finite number; got {scale}.")
+        raise ValueError(f"{name}scale must be a positive finite number; got {scale}.")
     if not qmin <= zero_point <= qmax:
         raise ValueError(
-            f"zero_point must lie in [qmin, qmax] = [{qmin}, {qmax}]; got {zero_point}."
+            f"{name}zero_point must lie in [{name}qmin, {name}qmax] = [{qmin}, {qmax}]; "
+            f"got {zero_point}."
         )
     if max(abs(qmin - zero_point), abs(qmax - zero_point)) >= 2**21:
         raise ValueError(
-            f"[qmin, qmax] = [{qmin}, {qmax}] is too wide for the fp32 rounding; use at most "
-            "21-bit codes."
+            f"[{name}qmin, {name}qmax] = [{qmin}, {qmax}] is too wide for the fp32 rounding; "
+            "use at most 21-bit codes."
         )
 
 
@@ -404,13 +522,18 @@ def _check_operands(
             )
         if in_scale.device != h.device:
             raise ValueError(f"in_scale is on {in_scale.device} but h is on {h.device}.")
+    check_prompt(w_phi, p_a, p_b, d, h.device)
+
+
+def check_prompt(w_phi: Tensor, p_a: Tensor, p_b: Tensor, d: int, device: torch.device) -> None:
+    """The prompt parameters' checks of :func:`_check_operands` for an ``h`` of width ``d``."""
     for name, t in (("w_phi", w_phi), ("p_a", p_a), ("p_b", p_b)):
         if t.dim() != 2:
             raise ValueError(f"{name} must be a 2-D tensor; got shape {tuple(t.shape)}.")
         if t.dtype not in _FLOATS:
             raise ValueError(f"{name} must be float32, float16 or bfloat16; got {t.dtype}.")
-        if t.device != h.device:
-            raise ValueError(f"{name} is on {t.device} but h is on {h.device}.")
+        if t.device != device:
+            raise ValueError(f"{name} is on {t.device} but the data is on {device}.")
     if w_phi.shape[0] != d:
         raise ValueError(f"w_phi must be [d, k] with d={d} (h's width); got {tuple(w_phi.shape)}.")
     k = w_phi.shape[1]
@@ -532,11 +655,13 @@ def _lorap_backward_reference(
     qmax: int,
     saved_w: Tensor | None = None,
     saved_mask: Tensor | None = None,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    need_grad_h: bool = True,
+) -> tuple[Tensor | None, Tensor, Tensor, Tensor]:
     """Closed-form backward of the module docstring, in pure torch (the CPU backward).
 
     With the forward's softmax weights ``saved_w`` and straight-through mask ``saved_mask``
     (what :func:`_reference_forward` keeps) the forward is not recomputed; without them it is.
+    ``grad_h`` is ``None`` when not ``need_grad_h``.
     """
     hf = _dequantize(h, in_scale)
     wf, af, bf = w_phi.float(), p_a.float(), p_b.float()
@@ -554,11 +679,11 @@ def _lorap_backward_reference(
     g_t = g_y @ bf.T
     g_w = g_t @ af.T
     g_l = w * (g_w - (w * g_w).sum(dim=1, keepdim=True))
-    g_h = torch.addmm(g_y, g_l, wf.T)
+    g_h = torch.addmm(g_y, g_l, wf.T).to(_out_dtype(h)) if need_grad_h else None
     # The weight gradients as (narrow^T @ wide)^T: ``hf.T @ g_l`` ([d, N] @ [N, k]) runs 12x
     # slower on CPU than ``(g_l.T @ hf).T`` at N = 100k, d = 64, k = 8.
     return (
-        g_h.to(_out_dtype(h)),
+        g_h,
         (g_l.T @ hf).T.contiguous().to(w_phi.dtype),
         (w.T @ g_t).to(p_a.dtype),
         (t.T @ g_y).to(p_b.dtype),
@@ -596,6 +721,161 @@ def _in_scale_arg(h: Tensor, in_scale: Tensor | None) -> tuple[Tensor, int]:
     return in_scale, (1 if in_scale.numel() > 1 else 0)
 
 
+class Gather(NamedTuple):
+    """Where the kernels' ``h`` comes from when it is aggregated in registers (see
+    ``_load_h``): the CSR block, the source codes' width, the reduction, and the optional
+    grid of the aggregate's quantizer (``agg_grid``: ``[scale, 1 / scale, zero_point]``)."""
+
+    indptr: Tensor
+    indices: Tensor
+    bits: int
+    mean: bool
+    agg_grid: Tensor | None = None
+    agg_qmin: int = 0
+    agg_qmax: int = 1
+
+
+def _source_args(h: Tensor, in_scale: Tensor | None, gather: Gather | None) -> tuple[list, dict]:
+    """The kernels' arguments that say how to read ``h``: ``(pointers, constexprs)``.
+
+    Pointers: ``h``, ``in_scale`` with its stride, ``indptr``, ``indices``, ``agg_grid``,
+    ``row_bytes``, ``agg_qmin``, ``agg_qmax`` (placeholders where unused).
+    """
+    s_in, s_in_stride = _in_scale_arg(h, in_scale)
+    if gather is None:
+        pointers = [h, s_in, s_in_stride, h, h, s_in, 0, 0, 1]
+        flags = dict(HAS_IN_SCALE=in_scale is not None, GATHER=False, BITS=8, MEAN=False,
+                     QUANT_AGG=False)  # fmt: skip
+        return pointers, flags
+    agg_grid = gather.agg_grid if gather.agg_grid is not None else s_in
+    pointers = [
+        h, s_in, s_in_stride, gather.indptr.contiguous(), gather.indices.contiguous(), agg_grid,
+        h.shape[1], int(gather.agg_qmin), int(gather.agg_qmax),
+    ]  # fmt: skip
+    flags = dict(HAS_IN_SCALE=True, GATHER=True, BITS=gather.bits, MEAN=gather.mean,
+                 QUANT_AGG=gather.agg_grid is not None)  # fmt: skip
+    return pointers, flags
+
+
+def _launch_forward(
+    h: Tensor,
+    w_phi: Tensor,
+    p_a: Tensor,
+    p_b: Tensor,
+    in_scale: Tensor | None,
+    n: int,
+    out_grid: Tensor | None,
+    qmin: int,
+    qmax: int,
+    gather: Gather | None,
+    block_n: int | None,
+    out_dtype: torch.dtype,
+) -> tuple[Tensor, Tensor] | Tensor:
+    """Run the forward kernel over ``n`` rows: ``(codes, out)``, or with ``out_grid=None`` the
+    range pass, ``[min(y), max(y)]``.
+
+    Every range program writes the extremes of its row block to a ``[num_programs, 2]``
+    buffer (padding masked with ``+inf``/``-inf``), reduced afterwards with ``amin``/``amax``:
+    deterministic, no atomics.
+    """
+    w_phi, p_a, p_b = (t.contiguous() for t in (w_phi, p_a, p_b))
+    h = h.contiguous()
+    d = w_phi.shape[0]
+    k, r = p_a.shape
+    block_d, block_k, block_r = _blocks(d, k, r)
+    block_n = block_n or _default_block_n(n, block_d, h.device)
+    grid = (cdiv(n, block_n),)
+    range_only = out_grid is None
+    if range_only:
+        parts = torch.empty((grid[0], 2), dtype=torch.float32, device=h.device)
+        # codes_ptr, out_ptr and grid_ptr are never read with RANGE_ONLY: pass the buffer.
+        codes = out = out_grid = parts
+        qmin, qmax = 0, 1
+    else:
+        codes = torch.empty((n, d), dtype=codes_dtype(qmin, qmax), device=h.device)
+        out = parts = torch.empty((n, d), dtype=out_dtype, device=h.device)
+        if n == 0:
+            return codes, out
+    (h, s_in, s_in_stride, indptr, indices, agg_grid, row_bytes, agg_qmin, agg_qmax), flags = (
+        _source_args(h, in_scale, gather)
+    )
+    jit(_lorap_fwd_kernel)[grid](
+        h, s_in, w_phi, p_a, p_b, codes, out, parts, indptr, indices, agg_grid,
+        n, d, k, r, s_in_stride, row_bytes,
+        out_grid, int(qmin), int(qmax), agg_qmin, agg_qmax,
+        RANGE_ONLY=range_only, **flags,
+        BLOCK_N=block_n, BLOCK_D=block_d, BLOCK_K=block_k, BLOCK_R=block_r,
+        **_launch_options(h.device, block_d),
+    )  # fmt: skip
+    if range_only:
+        return torch.stack((parts[:, 0].amin(), parts[:, 1].amax()))
+    return codes, out
+
+
+def _launch_backward(
+    grad_out: Tensor,
+    h: Tensor,
+    w_phi: Tensor,
+    p_a: Tensor,
+    p_b: Tensor,
+    in_scale: Tensor | None,
+    out_grid: Tensor,
+    qmin: int,
+    qmax: int,
+    gather: Gather | None,
+    block_n: int | None,
+    num_programs: int | None,
+    grad_h_dtype: torch.dtype,
+) -> tuple[Tensor | None, Tensor, Tensor, Tensor]:
+    """Run the backward kernel: ``(grad_h, grad_w_phi, grad_p_a, grad_p_b)``, with
+    ``grad_h`` ``None`` for a gathered ``h`` (integer sources take no gradient).
+
+    ``num_programs`` overrides the persistent grid (default: 4 per SM on CUDA, at most 8 under
+    the interpreter); each program loops over every ``num_programs``-th row block.
+    """
+    grad_out, h, w_phi, p_a, p_b = (t.contiguous() for t in (grad_out, h, w_phi, p_a, p_b))
+    n, d = grad_out.shape
+    k, r = p_a.shape
+    grad_h = None
+    if gather is None:
+        grad_h = torch.empty((n, d), dtype=grad_h_dtype, device=h.device)
+    if n == 0:
+        return grad_h, torch.zeros_like(w_phi), torch.zeros_like(p_a), torch.zeros_like(p_b)
+    block_d, block_k, block_r = _blocks(d, k, r)
+    block_n = block_n or _default_block_n(n, block_d, h.device)
+    num_blocks = cdiv(n, block_n)
+    if num_programs is None:
+        if h.device.type == "cuda":
+            sms = torch.cuda.get_device_properties(h.device).multi_processor_count
+            num_programs = 4 * sms
+        else:
+            num_programs = 8
+    num_programs = max(1, min(num_programs, num_blocks))
+    f32 = dict(dtype=torch.float32, device=h.device)
+    part_w_phi = torch.empty((num_programs, d, k), **f32)
+    part_p_a = torch.empty((num_programs, k, r), **f32)
+    part_p_b = torch.empty((num_programs, r, d), **f32)
+    (h, s_in, s_in_stride, indptr, indices, agg_grid, row_bytes, agg_qmin, agg_qmax), flags = (
+        _source_args(h, in_scale, gather)
+    )
+    jit(_lorap_bwd_kernel)[(num_programs,)](
+        grad_out, h, s_in, w_phi, p_a, p_b,
+        grad_out if grad_h is None else grad_h, part_w_phi, part_p_a, part_p_b,
+        indptr, indices, agg_grid,
+        n, d, k, r, s_in_stride, row_bytes,
+        out_grid, int(qmin), int(qmax), agg_qmin, agg_qmax,
+        **flags,
+        BLOCK_N=block_n, BLOCK_D=block_d, BLOCK_K=block_k, BLOCK_R=block_r,
+        **_launch_options(h.device, block_d),
+    )  # fmt: skip
+    return (
+        grad_h,
+        part_w_phi.sum(dim=0).to(w_phi.dtype),
+        part_p_a.sum(dim=0).to(p_a.dtype),
+        part_p_b.sum(dim=0).to(p_b.dtype),
+    )
+
+
 def lorap_fused_triton(
     h: Tensor,
     w_phi: Tensor,
@@ -615,26 +895,11 @@ def lorap_fused_triton(
     first launch. ``block_n`` overrides the rows per program (a power of two, >= 16).
     """
     _check_inputs(h, w_phi, p_a, p_b, in_scale, scale, zero_point, qmin, qmax)
-    h, w_phi, p_a, p_b = (t.contiguous() for t in (h, w_phi, p_a, p_b))
-    n, d = h.shape
-    k, r = p_a.shape
-    codes = torch.empty((n, d), dtype=codes_dtype(qmin, qmax), device=h.device)
-    out = torch.empty((n, d), dtype=_out_dtype(h), device=h.device)
-    if n == 0:
-        return codes, out
-    block_d, block_k, block_r = _blocks(d, k, r)
-    block_n = block_n or _default_block_n(n, block_d, h.device)
-    s_in, s_in_stride = _in_scale_arg(h, in_scale)
-    grid = (cdiv(n, block_n),)
-    jit(_lorap_fwd_kernel)[grid](
-        h, s_in, w_phi, p_a, p_b, codes, out, out,
-        n, d, k, r, s_in_stride,
-        _grid(scale, zero_point, h.device), int(qmin), int(qmax),
-        HAS_IN_SCALE=in_scale is not None, RANGE_ONLY=False,
-        BLOCK_N=block_n, BLOCK_D=block_d, BLOCK_K=block_k, BLOCK_R=block_r,
-        **_launch_options(h.device, block_d),
+    out_grid = _grid(scale, zero_point, h.device)
+    return _launch_forward(
+        h, w_phi, p_a, p_b, in_scale, h.shape[0], out_grid, qmin, qmax, None, block_n,
+        _out_dtype(h),
     )  # fmt: skip
-    return codes, out
 
 
 def lorap_range_triton(
@@ -646,31 +911,11 @@ def lorap_range_triton(
     *,
     block_n: int | None = None,
 ) -> Tensor:
-    """Launch the forward kernel's range pass directly: ``[min(y), max(y)]``, fp32 ``[2]``.
-
-    Every program writes the extremes of its row block to a ``[num_programs, 2]`` buffer
-    (padding masked with ``+inf``/``-inf``), reduced afterwards with ``amin``/``amax``:
-    deterministic, no atomics.
-    """
+    """Launch the forward kernel's range pass directly: ``[min(y), max(y)]``, fp32 ``[2]``."""
     _check_range_inputs(h, w_phi, p_a, p_b, in_scale)
-    h, w_phi, p_a, p_b = (t.contiguous() for t in (h, w_phi, p_a, p_b))
-    n, d = h.shape
-    k, r = p_a.shape
-    block_d, block_k, block_r = _blocks(d, k, r)
-    block_n = block_n or _default_block_n(n, block_d, h.device)
-    grid = (cdiv(n, block_n),)
-    parts = torch.empty((grid[0], 2), dtype=torch.float32, device=h.device)
-    s_in, s_in_stride = _in_scale_arg(h, in_scale)
-    # codes_ptr and out_ptr are never touched with RANGE_ONLY: pass the buffer as both.
-    jit(_lorap_fwd_kernel)[grid](
-        h, s_in, w_phi, p_a, p_b, parts, parts, parts,
-        n, d, k, r, s_in_stride,
-        parts, 0, 1,
-        HAS_IN_SCALE=in_scale is not None, RANGE_ONLY=True,
-        BLOCK_N=block_n, BLOCK_D=block_d, BLOCK_K=block_k, BLOCK_R=block_r,
-        **_launch_options(h.device, block_d),
-    )  # fmt: skip
-    return torch.stack((parts[:, 0].amin(), parts[:, 1].amax()))
+    return _launch_forward(
+        h, w_phi, p_a, p_b, in_scale, h.shape[0], None, 0, 1, None, block_n, torch.float32
+    )
 
 
 def lorap_fused_backward_triton(
@@ -698,42 +943,10 @@ def lorap_fused_backward_triton(
         raise ValueError(
             f"grad_out must have h's shape {tuple(h.shape)}; got {tuple(grad_out.shape)}."
         )
-    grad_out, h, w_phi, p_a, p_b = (t.contiguous() for t in (grad_out, h, w_phi, p_a, p_b))
-    n, d = h.shape
-    k, r = p_a.shape
-    grad_h = torch.empty((n, d), dtype=_out_dtype(h), device=h.device)
-    if n == 0:
-        return grad_h, torch.zeros_like(w_phi), torch.zeros_like(p_a), torch.zeros_like(p_b)
-    block_d, block_k, block_r = _blocks(d, k, r)
-    block_n = block_n or _default_block_n(n, block_d, h.device)
-    num_blocks = cdiv(n, block_n)
-    if num_programs is None:
-        if h.device.type == "cuda":
-            sms = torch.cuda.get_device_properties(h.device).multi_processor_count
-            num_programs = 4 * sms
-        else:
-            num_programs = 8
-    num_programs = max(1, min(num_programs, num_blocks))
-    f32 = dict(dtype=torch.float32, device=h.device)
-    part_w_phi = torch.empty((num_programs, d, k), **f32)
-    part_p_a = torch.empty((num_programs, k, r), **f32)
-    part_p_b = torch.empty((num_programs, r, d), **f32)
-    s_in, s_in_stride = _in_scale_arg(h, in_scale)
-    jit(_lorap_bwd_kernel)[(num_programs,)](
-        grad_out, h, s_in, w_phi, p_a, p_b,
-        grad_h, part_w_phi, part_p_a, part_p_b,
-        n, d, k, r, s_in_stride,
-        _grid(scale, zero_point, h.device), int(qmin), int(qmax),
-        HAS_IN_SCALE=in_scale is not None,
-        BLOCK_N=block_n, BLOCK_D=block_d, BLOCK_K=block_k, BLOCK_R=block_r,
-        **_launch_options(h.device, block_d),
+    return _launch_backward(
+        grad_out, h, w_phi, p_a, p_b, in_scale, _grid(scale, zero_point, h.device), qmin, qmax,
+        None, block_n, num_programs, _out_dtype(h),
     )  # fmt: skip
-    return (
-        grad_h,
-        part_w_phi.sum(dim=0).to(w_phi.dtype),
-        part_p_a.sum(dim=0).to(p_a.dtype),
-        part_p_b.sum(dim=0).to(p_b.dtype),
-    )
 
 
 # ----------------------------------------------------------------------------------------
