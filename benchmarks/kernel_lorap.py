@@ -12,6 +12,12 @@ re-quantize) into one kernel lowers its latency (the paper reports about 2x on G
 - GPU (when one is present): the Triton kernels against the same unfused composition, with
   the fraction of the device's peak memory bandwidth the fused kernels reach, and the fused
   quantized aggregation against gather + dequantize + ``index_add_``.
+- Aggregation handed to LoRAP (``aggregate_lorap``, CPU and GPU): INT8 sources, mean over
+  ``DEGREE`` neighbours, then the prompt and INT8 re-quantization, against the unfused
+  sequence (float messages materialised, ``index_add_``, the unfused prompt) and against the
+  two ops back to back (``quant_aggregate`` writing the fp32 aggregate, then the LoRAP op).
+  Passes ``fwd`` (fixed grid, no autograd) and ``train`` (range pass, forward, backward to
+  the prompt's parameters).
 
 Writes ``benchmarks/results/kernel_lorap.json`` and prints a Markdown table. Run the CPU part
 under the shared lock on the 2-core dev machine::
@@ -31,7 +37,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from lorap_dist.kernels.lorap_fused import lorap_forward
+from lorap_dist.kernels.aggregate_lorap import (
+    aggregate_lorap_forward,
+    aggregate_lorap_forward_range,
+)
+from lorap_dist.kernels.lorap_fused import lorap_forward, lorap_range
 from lorap_dist.kernels.quant_aggregate import quant_aggregate
 
 from lorap_dist.prompt.lorap import LoRAP, lorap_prompt
@@ -41,6 +51,9 @@ RESULTS = Path(__file__).parent / "results" / "kernel_lorap.json"
 REPORT = RESULTS.with_suffix(".md")  # the printed tables, for BENCHMARKS.md
 COMMAND = "flock /tmp/lorap-heavy.lock .venv/bin/python benchmarks/kernel_lorap.py"
 K, R = 8, 4
+DEGREE = 10  # neighbours per destination row in the aggregation benchmarks
+# CPU rows whose unfused E x d fp32 messages would exceed this many bytes are skipped.
+CPU_MESSAGE_BYTES = 3 * 2**30
 QPARAMS = (0.02, 0, -128, 127)  # INT8: scale, zero point, qmin, qmax
 # Peak HBM bandwidth in bytes/s, keyed on a substring of torch.cuda.get_device_name().
 PEAK_BANDWIDTH = {
@@ -204,22 +217,130 @@ def _gather_index_add(codes, scale, indices, dst) -> torch.Tensor:
     return out.index_add_(0, dst, messages)
 
 
+def _int8_block(n: int, d: int, device: str):
+    """INT8 sources with per-row scales, ``DEGREE`` random in-edges per destination."""
+    g = torch.Generator(device=device).manual_seed(0)
+    codes = torch.randint(-128, 128, (n, d), device=device, generator=g, dtype=torch.int8)
+    scale = torch.rand(n, device=device, generator=g) * 0.01 + 0.001
+    indices = torch.randint(0, n, (n * DEGREE,), device=device, generator=g)
+    indptr = torch.arange(0, n * DEGREE + 1, DEGREE, device=device)
+    return codes, scale, indptr, indices
+
+
+def _observed_grid(y_range: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """An INT8 min/max grid from ``[min, max]``, on the device (no host sync)."""
+    lo, hi = y_range[0].clamp(max=0), y_range[1].clamp(min=0)
+    scale = ((hi - lo) / 255).clamp(min=1e-8).reshape(1)
+    zero_point = (-128 - torch.round(lo / scale)).clamp(-128, 127).to(torch.int32).reshape(1)
+    return scale, zero_point
+
+
+def _agg_lorap_steps(block, prompt, grad, d: int, train: bool) -> dict[str, Callable]:
+    """The three ways to run aggregation + LoRAP: one step each (see the module docstring)."""
+    codes, scale, indptr, indices = block
+    dst = torch.arange(codes.shape[0], device=codes.device).repeat_interleave(DEGREE)
+    fixed = QPARAMS
+
+    def fused() -> object:
+        if not train:
+            with torch.no_grad():
+                return aggregate_lorap_forward(*block, *prompt, *fixed)
+        y_range, saved = aggregate_lorap_forward_range(*block, *prompt)
+        grid = _observed_grid(y_range)
+        out = aggregate_lorap_forward(*block, *prompt, *grid, -128, 127, saved=saved)
+        return torch.autograd.grad(out, prompt, grad)
+
+    def two_ops() -> object:
+        h = quant_aggregate(*block, d, 8, "mean")
+        if not train:
+            with torch.no_grad():
+                return lorap_forward(h, *prompt, *fixed)
+        y_range, *saved = lorap_range(h, *(t.detach() for t in prompt))
+        grid = _observed_grid(y_range)
+        out = lorap_forward(h, *prompt, *grid, -128, 127, saved=tuple(saved))
+        return torch.autograd.grad(out, prompt, grad)
+
+    def unfused() -> object:
+        with torch.set_grad_enabled(train):
+            h = _gather_index_add(codes, scale, indices, dst) / DEGREE
+            y = h + (torch.softmax(h @ prompt[0], dim=1) @ prompt[1]) @ prompt[2]
+            if not train:
+                return torch.fake_quantize_per_tensor_affine(y, *fixed)
+            grid = _observed_grid(torch.stack(torch.aminmax(y.detach())))
+            out = torch.fake_quantize_per_tensor_affine(y, *grid, -128, 127)
+            return torch.autograd.grad(out, prompt, grad)
+
+    return {"fused": fused, "two_ops": two_ops, "unfused": unfused}
+
+
+def aggregate_lorap_rows(device: str, sizes, dims, repeats_for) -> list[dict]:
+    """Aggregation + LoRAP: the fused op against two ops and against unfused torch."""
+    cuda = device == "cuda"
+    rows = []
+    for n in sizes:
+        for d in dims:
+            if not cuda and n * DEGREE * d * 4 > CPU_MESSAGE_BYTES:
+                print(f"skip n={n} d={d}: unfused messages exceed {CPU_MESSAGE_BYTES} bytes")
+                continue
+            block = _int8_block(n, d, device)
+            g = torch.Generator(device=device).manual_seed(1)
+            prompt = [
+                (torch.randn(d, K, device=device, generator=g) / d**0.5).requires_grad_(True),
+                torch.randn(K, R, device=device, generator=g).requires_grad_(True),
+                (torch.randn(R, d, device=device, generator=g) * 0.1).requires_grad_(True),
+            ]
+            grad = torch.randn(n, d, device=device, generator=g)
+            repeats, warmup = repeats_for(n)
+            for pass_ in ("fwd", "train"):
+                steps = _agg_lorap_steps(block, prompt, grad, d, pass_ == "train")
+                timings = {}
+                for name, step in steps.items():
+                    timings[name] = median_ms(step, repeats, warmup, cuda)
+                    gc.collect()
+                row = {
+                    "n": n,
+                    "d": d,
+                    "pass": pass_,
+                    "fused_ms": round(timings["fused"], 3),
+                    "two_ops_ms": round(timings["two_ops"], 3),
+                    "unfused_ms": round(timings["unfused"], 3),
+                }
+                if cuda:
+                    # Fused forward: per edge an int8 row, its index and scale; per row the
+                    # fp32 output and the int8 codes. Training gathers twice more (range pass,
+                    # backward) and reads grad_out.
+                    gather = n * DEGREE * (d + 8 + 4)
+                    moved = gather + n * d * (4 + 1)
+                    if pass_ == "train":
+                        moved += 2 * gather + n * d * 4
+                    row["bandwidth_fraction"] = round(
+                        moved / (timings["fused"] / 1e3) / peak_bandwidth(), 3
+                    )
+                rows.append(row)
+                print(row, flush=True)
+            del block, prompt, grad
+            gc.collect()
+    return rows
+
+
 def markdown(rows: list[dict], title: str) -> str:
+    """A Markdown table of timing rows; a ``two_ops_ms`` column and a bandwidth column when
+    the rows have them."""
+    two_ops = any("two_ops_ms" in r for r in rows)
     has_bw = any("bandwidth_fraction" in r for r in rows)
-    head = "| N | d | pass | fused ms | unfused ms | unfused / fused |"
-    rule = "|---:|---:|---|---:|---:|---:|"
-    if has_bw:
-        head += " fused bandwidth / peak |"
-        rule += "---:|"
-    lines = [f"**{title}**", "", head, rule]
+    head = ["N", "d", "pass", "fused ms"] + (["two ops ms"] if two_ops else [])
+    head += ["unfused ms"] + (["two ops / fused"] if two_ops else []) + ["unfused / fused"]
+    head += ["fused bandwidth / peak"] if has_bw else []
+    lines = [f"**{title}**", "", "| " + " | ".join(head) + " |"]
+    lines.append("|" + "|".join("---" if h == "pass" else "---:" for h in head) + "|")
     for r in rows:
-        line = (
-            f"| {r['n']:,} | {r['d']} | {r['pass']} | {r['fused_ms']:.2f} | "
-            f"{r['unfused_ms']:.2f} | {r['unfused_ms'] / r['fused_ms']:.2f}x |"
-        )
-        if has_bw:
-            line += f" {r['bandwidth_fraction']:.2f} |"
-        lines.append(line)
+        cells = [f"{r['n']:,}", str(r["d"]), r["pass"], f"{r['fused_ms']:.2f}"]
+        cells += [f"{r['two_ops_ms']:.2f}"] if two_ops else []
+        cells += [f"{r['unfused_ms']:.2f}"]
+        cells += [f"{r['two_ops_ms'] / r['fused_ms']:.2f}x"] if two_ops else []
+        cells += [f"{r['unfused_ms'] / r['fused_ms']:.2f}x"]
+        cells += [f"{r['bandwidth_fraction']:.2f}"] if has_bw else []
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -228,6 +349,11 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     parser.add_argument("--dims", type=int, nargs="+", default=[64, 128, 256])
     parser.add_argument("--skip-cpu", action="store_true")
+    parser.add_argument(
+        "--only-aggregate",
+        action="store_true",
+        help="run only the aggregation + LoRAP rows; keep the other CPU rows of the last run",
+    )
     args = parser.parse_args()
 
     def cpu_repeats(n: int) -> tuple[int, int]:
@@ -241,11 +367,23 @@ def main() -> None:
         "cpu_threads": torch.get_num_threads(),
     }
     tables = []
-    if not args.skip_cpu:
+    previous = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    if not args.skip_cpu and not args.only_aggregate:
         result["cpu"] = lorap_rows("cpu", args.sizes, args.dims, cpu_repeats)
+    else:
+        result["cpu"] = previous.get("cpu")
+    if result["cpu"]:
         tables.append(markdown(result["cpu"], "CPU: the op's reference path vs unfused torch ops"))
-    elif RESULTS.exists():
-        result["cpu"] = json.loads(RESULTS.read_text()).get("cpu")
+    if not args.skip_cpu:
+        result["cpu_aggregate_lorap"] = aggregate_lorap_rows(
+            "cpu", args.sizes, args.dims, cpu_repeats
+        )
+        tables.append(
+            markdown(
+                result["cpu_aggregate_lorap"],
+                f"CPU: aggregation (INT8, mean of {DEGREE}) + LoRAP, the op vs two ops vs unfused",
+            )
+        )
     if torch.cuda.is_available():
         result["gpu_device"] = torch.cuda.get_device_name()
         result["gpu"] = lorap_rows("cuda", args.sizes, args.dims, lambda n: (20, 3))
@@ -254,6 +392,15 @@ def main() -> None:
             markdown(result["gpu"], f"GPU ({result['gpu_device']}): Triton fused vs unfused")
         )
         tables.append(markdown(result["gpu_quant_aggregate"], "GPU: quant_aggregate vs index_add_"))
+        result["gpu_aggregate_lorap"] = aggregate_lorap_rows(
+            "cuda", args.sizes, args.dims, lambda n: (20, 3)
+        )
+        tables.append(
+            markdown(
+                result["gpu_aggregate_lorap"],
+                f"GPU: aggregation (INT8, mean of {DEGREE}) + LoRAP, fused vs two ops vs unfused",
+            )
+        )
     else:
         result["gpu"] = None
         result["gpu_reason"] = "torch.cuda.is_available() is False on the machine that ran this."

@@ -16,7 +16,7 @@ from the gathered codes (their ``GATHER`` path), so the aggregate never reaches 
 backward kernel gathers it again rather than storing it.
 
 The aggregation (order of the sum, the division by the degree, the optional fake
-quantization) is the one of :func:`~.quant_aggregate.quant_aggregate_reference` followed by
+quantization) is the one of :func:`~.quant_aggregate.quant_aggregate` followed by
 ``torch.fake_quantize_per_tensor_affine``, so ``h`` is bit-identical to the unfused
 composition, and everything after it is :mod:`.lorap_fused`'s forward and backward.
 
@@ -84,7 +84,7 @@ def _check(
         )
 
 
-def _aggregate_reference(
+def _aggregate(
     src_codes: Tensor,
     src_scale: Tensor,
     indptr: Tensor,
@@ -96,9 +96,13 @@ def _aggregate_reference(
     agg_zero_point: Tensor | int | None,
     agg_qmin: int,
     agg_qmax: int,
+    oracle: bool = False,
 ) -> Tensor:
-    """The ``[num_dst, d]`` fp32 aggregate ``h``, fake-quantized when a grid is given."""
-    h = qa.quant_aggregate_reference(src_codes, src_scale, indptr, indices, d, bits, reduce)
+    """The ``[num_dst, d]`` fp32 aggregate ``h``, fake-quantized when a grid is given: the
+    CPU path (``oracle=False``, :func:`~.quant_aggregate.quant_aggregate_cpu`) or the test
+    oracle (:func:`~.quant_aggregate.quant_aggregate`), equal bit for bit."""
+    aggregate = qa.quant_aggregate if oracle else qa.quant_aggregate_cpu
+    h = aggregate(src_codes, src_scale, indptr, indices, d, bits, reduce)
     if agg_scale is None:
         return h
     if isinstance(agg_scale, Tensor) or isinstance(agg_zero_point, Tensor):
@@ -131,8 +135,8 @@ def aggregate_lorap_reference(
     ``(scale, zero_point, qmin, qmax)``, or ``None`` to leave it in fp32."""
     agg = (None, None, 0, 1) if agg_grid is None else agg_grid
     _check(src_codes, src_scale, indptr, indices, bits, reduce, w_phi, p_a, p_b, *agg)
-    h = _aggregate_reference(
-        src_codes, src_scale, indptr, indices, w_phi.shape[0], bits, reduce, *agg
+    h = _aggregate(
+        src_codes, src_scale, indptr, indices, w_phi.shape[0], bits, reduce, *agg, oracle=True
     )
     return lf.lorap_reference(h, w_phi, p_a, p_b, scale, zero_point, qmin, qmax)
 
@@ -220,7 +224,7 @@ def aggregate_lorap(
     if lf._has_rows(saved_h):
         h = saved_h
     else:
-        h = _aggregate_reference(src_codes, src_scale, indptr, indices, d, bits, reduce, *agg)
+        h = _aggregate(src_codes, src_scale, indptr, indices, d, bits, reduce, *agg)
     codes, out, w, mask = lf._reference_forward(
         h, w_phi, p_a, p_b, None, scale, zero_point, qmin, qmax, saved_y, saved_w, keep_residuals
     )
@@ -289,7 +293,7 @@ def aggregate_lorap_backward(
     if lf._has_rows(saved_h):
         h = saved_h
     else:
-        h = _aggregate_reference(src_codes, src_scale, indptr, indices, d, bits, reduce, *agg)
+        h = _aggregate(src_codes, src_scale, indptr, indices, d, bits, reduce, *agg)
     _, *grads = lf._lorap_backward_reference(
         grad_out, h, w_phi, p_a, p_b, None, scale, zero_point, qmin, qmax, saved_w, saved_mask,
         need_grad_h=False,
@@ -373,7 +377,7 @@ def aggregate_lorap_range(
             _gather(indptr, indices, bits, reduce, *agg), None, torch.float32,
         )  # fmt: skip
         return y_range, _no_rows(src_codes, d), _no_rows(src_codes, d), _no_rows(src_codes, k)
-    h = _aggregate_reference(src_codes, src_scale, indptr, indices, d, bits, reduce, *agg)
+    h = _aggregate(src_codes, src_scale, indptr, indices, d, bits, reduce, *agg)
     y, w = lf._prompted_reference(h, w_phi, p_a, p_b, None, with_weights=True)
     return torch.stack(torch.aminmax(y)), h, y, w
 

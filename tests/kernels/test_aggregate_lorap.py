@@ -41,7 +41,7 @@ def make_case(num_src, num_dst, d, k, r, bits, seed=0, max_degree=12):
 
 def reference_h(block, d, bits, reduce, agg_grid):
     agg = (None, None, 0, 1) if agg_grid is None else agg_grid
-    return al._aggregate_reference(*block, d, bits, reduce, *agg)
+    return al._aggregate(*block, d, bits, reduce, *agg, oracle=True)
 
 
 def reference_grads(block, prompt, grad_out, qp, bits, reduce, agg_grid):

@@ -62,6 +62,31 @@ def test_reference_equals_dequantize_then_index_add():
     assert torch.equal(out, expected)
 
 
+@pytest.mark.parametrize("bits", [8, 4])
+@pytest.mark.parametrize("reduce", ["sum", "mean"])
+@pytest.mark.parametrize("index_dtypes", [(torch.int64, torch.int64), (torch.int32, torch.int32),
+                                          (torch.int64, torch.int32)])  # fmt: skip
+def test_cpu_path_is_the_reference_bit_for_bit(bits, reduce, index_dtypes):
+    """The CPU path (one CSR matmul over dequantized sources) sums the same products in the
+    same order as the gather + index_add_ oracle."""
+    codes, scale, indptr, indices = make_block(300, 120, 37, bits, seed=3)
+    indptr, indices = indptr.to(index_dtypes[0]), indices.to(index_dtypes[1])
+    out = qa.quant_aggregate(codes, scale, indptr, indices, 37, bits, reduce)
+    expected = qa.quant_aggregate_reference(codes, scale, indptr, indices, 37, bits, reduce)
+    assert torch.equal(out, expected)
+    assert torch.equal(out[1], torch.zeros(37))
+
+
+def test_cpu_path_without_edges_or_rows():
+    codes, scale, _, _ = make_block(10, 5, 9, 8)
+    no_edges = qa.quant_aggregate(codes, scale, torch.zeros(6, dtype=torch.int64),
+                                  torch.zeros(0, dtype=torch.int64), 9, 8, "mean")  # fmt: skip
+    assert torch.equal(no_edges, torch.zeros(5, 9))
+    no_rows = qa.quant_aggregate(codes, scale, torch.zeros(1, dtype=torch.int64),
+                                 torch.zeros(0, dtype=torch.int64), 9)  # fmt: skip
+    assert no_rows.shape == (0, 9)
+
+
 @pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64])
 def test_int32_indices_and_no_edges(index_dtype):
     codes, scale, indptr, indices = make_block(10, 5, 9, 8, index_dtype=index_dtype)
