@@ -101,10 +101,6 @@ __all__ = [
 # Device functions the kernels call, jitted with them (see ``_triton.jit``).
 _JIT_HELPERS = ("_round_code", "_load_h")
 
-# Adding then subtracting 1.5 * 2**23 rounds an fp32 |x| < 2**22 to the nearest integer,
-# ties to even (the FPU's rounding mode), without libdevice (which the interpreter lacks).
-_RINT_MAGIC = 12582912.0
-
 
 # ----------------------------------------------------------------------------------------
 # Triton kernels: plain functions, jitted on first launch (``_triton.jit``).
@@ -120,9 +116,13 @@ def _round_code(y, grid_ptr, qmin, qmax):
     """
     inv_scale = tl.load(grid_ptr + 1)
     zero_point = tl.load(grid_ptr + 2)
+    # Adding then subtracting 1.5 * 2**23 rounds an fp32 |x| < 2**22 to the nearest integer,
+    # ties to even (the FPU's rounding mode), without libdevice (which the interpreter
+    # lacks). A local, not a module constant: compiled kernels may read no plain globals.
+    rint_magic = 12582912.0
     v = y * inv_scale
     v = tl.minimum(tl.maximum(v, (qmin - zero_point - 1) * 1.0), (qmax - zero_point + 1) * 1.0)
-    return ((v + _RINT_MAGIC) - _RINT_MAGIC) + zero_point
+    return ((v + rint_magic) - rint_magic) + zero_point
 
 
 def _load_h(

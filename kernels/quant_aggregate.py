@@ -248,7 +248,7 @@ def quant_aggregate_triton(
     if num_dst == 0 or d == 0:
         return out
     block_d = max(16, next_power_of_2(d))
-    options = {"num_warps": 4 if block_d >= 256 else 2} if src_codes.is_cuda else {}
+    options = _launch_options(src_codes.device, block_d)
     jit(_quant_aggregate_fwd_kernel)[(num_dst,)](
         src_codes, src_scale, indptr, indices, out,
         d, src_codes.shape[1],
@@ -256,6 +256,10 @@ def quant_aggregate_triton(
         **options,
     )  # fmt: skip
     return out
+
+
+def _launch_options(device: torch.device, block_d: int) -> dict:
+    return {"num_warps": 4 if block_d >= 256 else 2} if device.type == "cuda" else {}
 
 
 @torch.library.custom_op("lorap_dist::quant_aggregate", mutates_args=())
