@@ -37,7 +37,6 @@ from torch import Tensor
 
 from . import lorap_fused as lf
 from . import quant_aggregate as qa
-from ._triton import use_triton
 
 __all__ = [
     "aggregate_lorap",
@@ -214,7 +213,7 @@ def aggregate_lorap(
     _check(src_codes, src_scale, indptr, indices, bits, reduce, w_phi, p_a, p_b, *agg)
     lf.check_grid(scale, zero_point, qmin, qmax, src_codes.device)
     num_dst, d = indptr.shape[0] - 1, w_phi.shape[0]
-    if use_triton(src_codes):
+    if lf.takes_triton(src_codes, w_phi.shape[0]):
         out_grid = lf._grid(scale, zero_point, src_codes.device)
         codes, out = lf._launch_forward(
             src_codes, w_phi, p_a, p_b, src_scale, num_dst, out_grid, qmin, qmax,
@@ -242,7 +241,7 @@ def _(src_codes, src_scale, indptr, indices, bits, reduce, w_phi, p_a, p_b, scal
     n, d, k = indptr.shape[0] - 1, w_phi.shape[0], w_phi.shape[1]
     out = src_codes.new_empty((n, d), dtype=torch.float32)
     codes = src_codes.new_empty((n, d), dtype=lf.codes_dtype(qmin, qmax))
-    if use_triton(src_codes) or not keep_residuals:
+    if lf.takes_triton(src_codes, w_phi.shape[0]) or not keep_residuals:
         empty = (_no_rows(src_codes, d), _no_rows(src_codes, k), _no_rows(src_codes, d, torch.bool))
         return out, codes, *empty
     saved_h = src_codes.new_empty((n, d), dtype=torch.float32)
@@ -283,7 +282,7 @@ def aggregate_lorap_backward(
         raise ValueError(
             f"grad_out must be [num_dst, d] = [{num_dst}, {d}]; got {tuple(grad_out.shape)}."
         )
-    if use_triton(src_codes):
+    if lf.takes_triton(src_codes, w_phi.shape[0]):
         out_grid = lf._grid(scale, zero_point, src_codes.device)
         _, *grads = lf._launch_backward(
             grad_out, src_codes, w_phi, p_a, p_b, src_scale, out_grid, qmin, qmax,
@@ -371,7 +370,7 @@ def aggregate_lorap_range(
     num_dst, d, k = indptr.shape[0] - 1, w_phi.shape[0], w_phi.shape[1]
     if num_dst == 0:
         raise ValueError("the block has no destination rows, so the range of y is undefined.")
-    if use_triton(src_codes):
+    if lf.takes_triton(src_codes, w_phi.shape[0]):
         y_range = lf._launch_forward(
             src_codes, w_phi, p_a, p_b, src_scale, num_dst, None, 0, 1,
             _gather(indptr, indices, bits, reduce, *agg), None, torch.float32,
@@ -389,7 +388,7 @@ def _(src_codes, src_scale, indptr, indices, bits, reduce, w_phi, p_a, p_b, agg_
     _check(src_codes, src_scale, indptr, indices, bits, reduce, w_phi, p_a, p_b, *agg, False)
     n, d, k = indptr.shape[0] - 1, w_phi.shape[0], w_phi.shape[1]
     y_range = src_codes.new_empty((2,), dtype=torch.float32)
-    if use_triton(src_codes):
+    if lf.takes_triton(src_codes, w_phi.shape[0]):
         return y_range, _no_rows(src_codes, d), _no_rows(src_codes, d), _no_rows(src_codes, k)
     f32 = dict(dtype=torch.float32)
     return (

@@ -706,12 +706,29 @@ def _default_block_n(n: int, block_d: int, device: torch.device) -> int:
     return max(16, min(128, 8192 // block_d))
 
 
-def _launch_options(device: torch.device, block_d: int) -> dict:
+def _launch_options(device: torch.device, block_d: int, backward: bool = False) -> dict:
     if device.type != "cuda":
         return {}
     # No FMA contraction: y * inv_scale must round before the +1.5*2**23 of the rint trick,
     # as it does in fake_quantize_per_tensor_affine.
-    return {"num_warps": 8 if block_d >= 256 else 4, "enable_fp_fusion": False}
+    options = {"num_warps": 8 if block_d >= 256 else 4, "enable_fp_fusion": False}
+    if backward and block_d >= 256:
+        # The backward's row-block loop is software-pipelined 3 deep by default: at d = 256
+        # that takes 205 KB of shared memory per block, over the A100's 163 KB (and at
+        # d = 512, 233 KB, over the H100's 227 KB). Without pipelining: 121 KB and 149 KB.
+        options["num_stages"] = 1
+    return options
+
+
+# The widest h the Triton kernels take: each row block holds whole rows (BLOCK_D =
+# next_power_of_2(d)), and beyond 512 the backward's shared memory exceeds what a block may
+# use. Wider inputs run the pure-torch path on their own device.
+MAX_TRITON_WIDTH = 512
+
+
+def takes_triton(t: Tensor, d: int) -> bool:
+    """Whether an op on ``t`` (rows of width ``d``) runs the Triton kernels."""
+    return use_triton(t) and d <= MAX_TRITON_WIDTH
 
 
 def _in_scale_arg(h: Tensor, in_scale: Tensor | None) -> tuple[Tensor, int]:
@@ -866,7 +883,7 @@ def _launch_backward(
         out_grid, int(qmin), int(qmax), agg_qmin, agg_qmax,
         **flags,
         BLOCK_N=block_n, BLOCK_D=block_d, BLOCK_K=block_k, BLOCK_R=block_r,
-        **_launch_options(h.device, block_d),
+        **_launch_options(h.device, block_d, backward=True),
     )  # fmt: skip
     return (
         grad_h,
@@ -989,7 +1006,7 @@ def lorap_fused(
     which costs less GPU memory traffic than writing and reading them. So does the CPU path
     with ``keep_residuals=False``, for a forward no backward will follow (inference).
     """
-    if use_triton(h):
+    if takes_triton(h, h.shape[1]):
         codes, out = lorap_fused_triton(h, w_phi, p_a, p_b, in_scale, scale, zero_point, qmin, qmax)
         saved_w, saved_mask = _no_residuals(h, w_phi)
     else:
@@ -1065,7 +1082,7 @@ def _(h, w_phi, p_a, p_b, in_scale, scale, zero_point, qmin, qmax, saved_y=None,
     _check_inputs(h, w_phi, p_a, p_b, in_scale, scale, zero_point, qmin, qmax, check_values=False)
     out = h.new_empty(h.shape, dtype=_out_dtype(h))
     codes = h.new_empty(h.shape, dtype=codes_dtype(qmin, qmax))
-    if use_triton(h) or not keep_residuals:
+    if takes_triton(h, h.shape[1]) or not keep_residuals:
         return out, codes, *_no_residuals(h, w_phi)
     saved_w = h.new_empty((h.shape[0], w_phi.shape[1]), dtype=torch.float32)
     return out, codes, saved_w, h.new_empty(h.shape, dtype=torch.bool)
@@ -1092,7 +1109,7 @@ def lorap_fused_backward(
     when absent or empty the backward recomputes them.
     """
     args = (grad_out, h, w_phi, p_a, p_b, in_scale, scale, zero_point, qmin, qmax)
-    if use_triton(h):
+    if takes_triton(h, h.shape[1]):
         return lorap_fused_backward_triton(*args)
     _check_inputs(h, w_phi, p_a, p_b, in_scale, scale, zero_point, qmin, qmax)
     return _lorap_backward_reference(*args, saved_w, saved_mask)
@@ -1147,7 +1164,7 @@ def lorap_range(
     :func:`lorap_forward` does not compute them a second time. Not differentiable: call it
     on detached inputs (an observed range takes no gradient).
     """
-    if use_triton(h):
+    if takes_triton(h, h.shape[1]):
         return lorap_range_triton(h, w_phi, p_a, p_b, in_scale), *_no_saved_prompt(h, w_phi)
     _check_range_inputs(h, w_phi, p_a, p_b, in_scale)
     y, w = _prompted_reference(h, w_phi, p_a, p_b, in_scale, with_weights=True)
@@ -1158,7 +1175,7 @@ def lorap_range(
 def _(h, w_phi, p_a, p_b, in_scale=None):
     _check_operands(h, w_phi, p_a, p_b, in_scale)
     y_range = h.new_empty((2,), dtype=torch.float32)
-    if use_triton(h):
+    if takes_triton(h, h.shape[1]):
         return y_range, *_no_saved_prompt(h, w_phi)
     f32 = dict(dtype=torch.float32)
     return y_range, h.new_empty(h.shape, **f32), h.new_empty((h.shape[0], w_phi.shape[1]), **f32)

@@ -3,7 +3,8 @@
 The interpreter accepts code the GPU compiler rejects (``tl.dot`` shapes below 16, reads of
 plain module globals, ...). This test compiles every kernel, through its real launcher and
 with the launch options CUDA tensors get, ahead of time for sm_90 (H100 / H200) and sm_80
-(A100) down to a cubin with the ``ptxas`` shipped in the triton wheel: no GPU needed. It
+(A100) down to a cubin with the ``ptxas`` shipped in the triton wheel, no GPU needed, and
+checks the shared memory each needs against the devices' limit per block. It
 runs in a subprocess because the suite's interpreter mode is fixed at the first import of
 triton.
 """
@@ -36,6 +37,10 @@ def test_every_kernel_compiles_for_sm90_and_sm80():
     assert kernels == {"_lorap_fwd_kernel", "_lorap_bwd_kernel", "_quant_aggregate_fwd_kernel"}
     assert {c["arch"] for c in compiled} == {80, 90}
     assert all(c["cubin_bytes"] > 0 for c in compiled)
+    # Shared memory per block within what the devices grant (checked only at launch time).
+    limit = {90: 227 * 1024, 80: 163 * 1024}
+    too_big = [c for c in compiled if c["shared_bytes"] > limit[c["arch"]]]
+    assert not too_big, too_big
     # Both forward passes, the gathered form, INT4 sources and half-precision inputs were built.
     fwd = [c for c in compiled if c["kernel"] == "_lorap_fwd_kernel"]
     assert {c["constexprs"]["RANGE_ONLY"] for c in fwd} == {True, False}
@@ -68,9 +73,8 @@ def _compile_all() -> list[dict]:
 
         def __getitem__(self, grid):
             def launch(*args, **kwargs):
-                options = {
-                    k: kwargs.pop(k) for k in ("num_warps", "enable_fp_fusion") if k in kwargs
-                }
+                option_names = ("num_warps", "enable_fp_fusion", "num_stages")
+                options = {k: kwargs.pop(k) for k in option_names if k in kwargs}
                 signature = {}
                 for name, value in zip(self.kernel.arg_names, args, strict=False):
                     if isinstance(value, torch.Tensor):
@@ -87,6 +91,7 @@ def _compile_all() -> list[dict]:
                     "kernel": self.kernel.__name__, "arch": state["arch"], "signature": signature,
                     "constexprs": kwargs, "options": options,
                     "cubin_bytes": len(binary.asm["cubin"]),
+                    "shared_bytes": binary.metadata.shared,
                 })  # fmt: skip
 
             return launch
@@ -96,7 +101,7 @@ def _compile_all() -> list[dict]:
 
     launch_options, block_n = lf._launch_options, lf._default_block_n
     lf.jit = qa.jit = jit
-    lf._launch_options = lambda device, block_d: launch_options(cuda, block_d)
+    lf._launch_options = lambda device, *args, **kwargs: launch_options(cuda, *args, **kwargs)
     lf._default_block_n = lambda n, block_d, device: block_n(n, block_d, cuda)
     qa_options = qa._launch_options
     qa._launch_options = lambda device, block_d: qa_options(cuda, block_d)
@@ -105,10 +110,12 @@ def _compile_all() -> list[dict]:
     qp = (0.02, 0, -128, 127)
     for arch in (90, 80):
         state["arch"] = arch
-        # (n, d, k, r, dtype): k and r of 1 and 16, d not a power of two, fp16 and bf16.
+        # (n, d, k, r, dtype): k and r of 1 and 16, d not a power of two, fp16 and bf16, and
+        # the widest d the kernels take (MAX_TRITON_WIDTH).
         shapes = [(40, 24, 1, 1, torch.float32), (40, 100, 16, 16, torch.float16)]
+        shapes += [(40, 256, 8, 4, torch.float32), (40, 500, 16, 16, torch.float32)]
         if arch == 90:
-            shapes += [(40, 33, 4, 8, torch.bfloat16), (40, 256, 8, 4, torch.float32)]
+            shapes += [(40, 33, 4, 8, torch.bfloat16)]
         for n, d, k, r, dtype in shapes:
             h = torch.randn(n, d, generator=g).to(dtype)
             w_phi, p_a, p_b = (

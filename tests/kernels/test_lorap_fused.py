@@ -442,3 +442,18 @@ def test_bad_inputs_raise_value_error(change, message):
     args.update(change)
     with pytest.raises(ValueError, match=message):
         lf.lorap_forward(**args)
+
+
+def test_rows_wider_than_the_kernels_take_run_the_torch_path():
+    """Beyond MAX_TRITON_WIDTH the backward kernel would exceed a block's shared memory, so the
+    ops run the pure-torch path on the input's device, with consistent fake shapes."""
+    qp = QPARAMS["int8"]
+    h, w_phi, p_a, p_b = make_inputs(6, lf.MAX_TRITON_WIDTH + 3, 2, 2)
+    assert not lf.takes_triton(h, h.shape[1])
+    with lf.triton_on_cpu():
+        assert lf.takes_triton(h[:, :16], 16)
+        args = (h, w_phi, p_a, p_b, None, *op_grid(qp))
+        out, _, saved_w, _ = torch.ops.lorap_dist.lorap_fused(*args)
+        torch.library.opcheck(torch.ops.lorap_dist.lorap_fused, args)
+    assert saved_w.shape == (6, 2)  # residuals kept: the torch path ran
+    assert torch.equal(out, lf.lorap_reference(h, w_phi, p_a, p_b, *qp)[1])
