@@ -259,7 +259,10 @@ def quant_aggregate_triton(
 
 
 def _launch_options(device: torch.device, block_d: int) -> dict:
-    return {"num_warps": 4 if block_d >= 256 else 2} if device.type == "cuda" else {}
+    if device.type != "cuda":
+        return {}
+    # No FMA contraction: each edge adds the rounded product q * s, as the reference does.
+    return {"num_warps": 4 if block_d >= 256 else 2, "enable_fp_fusion": False}
 
 
 @torch.library.custom_op("lorap_dist::quant_aggregate", mutates_args=())
