@@ -49,7 +49,9 @@ from lorap_dist.quant.quantizer import FakeQuantizer
 
 RESULTS = Path(__file__).parent / "results" / "kernel_lorap.json"
 REPORT = RESULTS.with_suffix(".md")  # the printed tables, for BENCHMARKS.md
-COMMAND = "flock /tmp/lorap-heavy.lock .venv/bin/python benchmarks/kernel_lorap.py"
+COMMAND = (
+    "OMP_NUM_THREADS=1 flock /tmp/lorap-heavy.lock .venv/bin/python benchmarks/kernel_lorap.py"
+)
 K, R = 8, 4
 DEGREE = 10  # neighbours per destination row in the aggregation benchmarks
 # CPU rows whose unfused E x d fp32 messages would exceed this many bytes are skipped.
