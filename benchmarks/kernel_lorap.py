@@ -419,7 +419,9 @@ def main() -> None:
         "computes the integer codes; its closed-form backward reads the softmax weights and "
         "STE mask its forward kept; in training it reuses the range pass's prompted sum), so "
         "the CPU ratio measures the op's implementation, not kernel fusion; the fusion claim "
-        "is the GPU table.\n\n" + report + "\n"
+        "is the GPU table. In the aggregation table, the op and the two ops run the same "
+        "computation on CPU; 'unfused' materialises per-edge float messages for index_add_."
+        "\n\n" + report + "\n"
     )
 
 
