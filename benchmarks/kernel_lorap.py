@@ -241,12 +241,11 @@ def _agg_lorap_steps(block, prompt, grad, d: int, train: bool) -> dict[str, Call
     """The three ways to run aggregation + LoRAP: one step each (see the module docstring)."""
     codes, scale, indptr, indices = block
     dst = torch.arange(codes.shape[0], device=codes.device).repeat_interleave(DEGREE)
-    fixed = QPARAMS
 
     def fused() -> object:
         if not train:
             with torch.no_grad():
-                return aggregate_lorap_forward(*block, *prompt, *fixed)
+                return aggregate_lorap_forward(*block, *prompt, *QPARAMS)
         y_range, saved = aggregate_lorap_forward_range(*block, *prompt)
         grid = _observed_grid(y_range)
         out = aggregate_lorap_forward(*block, *prompt, *grid, -128, 127, saved=saved)
@@ -256,7 +255,7 @@ def _agg_lorap_steps(block, prompt, grad, d: int, train: bool) -> dict[str, Call
         h = quant_aggregate(*block, d, 8, "mean")
         if not train:
             with torch.no_grad():
-                return lorap_forward(h, *prompt, *fixed)
+                return lorap_forward(h, *prompt, *QPARAMS)
         y_range, *saved = lorap_range(h, *(t.detach() for t in prompt))
         grid = _observed_grid(y_range)
         out = lorap_forward(h, *prompt, *grid, -128, 127, saved=tuple(saved))
@@ -267,7 +266,7 @@ def _agg_lorap_steps(block, prompt, grad, d: int, train: bool) -> dict[str, Call
             h = _gather_index_add(codes, scale, indices, dst) / DEGREE
             y = h + (torch.softmax(h @ prompt[0], dim=1) @ prompt[1]) @ prompt[2]
             if not train:
-                return torch.fake_quantize_per_tensor_affine(y, *fixed)
+                return torch.fake_quantize_per_tensor_affine(y, *QPARAMS)
             grid = _observed_grid(torch.stack(torch.aminmax(y.detach())))
             out = torch.fake_quantize_per_tensor_affine(y, *grid, -128, 127)
             return torch.autograd.grad(out, prompt, grad)

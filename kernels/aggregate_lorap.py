@@ -16,7 +16,7 @@ from the gathered codes (their ``GATHER`` path), so the aggregate never reaches 
 backward kernel gathers it again rather than storing it.
 
 The aggregation (order of the sum, the division by the degree, the optional fake
-quantization) is the one of :func:`~.quant_aggregate.quant_aggregate` followed by
+quantization) is the one of :func:`~.quant_aggregate.quant_aggregate_reference` followed by
 ``torch.fake_quantize_per_tensor_affine``, so ``h`` is bit-identical to the unfused
 composition, and everything after it is :mod:`.lorap_fused`'s forward and backward.
 
@@ -99,8 +99,8 @@ def _aggregate(
 ) -> Tensor:
     """The ``[num_dst, d]`` fp32 aggregate ``h``, fake-quantized when a grid is given: the
     CPU path (``oracle=False``, :func:`~.quant_aggregate.quant_aggregate_cpu`) or the test
-    oracle (:func:`~.quant_aggregate.quant_aggregate`), equal bit for bit."""
-    aggregate = qa.quant_aggregate if oracle else qa.quant_aggregate_cpu
+    oracle (:func:`~.quant_aggregate.quant_aggregate_reference`), equal bit for bit."""
+    aggregate = qa.quant_aggregate_reference if oracle else qa.quant_aggregate_cpu
     h = aggregate(src_codes, src_scale, indptr, indices, d, bits, reduce)
     if agg_scale is None:
         return h
@@ -220,9 +220,8 @@ def aggregate_lorap(
             _gather(indptr, indices, bits, reduce, *agg), None, torch.float32,
         )  # fmt: skip
         return out, codes, _no_rows(src_codes, d), *lf._no_residuals(out, w_phi)
-    if lf._has_rows(saved_h):
-        h = saved_h
-    else:
+    h = saved_h
+    if not lf._has_rows(h):
         h = _aggregate(src_codes, src_scale, indptr, indices, d, bits, reduce, *agg)
     codes, out, w, mask = lf._reference_forward(
         h, w_phi, p_a, p_b, None, scale, zero_point, qmin, qmax, saved_y, saved_w, keep_residuals
@@ -289,9 +288,8 @@ def aggregate_lorap_backward(
             _gather(indptr, indices, bits, reduce, *agg), None, None, torch.float32,
         )  # fmt: skip
         return tuple(grads)
-    if lf._has_rows(saved_h):
-        h = saved_h
-    else:
+    h = saved_h
+    if not lf._has_rows(h):
         h = _aggregate(src_codes, src_scale, indptr, indices, d, bits, reduce, *agg)
     _, *grads = lf._lorap_backward_reference(
         grad_out, h, w_phi, p_a, p_b, None, scale, zero_point, qmin, qmax, saved_w, saved_mask,

@@ -99,7 +99,7 @@ __all__ = [
 ]
 
 # Device functions the kernels call, jitted with them (see ``_triton.jit``).
-_JIT_HELPERS = ("_round_code", "_load_h")
+_JIT_HELPERS = ("_round_code", "_fake_quantize", "_load_h", "_load_prompt", "_prompted")
 
 
 # ----------------------------------------------------------------------------------------
@@ -123,6 +123,13 @@ def _round_code(y, grid_ptr, qmin, qmax):
     v = y * inv_scale
     v = tl.minimum(tl.maximum(v, (qmin - zero_point - 1) * 1.0), (qmax - zero_point + 1) * 1.0)
     return ((v + rint_magic) - rint_magic) + zero_point
+
+
+def _fake_quantize(y, grid_ptr, qmin, qmax):
+    """``(codes, dequantized)`` of ``y`` on the grid at ``grid_ptr``, as fp32 tiles."""
+    code = _round_code(y, grid_ptr, qmin, qmax)
+    code = tl.minimum(tl.maximum(code, qmin * 1.0), qmax * 1.0)
+    return code, (code - tl.load(grid_ptr + 2)) * tl.load(grid_ptr)
 
 
 def _load_h(
@@ -184,9 +191,7 @@ def _load_h(
         if MEAN:
             h = h / tl.maximum(deg, 1).to(tl.float32)[:, None]
         if QUANT_AGG:
-            code = _round_code(h, agg_grid_ptr, agg_qmin, agg_qmax)
-            code = tl.minimum(tl.maximum(code, agg_qmin * 1.0), agg_qmax * 1.0)
-            h = (code - tl.load(agg_grid_ptr + 2)) * tl.load(agg_grid_ptr)
+            _, h = _fake_quantize(h, agg_grid_ptr, agg_qmin, agg_qmax)
     else:
         tile = rows.to(tl.int64)[:, None] * d + offs_d[None, :]
         h = tl.load(h_ptr + tile, mask=row_mask[:, None] & d_mask[None, :], other=0)
@@ -197,6 +202,38 @@ def _load_h(
             )
             h = h * s_in[:, None]
     return h
+
+
+def _load_prompt(w_phi_ptr, p_a_ptr, p_b_ptr, d, k, r, offs_d, offs_k, offs_r):
+    """``W_phi``, ``P_A``, ``P_B`` as fp32 tiles padded with zeros to the blocks."""
+    d_mask, k_mask, r_mask = offs_d < d, offs_k < k, offs_r < r
+    w_phi = tl.load(
+        w_phi_ptr + offs_d[:, None] * k + offs_k[None, :],
+        mask=d_mask[:, None] & k_mask[None, :],
+        other=0.0,
+    ).to(tl.float32)
+    p_a = tl.load(
+        p_a_ptr + offs_k[:, None] * r + offs_r[None, :],
+        mask=k_mask[:, None] & r_mask[None, :],
+        other=0.0,
+    ).to(tl.float32)
+    p_b = tl.load(
+        p_b_ptr + offs_r[:, None] * d + offs_d[None, :],
+        mask=r_mask[:, None] & d_mask[None, :],
+        other=0.0,
+    ).to(tl.float32)
+    return w_phi, p_a, p_b
+
+
+def _prompted(h, w_phi, p_a, p_b, k_mask):
+    """``(w, t, y)``: softmax weights, ``w @ P_A`` and ``y = h + t @ P_B`` of a row block;
+    padded ``k`` columns get logits of ``-inf``, so weight 0."""
+    logits = tl.dot(h, w_phi, input_precision="ieee")
+    logits = tl.where(k_mask[None, :], logits, float("-inf"))
+    e = tl.exp(logits - tl.max(logits, axis=1)[:, None])
+    w = e / tl.sum(e, axis=1)[:, None]
+    t = tl.dot(w, p_a, input_precision="ieee")
+    return w, t, h + tl.dot(t, p_b, input_precision="ieee")
 
 
 def _lorap_fwd_kernel(
@@ -241,39 +278,17 @@ def _lorap_fwd_kernel(
     row_mask = rows < n_rows
     d_mask = offs_d < d
     k_mask = offs_k < k
-    r_mask = offs_r < r
     tile_mask = row_mask[:, None] & d_mask[None, :]
     # int64 before the stride multiply: rows * d overflows int32 beyond 2**31 elements.
     tile = rows.to(tl.int64)[:, None] * d + offs_d[None, :]
 
-    w_phi = tl.load(
-        w_phi_ptr + offs_d[:, None] * k + offs_k[None, :],
-        mask=d_mask[:, None] & k_mask[None, :],
-        other=0.0,
-    ).to(tl.float32)
-    p_a = tl.load(
-        p_a_ptr + offs_k[:, None] * r + offs_r[None, :],
-        mask=k_mask[:, None] & r_mask[None, :],
-        other=0.0,
-    ).to(tl.float32)
-    p_b = tl.load(
-        p_b_ptr + offs_r[:, None] * d + offs_d[None, :],
-        mask=r_mask[:, None] & d_mask[None, :],
-        other=0.0,
-    ).to(tl.float32)
-
+    w_phi, p_a, p_b = _load_prompt(w_phi_ptr, p_a_ptr, p_b_ptr, d, k, r, offs_d, offs_k, offs_r)
     h = _load_h(
         h_ptr, in_scale_ptr, in_scale_stride, indptr_ptr, indices_ptr, agg_grid_ptr,
         agg_qmin, agg_qmax, rows, row_mask, offs_d, d_mask, d, row_bytes,
         HAS_IN_SCALE, GATHER, BITS, MEAN, QUANT_AGG, BLOCK_N, BLOCK_D,
     )  # fmt: skip
-
-    logits = tl.dot(h, w_phi, input_precision="ieee")
-    logits = tl.where(k_mask[None, :], logits, float("-inf"))
-    e = tl.exp(logits - tl.max(logits, axis=1)[:, None])
-    w = e / tl.sum(e, axis=1)[:, None]
-    t = tl.dot(w, p_a, input_precision="ieee")
-    y = h + tl.dot(t, p_b, input_precision="ieee")
+    _, _, y = _prompted(h, w_phi, p_a, p_b, k_mask)
 
     if RANGE_ONLY:
         # The range pass: this block's min and max of y over valid entries, nothing else.
@@ -283,9 +298,7 @@ def _lorap_fwd_kernel(
         tl.store(range_part_ptr + pid.to(tl.int64) * 2 + 1, y_max)
     else:
         # The grid is read from device memory, so no host ever waits for the observer.
-        code = _round_code(y, grid_ptr, qmin, qmax)
-        code = tl.minimum(tl.maximum(code, qmin * 1.0), qmax * 1.0)
-        out = (code - tl.load(grid_ptr + 2)) * tl.load(grid_ptr)
+        code, out = _fake_quantize(y, grid_ptr, qmin, qmax)
         tl.store(codes_ptr + tile, code.to(codes_ptr.dtype.element_ty), mask=tile_mask)
         tl.store(out_ptr + tile, out.to(out_ptr.dtype.element_ty), mask=tile_mask)
 
@@ -338,15 +351,7 @@ def _lorap_bwd_kernel(
     kr_mask = k_mask[:, None] & r_mask[None, :]
     rd_mask = r_mask[:, None] & d_mask[None, :]
 
-    w_phi = tl.load(w_phi_ptr + offs_d[:, None] * k + offs_k[None, :], mask=dk_mask, other=0.0).to(
-        tl.float32
-    )
-    p_a = tl.load(p_a_ptr + offs_k[:, None] * r + offs_r[None, :], mask=kr_mask, other=0.0).to(
-        tl.float32
-    )
-    p_b = tl.load(p_b_ptr + offs_r[:, None] * d + offs_d[None, :], mask=rd_mask, other=0.0).to(
-        tl.float32
-    )
+    w_phi, p_a, p_b = _load_prompt(w_phi_ptr, p_a_ptr, p_b_ptr, d, k, r, offs_d, offs_k, offs_r)
 
     acc_w_phi = tl.zeros((BLOCK_D, BLOCK_K), dtype=tl.float32)
     acc_p_a = tl.zeros((BLOCK_K, BLOCK_R), dtype=tl.float32)
@@ -364,12 +369,7 @@ def _lorap_bwd_kernel(
             agg_qmin, agg_qmax, rows, row_mask, offs_d, d_mask, d, row_bytes,
             HAS_IN_SCALE, GATHER, BITS, MEAN, QUANT_AGG, BLOCK_N, BLOCK_D,
         )  # fmt: skip
-        logits = tl.dot(h, w_phi, input_precision="ieee")
-        logits = tl.where(k_mask[None, :], logits, float("-inf"))
-        e = tl.exp(logits - tl.max(logits, axis=1)[:, None])
-        w = e / tl.sum(e, axis=1)[:, None]
-        t = tl.dot(w, p_a, input_precision="ieee")
-        y = h + tl.dot(t, p_b, input_precision="ieee")
+        w, t, y = _prompted(h, w_phi, p_a, p_b, k_mask)
         code = _round_code(y, grid_ptr, qmin, qmax)
         keep = (code >= qmin * 1.0) & (code <= qmax * 1.0) & tile_mask
 
