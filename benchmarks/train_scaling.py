@@ -203,7 +203,7 @@ def run_ours(
     dataset: Path, variant: str, workers: int, args: argparse.Namespace, storage: Path
 ) -> dict[str, Any]:
     from lorap_dist.config import ExperimentConfig
-    from lorap_dist.dist.trainer import run_distributed
+    from lorap_dist.distributed.trainer import run_distributed
 
     prompt, bits, exchange_bits = VARIANTS[variant]
     quant = {"scheme": "none"} if bits is None else {"scheme": "qat", "options": {"bits": bits}}
@@ -277,7 +277,7 @@ def main() -> None:
 
     import ray
 
-    from lorap_dist.dist.trainer import RAY_ENV
+    from lorap_dist.distributed.trainer import RAY_ENV
     from lorap_dist.graph.storage import open_dataset
 
     started = time.perf_counter()

@@ -80,7 +80,7 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
 
     from lorap_dist.cli import load_config
-    from lorap_dist.dist.trainer import RAY_ENV, run_distributed
+    from lorap_dist.distributed.trainer import RAY_ENV, run_distributed
 
     started = time.perf_counter()
     config = load_config(args.config, args.set)
@@ -128,7 +128,7 @@ def main(argv: list[str]) -> int:
 
 if __name__ == "__main__":
     from lorap_dist.config import ConfigError
-    from lorap_dist.dist.checkpoint import CheckpointError
+    from lorap_dist.distributed.checkpoint import CheckpointError
     from lorap_dist.graph.errors import DatasetError
 
     try:

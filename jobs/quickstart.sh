@@ -46,7 +46,7 @@ case "$cmd" in
     "$VENV/bin/ruff" check lorap_dist kernels jobs benchmarks tests
     echo "[test] pytest"
     set +e
-    "$VENV/bin/python" -m pytest -q "$@"
+    "$VENV/bin/python" -m pytest -q -p lorap_dist.testing.collection_guard "$@"
     code=$?
     set -e
     if [ "$code" -eq 5 ]; then

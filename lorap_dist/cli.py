@@ -50,7 +50,7 @@ def _write_json(path: str | None, payload: dict[str, Any]) -> None:
 def _train(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.set)
     if config.dist is not None:
-        from lorap_dist.dist.trainer import run_distributed
+        from lorap_dist.distributed.trainer import run_distributed
 
         summary = run_distributed(config, config.dist, resume=args.resume)
         print(json.dumps(summary, indent=2, default=str))
@@ -196,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from lorap_dist.dist.checkpoint import CheckpointError
+    from lorap_dist.distributed.checkpoint import CheckpointError
     from lorap_dist.graph.errors import DatasetError
 
     args = build_parser().parse_args(argv)

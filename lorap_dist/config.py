@@ -296,7 +296,7 @@ class QuantSettings:
 class ExperimentConfig:
     """Everything a run needs; the file ``lorap train --config FILE`` reads.
 
-    ``dist`` (a :class:`lorap_dist.dist.config.DistConfig`) makes the run distributed: one
+    ``dist`` (a :class:`lorap_dist.distributed.config.DistConfig`) makes the run distributed: one
     Ray Train worker per partition of a prepared dataset. Without it, training runs in this
     process.
     """
@@ -311,7 +311,7 @@ class ExperimentConfig:
     def __post_init__(self) -> None:
         if isinstance(self.dist, dict):
             # Imported here: the distributed layer sits above this module.
-            from lorap_dist.dist.config import DistConfig
+            from lorap_dist.distributed.config import DistConfig
 
             self.dist = DistConfig.from_dict(self.dist)
 

@@ -17,7 +17,7 @@ dotted path::
 Following Ray Train v2, each Tune trial runs :func:`run_trial`, a driver function that
 builds the trial's :class:`~lorap_dist.config.ExperimentConfig` and either trains in its own
 process (:func:`lorap_dist.train.train`, one Tune report per epoch) or, with a ``dist``
-section, builds a ``TorchTrainer`` (:func:`lorap_dist.dist.trainer.build_trainer`) whose
+section, builds a ``TorchTrainer`` (:func:`lorap_dist.distributed.trainer.build_trainer`) whose
 workers report each epoch to Tune through ``TuneReportCallback``. A trial reserves
 ``cpus_per_trial`` CPUs when it trains in-process; a distributed trial's driver reserves
 nothing and its workers reserve ``num_workers x (cpus_per_worker [+ 1 GPU])`` through Ray
@@ -59,7 +59,7 @@ from lorap_dist.config import (
     check_choice,
     from_dict,
 )
-from lorap_dist.dist.config import DistConfig
+from lorap_dist.distributed.config import DistConfig
 
 MODES = ("grid", "random")
 DISTRIBUTIONS = ("uniform", "loguniform", "randint")
@@ -478,7 +478,7 @@ def _train_distributed(experiment: ExperimentConfig, trial_name: str) -> None:
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from lorap_dist.dist.trainer import RAY_ENV, build_trainer, validate_dataset
+    from lorap_dist.distributed.trainer import RAY_ENV, build_trainer, validate_dataset
 
     for key, value in RAY_ENV.items():
         os.environ.setdefault(key, value)
@@ -579,7 +579,7 @@ def run_sweep(
     import ray.tune
     from ray.tune.schedulers import ASHAScheduler
 
-    from lorap_dist.dist.trainer import RAY_ENV
+    from lorap_dist.distributed.trainer import RAY_ENV
 
     for key, value in RAY_ENV.items():
         os.environ.setdefault(key, value)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lorap_dist.dist.exchange import FeatureExchange
+from lorap_dist.distributed.exchange import FeatureExchange
 from lorap_dist.quant.integer import dequantize_rows, quantize_rows
 from lorap_dist.testing.multiprocess import run_multiprocess
 

@@ -1,6 +1,6 @@
 """The per-worker training loop Ray Train runs on every rank: ``train_loop_per_worker(config)``.
 
-``config`` is the dict :func:`lorap_dist.dist.trainer.worker_config` builds: the experiment
+``config`` is the dict :func:`lorap_dist.distributed.trainer.worker_config` builds: the experiment
 (``ExperimentConfig.to_dict()``), the ``dist`` section, the dataset directory and an optional
 checkpoint to resume from. Every rank runs the same number of steps and calls
 ``ray.train.report`` once per epoch; rank 0 writes the checkpoints.
@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from lorap_dist.config import ExperimentConfig
-from lorap_dist.dist.checkpoint import (
+from lorap_dist.distributed.checkpoint import (
     TrainingState,
     architecture,
     capture_rng,
@@ -35,10 +35,10 @@ from lorap_dist.dist.checkpoint import (
     restore_rng,
     save_checkpoint,
 )
-from lorap_dist.dist.config import DistConfig
-from lorap_dist.dist.exchange import FeatureExchange
-from lorap_dist.dist.inference import layerwise_inference
-from lorap_dist.dist.seeds import SeedSchedule, epoch_generator
+from lorap_dist.distributed.config import DistConfig
+from lorap_dist.distributed.exchange import FeatureExchange
+from lorap_dist.distributed.inference import layerwise_inference
+from lorap_dist.distributed.seeds import SeedSchedule, epoch_generator
 from lorap_dist.graph.block import NodeInfo
 from lorap_dist.graph.sampler import NeighborSampler
 from lorap_dist.graph.storage import Dataset, open_dataset
@@ -274,7 +274,7 @@ def resolve_resume_path(resume: str | Path) -> Path:
         return path
     found = latest_good_checkpoint(path)
     if found is None:
-        from lorap_dist.dist.checkpoint import CheckpointError
+        from lorap_dist.distributed.checkpoint import CheckpointError
 
         raise CheckpointError(
             f"--resume {path}: no usable checkpoint there (neither a checkpoint directory "

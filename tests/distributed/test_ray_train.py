@@ -12,9 +12,9 @@ import ray
 import torch
 
 from lorap_dist.config import ConfigError, ExperimentConfig
-from lorap_dist.dist.checkpoint import checkpoint_name, load_checkpoint
-from lorap_dist.dist.config import DistConfig
-from lorap_dist.dist.trainer import run_distributed, validate_dataset
+from lorap_dist.distributed.checkpoint import checkpoint_name, load_checkpoint
+from lorap_dist.distributed.config import DistConfig
+from lorap_dist.distributed.trainer import run_distributed, validate_dataset
 from lorap_dist.graph.errors import DatasetError
 
 pytestmark = pytest.mark.slow

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from lorap_dist.config import ConfigError, ExperimentConfig
-from lorap_dist.dist.config import DistConfig
+from lorap_dist.distributed.config import DistConfig
 from lorap_dist.graph.errors import DatasetError
 
 # Offline-friendly Ray defaults; a user's own setting wins.
@@ -76,7 +76,7 @@ def build_trainer(
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from lorap_dist.dist.worker import train_loop_per_worker
+    from lorap_dist.distributed.worker import train_loop_per_worker
 
     name = settings.name or time.strftime("lorap-%Y%m%d-%H%M%S")
     return TorchTrainer(
@@ -132,7 +132,7 @@ def run_distributed(
         )
     validate_dataset(experiment.data.path, settings.num_workers)
     if resume is not None:
-        from lorap_dist.dist.worker import resolve_resume_path
+        from lorap_dist.distributed.worker import resolve_resume_path
 
         resume = resolve_resume_path(resume)
     for key, value in RAY_ENV.items():

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lorap_dist.config import ModelConfig, PromptConfig
-from lorap_dist.dist.inference import full_block, layerwise_inference, ordered_unique
+from lorap_dist.distributed.inference import full_block, layerwise_inference, ordered_unique
 from lorap_dist.graph.storage import open_dataset
 from lorap_dist.nn.model import build_model
 from lorap_dist.testing.multiprocess import run_multiprocess

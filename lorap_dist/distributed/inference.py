@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lorap_dist.dist.exchange import FeatureExchange
+from lorap_dist.distributed.exchange import FeatureExchange
 from lorap_dist.graph.block import Block, NodeInfo
 from lorap_dist.nn.gcn import QGCNConv
 

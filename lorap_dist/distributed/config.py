@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from lorap_dist.config import check, check_choice
-from lorap_dist.dist.seeds import POLICIES
+from lorap_dist.distributed.seeds import POLICIES
 
 
 @dataclass
@@ -51,9 +51,9 @@ class DistConfig:
         checkpoint_every: epochs between checkpoints (the last epoch is always saved).
         keep_checkpoints: checkpoints Ray Train keeps (``None``: all).
         seed_policy: ``pad`` or ``cap``, how ranks are given equal step counts
-            (:mod:`lorap_dist.dist.seeds`).
+            (:mod:`lorap_dist.distributed.seeds`).
         exchange_bits: ``None`` sends features as stored; ``8`` or ``4`` re-quantizes rows
-            for the all_to_all (:mod:`lorap_dist.dist.exchange`).
+            for the all_to_all (:mod:`lorap_dist.distributed.exchange`).
         eval_every: epochs between full-graph evaluations (``0``: only after the last;
             ``null``: never, e.g. for throughput benchmarks).
         max_steps_per_epoch: cap on the steps of an epoch (``null``: a full pass over the

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from lorap_dist.dist.checkpoint import (
+from lorap_dist.distributed.checkpoint import (
     STATE_FILE,
     TENSORS_FILE,
     CheckpointError,
@@ -163,7 +163,7 @@ def test_mismatched_dataset_dims_name_the_field(tmp_path):
 
 
 def test_resume_path_skips_a_damaged_newest_checkpoint(tmp_path):
-    from lorap_dist.dist.worker import resolve_resume_path
+    from lorap_dist.distributed.worker import resolve_resume_path
 
     for epoch in (1, 2):
         state, _, _ = trained_state(epoch)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lorap_dist.dist.seeds import SeedSchedule, epoch_generator
+from lorap_dist.distributed.seeds import SeedSchedule, epoch_generator
 
 OWN = {0: torch.arange(0, 23), 1: torch.arange(100, 105), 2: torch.arange(200, 241)}
 COUNTS = tuple(len(OWN[r]) for r in range(3))
