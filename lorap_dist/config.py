@@ -9,6 +9,8 @@ checkpoints and Tune result tables.
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -43,8 +45,13 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "") -> T:
     """Build dataclass ``cls`` from ``data``, recursing into nested dataclass fields.
 
     Unknown keys are an error that lists the known ones, so a typo never silently falls
-    back to a default.
+    back to a default; a value of the wrong type (``epochs: "20"``, ``fanout: 10``) is an
+    error naming the field, the value and the type expected, before any work starts.
     """
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(
+            f"{_field_name(where or cls.__name__)} must be a mapping of field: value, got {data!r}."
+        )
     data = dict(data or {})
     where = where or cls.__name__
     known = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
@@ -53,13 +60,16 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "") -> T:
         not unknown,
         f"{where}: unknown field(s) {unknown}; known fields are {sorted(known)}.",
     )
+    hints = typing.get_type_hints(cls, localns=_CONFIG_TYPES)
     kwargs: dict[str, Any] = {}
     for name, value in data.items():
         sub = _dataclass_type(known[name].type)
         if sub is not None and isinstance(value, dict):
             value = from_dict(sub, value, f"{where}.{name}")
-        elif isinstance(value, list) and name in _TUPLE_FIELDS:
-            value = tuple(value)
+        else:
+            check_type(f"{where}.{name}", value, hints.get(name, Any))
+            if isinstance(value, list) and name in _TUPLE_FIELDS:
+                value = tuple(value)
         kwargs[name] = value
     return cls(**kwargs)
 
@@ -71,6 +81,67 @@ def _dataclass_type(annotation: Any) -> type | None:
     if isinstance(annotation, str):
         return _CONFIG_TYPES.get(annotation)
     return annotation if dataclasses.is_dataclass(annotation) else None
+
+
+def _field_name(where: str) -> str:
+    """``train.epochs`` for ``config.train.epochs`` (the form users write in --set)."""
+    return where.removeprefix("config.")
+
+
+def _type_matches(value: Any, annotation: Any) -> bool:
+    if annotation is Any:
+        return True
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_matches(value, arm) for arm in typing.get_args(annotation))
+    if annotation is type(None):
+        return value is None
+    if annotation is bool:
+        return isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is str:
+        return isinstance(value, str)
+    if origin is tuple:
+        item = typing.get_args(annotation)[0]
+        return isinstance(value, (list, tuple)) and all(_type_matches(v, item) for v in value)
+    if origin is dict or annotation is dict:
+        return isinstance(value, dict)
+    if dataclasses.is_dataclass(annotation):
+        return isinstance(value, annotation)
+    return True
+
+
+def _describe(annotation: Any) -> str:
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        arms = [a for a in typing.get_args(annotation) if a is not type(None)]
+        described = " or ".join(_describe(a) for a in arms)
+        return (
+            f"{described} (or null)" if len(arms) < len(typing.get_args(annotation)) else described
+        )
+    if origin is tuple:
+        plural = {int: "integers", float: "numbers", str: "strings"}
+        item = typing.get_args(annotation)[0]
+        return f"a list of {plural.get(item, _describe(item))}"
+    if origin is dict or annotation is dict or dataclasses.is_dataclass(annotation):
+        return "a mapping of field: value"
+    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+    return names.get(annotation, getattr(annotation, "__name__", str(annotation)))
+
+
+def check_type(where: str, value: Any, annotation: Any) -> None:
+    """Raise :class:`ConfigError` unless ``value`` has the type ``annotation`` asks for.
+
+    Numbers are not read from strings: YAML's ``"20"`` is a string, and a config that
+    quotes a number is more likely a mistake than an intention.
+    """
+    if _type_matches(value, annotation):
+        return
+    got = type(value).__name__ if value is not None else "null"
+    raise ConfigError(f"{_field_name(where)}={value!r} ({got}) must be {_describe(annotation)}.")
 
 
 def to_dict(config: Any) -> dict[str, Any]:
@@ -129,32 +200,80 @@ class SyntheticConfig:
         )
 
 
+DATA_TRANSFORMS = ("none", "normalize_features")
+
+
 @dataclass
 class DataConfig:
     """Where the graph comes from.
 
     Args:
         source: ``"synthetic"`` (generated from ``synthetic``), an OGB name such as
-            ``"ogbn-arxiv"``, or ``"dir"`` for a prepared dataset directory at ``path``.
-        root: where OGB datasets live (downloaded there on a machine with internet).
+            ``"ogbn-arxiv"``, ``"planetoid"`` (with ``name``: Cora, CiteSeer or PubMed, read
+            from their raw files under ``root``; ``"planetoid:Cora"`` is the same),
+            ``"pyg:CLASS:NAME"`` for another single-graph PyG dataset class, or ``"dir"``
+            for a prepared dataset directory at ``path``.
+        name: the dataset's name for ``planetoid`` (and ``CLASS[:NAME]`` for ``pyg``).
+        root: where OGB datasets live (downloaded there on a machine with internet) and
+            where PyG datasets keep their raw files (``root/<Name>/raw``; never downloaded).
         path: a prepared dataset directory (``lorap prepare`` output).
+        transform: ``none`` or ``normalize_features`` (PyG's ``NormalizeFeatures``: rows
+            sum to 1); ``None`` (default) picks ``normalize_features`` for Planetoid, as
+            the GCN paper does, and ``none`` otherwise.
     """
 
     source: str = "synthetic"
+    name: str | None = None
     root: str = "data"
     path: str | None = None
+    transform: str | None = None
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
     def __post_init__(self) -> None:
         check(
-            self.source in ("synthetic", "dir") or self.source.startswith("ogbn-"),
+            isinstance(self.source, str),
+            f"data.source={self.source!r} must be a string such as 'synthetic' or 'planetoid'.",
+        )
+        kind, sep, rest = self.source.partition(":")
+        if sep and kind in ("planetoid", "pyg"):
+            check(
+                self.name in (None, rest),
+                f"data.source={self.source!r} names the dataset and data.name={self.name!r} "
+                "names another; give it once.",
+            )
+            self.source, self.name = kind, rest
+        check(
+            self.source in ("synthetic", "dir", "planetoid", "pyg")
+            or self.source.startswith("ogbn-"),
             f"data.source={self.source!r} is not known; use 'synthetic', 'dir' (with "
-            "data.path) or an OGB node dataset name such as 'ogbn-arxiv'.",
+            "data.path), 'planetoid' (with data.name), 'pyg:CLASS:NAME' or an OGB node "
+            "dataset name such as 'ogbn-arxiv'.",
         )
         check(
             self.source != "dir" or bool(self.path),
             "data.source='dir' needs data.path, the prepared dataset directory.",
         )
+        check(
+            self.source not in ("planetoid", "pyg") or bool(self.name),
+            f"data.source={self.source!r} needs data.name, e.g. "
+            + ("'Cora'." if self.source == "planetoid" else "'WikiCS' or 'Amazon:Photo'."),
+        )
+        if self.transform is not None:
+            check_choice("data.transform", self.transform, DATA_TRANSFORMS)
+
+    @property
+    def spec(self) -> str:
+        """The source as :func:`lorap_dist.graph.sources.open_source` names it."""
+        if self.source in ("planetoid", "pyg"):
+            return f"{self.source}:{self.name}"
+        return self.source
+
+    @property
+    def resolved_transform(self) -> str:
+        """``transform``, or the dataset's default when it is ``None``."""
+        if self.transform is not None:
+            return self.transform
+        return "normalize_features" if self.source == "planetoid" else "none"
 
 
 ARCHS = ("gcn", "sage", "gin", "gat")

@@ -61,19 +61,24 @@ class TrainResult:
 
 
 def load_graph(config: ExperimentConfig) -> GraphData:
-    """The in-memory graph named by ``config.data``."""
+    """The in-memory graph named by ``config.data``, with its feature transform applied."""
+    from lorap_dist.graph.transforms import apply_transform
+
     data = config.data
     if data.source == "synthetic":
         from lorap_dist.graph.synthetic import generate_synthetic
 
-        return generate_synthetic(data.synthetic)
-    if data.source == "dir":
+        graph = generate_synthetic(data.synthetic)
+    elif data.source == "dir":
         from lorap_dist.graph.storage import open_dataset
 
-        return open_dataset(data.path).to_graph_data()
-    from lorap_dist.graph.sources import open_source
+        graph = open_dataset(data.path).to_graph_data()
+    else:
+        from lorap_dist.graph.sources import open_source
 
-    return open_source(data.source, data.root).to_graph_data()
+        graph = open_source(data.spec, data.root).to_graph_data()
+    graph.x = apply_transform(graph.x, data.resolved_transform)
+    return graph
 
 
 def build_quantized_model(config: ExperimentConfig, graph: GraphData) -> nn.Module:

@@ -74,3 +74,40 @@ def test_overrides_parse_values_as_yaml(tmp_path):
     assert config.train.fanout == (5, 5) and config.prompt.kind == "lorap"
     with pytest.raises(ConfigError, match="section.field=value"):
         apply_overrides({}, ["novalue"])
+
+
+@pytest.mark.parametrize(
+    ("sets", "message"),
+    [
+        (["train.epochs=abc"], "train.epochs='abc' (str) must be an integer."),
+        (["train.lr=fast"], "train.lr='fast' (str) must be a number."),
+        (["train.fanout=10"], "train.fanout=10 (int) must be a list of integers (or null)."),
+        (["model.hidden=1.5"], "model.hidden=1.5 (float) must be an integer."),
+        (["model.norm=true"], "model.norm=True (bool) must be a string"),
+        (["data.synthetic=5"], "data.synthetic=5 (int) must be a mapping of field: value."),
+        (
+            ["quant.scheme=qat", "quant.options.bits=four"],
+            "quant.options (qat).bits='four' (str) must be an integer.",
+        ),
+        (["dist.num_workers=two"], "dist.num_workers='two' (str) must be an integer."),
+    ],
+)
+def test_wrong_types_are_one_line_errors_naming_field_value_and_type(sets, message):
+    with pytest.raises(ConfigError) as info:
+        load_config(None, sets)
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_a_quoted_number_in_yaml_is_refused(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text('train:\n  epochs: "20"\n')
+    with pytest.raises(
+        ConfigError, match=r"c\.yaml: train\.epochs='20' \(str\) must be an integer"
+    ):
+        ExperimentConfig.from_yaml(path)
+
+
+def test_integers_are_accepted_where_numbers_are_asked_for():
+    config = load_config(None, ["train.lr=1", "train.weight_decay=0", "train.fanout=[5, -1]"])
+    assert (config.train.lr, config.train.weight_decay, config.train.fanout) == (1, 0, (5, -1))

@@ -55,6 +55,7 @@ from lorap_dist.graph.storage import (
     write_columns,
     write_meta,
 )
+from lorap_dist.graph.transforms import TRANSFORMS, transform_source
 
 GATHER_ROWS = 1 << 16  # feature rows gathered at a time inside a part task
 
@@ -64,12 +65,15 @@ class PrepareOptions:
     """What ``lorap prepare`` does.
 
     Args:
-        source: ``synthetic``, ``ogbn-NAME`` or ``dir:PATH``.
+        source: ``synthetic``, ``ogbn-NAME``, ``dir:PATH``, ``planetoid:NAME`` or
+            ``pyg:CLASS[:NAME]``.
         out: the dataset directory to create.
         parts: number of parts P (one per training worker).
         partitioner: ``metis``, ``random`` or ``stream``.
         features: ``fp32`` or ``int8`` (symmetric per-row INT8 + fp32 scale).
-        root: where OGB datasets live.
+        root: where OGB datasets live (and PyG datasets keep their raw files).
+        transform: feature transform baked into the dataset, ``none`` or
+            ``normalize_features``; ``None`` takes the source's default (``data.transform``).
         split_type: ``split/<type>`` folder to use (default: the dataset's own).
         symmetrize: add reverse edges (always deduplicated).
         drop_self_loops: drop edges ``(v, v)``.
@@ -88,6 +92,7 @@ class PrepareOptions:
     partitioner: str = "metis"
     features: str = "fp32"
     root: str | Path = "data"
+    transform: str | None = None
     split_type: str | None = None
     symmetrize: bool = True
     drop_self_loops: bool = True
@@ -113,6 +118,17 @@ class PrepareOptions:
             raise ConfigError(f"--parts {self.parts!r} must be an integer >= 1.")
         if self.workers < 1:
             raise ConfigError(f"--workers {self.workers} must be >= 1.")
+        if self.transform is not None and self.transform not in TRANSFORMS:
+            raise ConfigError(
+                f"--transform {self.transform!r} is not known; choose one of {list(TRANSFORMS)}."
+            )
+
+    @property
+    def resolved_transform(self) -> str:
+        """``transform``, or the source's default (as ``data.transform`` resolves it)."""
+        if self.transform is not None:
+            return self.transform
+        return "normalize_features" if self.source.startswith("planetoid:") else "none"
 
 
 def prepare(options: PrepareOptions) -> Path:
@@ -159,6 +175,7 @@ def _build(options: PrepareOptions, staging: Path, scratch: Path) -> dict:
     progress = options.progress
     # 1. Source.
     source = open_source(options.source, options.root, options.synthetic, options.split_type)
+    source = transform_source(source, options.resolved_transform)
     if options.parts > source.num_nodes:
         raise DatasetError(
             f"--parts {options.parts} is more than the {source.num_nodes} nodes "
@@ -200,6 +217,7 @@ def _build(options: PrepareOptions, staging: Path, scratch: Path) -> dict:
     return {
         "name": source.name,
         "source": options.source,
+        "transform": options.resolved_transform,
         "num_nodes": source.num_nodes,
         "num_edges": num_edges,
         "num_features": source.num_features,
@@ -382,7 +400,8 @@ def add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--source",
         default="synthetic",
-        help="synthetic | ogbn-NAME | dir:PATH (default: synthetic)",
+        help="synthetic | ogbn-NAME | dir:PATH | planetoid:NAME | pyg:CLASS[:NAME] "
+        "(default: synthetic)",
     )
     parser.add_argument("--out", required=True, help="dataset directory to create")
     parser.add_argument("--parts", type=int, default=1, help="number of parts (default: 1)")
@@ -393,7 +412,19 @@ def add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
         choices=list(FEATURE_ENCODINGS),
         help="feature encoding: fp32, or int8 with a per-row fp32 scale",
     )
-    parser.add_argument("--root", default="data", help="where OGB datasets live/download")
+    parser.add_argument(
+        "--root",
+        default="data",
+        help="where OGB datasets live/download, and where PyG datasets keep their raw files "
+        "(ROOT/<Name>/raw)",
+    )
+    parser.add_argument(
+        "--transform",
+        choices=list(TRANSFORMS),
+        default=None,
+        help="feature transform baked into the dataset (default: normalize_features for "
+        "Planetoid, none otherwise)",
+    )
     parser.add_argument("--split-type", default=None, help="split/<type> folder to use")
     parser.add_argument(
         "--no-symmetrize",
@@ -429,6 +460,7 @@ def options_from_args(args: argparse.Namespace) -> PrepareOptions:
         partitioner=args.partitioner,
         features=args.features,
         root=args.root,
+        transform=args.transform,
         split_type=args.split_type,
         symmetrize=args.symmetrize,
         drop_self_loops=args.drop_self_loops,

@@ -2,14 +2,17 @@
 
 A :class:`GraphSource` hands the pipeline node counts, labels and splits in memory, and edges
 and feature rows in chunks, so a generated graph of any size never has to exist in memory
-at once. Three kinds exist:
+at once. These kinds exist:
 
 - ``synthetic`` -- :mod:`lorap_dist.graph.synthetic`, drawn chunk by chunk;
 - ``ogbn-NAME`` -- any homogeneous OGB node-property dataset, through OGB's own
   ``NodePropPredDataset`` (downloaded on a machine with internet);
-- ``dir:PATH`` -- your own dataset directory in OGB's on-disk layout.
+- ``dir:PATH`` -- your own dataset directory in OGB's on-disk layout;
+- ``planetoid:NAME`` -- Cora, CiteSeer or PubMed from their raw files, through PyG's
+  ``Planetoid``; ``pyg:CLASS:NAME`` -- another single-graph dataset class of PyG.
 
-The last two live in :mod:`lorap_dist.graph.ogb_source`.
+``ogbn-NAME`` and ``dir:PATH`` live in :mod:`lorap_dist.graph.ogb_source`, the PyG datasets
+in :mod:`lorap_dist.graph.pyg_source`.
 """
 
 from __future__ import annotations
@@ -135,11 +138,13 @@ def open_source(
     synthetic: SyntheticConfig | None = None,
     split_type: str | None = None,
 ) -> GraphSource:
-    """The source named by ``spec``: ``synthetic``, ``ogbn-NAME`` or ``dir:PATH``.
+    """The source named by ``spec``: ``synthetic``, ``ogbn-NAME``, ``dir:PATH``,
+    ``planetoid:NAME`` or ``pyg:CLASS[:NAME]``.
 
     Args:
         spec: which source.
-        root: where OGB datasets live (``root/ogbn_NAME``); downloaded there when absent.
+        root: where OGB datasets live (``root/ogbn_NAME``; downloaded there when absent) and
+            where PyG datasets keep their raw files (``root/<Name>/raw``; never downloaded).
         synthetic: the generator's config for ``synthetic``.
         split_type: the ``split/<type>`` folder to use (default: OGB's own, or the only one).
     """
@@ -151,7 +156,16 @@ def open_source(
         return ogb_source(spec, root, split_type)
     if spec.startswith("dir:") and len(spec) > 4:
         return dir_source(spec[4:], split_type)
+    kind, _, rest = spec.partition(":")
+    if kind in ("planetoid", "pyg") and rest:
+        from lorap_dist.graph.pyg_source import pyg_source
+
+        if kind == "planetoid":
+            return pyg_source("Planetoid", rest, root)
+        class_name, _, name = rest.partition(":")
+        return pyg_source(class_name, name or None, root)
     raise DatasetError(
         f"source {spec!r} is not known; use 'synthetic', an OGB node dataset name such as "
-        "'ogbn-arxiv', or 'dir:PATH' for a directory in OGB's layout."
+        "'ogbn-arxiv', 'dir:PATH' for a directory in OGB's layout, 'planetoid:Cora' "
+        "(CiteSeer, PubMed) or 'pyg:CLASS:NAME' for a PyG dataset class."
     )

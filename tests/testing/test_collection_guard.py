@@ -34,7 +34,10 @@ def test_uncollected_folders_names_only_the_missing_ones(tmp_path):
     make_suite(tmp_path, ["quant", "dist", "dist/inner"])
     collected = {tmp_path / "tests/quant/test_quant.py"}
     missing = uncollected_folders([tmp_path / "tests"], collected)
-    assert missing == [(tmp_path / "tests/dist").resolve(), (tmp_path / "tests/dist/inner").resolve()]
+    assert missing == [
+        (tmp_path / "tests/dist").resolve(),
+        (tmp_path / "tests/dist/inner").resolve(),
+    ]
 
 
 @pytest.mark.slow
