@@ -29,6 +29,7 @@ from lorap_dist.graph.csr import csr_from_edge_index
 from lorap_dist.graph.data import GraphData
 from lorap_dist.graph.sampler import NeighborSampler, iter_minibatches
 from lorap_dist.nn import build_model, parameter_counts
+from lorap_dist.optim import build_optimizer
 from lorap_dist.quant import (
     average_bits,
     end_epoch,
@@ -36,6 +37,7 @@ from lorap_dist.quant import (
     quantization_settled,
     quantize_,
 )
+from lorap_dist.tracking import BestEpoch
 
 
 @dataclass
@@ -101,12 +103,27 @@ def total_loss(model: nn.Module, logits: Tensor, y: Tensor) -> Tensor:
     return loss if extra is None else loss + extra
 
 
+@dataclass
+class EpochReport:
+    """What :func:`train` hands its ``on_epoch`` hook after every epoch.
+
+    Args:
+        row: the epoch's history row (``epoch``, ``loss``, ``train``, ``valid``, ``test``).
+        best: the best-validation epoch so far (after this epoch's update).
+        last: whether training ends after this epoch (its last, or stopped early).
+    """
+
+    row: dict[str, float]
+    best: BestEpoch
+    last: bool
+
+
 def train(
     config: ExperimentConfig,
     graph: GraphData | None = None,
     *,
     progress: bool = True,
-    on_epoch: Callable[[dict[str, float], nn.Module], None] | None = None,
+    on_epoch: Callable[[EpochReport, nn.Module], None] | None = None,
 ) -> tuple[TrainResult, nn.Module]:
     """Train ``config`` on one process and return the result and the best model.
 
@@ -114,9 +131,8 @@ def train(
         config: the experiment.
         graph: an already loaded graph (else ``config.data`` is loaded).
         progress: show a progress bar over epochs.
-        on_epoch: called after every epoch's validation with that epoch's history row
-            (``epoch``, ``loss``, ``train``, ``valid``, ``test``) and the model; the sweep
-            driver reports to Ray Tune through it.
+        on_epoch: called after every epoch's validation with an :class:`EpochReport` and
+            the model; the sweep driver reports to Ray Tune through it.
     """
     start = time.perf_counter()
     # 1. data
@@ -124,9 +140,7 @@ def train(
     torch.manual_seed(config.train.seed)
     # 2. model
     model = build_quantized_model(config, graph)
-    optimizer = torch.optim.Adam(
-        model.parameters(), lr=config.train.lr, weight_decay=config.train.weight_decay
-    )
+    optimizer = build_optimizer(model, config.train)
     nodes = NodeInfo(ids=torch.arange(graph.num_nodes), degree=graph.in_degree())
     runner: FullBatchRunner = (
         FullBatchRunner(graph, nodes)
@@ -134,7 +148,8 @@ def train(
         else MiniBatchRunner(graph, nodes, config)
     )
 
-    best = {"valid": -1.0, "epoch": -1, "state": copy.deepcopy(model.state_dict())}
+    best = BestEpoch(patience=config.train.patience)
+    best_state = copy.deepcopy(model.state_dict())
     history: list[dict[str, float]] = []
     bar = tqdm(range(config.train.epochs), desc="train", unit="epoch", disable=not progress)
     epoch = -1
@@ -142,33 +157,28 @@ def train(
         # 3. one epoch of training
         loss = runner.train_epoch(model, optimizer, epoch)
         if end_epoch(model, epoch, config.train.epochs):
-            best["valid"] = -1.0  # e.g. MixQ froze its bit widths: a different model now
+            best.restart()  # e.g. MixQ froze its bit widths: a different model now
         # 4. validation, best state, early stop
         accs = runner.evaluate(model)
         history.append({"epoch": epoch, "loss": loss, **accs})
-        if accs["valid"] > best["valid"]:
-            best = {
-                "valid": accs["valid"],
-                "epoch": epoch,
-                "state": copy.deepcopy(model.state_dict()),
-            }
+        if best.update(epoch, accs["valid"], accs["test"]):
+            best_state = copy.deepcopy(model.state_dict())
+        stop = best.should_stop(epoch, quantization_settled(model))
         if on_epoch is not None:
-            on_epoch(history[-1], model)
-        bar.set_postfix(
-            loss=f"{loss:.3f}", valid=f"{accs['valid']:.3f}", best=f"{best['valid']:.3f}"
-        )
-        patience = config.train.patience
-        if patience and epoch - best["epoch"] >= patience and quantization_settled(model):
+            last = stop or epoch + 1 == config.train.epochs
+            on_epoch(EpochReport(row=history[-1], best=best, last=last), model)
+        bar.set_postfix(loss=f"{loss:.3f}", valid=f"{accs['valid']:.3f}", best=f"{best.valid:.3f}")
+        if stop:
             break
     bar.close()
     # 5. report the best epoch
-    model.load_state_dict(best["state"])
+    model.load_state_dict(best_state)
     accs = runner.evaluate(model)
     result = TrainResult(
         train_acc=accs["train"],
         valid_acc=accs["valid"],
         test_acc=accs["test"],
-        best_epoch=best["epoch"],
+        best_epoch=best.epoch,
         epochs_run=epoch + 1,
         wall_s=time.perf_counter() - start,
         params=parameter_counts(model),

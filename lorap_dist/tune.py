@@ -61,6 +61,9 @@ from lorap_dist.config import (
 )
 from lorap_dist.distributed.config import DistConfig
 
+if typing.TYPE_CHECKING:
+    from lorap_dist.train import EpochReport
+
 MODES = ("grid", "random")
 DISTRIBUTIONS = ("uniform", "loguniform", "randint")
 RESULTS_FILE = "trials.parquet"
@@ -421,46 +424,42 @@ def _append_jsonl(path: str, record: dict[str, Any]) -> None:
 
 
 class _EpochReporter:
-    """The ``on_epoch`` hook of :func:`lorap_dist.train.train`: one Tune report per epoch."""
+    """The ``on_epoch`` hook of :func:`lorap_dist.train.train`: one Tune report per epoch.
 
-    def __init__(self, experiment: ExperimentConfig, train_nodes: int) -> None:
-        self.epochs = experiment.train.epochs
-        self.patience = experiment.train.patience
+    The best epoch and the stop decision are :func:`~lorap_dist.train.train`'s own
+    (:class:`~lorap_dist.tracking.BestEpoch`), so a trial reports what ``lorap train``
+    would: after a MixQ freeze, the frozen model's best.
+    """
+
+    def __init__(self, train_nodes: int) -> None:
         self.train_nodes = train_nodes
-        self.best = {"valid": -1.0, "test": float("nan"), "epoch": -1}
         self.start = self.last = time.perf_counter()
 
-    def __call__(self, row: dict[str, float], model: Any) -> None:
+    def __call__(self, report: EpochReport, model: Any) -> None:
         import ray.tune
 
         from lorap_dist.nn import parameter_counts
         from lorap_dist.quant import average_bits
 
         now = time.perf_counter()
-        epoch = int(row["epoch"])
-        if row["valid"] > self.best["valid"]:  # the rule train() keeps its best state by
-            self.best = {"valid": row["valid"], "test": row["test"], "epoch": epoch}
-        # train() stops after this epoch when it is the last or patience has run out.
-        done = epoch + 1 == self.epochs or bool(
-            self.patience and epoch - self.best["epoch"] >= self.patience
-        )
+        row, best = report.row, report.best
         counts = parameter_counts(model)
         ray.tune.report(
             {
-                "epoch": epoch + 1,
+                "epoch": int(row["epoch"]) + 1,
                 "loss": row["loss"],
                 "train_acc": row["train"],
                 "valid_acc": row["valid"],
                 "test_acc": row["test"],
-                "best_valid_acc": self.best["valid"],
-                "best_test_acc": self.best["test"],
-                "best_epoch": self.best["epoch"] + 1,
+                "best_valid_acc": best.valid,
+                "best_test_acc": best.test,
+                "best_epoch": best.epoch + 1,
                 **{f"params_{kind}": n for kind, n in counts.items()},
                 "avg_bits": average_bits(model),
                 # training nodes per second of the epoch, evaluation included
                 "seeds_per_s": self.train_nodes / max(now - self.last, 1e-9),
                 "wall_s": now - self.start,
-                "trial_done": done,
+                "trial_done": report.last,
             }
         )
         self.last = now
@@ -470,7 +469,7 @@ def _train_in_process(experiment: ExperimentConfig) -> None:
     from lorap_dist.train import load_graph, train
 
     graph = load_graph(experiment)
-    reporter = _EpochReporter(experiment, int(graph.train_idx.numel()))
+    reporter = _EpochReporter(int(graph.train_idx.numel()))
     train(experiment, graph, progress=False, on_epoch=reporter)
 
 

@@ -43,7 +43,9 @@ from lorap_dist.graph.block import NodeInfo
 from lorap_dist.graph.sampler import NeighborSampler
 from lorap_dist.graph.storage import Dataset, open_dataset
 from lorap_dist.nn.model import build_model
+from lorap_dist.optim import build_optimizer
 from lorap_dist.quant import end_epoch, quantize_
+from lorap_dist.tracking import BestEpoch
 from lorap_dist.train import total_loss
 
 SAMPLING_STREAM = 1  # epoch_generator stream of the neighbour sampler (0 orders the seeds)
@@ -84,9 +86,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if scheme is not None:
         quantize_(model, scheme, num_nodes=dataset.num_nodes)  # A2Q: per-node parameters
     model.to(device)
-    optimizer = torch.optim.Adam(
-        model.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay
-    )
+    optimizer = build_optimizer(model, train_cfg)
     dataset_facts = {
         "num_features": dataset.num_features,
         "num_classes": dataset.num_classes,
@@ -94,7 +94,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     }
 
     # 3. Resume: Ray Train's checkpoint after a restart, else the --resume path.
-    start_epoch, step, extra = 0, 0, {"best_valid": -1.0, "best_test": float("nan")}
+    start_epoch, step = 0, 0
+    best = BestEpoch()  # the best-validation epoch; distributed runs run every epoch
     checkpoint_dir = _resume_directory(config.get("resume"))
     restored_rng = None
     if checkpoint_dir is not None:
@@ -105,7 +106,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             )
         model.load_state_dict(state.model)
         optimizer.load_state_dict(state.optimizer)
-        start_epoch, step, extra = state.epoch, state.step, state.extra
+        start_epoch, step = state.epoch, state.step
+        best.load_state_dict(state.extra.get("best", {}))
         restored_rng = state.rng[rank]
     ddp = DistributedDataParallel(
         model,
@@ -146,7 +148,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             )
         elapsed = time.perf_counter() - started
         if end_epoch(model, epoch, train_cfg.epochs):  # e.g. MixQ froze: a different model
-            extra = {"best_valid": -1.0, "best_test": float("nan")}
+            best.restart()
         sent = torch.tensor([exchange.bytes_sent - bytes_before], dtype=torch.float64)
         dist.all_reduce(totals)
         dist.all_reduce(sent)
@@ -168,9 +170,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         every = settings.eval_every
         if every is not None and (last or (every and (epoch + 1) % every == 0)):
             metrics |= evaluate(model, dataset, part, degree, settings, device)
-            if metrics["valid_acc"] > extra["best_valid"]:
-                extra = {"best_valid": metrics["valid_acc"], "best_test": metrics["test_acc"]}
-        metrics |= {"best_valid_acc": extra["best_valid"], "best_test_acc": extra["best_test"]}
+            best.update(epoch, metrics["valid_acc"], metrics["test_acc"])
+        metrics |= {"best_valid_acc": best.valid, "best_test_acc": best.test}
 
         # 6. Rank 0 writes the checkpoint; every rank reports once per epoch.
         if last or (epoch + 1) % settings.checkpoint_every == 0:
@@ -186,7 +187,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                     step=step,
                     rng=rng_states,
                     dataset=dataset_facts,
-                    extra=extra,
+                    extra={"best": best.state_dict()},
                 ),
                 rank,
             )

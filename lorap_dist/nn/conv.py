@@ -92,17 +92,30 @@ class QuantizedConv(MessagePassing):
     ) -> None:
         sizes = lorap_sizes(lorap_k, lorap_r, prompt)
         self.lorap = None if sizes is None else LoRAP(aggregate_channels, *sizes)
+        rounding = (prompt or PromptConfig()).rounding
         names = list(points)
-        if self.lorap is not None:  # the prompt re-quantizes right after the aggregate
-            names.insert(names.index("aggregate") + 1, "prompt")
+        if self.lorap is not None:
+            at = names.index("aggregate")
+            if rounding == "once":  # the prompt sees the exact aggregate; one rounding after
+                names[at] = "prompt"
+            else:  # the aggregate is rounded, prompted and rounded again
+                names.insert(at + 1, "prompt")
         self.QUANT_POINTS = dict.fromkeys(names, NODE)
         self.quantizers = identity_quantizers(self.QUANT_POINTS)
 
     def quantize(self, point: str, x: Tensor, nodes: NodeInfo | None) -> Tensor:
         return self.quantizers[point](x, nodes)
 
-    def prompt_aggregate(self, h: Tensor, nodes_dst: NodeInfo | None) -> Tensor:
-        """LoRAP on the quantized aggregate, re-quantized by ``"prompt"``; ``h`` when off."""
+    def quantize_aggregate(self, h: Tensor, nodes_dst: NodeInfo | None) -> Tensor:
+        """The aggregate as the update step sees it.
+
+        Without LoRAP: ``Q_aggregate(h)``. With LoRAP and ``prompt.rounding="once"``:
+        ``Q_prompt(h + p(h))``, the prompt computed from the exact aggregate (the paper's
+        "aggregate -> dequantize -> prompt -> quantize"). With ``"twice"``:
+        ``Q_prompt(h' + p(h'))`` with ``h' = Q_aggregate(h)``.
+        """
+        if "aggregate" in self.quantizers:
+            h = self.quantize("aggregate", h, nodes_dst)
         if self.lorap is None:
             return h
         return self.lorap(h, self.quantizers["prompt"], nodes_dst)

@@ -73,7 +73,7 @@ class GNN(nn.Module):
             _conv(model, prompt, widths[l], widths[l + 1], last=l == model.layers - 1)
             for l in range(model.layers)
         )
-        self.norms = nn.ModuleList(_norm(model.norm, model.hidden) for _ in widths[1:-1])
+        self.norms = nn.ModuleList(_norm(model.resolved_norm, model.hidden) for _ in widths[1:-1])
         self.dropout = model.dropout
 
     def reset_parameters(self) -> None:

@@ -79,8 +79,7 @@ class QSAGEConv(QuantizedConv):
         g = layer_input(type(self).__name__, x, graph, nodes)
         x = self.quantize("input", x, g.nodes_src)
         h = self.propagate(g.edge_index, x=x, size=(g.num_src, g.num_dst))
-        h = self.quantize("aggregate", h, g.nodes_dst)  # [N_dst, in]
-        h = self.prompt_aggregate(h, g.nodes_dst)
+        h = self.quantize_aggregate(h, g.nodes_dst)  # [N_dst, in]
         out = self.lin_l(h) + self.lin_r(x[: g.num_dst])
         return self.quantize("output", out, g.nodes_dst)
 

@@ -2,6 +2,7 @@ import pytest
 import torch
 from torch_geometric.nn import GCNConv
 
+from lorap_dist.config import PromptConfig
 from lorap_dist.graph import Block
 from lorap_dist.nn import QGCNConv, block_gcn_norm
 from lorap_dist.testing.graphs import full_block, in_neighbour_block, random_graph
@@ -89,9 +90,9 @@ def test_errors_name_the_input() -> None:
 
 def test_reset_repr_and_points() -> None:
     layer = QGCNConv(3, 2, lorap_k=4, lorap_r=2)
-    assert layer.QUANT_POINTS == dict.fromkeys(
-        ["input", "message", "aggregate", "prompt", "output"], "node"
-    )
+    assert layer.QUANT_POINTS == dict.fromkeys(["input", "message", "prompt", "output"], "node")
+    twice = QGCNConv(3, 2, prompt=PromptConfig(kind="lorap", rounding="twice"))
+    assert list(twice.QUANT_POINTS) == ["input", "message", "aggregate", "prompt", "output"]
     assert set(QGCNConv(3, 2).QUANT_POINTS) == {"input", "message", "aggregate", "output"}
     assert repr(layer) == "QGCNConv(3, 2, lorap=(k=4, r=2))"
     with torch.no_grad():

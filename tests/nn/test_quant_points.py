@@ -8,6 +8,7 @@ from torch import Tensor
 from torch_geometric.nn import GATConv, GCNConv
 from torch_geometric.utils import scatter
 
+from lorap_dist.config import PromptConfig
 from lorap_dist.graph import NodeInfo
 from lorap_dist.nn import QGATConv, QGCNConv, QGINConv, QSAGEConv
 from lorap_dist.nn.conv import QuantizedConv
@@ -20,13 +21,14 @@ N, IN, OUT = 12, 5, 6
 SOURCE_POINTS = {"input", "message"}
 
 
-def make(arch: str) -> QuantizedConv:
+def make(arch: str, rounding: str = "twice") -> QuantizedConv:
     torch.manual_seed(0)
+    prompt = PromptConfig(kind="lorap", k=3, r=2, rounding=rounding)
     layer = {
-        "gcn": lambda: QGCNConv(IN, OUT, lorap_k=3, lorap_r=2),
-        "sage": lambda: QSAGEConv(IN, OUT, lorap_k=3, lorap_r=2),
-        "gin": lambda: QGINConv(IN, OUT, hidden_channels=7, eps=0.4, lorap_k=3, lorap_r=2),
-        "gat": lambda: QGATConv(IN, 3, heads=2, lorap_k=3, lorap_r=2),
+        "gcn": lambda: QGCNConv(IN, OUT, prompt=prompt),
+        "sage": lambda: QSAGEConv(IN, OUT, prompt=prompt),
+        "gin": lambda: QGINConv(IN, OUT, hidden_channels=7, eps=0.4, prompt=prompt),
+        "gat": lambda: QGATConv(IN, 3, heads=2, prompt=prompt),
     }[arch]().eval()
     torch.nn.init.normal_(layer.lorap.p_b)  # a non-zero prompt, so "prompt" != "aggregate"
     for name in ("bias", "lin_l.bias", "lin1.bias"):
@@ -66,9 +68,10 @@ def expected_points(arch: str, layer: QuantizedConv, x: Tensor, edge_index: Tens
 ARCHS = ["gcn", "sage", "gin", "gat"]
 
 
+@pytest.mark.parametrize("rounding", ["once", "twice"])
 @pytest.mark.parametrize("arch", ARCHS)
-def test_each_point_sees_its_tensor_once(arch: str) -> None:
-    layer = make(arch)
+def test_each_point_sees_its_tensor_once(arch: str, rounding: str) -> None:
+    layer = make(arch, rounding)
     recorders = {point: RecordingQuantizer() for point in layer.QUANT_POINTS}
     layer.quantizers.update(recorders)
     edge_index = random_graph(N, 30, seed=1)
@@ -78,6 +81,8 @@ def test_each_point_sees_its_tensor_once(arch: str) -> None:
         out = layer(x, edge_index, NodeInfo(ids=ids))
         expected = expected_points(arch, layer, x, edge_index)
     expected["output"] = out
+    if rounding == "once":  # one rounding: the prompt's point replaces the aggregate's
+        del expected["aggregate"]
     assert set(expected) == set(layer.QUANT_POINTS)
     for point, recorder in recorders.items():
         assert len(recorder.calls) == 1, f"{point} was called {len(recorder.calls)} times"

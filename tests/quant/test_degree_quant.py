@@ -143,8 +143,10 @@ def test_block_masks_are_prefix_slices_of_the_source_mask():
     model(x[src0], [block0, block1], NodeInfo(ids=src0, degree=degree[src0]))
     source = seen["convs.0.input"]
     assert source.shape == (block0.num_src,)
-    assert torch.equal(seen["convs.0.aggregate"], source[: block0.num_dst])
-    assert torch.equal(seen["convs.0.prompt"], source[: block0.num_dst])
+    for point in ("aggregate", "prompt"):  # LoRAP rounding once: no aggregate point
+        if f"convs.0.{point}" in seen:
+            assert torch.equal(seen[f"convs.0.{point}"], source[: block0.num_dst])
+    assert "convs.0.prompt" in seen
     assert torch.equal(seen["convs.1.input"], source[: block1.num_src])
     assert torch.equal(seen["convs.1.output"], source[: block1.num_dst])
 

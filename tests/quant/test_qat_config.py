@@ -105,7 +105,8 @@ def test_quantize_replaces_both_points_with_fake_quantizers():
         assert isinstance(quantizer, FakeQuantizer)
         if name.endswith("input"):
             assert (quantizer.bits, quantizer.symmetric, quantizer.per_row) == (4, False, False)
-            assert type(quantizer.observer) is MinMaxObserver
+            assert type(quantizer.observer) is EMAObserver  # the default: moving average
+            assert quantizer.observer.momentum == 0.01
         else:
             assert (quantizer.bits, quantizer.symmetric, quantizer.per_row) == (6, True, True)
             assert type(quantizer.observer) is EMAObserver

@@ -1,0 +1,63 @@
+"""The optimizer every training loop builds: Adam over three parameter groups.
+
+=========== ===================================== ======================== ====================
+group       what                                  learning rate            weight decay
+=========== ===================================== ======================== ====================
+backbone    layer weights and biases, norms       ``train.lr``             ``train.weight_decay``
+prompt      LoRAP and GPF-plus parameters         ``lr * prompt_lr_scale`` ``prompt_weight_decay``
+quantizer   learned quantizer state (A2Q steps    ``train.lr``             0
+            and bit widths, MixQ logits)
+=========== ===================================== ======================== ====================
+
+Quantizer state is never decayed: pulling A2Q's steps or MixQ's logits toward zero is a
+bias toward a degenerate grid, not a regulariser. The prompt gets its own, smaller learning
+rate: at the backbone's rate the prompt moves the prompted point's range from step to step
+faster than the backbone adapts to it (measured in ``benchmarks/accuracy_planetoid.py``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from lorap_dist.config import TrainConfig
+from lorap_dist.prompt.gpf import GPFPlus
+from lorap_dist.prompt.lorap import LoRAP
+from lorap_dist.quant.base import Quantizer
+
+
+def parameter_groups(model: nn.Module, train: TrainConfig) -> list[dict[str, Any]]:
+    """``model``'s parameters as Adam's groups (table in the module docstring); empty groups
+    are left out. Every parameter is in exactly one group, named by its ``"name"`` key."""
+    kind_of: dict[int, str] = {}
+    for module in model.modules():
+        kind = (
+            "prompt"
+            if isinstance(module, (LoRAP, GPFPlus))
+            else "quantizer"
+            if isinstance(module, Quantizer)
+            else None
+        )
+        if kind is not None:
+            for parameter in module.parameters():
+                kind_of.setdefault(id(parameter), kind)
+    settings = {
+        "backbone": {"lr": train.lr, "weight_decay": train.weight_decay},
+        "prompt": {
+            "lr": train.lr * train.prompt_lr_scale,
+            "weight_decay": train.prompt_weight_decay,
+        },
+        "quantizer": {"lr": train.lr, "weight_decay": 0.0},
+    }
+    groups = {name: {"name": name, "params": [], **values} for name, values in settings.items()}
+    for parameter in model.parameters():
+        if parameter.requires_grad:
+            groups[kind_of.get(id(parameter), "backbone")]["params"].append(parameter)
+    return [group for group in groups.values() if group["params"]]
+
+
+def build_optimizer(model: nn.Module, train: TrainConfig) -> torch.optim.Adam:
+    """Adam over :func:`parameter_groups` of ``model``."""
+    return torch.optim.Adam(parameter_groups(model, train), lr=train.lr)

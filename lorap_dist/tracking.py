@@ -1,0 +1,60 @@
+"""Which epoch a run reports, and when it stops: one rule for every training loop.
+
+``lorap train`` (:mod:`lorap_dist.train`), the distributed worker and the Tune reporter all
+report the model of the epoch with the best validation accuracy and stop early on the same
+rule, through one :class:`BestEpoch`:
+
+- an epoch is the new best when its validation accuracy is strictly higher;
+- when a quantization schedule changes the model (MixQ freezing its bit widths),
+  :meth:`BestEpoch.restart` forgets the best, so the reported model is the final one;
+- a run stops once ``patience`` epochs have passed without a new best, but never while a
+  quantization schedule is still to change the model.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+
+@dataclass
+class BestEpoch:
+    """The best-validation epoch so far and the early-stopping rule (module docstring).
+
+    Args:
+        patience: stop after this many epochs without a new best; ``0`` never stops early.
+        valid: validation accuracy of the best epoch (``-1`` before any).
+        test: test accuracy of the best epoch.
+        epoch: the best epoch, 0-based (``-1`` before any).
+    """
+
+    patience: int = 0
+    valid: float = -1.0
+    test: float = math.nan
+    epoch: int = -1
+
+    def update(self, epoch: int, valid: float, test: float) -> bool:
+        """Record epoch ``epoch``'s accuracies; ``True`` when it is the new best."""
+        if valid > self.valid:
+            self.valid, self.test, self.epoch = valid, test, epoch
+            return True
+        return False
+
+    def restart(self) -> None:
+        """Forget the best: the model changed (e.g. MixQ froze), earlier epochs do not count."""
+        self.valid, self.test, self.epoch = -1.0, math.nan, -1
+
+    def should_stop(self, epoch: int, settled: bool = True) -> bool:
+        """Whether training stops after epoch ``epoch``: patience has run out since the best
+        and no quantization schedule is still to change the model (``settled``)."""
+        return bool(self.patience) and settled and epoch - self.epoch >= self.patience
+
+    def state_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore from :meth:`state_dict` (``patience`` stays as configured)."""
+        self.valid = float(state.get("valid", -1.0))
+        self.test = float(state.get("test", math.nan))
+        self.epoch = int(state.get("epoch", -1))

@@ -1,0 +1,62 @@
+"""Adam's parameter groups: backbone, prompt (own rate, own decay), quantizer (no decay)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lorap_dist.config import ModelConfig, PromptConfig, TrainConfig
+from lorap_dist.nn import build_model
+from lorap_dist.optim import build_optimizer, parameter_groups
+from lorap_dist.quant import quantize_
+from lorap_dist.quant.schemes.a2q import A2QConfig
+
+
+def model_with_every_kind():
+    model = build_model(6, 3, ModelConfig(arch="gcn", hidden=8), PromptConfig(kind="gpf_lorap"))
+    quantize_(model, A2QConfig(init_bits=4), num_nodes=20)  # learned per-node steps and bits
+    return model
+
+
+def test_every_parameter_is_in_exactly_one_group_with_its_settings():
+    model = model_with_every_kind()
+    train = TrainConfig(lr=0.02, weight_decay=1e-3, prompt_lr_scale=0.25, prompt_weight_decay=0)
+    groups = {g["name"]: g for g in parameter_groups(model, train)}
+    assert set(groups) == {"backbone", "prompt", "quantizer"}
+    grouped = [id(p) for g in groups.values() for p in g["params"]]
+    assert sorted(grouped) == sorted(id(p) for p in model.parameters())
+    prompt_ids = {id(p) for conv in model.convs for p in conv.lorap.parameters()}
+    prompt_ids |= {id(p) for p in model.gpf.parameters()}
+    assert {id(p) for p in groups["prompt"]["params"]} == prompt_ids
+    assert {id(p) for p in groups["backbone"]["params"]} == {
+        id(p) for name, p in model.named_parameters() if ".lin.weight" in name or "bias" in name
+    }
+    assert (groups["backbone"]["lr"], groups["backbone"]["weight_decay"]) == (0.02, 1e-3)
+    assert (groups["prompt"]["lr"], groups["prompt"]["weight_decay"]) == (0.005, 0)
+    assert (groups["quantizer"]["lr"], groups["quantizer"]["weight_decay"]) == (0.02, 0.0)
+
+
+def test_an_undecayed_group_is_not_pulled_toward_zero():
+    model = model_with_every_kind()
+    optimizer = build_optimizer(model, TrainConfig(lr=0.1, weight_decay=0.5))
+    before = {id(p): p.detach().clone() for p in model.parameters()}
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)  # only weight decay can move a parameter
+    optimizer.step()
+    for group in optimizer.param_groups:
+        moved = any(not torch.equal(p, before[id(p)]) for p in group["params"])
+        assert moved == (group["name"] == "backbone"), group["name"]
+
+
+def test_a_float_model_has_one_group():
+    model = build_model(6, 3, ModelConfig(), PromptConfig())
+    groups = parameter_groups(model, TrainConfig())
+    assert [g["name"] for g in groups] == ["backbone"]
+
+
+@pytest.mark.parametrize("field", ["prompt_lr_scale", "prompt_weight_decay"])
+def test_bad_prompt_settings_are_config_errors(field):
+    from lorap_dist.config import ConfigError
+
+    with pytest.raises(ConfigError, match=f"train.{field}"):
+        TrainConfig(**{field: -1.0})

@@ -1,0 +1,41 @@
+"""The one best-epoch and early-stopping rule every training loop uses."""
+
+from __future__ import annotations
+
+import math
+
+from lorap_dist.tracking import BestEpoch
+
+
+def test_the_best_is_the_first_strictly_higher_validation_accuracy():
+    best = BestEpoch(patience=3)
+    assert best.update(0, 0.5, 0.4)
+    assert not best.update(1, 0.5, 0.9)  # a tie does not replace the best
+    assert best.update(2, 0.6, 0.55)
+    assert (best.epoch, best.valid, best.test) == (2, 0.6, 0.55)
+
+
+def test_patience_counts_from_the_best_and_waits_for_the_schedule():
+    best = BestEpoch(patience=2)
+    best.update(0, 0.5, 0.5)
+    assert not best.should_stop(1)
+    assert best.should_stop(2)
+    assert not best.should_stop(2, settled=False)  # e.g. MixQ has not frozen yet
+    assert not BestEpoch(patience=0).should_stop(100)
+
+
+def test_restart_forgets_the_best_so_the_next_epoch_wins():
+    best = BestEpoch(patience=5)
+    best.update(3, 0.9, 0.8)
+    best.restart()
+    assert best.epoch == -1 and math.isnan(best.test)
+    assert best.update(4, 0.2, 0.1)  # the frozen model's first epoch is its best so far
+    assert (best.epoch, best.valid) == (4, 0.2)
+
+
+def test_state_round_trips():
+    best = BestEpoch(patience=5)
+    best.update(7, 0.7, 0.6)
+    other = BestEpoch(patience=9)
+    other.load_state_dict(best.state_dict())
+    assert (other.epoch, other.valid, other.test, other.patience) == (7, 0.7, 0.6, 9)
