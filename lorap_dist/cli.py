@@ -18,15 +18,29 @@ from lorap_dist.config import ConfigError, ExperimentConfig
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Set ``section.field=value`` pairs in a config dict (values parsed as YAML)."""
+    """Set ``section.field=value`` pairs in a config dict (values parsed as YAML).
+
+    Switching ``quant.scheme`` drops the options of the scheme it replaces (they belong to
+    that scheme); options given with ``--set quant.options.FIELD=...`` apply to the new one,
+    in any order.
+    """
+    parsed = []
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"--set {item!r} is not of the form section.field=value.")
+        parsed.append((item, key, raw))
+    parsed.sort(key=lambda entry: entry[1] != "quant.scheme")  # scheme switches first
+    for item, key, raw in parsed:
         *path, last = key.split(".")
+        if key == "quant.scheme" and isinstance(data.get("quant"), dict):
+            if data["quant"].get("scheme") != yaml.safe_load(raw):
+                data["quant"]["options"] = {}
         node = data
         for part in path:
-            node = node.setdefault(part, {})
+            if node.get(part) is None:  # an absent or empty section, e.g. dist: null
+                node[part] = {}
+            node = node[part]
             if not isinstance(node, dict):
                 raise ConfigError(f"--set {item!r}: {part!r} is not a section.")
         node[last] = yaml.safe_load(raw)
@@ -35,10 +49,8 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
 def load_config(path: str | None, overrides: list[str]) -> ExperimentConfig:
     """The config at ``path`` (or the built-in default) with ``overrides`` applied."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        data = ExperimentConfig.from_yaml(path).to_dict()
-    return ExperimentConfig.from_dict(apply_overrides(data, overrides))
+    base = ExperimentConfig.from_yaml(path) if path is not None else ExperimentConfig()
+    return ExperimentConfig.from_dict(apply_overrides(base.to_dict(), overrides))
 
 
 def _write_json(path: str | None, payload: dict[str, Any]) -> None:

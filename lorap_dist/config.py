@@ -429,6 +429,12 @@ class QuantSettings:
 
     def __post_init__(self) -> None:
         check(isinstance(self.options, dict), "quant.options must be a mapping of field: value.")
+        check(
+            self.scheme != "none" or not self.options,
+            f"quant.options={self.options} are given but quant.scheme is 'none' (no "
+            "quantization), so nothing would use them; set quant.scheme (qat, degree_quant, "
+            "a2q, mixq) or drop the options.",
+        )
         if self.scheme != "none":
             self.build()  # validate eagerly, so a bad config fails before any training
 
@@ -447,6 +453,12 @@ class QuantSettings:
 class ExperimentConfig:
     """Everything a run needs; the file ``lorap train --config FILE`` reads.
 
+    The built-in default (``ExperimentConfig()``, what ``lorap train`` runs without
+    ``--config``, and ``jobs/configs/default.yaml``) is the method this project is for: a
+    2-layer GCN on the generated graph, INT4 plain QAT, LoRAP in every layer. A section
+    given in a file replaces the default section as a whole: a file without ``quant`` and
+    ``prompt`` sections trains INT4 QAT with LoRAP, ``quant: {scheme: none}`` in FP32.
+
     ``dist`` (a :class:`lorap_dist.distributed.config.DistConfig`) makes the run distributed: one
     Ray Train worker per partition of a prepared dataset. Without it, training runs in this
     process.
@@ -454,8 +466,10 @@ class ExperimentConfig:
 
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    prompt: PromptConfig = field(default_factory=PromptConfig)
-    quant: QuantSettings = field(default_factory=QuantSettings)
+    prompt: PromptConfig = field(default_factory=lambda: PromptConfig(kind="lorap"))
+    quant: QuantSettings = field(
+        default_factory=lambda: QuantSettings(scheme="qat", options={"bits": 4})
+    )
     train: TrainConfig = field(default_factory=TrainConfig)
     dist: Any = None
 

@@ -83,6 +83,16 @@ def load_graph(config: ExperimentConfig) -> GraphData:
     return graph
 
 
+def check_fanout(config: ExperimentConfig) -> None:
+    """Raise :class:`ConfigError` unless ``train.fanout`` (when set) has one entry per layer."""
+    fanout = config.train.fanout
+    if fanout is not None and len(fanout) != config.model.layers:
+        raise ConfigError(
+            f"train.fanout={fanout} needs one entry per layer (model.layers="
+            f"{config.model.layers}), e.g. {[10] * config.model.layers}."
+        )
+
+
 def build_quantized_model(config: ExperimentConfig, graph: GraphData) -> nn.Module:
     """The configured model with its quantization scheme applied."""
     model = build_model(graph.x.size(1), graph.num_classes, config.model, config.prompt)
@@ -227,11 +237,9 @@ class MiniBatchRunner(FullBatchRunner):
     def __init__(self, graph: GraphData, nodes: NodeInfo, config: ExperimentConfig) -> None:
         super().__init__(graph, nodes)
         fanout = config.train.fanout
-        if fanout is None or len(fanout) != config.model.layers:
-            raise ConfigError(
-                f"train.fanout={fanout} needs one entry per layer (model.layers="
-                f"{config.model.layers}), e.g. {[10] * config.model.layers}."
-            )
+        if fanout is None:
+            raise ConfigError("mini-batch training needs train.fanout, one entry per layer.")
+        check_fanout(config)
         csr = csr_from_edge_index(graph.edge_index, graph.num_nodes)
         self.sampler = NeighborSampler.from_csr(csr, fanout)
         self.batch_size = config.train.batch_size

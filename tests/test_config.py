@@ -111,3 +111,46 @@ def test_a_quoted_number_in_yaml_is_refused(tmp_path):
 def test_integers_are_accepted_where_numbers_are_asked_for():
     config = load_config(None, ["train.lr=1", "train.weight_decay=0", "train.fanout=[5, -1]"])
     assert (config.train.lr, config.train.weight_decay, config.train.fanout) == (1, 0, (5, -1))
+
+
+def test_the_built_in_default_is_default_yaml_int4_qat_with_lorap():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    config = ExperimentConfig()
+    assert config == ExperimentConfig.from_yaml(root / "jobs/configs/default.yaml")
+    assert (config.quant.scheme, config.quant.options, config.prompt.kind) == (
+        "qat",
+        {"bits": 4},
+        "lorap",
+    )
+
+
+def test_options_are_never_silently_ignored():
+    with pytest.raises(ConfigError, match=r"QATConfig\.bits=1 is not a supported bit width"):
+        load_config(None, ["quant.options.bits=1"])
+    with pytest.raises(ConfigError, match=r"options=\{'bits': 4\} are given but quant.scheme"):
+        QuantSettings(scheme="none", options={"bits": 4})
+    readme = load_config(None, ["model.arch=gin", "quant.options.bits=8"])
+    assert (readme.quant.scheme, readme.quant.build().bits, readme.prompt.kind) == (
+        "qat",
+        8,
+        "lorap",
+    )
+
+
+@pytest.mark.parametrize(
+    "sets",
+    [
+        ["quant.scheme=degree_quant", "quant.options.bits=8"],
+        ["quant.options.bits=8", "quant.scheme=degree_quant"],
+    ],
+)
+def test_switching_scheme_drops_the_old_options_and_keeps_the_new(sets):
+    config = load_config(None, sets)
+    assert (config.quant.scheme, config.quant.options) == ("degree_quant", {"bits": 8})
+
+
+def test_fp32_baseline_from_the_command_line():
+    config = load_config(None, ["quant.scheme=none", "prompt.kind=none"])
+    assert (config.quant.scheme, config.quant.options, config.prompt.kind) == ("none", {}, "none")

@@ -269,3 +269,32 @@ def test_failed_trial_is_reported_and_killed_sweep_resumes_unfinished(ray_cluste
         assert executions[trial_id] == 1, f"finished trial {trial_id} ran again"
     # the failing trial ran once plus its one retry (twice more if the kill cut it short)
     assert executions[failed["trial_id"].iloc[0]] in (2, 3)
+
+
+def test_a_mixq_trial_reports_its_frozen_models_accuracy(monkeypatch):
+    """The Tune reporter reports train()'s own best epoch: after MixQ's freeze, the frozen
+    model's, and it does not end the trial before the freeze (patience waits for it)."""
+    import ray.tune
+
+    from lorap_dist.config import ExperimentConfig
+    from lorap_dist.train import load_graph, train
+    from lorap_dist.tune import _EpochReporter
+
+    experiment = ExperimentConfig.from_dict(
+        {
+            "data": {"synthetic": {"num_nodes": 300}},
+            "quant": {"scheme": "mixq", "options": {"candidate_bits": [2, 4], "penalty": 0.0}},
+            "prompt": {"kind": "none"},
+            "train": {"epochs": 12, "patience": 1, "lr": 0.05},
+        }
+    )
+    reports: list[dict] = []
+    monkeypatch.setattr(ray.tune, "report", lambda metrics: reports.append(metrics))
+    graph = load_graph(experiment)
+    result, _ = train(experiment, graph, progress=False, on_epoch=_EpochReporter(300))
+    freeze = 6  # search_fraction 0.5 of 12 epochs: the points freeze after epoch 6
+    assert result.best_epoch >= freeze
+    assert len(reports) >= freeze  # patience 1 did not stop the search early
+    assert reports[-1]["trial_done"] and not any(r["trial_done"] for r in reports[:-1])
+    assert reports[-1]["best_test_acc"] == result.test_acc
+    assert reports[-1]["best_epoch"] == result.best_epoch + 1

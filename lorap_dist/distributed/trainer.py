@@ -130,6 +130,9 @@ def run_distributed(
             f"data.source={experiment.data.source!r}: distributed training reads a prepared "
             "dataset directory; run `lorap prepare` and set data.source: dir, data.path: DIR."
         )
+    from lorap_dist.train import check_fanout
+
+    check_fanout(experiment)  # the same one-line errors as a single-process run, before Ray
     validate_dataset(experiment.data.path, settings.num_workers)
     if resume is not None:
         from lorap_dist.distributed.worker import resolve_resume_path

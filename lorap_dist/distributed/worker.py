@@ -269,9 +269,13 @@ def _resume_directory(resume: str | None) -> _Directory | None:
 
 
 def resolve_resume_path(resume: str | Path) -> Path:
-    """A checkpoint directory itself, or the newest good checkpoint under a run directory."""
+    """A checkpoint directory itself (verified: a truncated or corrupt one is refused here,
+    before any worker starts), or the newest good checkpoint under a run directory."""
+    from lorap_dist.distributed.checkpoint import verify_checkpoint
+
     path = Path(resume)
     if (path / "manifest.json").is_file():
+        verify_checkpoint(path)
         return path
     found = latest_good_checkpoint(path)
     if found is None:

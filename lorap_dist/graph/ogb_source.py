@@ -207,7 +207,7 @@ def dir_source(path: str | Path, split_type: str | None = None) -> GraphSource:
     if len(bad):
         raise DatasetError(
             f"{raw / 'node-label.csv.gz'} line {bad[0] + 1}: label "
-            f"{labels[bad[0], 0]!r} is not a non-negative integer class."
+            f"{float(labels[bad[0], 0]):g} is not a non-negative integer class."
         )
     return _source(
         name=str(directory),
@@ -266,6 +266,7 @@ def _source(
             f"{label_file} line {wrong[0] + 1}: label {labels[wrong[0]]} is not "
             f"in 0..{num_classes - 1}."
         )
+    check_classes(labels, num_classes, label_file)
     for split, ids in splits.items():
         ids = np.asarray(ids, dtype=np.int64)
         outside = np.flatnonzero((ids < 0) | (ids >= num_nodes))
@@ -325,6 +326,10 @@ def read_csv_strict(
             f"{path} line 1: expected {columns} comma-separated values per "
             f"line, found {values.shape[1]}."
         )
+    if not integer and np.isnan(values).any():  # a short line reads as NaN: name it
+        found = diagnose_csv(path, columns or values.shape[1], integer)
+        if found is not None:
+            raise found
     return values
 
 
@@ -354,6 +359,30 @@ def diagnose_csv(path: Path, columns: int | None, integer: bool) -> DatasetError
     return None
 
 
+def check_classes(labels: np.ndarray, num_classes: int, label_file: Path) -> None:
+    """Refuse a class count that cannot be meant; warn about classes without a node.
+
+    A class ID at or above the node count makes more classes than nodes: almost surely a
+    typo (one label of 1000000 would make the model's last layer a million wide).
+    """
+    labelled = labels >= 0
+    if num_classes > max(len(labels), 2):
+        line = int(np.flatnonzero(labels == labels.max())[0]) + 1
+        raise DatasetError(
+            f"{label_file} line {line}: label {int(labels.max())} makes {num_classes} classes "
+            f"for a graph of {len(labels)} nodes; class IDs must run from 0 to C-1 with C at "
+            "most the node count. Fix the label (or renumber the classes contiguously)."
+        )
+    empty = np.flatnonzero(np.bincount(labels[labelled], minlength=num_classes) == 0)
+    if len(empty):
+        warnings.warn(
+            f"{label_file}: {len(empty)} of {num_classes} classes have no node (e.g. "
+            f"{empty[:5].tolist()}); the model still gets {num_classes} outputs. Renumber the "
+            "classes contiguously if that is not intended.",
+            stacklevel=2,
+        )
+
+
 def _diagnose_raw(raw: Path, err: Exception) -> DatasetError:
     """The error OGB's loader met, located in the raw file that caused it."""
     checks = [
@@ -363,6 +392,13 @@ def _diagnose_raw(raw: Path, err: Exception) -> DatasetError:
         ("node-label", 1, False),
         ("node-feat", None, False),
     ]
+    edges = raw / "edge.csv.gz"
+    if edges.is_file() and read_csv_strict(edges, 2, integer=True).shape[0] == 0:
+        return DatasetError(
+            f"{edges} is empty: the graph has no edges: a graph neural network aggregates "
+            "over edges, so there is nothing to train on beyond the features. Add the edge "
+            "list, one 'source,destination' per line."
+        )
     for file, columns, integer in checks:
         path = raw / f"{file}.csv.gz"
         if path.is_file() and (found := diagnose_csv(path, columns, integer)):

@@ -7,14 +7,21 @@ Steps (each with a progress bar):
 3. stream the feature rows into a scratch memory map, checking every value is finite;
 4. partition (``metis``, ``random``, ``stream``) and relabel, so part ``r`` owns a contiguous
    range of global IDs;
-5. write the topology and every part in parallel Ray tasks; the tasks get only paths and
-   integers and read the arrays from the scratch memory maps (shared through the page
-   cache), so nothing large is pickled or copied into Ray's object store;
+5. write the topology and every part, in parallel Ray tasks for graphs large enough to pay
+   for starting Ray (else in this process); the tasks get only paths and integers and read
+   the arrays from the scratch memory maps (shared through the page cache), so nothing
+   large is pickled or copied into Ray's object store;
 6. checksum every file into ``meta.json``.
 
-Everything is written into ``.<out>.tmp-<id>/`` beside the target and renamed to ``out``
-only when complete, so an interrupted run never leaves a directory that looks complete, and
-a failed one leaves nothing at all.
+Everything is written into ``.<out>.tmp-<pid>-<id>/`` beside the target and renamed to
+``out`` only when complete, so an interrupted run never leaves a directory that looks
+complete, and a failed one leaves nothing at all. A later prepare into the same place
+removes the temporaries of prepares that were killed (their process is gone), and refuses
+to start while another prepare's process is still writing there.
+
+Ray: a prepare joins the cluster the user names (``--address`` or ``RAY_ADDRESS``) and
+otherwise starts a private local instance, never attaching to whatever cluster happens to
+run on the machine.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ import os
 import shutil
 import time
 import uuid
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -58,6 +66,9 @@ from lorap_dist.graph.storage import (
 from lorap_dist.graph.transforms import TRANSFORMS, transform_source
 
 GATHER_ROWS = 1 << 16  # feature rows gathered at a time inside a part task
+# Below this many nodes the parts are written in this process: starting Ray (seconds) costs
+# more than writing a few megabytes of parts one after another.
+RAY_MIN_NODES = 200_000
 
 
 @dataclass
@@ -82,7 +93,10 @@ class PrepareOptions:
         seed: seed of the random partitioner.
         workers: CPUs of a local Ray instance (ignored when joining a cluster).
         use_ray: write the parts in parallel Ray tasks; ``False`` runs the same task
-            functions one after another in this process (for tiny graphs and tests).
+            functions one after another in this process; ``None`` (default) uses Ray only
+            for several parts of a graph of at least :data:`RAY_MIN_NODES` nodes.
+        address: the Ray cluster to join (``ray://...`` or ``HOST:PORT``); ``None`` joins
+            ``RAY_ADDRESS`` when set, else starts a private local instance.
         progress: show progress bars.
     """
 
@@ -100,7 +114,8 @@ class PrepareOptions:
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     seed: int = 0
     workers: int = 2
-    use_ray: bool = True
+    use_ray: bool | None = None
+    address: str | None = None
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -144,7 +159,8 @@ def prepare(options: PrepareOptions) -> Path:
             f"{out} already exists; pass --overwrite to replace it, or choose another --out."
         )
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    clear_stale_temporaries(out)
+    staging = out.parent / f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     scratch = staging / "scratch"
     scratch.mkdir(parents=True)
     started = time.perf_counter()
@@ -169,6 +185,44 @@ def _publish(staging: Path, out: Path) -> None:
         shutil.rmtree(retired, ignore_errors=True)
     else:
         os.rename(staging, out)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def clear_stale_temporaries(out: Path) -> list[Path]:
+    """Remove the temporaries killed prepares left beside ``out``; returns what was removed.
+
+    Raises:
+        DatasetError: another prepare's process (on this machine) is writing ``out`` now.
+    """
+    removed = []
+    for temporary in sorted(out.parent.glob(f".{out.name}.tmp-*")):
+        pid_text = temporary.name.rsplit(".tmp-", 1)[1].split("-")[0]
+        pid = int(pid_text) if pid_text.isdigit() else None
+        if pid is not None and pid != os.getpid() and _process_alive(pid):
+            raise DatasetError(
+                f"another prepare (process {pid}) is writing {out} now ({temporary} is its "
+                "temporary); wait for it to finish, or choose another --out."
+            )
+        if pid is None:  # written by an older version, which did not record its process
+            warnings.warn(
+                f"{temporary} is a temporary of an interrupted prepare (of unknown process); "
+                "delete it if no prepare is running.",
+                stacklevel=2,
+            )
+            continue
+        shutil.rmtree(temporary, ignore_errors=True)
+        print(f"removed {temporary}, left by a prepare that was killed (process {pid})")
+        removed.append(temporary)
+    return removed
 
 
 def _build(options: PrepareOptions, staging: Path, scratch: Path) -> dict:
@@ -331,19 +385,21 @@ def write_part(staging: str, scratch: str, rank: int, start: int, end: int, enco
     return rank
 
 
-def _init_ray(workers: int) -> bool:
-    """Join a running Ray cluster, or start a small local one. True if this call started it."""
+def _init_ray(workers: int, address: str | None = None) -> bool:
+    """Join the cluster the user names (``address``, else ``RAY_ADDRESS``), or start a
+    private local instance; says which. True if this call connected (and so disconnects)."""
     import ray
 
     if ray.is_initialized():
         return False
-    if os.environ.get("RAY_ADDRESS") or Path("/tmp/ray/ray_current_cluster").exists():
-        try:
-            ray.init(address="auto", ignore_reinit_error=True, log_to_driver=False)
-            return True
-        except ConnectionError:
-            pass  # a stale cluster file: no cluster is running, so start a local one
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        print(f"prepare: joining the Ray cluster at {address}")
+        ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
+        return True
+    print(f"prepare: starting a private local Ray instance ({workers} CPUs)")
     ray.init(
+        address="local",  # never another user's cluster from Ray's default session file
         num_cpus=workers,
         ignore_reinit_error=True,
         include_dashboard=False,
@@ -353,12 +409,18 @@ def _init_ray(workers: int) -> bool:
     return True
 
 
+def _uses_ray(options: PrepareOptions, num_nodes: int) -> bool:
+    if options.use_ray is not None:
+        return options.use_ray
+    return options.parts > 1 and num_nodes >= RAY_MIN_NODES
+
+
 def _write_in_parallel(
     options: PrepareOptions, staging: Path, scratch: Path, num_edges: int, parts: np.ndarray
 ) -> None:
     ends = np.cumsum(np.bincount(parts, minlength=options.parts))
     starts = ends - np.bincount(parts, minlength=options.parts)
-    if not options.use_ray:
+    if not _uses_ray(options, len(parts)):
         write_topology(str(staging), str(scratch), num_edges)
         for r in tqdm(range(options.parts), desc="write parts", disable=not options.progress):
             write_part(
@@ -368,7 +430,7 @@ def _write_in_parallel(
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    started = _init_ray(options.workers)
+    started = _init_ray(options.workers, options.address)
     try:
         # The scratch files live on this node's disk: run every task here.
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
@@ -440,6 +502,19 @@ def add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     parser.add_argument("--workers", type=int, default=2, help="CPUs of a local Ray instance")
+    parser.add_argument(
+        "--address",
+        default=None,
+        help="Ray cluster to join (default: RAY_ADDRESS if set, else a private local instance)",
+    )
+    parser.add_argument(
+        "--ray",
+        dest="use_ray",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help=f"write the parts in Ray tasks (default: only for several parts of a graph of "
+        f"at least {RAY_MIN_NODES:,} nodes)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed (random partitioner, synthetic)")
     parser.add_argument("--no-progress", dest="progress", action="store_false")
     synthetic = parser.add_argument_group("synthetic source")
@@ -475,6 +550,8 @@ def options_from_args(args: argparse.Namespace) -> PrepareOptions:
         ),
         seed=args.seed,
         workers=args.workers,
+        use_ray=args.use_ray,
+        address=args.address,
         progress=args.progress,
     )
 

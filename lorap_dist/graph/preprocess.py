@@ -77,9 +77,10 @@ def check_feature_rows(source: GraphSource, rows: np.ndarray, start: int) -> Non
     if not finite.all():
         i = int(np.flatnonzero(~finite)[0])
         value = rows[i][~np.isfinite(rows[i])][0]
+        hint = " (a line with fewer values than the others reads as NaN)" if np.isnan(value) else ""
         raise DatasetError(
-            f"{source.where_node(start + i)}: feature value {value} is not "
-            "finite; replace NaN and infinite features before preparing."
+            f"{source.where_node(start + i)}: feature value {value} is not finite{hint}; "
+            "replace NaN and infinite features before preparing."
         )
 
 
@@ -122,6 +123,15 @@ def build_csr(
             spill.write(np.ascontiguousarray(chunk.T, dtype=index_dtype(n)).tobytes())
         _, dst = _directed(chunk, symmetrize, drop_self_loops)
         degree += np.bincount(dst, minlength=n)
+    if total == 0:
+        if spill is not None:
+            spill.close()
+            Path(spill.name).unlink()
+        raise DatasetError(
+            f"{source.name} has no edges: a graph neural network aggregates over edges, so "
+            "there is nothing to train on beyond the features. Add the edge list (for an "
+            "OGB-layout directory, raw/edge.csv.gz with one 'source,destination' per line)."
+        )
     if spill is not None:
         spill.close()
         spilled = np.memmap(spill.name, dtype=index_dtype(n), mode="r", shape=(total, 2))

@@ -121,3 +121,40 @@ def test_incomplete_ogb_download_is_refused_not_prompted(tmp_path, dataset):
 def test_split_folder_must_be_unambiguous(tmp_path, dataset):
     shutil.copytree(dataset / "split" / "time", dataset / "split" / "random")
     prepare_fails(tmp_path, f"dir:{dataset}", r"exactly one split folder.*\['random', 'time'\]")
+
+
+@pytest.mark.parametrize("source", ["dir", "ogbn-arxiv"])
+def test_a_graph_without_edges_is_refused(tmp_path, dataset, source):
+    write_csv_gz(dataset / "raw" / "edge.csv.gz", [])
+    write_csv_gz(dataset / "raw" / "num-edge-list.csv.gz", np.array([[0]]))
+    spec = f"dir:{dataset}" if source == "dir" else source
+    prepare_fails(tmp_path, spec, r"has no edges: a graph neural network aggregates over edges")
+
+
+@pytest.mark.parametrize("label", ["1000000", "99999999999"])
+def test_an_absurd_class_id_is_refused_naming_its_line(tmp_path, dataset, label):
+    replace_line(dataset / "raw" / "node-label.csv.gz", 7, label)
+    prepare_fails(
+        tmp_path, f"dir:{dataset}", rf"node-label\.csv\.gz line 7: label {label} makes \d+ classes"
+    )
+
+
+def test_classes_without_a_node_are_a_warning(tmp_path, dataset):
+    labels = GRAPH.y.numpy().copy()
+    labels[labels == 1] = 0  # class 1 has no node now
+    write_csv_gz(dataset / "raw" / "node-label.csv.gz", labels.reshape(-1, 1))
+    options = dict(source=f"dir:{dataset}", use_ray=False, progress=False)
+    with pytest.warns(UserWarning, match=r"1 of 4 classes have no node \(e\.g\. \[1\]\)"):
+        prepare(PrepareOptions(out=tmp_path / "ds", **options))
+
+
+def test_a_negative_label_is_printed_as_a_number(tmp_path, dataset):
+    replace_line(dataset / "raw" / "node-label.csv.gz", 5, "-2")
+    prepare_fails(tmp_path, f"dir:{dataset}", r"line 5: label -2 is not a non-negative integer")
+
+
+def test_a_short_feature_row_is_named_as_short(tmp_path, dataset):
+    replace_line(dataset / "raw" / "node-feat.csv.gz", 21, "0.5,1.0")
+    prepare_fails(
+        tmp_path, f"dir:{dataset}", r"node-feat\.csv\.gz line 21: expected 3 comma-separated"
+    )

@@ -173,3 +173,56 @@ def test_directed_graph_with_self_loops_is_partitioned_on_its_undirected_form(tm
     rows = torch.repeat_interleave(torch.arange(ds.num_nodes), ds.indptr.diff())
     assert bool((rows == ds.indices.long()).any())  # self loops kept
     assert ds.num_edges == build_csr(synthetic_source(cfg), False, False).num_edges
+
+
+def test_temporaries_of_killed_prepares_are_removed_and_a_running_one_is_respected(tmp_path):
+    import subprocess
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f".ds.tmp-{dead.pid}-deadbeef"
+    (stale / "scratch").mkdir(parents=True)
+    (stale / "scratch" / "x.npy").write_bytes(b"0" * 1000)
+    legacy = tmp_path / ".ds.tmp-cafebabe"  # an older version's name, without a process
+    legacy.mkdir()
+    with pytest.warns(UserWarning, match=r"\.ds\.tmp-cafebabe is a temporary of an interrupted"):
+        out = prepare(quick(tmp_path / "ds"))
+    assert not stale.exists() and legacy.exists()
+    open_dataset(out, verify=True)
+
+    running = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / f".other.tmp-{running.pid}-0badf00d").mkdir()
+        with pytest.raises(DatasetError, match=rf"another prepare \(process {running.pid}\)"):
+            prepare(quick(tmp_path / "other"))
+        assert not (tmp_path / "other").exists()
+    finally:
+        running.kill()
+        running.wait()
+
+
+def test_ray_is_private_unless_a_cluster_is_named(monkeypatch):
+    import ray
+
+    calls = []
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kwargs: calls.append(kwargs))
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert prepare_module._init_ray(2)
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
+    assert prepare_module._init_ray(2)
+    assert prepare_module._init_ray(2, address="ray://head:10001")
+    assert [c["address"] for c in calls] == ["local", "10.0.0.1:6379", "ray://head:10001"]
+
+
+def test_small_graphs_prepare_without_ray(tmp_path, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("a small graph started Ray")
+
+    monkeypatch.setattr(prepare_module, "_init_ray", refuse)
+    options = PrepareOptions(out=tmp_path / "ds", parts=2, partitioner="random", synthetic=CFG)
+    assert options.use_ray is None
+    open_dataset(prepare(options), verify=True)
+    big = PrepareOptions(out="x", parts=2, use_ray=None)
+    assert prepare_module._uses_ray(big, prepare_module.RAY_MIN_NODES)
+    assert not prepare_module._uses_ray(PrepareOptions(out="x", parts=1), 10**7)

@@ -59,7 +59,9 @@ class MixQConfig:
         penalty: :math:`\\lambda` of the expected-bits penalty, ``>= 0``.
         symmetric: signed grid with zero point 0 for node features (weights are always
             symmetric per output channel).
-        observer: node-feature range tracking, ``minmax`` or ``ema``.
+        observer: node-feature range tracking, ``ema`` (default) or ``minmax``; as for
+            plain QAT, running extremes cost accuracy (Cora GCN {2,4,8}: 77.0 with
+            ``minmax``, 79.8 with ``ema``, 4 seeds).
         momentum: weight of a new batch for ``ema``, in ``(0, 1]``.
         search_fraction: share of the training epochs that trains the mixture, in
             ``(0, 1]``; at its end every point is frozen to its top-1 bit width and the
@@ -77,7 +79,7 @@ class MixQConfig:
     candidate_bits: tuple[int, ...] = (2, 4, 8)
     penalty: float = 0.01
     symmetric: bool = False
-    observer: str = "minmax"
+    observer: str = "ema"
     momentum: float = 0.01
     search_fraction: float = 0.5
     final_temperature: float = 0.01
