@@ -209,6 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     from lorap_dist.distributed.checkpoint import CheckpointError
+    from lorap_dist.distributed.trainer import DistributedRunError
     from lorap_dist.graph.errors import DatasetError
 
     args = build_parser().parse_args(argv)
@@ -223,6 +224,9 @@ def main(argv: list[str] | None = None) -> None:
     except CheckpointError as exc:
         print(f"lorap {args.command}: checkpoint error: {exc}", file=sys.stderr)
         code = 2
+    except DistributedRunError as exc:
+        print(f"lorap {args.command}: {exc}", file=sys.stderr)
+        code = 1
     raise SystemExit(code)
 
 

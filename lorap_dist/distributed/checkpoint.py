@@ -21,6 +21,7 @@ raises :class:`CheckpointError` naming the file or field that does not match;
 from __future__ import annotations
 
 import base64
+import errno
 import hashlib
 import json
 import os
@@ -306,8 +307,14 @@ def save_checkpoint(state: TrainingState, directory: str | Path) -> Path:
         if target.exists():
             shutil.rmtree(target)
         os.rename(tmp, target)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            raise CheckpointError(
+                f"no space left on the device holding {target.parent} while writing checkpoint "
+                f"{target.name}; nothing of it was kept (earlier checkpoints are intact). Free "
+                "space there or set dist.storage_path elsewhere, then resume from the last one."
+            ) from exc
         raise
     return target
 

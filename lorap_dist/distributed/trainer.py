@@ -7,8 +7,12 @@ it checks the dataset directory before any worker starts, builds the trainer
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -51,8 +55,16 @@ def validate_dataset(path: str | Path | None, num_workers: int) -> Path:
     return directory
 
 
+class DistributedRunError(RuntimeError):
+    """A distributed run failed for good; the message names the last good checkpoint and
+    the command that resumes from it."""
+
+
 def worker_config(
-    experiment: ExperimentConfig, settings: DistConfig, resume: str | Path | None = None
+    experiment: ExperimentConfig,
+    settings: DistConfig,
+    resume: str | Path | None = None,
+    run_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """The plain dict every worker receives (``train_loop_per_worker(config)``)."""
     return {
@@ -60,7 +72,13 @@ def worker_config(
         "dist": _plain(settings),
         "dataset_path": str(Path(experiment.data.path or "").expanduser().resolve()),
         "resume": None if resume is None else str(Path(resume).expanduser().resolve()),
+        "run_dir": None if run_dir is None else str(run_dir),
     }
+
+
+def run_name(settings: DistConfig) -> str:
+    """The run's name under ``dist.storage_path``: ``dist.name``, or one from the clock."""
+    return settings.name or time.strftime("lorap-%Y%m%d-%H%M%S")
 
 
 def _plain(settings: DistConfig) -> dict[str, Any]:
@@ -70,7 +88,10 @@ def _plain(settings: DistConfig) -> dict[str, Any]:
 
 
 def build_trainer(
-    experiment: ExperimentConfig, settings: DistConfig, resume: str | Path | None = None
+    experiment: ExperimentConfig,
+    settings: DistConfig,
+    resume: str | Path | None = None,
+    name: str | None = None,
 ) -> Any:
     """The ``ray.train.torch.TorchTrainer`` for this run (not started)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -78,10 +99,11 @@ def build_trainer(
 
     from lorap_dist.distributed.worker import train_loop_per_worker
 
-    name = settings.name or time.strftime("lorap-%Y%m%d-%H%M%S")
+    name = name or run_name(settings)
+    run_dir = _local_run_dir(settings, name)
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config=worker_config(experiment, settings, resume),
+        train_loop_config=worker_config(experiment, settings, resume, run_dir),
         torch_config=TorchConfig(backend="nccl" if settings.use_gpu else "gloo"),
         scaling_config=ScalingConfig(
             num_workers=settings.num_workers,
@@ -99,6 +121,87 @@ def build_trainer(
             },
         ),
     )
+
+
+def failure_message(error: BaseException, run_dir: Path | None) -> str:
+    """One line: what failed, the last good checkpoint and how to resume from it."""
+    from lorap_dist.distributed.checkpoint import latest_good_checkpoint
+
+    cause = " ".join(str(error).split())[:300] or type(error).__name__
+    found = None if run_dir is None else latest_good_checkpoint(run_dir)
+    if found is None:
+        return (
+            f"distributed training failed ({type(error).__name__}: {cause}); no checkpoint "
+            "was written, so run it again from the start."
+        )
+    return (
+        f"distributed training failed ({type(error).__name__}: {cause}); the last good "
+        f"checkpoint is {found}: resume with `lorap train ... --resume {found}` (same config, "
+        "another dist.name), or raise dist.max_failures to let Ray restart the workers."
+    )
+
+
+LOCK_FILE = ".lorap-run.lock"
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path | None) -> Iterator[None]:
+    """Hold ``run_dir`` for this run: a second run with the same ``dist.name`` and storage
+    path started while this one lives is refused (Ray Train would interleave the two as
+    one run). A lock whose process is gone (a killed run) is taken over. Runs on other
+    hosts are told apart by host name; remote storage (``s3://``) is not locked."""
+    if run_dir is None:
+        yield
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock = run_dir / LOCK_FILE
+    me = {"host": socket.gethostname(), "pid": os.getpid()}
+    try:
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        holder = _lock_holder(lock)
+        if holder is not None and _alive(holder):
+            raise ConfigError(
+                f"another run (process {holder['pid']} on {holder['host']}) is using "
+                f"{run_dir} now; give this run another dist.name (a run of the same name "
+                "and storage path is the continuation of that one)."
+            ) from None
+        lock.unlink(missing_ok=True)  # left by a run that was killed
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    with os.fdopen(fd, "w") as handle:
+        json.dump(me, handle)
+    try:
+        yield
+    finally:
+        if _lock_holder(lock) == me:
+            lock.unlink(missing_ok=True)
+
+
+def _lock_holder(lock: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(lock.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _alive(holder: dict[str, Any]) -> bool:
+    if holder.get("host") != socket.gethostname():
+        return True  # another host's process cannot be checked: assume it runs
+    try:
+        os.kill(int(holder["pid"]), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, KeyError, ValueError, TypeError):
+        return True
+    return True
+
+
+def _local_run_dir(settings: DistConfig, name: str) -> Path | None:
+    """The run directory when the storage is a local (or mounted) path, else ``None``."""
+    storage = str(settings.storage_dir)
+    if "://" in storage:
+        return None
+    return Path(storage).expanduser().resolve() / name
 
 
 def run_distributed(
@@ -123,7 +226,8 @@ def run_distributed(
     Raises:
         DatasetError: the dataset directory is unusable (before any worker starts).
         CheckpointError: ``resume`` holds no usable checkpoint.
-        RuntimeError: training failed after ``settings.max_failures`` restarts.
+        DistributedRunError: training failed after ``settings.max_failures`` restarts; the
+            message names the last good checkpoint and how to resume from it.
     """
     if experiment.data.source != "dir":
         raise ConfigError(
@@ -140,9 +244,18 @@ def run_distributed(
         resume = resolve_resume_path(resume)
     for key, value in RAY_ENV.items():
         os.environ.setdefault(key, value)
-    result = build_trainer(experiment, settings, resume).fit()
-    if result.error is not None:
-        raise RuntimeError(f"distributed training failed: {result.error}") from result.error
+    name = run_name(settings)
+    run_dir = _local_run_dir(settings, name)
+    with run_lock(run_dir):
+        try:
+            result = build_trainer(experiment, settings, resume, name).fit()
+            error = result.error
+        except Exception as exc:  # Ray Train raises once max_failures restarts are used up
+            if type(exc).__module__.split(".")[0] != "ray":
+                raise
+            error = exc
+    if error is not None:
+        raise DistributedRunError(failure_message(error, run_dir)) from error
     metrics = dict(result.metrics or {})
     return {
         "valid_acc": metrics.get("valid_acc"),

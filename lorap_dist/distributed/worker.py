@@ -96,7 +96,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     # 3. Resume: Ray Train's checkpoint after a restart, else the --resume path.
     start_epoch, step = 0, 0
     best = BestEpoch()  # the best-validation epoch; distributed runs run every epoch
-    checkpoint_dir = _resume_directory(config.get("resume"))
+    checkpoint_dir = _resume_directory(config.get("resume"), config.get("run_dir"))
     restored_rng = None
     if checkpoint_dir is not None:
         with checkpoint_dir as directory:
@@ -258,14 +258,36 @@ class _Directory:
             self._inner.__exit__(*exc)
 
 
-def _resume_directory(resume: str | None) -> _Directory | None:
-    """Ray Train's latest checkpoint (after a worker restart) wins over ``resume``."""
+def _resume_directory(resume: str | None, run_dir: str | None) -> _Directory | None:
+    """Where a (re)started worker group resumes from.
+
+    After a restart, the newer of Ray Train's registered checkpoint and the newest complete,
+    checksummed checkpoint in the run directory: a worker killed right after a checkpoint
+    reached the disk, but before Ray registered it, costs no epochs. Otherwise ``resume``.
+    """
     checkpoint = ray.train.get_checkpoint()
+    on_disk = newer_checkpoint_on_disk(checkpoint, run_dir)
+    if on_disk is not None:
+        return _Directory(None, on_disk)
     if checkpoint is not None:
         return _Directory(checkpoint, None)
     if resume is None:
         return None
     return _Directory(None, resolve_resume_path(resume))
+
+
+def newer_checkpoint_on_disk(
+    registered: ray.train.Checkpoint | None, run_dir: str | Path | None
+) -> Path | None:
+    """The newest good checkpoint under ``run_dir`` when it is newer than ``registered``
+    (Ray Train's latest), else ``None``; ``None`` too before any checkpoint was registered
+    (a fresh run)."""
+    if registered is None or run_dir is None:
+        return None
+    newest = latest_good_checkpoint(run_dir)
+    if newest is None or newest.name <= Path(registered.path).name:  # names sort by epoch
+        return None
+    return newest
 
 
 def resolve_resume_path(resume: str | Path) -> Path:

@@ -27,6 +27,7 @@ run on the machine.
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import shutil
 import time
@@ -170,8 +171,15 @@ def prepare(options: PrepareOptions) -> Path:
         meta["prepare_seconds"] = round(time.perf_counter() - started, 2)
         write_meta(staging, meta)
         _publish(staging, out)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            raise DatasetError(
+                f"no space left on the device holding {out.parent} while preparing {out}; "
+                "nothing was left behind. Free space there (the dataset needs about 33 + 4F "
+                "bytes per node and 4 per edge, plus as much again while it is written) or "
+                "choose another --out."
+            ) from exc
         raise
     return out
 

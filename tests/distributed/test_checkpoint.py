@@ -175,3 +175,48 @@ def test_resume_path_skips_a_damaged_newest_checkpoint(tmp_path):
         assert resolve_resume_path(tmp_path / "run").name == checkpoint_name(1)
     with pytest.raises(CheckpointError, match="no usable checkpoint"):
         resolve_resume_path(tmp_path / "empty")
+
+
+def test_a_restart_takes_a_newer_complete_checkpoint_than_ray_registered(tmp_path):
+    from types import SimpleNamespace
+
+    from lorap_dist.distributed.worker import newer_checkpoint_on_disk
+
+    run = tmp_path / "run"
+    for epoch in (5, 10):
+        state, _, _ = trained_state(epoch)
+        save_checkpoint(state, run / checkpoint_name(epoch))
+    registered = SimpleNamespace(path=str(run / checkpoint_name(5)))
+    assert newer_checkpoint_on_disk(registered, run) == run / checkpoint_name(10)
+    newest = SimpleNamespace(path=str(run / checkpoint_name(10)))
+    assert newer_checkpoint_on_disk(newest, run) is None  # Ray's is the newest: use it
+    assert newer_checkpoint_on_disk(None, run) is None  # a fresh run resumes nothing
+    damaged = run / checkpoint_name(10) / STATE_FILE
+    damaged.write_bytes(damaged.read_bytes()[:-3])  # killed while writing: never chosen
+    with pytest.warns(UserWarning, match="truncated"):
+        assert newer_checkpoint_on_disk(registered, run) is None
+
+
+def test_failure_message_names_the_last_good_checkpoint_and_the_resume_command(tmp_path):
+    from lorap_dist.distributed.trainer import failure_message
+
+    state, _, _ = trained_state(2)
+    path = save_checkpoint(state, tmp_path / "run" / checkpoint_name(2))
+    message = failure_message(RuntimeError("worker 1\ndied"), tmp_path / "run")
+    assert "\n" not in message
+    assert f"last good checkpoint is {path}: resume with `lorap train ... --resume {path}`" in (
+        message
+    )
+    assert "no checkpoint was written" in failure_message(RuntimeError("x"), tmp_path / "none")
+
+
+def test_a_checkpoint_cut_off_mid_write_is_never_chosen(tmp_path):
+    state, _, _ = trained_state(1)
+    good = save_checkpoint(state, tmp_path / "run" / checkpoint_name(1))
+    partial = tmp_path / "run" / f".tmp-{checkpoint_name(2)}-0badf00d"  # killed before rename
+    partial.mkdir()
+    (partial / STATE_FILE).write_text("{")
+    no_manifest = tmp_path / "run" / checkpoint_name(3)  # renamed by hand, never completed
+    no_manifest.mkdir()
+    with pytest.warns(UserWarning, match="not completely written"):
+        assert latest_good_checkpoint(tmp_path / "run") == good

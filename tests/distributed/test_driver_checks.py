@@ -65,3 +65,58 @@ def test_a_truncated_checkpoint_named_in_resume_fails_in_the_driver(tiny_dataset
             DistConfig(num_workers=2, storage_path=str(tmp_path)),
             resume=path,
         )
+
+
+def test_two_runs_with_the_same_name_and_storage_are_refused(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    run_dir = tmp_path / "runs" / "job-1"
+    with trainer.run_lock(run_dir):
+        assert json.loads((run_dir / trainer.LOCK_FILE).read_text())["pid"] > 0
+        other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        try:  # the lock as the other run's process would hold it
+            holder = json.loads((run_dir / trainer.LOCK_FILE).read_text()) | {"pid": other.pid}
+            (run_dir / trainer.LOCK_FILE).write_text(json.dumps(holder))
+            with pytest.raises(ConfigError, match=rf"another run \(process {other.pid} on"):
+                with trainer.run_lock(run_dir):
+                    pass
+        finally:
+            other.kill()
+            other.wait()
+        with trainer.run_lock(run_dir):  # its process is gone: a killed run's lock is taken
+            pass
+    assert not (run_dir / trainer.LOCK_FILE).exists()
+    with trainer.run_lock(run_dir):  # and a finished run's name can be continued
+        pass
+
+
+def test_a_full_disk_while_checkpointing_leaves_nothing_half_written(tmp_path, monkeypatch):
+    import errno
+
+    from lorap_dist.distributed import checkpoint
+
+    model = torch.nn.Linear(3, 2)
+    state = TrainingState(
+        model=model.state_dict(),
+        optimizer=torch.optim.Adam(model.parameters()).state_dict(),
+        config={},
+        epoch=1,
+        step=1,
+        rng=[capture_rng()],
+        dataset={},
+    )
+    good = save_checkpoint(state, tmp_path / "run" / checkpoint_name(1))
+    real = checkpoint._write_synced
+
+    def full_after_first(path, data):
+        if path.name == checkpoint.STATE_FILE:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(path, data)
+
+    monkeypatch.setattr(checkpoint, "_write_synced", full_after_first)
+    with pytest.raises(CheckpointError, match=r"no space left on the device.*earlier checkpoints"):
+        save_checkpoint(state, tmp_path / "run" / checkpoint_name(2))
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [checkpoint_name(1)]
+    assert checkpoint.latest_good_checkpoint(tmp_path / "run") == good

@@ -123,3 +123,25 @@ def test_dist_config_rejects_bad_caps():
         DistConfig(max_steps_per_epoch=0)
     with pytest.raises(ConfigError, match="eval_every must be >= 0"):
         DistConfig(eval_every=-1)
+
+
+def test_without_restarts_a_killed_worker_ends_in_one_line_naming_the_checkpoint(
+    ray_cluster, tiny_dataset, tmp_path
+):
+    from lorap_dist.distributed.trainer import DistributedRunError
+
+    marker = tmp_path / "killed"
+    with pytest.raises(DistributedRunError) as info:
+        run_distributed(
+            experiment(tiny_dataset, 3),
+            settings(
+                tmp_path,
+                "no-retry",
+                max_failures=0,
+                fault_inject={"rank": 1, "epoch": 1, "step": 1, "marker": str(marker)},
+            ),
+        )
+    assert marker.exists()
+    message = str(info.value)
+    assert "\n" not in message
+    assert f"--resume {tmp_path / 'runs' / 'no-retry' / checkpoint_name(1)}" in message

@@ -226,3 +226,15 @@ def test_small_graphs_prepare_without_ray(tmp_path, monkeypatch):
     big = PrepareOptions(out="x", parts=2, use_ray=None)
     assert prepare_module._uses_ray(big, prepare_module.RAY_MIN_NODES)
     assert not prepare_module._uses_ray(PrepareOptions(out="x", parts=1), 10**7)
+
+
+def test_a_full_disk_while_preparing_is_a_clear_error_and_leaves_nothing(tmp_path, monkeypatch):
+    import errno
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(prepare_module, "write_part", full)
+    with pytest.raises(DatasetError, match=r"no space left on the device .* nothing was left"):
+        prepare(quick(tmp_path / "ds"))
+    assert list(tmp_path.iterdir()) == []
