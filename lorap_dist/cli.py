@@ -20,9 +20,9 @@ from lorap_dist.config import ConfigError, ExperimentConfig
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Set ``section.field=value`` pairs in a config dict (values parsed as YAML).
 
-    Switching ``quant.scheme`` drops the options of the scheme it replaces (they belong to
-    that scheme); options given with ``--set quant.options.FIELD=...`` apply to the new one,
-    in any order.
+    Switching ``quant.scheme`` keeps the common ``bits`` option (every scheme takes it) and
+    drops the other options of the scheme it replaces (they belong to that scheme); options
+    given with ``--set quant.options.FIELD=...`` apply to the new one, in any order.
     """
     parsed = []
     for item in overrides:
@@ -34,8 +34,10 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     for item, key, raw in parsed:
         *path, last = key.split(".")
         if key == "quant.scheme" and isinstance(data.get("quant"), dict):
-            if data["quant"].get("scheme") != yaml.safe_load(raw):
-                data["quant"]["options"] = {}
+            scheme, old = yaml.safe_load(raw), data["quant"].get("options") or {}
+            if data["quant"].get("scheme") != scheme:
+                keep = scheme != "none" and "bits" in old
+                data["quant"]["options"] = {"bits": old["bits"]} if keep else {}
         node = data
         for part in path:
             if node.get(part) is None:  # an absent or empty section, e.g. dist: null
@@ -64,6 +66,11 @@ def _train(args: argparse.Namespace) -> int:
     if config.dist is not None:
         from lorap_dist.distributed.trainer import run_distributed
 
+        if args.seeds is not None:
+            raise ConfigError(
+                "--seeds repeats single-process training; for a distributed run, repeat it "
+                "over seeds with a sweep (`lorap sweep`, seeds: [0, 1, 2])."
+            )
         summary = run_distributed(config, config.dist, resume=args.resume)
         print(json.dumps(summary, indent=2, default=str))
         _write_json(args.out, summary)
@@ -73,12 +80,48 @@ def _train(args: argparse.Namespace) -> int:
             "--resume needs a distributed run (a `dist` section in the config); single-process "
             "runs keep no checkpoints."
         )
-    from lorap_dist.train import train
+    from lorap_dist.train import load_graph, train
 
-    result, _ = train(config, progress=not args.no_progress)
-    print(json.dumps({k: v for k, v in result.to_dict().items() if k != "history"}, indent=2))
-    _write_json(args.out, result.to_dict())
+    if args.seeds is None:
+        result, _ = train(config, progress=not args.no_progress)
+        print(json.dumps({k: v for k, v in result.to_dict().items() if k != "history"}, indent=2))
+        _write_json(args.out, result.to_dict())
+        return 0
+    graph = load_graph(config)
+    runs = []
+    for seed in args.seeds:
+        config.train.seed = seed
+        result, _ = train(config, graph, progress=not args.no_progress)
+        runs.append({"seed": seed, **result.to_dict()})
+    summary = seed_summary(runs)
+    print(json.dumps({k: v for k, v in summary.items() if k != "runs"}, indent=2))
+    _write_json(args.out, summary)
     return 0
+
+
+def seed_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean and sample standard deviation of each accuracy over the seeds' runs."""
+    import statistics
+
+    summary: dict[str, Any] = {"seeds": [run["seed"] for run in runs]}
+    for key in ("train_acc", "valid_acc", "test_acc"):
+        values = [run[key] for run in runs]
+        summary[f"{key}_mean"] = statistics.fmean(values)
+        summary[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+        summary[key] = values
+    return summary | {"runs": runs}
+
+
+def _seed_list(text: str) -> list[int]:
+    try:
+        seeds = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a comma-separated list of integer seeds, e.g. 0,1,2"
+        ) from None
+    if not seeds:
+        raise argparse.ArgumentTypeError("give at least one seed, e.g. --seeds 0,1,2")
+    return seeds
 
 
 def _sweep(args: argparse.Namespace) -> int:
@@ -135,7 +178,14 @@ def build_parser() -> argparse.ArgumentParser:
         "train",
         help="train a model from a config file (built-in default: a generated graph)",
         description="Train a (quantized, prompted) GNN. Without --config the built-in default "
-        "runs: a generated power-law graph with planted classes.",
+        "runs (jobs/configs/default.yaml): a 2-layer GCN at INT4 plain QAT with LoRAP on a "
+        "generated power-law graph with planted classes.",
+        epilog="The result (printed, and written by --out): train_acc, valid_acc and test_acc "
+        "of the epoch with the best validation accuracy (best_epoch, 0-based), whose weights "
+        "the run ends with; epochs_run; params (backbone, prompt, quantizer); avg_bits, the "
+        "mean stored bit width over the quantization points (MixQ: of the frozen model; null "
+        "for FP32); history, one row per epoch (--out only). With --seeds: each accuracy's "
+        "mean and std over the seeds, the per-seed values, and every run.",
     )
     train.add_argument("--config", help="YAML experiment config (see jobs/configs/)")
     train.add_argument(
@@ -147,6 +197,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--out", help="write the full result (with per-epoch history) as JSON here")
     train.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    train.add_argument(
+        "--seeds",
+        type=_seed_list,
+        metavar="S,S,...",
+        help="train once per seed (e.g. 0,1,2) and report the mean and std of each accuracy",
+    )
     train.add_argument(
         "--resume",
         help="resume a distributed run from a checkpoint directory, or from the newest good "

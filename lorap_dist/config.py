@@ -212,7 +212,9 @@ class DataConfig:
             ``"ogbn-arxiv"``, ``"planetoid"`` (with ``name``: Cora, CiteSeer or PubMed, read
             from their raw files under ``root``; ``"planetoid:Cora"`` is the same),
             ``"pyg:CLASS:NAME"`` for another single-graph PyG dataset class, or ``"dir"``
-            for a prepared dataset directory at ``path``.
+            with ``path`` (``"dir:PATH"`` is the same): a prepared dataset directory
+            (``lorap prepare`` output), or a directory in OGB's layout (what
+            ``lorap prepare --source dir:PATH`` reads).
         name: the dataset's name for ``planetoid`` (and ``CLASS[:NAME]`` for ``pyg``).
         root: where OGB datasets live (downloaded there on a machine with internet) and
             where PyG datasets keep their raw files (``root/<Name>/raw``; never downloaded).
@@ -235,6 +237,13 @@ class DataConfig:
             f"data.source={self.source!r} must be a string such as 'synthetic' or 'planetoid'.",
         )
         kind, sep, rest = self.source.partition(":")
+        if sep and kind == "dir" and rest:  # the spelling `lorap prepare --source` takes
+            check(
+                self.path in (None, rest),
+                f"data.source={self.source!r} names a directory and data.path={self.path!r} "
+                "names another; give it once.",
+            )
+            self.source, self.path = "dir", rest
         if sep and kind in ("planetoid", "pyg"):
             check(
                 self.name in (None, rest),

@@ -16,6 +16,7 @@ import copy
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -71,14 +72,15 @@ def load_graph(config: ExperimentConfig) -> GraphData:
         from lorap_dist.graph.synthetic import generate_synthetic
 
         graph = generate_synthetic(data.synthetic)
-    elif data.source == "dir":
+    elif data.source == "dir" and (Path(data.path) / "meta.json").is_file():
         from lorap_dist.graph.storage import open_dataset
 
-        graph = open_dataset(data.path).to_graph_data()
+        graph = open_dataset(data.path).to_graph_data()  # prepared by `lorap prepare`
     else:
         from lorap_dist.graph.sources import open_source
 
-        graph = open_source(data.spec, data.root).to_graph_data()
+        spec = f"dir:{data.path}" if data.source == "dir" else data.spec  # OGB layout
+        graph = open_source(spec, data.root).to_graph_data()
     graph.x = apply_transform(graph.x, data.resolved_transform)
     return graph
 

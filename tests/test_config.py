@@ -154,3 +154,21 @@ def test_switching_scheme_drops_the_old_options_and_keeps_the_new(sets):
 def test_fp32_baseline_from_the_command_line():
     config = load_config(None, ["quant.scheme=none", "prompt.kind=none"])
     assert (config.quant.scheme, config.quant.options, config.prompt.kind) == ("none", {}, "none")
+
+
+@pytest.mark.parametrize(
+    ("scheme", "field", "value"),
+    [
+        ("qat", "bits", 8),
+        ("degree_quant", "bits", 8),
+        ("a2q", "memory_budget", 8.0),
+        ("mixq", "candidate_bits", (2, 4, 8)),
+    ],
+)
+def test_every_scheme_takes_the_common_bits(scheme, field, value):
+    built = load_config(None, [f"quant.scheme={scheme}", "quant.options.bits=8"]).quant.build()
+    assert getattr(built, field) == value
+    kept = load_config(None, [f"quant.scheme={scheme}"]).quant  # the default's INT4 carries over
+    assert kept.options == {"bits": 4}
+    if scheme == "mixq":
+        assert kept.build().candidate_bits == (2, 4)

@@ -131,3 +131,34 @@ def test_trains_from_an_ogb_layout_dataset_and_a_prepared_directory(tmp_path):
     prepared = small_config(data={"source": "dir", "path": str(out)}, train={"epochs": 30})
     result, _ = train(prepared, progress=False)
     assert result.test_acc > 1 / synthetic.num_classes + 0.3
+
+
+def test_one_spelling_for_an_ogb_layout_directory_in_prepare_and_train(tmp_path):
+    from lorap_dist.testing.ogb_layout import write_ogb_dataset
+    from lorap_dist.train import load_graph
+
+    graph = generate_synthetic(small_config().data.synthetic)
+    directory = write_ogb_dataset(tmp_path, "ogbn-arxiv", graph)
+    config = small_config(data={"source": f"dir:{directory}"})
+    assert (config.data.source, config.data.path) == ("dir", str(directory))
+    loaded = load_graph(config)  # read from the OGB layout, as `lorap prepare` reads it
+    assert torch.equal(loaded.x, graph.x) and torch.equal(loaded.y, graph.y)
+
+
+def test_cli_repeats_training_over_seeds_and_reports_mean_and_std(tmp_path, capsys):
+    import json
+
+    from lorap_dist.cli import main
+
+    out = tmp_path / "seeds.json"
+    sets = ["data.synthetic.num_nodes=200", "train.epochs=2", "model.hidden=8"]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--no-progress", "--seeds", "0,1,2", "--out", str(out)]
+             + [f"--set={s}" for s in sets])  # fmt: skip
+    assert exit_info.value.code == 0
+    summary = json.loads(out.read_text())
+    assert summary["seeds"] == [0, 1, 2] and len(summary["runs"]) == 3
+    accs = summary["test_acc"]
+    assert summary["test_acc_mean"] == pytest.approx(sum(accs) / 3)
+    assert [run["seed"] for run in summary["runs"]] == [0, 1, 2]
+    assert len({tuple(r["history"][-1].values()) for r in summary["runs"]}) == 3  # seeds differ

@@ -79,26 +79,36 @@ class A2QConfig:
     """A2Q: learned per-node steps and bit widths, local gradients, memory penalty.
 
     Args:
-        init_bits: bit width every row starts at.
+        bits: the common spelling of "INT b" that every scheme takes: starts every row at
+            ``b`` bits with a memory budget of ``b`` average bits, unless ``init_bits`` or
+            ``memory_budget`` say otherwise.
+        init_bits: bit width every row starts at (default ``bits``, else 4).
         min_bits: smallest learned bit width (1 to 8; 1 bit is the grid ``{-s, 0}``).
         max_bits: largest learned bit width, at most 8.
         memory_budget: target average bit width ``B`` of each point, in
-            ``[min_bits, max_bits]``.
+            ``[min_bits, max_bits]`` (default ``bits``, else ``init_bits``).
         penalty: :math:`\\lambda` of the memory penalty, ``>= 0`` (0 turns it off).
         pool_size: pairs in the Nearest-Neighbour Strategy's pool, ``>= 1``.
         weight_bits: fixed bit width of weights (per-channel steps still learned), or
             ``None`` to learn a bit width per output channel as well.
     """
 
-    init_bits: int = 4
+    bits: int | None = None
+    init_bits: int | None = None
     min_bits: int = 2
     max_bits: int = 8
-    memory_budget: float = 4.0
+    memory_budget: float | None = None
     penalty: float = 1.0
     pool_size: int = 32
     weight_bits: int | None = None
 
     def __post_init__(self) -> None:
+        if self.bits is not None:
+            check_bits("A2QConfig.bits", self.bits)
+        if self.init_bits is None:
+            self.init_bits = self.bits if self.bits is not None else 4
+        if self.memory_budget is None:
+            self.memory_budget = float(self.bits if self.bits is not None else self.init_bits)
         for name in ("init_bits", "min_bits", "max_bits"):
             value = getattr(self, name)
             check(

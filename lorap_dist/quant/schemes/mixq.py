@@ -55,7 +55,11 @@ class MixQConfig:
     """MixQ: learned softmax mixture over candidate bit widths at every point.
 
     Args:
-        candidate_bits: distinct bit widths (2 to 8) each point mixes.
+        bits: the common spelling of "INT b" that every scheme takes: the candidates are
+            those of 2, 4 and 8 bits that do not exceed ``b`` (``bits: 4`` mixes {2, 4}),
+            unless ``candidate_bits`` says otherwise.
+        candidate_bits: distinct bit widths (2 to 8) each point mixes (default from
+            ``bits``, else [2, 4, 8]).
         penalty: :math:`\\lambda` of the expected-bits penalty, ``>= 0``.
         symmetric: signed grid with zero point 0 for node features (weights are always
             symmetric per output channel).
@@ -76,7 +80,8 @@ class MixQConfig:
             80% to 16% when its logits froze at 2 bits).
     """
 
-    candidate_bits: tuple[int, ...] = (2, 4, 8)
+    bits: int | None = None
+    candidate_bits: tuple[int, ...] | None = None
     penalty: float = 0.01
     symmetric: bool = False
     observer: str = "ema"
@@ -86,6 +91,11 @@ class MixQConfig:
     search_logits: bool = False
 
     def __post_init__(self) -> None:
+        if self.bits is not None:
+            check_bits("MixQConfig.bits", self.bits)
+        if self.candidate_bits is None:
+            limit = 8 if self.bits is None else self.bits
+            self.candidate_bits = tuple(b for b in (2, 4, 8) if b <= limit)
         check(
             isinstance(self.candidate_bits, (tuple, list)) and len(self.candidate_bits) >= 1,
             f"MixQConfig.candidate_bits={self.candidate_bits!r} must be a non-empty list of "
