@@ -13,7 +13,9 @@ each distributed worker reuses for its own share of the seeds. It reads top to b
 from __future__ import annotations
 
 import copy
+import math
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,6 +35,7 @@ from lorap_dist.nn import build_model, parameter_counts
 from lorap_dist.optim import build_optimizer
 from lorap_dist.quant import (
     average_bits,
+    budget_overruns,
     end_epoch,
     quantization_loss,
     quantization_settled,
@@ -46,7 +49,9 @@ class TrainResult:
     """What a run reports.
 
     ``valid_acc`` and ``test_acc`` are those of the epoch with the best validation accuracy
-    (whose weights the returned model holds).
+    (whose weights the returned model holds). ``warnings`` lists what went wrong without
+    stopping the run (a learned bit width above its budget, a diverging first epoch); each
+    is also raised as a :class:`UserWarning`.
     """
 
     train_acc: float
@@ -58,9 +63,14 @@ class TrainResult:
     params: dict[str, int]
     avg_bits: float | None
     history: list[dict[str, float]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+# A first epoch whose loss exceeds this many times ln(classes) (uniform guessing) is diverging.
+BLOWUP = 20.0
 
 
 def load_graph(config: ExperimentConfig) -> GraphData:
@@ -162,12 +172,22 @@ def train(
 
     best = BestEpoch(patience=config.train.patience)
     best_state = copy.deepcopy(model.state_dict())
+    notes: list[str] = []
     history: list[dict[str, float]] = []
     bar = tqdm(range(config.train.epochs), desc="train", unit="epoch", disable=not progress)
     epoch = -1
     for epoch in bar:
         # 3. one epoch of training
         loss = runner.train_epoch(model, optimizer, epoch)
+        uniform = math.log(max(graph.num_classes, 2))  # the loss of guessing uniformly
+        if epoch == 0 and loss > BLOWUP * uniform:
+            notes.append(
+                f"the first epoch's training loss is {loss:.1f}, {loss / uniform:.0f}x that of "
+                f"guessing uniformly (ln {graph.num_classes} = {uniform:.2f}): activations are "
+                "blowing up. Normalise "
+                "between layers (model.norm: batch; sum aggregation over high-degree nodes "
+                "needs it) or lower train.lr."
+            )
         if end_epoch(model, epoch, config.train.epochs):
             best.restart()  # e.g. MixQ froze its bit widths: a different model now
         # 4. validation, best state, early stop
@@ -186,6 +206,9 @@ def train(
     # 5. report the best epoch
     model.load_state_dict(best_state)
     accs = runner.evaluate(model)
+    notes += budget_overruns(model)
+    for note in notes:
+        warnings.warn(note, stacklevel=2)
     result = TrainResult(
         train_acc=accs["train"],
         valid_acc=accs["valid"],
@@ -196,6 +219,7 @@ def train(
         params=parameter_counts(model),
         avg_bits=average_bits(model),
         history=history,
+        warnings=notes,
     )
     return result, model
 

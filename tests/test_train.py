@@ -162,3 +162,46 @@ def test_cli_repeats_training_over_seeds_and_reports_mean_and_std(tmp_path, caps
     assert summary["test_acc_mean"] == pytest.approx(sum(accs) / 3)
     assert [run["seed"] for run in summary["runs"]] == [0, 1, 2]
     assert len({tuple(r["history"][-1].values()) for r in summary["runs"]}) == 3  # seeds differ
+
+
+def _quiet_train(config: ExperimentConfig):
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result, _ = train(config, progress=False)
+    return result, [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
+
+
+def test_a_diverging_first_epoch_is_reported_and_gin_trains_by_default():
+    graph = {"synthetic": {"num_nodes": 1000, "avg_degree": 20}}
+    float_gin = {"quant": {"scheme": "none"}, "prompt": {"kind": "none"}, "train": {"epochs": 2}}
+    no_norm = ExperimentConfig.from_dict(
+        {"data": graph, "model": {"arch": "gin", "norm": "none"}, **float_gin}
+    )
+    result, raised = _quiet_train(no_norm)
+    assert len(result.warnings) == 1 and "activations are blowing up" in result.warnings[0]
+    assert result.warnings[0] in raised
+    default = ExperimentConfig.from_dict({"data": graph, "model": {"arch": "gin"}, **float_gin})
+    assert default.model.resolved_norm == "batch"
+    result, _ = _quiet_train(default)
+    assert result.warnings == []
+
+
+def test_a2q_missing_its_budget_is_reported():
+    config = ExperimentConfig.from_dict(
+        {
+            "data": {"synthetic": {"num_nodes": 300}},
+            "quant": {
+                "scheme": "a2q",
+                "options": {"init_bits": 8, "memory_budget": 4.0, "penalty": 0.0},
+            },
+            "train": {"epochs": 2},
+        }
+    )
+    result, raised = _quiet_train(config)
+    assert result.avg_bits == 8.0
+    assert len(result.warnings) == 1
+    assert "ended above their memory budget (worst:" in result.warnings[0]
+    assert "at 8.00 average bits for a budget of 4" in result.warnings[0]
+    assert result.warnings[0] in raised

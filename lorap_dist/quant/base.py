@@ -122,3 +122,23 @@ def average_bits(model: nn.Module) -> float | None:
     """Mean stored bit width over the quantization points that quantize, or ``None``."""
     bits = [b for _, q in quantizers_of(model) if (b := q.average_bits()) is not None]
     return sum(bits) / len(bits) if bits else None
+
+
+def budget_overruns(model: nn.Module, tolerance: float = 0.05) -> list[str]:
+    """A sentence (in a list; empty when all is well) naming the quantization points whose
+    learned bit width ended above their memory budget by more than ``tolerance`` bits. A2Q's
+    penalty is soft, so a budget can be missed."""
+    over = []
+    for name, quantizer in quantizers_of(model):
+        budget = getattr(quantizer, "memory_budget", None)
+        bits = quantizer.average_bits()
+        if budget is not None and bits is not None and bits > budget + tolerance:
+            over.append((bits - budget, name, bits, budget))
+    if not over:
+        return []
+    _, name, bits, budget = max(over)
+    return [
+        f"{len(over)} quantization point(s) ended above their memory budget (worst: {name} at "
+        f"{bits:.2f} average bits for a budget of {budget:g}); raise quant.options.penalty "
+        "to hold the budget more firmly."
+    ]
