@@ -248,7 +248,7 @@ def main_settings(args: Any) -> list[dict[str, Any]]:
     int4 += [(s, 4, p) for s in SCHEMES for p in ("none", "lorap", "gpf_lorap")]
     int8 = [(s, 8, p) for s in SCHEMES for p in ("none", "lorap")]
     settings = []
-    for cells in (int4, int8):
+    for cells in [int4] * (4 in args.bits) + [int8] * (8 in args.bits):
         for dataset in args.datasets or datasets(args.root):
             for model in args.models:
                 for scheme, bits, prompt in cells:
@@ -523,6 +523,12 @@ def main() -> None:
     parser.add_argument("--datasets", type=lambda s: s.split(","), default=None)
     parser.add_argument("--models", type=lambda s: s.split(","), default=list(MODELS))
     parser.add_argument("--resume", action="store_true", help="keep finished rows")
+    parser.add_argument(
+        "--bits",
+        type=lambda s: [int(b) for b in s.split(",")],
+        default=[4, 8],
+        help="main part: the bit widths to run (FP32 runs with 4)",
+    )
     args = parser.parse_args()
     if args.part == "main":
         run_part("accuracy_planetoid", main_settings(args), args, diagnose=False)

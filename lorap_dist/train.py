@@ -36,6 +36,7 @@ from lorap_dist.optim import build_optimizer
 from lorap_dist.quant import (
     average_bits,
     budget_overruns,
+    collapsed_points,
     end_epoch,
     quantization_loss,
     quantization_settled,
@@ -206,7 +207,7 @@ def train(
     # 5. report the best epoch
     model.load_state_dict(best_state)
     accs = runner.evaluate(model)
-    notes += budget_overruns(model)
+    notes += budget_overruns(model) + collapsed_points(model)
     for note in notes:
         warnings.warn(note, stacklevel=2)
     result = TrainResult(

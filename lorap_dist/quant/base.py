@@ -142,3 +142,27 @@ def budget_overruns(model: nn.Module, tolerance: float = 0.05) -> list[str]:
         f"{bits:.2f} average bits for a budget of {budget:g}); raise quant.options.penalty "
         "to hold the budget more firmly."
     ]
+
+
+def collapsed_points(model: nn.Module) -> list[str]:
+    """A sentence (in a list; empty when all is well) naming the quantization points whose
+    observed range has zero width: every value there rounds to one code, so what comes after
+    sees a constant (a percentile range of a sparse tensor, for instance)."""
+    dead = []
+    for name, quantizer in quantizers_of(model):
+        observer = getattr(quantizer, "observer", None)
+        if observer is None or not observer.initialized:
+            continue
+        width = observer.max_val - observer.min_val
+        if bool((width == 0).any()):
+            dead.append((name, float(observer.min_val.reshape(-1)[0])))
+    if not dead:
+        return []
+    names = ", ".join(f"{name} [{value:g}, {value:g}]" for name, value in dead[:4])
+    more = f" and {len(dead) - 4} more" if len(dead) > 4 else ""
+    return [
+        f"quantization point(s) {names}{more} have a zero-width range: every value there "
+        "rounds to one code and the layers after it see a constant. Use more bits or a range "
+        "that keeps the extremes (qat and mixq: quant.options.observer: ema or minmax), or "
+        "check that the input is not constant."
+    ]

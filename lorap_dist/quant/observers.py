@@ -182,7 +182,13 @@ class PercentileObserver(EMAObserver):
     r"""Moving average of the batch's :math:`p` and :math:`1 - p` quantiles (Degree-Quant).
 
     Clipping the outer ``percentile`` of each tail spends the grid on the bulk of the
-    values instead of on rare outliers. Quantiles are :func:`torch.quantile` with linear
+    values instead of on rare outliers. Where that range has zero width although the values
+    are not all equal -- a sparse tensor whose non-zeros are fewer than ``percentile`` of
+    its entries, such as bag-of-words features with under 1% non-zeros at INT4 -- every
+    value would round to one code and the network would never see its input; the range is
+    then taken from the quantiles of the non-zero values (zero stays on the grid, since
+    the range always includes it). Tensors whose clipped range is not degenerate keep the
+    paper's range exactly. Quantiles are :func:`torch.quantile` with linear
     interpolation. Where a batch (or a row, per row) holds more than ``max_samples``
     values, the quantiles are estimated from ``max_samples`` of them drawn uniformly with
     replacement (the same columns for every row); ``torch.quantile`` accepts at most
@@ -215,7 +221,20 @@ class PercentileObserver(EMAObserver):
 
     def batch_range(self, x: Tensor) -> tuple[Tensor, Tensor]:
         values = self._values(x)  # [n] or [rows, n]
-        rows = values.shape[0] if self.per_row else 1
+        lo, hi = self._quantiles(values)
+        rows = values if self.per_row else values.unsqueeze(0)  # [rows, n]
+        los, his = lo.reshape(-1).clone(), hi.reshape(-1).clone()
+        degenerate = (his == los) & (rows.amax(-1) > rows.amin(-1))
+        for r in torch.nonzero(degenerate).flatten().tolist():  # rare: sparse tensors only
+            nonzero = rows[r][rows[r] != 0]
+            nonzero_lo, nonzero_hi = self._quantiles(nonzero)
+            los[r] = torch.minimum(los[r], nonzero_lo)
+            his[r] = torch.maximum(his[r], nonzero_hi)
+        return los.reshape(lo.shape), his.reshape(hi.shape)
+
+    def _quantiles(self, values: Tensor) -> tuple[Tensor, Tensor]:
+        """The ``percentile`` and ``1 - percentile`` quantiles along the last axis."""
+        rows = values.shape[0] if values.dim() > 1 else 1
         limit = max(1, _QUANTILE_MAX_NUMEL // rows)
         if self.max_samples is not None:
             limit = min(limit, self.max_samples)
@@ -223,7 +242,7 @@ class PercentileObserver(EMAObserver):
             picks = torch.randint(values.shape[-1], (limit,), device=values.device)
             values = values[..., picks]
         q = torch.tensor([self.percentile, 1.0 - self.percentile], device=values.device)
-        lo, hi = torch.quantile(values, q, dim=-1 if self.per_row else None)
+        lo, hi = torch.quantile(values, q, dim=-1 if values.dim() > 1 else None)
         return lo, hi
 
     def extra_repr(self) -> str:
