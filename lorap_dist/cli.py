@@ -14,38 +14,28 @@ from typing import Any
 
 import yaml
 
-from lorap_dist.config import ConfigError, ExperimentConfig
+from lorap_dist.config import ConfigError, ExperimentConfig, leading_first, set_field
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Set ``section.field=value`` pairs in a config dict (values parsed as YAML).
 
-    Switching ``quant.scheme`` keeps the common ``bits`` option (every scheme takes it) and
-    drops the other options of the scheme it replaces (they belong to that scheme); options
-    given with ``--set quant.options.FIELD=...`` apply to the new one, in any order.
+    :func:`~lorap_dist.config.set_field`'s rules apply, in any order of the pairs:
+    switching ``quant.scheme`` keeps the common ``bits`` option and drops the other
+    options of the scheme it replaces; switching ``data.source`` forgets ``data.name`` and
+    ``data.path``.
     """
-    parsed = []
+    parsed: dict[str, Any] = {}
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"--set {item!r} is not of the form section.field=value.")
-        parsed.append((item, key, raw))
-    parsed.sort(key=lambda entry: entry[1] != "quant.scheme")  # scheme switches first
-    for item, key, raw in parsed:
-        *path, last = key.split(".")
-        if key == "quant.scheme" and isinstance(data.get("quant"), dict):
-            scheme, old = yaml.safe_load(raw), data["quant"].get("options") or {}
-            if data["quant"].get("scheme") != scheme:
-                keep = scheme != "none" and "bits" in old
-                data["quant"]["options"] = {"bits": old["bits"]} if keep else {}
-        node = data
-        for part in path:
-            if node.get(part) is None:  # an absent or empty section, e.g. dist: null
-                node[part] = {}
-            node = node[part]
-            if not isinstance(node, dict):
-                raise ConfigError(f"--set {item!r}: {part!r} is not a section.")
-        node[last] = yaml.safe_load(raw)
+        parsed[key] = yaml.safe_load(raw)
+    for key in leading_first(list(parsed)):
+        try:
+            set_field(data, key, parsed[key])
+        except ConfigError as exc:
+            raise ConfigError(f"--set {key}: {exc}") from None
     return data
 
 

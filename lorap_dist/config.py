@@ -8,6 +8,7 @@ checkpoints and Tune result tables.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import types
 import typing
@@ -63,7 +64,7 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "") -> T:
     hints = typing.get_type_hints(cls, localns=_CONFIG_TYPES)
     kwargs: dict[str, Any] = {}
     for name, value in data.items():
-        sub = _dataclass_type(known[name].type)
+        sub = _dataclass_type(hints.get(name, known[name].type))
         if sub is not None and isinstance(value, dict):
             value = from_dict(sub, value, f"{where}.{name}")
         else:
@@ -78,9 +79,11 @@ _TUPLE_FIELDS = {"fanout", "candidate_bits"}
 
 
 def _dataclass_type(annotation: Any) -> type | None:
+    """The dataclass a field holds (also inside ``X | None``), or ``None``."""
     if isinstance(annotation, str):
         return _CONFIG_TYPES.get(annotation)
-    return annotation if dataclasses.is_dataclass(annotation) else None
+    candidates = typing.get_args(annotation) or (annotation,)
+    return next((c for c in candidates if dataclasses.is_dataclass(c)), None)
 
 
 def _field_name(where: str) -> str:
@@ -142,6 +145,39 @@ def check_type(where: str, value: Any, annotation: Any) -> None:
         return
     got = type(value).__name__ if value is not None else "null"
     raise ConfigError(f"{_field_name(where)}={value!r} ({got}) must be {_describe(annotation)}.")
+
+
+# Fields whose change makes others meaningless: set them first, and let them reset those.
+LEADING_FIELDS = ("quant.scheme", "data.source")
+
+
+def set_field(data: dict[str, Any], path: str, value: Any) -> None:
+    """Set dotted ``path`` in the plain config dict ``data`` (creating sections).
+
+    Two fields lead others: switching ``quant.scheme`` keeps only the common ``bits``
+    option (the others belong to the old scheme; ``none`` keeps nothing), and switching
+    ``data.source`` forgets ``data.name`` and ``data.path`` (they named the old source).
+    """
+    *sections, last = path.split(".")
+    node = data
+    for part in sections:
+        if node.get(part) is None:  # an absent or empty section, e.g. dist: null
+            node[part] = {}
+        node = node[part]
+        if not isinstance(node, dict):
+            raise ConfigError(f"{path}: {part!r} is a value, not a section.")
+    if path == "quant.scheme" and node.get("scheme") != value:
+        old = node.get("options") or {}
+        keep = value != "none" and isinstance(old, dict) and "bits" in old
+        node["options"] = {"bits": old["bits"]} if keep else {}
+    if path == "data.source" and node.get("source") != value:
+        node["name"] = node["path"] = None
+    node[last] = copy.deepcopy(value)
+
+
+def leading_first(paths: list[str]) -> list[str]:
+    """``paths`` with :data:`LEADING_FIELDS` first (stable otherwise)."""
+    return sorted(paths, key=lambda path: path not in LEADING_FIELDS)
 
 
 def to_dict(config: Any) -> dict[str, Any]:
@@ -464,8 +500,8 @@ class ExperimentConfig:
 
     The built-in default (``ExperimentConfig()``, what ``lorap train`` runs without
     ``--config``, and ``jobs/configs/default.yaml``) is the method this project is for: a
-    2-layer GCN on the generated graph, INT4 plain QAT, LoRAP in every layer. A section
-    given in a file replaces the default section as a whole: a file without ``quant`` and
+    2-layer GCN on the generated graph, INT4 plain QAT, LoRAP in every layer. A file
+    changes the fields it names and keeps the others: a file without ``quant`` and
     ``prompt`` sections trains INT4 QAT with LoRAP, ``quant: {scheme: none}`` in FP32.
 
     ``dist`` (a :class:`lorap_dist.distributed.config.DistConfig`) makes the run distributed: one
@@ -491,7 +527,19 @@ class ExperimentConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> ExperimentConfig:
-        return from_dict(cls, data, "config")
+        """The built-in default with ``data``'s sections applied field by field (so
+        ``prompt: {r: 8}`` keeps LoRAP on, and ``quant: {scheme: mixq}`` keeps ``bits``),
+        by :func:`set_field`'s rules."""
+        if data is not None and not isinstance(data, dict):
+            raise ConfigError(f"a config must be a mapping of section: fields, got {data!r}.")
+        merged = cls().to_dict()
+        for section, values in (data or {}).items():
+            if isinstance(values, dict) and isinstance(merged.get(section), dict):
+                for key in leading_first([f"{section}.{k}" for k in values]):
+                    set_field(merged, key, values[key.split(".", 1)[1]])
+            else:
+                merged[section] = values
+        return from_dict(cls, merged, "config")
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> ExperimentConfig:

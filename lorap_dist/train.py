@@ -75,7 +75,12 @@ BLOWUP = 20.0
 
 
 def load_graph(config: ExperimentConfig) -> GraphData:
-    """The in-memory graph named by ``config.data``, with its feature transform applied."""
+    """The in-memory graph named by ``config.data``, with its feature transform applied.
+
+    A prepared directory holds its features as prepared (``lorap prepare --transform``):
+    they are taken as they are, and a ``data.transform`` that differs from the one recorded
+    in the directory is an error rather than a second transform.
+    """
     from lorap_dist.graph.transforms import apply_transform
 
     data = config.data
@@ -86,7 +91,9 @@ def load_graph(config: ExperimentConfig) -> GraphData:
     elif data.source == "dir" and (Path(data.path) / "meta.json").is_file():
         from lorap_dist.graph.storage import open_dataset
 
-        graph = open_dataset(data.path).to_graph_data()  # prepared by `lorap prepare`
+        dataset = open_dataset(data.path)  # prepared by `lorap prepare`
+        check_prepared_transform(data.transform, dataset.meta, data.path)
+        return dataset.to_graph_data()
     else:
         from lorap_dist.graph.sources import open_source
 
@@ -94,6 +101,17 @@ def load_graph(config: ExperimentConfig) -> GraphData:
         graph = open_source(spec, data.root).to_graph_data()
     graph.x = apply_transform(graph.x, data.resolved_transform)
     return graph
+
+
+def check_prepared_transform(transform: str | None, meta: dict[str, Any], path: Any) -> None:
+    """Raise unless ``data.transform`` (when set) is the one the directory was prepared with."""
+    prepared = meta.get("transform", "none")
+    if transform is not None and transform != prepared:
+        raise ConfigError(
+            f"data.transform={transform!r}, but {path} was prepared with transform "
+            f"{prepared!r}; prepare it again with --transform {transform}, or drop "
+            "data.transform."
+        )
 
 
 def check_fanout(config: ExperimentConfig) -> None:
@@ -181,11 +199,11 @@ def train(
         # 3. one epoch of training
         loss = runner.train_epoch(model, optimizer, epoch)
         uniform = math.log(max(graph.num_classes, 2))  # the loss of guessing uniformly
-        if epoch == 0 and loss > BLOWUP * uniform:
+        if epoch == 0 and not loss < BLOWUP * uniform:  # NaN included
             notes.append(
-                f"the first epoch's training loss is {loss:.1f}, {loss / uniform:.0f}x that of "
-                f"guessing uniformly (ln {graph.num_classes} = {uniform:.2f}): activations are "
-                "blowing up. Normalise "
+                f"the first epoch's training loss is {loss:.1f}, above {BLOWUP:g}x that of "
+                f"guessing uniformly (ln {graph.num_classes} = {uniform:.2f}): activations "
+                "are blowing up. Normalise "
                 "between layers (model.norm: batch; sum aggregation over high-degree nodes "
                 "needs it) or lower train.lr."
             )

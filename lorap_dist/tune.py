@@ -58,6 +58,8 @@ from lorap_dist.config import (
     check,
     check_choice,
     from_dict,
+    leading_first,
+    set_field,
 )
 from lorap_dist.distributed.config import DistConfig
 
@@ -322,14 +324,9 @@ def _dataclass_in(annotation: Any) -> type | None:
 
 
 def set_path(data: dict[str, Any], path: str, value: Any) -> None:
-    """Set ``path`` (dotted) in the plain config dict ``data``, creating sections."""
-    *sections, last = path.split(".")
-    node = data
-    for part in sections:
-        if not isinstance(node.get(part), dict):
-            node[part] = {}
-        node = node[part]
-    node[last] = copy.deepcopy(value)
+    """Set ``path`` (dotted) in the plain config dict ``data``, creating sections, by
+    :func:`lorap_dist.config.set_field`'s rules (a scheme switch keeps only ``bits``)."""
+    set_field(data, path, value)
 
 
 def resolve_paths(data: dict[str, Any], nested: bool = False) -> dict[str, Any]:
@@ -359,8 +356,8 @@ def point_key(point: dict[str, Any]) -> str:
 def experiment_config(base: dict[str, Any], point: dict[str, Any], seed: int) -> ExperimentConfig:
     """The experiment of one trial: ``base`` with ``point``'s overrides and ``train.seed``."""
     data = copy.deepcopy(base)
-    for path, value in point.items():
-        set_path(data, path, value)
+    for path in leading_first(list(point)):
+        set_path(data, path, point[path])
     set_path(data, "train.seed", seed)
     try:
         return ExperimentConfig.from_dict(data)

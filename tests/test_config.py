@@ -9,6 +9,7 @@ from lorap_dist.config import (
     QuantSettings,
     SyntheticConfig,
     TrainConfig,
+    to_dict,
 )
 
 
@@ -172,3 +173,31 @@ def test_every_scheme_takes_the_common_bits(scheme, field, value):
     assert kept.options == {"bits": 4}
     if scheme == "mixq":
         assert kept.build().candidate_bits == (2, 4)
+
+
+def test_a_partial_section_changes_only_the_fields_it_names(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("prompt:\n  r: 8\nquant:\n  scheme: mixq\n")
+    config = ExperimentConfig.from_yaml(path)
+    assert (config.prompt.kind, config.prompt.r) == ("lorap", 8)  # LoRAP stays on
+    assert config.quant.options == {"bits": 4} and config.quant.build().candidate_bits == (2, 4)
+
+
+def test_switching_the_source_forgets_the_old_name_and_path(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("data:\n  source: planetoid:Cora\n")
+    config = load_config(str(path), ["data.source=planetoid:CiteSeer"])
+    assert (config.data.source, config.data.name) == ("planetoid", "CiteSeer")
+    config = load_config(str(path), ["data.source=dir:/data/mine"])
+    assert (config.data.source, config.data.name, config.data.path) == ("dir", None, "/data/mine")
+
+
+def test_nested_optional_sections_round_trip():
+    from lorap_dist.distributed.config import DistConfig
+
+    settings = DistConfig(
+        num_workers=2, fault_inject={"rank": 1, "epoch": 1, "step": 1, "marker": "/tmp/m"}
+    )
+    assert DistConfig.from_dict(to_dict(settings)) == settings
+    with pytest.raises(ConfigError, match=r"fault_inject.rank='one' \(str\) must be an integer"):
+        ExperimentConfig.from_dict({"dist": {"fault_inject": {"rank": "one"}}})

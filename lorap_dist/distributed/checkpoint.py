@@ -211,6 +211,15 @@ def architecture(config: dict[str, Any], dataset: dict[str, int] | None = None) 
         facts[dotted] = config.get(section, {}).get(name)
     if facts["model.arch"] == "gat":
         facts["model.heads"] = config.get("model", {}).get("heads")
+    # Both decide which tensors exist. ``norm: null`` is the architecture's default; a
+    # missing rounding is a checkpoint written before the field existed, when the
+    # aggregate was always rounded twice.
+    norm = config.get("model", {}).get("norm", "none")
+    if norm is None:
+        norm = "batch" if facts["model.arch"] == "gin" else "none"
+    facts["model.norm"] = norm
+    if facts["prompt.kind"] in ("lorap", "gpf_lorap"):
+        facts["prompt.rounding"] = config.get("prompt", {}).get("rounding", "twice")
     options = config.get("quant", {}).get("options", {}) or {}
     for key in sorted(options):
         if "bits" in key:

@@ -8,7 +8,7 @@ it checks the dataset directory before any worker starts, builds the trainer
 from __future__ import annotations
 
 import contextlib
-import json
+import fcntl
 import os
 import socket
 import time
@@ -148,60 +148,36 @@ LOCK_FILE = ".lorap-run.lock"
 def run_lock(run_dir: Path | None) -> Iterator[None]:
     """Hold ``run_dir`` for this run: a second run with the same ``dist.name`` and storage
     path started while this one lives is refused (Ray Train would interleave the two as
-    one run). A lock whose process is gone (a killed run) is taken over. Runs on other
-    hosts are told apart by host name; remote storage (``s3://``) is not locked."""
+    one run). The lock is an ``flock`` on ``run_dir/.lorap-run.lock``: the system releases
+    it when the process ends, however it ends, so a killed run never blocks the next.
+    Remote storage (``s3://``) is not locked."""
     if run_dir is None:
         yield
         return
     run_dir.mkdir(parents=True, exist_ok=True)
-    lock = run_dir / LOCK_FILE
-    me = {"host": socket.gethostname(), "pid": os.getpid()}
-    try:
-        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    except FileExistsError:
-        holder = _lock_holder(lock)
-        if holder is not None and _alive(holder):
+    with open(run_dir / LOCK_FILE, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
             raise ConfigError(
-                f"another run (process {holder['pid']} on {holder['host']}) is using "
-                f"{run_dir} now; give this run another dist.name (a run of the same name "
-                "and storage path is the continuation of that one)."
+                f"another run ({holder}) is using {run_dir} now; give this run another "
+                "dist.name (a run of the same name and storage path is the continuation of "
+                "that one)."
             ) from None
-        lock.unlink(missing_ok=True)  # left by a run that was killed
-        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    with os.fdopen(fd, "w") as handle:
-        json.dump(me, handle)
-    try:
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"process {os.getpid()} on {socket.gethostname()}")
+        handle.flush()
         yield
-    finally:
-        if _lock_holder(lock) == me:
-            lock.unlink(missing_ok=True)
-
-
-def _lock_holder(lock: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(lock.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def _alive(holder: dict[str, Any]) -> bool:
-    if holder.get("host") != socket.gethostname():
-        return True  # another host's process cannot be checked: assume it runs
-    try:
-        os.kill(int(holder["pid"]), 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, KeyError, ValueError, TypeError):
-        return True
-    return True
 
 
 def _local_run_dir(settings: DistConfig, name: str) -> Path | None:
     """The run directory when the storage is a local (or mounted) path, else ``None``."""
-    storage = str(settings.storage_dir)
-    if "://" in storage:
+    if "://" in str(settings.storage_path):
         return None
-    return Path(storage).expanduser().resolve() / name
+    return settings.storage_dir / name
 
 
 def run_distributed(
@@ -237,7 +213,11 @@ def run_distributed(
     from lorap_dist.train import check_fanout
 
     check_fanout(experiment)  # the same one-line errors as a single-process run, before Ray
-    validate_dataset(experiment.data.path, settings.num_workers)
+    directory = validate_dataset(experiment.data.path, settings.num_workers)
+    from lorap_dist.graph.storage import read_meta
+    from lorap_dist.train import check_prepared_transform
+
+    check_prepared_transform(experiment.data.transform, read_meta(directory), directory)
     if resume is not None:
         from lorap_dist.distributed.worker import resolve_resume_path
 

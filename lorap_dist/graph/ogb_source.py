@@ -383,6 +383,14 @@ def check_classes(labels: np.ndarray, num_classes: int, label_file: Path) -> Non
         )
 
 
+def _has_no_lines(path: Path) -> bool:
+    try:
+        with gzip.open(path, "rt") as lines:
+            return not any(line.strip() for line, _ in zip(lines, range(1), strict=False))
+    except (OSError, EOFError, zlib.error):
+        return False
+
+
 def _diagnose_raw(raw: Path, err: Exception) -> DatasetError:
     """The error OGB's loader met, located in the raw file that caused it."""
     checks = [
@@ -393,7 +401,7 @@ def _diagnose_raw(raw: Path, err: Exception) -> DatasetError:
         ("node-feat", None, False),
     ]
     edges = raw / "edge.csv.gz"
-    if edges.is_file() and read_csv_strict(edges, 2, integer=True).shape[0] == 0:
+    if edges.is_file() and _has_no_lines(edges):
         return DatasetError(
             f"{edges} is empty: the graph has no edges: a graph neural network aggregates "
             "over edges, so there is nothing to train on beyond the features. Add the edge "

@@ -27,12 +27,16 @@ run on the machine.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
+import fcntl
 import os
 import shutil
+import socket
 import time
 import uuid
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -166,11 +170,13 @@ def prepare(options: PrepareOptions) -> Path:
     scratch.mkdir(parents=True)
     started = time.perf_counter()
     try:
-        meta = _build(options, staging, scratch)
-        shutil.rmtree(scratch)
-        meta["prepare_seconds"] = round(time.perf_counter() - started, 2)
-        write_meta(staging, meta)
-        _publish(staging, out)
+        with _hold(staging):
+            meta = _build(options, staging, scratch)
+            shutil.rmtree(scratch)
+            meta["prepare_seconds"] = round(time.perf_counter() - started, 2)
+            (staging / STAGING_LOCK).unlink()  # still held: nobody takes this for stale
+            write_meta(staging, meta)
+            _publish(staging, out)
     except BaseException as exc:
         shutil.rmtree(staging, ignore_errors=True)
         if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
@@ -195,42 +201,68 @@ def _publish(staging: Path, out: Path) -> None:
         os.rename(staging, out)
 
 
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process: alive
-        return True
-    return True
+STAGING_LOCK = ".prepare.lock"
+
+
+def check_free_space(directory: Path, num_nodes: int, num_features: int) -> None:
+    """Refuse to start when the disk cannot hold the features twice (scratch and dataset):
+    a memory-mapped scratch file on a full disk fails with SIGBUS, not a clean error."""
+    needed = num_nodes * (8 * num_features + 64)
+    free = shutil.disk_usage(directory).free
+    if free < needed:
+        raise DatasetError(
+            f"{directory.parent} has {free / 2**30:.1f} GiB free, and preparing "
+            f"{num_nodes:,} nodes x {num_features} features needs at least "
+            f"{needed / 2**30:.1f} GiB there (features twice while writing, plus the "
+            "topology); free space or choose another --out."
+        )
 
 
 def clear_stale_temporaries(out: Path) -> list[Path]:
     """Remove the temporaries killed prepares left beside ``out``; returns what was removed.
 
+    A prepare holds an ``flock`` on ``<temporary>/.prepare.lock`` while it writes; the
+    system releases it when the process ends, however it ends. A temporary whose lock can
+    be taken is therefore left by a dead prepare.
+
     Raises:
-        DatasetError: another prepare's process (on this machine) is writing ``out`` now.
+        DatasetError: another prepare is writing ``out`` now.
     """
     removed = []
     for temporary in sorted(out.parent.glob(f".{out.name}.tmp-*")):
-        pid_text = temporary.name.rsplit(".tmp-", 1)[1].split("-")[0]
-        pid = int(pid_text) if pid_text.isdigit() else None
-        if pid is not None and pid != os.getpid() and _process_alive(pid):
-            raise DatasetError(
-                f"another prepare (process {pid}) is writing {out} now ({temporary} is its "
-                "temporary); wait for it to finish, or choose another --out."
-            )
-        if pid is None:  # written by an older version, which did not record its process
+        lock = temporary / STAGING_LOCK
+        if not lock.is_file():  # written by an older version, which took no lock
             warnings.warn(
-                f"{temporary} is a temporary of an interrupted prepare (of unknown process); "
-                "delete it if no prepare is running.",
+                f"{temporary} is a temporary of an interrupted prepare; delete it if no "
+                "prepare is running.",
                 stacklevel=2,
             )
             continue
-        shutil.rmtree(temporary, ignore_errors=True)
-        print(f"removed {temporary}, left by a prepare that was killed (process {pid})")
+        with open(lock, "a+") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                holder = handle.read().strip() or "another process"
+                raise DatasetError(
+                    f"another prepare ({holder}) is writing {out} now ({temporary} is its "
+                    "temporary); wait for it to finish, or choose another --out."
+                ) from None
+            shutil.rmtree(temporary, ignore_errors=True)
+        print(f"removed {temporary}, left by a prepare that was killed")
         removed.append(temporary)
     return removed
+
+
+@contextlib.contextmanager
+def _hold(staging: Path) -> Iterator[None]:
+    """Hold ``staging``'s lock while this prepare writes it (see
+    :func:`clear_stale_temporaries`)."""
+    with open(staging / STAGING_LOCK, "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        handle.write(f"process {os.getpid()} on {socket.gethostname()}")
+        handle.flush()
+        yield
 
 
 def _build(options: PrepareOptions, staging: Path, scratch: Path) -> dict:
@@ -238,6 +270,7 @@ def _build(options: PrepareOptions, staging: Path, scratch: Path) -> dict:
     # 1. Source.
     source = open_source(options.source, options.root, options.synthetic, options.split_type)
     source = transform_source(source, options.resolved_transform)
+    check_free_space(staging, source.num_nodes, source.num_features)
     if options.parts > source.num_nodes:
         raise DatasetError(
             f"--parts {options.parts} is more than the {source.num_nodes} nodes "

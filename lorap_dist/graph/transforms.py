@@ -52,11 +52,14 @@ def transform_source(source: GraphSource, transform: str) -> GraphSource:
 
     def global_min() -> float:
         if not shift:
-            lows = (
-                read(start, min(start + FEATURE_CHUNK, source.num_nodes)).min(initial=np.inf)
-                for start in range(0, source.num_nodes, FEATURE_CHUNK)
-            )
-            shift.append(float(min(lows, default=0.0)))
+            # Over finite values: a NaN or infinite feature is the pipeline's to report, at
+            # its own node, not a reason to turn every row into NaN.
+            lows = []
+            for start in range(0, source.num_nodes, FEATURE_CHUNK):
+                rows = np.asarray(read(start, min(start + FEATURE_CHUNK, source.num_nodes)))
+                lows.append(rows[np.isfinite(rows)].min(initial=np.inf))
+            low = min(lows, default=np.inf)
+            shift.append(float(low) if np.isfinite(low) else 0.0)
         return shift[0]
 
     def feature_rows(start: int, end: int) -> np.ndarray:

@@ -61,10 +61,12 @@ def _capture(model: nn.Module, graph: GraphData, nodes: NodeInfo) -> list[dict[s
             )
 
         hooks.append(layer.lorap.register_forward_hook(hook))
+    training = model.training
     try:
         model.eval()
         model(graph.x, graph.edge_index, nodes)
     finally:
+        model.train(training)
         for handle in hooks:
             handle.remove()
     return seen
@@ -73,6 +75,10 @@ def _capture(model: nn.Module, graph: GraphData, nodes: NodeInfo) -> list[dict[s
 def _relative_error(value: Tensor, reference: Tensor) -> float:
     scale = torch.linalg.norm(reference).clamp_min(1e-12)
     return float(torch.linalg.norm(value - reference) / scale)
+
+
+def _ratio(a: float, b: float) -> float:
+    return a / b if b else math.nan
 
 
 def _step(quantizer: nn.Module) -> float:
@@ -112,10 +118,12 @@ def lorap_diagnostics(model: nn.Module, graph: GraphData) -> list[dict[str, floa
         rows.append(
             {
                 "layer": name,
-                "prompt_to_aggregate": float(p.norm(dim=-1).mean() / h.norm(dim=-1).mean()),
-                "prompt_to_step": float(p.abs().mean()) / _step(ours["quantizer"]),
+                "prompt_to_aggregate": _ratio(
+                    float(p.norm(dim=-1).mean()), float(h.norm(dim=-1).mean())
+                ),
+                "prompt_to_step": _ratio(float(p.abs().mean()), _step(ours["quantizer"])),
                 "weight_entropy": float(torch.as_tensor(entropy).mean()),
-                "prompt_range_to_aggregate_range": prompt_width / float(h.max() - h.min()),
+                "prompt_range_to_aggregate_range": _ratio(prompt_width, float(h.max() - h.min())),
                 "error_with_prompt": _relative_error(ours["out"], exact["h"]),
                 "error_without_prompt": _relative_error(plain["out"], exact["h"]),
             }

@@ -151,11 +151,11 @@ def collapsed_points(model: nn.Module) -> list[str]:
     dead = []
     for name, quantizer in quantizers_of(model):
         observer = getattr(quantizer, "observer", None)
-        if observer is None or not observer.initialized:
+        # Per tensor only: one constant row of a per-row range (a zero feature row) is fine.
+        if observer is None or not observer.initialized or observer.min_val.numel() != 1:
             continue
-        width = observer.max_val - observer.min_val
-        if bool((width == 0).any()):
-            dead.append((name, float(observer.min_val.reshape(-1)[0])))
+        if bool(observer.max_val == observer.min_val):
+            dead.append((name, float(observer.min_val)))
     if not dead:
         return []
     names = ", ".join(f"{name} [{value:g}, {value:g}]" for name, value in dead[:4])

@@ -220,3 +220,13 @@ def test_a_checkpoint_cut_off_mid_write_is_never_chosen(tmp_path):
     no_manifest.mkdir()
     with pytest.warns(UserWarning, match="not completely written"):
         assert latest_good_checkpoint(tmp_path / "run") == good
+
+
+def test_rounding_and_norm_are_architecture_fields():
+    lorap = {"model": {"arch": "gin", "norm": None}, "prompt": {"kind": "lorap"}}
+    facts = architecture(lorap)
+    assert (facts["model.norm"], facts["prompt.rounding"]) == ("batch", "twice")  # old default
+    once = architecture(lorap | {"prompt": {"kind": "lorap", "rounding": "once"}})
+    assert once["prompt.rounding"] == "once"
+    assert architecture({"model": {"arch": "gcn", "norm": None}})["model.norm"] == "none"
+    assert "prompt.rounding" not in architecture({"prompt": {"kind": "none"}})

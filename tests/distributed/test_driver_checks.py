@@ -67,28 +67,40 @@ def test_a_truncated_checkpoint_named_in_resume_fails_in_the_driver(tiny_dataset
         )
 
 
+HOLD_LOCK = """
+import fcntl, sys, time
+handle = open(sys.argv[1], "a+")
+fcntl.flock(handle, fcntl.LOCK_EX)
+handle.seek(0); handle.truncate(); handle.write("process of the other run"); handle.flush()
+print("locked", flush=True)
+time.sleep(60)
+"""
+
+
 def test_two_runs_with_the_same_name_and_storage_are_refused(tmp_path):
-    import json
     import subprocess
     import sys
 
     run_dir = tmp_path / "runs" / "job-1"
-    with trainer.run_lock(run_dir):
-        assert json.loads((run_dir / trainer.LOCK_FILE).read_text())["pid"] > 0
-        other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-        try:  # the lock as the other run's process would hold it
-            holder = json.loads((run_dir / trainer.LOCK_FILE).read_text()) | {"pid": other.pid}
-            (run_dir / trainer.LOCK_FILE).write_text(json.dumps(holder))
-            with pytest.raises(ConfigError, match=rf"another run \(process {other.pid} on"):
-                with trainer.run_lock(run_dir):
-                    pass
-        finally:
-            other.kill()
-            other.wait()
-        with trainer.run_lock(run_dir):  # its process is gone: a killed run's lock is taken
-            pass
-    assert not (run_dir / trainer.LOCK_FILE).exists()
-    with trainer.run_lock(run_dir):  # and a finished run's name can be continued
+    run_dir.mkdir(parents=True)
+    other = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(run_dir / trainer.LOCK_FILE)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert other.stdout.readline().strip() == "locked"
+        with pytest.raises(ConfigError, match=r"another run \(process of the other run\)"):
+            with trainer.run_lock(run_dir):
+                pass
+    finally:
+        other.kill()
+        other.wait()
+    with trainer.run_lock(run_dir):  # the other run was killed: its lock went with it
+        with pytest.raises(ConfigError, match=r"another run \(process \d+ on"):
+            with trainer.run_lock(run_dir):  # and this one holds it now
+                pass
+    with trainer.run_lock(run_dir):  # a finished run's name can be continued
         pass
 
 

@@ -175,30 +175,48 @@ def test_directed_graph_with_self_loops_is_partitioned_on_its_undirected_form(tm
     assert ds.num_edges == build_csr(synthetic_source(cfg), False, False).num_edges
 
 
+HOLD_LOCK = """
+import fcntl, sys, time
+handle = open(sys.argv[1], "a+")
+fcntl.flock(handle, fcntl.LOCK_EX)
+handle.write("process of the test"); handle.flush()
+print("locked", flush=True)
+time.sleep(60)
+"""
+
+
 def test_temporaries_of_killed_prepares_are_removed_and_a_running_one_is_respected(tmp_path):
     import subprocess
 
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    stale = tmp_path / f".ds.tmp-{dead.pid}-deadbeef"
+    stale = tmp_path / ".ds.tmp-123-deadbeef"  # its prepare was killed: nobody holds the lock
     (stale / "scratch").mkdir(parents=True)
+    (stale / prepare_module.STAGING_LOCK).write_text("process 123 on elsewhere")
     (stale / "scratch" / "x.npy").write_bytes(b"0" * 1000)
-    legacy = tmp_path / ".ds.tmp-cafebabe"  # an older version's name, without a process
+    legacy = tmp_path / ".ds.tmp-cafebabe"  # an older version's temporary, without a lock
     legacy.mkdir()
     with pytest.warns(UserWarning, match=r"\.ds\.tmp-cafebabe is a temporary of an interrupted"):
         out = prepare(quick(tmp_path / "ds"))
     assert not stale.exists() and legacy.exists()
     open_dataset(out, verify=True)
+    assert not (out / prepare_module.STAGING_LOCK).exists()
 
-    running = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    running = tmp_path / ".other.tmp-456-0badf00d"
+    running.mkdir()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(running / prepare_module.STAGING_LOCK)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
-        (tmp_path / f".other.tmp-{running.pid}-0badf00d").mkdir()
-        with pytest.raises(DatasetError, match=rf"another prepare \(process {running.pid}\)"):
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(DatasetError, match=r"another prepare \(process of the test\)"):
             prepare(quick(tmp_path / "other"))
-        assert not (tmp_path / "other").exists()
+        assert not (tmp_path / "other").exists() and running.exists()
     finally:
-        running.kill()
-        running.wait()
+        holder.kill()
+        holder.wait()
+    prepare(quick(tmp_path / "other"))  # its process is gone: the temporary is stale now
+    assert not running.exists()
 
 
 def test_ray_is_private_unless_a_cluster_is_named(monkeypatch):
@@ -236,5 +254,15 @@ def test_a_full_disk_while_preparing_is_a_clear_error_and_leaves_nothing(tmp_pat
 
     monkeypatch.setattr(prepare_module, "write_part", full)
     with pytest.raises(DatasetError, match=r"no space left on the device .* nothing was left"):
+        prepare(quick(tmp_path / "ds"))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_too_little_free_space_is_refused_before_writing(tmp_path, monkeypatch):
+    import collections
+
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(prepare_module.shutil, "disk_usage", lambda path: usage(1, 1, 10_000))
+    with pytest.raises(DatasetError, match=r"GiB free, and preparing 900 nodes x 4 features"):
         prepare(quick(tmp_path / "ds"))
     assert list(tmp_path.iterdir()) == []

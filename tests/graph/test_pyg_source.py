@@ -164,5 +164,20 @@ def test_prepare_bakes_the_planetoid_transform_into_the_dataset(tmp_path, arrays
     # Training on the prepared directory takes the features as prepared (no second transform).
     graph = load_graph(ExperimentConfig.from_dict({"data": {"source": "dir", "path": str(out)}}))
     assert torch.equal(graph.x[dataset.node_map], expected)
+    mismatch = {"data": {"source": "dir", "path": str(out), "transform": "none"}}
+    with pytest.raises(ConfigError, match=r"prepared with transform 'normalize_features'"):
+        load_graph(ExperimentConfig.from_dict(mismatch))
     raw = prepare(PrepareOptions(out=tmp_path / "raw-ds", transform="none", **options))
     assert torch.equal(open_dataset(raw).features_of(dataset.node_map), torch.from_numpy(features))
+
+
+def test_a_non_finite_feature_does_not_spoil_the_other_rows(tmp_path, arrays):
+    features, labels, edges = arrays
+    features = features.copy()
+    features[3, 2] = np.nan
+    features[9, 0] = -np.inf
+    write_planetoid_raw(tmp_path, "Cora", features, labels, edges, TRAIN, TEST)
+    source = transform_source(open_source("planetoid:Cora", root=tmp_path), "normalize_features")
+    rows = source.feature_rows(0, N)
+    finite = np.isfinite(rows).all(axis=1)
+    assert finite.sum() == N - 2 and not finite[3] and not finite[9]
