@@ -8,9 +8,7 @@ it checks the dataset directory before any worker starts, builds the trainer
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
-import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +17,7 @@ from typing import Any
 from lorap_dist.config import ConfigError, ExperimentConfig
 from lorap_dist.distributed.config import DistConfig
 from lorap_dist.graph.errors import DatasetError
+from lorap_dist.locks import LockHeld, try_lock
 
 # Offline-friendly Ray defaults; a user's own setting wins.
 RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}
@@ -155,22 +154,18 @@ def run_lock(run_dir: Path | None) -> Iterator[None]:
         yield
         return
     run_dir.mkdir(parents=True, exist_ok=True)
-    with open(run_dir / LOCK_FILE, "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            raise ConfigError(
-                f"another run ({holder}) is using {run_dir} now; give this run another "
-                "dist.name (a run of the same name and storage path is the continuation of "
-                "that one)."
-            ) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"process {os.getpid()} on {socket.gethostname()}")
-        handle.flush()
+    try:
+        handle = try_lock(run_dir / LOCK_FILE)
+    except LockHeld as held:
+        raise ConfigError(
+            f"another run ({held.holder}) is using {run_dir} now; give this run another "
+            "dist.name (a run of the same name and storage path is the continuation of "
+            "that one)."
+        ) from None
+    try:
         yield
+    finally:
+        handle.close()
 
 
 def _local_run_dir(settings: DistConfig, name: str) -> Path | None:

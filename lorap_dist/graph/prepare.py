@@ -29,10 +29,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
-import fcntl
 import os
 import shutil
-import socket
 import time
 import uuid
 import warnings
@@ -69,6 +67,7 @@ from lorap_dist.graph.storage import (
     write_meta,
 )
 from lorap_dist.graph.transforms import TRANSFORMS, transform_source
+from lorap_dist.locks import LockHeld, try_lock
 
 GATHER_ROWS = 1 << 16  # feature rows gathered at a time inside a part task
 # Below this many nodes the parts are written in this process: starting Ray (seconds) costs
@@ -238,16 +237,14 @@ def clear_stale_temporaries(out: Path) -> list[Path]:
                 stacklevel=2,
             )
             continue
-        with open(lock, "a+") as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                handle.seek(0)
-                holder = handle.read().strip() or "another process"
-                raise DatasetError(
-                    f"another prepare ({holder}) is writing {out} now ({temporary} is its "
-                    "temporary); wait for it to finish, or choose another --out."
-                ) from None
+        try:
+            handle = try_lock(lock)
+        except LockHeld as held:
+            raise DatasetError(
+                f"another prepare ({held.holder}) is writing {out} now ({temporary} is its "
+                "temporary); wait for it to finish, or choose another --out."
+            ) from None
+        with handle:
             shutil.rmtree(temporary, ignore_errors=True)
         print(f"removed {temporary}, left by a prepare that was killed")
         removed.append(temporary)
@@ -258,10 +255,7 @@ def clear_stale_temporaries(out: Path) -> list[Path]:
 def _hold(staging: Path) -> Iterator[None]:
     """Hold ``staging``'s lock while this prepare writes it (see
     :func:`clear_stale_temporaries`)."""
-    with open(staging / STAGING_LOCK, "a+") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        handle.write(f"process {os.getpid()} on {socket.gethostname()}")
-        handle.flush()
+    with try_lock(staging / STAGING_LOCK):
         yield
 
 
