@@ -281,6 +281,7 @@ ABLATIONS: list[tuple[str, str, dict[str, Any], str | None]] = [
         },
         None,
     ),
+    ("+ LoRAP, warm start (prompt still for 50 epochs)", "lorap", {"train": {"prompt_warmup": 50}}, None),
     ("+ LoRAP, k=4 r=2", "lorap", {"prompt": {"k": 4, "r": 2}}, None),
     ("+ LoRAP, k=16 r=8", "lorap", {"prompt": {"k": 16, "r": 8}}, None),
     ("+ LoRAP, prompt point's range from the aggregate", "lorap", {}, "range_from_aggregate"),

@@ -419,6 +419,8 @@ class TrainConfig:
         prompt_lr_scale: the prompts' (LoRAP, GPF-plus) learning rate as a fraction of
             ``lr`` (default 0.1, measured in ``benchmarks/accuracy_planetoid.py``).
         prompt_weight_decay: the prompts' weight decay (default 0).
+        prompt_warmup: epochs at the start during which the prompts do not train (a warm
+            start: the quantized backbone first, then the prompt; default 0).
         patience: stop after this many epochs without a better validation accuracy
             (0 disables early stopping).
         seed: seeds parameters, dropout and sampling.
@@ -432,6 +434,7 @@ class TrainConfig:
     weight_decay: float = 5e-4
     prompt_lr_scale: float = 0.1
     prompt_weight_decay: float = 0.0
+    prompt_warmup: int = 0
     patience: int = 50
     seed: int = 0
     fanout: tuple[int, ...] | None = None
@@ -449,6 +452,10 @@ class TrainConfig:
         check(
             self.prompt_weight_decay >= 0,
             f"train.prompt_weight_decay={self.prompt_weight_decay} must be >= 0.",
+        )
+        check(
+            0 <= self.prompt_warmup < self.epochs,
+            f"train.prompt_warmup={self.prompt_warmup} must be in [0, train.epochs).",
         )
         check(self.patience >= 0, f"train.patience={self.patience} must be >= 0.")
         check(self.batch_size >= 1, f"train.batch_size={self.batch_size} must be >= 1.")

@@ -61,3 +61,12 @@ def parameter_groups(model: nn.Module, train: TrainConfig) -> list[dict[str, Any
 def build_optimizer(model: nn.Module, train: TrainConfig) -> torch.optim.Adam:
     """Adam over :func:`parameter_groups` of ``model``."""
     return torch.optim.Adam(parameter_groups(model, train), lr=train.lr)
+
+
+def schedule_prompt(optimizer: torch.optim.Optimizer, epoch: int, train: TrainConfig) -> None:
+    """Warm start: the prompt group trains at rate 0 for the first ``train.prompt_warmup``
+    epochs (the backbone and its quantizers settle first), then at its own rate."""
+    for group in optimizer.param_groups:
+        if group.get("name") == "prompt":
+            warm = epoch < train.prompt_warmup
+            group["lr"] = 0.0 if warm else train.lr * train.prompt_lr_scale

@@ -32,7 +32,7 @@ from lorap_dist.graph.csr import csr_from_edge_index
 from lorap_dist.graph.data import GraphData
 from lorap_dist.graph.sampler import NeighborSampler, iter_minibatches
 from lorap_dist.nn import build_model, parameter_counts
-from lorap_dist.optim import build_optimizer
+from lorap_dist.optim import build_optimizer, schedule_prompt
 from lorap_dist.quant import (
     average_bits,
     budget_overruns,
@@ -197,6 +197,7 @@ def train(
     epoch = -1
     for epoch in bar:
         # 3. one epoch of training
+        schedule_prompt(optimizer, epoch, config.train)
         loss = runner.train_epoch(model, optimizer, epoch)
         uniform = math.log(max(graph.num_classes, 2))  # the loss of guessing uniformly
         if epoch == 0 and not loss < BLOWUP * uniform:  # NaN included

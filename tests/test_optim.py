@@ -60,3 +60,21 @@ def test_bad_prompt_settings_are_config_errors(field):
 
     with pytest.raises(ConfigError, match=f"train.{field}"):
         TrainConfig(**{field: -1.0})
+
+
+def test_a_warm_start_keeps_the_prompt_still_then_trains_it():
+    from lorap_dist.optim import schedule_prompt
+
+    model = model_with_every_kind()
+    train = TrainConfig(lr=0.1, prompt_lr_scale=0.5, prompt_warmup=2, epochs=5)
+    optimizer = build_optimizer(model, train)
+    prompt = next(g for g in optimizer.param_groups if g["name"] == "prompt")
+    w_phi = model.convs[0].lorap.w_phi
+    for epoch in range(4):
+        schedule_prompt(optimizer, epoch, train)
+        before = w_phi.detach().clone()
+        for p in model.parameters():
+            p.grad = torch.ones_like(p)
+        optimizer.step()
+        assert torch.equal(w_phi, before) == (epoch < 2), epoch
+        assert prompt["lr"] == (0.0 if epoch < 2 else 0.05)
