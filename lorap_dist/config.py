@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -427,6 +428,11 @@ class TrainConfig:
         fanout: per-layer neighbour fanouts for sampled training (``-1`` = all); ``None``
             trains full-batch.
         batch_size: seed nodes per mini-batch (sampled training).
+        device: where single-process training runs: ``auto`` (the first CUDA device when
+            there is one, else the CPU), ``cpu``, ``cuda`` or ``cuda:N``.
+        sampler_device: where sampled training draws its blocks: ``device`` (graph and
+            seeds on ``device``) or ``cpu`` (sampled on the CPU, features gathered there and
+            sent in pinned memory).
     """
 
     epochs: int = 200
@@ -439,6 +445,8 @@ class TrainConfig:
     seed: int = 0
     fanout: tuple[int, ...] | None = None
     batch_size: int = 1024
+    device: str = "auto"
+    sampler_device: str = "device"
 
     def __post_init__(self) -> None:
         check(self.epochs >= 1, f"train.epochs={self.epochs} must be >= 1.")
@@ -459,6 +467,11 @@ class TrainConfig:
         )
         check(self.patience >= 0, f"train.patience={self.patience} must be >= 0.")
         check(self.batch_size >= 1, f"train.batch_size={self.batch_size} must be >= 1.")
+        check(
+            re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device) is not None,
+            f"train.device={self.device!r} is not a device; use auto, cpu, cuda or cuda:N.",
+        )
+        check_choice("train.sampler_device", self.sampler_device, ("device", "cpu"))
         if self.fanout is not None:
             self.fanout = tuple(self.fanout)
             check(

@@ -114,6 +114,29 @@ def check_prepared_transform(transform: str | None, meta: dict[str, Any], path: 
         )
 
 
+def resolve_device(spec: str) -> torch.device:
+    """``train.device`` as a :class:`torch.device`; ``auto`` is the first CUDA device when
+    PyTorch sees one, else the CPU. A CUDA device this machine lacks is a
+    :class:`~lorap_dist.config.ConfigError`."""
+    if spec == "auto":
+        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    device = torch.device(spec)
+    if device.type != "cuda":
+        return device
+    if not torch.cuda.is_available():
+        raise ConfigError(
+            f"train.device={spec!r}, but PyTorch {torch.__version__} sees no CUDA device on "
+            "this machine; use train.device: cpu (or auto, which picks CUDA when present)."
+        )
+    count = torch.cuda.device_count()
+    if (device.index or 0) >= count:
+        raise ConfigError(
+            f"train.device={spec!r}, but this machine has {count} CUDA device(s) "
+            f"(cuda:0 .. cuda:{count - 1})."
+        )
+    return torch.device("cuda", device.index or 0)
+
+
 def check_fanout(config: ExperimentConfig) -> None:
     """Raise :class:`ConfigError` unless ``train.fanout`` (when set) has one entry per layer."""
     fanout = config.train.fanout
@@ -176,17 +199,20 @@ def train(
             the model; the sweep driver reports to Ray Tune through it.
     """
     start = time.perf_counter()
+    device = resolve_device(config.train.device)  # a bad device fails before any work
     # 1. data
-    graph = graph if graph is not None else load_graph(config)
+    host_graph = graph if graph is not None else load_graph(config)
     torch.manual_seed(config.train.seed)
-    # 2. model
-    model = build_quantized_model(config, graph)
+    # 2. model, and everything on the device
+    model = build_quantized_model(config, host_graph).to(device)
     optimizer = build_optimizer(model, config.train)
-    nodes = NodeInfo(ids=torch.arange(graph.num_nodes), degree=graph.in_degree())
+    graph = host_graph.to(device)
+    degree = host_graph.in_degree().to(device)  # counted on the host: a data-dependent size
+    nodes = NodeInfo(ids=torch.arange(graph.num_nodes, device=device), degree=degree)
     runner: FullBatchRunner = (
         FullBatchRunner(graph, nodes)
         if config.train.fanout is None
-        else MiniBatchRunner(graph, nodes, config)
+        else MiniBatchRunner(graph, nodes, config, host_graph)
     )
 
     best = BestEpoch(patience=config.train.patience)
@@ -278,30 +304,60 @@ class MiniBatchRunner(FullBatchRunner):
     Layer ``l`` runs on ``blocks[l]`` and computes only the nodes layer ``l + 1`` consumes
     (trimmed message-flow graphs). Evaluation is exact: full-neighbourhood inference on the
     whole graph, as :class:`FullBatchRunner` does.
+
+    With ``train.sampler_device: device`` the CSR, the seeds and the features live on the
+    training device and the blocks are drawn there; with ``cpu`` they stay on the CPU
+    (``host_graph``) and each batch's blocks, features and labels go to the device from
+    pinned memory. The draws come from a CPU generator either way, so both places sample
+    the same blocks for a seed.
     """
 
-    def __init__(self, graph: GraphData, nodes: NodeInfo, config: ExperimentConfig) -> None:
+    def __init__(
+        self,
+        graph: GraphData,
+        nodes: NodeInfo,
+        config: ExperimentConfig,
+        host_graph: GraphData | None = None,
+    ) -> None:
         super().__init__(graph, nodes)
         fanout = config.train.fanout
         if fanout is None:
             raise ConfigError("mini-batch training needs train.fanout, one entry per layer.")
         check_fanout(config)
-        csr = csr_from_edge_index(graph.edge_index, graph.num_nodes)
+        on_device = config.train.sampler_device == "device" or host_graph is None
+        self.source = graph if on_device else host_graph  # where blocks and rows come from
+        self.degree = nodes.degree if on_device else host_graph.in_degree()
+        csr = csr_from_edge_index(self.source.edge_index, self.source.num_nodes)
         self.sampler = NeighborSampler.from_csr(csr, fanout)
         self.batch_size = config.train.batch_size
         self.generator = torch.Generator().manual_seed(config.train.seed)
+        self.device = graph.x.device
+        self.pinned = not on_device and self.device.type == "cuda"
+
+    def _to_device(self, tensor: Tensor) -> Tensor:
+        if tensor.device == self.device:
+            return tensor
+        if self.pinned:
+            return tensor.pin_memory().to(self.device, non_blocking=True)
+        return tensor.to(self.device)
 
     def train_epoch(self, model: nn.Module, optimizer: torch.optim.Optimizer, epoch: int) -> float:
-        g = self.graph
+        g = self.source
         model.train()
         losses = []
         batches = iter_minibatches(self.sampler, g.train_idx, self.batch_size, self.generator)
         for batch in batches:
             ids = batch.node_ids
-            nodes = NodeInfo(ids=ids, degree=self.nodes.degree[ids])
+            x = self._to_device(g.x[ids])  # [num_src, F]
+            y = self._to_device(g.y[ids[: batch.seed_count]])
+            nodes = NodeInfo(ids=self._to_device(ids), degree=self._to_device(self.degree[ids]))
+            blocks = [
+                block if block.edge_index.device == self.device else block.to(self.device)
+                for block in batch.blocks
+            ]
             optimizer.zero_grad()
-            logits = model(g.x[ids], batch.blocks, nodes)  # [seed_count, classes]
-            loss = total_loss(model, logits, g.y[ids[: batch.seed_count]])
+            logits = model(x, blocks, nodes)  # [seed_count, classes]
+            loss = total_loss(model, logits, y)
             loss.backward()
             optimizer.step()
             losses.append(loss.item())

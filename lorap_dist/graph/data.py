@@ -36,6 +36,20 @@ class GraphData:
     def num_edges(self) -> int:
         return self.edge_index.size(1)
 
+    def to(self, device: torch.device | str) -> GraphData:
+        """This graph with every tensor on ``device`` (itself when already there)."""
+        if self.x.device == torch.device(device):
+            return self
+        return GraphData(
+            edge_index=self.edge_index.to(device),
+            x=self.x.to(device),
+            y=self.y.to(device),
+            train_idx=self.train_idx.to(device),
+            valid_idx=self.valid_idx.to(device),
+            test_idx=self.test_idx.to(device),
+            num_classes=self.num_classes,
+        )
+
     def in_degree(self) -> Tensor:
         """``[N]`` long in-degree of every node (edges counted into row 1)."""
         return torch.bincount(self.edge_index[1], minlength=self.num_nodes)
