@@ -57,6 +57,10 @@ DEGREE = 10  # neighbours per destination row in the aggregation benchmarks
 # CPU rows whose unfused E x d fp32 messages would exceed this many bytes are skipped.
 CPU_MESSAGE_BYTES = 3 * 2**30
 QPARAMS = (0.02, 0, -128, 127)  # INT8: scale, zero point, qmin, qmax
+# The bandwidth the fused kernels' traffic is compared with: the device's copy bandwidth
+# measured in the same run when a caller sets it (benchmarks/gpu_check.py does), else the
+# datasheet peak below.
+BANDWIDTH_REFERENCE: float | None = None
 # Peak HBM bandwidth in bytes/s, keyed on a substring of torch.cuda.get_device_name().
 PEAK_BANDWIDTH = {
     "H200": 4.8e12,
@@ -124,9 +128,17 @@ def median_ms(fn: Callable[[], object], repeats: int, warmup: int, cuda: bool) -
     return statistics.median(times)
 
 
-def lorap_rows(device: str, sizes, dims, repeats_for) -> list[dict]:
+def lorap_rows(device: str, sizes, dims, repeats_for, compiled: bool = False) -> list[dict]:
+    """Fused vs unfused LoRAP per (N, d, pass); with ``compiled``, also ``torch.compile``
+    of the unfused ops (fwd and fwd_bwd; inductor on CUDA, the eager backend on CPU, where
+    only the set-up is checked)."""
     cuda = device == "cuda"
     rows = []
+    compiled_fn = (
+        torch.compile(unfused_lorap, dynamic=True, backend="inductor" if cuda else "eager")
+        if compiled
+        else None
+    )
     for n in sizes:
         for d in dims:
             g = torch.Generator(device=device).manual_seed(0)
@@ -139,7 +151,10 @@ def lorap_rows(device: str, sizes, dims, repeats_for) -> list[dict]:
             repeats, warmup = repeats_for(n)
             for pass_ in ("fwd", "fwd_bwd", "train"):
                 timings = {}
-                for name, fn in (("fused", lorap_forward), ("unfused", unfused_lorap)):
+                variants = [("fused", lorap_forward), ("unfused", unfused_lorap)]
+                if compiled_fn is not None and pass_ != "train":
+                    variants.append(("compiled", compiled_fn))
+                for name, fn in variants:
                     if pass_ == "train":
                         step = _train_step(name == "fused", leaves, grad)
                     else:
@@ -155,6 +170,8 @@ def lorap_rows(device: str, sizes, dims, repeats_for) -> list[dict]:
                     "fused_ms": round(timings["fused"], 3),
                     "unfused_ms": round(timings["unfused"], 3),
                 }
+                if "compiled" in timings:
+                    row["compiled_ms"] = round(timings["compiled"], 3)
                 if cuda:
                     # Fused bytes: read h, write out (fp32) and codes (int8); the backward reads
                     # grad_out and h and writes grad_h. Weights are negligible.
@@ -174,6 +191,8 @@ def lorap_rows(device: str, sizes, dims, repeats_for) -> list[dict]:
 
 
 def peak_bandwidth() -> float:
+    if BANDWIDTH_REFERENCE is not None:
+        return BANDWIDTH_REFERENCE
     name = torch.cuda.get_device_name()
     for key, value in PEAK_BANDWIDTH.items():
         if key in name:
@@ -306,6 +325,8 @@ def aggregate_lorap_rows(device: str, sizes, dims, repeats_for) -> list[dict]:
                     "two_ops_ms": round(timings["two_ops"], 3),
                     "unfused_ms": round(timings["unfused"], 3),
                 }
+                if "compiled" in timings:
+                    row["compiled_ms"] = round(timings["compiled"], 3)
                 if cuda:
                     # Fused forward: per edge an int8 row, its index and scale; per row the
                     # fp32 output and the int8 codes. Training gathers twice more (range pass,

@@ -39,6 +39,7 @@ from lorap_dist.distributed.config import DistConfig
 from lorap_dist.distributed.exchange import FeatureExchange
 from lorap_dist.distributed.inference import layerwise_inference
 from lorap_dist.distributed.seeds import SeedSchedule, epoch_generator
+from lorap_dist.distributed.step import train_batch
 from lorap_dist.graph.block import NodeInfo
 from lorap_dist.graph.sampler import NeighborSampler
 from lorap_dist.graph.storage import Dataset, open_dataset
@@ -131,22 +132,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         totals = torch.zeros(3, dtype=torch.float64)  # loss * seeds, correct, seeds
         for index, seeds in enumerate(batches):
             _maybe_fail(settings, rank, epoch, index)
-            batch = sampler.sample_blocks(seeds, generator)
-            x = exchange.fetch(batch.node_ids)  # [num_src, F], a collective
-            nodes = NodeInfo(
-                ids=batch.node_ids.to(device), degree=degree[batch.node_ids].to(device)
+            labels = part.labels[seeds - part.start]
+            totals += train_batch(
+                ddp, model, optimizer, sampler, exchange, seeds, labels, degree, generator, device
             )
-            logits = ddp(x, [b.to(device) for b in batch.blocks], nodes)
-            y = part.labels[seeds - part.start].to(device)
-            loss = total_loss(model, logits, y)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
             step += 1
-            totals += torch.tensor(
-                [loss.item() * len(seeds), (logits.argmax(-1) == y).sum().item(), len(seeds)],
-                dtype=torch.float64,
-            )
         elapsed = time.perf_counter() - started
         if end_epoch(model, epoch, train_cfg.epochs):  # e.g. MixQ froze: a different model
             best.restart()
