@@ -201,3 +201,15 @@ def test_nested_optional_sections_round_trip():
     assert DistConfig.from_dict(to_dict(settings)) == settings
     with pytest.raises(ConfigError, match=r"fault_inject.rank='one' \(str\) must be an integer"):
         ExperimentConfig.from_dict({"dist": {"fault_inject": {"rank": "one"}}})
+
+
+def test_every_shipped_config_file_loads():
+    from pathlib import Path
+
+    from lorap_dist.tune import load_sweep
+
+    root = Path(__file__).resolve().parents[1] / "jobs" / "configs"
+    for path in sorted(root.glob("*.yaml")):
+        ExperimentConfig.from_yaml(path)
+    for path in sorted((root / "sweeps").glob("*.yaml")):
+        load_sweep(path)
