@@ -26,8 +26,8 @@ bits, acc_mean, acc_std, avg_bits, n_seeds), ``accuracy_planetoid_ablation.json`
 ``accuracy_planetoid.md``. Rows are written as settings finish; ``--resume`` keeps finished
 rows with the same seed count. The raw files are Planetoid's own (see BENCHMARKS.md):
 
-    flock /tmp/lorap-heavy.lock .venv/bin/python benchmarks/accuracy_planetoid.py \\
-        --part main|ablation|diagnosis [--seeds 10] [--jobs 2] [--root data/planetoid]
+    python benchmarks/accuracy_planetoid.py --part main|ablation|diagnosis \\
+        [--seeds 10] [--jobs 2] [--root data/planetoid] [--models gcn,gin,gat] [--bits 4,8]
 """
 
 from __future__ import annotations
@@ -380,7 +380,7 @@ def _cell(row: dict[str, Any] | None) -> str:
 def main_tables(rows: list[dict[str, Any]]) -> str:
     out = []
     index = {(r["dataset"], r["model"], r["scheme"], r["prompt"], r["bits"]): r for r in rows}
-    for bits in (4, 8):
+    for bits in sorted({r["bits"] for r in rows if r["bits"] != 32}):
         prompts = ("none", "lorap", "gpf_lorap")
         header = ["dataset", "model", "FP32"] + [
             f"{s} {'alone' if p == 'none' else '+ ' + p}" for s in SCHEMES for p in prompts
@@ -398,8 +398,10 @@ def main_tables(rows: list[dict[str, Any]]) -> str:
         for r in rows
         if r["scheme"] in ("a2q", "mixq")
     ]
-    out.append("### Average bits of the learned schemes\n\n" + markdown_table(
-        ["dataset", "model", "scheme", "prompt", "bits row", "avg bits"], bits_rows))  # fmt: skip
+    if bits_rows:
+        header = ["dataset", "model", "scheme", "prompt", "bits row", "avg bits"]
+        table = markdown_table(header, bits_rows)
+        out.append("### Average bits of the learned schemes\n\n" + table)
     return "\n\n".join(out)
 
 
@@ -467,13 +469,52 @@ def targets(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def paired(row: dict[str, Any], reference: dict[str, Any] | None) -> str:
+    """Mean ± standard error of the per-seed differences (the same seeds run both)."""
+    if reference is None or reference is row or len(reference["accs"]) != len(row["accs"]):
+        return "-"
+    diffs = [a - b for a, b in zip(row["accs"], reference["accs"], strict=True)]
+    sem = statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else float("nan")
+    return f"{statistics.fmean(diffs):+.2f} ± {sem:.2f}"
+
+
+def ablation_reference(variant: str) -> str:
+    """The row an ablation is compared with: its scheme and observer without the change."""
+    if "momentum" in variant:
+        return "Degree-Quant INT4 alone, momentum 0.01 (earlier default)"
+    if variant.startswith("Degree-Quant") and "+ LoRAP" in variant:
+        return "Degree-Quant INT4 alone"
+    if variant.startswith("+ LoRAP, min/max"):
+        return "QAT INT4 alone, min/max observer (earlier default)"
+    return "QAT INT4 alone"
+
+
 def ablation_table(rows: list[dict[str, Any]]) -> str:
+    index = {(r["dataset"], r["model"], r["variant"]): r for r in rows}
     body = [
-        [r["dataset"], r["model"], r["variant"], _cell(r), f"{r['valid_mean']:.1f}",
-         " ".join(f"{a:.0f}" for a in r["accs"])]
+        [r["dataset"], r["model"], r["variant"], _cell(r),
+         paired(r, index.get((r["dataset"], r["model"], ablation_reference(r["variant"])))),
+         f"{r['valid_mean']:.1f}", " ".join(f"{a:.0f}" for a in r["accs"])]
         for r in rows
     ]  # fmt: skip
-    return markdown_table(["dataset", "model", "setting", "test %", "valid %", "seeds"], body)
+    header = ["dataset", "model", "setting", "test %", "minus its reference, paired",
+              "valid %", "seeds"]  # fmt: skip
+    return markdown_table(header, body)
+
+
+def prompt_effect_table(rows: list[dict[str, Any]]) -> str:
+    """Every prompted cell minus its scheme alone, paired by seed."""
+    index = {(r["dataset"], r["model"], r["scheme"], r["prompt"], r["bits"]): r for r in rows}
+    body = []
+    for (dataset, model, scheme, prompt, bits), row in index.items():
+        alone = index.get((dataset, model, scheme, "none", bits))
+        if prompt != "none" and alone is not None:
+            worst = min(a - alone["acc_mean"] for a in row["accs"])
+            body.append([dataset, model, f"INT{bits}", scheme, prompt, _cell(alone), _cell(row),
+                         paired(row, alone), f"{worst:+.1f}"])  # fmt: skip
+    header = ["dataset", "model", "bits", "scheme", "prompt", "alone", "prompted",
+              "prompted minus alone, paired", "worst seed minus alone's mean"]  # fmt: skip
+    return markdown_table(header, body)
 
 
 def diagnosis_table(rows: list[dict[str, Any]]) -> str:
@@ -498,7 +539,7 @@ def write_report(args: Any) -> None:
     ablation_rows = load_rows("accuracy_planetoid_ablation")
     diagnosis_rows = load_rows("accuracy_planetoid_diagnosis")
     command = (
-        "flock /tmp/lorap-heavy.lock .venv/bin/python benchmarks/accuracy_planetoid.py "
+        "python benchmarks/accuracy_planetoid.py "
         f"--part {{main,ablation,diagnosis}} --seeds {args.seeds} --jobs {args.jobs} "
         f"--root {args.root}"
     )
@@ -508,6 +549,10 @@ def write_report(args: Any) -> None:
     ]
     if main_rows:
         parts.append("## Reproduction (test %, mean ± std over seeds)\n\n" + main_tables(main_rows))
+        parts.append(
+            "## The prompt's effect (mean ± standard error of the per-seed differences)\n\n"
+            + prompt_effect_table(main_rows)
+        )
         parts.append("## Targets\n\n" + "\n".join(f"- {line}" for line in targets(main_rows)))
     if ablation_rows:
         parts.append("## Ablation (GCN, INT4)\n\n" + ablation_table(ablation_rows))
@@ -519,7 +564,12 @@ def write_report(args: Any) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=("main", "ablation", "diagnosis"), required=True)
+    parser.add_argument(
+        "--part",
+        choices=("main", "ablation", "diagnosis", "report"),
+        required=True,
+        help="report: rewrite accuracy_planetoid.md from the JSON files without running",
+    )
     parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument("--jobs", type=int, default=2, help="runs in parallel, one thread each")
     parser.add_argument("--root", default="data/planetoid", help="ROOT/<Name>/raw/ind.*")
@@ -537,7 +587,7 @@ def main() -> None:
         run_part("accuracy_planetoid", main_settings(args), args, diagnose=False)
     elif args.part == "ablation":
         run_part("accuracy_planetoid_ablation", ablation_settings(args), args, diagnose=True)
-    else:
+    elif args.part == "diagnosis":
         run_part("accuracy_planetoid_diagnosis", diagnosis_settings(args), args, diagnose=True)
     write_report(args)
     print((RESULTS / "accuracy_planetoid.md").read_text())

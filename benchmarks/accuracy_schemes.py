@@ -18,7 +18,7 @@ mean and std of test accuracy at the best validation epoch.
 Writes ``benchmarks/results/accuracy_schemes.json`` (rows: scheme, prompt, bits, model,
 acc_mean, acc_std, avg_bits) and ``benchmarks/results/accuracy_schemes.md``.
 
-    flock /tmp/lorap-heavy.lock .venv/bin/python benchmarks/accuracy_schemes.py \
+    .venv/bin/python benchmarks/accuracy_schemes.py \
         [--seeds 5] [--epochs 200] [--patience 50] [--jobs 2]
 """
 
@@ -173,7 +173,7 @@ def write_report(rows: list[dict[str, Any]], args: Any, wall: float, complete: b
     short still leaves its finished rows); returns the Markdown."""
     write_result("accuracy_schemes", rows)
     command = (
-        "flock /tmp/lorap-heavy.lock .venv/bin/python benchmarks/accuracy_schemes.py "
+        ".venv/bin/python benchmarks/accuracy_schemes.py "
         f"--seeds {args.seeds} --epochs {args.epochs} --patience {args.patience} "
         f"--jobs {args.jobs}"
     )

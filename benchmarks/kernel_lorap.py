@@ -22,7 +22,7 @@ re-quantize) into one kernel lowers its latency (the paper reports about 2x on G
 Writes ``benchmarks/results/kernel_lorap.json`` and prints a Markdown table. Run the CPU part
 under the shared lock on the 2-core dev machine::
 
-    flock /tmp/lorap-heavy.lock .venv/bin/python benchmarks/kernel_lorap.py
+    .venv/bin/python benchmarks/kernel_lorap.py
 """
 
 from __future__ import annotations
@@ -49,9 +49,7 @@ from lorap_dist.quant.quantizer import FakeQuantizer
 
 RESULTS = Path(__file__).parent / "results" / "kernel_lorap.json"
 REPORT = RESULTS.with_suffix(".md")  # the printed tables, for BENCHMARKS.md
-COMMAND = (
-    "OMP_NUM_THREADS=1 flock /tmp/lorap-heavy.lock .venv/bin/python benchmarks/kernel_lorap.py"
-)
+COMMAND = "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/kernel_lorap.py"
 K, R = 8, 4
 DEGREE = 10  # neighbours per destination row in the aggregation benchmarks
 # CPU rows whose unfused E x d fp32 messages would exceed this many bytes are skipped.

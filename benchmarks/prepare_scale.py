@@ -147,7 +147,7 @@ def write_results(row: dict) -> None:
         "## prepare at scale (generated ogbn-products-shaped graphs, 2-core machine)\n\n"
         + "\n".join(lines)
         + "\n\nCommand (one configuration at a time):\n\n"
-        "    flock /tmp/lorap-heavy.lock .venv/bin/python benchmarks/prepare_scale.py "
+        "    .venv/bin/python benchmarks/prepare_scale.py "
         "--scale S --partitioner {stream,metis}\n\n"
         "Edges are directed CSR entries after symmetrizing and deduplicating (about twice "
         "the undirected count). Peak PSS is summed over the driver, raylet and Ray workers.\n"

@@ -17,7 +17,7 @@ PyG half runs in a subprocess with a separate benchmark venv (``--pyg-python``) 
 cached CSR, features and seed batches. The graph is generated once and cached as ``.npy``
 under ``--cache``. Run under the machine's heavy-work lock::
 
-    flock /tmp/lorap-heavy.lock .venv/bin/python benchmarks/sampler.py
+    .venv/bin/python benchmarks/sampler.py
 """
 
 from __future__ import annotations
@@ -289,8 +289,7 @@ def write_results(
 ) -> dict:
     indptr = np.load(path / "indptr.npy", mmap_mode="r")
     result = {
-        "command": "flock /tmp/lorap-heavy.lock .venv/bin/python benchmarks/sampler.py "
-        + " ".join(sys.argv[1:]),
+        "command": ".venv/bin/python benchmarks/sampler.py " + " ".join(sys.argv[1:]),
         "graph": {
             "num_nodes": int(indptr.shape[0] - 1),
             "num_directed_edges": int(indptr[-1]),

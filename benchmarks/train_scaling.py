@@ -17,7 +17,7 @@ Each run trains ``--epochs`` epochs of ``--steps`` steps per worker; throughput 
 last epoch (the first warms up). Bytes are per step, and scaled to a full epoch.
 Writes ``benchmarks/results/train_scaling.{json,md}``. Run it alone on the machine:
 
-    flock /tmp/lorap-heavy.lock .venv/bin/python benchmarks/train_scaling.py \\
+    .venv/bin/python benchmarks/train_scaling.py \\
         [--num-nodes 200000] [--avg-degree 30] [--steps 2] \\
         [--pyg-python /tmp/lorap-bench/pyg-venv/bin/python]
 """
@@ -367,7 +367,7 @@ def main() -> None:
         "runs": runs,
         "wall_s": round(time.perf_counter() - started, 1),
         "machine": machine() | {"cpus": os.cpu_count()},
-        "command": " ".join(["flock /tmp/lorap-heavy.lock .venv/bin/python", *sys.argv]),
+        "command": " ".join([".venv/bin/python", *sys.argv]),
     }
     write_result(args.name, payload)
     write_markdown(args.name, payload)
