@@ -128,6 +128,27 @@ LORAP_VARIANTS = {
 }
 
 
+def _percentile_without_fallback(observer: Any, x: Any) -> Any:
+    """Degree-Quant's clipped range as the paper has it, even where it has zero width."""
+    return observer._quantiles(observer._values(x))
+
+
+def _percentile_minmax_fallback(observer: Any, x: Any) -> Any:
+    """Where the clipped range has zero width, the batch's min/max instead."""
+    values = observer._values(x)
+    lo, hi = observer._quantiles(values)
+    rows = values if observer.per_row else values.unsqueeze(0)
+    low, high = rows.amin(-1).reshape(lo.shape), rows.amax(-1).reshape(hi.shape)
+    degenerate = (hi == lo) & (high > low)
+    return torch.where(degenerate, low, lo), torch.where(degenerate, high, hi)
+
+
+OBSERVER_VARIANTS = {
+    "no_fallback": _percentile_without_fallback,
+    "minmax_fallback": _percentile_minmax_fallback,
+}
+
+
 # ---------------------------------------------------------------------------------------
 # One run per (setting, seed), in a pool of single-threaded processes.
 
@@ -160,12 +181,18 @@ def _run(task: tuple[dict[str, Any], str | None, int, bool]) -> dict[str, Any]:
                 )
         return model
 
-    if variant is not None:
+    from lorap_dist.quant.observers import PercentileObserver
+
+    batch_range = PercentileObserver.batch_range
+    if variant in LORAP_VARIANTS:
         training.build_quantized_model = build_variant
+    elif variant is not None:
+        PercentileObserver.batch_range = OBSERVER_VARIANTS[variant]
     try:
         result, model = training.train(config, graph, progress=False)
     finally:
         training.build_quantized_model = build
+        PercentileObserver.batch_range = batch_range
     out = {
         "test": 100 * result.test_acc,
         "valid": 100 * result.valid_acc,
@@ -301,6 +328,10 @@ ABLATIONS: list[tuple[str, str, dict[str, Any], str | None]] = [
     ),
     ("Degree-Quant INT4 alone", "none", {"scheme": "degree_quant"}, None),
     ("Degree-Quant INT4 + LoRAP", "lorap", {"scheme": "degree_quant"}, None),
+    ("Degree-Quant INT4 alone, sparse ranges not repaired (the paper's percentile)", "none",
+     {"scheme": "degree_quant"}, "no_fallback"),
+    ("Degree-Quant INT4 alone, zero-width ranges fall back to min/max", "none",
+     {"scheme": "degree_quant"}, "minmax_fallback"),
     ("Degree-Quant INT4 alone, momentum 0.01 (earlier default)", "none",
      {"scheme": "degree_quant", "momentum": 0.01}, None),
     ("Degree-Quant INT4 + LoRAP, momentum 0.01", "lorap",
@@ -482,7 +513,7 @@ def ablation_reference(variant: str) -> str:
     """The row an ablation is compared with: its scheme and observer without the change."""
     if "momentum" in variant:
         return "Degree-Quant INT4 alone, momentum 0.01 (earlier default)"
-    if variant.startswith("Degree-Quant") and "+ LoRAP" in variant:
+    if variant.startswith("Degree-Quant") and variant != "Degree-Quant INT4 alone":
         return "Degree-Quant INT4 alone"
     if variant.startswith("+ LoRAP, min/max"):
         return "QAT INT4 alone, min/max observer (earlier default)"
