@@ -388,6 +388,8 @@ def run_part(name: str, settings: list[dict[str, Any]], args: Any, diagnose: boo
         s for s in settings if any(key_of(r, s["key"]) and r["n_seeds"] == args.seeds for r in rows)
     ]
     todo = [s for s in settings if s not in done]
+    if args.only:
+        todo = [s for s in todo if any(part in s["label"] for part in args.only)]
     print(f"{name}: {len(done)} settings kept, {len(todo)} to run", flush=True)
 
     def on_row(setting: dict[str, Any], outcomes: list[dict[str, Any]]) -> None:
@@ -607,6 +609,12 @@ def main() -> None:
     parser.add_argument("--datasets", type=lambda s: s.split(","), default=None)
     parser.add_argument("--models", type=lambda s: s.split(","), default=list(MODELS))
     parser.add_argument("--resume", action="store_true", help="keep finished rows")
+    parser.add_argument(
+        "--only",
+        type=lambda s: s.split(","),
+        default=None,
+        help="run only the settings whose label contains one of these strings",
+    )
     parser.add_argument(
         "--bits",
         type=lambda s: [int(b) for b in s.split(",")],

@@ -51,8 +51,8 @@ class TrainResult:
 
     ``valid_acc`` and ``test_acc`` are those of the epoch with the best validation accuracy
     (whose weights the returned model holds). ``warnings`` lists what went wrong without
-    stopping the run (a learned bit width above its budget, a diverging first epoch); each
-    is also raised as a :class:`UserWarning`.
+    stopping the run (a learned bit width above its budget, a diverging first epoch, a loss
+    that never fell below guessing); each is also raised as a :class:`UserWarning`.
     """
 
     train_acc: float
@@ -72,6 +72,10 @@ class TrainResult:
 
 # A first epoch whose loss exceeds this many times ln(classes) (uniform guessing) is diverging.
 BLOWUP = 20.0
+# A run of at least STALL_EPOCHS whose training loss never fell below STALL x ln(classes)
+# did not learn (e.g. A2Q INT4 on CiteSeer: the loss stays at ln 6 and the test accuracy at
+# chance while every range is non-zero).
+STALL, STALL_EPOCHS = 0.9, 20
 
 
 def load_graph(config: ExperimentConfig) -> GraphData:
@@ -252,6 +256,7 @@ def train(
     # 5. report the best epoch
     model.load_state_dict(best_state)
     accs = runner.evaluate(model)
+    notes += stalled(history, graph.num_classes)
     notes += budget_overruns(model) + collapsed_points(model)
     for note in notes:
         warnings.warn(note, stacklevel=2)
@@ -268,6 +273,23 @@ def train(
         warnings=notes,
     )
     return result, model
+
+
+def stalled(history: list[dict[str, float]], num_classes: int) -> list[str]:
+    """A note when the training loss never fell clearly below that of guessing uniformly."""
+    uniform = math.log(max(num_classes, 2))
+    losses = [row["loss"] for row in history]
+    if len(losses) < STALL_EPOCHS or not all(map(math.isfinite, losses)):
+        return []  # too short to tell, or diverged (not the same failure)
+    lowest = min(losses)
+    if lowest < STALL * uniform:
+        return []
+    return [
+        f"the training loss never fell below {lowest:.3f} in {len(history)} epochs, against "
+        f"{uniform:.3f} for guessing uniformly (ln {num_classes}): the model did not learn. "
+        "A quantization point may be clipping away the gradient (compare with quant.scheme: "
+        "none, or try another scheme or more bits), or train.lr is too low."
+    ]
 
 
 class FullBatchRunner:

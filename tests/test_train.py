@@ -1,4 +1,5 @@
 import json
+import math
 
 import pytest
 import torch
@@ -186,6 +187,30 @@ def test_a_diverging_first_epoch_is_reported_and_gin_trains_by_default():
     assert default.model.resolved_norm == "batch"
     result, _ = _quiet_train(default)
     assert result.warnings == []
+
+
+def test_a_run_that_does_not_learn_is_reported():
+    from lorap_dist.train import STALL_EPOCHS, stalled
+
+    base = {
+        "data": {"synthetic": {"num_nodes": 300}},
+        "quant": {"scheme": "none"},
+        "prompt": {"kind": "none"},
+    }
+    frozen = ExperimentConfig.from_dict(
+        {**base, "train": {"epochs": STALL_EPOCHS, "lr": 1e-9, "patience": 100}}
+    )
+    result, raised = _quiet_train(frozen)
+    assert len(result.warnings) == 1 and "the model did not learn" in result.warnings[0]
+    assert result.warnings[0] in raised
+    learning = ExperimentConfig.from_dict({**base, "train": {"epochs": STALL_EPOCHS}})
+    result, _ = _quiet_train(learning)
+    assert result.warnings == []
+    # the rule itself: enough epochs, and a lowest loss at or above 0.9 ln(classes)
+    flat = [{"loss": math.log(4)} for _ in range(STALL_EPOCHS)]
+    assert stalled(flat, 4) and not stalled(flat[:-1], 4)
+    assert not stalled(flat[:-1] + [{"loss": 0.85 * math.log(4)}], 4)
+    assert stalled(flat[:-1] + [{"loss": float("nan")}], 4) == []  # diverged, not stalled
 
 
 def test_a2q_missing_its_budget_is_reported():
