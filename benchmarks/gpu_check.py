@@ -36,7 +36,6 @@ import json
 import os
 import platform
 import socket
-import statistics
 import subprocess
 import sys
 import time
@@ -134,21 +133,9 @@ def _machine(torch: Any) -> dict[str, Any]:
 
 
 def _median_ms(fn: Callable[[], object], device: Any, repeats: int = 10, warmup: int = 2) -> float:
-    import torch
+    from kernel_lorap import median_ms
 
-    cuda = device.type == "cuda"
-    for _ in range(warmup):
-        fn()
-    if cuda:
-        torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        if cuda:
-            torch.cuda.synchronize()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+    return median_ms(fn, repeats, warmup, cuda=device.type == "cuda")
 
 
 # ---------------------------------------------------------------------------------------
