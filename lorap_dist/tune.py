@@ -42,6 +42,7 @@ import json
 import math
 import os
 import random
+import re
 import time
 import typing
 from collections.abc import Iterable
@@ -660,8 +661,25 @@ def _check_fits(demand: list[dict[str, float]], cluster: dict[str, float]) -> No
 
 
 def _trial_dirname(trial: Any) -> str:
-    """A trial's directory is named by its id (the ``trial_id`` column of the results)."""
+    """A trial's directory is named by its id (the ``trial_id`` column of the results).
+
+    Ray appends ``_`` and four hex digits when a directory of that name already exists: a
+    trial that had made its directory when the driver was killed gets a new one on resume.
+    """
     return trial.trial_id
+
+
+_DIR_SUFFIX = re.compile(r"_[0-9a-f]{4}$")
+
+
+def result_trial_id(result: Any) -> str:
+    """The trial id of a Tune ``Result``: the one Ray reports with every result, else (a
+    trial that never reported) its directory's name without Ray's uniqueness suffix."""
+    reported = (result.metrics or {}).get("trial_id")
+    if reported:
+        return str(reported)
+    name = Path(result.path).name
+    return _DIR_SUFFIX.sub("", name) if name.count("_") > 1 else name
 
 
 def _check_resume(
@@ -760,7 +778,7 @@ def trial_table(grid: Any, sweep: SweepConfig) -> Any:
         rows.append(
             {
                 "sweep": sweep.name,
-                "trial_id": Path(result.path).name,
+                "trial_id": result_trial_id(result),
                 "point": point_key(point),
                 "seed": seed,
                 "status": status,

@@ -298,3 +298,18 @@ def test_a_mixq_trial_reports_its_frozen_models_accuracy(monkeypatch):
     assert reports[-1]["trial_done"] and not any(r["trial_done"] for r in reports[:-1])
     assert reports[-1]["best_test_acc"] == result.test_acc
     assert reports[-1]["best_epoch"] == result.best_epoch + 1
+
+
+def test_trial_id_survives_rays_directory_suffix():
+    """A trial restarted after the driver was killed may get the directory ``<id>_<4 hex>``
+    (its first one exists); its row keeps the trial's own id."""
+    from types import SimpleNamespace
+
+    from lorap_dist.tune import result_trial_id
+
+    reported = SimpleNamespace(metrics={"trial_id": "79ae4_00001"}, path="/s/79ae4_00001_123d")
+    silent = SimpleNamespace(metrics={}, path="/s/79ae4_00001_123d")
+    plain = SimpleNamespace(metrics=None, path="/s/79ae4_00002")
+    assert result_trial_id(reported) == "79ae4_00001"
+    assert result_trial_id(silent) == "79ae4_00001"
+    assert result_trial_id(plain) == "79ae4_00002"
