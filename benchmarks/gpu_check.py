@@ -1,7 +1,9 @@
 """Every GPU claim of the project, measured in one short run on one lent GPU.
 
 A GPU machine is lent now and then for about 15 minutes, its start included, so the GPU
-work is prepared here and runs as one command (at most about 8 minutes on one H100/H200)::
+work is prepared here and runs as one command (the measurements take at most about 7
+minutes on one H100/H200, the kernel test suite, last, at most 4 more; a run cut short keeps
+every step it finished, and ``--only`` picks steps)::
 
     PYTHONPATH=. python3 benchmarks/gpu_check.py --out gpu-out
 
@@ -23,7 +25,11 @@ soon as it ends (a killed run keeps what it had) into ``<out>/gpu_check.json``:
    QAT vs INT4 + LoRAP: seeds/s and LoRAP's overhead;
 5. ``nccl``: ``torch.distributed`` with NCCL in a world of one process: the feature
    exchange's all_to_all with INT8 payloads, and one DDP step through the distributed
-   worker's own step function (:func:`lorap_dist.distributed.step.train_batch`).
+   worker's own step function (:func:`lorap_dist.distributed.step.train_batch`);
+6. ``kernel_tests``: the kernel test suite, ``tests/kernels``, compiled on the GPU (pytest
+   with ``LORAP_TEST_DEVICE=cuda TRITON_INTERPRET=0``; its exit code and the tail of its
+   output are recorded; ``--dry-run`` runs a few of its tests on the CPU in Triton's
+   interpreter). Last, because compiling its ~130 kernel variants takes minutes.
 
 A failing step records its error and the run goes on. ``--dry-run`` runs every step's
 set-up on the CPU at toy sizes (gloo instead of NCCL); CI runs it, so the script cannot rot.
@@ -35,6 +41,7 @@ import argparse
 import json
 import os
 import platform
+import signal
 import socket
 import subprocess
 import sys
@@ -45,9 +52,28 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-# Seconds each step may take on the GPU (about 8 minutes in all, process starts included).
-BUDGET = {"correctness": 80, "kernels": 150, "sampler": 50, "train_step": 90, "nccl": 50}
+# Seconds each step may take on the GPU (about 7 minutes for the measurements, process
+# starts included, then the kernel test suite's KERNEL_TESTS_SECONDS and its start).
+BUDGET = {
+    "correctness": 80,
+    "kernels": 150,
+    "sampler": 50,
+    "train_step": 90,
+    "nccl": 50,
+    "kernel_tests": 280,
+}
 STEPS = tuple(BUDGET)
+# The kernel test suite on the GPU compiles about 130 kernel variants, one by one, so it
+# takes minutes. It leaves out test_gpu_compile, which cross-compiles the kernels for sm_80
+# and sm_90 without a GPU (2 minutes on a cold cache; CI runs it): here they compile for the
+# device itself.
+KERNEL_TESTS = ["tests/kernels", "--ignore", "tests/kernels/test_gpu_compile.py"]
+KERNEL_TESTS_SECONDS = 240
+# What --dry-run runs of it, in Triton's interpreter: a bit-exact test of each kernel.
+QUICK_KERNEL_TESTS = (
+    "test_rounding_ties_bit_exact or test_int32_indices_and_no_edges"
+    " or (test_aggregate_in_registers_is_bit_exact and agg_int8 and sum)"
+)
 
 
 # ---------------------------------------------------------------------------------------
@@ -214,6 +240,46 @@ def step_correctness(device: Any, dry_run: bool, save: Callable[[str, Any], None
          "max_steps_off_two_ops": float(((fused - two_ops) / 0.05).abs().max())}
     )  # fmt: skip
     save("kernel_checks", checks)
+
+
+# ---------------------------------------------------------------------------------------
+# 6. The kernel test suite on the GPU
+
+
+def step_kernel_tests(device: Any, dry_run: bool, save: Callable[[str, Any], None]) -> None:
+    save("kernel_tests", run_kernel_tests(device, dry_run))
+
+
+def run_kernel_tests(device: Any, dry_run: bool) -> dict[str, Any]:
+    """Run the kernel test suite with pytest on ``device``: its exit code and output's tail.
+
+    At the time limit pytest gets SIGINT rather than SIGKILL, so that it still prints the
+    failures so far and its counts.
+    """
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *KERNEL_TESTS]
+    command += ["-k", QUICK_KERNEL_TESTS] if dry_run else []
+    interpret = "1" if device.type == "cpu" else "0"
+    env = os.environ | {"LORAP_TEST_DEVICE": device.type, "TRITON_INTERPRET": interpret}
+    with subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    ) as tests:
+        try:
+            output, _ = tests.communicate(timeout=KERNEL_TESTS_SECONDS)
+            timed_out = False
+        except subprocess.TimeoutExpired:
+            tests.send_signal(signal.SIGINT)
+            try:
+                output, _ = tests.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                tests.kill()
+                output, _ = tests.communicate()
+            timed_out = True
+    return {
+        "device": device.type,
+        "exit": tests.returncode,
+        "timed_out": timed_out,
+        "tail": output[-3000:],
+    }
 
 
 # ---------------------------------------------------------------------------------------
@@ -433,6 +499,7 @@ def step_nccl(device: Any, dry_run: bool, save: Callable[[str, Any], None]) -> N
 
 STEP_FUNCTIONS = {
     "correctness": step_correctness,
+    "kernel_tests": step_kernel_tests,
     "kernels": step_kernels,
     "sampler": step_sampler,
     "train_step": step_train_step,

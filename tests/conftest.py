@@ -1,9 +1,21 @@
 """Suite-wide settings.
 
-Triton kernels are tested on the CPU through Triton's interpreter; the variable must be set
-before anything imports triton (``import torch._dynamo`` does), so it is set here, first.
+The Triton kernels are tested on the device ``LORAP_TEST_DEVICE`` names
+(:mod:`lorap_dist.testing.kernel_device`). On the CPU, the default, they run in Triton's
+interpreter; its variable must be set before anything imports triton (``import
+torch._dynamo`` does), so it is set here, first. On ``cuda`` they run compiled, and a choice
+the machine cannot honour stops the run before collection.
 """
 
 import os
 
-os.environ.setdefault("TRITON_INTERPRET", "1")
+import pytest
+
+from lorap_dist.testing.kernel_device import kernel_test_device, requested_test_device
+
+if requested_test_device() == "cpu":
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    kernel_test_device()  # a pytest.UsageError that names the variable and what to set

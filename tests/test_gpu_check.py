@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -35,11 +36,22 @@ def test_dry_run_runs_every_step_and_writes_its_figures(tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
     result = json.loads((out / "gpu_check.json").read_text())
     steps = result["steps"]
-    assert list(steps) == ["correctness", "kernels", "sampler", "train_step", "nccl"]
+    assert list(steps) == [
+        "correctness",
+        "kernels",
+        "sampler",
+        "train_step",
+        "nccl",
+        "kernel_tests",
+    ]
     for name, step in steps.items():
         assert step["status"] == "ok", (name, step.get("error"), step.get("log_tail"))
     checks = {c["op"]: c for c in steps["correctness"]["kernel_checks"]}
     assert checks["quant_aggregate"]["max_error"] == 0.0
+    kernel_tests = steps["kernel_tests"]["kernel_tests"]
+    assert kernel_tests["device"] == "cpu" and not kernel_tests["timed_out"]
+    assert kernel_tests["exit"] == 0, kernel_tests["tail"]
+    assert re.search(r"\b6 passed\b", kernel_tests["tail"]), kernel_tests["tail"]
     assert steps["kernels"]["lorap"][0]["compiled_ms"] > 0
     assert steps["sampler"]["sampled_edges_per_s"] > 0
     assert set(steps["train_step"]["steps"]) == {"fp32", "int4", "int4_lorap"}

@@ -1,5 +1,9 @@
-"""Quantized aggregation fused into LoRAP (Triton under TRITON_INTERPRET=1, and the CPU
-path) against the unfused pure-torch composition."""
+"""Quantized aggregation fused into LoRAP (the Triton path on the test device, and the CPU
+path) against the unfused pure-torch composition.
+
+The Triton path runs on ``LORAP_TEST_DEVICE`` (the CPU under TRITON_INTERPRET=1 by default, or
+compiled on CUDA); inputs are made on the CPU, and the references run there.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +14,10 @@ import torch
 from lorap_dist.kernels import aggregate_lorap as al
 from lorap_dist.kernels import lorap_fused as lf
 from lorap_dist.kernels import quant_aggregate as qa
-from lorap_dist.kernels._triton import triton_on_cpu
-from test_lorap_fused import QPARAMS, assert_close_rel, assert_codes_equal, op_grid
+from test_lorap_fused import CPU, DEVICE, QPARAMS, assert_close_rel, assert_codes_equal, op_grid
 from test_quant_aggregate import make_block
+
+from lorap_dist.testing.kernel_device import run_on, triton_on
 
 # (num_src, num_dst, d, k, r): d not a power of two, num_dst not a multiple of the block of
 # 16, k and r from 1 to 16.
@@ -53,10 +58,12 @@ def reference_grads(block, prompt, grad_out, qp, bits, reduce, agg_grid):
 
 
 def triton_forward(block, prompt, qp, bits, reduce, agg_grid):
-    with triton_on_cpu():
-        out, codes, *_ = torch.ops.lorap_dist.aggregate_lorap(
-            *block, bits, reduce, *prompt, *op_grid(qp), *al._agg_args(agg_grid, "cpu")
-        )
+    """``(codes, out)`` of the op's Triton path on the test device, back on the CPU."""
+    with triton_on(DEVICE):
+        out, codes, *_ = run_on(
+            DEVICE, torch.ops.lorap_dist.aggregate_lorap, *block, bits, reduce, *prompt,
+            *op_grid(qp), *al._agg_args(agg_grid, "cpu"),
+        )  # fmt: skip
     return codes, out
 
 
@@ -102,8 +109,8 @@ def test_backward_matches_autograd(shape, bits, agg):
     grad_out = torch.randn(shape[1], shape[2], generator=torch.Generator().manual_seed(4))
     expected = reference_grads(block, prompt, grad_out, qp, bits, "mean", agg_grid)
     args = (grad_out, *block, bits, "mean", *prompt, *op_grid(qp), *al._agg_args(agg_grid, "cpu"))
-    with triton_on_cpu():
-        triton_grads = torch.ops.lorap_dist.aggregate_lorap_backward(*args)
+    with triton_on(DEVICE):
+        triton_grads = run_on(DEVICE, torch.ops.lorap_dist.aggregate_lorap_backward, *args)
     cpu_grads = torch.ops.lorap_dist.aggregate_lorap_backward(*args)
     for t, c, e in zip(triton_grads, cpu_grads, expected, strict=True):
         assert t.dtype == e.dtype
@@ -118,7 +125,9 @@ def test_backward_is_deterministic_over_persistent_programs():
     gather = al._gather(block[2], block[3], 8, "mean", None, None, 0, 1)
     grad_out = torch.randn(100, 24, generator=torch.Generator().manual_seed(6))
     runs = [
-        lf._launch_backward(
+        run_on(
+            DEVICE,
+            lf._launch_backward,
             grad_out,
             block[0],
             *prompt,
@@ -160,15 +169,22 @@ def test_cpu_path_is_the_unfused_composition(bits, agg):
 
 @pytest.mark.parametrize("triton_path", [False, True], ids=["reference", "triton"])
 def test_range_pass_and_reuse(triton_path):
+    """The reference path is the CPU's; the Triton path runs on the test device."""
     qp, agg_grid = QPARAMS["int8"], AGG_GRIDS["agg_int8"]
     block, prompt = make_case(30, 40, 20, 3, 2, 8, seed=9)
     h = reference_h(block, 20, 8, "mean", agg_grid)
     y = lf._prompted_reference(h, *prompt, None)
-    context = triton_on_cpu() if triton_path else contextlib.nullcontext()
+    device = DEVICE if triton_path else CPU
+    context = triton_on(device) if triton_path else contextlib.nullcontext()
     with context:
-        y_range, saved = al.aggregate_lorap_forward_range(*block, *prompt, agg_grid=agg_grid)
-        reused = al.aggregate_lorap_forward(*block, *prompt, *qp, agg_grid=agg_grid, saved=saved)
-        fresh = al.aggregate_lorap_forward(*block, *prompt, *qp, agg_grid=agg_grid)
+        y_range, saved = run_on(
+            device, al.aggregate_lorap_forward_range, *block, *prompt, agg_grid=agg_grid
+        )
+        reused = run_on(
+            device, al.aggregate_lorap_forward, *block, *prompt, *qp, agg_grid=agg_grid,
+            saved=saved,
+        )  # fmt: skip
+        fresh = run_on(device, al.aggregate_lorap_forward, *block, *prompt, *qp, agg_grid=agg_grid)
     assert_close_rel(y_range, torch.stack(torch.aminmax(y)))
     assert [t.shape[0] for t in saved] == ([0, 0, 0] if triton_path else [40, 40, 40])
     assert torch.equal(reused, fresh)
@@ -196,22 +212,25 @@ def test_op_autograd_keeps_residuals_only_for_a_backward():
 @pytest.mark.parametrize("triton_path", [False, True], ids=["reference", "triton"])
 @pytest.mark.parametrize("agg", ["agg_fp32", "agg_int8"])
 def test_opcheck(triton_path, agg):
-    qp = QPARAMS["int8"]
+    """The reference path is the CPU's; the Triton path runs on the test device."""
+    device = DEVICE if triton_path else CPU
     block, prompt = make_case(15, 18, 12, 3, 2, 8, seed=13)
-    prompt = [t.requires_grad_(True) for t in prompt]
-    agg_args = al._agg_args(AGG_GRIDS[agg], "cpu")
-    context = triton_on_cpu() if triton_path else contextlib.nullcontext()
+    block = [t.to(device) for t in block]
+    prompt = [t.to(device).requires_grad_(True) for t in prompt]
+    grid = op_grid(QPARAMS["int8"], device)
+    agg_args = al._agg_args(AGG_GRIDS[agg], device)
+    context = triton_on(device) if triton_path else contextlib.nullcontext()
     with context:
-        args = (*block, 8, "mean", *prompt, *op_grid(qp), *agg_args)
+        args = (*block, 8, "mean", *prompt, *grid, *agg_args)
         torch.library.opcheck(torch.ops.lorap_dist.aggregate_lorap, args)
         detached = [t.detach() for t in prompt]
         torch.library.opcheck(
             torch.ops.lorap_dist.aggregate_lorap_range, (*block, 8, "mean", *detached, *agg_args)
         )
-        grad_out = torch.randn(18, 12)
+        grad_out = torch.randn(18, 12).to(device)
         torch.library.opcheck(
             torch.ops.lorap_dist.aggregate_lorap_backward,
-            (grad_out, *block, 8, "mean", *detached, *op_grid(qp), *agg_args),
+            (grad_out, *block, 8, "mean", *detached, *grid, *agg_args),
         )
 
 
@@ -230,7 +249,8 @@ def test_torch_compile_fullgraph():
             )
             return out.relu()
 
-    layer = Layer()
+    block = [t.to(DEVICE) for t in block]
+    layer = Layer().to(DEVICE)
     compiled = torch.compile(layer, fullgraph=True)
     out = compiled(*block)
     torch.testing.assert_close(out, layer(*block), rtol=0, atol=0)

@@ -1,4 +1,8 @@
-"""The fused LoRAP kernels (Triton, under TRITON_INTERPRET=1) against the pure-torch reference."""
+"""The fused LoRAP kernels against the pure-torch reference.
+
+The kernels run on the test device (``LORAP_TEST_DEVICE``: the CPU under TRITON_INTERPRET=1 by
+default, or compiled on CUDA); inputs are made on the CPU, and the references run there.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,11 @@ import contextlib
 import pytest
 import torch
 from lorap_dist.kernels import lorap_fused as lf
+
+from lorap_dist.testing.kernel_device import kernel_test_device, run_on, triton_on
+
+DEVICE = kernel_test_device()
+CPU = torch.device("cpu")
 
 # (n, d, k, r): d not a power of two, N not a multiple of the block, k and r from 1 to 16.
 SHAPES = [
@@ -25,10 +34,15 @@ QPARAMS = {
 }
 
 
-def op_grid(qp):
+def op_grid(qp, device=CPU):
     """The registered ops take scale and zero point as one-element tensors."""
     scale, zero_point, qmin, qmax = qp
-    return torch.tensor([scale]), torch.tensor([zero_point], dtype=torch.int32), qmin, qmax
+    return (
+        torch.tensor([scale], device=device),
+        torch.tensor([zero_point], dtype=torch.int32, device=device),
+        qmin,
+        qmax,
+    )
 
 
 def make_inputs(n, d, k, r, dtype=torch.float32, seed=0):
@@ -80,7 +94,7 @@ def reference_grads(h, w_phi, p_a, p_b, grad_out, qp, in_scale=None):
 def test_forward_matches_reference(shape, qname):
     qp = QPARAMS[qname]
     h, w_phi, p_a, p_b = make_inputs(*shape)
-    codes, out = lf.lorap_fused_triton(h, w_phi, p_a, p_b, None, *qp, block_n=16)
+    codes, out = run_on(DEVICE, lf.lorap_fused_triton, h, w_phi, p_a, p_b, None, *qp, block_n=16)
     ref_codes, ref_out = lf.lorap_reference(h, w_phi, p_a, p_b, *qp)
     assert codes.dtype == lf.codes_dtype(qp[2], qp[3])
     assert_codes_equal(codes, ref_codes, reference_prequant(h, w_phi, p_a, p_b, qp[0]))
@@ -111,7 +125,9 @@ def test_rounding_ties_bit_exact(qname):
     h = (steps + offsets) * scale
     _, w_phi, p_a, _ = make_inputs(n, d, k, r)
     p_b = torch.zeros(r, d)
-    codes, out = lf.lorap_fused_triton(h, w_phi, p_a, p_b, None, scale, zp, qmin, qmax)
+    codes, out = run_on(
+        DEVICE, lf.lorap_fused_triton, h, w_phi, p_a, p_b, None, scale, zp, qmin, qmax
+    )
     ref_codes, ref_out = lf.lorap_reference(h, w_phi, p_a, p_b, scale, zp, qmin, qmax)
     assert torch.equal(codes, ref_codes)
     assert torch.equal(out, ref_out)
@@ -131,9 +147,10 @@ def test_backward_matches_autograd(shape, qname):
     h, w_phi, p_a, p_b = make_inputs(*shape, seed=1)
     grad_out = torch.randn(h.shape, generator=torch.Generator().manual_seed(2))
     expected = reference_grads(h, w_phi, p_a, p_b, grad_out, qp)
-    got = lf.lorap_fused_backward_triton(
-        grad_out, h, w_phi, p_a, p_b, None, *qp, block_n=16, num_programs=2
-    )
+    got = run_on(
+        DEVICE, lf.lorap_fused_backward_triton, grad_out, h, w_phi, p_a, p_b, None, *qp,
+        block_n=16, num_programs=2,
+    )  # fmt: skip
     closed_form = lf._lorap_backward_reference(grad_out, h, w_phi, p_a, p_b, None, *qp)
     for name, g, c, e in zip(("h", "w_phi", "p_a", "p_b"), got, closed_form, expected, strict=True):
         assert g.dtype == e.dtype, name
@@ -147,9 +164,19 @@ def test_backward_is_deterministic_and_loops_over_blocks():
     h, w_phi, p_a, p_b = make_inputs(100, 24, 4, 4, seed=3)
     grad_out = torch.randn(h.shape, generator=torch.Generator().manual_seed(4))
     runs = [
-        lf.lorap_fused_backward_triton(
-            grad_out, h, w_phi, p_a, p_b, None, *qp, block_n=16, num_programs=3
-        )
+        run_on(
+            DEVICE,
+            lf.lorap_fused_backward_triton,
+            grad_out,
+            h,
+            w_phi,
+            p_a,
+            p_b,
+            None,
+            *qp,
+            block_n=16,
+            num_programs=3,
+        )  # fmt: skip
         for _ in range(2)
     ]
     for a, b in zip(*runs, strict=True):
@@ -166,14 +193,18 @@ def test_int8_input_dequantized_in_kernel(per_row):
     in_scale = torch.rand(n if per_row else 1, generator=g) * 0.02 + 0.005
     _, w_phi, p_a, p_b = make_inputs(n, d, k, r)
     qp = QPARAMS["int4"]
-    codes, out = lf.lorap_fused_triton(h, w_phi, p_a, p_b, in_scale, *qp, block_n=32)
+    codes, out = run_on(
+        DEVICE, lf.lorap_fused_triton, h, w_phi, p_a, p_b, in_scale, *qp, block_n=32
+    )
     ref_codes, ref_out = lf.lorap_reference(h, w_phi, p_a, p_b, *qp, in_scale=in_scale)
     assert out.dtype == torch.float32
     assert_codes_equal(codes, ref_codes, reference_prequant(h, w_phi, p_a, p_b, qp[0], in_scale))
     assert_close_rel(out, ref_out)
 
     grad_out = torch.randn(n, d, generator=g)
-    got = lf.lorap_fused_backward_triton(grad_out, h, w_phi, p_a, p_b, in_scale, *qp)
+    got = run_on(
+        DEVICE, lf.lorap_fused_backward_triton, grad_out, h, w_phi, p_a, p_b, in_scale, *qp
+    )
     expected = reference_grads(h, w_phi, p_a, p_b, grad_out, qp, in_scale=in_scale)
     for g_got, g_ref in zip(got[1:], expected[1:], strict=True):
         assert_close_rel(g_got, g_ref)
@@ -183,7 +214,7 @@ def test_int8_input_dequantized_in_kernel(per_row):
 def test_half_inputs(dtype):
     qp = QPARAMS["int8"]
     h, w_phi, p_a, p_b = make_inputs(30, 24, 8, 4, dtype=dtype, seed=6)
-    codes, out = lf.lorap_fused_triton(h, w_phi, p_a, p_b, None, *qp)
+    codes, out = run_on(DEVICE, lf.lorap_fused_triton, h, w_phi, p_a, p_b, None, *qp)
     ref_codes, ref_out = lf.lorap_reference(h, w_phi, p_a, p_b, *qp)
     assert out.dtype == dtype
     assert_codes_equal(codes, ref_codes, reference_prequant(h, w_phi, p_a, p_b, qp[0]))
@@ -196,23 +227,23 @@ def test_half_inputs(dtype):
         assert_close_rel(out[same].float(), ref_out[same].float(), rtol=2**-7)
 
     grad_out = torch.randn(h.shape, generator=torch.Generator().manual_seed(7)).to(dtype)
-    got = lf.lorap_fused_backward_triton(grad_out, h, w_phi, p_a, p_b, None, *qp)
+    got = run_on(DEVICE, lf.lorap_fused_backward_triton, grad_out, h, w_phi, p_a, p_b, None, *qp)
     expected = reference_grads(h, w_phi, p_a, p_b, grad_out, qp)
     for g_got, g_ref in zip(got, expected, strict=True):
         assert g_got.dtype == dtype
         assert_close_rel(g_got.float(), g_ref.float(), rtol=1e-2)
 
 
-def test_op_autograd_through_triton_on_cpu():
+def test_op_autograd_through_triton():
     qp = QPARAMS["int8"]
     h, w_phi, p_a, p_b = make_inputs(33, 20, 5, 3, seed=8)
     grad_out = torch.randn(h.shape, generator=torch.Generator().manual_seed(9))
-    leaves = [t.clone().requires_grad_(True) for t in (h, w_phi, p_a, p_b)]
-    with lf.triton_on_cpu():
+    leaves = [t.to(DEVICE, copy=True).requires_grad_(True) for t in (h, w_phi, p_a, p_b)]
+    with triton_on(DEVICE):
         out = lf.lorap_forward(*leaves, *qp)
-        got = torch.autograd.grad(out, leaves, grad_out)
+        got = torch.autograd.grad(out, leaves, grad_out.to(DEVICE))
     for g_got, g_ref in zip(got, reference_grads(h, w_phi, p_a, p_b, grad_out, qp), strict=True):
-        assert_close_rel(g_got, g_ref)
+        assert_close_rel(g_got.cpu(), g_ref)
 
 
 @pytest.mark.parametrize("qname", ["int8", "int4"])
@@ -284,31 +315,35 @@ def test_lorap_forward_cpu_path_is_the_reference():
 @pytest.mark.parametrize("triton_path", [False, True], ids=["reference", "triton"])
 @pytest.mark.parametrize("int8_input", [False, True], ids=["float_h", "int8_h"])
 def test_opcheck(triton_path, int8_input):
+    """The reference path is the CPU's; the Triton path runs on the test device."""
     qp = QPARAMS["int8"]
-    h, w_phi, p_a, p_b = make_inputs(18, 12, 3, 2, seed=10)
+    device = DEVICE if triton_path else CPU
+    h, w_phi, p_a, p_b = (t.to(device) for t in make_inputs(18, 12, 3, 2, seed=10))
+    grid = op_grid(qp, device)
     in_scale = None
     if int8_input:
-        h, in_scale = (h * 40).round().clamp(-128, 127).to(torch.int8), torch.tensor([0.025])
+        h = (h * 40).round().clamp(-128, 127).to(torch.int8)
+        in_scale = torch.tensor([0.025], device=device)
     else:
         h.requires_grad_(True)
     for t in (w_phi, p_a, p_b):
         t.requires_grad_(True)
-    context = lf.triton_on_cpu() if triton_path else contextlib.nullcontext()
+    context = triton_on(device) if triton_path else contextlib.nullcontext()
     with context:
         torch.library.opcheck(
-            torch.ops.lorap_dist.lorap_fused, (h, w_phi, p_a, p_b, in_scale, *op_grid(qp))
+            torch.ops.lorap_dist.lorap_fused, (h, w_phi, p_a, p_b, in_scale, *grid)
         )
-        grad_out = torch.randn(h.shape)
+        grad_out = torch.randn(h.shape).to(device)
         backward_args = (grad_out, h.detach(), w_phi.detach(), p_a.detach(), p_b.detach())
         torch.library.opcheck(
-            torch.ops.lorap_dist.lorap_fused_backward, (*backward_args, in_scale, *op_grid(qp))
+            torch.ops.lorap_dist.lorap_fused_backward, (*backward_args, in_scale, *grid)
         )
         _, _, saved_w, saved_mask = torch.ops.lorap_dist.lorap_fused(
-            *backward_args[1:], in_scale, *op_grid(qp)
+            *backward_args[1:], in_scale, *grid
         )
         torch.library.opcheck(
             torch.ops.lorap_dist.lorap_fused_backward,
-            (*backward_args, in_scale, *op_grid(qp), saved_w, saved_mask),
+            (*backward_args, in_scale, *grid, saved_w, saved_mask),
         )
 
 
@@ -320,7 +355,7 @@ def test_opcheck(triton_path, int8_input):
 def test_range_pass_matches_reference(shape):
     """Blocks of 16 rows: the last block is partial, so masked rows must not reach the range.
 
-    Not bit-exact: the interpreter's ``tl.dot`` sums in another order than torch's matmul,
+    Not bit-exact: the kernel's ``tl.dot`` sums in another order than torch's matmul,
     so ``y`` (and its extremes) may differ in the last ulp; 1e-6 relative covers that.
     """
     h, w_phi, p_a, p_b = make_inputs(*shape, seed=11)
@@ -328,7 +363,7 @@ def test_range_pass_matches_reference(shape):
     # shifted up by 20, so an unmasked pad would show; the last, partial block holds the max.
     h = h + 20.0
     h[-1] += 5.0
-    got = lf.lorap_range_triton(h, w_phi, p_a, p_b, None, block_n=16)
+    got = run_on(DEVICE, lf.lorap_range_triton, h, w_phi, p_a, p_b, None, block_n=16)
     y = reference_prequant(h, w_phi, p_a, p_b, 1.0)
     expected = torch.stack(torch.aminmax(y))
     assert got.dtype == torch.float32 and got.shape == (2,)
@@ -337,8 +372,8 @@ def test_range_pass_matches_reference(shape):
     cpu_range, saved_y, saved_w = lf.lorap_range(h, w_phi, p_a, p_b)  # CPU: the reference
     assert torch.equal(cpu_range, expected)
     assert torch.equal(saved_y, y) and torch.equal(saved_w, torch.softmax(h @ w_phi, dim=1))
-    with lf.triton_on_cpu():
-        triton_range, empty_y, empty_w = lf.lorap_range(h, w_phi, p_a, p_b)
+    with triton_on(DEVICE):
+        triton_range, empty_y, empty_w = run_on(DEVICE, lf.lorap_range, h, w_phi, p_a, p_b)
     torch.testing.assert_close(triton_range, expected, rtol=1e-6, atol=0)
     assert empty_y.shape == (0, shape[1]) and empty_w.shape == (0, shape[2])
 
@@ -371,7 +406,7 @@ def test_range_pass_int8_input(per_row):
     h = torch.randint(-128, 128, (n, d), generator=g, dtype=torch.int8)
     in_scale = torch.rand(n if per_row else 1, generator=g) * 0.02 + 0.005
     _, w_phi, p_a, p_b = make_inputs(n, d, k, r)
-    got = lf.lorap_range_triton(h, w_phi, p_a, p_b, in_scale, block_n=16)
+    got = run_on(DEVICE, lf.lorap_range_triton, h, w_phi, p_a, p_b, in_scale, block_n=16)
     expected = lf.lorap_range_reference(h, w_phi, p_a, p_b, in_scale)
     torch.testing.assert_close(got, expected, rtol=1e-6, atol=0)
 
@@ -384,15 +419,17 @@ def test_range_pass_rejects_empty_input():
 
 @pytest.mark.parametrize("triton_path", [False, True], ids=["reference", "triton"])
 def test_range_opcheck(triton_path):
-    h, w_phi, p_a, p_b = make_inputs(18, 12, 3, 2, seed=13)
-    context = lf.triton_on_cpu() if triton_path else contextlib.nullcontext()
+    """The reference path is the CPU's; the Triton path runs on the test device."""
+    device = DEVICE if triton_path else CPU
+    h, w_phi, p_a, p_b = (t.to(device) for t in make_inputs(18, 12, 3, 2, seed=13))
+    context = triton_on(device) if triton_path else contextlib.nullcontext()
     with context:
         torch.library.opcheck(torch.ops.lorap_dist.lorap_range, (h, w_phi, p_a, p_b, None))
         _, saved_y, saved_w = lf.lorap_range(h, w_phi, p_a, p_b)
-        qp = QPARAMS["int4"]
+        grid = op_grid(QPARAMS["int4"], device)
         leaves = [t.clone().requires_grad_(True) for t in (h, w_phi, p_a, p_b)]
         torch.library.opcheck(
-            torch.ops.lorap_dist.lorap_fused, (*leaves, None, *op_grid(qp), saved_y, saved_w)
+            torch.ops.lorap_dist.lorap_fused, (*leaves, None, *grid, saved_y, saved_w)
         )
 
 
@@ -407,9 +444,9 @@ def test_torch_compile_fullgraph():
         def forward(self, h):
             return lf.lorap_forward(h.relu(), self.w_phi, self.p_a, self.p_b, *QPARAMS["int8"])
 
-    module = Prompt(16, 4, 2)
+    module = Prompt(16, 4, 2).to(DEVICE)
     compiled = torch.compile(module, fullgraph=True)
-    h = torch.randn(25, 16)
+    h = torch.randn(25, 16).to(DEVICE)
     out = compiled(h)
     torch.testing.assert_close(out, module(h), rtol=0, atol=0)
     out.square().sum().backward()
@@ -446,13 +483,14 @@ def test_bad_inputs_raise_value_error(change, message):
 
 def test_rows_wider_than_the_kernels_take_run_the_torch_path():
     """Beyond MAX_TRITON_WIDTH the backward kernel would exceed a block's shared memory, so the
-    ops run the pure-torch path on the input's device, with consistent fake shapes."""
+    ops run the pure-torch path on the input's device (the test device, where the reference
+    runs too), with consistent fake shapes."""
     qp = QPARAMS["int8"]
-    h, w_phi, p_a, p_b = make_inputs(6, lf.MAX_TRITON_WIDTH + 3, 2, 2)
-    assert not lf.takes_triton(h, h.shape[1])
-    with lf.triton_on_cpu():
+    h, w_phi, p_a, p_b = (t.to(DEVICE) for t in make_inputs(6, lf.MAX_TRITON_WIDTH + 3, 2, 2))
+    with triton_on(DEVICE):
         assert lf.takes_triton(h[:, :16], 16)
-        args = (h, w_phi, p_a, p_b, None, *op_grid(qp))
+        assert not lf.takes_triton(h, h.shape[1])
+        args = (h, w_phi, p_a, p_b, None, *op_grid(qp, DEVICE))
         out, _, saved_w, _ = torch.ops.lorap_dist.lorap_fused(*args)
         torch.library.opcheck(torch.ops.lorap_dist.lorap_fused, args)
     assert saved_w.shape == (6, 2)  # residuals kept: the torch path ran

@@ -1,5 +1,8 @@
-"""The fused quantized aggregation kernel (Triton, under TRITON_INTERPRET=1) against its
-pure-torch reference."""
+"""The fused quantized aggregation kernel against its pure-torch reference.
+
+The kernel runs on the test device (``LORAP_TEST_DEVICE``: the CPU under TRITON_INTERPRET=1 by
+default, or compiled on CUDA); inputs are made on the CPU, and the reference runs there.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +11,10 @@ import contextlib
 import pytest
 import torch
 from lorap_dist.kernels import quant_aggregate as qa
-from lorap_dist.kernels._triton import triton_on_cpu
+
+from lorap_dist.testing.kernel_device import kernel_test_device, run_on, triton_on
+
+DEVICE = kernel_test_device()
 
 
 def make_block(num_src, num_dst, d, bits, max_degree=40, seed=0, index_dtype=torch.int64):
@@ -45,7 +51,10 @@ def test_int4_pack_roundtrip_low_nibble_first(d):
 @pytest.mark.parametrize("d", [7, 33, 64])
 def test_matches_reference(bits, reduce, d):
     codes, scale, indptr, indices = make_block(30, 12, d, bits, seed=d)
-    out = qa.quant_aggregate_triton(codes, scale, indptr, indices, d, bits, reduce, block_e=8)
+    out = run_on(
+        DEVICE, qa.quant_aggregate_triton, codes, scale, indptr, indices, d, bits, reduce,
+        block_e=8,
+    )  # fmt: skip
     expected = qa.quant_aggregate_reference(codes, scale, indptr, indices, d, bits, reduce)
     assert out.dtype == torch.float32 and out.shape == (12, d)
     assert_close_rel(out, expected)
@@ -91,18 +100,22 @@ def test_cpu_path_without_edges_or_rows():
 def test_int32_indices_and_no_edges(index_dtype):
     codes, scale, indptr, indices = make_block(10, 5, 9, 8, index_dtype=index_dtype)
     indptr = indptr.to(index_dtype)
-    out = qa.quant_aggregate_triton(codes, scale, indptr, indices, 9)
+    out = run_on(DEVICE, qa.quant_aggregate_triton, codes, scale, indptr, indices, 9)
     assert_close_rel(out, qa.quant_aggregate_reference(codes, scale, indptr, indices, 9))
     empty = torch.zeros(6, dtype=index_dtype)
-    none = qa.quant_aggregate_triton(codes, scale, empty, indices[:0], 9, 8, "mean")
+    none = run_on(DEVICE, qa.quant_aggregate_triton, codes, scale, empty, indices[:0], 9, 8, "mean")
     assert torch.equal(none, torch.zeros(5, 9))
 
 
 @pytest.mark.parametrize("triton_path", [False, True], ids=["reference", "triton"])
 @pytest.mark.parametrize("bits", [8, 4])
 def test_opcheck(triton_path, bits):
-    codes, scale, indptr, indices = make_block(16, 6, 11, bits, max_degree=6)
-    with triton_on_cpu() if triton_path else contextlib.nullcontext():
+    """The reference path is the CPU's; the Triton path runs on the test device."""
+    device = DEVICE if triton_path else torch.device("cpu")
+    codes, scale, indptr, indices = (
+        t.to(device) for t in make_block(16, 6, 11, bits, max_degree=6)
+    )
+    with triton_on(device) if triton_path else contextlib.nullcontext():
         torch.library.opcheck(
             torch.ops.lorap_dist.quant_aggregate, (codes, scale, indptr, indices, 11, bits, "mean")
         )
@@ -110,7 +123,7 @@ def test_opcheck(triton_path, bits):
 
 @pytest.mark.slow
 def test_torch_compile_fullgraph():
-    codes, scale, indptr, indices = make_block(16, 6, 11, 4, max_degree=6)
+    codes, scale, indptr, indices = (t.to(DEVICE) for t in make_block(16, 6, 11, 4, max_degree=6))
 
     def layer(codes, scale, indptr, indices):
         return qa.quant_aggregate(codes, scale, indptr, indices, 11, 4, "mean").relu()
