@@ -387,7 +387,7 @@ def run_part(name: str, settings: list[dict[str, Any]], args: Any, diagnose: boo
     done = [
         s for s in settings if any(key_of(r, s["key"]) and r["n_seeds"] == args.seeds for r in rows)
     ]
-    todo = [s for s in settings if s not in done]
+    todo = [s for s in settings if s not in done or args.redo]
     if args.only:
         todo = [s for s in todo if any(part in s["label"] for part in args.only)]
     print(f"{name}: {len(done)} settings kept, {len(todo)} to run", flush=True)
@@ -614,6 +614,12 @@ def main() -> None:
         type=lambda s: s.split(","),
         default=None,
         help="run only the settings whose label contains one of these strings",
+    )
+    parser.add_argument(
+        "--redo",
+        action="store_true",
+        help="with --resume: run the chosen settings again even where finished (e.g. after a "
+        "change to a scheme), replacing their rows",
     )
     parser.add_argument(
         "--bits",

@@ -8,12 +8,13 @@ backend, which needs neither Ray nor a cluster.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lorap_dist.distributed.exchange import FeatureExchange
 from lorap_dist.graph.block import NodeInfo
 from lorap_dist.graph.sampler import NeighborSampler
-from lorap_dist.train import total_loss
+from lorap_dist.train import regularized
 
 
 def train_batch(
@@ -38,16 +39,18 @@ def train_batch(
         degree: ``[N]`` full-graph in-degree, indexed by global ID.
 
     Returns:
-        ``[loss * seeds, correct, seeds]`` (float64, on the CPU) for the epoch's totals.
+        ``[loss * seeds, correct, seeds]`` (float64, on the CPU) for the epoch's totals;
+        ``loss`` is the cross-entropy, without the quantizers' penalties (as ``lorap train``
+        reports it).
     """
     batch = sampler.sample_blocks(seeds, generator)
     x = exchange.fetch(batch.node_ids)  # [num_src, F]
     nodes = NodeInfo(ids=batch.node_ids.to(device), degree=degree[batch.node_ids].to(device))
     logits = ddp(x, [b.to(device) for b in batch.blocks], nodes)  # [seeds, classes]
     y = labels.to(device)
-    loss = total_loss(model, logits, y)
+    loss = F.cross_entropy(logits, y)
     optimizer.zero_grad()
-    loss.backward()
+    regularized(model, loss).backward()
     optimizer.step()
     return torch.tensor(
         [loss.item() * len(seeds), (logits.argmax(-1) == y).sum().item(), len(seeds)],

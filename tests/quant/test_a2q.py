@@ -18,6 +18,7 @@ from lorap_dist.quant.schemes.a2q import (
     A2QNodeQuantizer,
     A2QWeightQuantizer,
     a2q_reference,
+    local_error_gradients,
     nearest_pool_entry,
 )
 
@@ -33,6 +34,8 @@ from lorap_dist.quant.schemes.a2q import (
         ({"penalty": -1.0}, "A2QConfig.penalty=-1.0"),
         ({"pool_size": 0}, "A2QConfig.pool_size=0"),
         ({"weight_bits": 1}, "A2QConfig.weight_bits=1"),
+        ({"reset_clipped": 0.0}, "A2QConfig.reset_clipped=0.0"),
+        ({"reset_clipped": 1.5}, "A2QConfig.reset_clipped=1.5"),
     ],
 )
 def test_invalid_fields_are_named(options, named):
@@ -93,6 +96,28 @@ def test_step_and_bits_gradients_match_finite_differences_and_ignore_the_task_gr
     assert (grad_bits != 0).any() and (grad_step != 0).all()
 
 
+def test_local_gradients_of_mostly_zero_rows_skip_the_zeros_and_agree():
+    """Bag-of-words-like input (5% non-zeros) takes the sparse sum; it equals the dense one."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(40, 50, generator=g, dtype=torch.float64)
+    x = x * (torch.rand(40, 50, generator=g) < 0.05)
+    x[7] = 0.0  # a row of zeros gets exactly zero gradients
+    step = torch.rand(40, generator=g, dtype=torch.float64) * 0.3 + 0.05
+    bits = torch.randint(2, 6, (40,), generator=g).double()
+    ds, db = local_error_gradients(x, step, bits)
+    dense_ds, dense_db = _error_terms_dense(x, step, bits)
+    torch.testing.assert_close(ds, dense_ds)
+    torch.testing.assert_close(db, dense_db)
+    assert ds[7] == 0 and db[7] == 0 and (ds != 0).sum() > 20 and (db != 0).any()
+
+
+def _error_terms_dense(x, step, bits):
+    from lorap_dist.quant.schemes.a2q import _error_terms
+
+    ds, db = _error_terms(x, step.unsqueeze(1), bits.unsqueeze(1))
+    return ds.sum(dim=1), db.sum(dim=1)
+
+
 def test_input_gradient_is_straight_through_inside_the_grid_only():
     x = torch.tensor([[0.1, 0.9, 1.9, -2.1]], requires_grad=True)
     A2QFakeQuantize.apply(x, torch.tensor([0.5]), torch.tensor([3.0]), None, None).sum().backward()
@@ -125,7 +150,7 @@ def test_penalty_alone_lowers_average_bits_toward_the_budget():
     quantizer = A2QNodeQuantizer(20, init_bits=6, memory_budget=4.0, penalty=1.0).train()
     quantizer(torch.randn(20, 3), NodeInfo(ids=torch.arange(20)))
     assert quantizer.average_bits() == 6.0
-    optimizer = torch.optim.SGD(quantizer.parameters(), lr=5.0)
+    optimizer = torch.optim.SGD(quantizer.parameters(), lr=0.25)
     for _ in range(4):
         optimizer.zero_grad()
         quantizer.regularization().backward()
@@ -134,6 +159,18 @@ def test_penalty_alone_lowers_average_bits_toward_the_budget():
     with torch.no_grad():
         quantizer.bits.fill_(3.0)
     assert float(quantizer.regularization()) == 0.0
+
+
+@pytest.mark.parametrize("rows", [20, 2000])
+def test_the_pull_toward_the_budget_does_not_shrink_with_the_graph(rows):
+    """Every row's bits get 2 * lambda * (mean - B) from the penalty, for any number of rows."""
+    quantizer = A2QNodeQuantizer(rows, init_bits=6, memory_budget=4.0, penalty=0.5).train()
+    quantizer(torch.randn(rows, 3), NodeInfo(ids=torch.arange(rows)))
+    quantizer.regularization().backward()
+    torch.testing.assert_close(quantizer.bits.grad, torch.full((rows,), 2 * 0.5 * 2.0))
+    weight = A2QWeightQuantizer(torch.randn(rows, 4), 6, 2, 8, 4.0, 0.5, fixed_bits=False)
+    weight.regularization().backward()
+    torch.testing.assert_close(weight.bits.grad, torch.full((rows,), 2 * 0.5 * 2.0))
 
 
 def test_nearest_pool_entry_on_a_hand_built_pool():
@@ -208,3 +245,44 @@ def test_rows_of_zeros_stay_on_the_pool_until_they_carry_a_value():
     # the pool spans the non-zero rows' reach: 2^(b-1) s = max|x_i| for its two ends
     reach = 2.0 ** (quantizer.pool_bits.detach() - 1) * quantizer.pool_log_step.detach().exp()
     torch.testing.assert_close(reach, torch.tensor([0.5, 2.0]))
+
+
+def test_a_row_that_outgrew_its_grid_gets_its_step_reset_in_training():
+    """Values ten times those the steps were set from clip almost everywhere: with the
+    default the rows' steps are reset to cover them; with ``reset_clipped=None`` (the
+    paper's rule) they stay and the values clip."""
+    x = torch.tensor([[0.7, -0.2, 0.1, 0.0], [0.05, 0.3, -0.1, 0.2]])
+    ids = NodeInfo(ids=torch.tensor([1, 3]))
+    grown = 10 * x
+    for reset_clipped in (0.5, None):
+        quantizer = A2QNodeQuantizer(4, init_bits=4, pool_size=2, reset_clipped=reset_clipped)
+        quantizer.train()(x, ids)  # first sight: steps cover x
+        first = quantizer.log_step.detach()[[1, 3]].exp().clone()
+        out = quantizer(grown, ids)
+        if reset_clipped is None:
+            torch.testing.assert_close(quantizer.log_step.detach()[[1, 3]].exp(), first)
+            torch.testing.assert_close(out, a2q_reference(grown, first, torch.full((2,), 4.0)))
+            assert (out.abs() < grown.abs() - 1e-6).any()  # clipped
+        else:
+            step = grown.abs().amax(dim=1) / 7
+            torch.testing.assert_close(quantizer.log_step.detach()[[1, 3]].exp(), step)
+            torch.testing.assert_close(out, a2q_reference(grown, step, torch.full((2,), 4.0)))
+            # once reset, the largest value sits on the grid's end
+            torch.testing.assert_close(out.abs().amax(dim=1), grown.abs().amax(dim=1))
+
+
+def test_a_row_with_a_few_clipped_values_keeps_its_learned_step():
+    """One value in eight beyond the grid is below the default share (0.5): no reset, and
+    evaluation never resets."""
+    quantizer = A2QNodeQuantizer(2, init_bits=4, pool_size=2).train()
+    row = torch.tensor([[0.1, 0.2, -0.3, 0.1, 0.05, -0.2, 0.3, 0.1]])
+    ids = NodeInfo(ids=torch.tensor([0]))
+    quantizer(row, ids)
+    with torch.no_grad():
+        quantizer.log_step[0] = math.log(0.04)  # grid reaches 7 * 0.04 = 0.28: 0.3 clips
+    quantizer(row, ids)
+    torch.testing.assert_close(quantizer.log_step.detach()[0].exp(), torch.tensor(0.04))
+    with torch.no_grad():
+        quantizer.log_step[0] = math.log(0.001)  # everything clips, but in evaluation
+    quantizer.eval()(row, ids)
+    torch.testing.assert_close(quantizer.log_step.detach()[0].exp(), torch.tensor(0.001))
