@@ -206,11 +206,14 @@ def test_a_run_that_does_not_learn_is_reported():
     learning = ExperimentConfig.from_dict({**base, "train": {"epochs": STALL_EPOCHS}})
     result, _ = _quiet_train(learning)
     assert result.warnings == []
-    # the rule itself: enough epochs, and a lowest loss at or above 0.9 ln(classes)
-    flat = [{"loss": math.log(4)} for _ in range(STALL_EPOCHS)]
+    # the rule itself: enough epochs, a lowest loss at or above 0.9 ln(classes), and a
+    # training accuracy that never beat guessing (1/4) by 10 points
+    flat = [{"loss": math.log(4), "train": 0.3} for _ in range(STALL_EPOCHS)]
     assert stalled(flat, 4) and not stalled(flat[:-1], 4)
-    assert not stalled(flat[:-1] + [{"loss": 0.85 * math.log(4)}], 4)
-    assert stalled(flat[:-1] + [{"loss": float("nan")}], 4) == []  # diverged, not stalled
+    assert not stalled(flat[:-1] + [{"loss": 0.85 * math.log(4), "train": 0.3}], 4)
+    assert stalled(flat[:-1] + [{"loss": float("nan"), "train": 0.3}], 4) == []  # diverged
+    # flat logits that rank the classes right: the loss stays high, but it learned
+    assert not stalled(flat[:-1] + [{"loss": math.log(4), "train": 0.36}], 4)
 
 
 def test_a2q_missing_its_budget_is_reported():
