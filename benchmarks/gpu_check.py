@@ -174,13 +174,8 @@ def step_correctness(device: Any, dry_run: bool, save: Callable[[str, Any], None
     from lorap_dist.kernels import lorap_fused as lf
     from lorap_dist.kernels import quant_aggregate as qa
 
-    env = os.environ | {"TRITON_INTERPRET": "0"}
-    tests = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "cuda",
-         "tests/graph/test_sampler.py"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    save("sampler_cuda_tests", {"exit": tests.returncode, "tail": tests.stdout[-400:]})
+    sampler_tests = ["tests/graph/test_sampler.py", "-k", "cuda"]
+    save("sampler_cuda_tests", run_pytest(sampler_tests, {"TRITON_INTERPRET": "0"}, seconds=60))
 
     checks = []
     for n, d, (scale, zp, qmin, qmax) in [
@@ -247,24 +242,25 @@ def step_correctness(device: Any, dry_run: bool, save: Callable[[str, Any], None
 
 
 def step_kernel_tests(device: Any, dry_run: bool, save: Callable[[str, Any], None]) -> None:
-    save("kernel_tests", run_kernel_tests(device, dry_run))
+    tests = KERNEL_TESTS + (["-k", QUICK_KERNEL_TESTS] if dry_run else [])
+    interpret = "1" if device.type == "cpu" else "0"
+    env = {"LORAP_TEST_DEVICE": device.type, "TRITON_INTERPRET": interpret}
+    save("kernel_tests", {"device": device.type, **run_pytest(tests, env, KERNEL_TESTS_SECONDS)})
 
 
-def run_kernel_tests(device: Any, dry_run: bool) -> dict[str, Any]:
-    """Run the kernel test suite with pytest on ``device``: its exit code and output's tail.
+def run_pytest(args: list[str], env: dict[str, str], seconds: float) -> dict[str, Any]:
+    """Run pytest on ``args`` with ``env`` added: its exit code and the tail of its output.
 
     At the time limit pytest gets SIGINT rather than SIGKILL, so that it still prints the
     failures so far and its counts.
     """
-    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *KERNEL_TESTS]
-    command += ["-k", QUICK_KERNEL_TESTS] if dry_run else []
-    interpret = "1" if device.type == "cpu" else "0"
-    env = os.environ | {"LORAP_TEST_DEVICE": device.type, "TRITON_INTERPRET": interpret}
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args]
+    env = os.environ | env
     with subprocess.Popen(
         command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     ) as tests:
         try:
-            output, _ = tests.communicate(timeout=KERNEL_TESTS_SECONDS)
+            output, _ = tests.communicate(timeout=seconds)
             timed_out = False
         except subprocess.TimeoutExpired:
             tests.send_signal(signal.SIGINT)
@@ -274,12 +270,7 @@ def run_kernel_tests(device: Any, dry_run: bool) -> dict[str, Any]:
                 tests.kill()
                 output, _ = tests.communicate()
             timed_out = True
-    return {
-        "device": device.type,
-        "exit": tests.returncode,
-        "timed_out": timed_out,
-        "tail": output[-3000:],
-    }
+    return {"exit": tests.returncode, "timed_out": timed_out, "tail": output[-3000:]}
 
 
 # ---------------------------------------------------------------------------------------

@@ -167,15 +167,14 @@ def accuracy(logits: Tensor, y: Tensor) -> float:
     return (logits.argmax(dim=-1) == y).float().mean().item() if y.numel() else float("nan")
 
 
-def total_loss(model: nn.Module, logits: Tensor, y: Tensor) -> Tensor:
-    """Cross-entropy plus every quantizer's regularization term (A2Q, MixQ penalties)."""
-    return regularized(model, F.cross_entropy(logits, y))
-
-
-def regularized(model: nn.Module, task_loss: Tensor) -> Tensor:
-    """``task_loss`` plus every quantizer's regularization term (A2Q, MixQ penalties)."""
+def backward_loss(model: nn.Module, logits: Tensor, y: Tensor) -> Tensor:
+    """Back-propagate the cross-entropy plus every quantizer's regularization term (A2Q,
+    MixQ penalties) and return the cross-entropy alone, the loss that is reported (the
+    penalties are no measure of learning)."""
+    task = F.cross_entropy(logits, y)
     extra = quantization_loss(model)
-    return task_loss if extra is None else task_loss + extra
+    (task if extra is None else task + extra).backward()
+    return task.detach()
 
 
 @dataclass
@@ -292,8 +291,7 @@ def stalled(history: list[dict[str, float]], num_classes: int) -> list[str]:
     lowest = min(losses)
     if lowest < STALL * uniform:
         return []
-    best = max((row["train"] for row in history if math.isfinite(row.get("train", math.nan))),
-               default=0.0)  # fmt: skip
+    best = max((row["train"] for row in history if math.isfinite(row["train"])), default=0.0)
     if best >= 1 / max(num_classes, 1) + STALL_MARGIN:
         return []
     return [
@@ -319,10 +317,9 @@ class FullBatchRunner:
         model.train()
         optimizer.zero_grad()
         logits = model(g.x, g.edge_index, self.nodes)
-        task = F.cross_entropy(logits[g.train_idx], g.y[g.train_idx])
-        regularized(model, task).backward()
+        loss = backward_loss(model, logits[g.train_idx], g.y[g.train_idx])
         optimizer.step()
-        return task.item()
+        return loss.item()
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module) -> dict[str, float]:
@@ -394,8 +391,7 @@ class MiniBatchRunner(FullBatchRunner):
             ]
             optimizer.zero_grad()
             logits = model(x, blocks, nodes)  # [seed_count, classes]
-            task = F.cross_entropy(logits, y)
-            regularized(model, task).backward()
+            loss = backward_loss(model, logits, y)
             optimizer.step()
-            losses.append(task.item())
+            losses.append(loss.item())
         return sum(losses) / len(losses)

@@ -8,13 +8,12 @@ backend, which needs neither Ray nor a cluster.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lorap_dist.distributed.exchange import FeatureExchange
 from lorap_dist.graph.block import NodeInfo
 from lorap_dist.graph.sampler import NeighborSampler
-from lorap_dist.train import regularized
+from lorap_dist.train import backward_loss
 
 
 def train_batch(
@@ -48,9 +47,8 @@ def train_batch(
     nodes = NodeInfo(ids=batch.node_ids.to(device), degree=degree[batch.node_ids].to(device))
     logits = ddp(x, [b.to(device) for b in batch.blocks], nodes)  # [seeds, classes]
     y = labels.to(device)
-    loss = F.cross_entropy(logits, y)
     optimizer.zero_grad()
-    regularized(model, loss).backward()
+    loss = backward_loss(model, logits, y)
     optimizer.step()
     return torch.tensor(
         [loss.item() * len(seeds), (logits.argmax(-1) == y).sum().item(), len(seeds)],

@@ -47,7 +47,7 @@ from lorap_dist.nn.model import build_model
 from lorap_dist.optim import build_optimizer, schedule_prompt
 from lorap_dist.quant import end_epoch, quantize_
 from lorap_dist.tracking import BestEpoch
-from lorap_dist.train import total_loss
+from lorap_dist.train import backward_loss
 
 SAMPLING_STREAM = 1  # epoch_generator stream of the neighbour sampler (0 orders the seeds)
 
@@ -326,7 +326,7 @@ def _has_unused_parameters(
         x[owned] = part.features_fp32(local[owned] - part.start)
         nodes = NodeInfo(ids=local.to(device), degree=degree[local].to(device))
         logits = probe(x.to(device), [b.to(device) for b in batch.blocks], nodes)
-        total_loss(probe, logits, part.labels[seeds - part.start].to(device)).backward()
+        backward_loss(probe, logits, part.labels[seeds - part.start].to(device))
     return any(p.requires_grad and p.grad is None for p in probe.parameters())
 
 
