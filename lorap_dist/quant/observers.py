@@ -24,9 +24,6 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-# torch.quantile refuses inputs with more elements than this.
-_QUANTILE_MAX_NUMEL = 1 << 24
-
 
 class RangeObserver(nn.Module):
     """Base class: reduces a batch to a range and folds it into the stored one.
@@ -188,11 +185,11 @@ class PercentileObserver(EMAObserver):
     value would round to one code and the network would never see its input; the range is
     then taken from the quantiles of the non-zero values (zero stays on the grid, since
     the range always includes it). Tensors whose clipped range is not degenerate keep the
-    paper's range exactly. Quantiles are :func:`torch.quantile` with linear
-    interpolation. Where a batch (or a row, per row) holds more than ``max_samples``
-    values, the quantiles are estimated from ``max_samples`` of them drawn uniformly with
-    replacement (the same columns for every row); ``torch.quantile`` accepts at most
-    :math:`2^{24}` elements, so larger tensors are always subsampled to fit.
+    paper's range exactly. Quantiles are :func:`torch.quantile`'s (linear interpolation),
+    found by selection (:func:`tail_quantiles`), so their cost is linear in the non-zeros
+    and any size is exact. Where a batch (or a row, per row) holds more than
+    ``max_samples`` values, the quantiles are estimated from ``max_samples`` of them drawn
+    uniformly with replacement (the same columns for every row).
 
     Args:
         percentile: :math:`p \in (0, 0.5)`, the fraction clipped from each tail
@@ -234,19 +231,73 @@ class PercentileObserver(EMAObserver):
 
     def _quantiles(self, values: Tensor) -> tuple[Tensor, Tensor]:
         """The ``percentile`` and ``1 - percentile`` quantiles along the last axis."""
-        rows = values.shape[0] if values.dim() > 1 else 1
-        limit = max(1, _QUANTILE_MAX_NUMEL // rows)
-        if self.max_samples is not None:
-            limit = min(limit, self.max_samples)
-        if values.shape[-1] > limit:
-            picks = torch.randint(values.shape[-1], (limit,), device=values.device)
+        if self.max_samples is not None and values.shape[-1] > self.max_samples:
+            picks = torch.randint(values.shape[-1], (self.max_samples,), device=values.device)
             values = values[..., picks]
-        q = torch.tensor([self.percentile, 1.0 - self.percentile], device=values.device)
-        lo, hi = torch.quantile(values, q, dim=-1 if values.dim() > 1 else None)
-        return lo, hi
+        return tail_quantiles(values, self.percentile)
 
     def extra_repr(self) -> str:
         return (
             f"percentile={self.percentile}, momentum={self.momentum}, "
             f"max_samples={self.max_samples}, per_row={self.per_row}"
         )
+
+
+def tail_quantiles(values: Tensor, p: float) -> tuple[Tensor, Tensor]:
+    """``torch.quantile(values, [p, 1 - p], dim=-1)`` (linear interpolation), bit for bit,
+    by selection instead of a full sort, and without ``torch.quantile``'s limit of
+    :math:`2^{24}` elements.
+
+    Each quantile needs the values at two ranks, found with :func:`torch.kthvalue` (linear
+    time). A flat tensor is first split by sign: ranks that fall among the zeros are zero
+    without a search, and the others are searched among the negatives or the positives
+    only, so a sparse or rectified tensor costs a pass over its non-zeros. Tensors with NaN
+    go to :func:`torch.quantile` (whose answer is NaN).
+
+    Args:
+        values: ``[n]`` or ``[rows, n]`` float tensor, ``n >= 1``.
+        p: the lower quantile, in ``[0, 1]``.
+
+    Returns:
+        ``(lo, hi)``: scalars, or ``[rows]`` for a 2-D input.
+    """
+    n = values.shape[-1]
+    q = torch.tensor([p, 1.0 - p], device=values.device)
+    # torch.quantile's arithmetic: float32 ranks, floor and ceil, torch.lerp between them.
+    ranks = q * (n - 1)
+    below, above = ranks.to(torch.long), ranks.ceil().to(torch.long)
+    weights = ranks - below
+    wanted = sorted(set(below.tolist() + above.tolist()))
+    if values.dim() == 1:
+        found = _select_flat(values, wanted)
+        if found is None:
+            lo, hi = torch.quantile(values, q)
+            return lo, hi
+    else:
+        found = {k: torch.kthvalue(values, k + 1, dim=-1).values for k in wanted}
+    lo, hi = (
+        torch.lerp(found[int(b)], found[int(a)], w)
+        for b, a, w in zip(below.tolist(), above.tolist(), weights, strict=True)
+    )
+    return lo, hi
+
+
+def _select_flat(values: Tensor, ranks: list[int]) -> dict[int, Tensor] | None:
+    """The value at each 0-based rank of sorted ``values`` (1-D); ``None`` if any is NaN."""
+    negatives = int(torch.count_nonzero(values < 0))
+    zeros = int(torch.count_nonzero(values == 0))
+    positives = int(torch.count_nonzero(values > 0))
+    if negatives + zeros + positives != values.numel():
+        return None  # NaN
+    side: dict[bool, Tensor] = {}  # the negatives or the positives, taken out when needed
+    found = {}
+    for rank in ranks:
+        if negatives <= rank < negatives + zeros:
+            found[rank] = values.new_zeros(())
+            continue
+        upper = rank >= negatives
+        if upper not in side:
+            side[upper] = values[values > 0] if upper else values[values < 0]
+        k = rank - negatives - zeros if upper else rank
+        found[rank] = torch.kthvalue(side[upper], k + 1).values
+    return found

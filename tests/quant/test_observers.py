@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from lorap_dist.quant import EMAObserver, MinMaxObserver, PercentileObserver
+from lorap_dist.quant.observers import tail_quantiles
 
 
 def _batches(n: int, shape=(8, 5), seed: int = 0) -> list[torch.Tensor]:
@@ -178,3 +179,51 @@ def test_observe_range_refuses_observers_that_need_the_values(observer):
     assert not observer.range_from_extremes or observer.per_row
     with pytest.raises(ValueError, match="cannot observe a range"):
         observer.observe_range(torch.tensor(0.0), torch.tensor(1.0))
+
+
+@pytest.mark.parametrize("p", [0.0, 0.001, 0.01, 0.37, 0.5])
+@pytest.mark.parametrize(
+    "kind", ["signed", "sparse", "rectified", "zeros", "constant", "one", "ties"]
+)
+def test_tail_quantiles_equal_torch_quantile_bit_for_bit(p, kind):
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(4099, generator=g)
+    if kind == "sparse":  # bag-of-words: 1% non-zeros, all positive
+        x = x.abs() * (torch.rand(4099, generator=g) < 0.01)
+    elif kind == "rectified":
+        x = x.relu()
+    elif kind == "zeros":
+        x = torch.zeros(4099)
+    elif kind == "constant":
+        x = torch.full((4099,), -0.25)
+    elif kind == "one":
+        x = x[:1]
+    elif kind == "ties":
+        x = torch.randint(-3, 4, (4099,), generator=g).float()
+    lo, hi = tail_quantiles(x, p)
+    expected = torch.quantile(x, torch.tensor([p, 1 - p]))
+    assert torch.equal(torch.stack([lo, hi]), expected)
+    rows = x.reshape(1, -1).repeat(3, 1)
+    rows[1] = -rows[1]
+    lo, hi = tail_quantiles(rows, p)
+    expected = torch.quantile(rows, torch.tensor([p, 1 - p]), dim=-1)
+    assert torch.equal(torch.stack([lo, hi]), expected)
+
+
+def test_tail_quantiles_with_nan_answer_nan_like_torch_quantile():
+    x = torch.randn(100)
+    x[7] = float("nan")
+    lo, hi = tail_quantiles(x, 0.01)
+    assert lo.isnan() and hi.isnan()
+
+
+def test_tail_quantiles_are_exact_beyond_torch_quantiles_size_limit():
+    n = (1 << 24) + 3  # torch.quantile refuses this many
+    x = torch.rand(n, generator=torch.Generator().manual_seed(6)) - 0.5
+    lo, hi = tail_quantiles(x, 0.25)
+    ordered = x.sort().values
+    rank = torch.tensor(0.25) * (n - 1)  # float32, as torch.quantile computes it
+    below, weight = int(rank), rank - int(rank)
+    expected = torch.lerp(ordered[below], ordered[int(rank.ceil())], weight)
+    assert torch.equal(lo, expected)
+    assert hi > lo
