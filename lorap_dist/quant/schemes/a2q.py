@@ -215,17 +215,20 @@ def local_error_gradients(x: Tensor, step: Tensor, bits: Tensor) -> tuple[Tensor
 
 
 def _error_terms(x: Tensor, s: Tensor, bits: Tensor) -> tuple[Tensor, Tensor]:
-    """Each entry's terms of ``dE/ds`` and ``dE/db`` (``s`` and ``bits`` broadcast to ``x``)."""
+    """Each entry's terms of ``dE/ds`` and ``dE/db`` (``s`` and ``bits`` broadcast to ``x``).
+
+    With ``u = x / s`` and ``k = round(u)``, ``-sign(x - Q) dQ/ds`` is ``|u - k|`` inside the
+    grid, ``-qmax`` above it and ``qmin`` below it (there ``x - Q`` has the sign of the side);
+    ``-sign(x - Q) dQ/db`` is ``-2^(b-1) s ln 2`` on either side outside and 0 inside.
+    """
     b = torch.round(bits)
     qmin, qmax = _grid(b)
     u = x / s
     k = torch.round(u)
     above, below = k > qmax, k < qmin
-    sign = -torch.sign(x - torch.minimum(torch.maximum(k, qmin), qmax) * s)  # dE/dQ
-    dq_ds = torch.where(above, qmax, torch.where(below, qmin, k - u))
-    reach = s * torch.exp2(b - 1) * _LN2
-    dq_db = torch.where(above, reach, torch.where(below, -reach, torch.zeros_like(u)))
-    return sign * dq_ds, sign * dq_db
+    ds = torch.where(above, -qmax, torch.where(below, qmin, (u - k).abs_()))
+    db = (above | below) * (-_LN2 * s * torch.exp2(b - 1))
+    return ds, db
 
 
 class A2QFakeQuantize(torch.autograd.Function):
@@ -247,17 +250,18 @@ class A2QFakeQuantize(torch.autograd.Function):
         probe_step: Tensor | None,
         probe_bits: Tensor | None,
     ) -> Tensor:
-        ctx.save_for_backward(x, step, bits, probe_step, probe_bits)
-        return a2q_reference(x, step, bits)
+        qmin, qmax = _grid(torch.round(bits).unsqueeze(1))
+        s = step.unsqueeze(1)
+        k = torch.round(x / s)
+        ctx.save_for_backward(x, step, bits, probe_step, probe_bits, (k >= qmin) & (k <= qmax))
+        return torch.minimum(torch.maximum(k, qmin), qmax) * s  # as a2q_reference
 
     @staticmethod
     def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> tuple:
-        x, step, bits, probe_step, probe_bits = ctx.saved_tensors
+        x, step, bits, probe_step, probe_bits, inside = ctx.saved_tensors
         grad_x = grad_step = grad_bits = grad_probe_step = grad_probe_bits = None
         if ctx.needs_input_grad[0]:
-            qmin, qmax = _grid(torch.round(bits).unsqueeze(1))
-            k = torch.round(x / step.unsqueeze(1))
-            grad_x = grad * ((k >= qmin) & (k <= qmax))
+            grad_x = grad * inside
         if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
             grad_step, grad_bits = local_error_gradients(x, step, bits)
         if probe_step is not None and (ctx.needs_input_grad[3] or ctx.needs_input_grad[4]):
