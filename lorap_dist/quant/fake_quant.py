@@ -46,10 +46,18 @@ step; the whole signed grid is in use.
 
 from __future__ import annotations
 
+import weakref
+from collections.abc import Callable
+from typing import Any
+
 import torch
 from torch import Tensor
 
 EPS = torch.finfo(torch.float32).eps
+#: Below this share of non-zero entries a tensor is handled through its non-zeros only.
+SPARSE_SHARE = 0.25
+#: Tensors smaller than this are always handled densely (finding the non-zeros costs more).
+SPARSE_MIN_NUMEL = 1 << 16
 
 
 def quant_range(bits: int, symmetric: bool) -> tuple[int, int]:
@@ -215,3 +223,47 @@ def _torch_kernel_applies(zero_point: Tensor, qmin: int, qmax: int) -> bool:
     if zero_point.is_floating_point() and not bool((zero_point == zero_point.round()).all()):
         return False
     return qmin <= 0 <= qmax and bool(((zero_point >= qmin) & (zero_point <= qmax)).all())
+
+
+class NonzeroIndex:
+    """Flat indices of the non-zero entries of a large, mostly-zero CPU tensor, remembered
+    for the tensor seen last, so that an input that is the same tensor at every step (a
+    first layer's bag-of-words features) is searched once.
+
+    Calling it with ``x`` returns the indices when ``x`` is on the CPU, has at least
+    :data:`SPARSE_MIN_NUMEL` entries and fewer than :data:`SPARSE_SHARE` of them non-zero,
+    else ``None``. The memory holds a weak reference to ``x`` and its version counter, so a
+    different tensor, or ``x`` changed in place, is searched again. On GPUs it always answers
+    ``None``: counting would wait on the device. Not saved or copied with its module.
+    """
+
+    def __init__(self) -> None:
+        self._seen: tuple[Any, int, Tensor | None] | None = None
+
+    def __call__(self, x: Tensor) -> Tensor | None:
+        if x.device.type != "cpu" or x.numel() < SPARSE_MIN_NUMEL:
+            return None
+        if self._seen is not None:
+            ref, version, index = self._seen
+            if ref() is x and x._version == version:
+                return index
+        index = None
+        if int(torch.count_nonzero(x)) < SPARSE_SHARE * x.numel():
+            index = x.reshape(-1).nonzero().squeeze(1)
+        self._seen = (weakref.ref(x), x._version, index)
+        return index
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"_seen": None}
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> NonzeroIndex:
+        return NonzeroIndex()
+
+
+def on_nonzeros(x: Tensor, index: Tensor, fn: Callable[[Tensor], Tensor]) -> Tensor:
+    """``x`` with ``fn`` applied to the entries at the flat ``index`` (its non-zeros): what
+    applying ``fn`` to all of ``x`` gives when ``fn`` maps 0 to 0 with gradient 1 (a fake
+    quantizer whose grid holds zero, with its straight-through gradient), at the cost of the
+    non-zeros. Differentiable: the other entries pass their gradient unchanged."""
+    flat = x.reshape(-1)
+    return flat.index_put((index,), fn(flat[index])).reshape(x.shape)

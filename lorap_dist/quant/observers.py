@@ -103,6 +103,42 @@ class RangeObserver(nn.Module):
             return
         self._fold_and_store(batch_min.reshape(()).float(), batch_max.reshape(()).float())
 
+    def range_of(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Fold ``x`` in when training (as :meth:`forward`) and return the range to quantize
+        ``x`` with: the stored one, or before any was observed ``x``'s own."""
+        self(x)
+        if self.initialized:
+            return self.min_val, self.max_val
+        return self.batch_range(x)
+
+    def range_of_nonzeros(self, values: Tensor, numel: int) -> tuple[Tensor, Tensor]:
+        """:meth:`range_of` for a tensor of ``numel`` entries given by its non-zero entries
+        ``values`` (in any order; the others are zero), at the cost of the non-zeros.
+        Per tensor only."""
+        if self.per_row:
+            raise ValueError(
+                f"{type(self).__name__}(per_row=True) needs each row's values; a tensor given "
+                "by its non-zeros has no rows."
+            )
+        values = values.detach().to(torch.float32).reshape(-1)
+        if not self.initialized or (self.training and numel > 0):
+            batch = self.nonzeros_range(values, numel)
+            if not self.training or numel == 0:
+                return batch
+            self._fold_and_store(*batch)
+        return self.min_val, self.max_val
+
+    def nonzeros_range(self, values: Tensor, numel: int) -> tuple[Tensor, Tensor]:
+        """:meth:`batch_range` of the tensor of ``numel`` entries whose non-zero entries
+        are ``values`` (float32, flat) and whose other entries are zero."""
+        if values.numel() == numel:
+            return self.batch_range(values)
+        zero = values.new_zeros(())
+        if values.numel() == 0:
+            return zero, zero
+        lo, hi = torch.aminmax(values)
+        return torch.minimum(lo, zero), torch.maximum(hi, zero)
+
     def batch_range(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``(min, max)`` of ``x``: float32 scalars, or ``[x.shape[0]]`` when per row."""
         values = self._values(x)
@@ -229,6 +265,20 @@ class PercentileObserver(EMAObserver):
             his[r] = torch.maximum(his[r], nonzero_hi)
         return los.reshape(lo.shape), his.reshape(hi.shape)
 
+    def nonzeros_range(self, values: Tensor, numel: int) -> tuple[Tensor, Tensor]:
+        zeros = numel - values.numel()
+        if self.max_samples is not None and numel > self.max_samples:
+            # Uniform draws from the whole tensor: a draw past the non-zeros is a zero.
+            picks = torch.randint(numel, (self.max_samples,), device=values.device)
+            taken = values[picks.clamp(max=max(values.numel() - 1, 0))] if values.numel() else 0
+            return self.batch_range(torch.where(picks < values.numel(), taken, 0.0))
+        lo, hi = tail_quantiles(values, self.percentile, zeros=zeros)
+        spread = values.numel() > 0 and (zeros > 0 or bool(values.amax() > values.amin()))
+        if spread and bool(lo == hi):  # the sparse-tensor repair of batch_range
+            nonzero_lo, nonzero_hi = tail_quantiles(values, self.percentile)
+            lo, hi = torch.minimum(lo, nonzero_lo), torch.maximum(hi, nonzero_hi)
+        return lo, hi
+
     def _quantiles(self, values: Tensor) -> tuple[Tensor, Tensor]:
         """The ``percentile`` and ``1 - percentile`` quantiles along the last axis."""
         if self.max_samples is not None and values.shape[-1] > self.max_samples:
@@ -243,10 +293,11 @@ class PercentileObserver(EMAObserver):
         )
 
 
-def tail_quantiles(values: Tensor, p: float) -> tuple[Tensor, Tensor]:
+def tail_quantiles(values: Tensor, p: float, zeros: int = 0) -> tuple[Tensor, Tensor]:
     """``torch.quantile(values, [p, 1 - p], dim=-1)`` (linear interpolation), bit for bit,
     by selection instead of a full sort, and without ``torch.quantile``'s limit of
-    :math:`2^{24}` elements.
+    :math:`2^{24}` elements; with ``zeros``, the quantiles of ``values`` and that many
+    zeros more (1-D only).
 
     Each quantile needs the values at two ranks, found with :func:`torch.kthvalue` (linear
     time). A flat tensor is first split by sign: ranks that fall among the zeros are zero
@@ -261,7 +312,7 @@ def tail_quantiles(values: Tensor, p: float) -> tuple[Tensor, Tensor]:
     Returns:
         ``(lo, hi)``: scalars, or ``[rows]`` for a 2-D input.
     """
-    n = values.shape[-1]
+    n = values.shape[-1] + zeros
     q = torch.tensor([p, 1.0 - p], device=values.device)
     # torch.quantile's arithmetic: float32 ranks, floor and ceil, torch.lerp between them.
     ranks = q * (n - 1)
@@ -269,11 +320,13 @@ def tail_quantiles(values: Tensor, p: float) -> tuple[Tensor, Tensor]:
     weights = ranks - below
     wanted = sorted(set(below.tolist() + above.tolist()))
     if values.dim() == 1:
-        found = _select_flat(values, wanted)
+        found = _select_flat(values, wanted, zeros)
         if found is None:
-            lo, hi = torch.quantile(values, q)
-            return lo, hi
+            nan = values.new_full((), float("nan"))
+            return nan, nan.clone()
     else:
+        if zeros:
+            raise ValueError("tail_quantiles: zeros= is for 1-D values only.")
         found = {k: torch.kthvalue(values, k + 1, dim=-1).values for k in wanted}
     lo, hi = (
         torch.lerp(found[int(b)], found[int(a)], w)
@@ -282,13 +335,15 @@ def tail_quantiles(values: Tensor, p: float) -> tuple[Tensor, Tensor]:
     return lo, hi
 
 
-def _select_flat(values: Tensor, ranks: list[int]) -> dict[int, Tensor] | None:
-    """The value at each 0-based rank of sorted ``values`` (1-D); ``None`` if any is NaN."""
-    negatives = int(torch.count_nonzero(values < 0))
-    zeros = int(torch.count_nonzero(values == 0))
-    positives = int(torch.count_nonzero(values > 0))
-    if negatives + zeros + positives != values.numel():
-        return None  # NaN
+def _select_flat(values: Tensor, ranks: list[int], zeros: int = 0) -> dict[int, Tensor] | None:
+    """The value at each 0-based rank of sorted ``values`` and ``zeros`` zeros more (1-D);
+    ``None`` if any is NaN."""
+    nonzero = values[values != 0]  # one pass over values; the rest is over the non-zeros
+    if bool(nonzero.isnan().any()):
+        return None
+    zeros += values.numel() - nonzero.numel()
+    below_zero = nonzero < 0
+    negatives = int(torch.count_nonzero(below_zero))
     side: dict[bool, Tensor] = {}  # the negatives or the positives, taken out when needed
     found = {}
     for rank in ranks:
@@ -297,7 +352,7 @@ def _select_flat(values: Tensor, ranks: list[int]) -> dict[int, Tensor] | None:
             continue
         upper = rank >= negatives
         if upper not in side:
-            side[upper] = values[values > 0] if upper else values[values < 0]
+            side[upper] = nonzero[~below_zero] if upper else nonzero[below_zero]
         k = rank - negatives - zeros if upper else rank
         found[rank] = torch.kthvalue(side[upper], k + 1).values
     return found

@@ -19,7 +19,13 @@ from torch import Tensor
 
 from lorap_dist.graph.block import NodeInfo
 from lorap_dist.quant.base import Quantizer
-from lorap_dist.quant.fake_quant import calculate_qparams, fake_quantize, quant_range
+from lorap_dist.quant.fake_quant import (
+    NonzeroIndex,
+    calculate_qparams,
+    fake_quantize,
+    on_nonzeros,
+    quant_range,
+)
 from lorap_dist.quant.observers import MinMaxObserver, RangeObserver
 
 
@@ -62,6 +68,7 @@ class FakeQuantizer(Quantizer):
                 f"FakeQuantizer(per_row={per_row}) got an observer with "
                 f"per_row={self.observer.per_row}; give both the same value."
             )
+        self.nonzeros = NonzeroIndex()
 
     def forward(self, x: Tensor, nodes: NodeInfo | None = None) -> Tensor:
         protect = None if nodes is None else nodes.protect
@@ -77,14 +84,13 @@ class FakeQuantizer(Quantizer):
                     f"nodes.protect has shape {tuple(protect.shape)} but the input has "
                     f"{x.shape[0]} rows; it needs one flag per row."
                 )
+        index = None if self.per_row else self.nonzeros(x)
+        if index is not None:
+            return self._forward_nonzeros(x, protect, index)
         observed = x if protect is None else x[~protect]
         if observed.numel() == 0:
             return x  # every row protected (or no rows): nothing to quantize
-        self.observer(observed)
-        if self.observer.initialized:
-            lo, hi = self.observer.min_val, self.observer.max_val
-        else:
-            lo, hi = self.observer.batch_range(observed)
+        lo, hi = self.observer.range_of(observed)
         scale, zero_point = calculate_qparams(lo, hi, self.bits, self.symmetric)
         out = fake_quantize(
             x, scale, zero_point, self.qmin, self.qmax, axis=0 if self.per_row else None
@@ -92,6 +98,28 @@ class FakeQuantizer(Quantizer):
         if protect is None:
             return out
         return torch.where(protect.reshape(-1, *[1] * (x.dim() - 1)), x, out)
+
+    def _forward_nonzeros(self, x: Tensor, protect: Tensor | None, index: Tensor) -> Tensor:
+        """:meth:`forward` of a mostly-zero ``x`` (bag-of-words features) at the cost of its
+        non-zeros at flat ``index``: zero is on every grid, so only they change, and the
+        range is observed from them and the number of zeros."""
+        row_length = x[0].numel()
+        values = x.detach().reshape(-1)[index]
+        kept = None if protect is None else protect[index // row_length]
+        if kept is None:
+            lo, hi = self.observer.range_of_nonzeros(values, x.numel())
+        else:
+            numel = int((~protect).sum()) * row_length
+            if numel == 0:
+                return x
+            lo, hi = self.observer.range_of_nonzeros(values[~kept], numel)
+        scale, zero_point = calculate_qparams(lo, hi, self.bits, self.symmetric)
+
+        def quantize(v: Tensor) -> Tensor:
+            out = fake_quantize(v, scale, zero_point, self.qmin, self.qmax)
+            return out if kept is None else torch.where(kept, v, out)
+
+        return on_nonzeros(x, index, quantize)
 
     def average_bits(self) -> float:
         return float(self.bits)

@@ -44,7 +44,13 @@ from lorap_dist.config import ConfigError, check, check_bits, check_choice
 from lorap_dist.graph.block import NodeInfo
 from lorap_dist.quant.api import QuantizeContext, register_scheme
 from lorap_dist.quant.base import NODE, WEIGHT, Quantizer, quantizable_modules, quantizers_of
-from lorap_dist.quant.fake_quant import calculate_qparams, fake_quantize, quant_range
+from lorap_dist.quant.fake_quant import (
+    NonzeroIndex,
+    calculate_qparams,
+    fake_quantize,
+    on_nonzeros,
+    quant_range,
+)
 from lorap_dist.quant.observers import EMAObserver, MinMaxObserver, RangeObserver
 
 OBSERVERS = ("minmax", "ema")
@@ -192,6 +198,7 @@ class MixQQuantizer(Quantizer):
         self.logits = nn.Parameter(torch.zeros(len(self.candidate_bits)))
         self.register_buffer("selected", torch.tensor(-1, dtype=torch.long))
         self.register_buffer("temperature", torch.tensor(1.0))
+        self.nonzeros = NonzeroIndex()
 
     @property
     def frozen(self) -> bool:
@@ -200,11 +207,14 @@ class MixQQuantizer(Quantizer):
     def forward(self, x: Tensor, nodes: NodeInfo | None = None) -> Tensor:
         if x.numel() == 0:
             return x
-        self.observer(x)
-        if self.observer.initialized:
-            lo, hi = self.observer.min_val, self.observer.max_val
-        else:
-            lo, hi = self.observer.batch_range(x)
+        index = None if self.per_row else self.nonzeros(x)
+        if index is None:
+            return self._mixture(x, *self.observer.range_of(x))
+        # Mostly zeros: every candidate maps zero to zero, so only the non-zeros change.
+        lo, hi = self.observer.range_of_nonzeros(x.detach().reshape(-1)[index], x.numel())
+        return on_nonzeros(x, index, lambda values: self._mixture(values, lo, hi))
+
+    def _mixture(self, x: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
         if self.frozen:
             return self._fake_quantize(x, lo, hi, self.candidate_bits[int(self.selected)])
         weights = self.mixing_weights()
