@@ -178,3 +178,35 @@ def test_degree_quant_points_on_non_zeros_equal_their_dense_path(protect):
     dense.eval()
     x = bag_of_words(seed=9)
     assert torch.equal(sparse(x), dense(x))  # evaluation: the stored range, not observed
+
+
+def test_a2q_node_points_on_non_zeros_match_their_dense_path():
+    """Values bit for bit; the steps', bits' and pool's local gradients to rounding."""
+    from lorap_dist.quant.schemes.a2q import A2QNodeQuantizer
+
+    sparse, dense = A2QNodeQuantizer(ROWS), A2QNodeQuantizer(ROWS)
+    dense.nonzeros = lambda x: None
+    nodes = NodeInfo(ids=torch.arange(ROWS))
+    upstream = torch.randn(ROWS, COLS, generator=torch.Generator().manual_seed(8))
+    moved = set()
+    for step in range(3):
+        x = bag_of_words(seed=step) * (1 + step)  # growing values: some clip
+        a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+        out_sparse, out_dense = sparse(a, nodes), dense(b, nodes)
+        assert torch.equal(out_sparse, out_dense)
+        out_sparse.backward(upstream)
+        out_dense.backward(upstream)
+        assert torch.equal(a.grad, b.grad)
+        for (name, p), q in zip(sparse.named_parameters(), dense.parameters(), strict=True):
+            torch.testing.assert_close(p.grad, q.grad, msg=name)
+            if p.grad.abs().sum() > 0:
+                moved.add(name)
+            with torch.no_grad():  # the same update on both
+                p -= 0.01 * p.grad
+                q -= 0.01 * p.grad
+            p.grad = q.grad = None
+    assert moved == {"log_step", "bits", "pool_log_step", "pool_bits"}
+    sparse.eval()
+    dense.eval()
+    x = bag_of_words(seed=9)
+    assert torch.equal(sparse(x, nodes), dense(x, nodes))

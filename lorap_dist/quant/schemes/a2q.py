@@ -85,11 +85,11 @@ from lorap_dist.config import ConfigError, check, check_bits
 from lorap_dist.graph.block import NodeInfo
 from lorap_dist.quant.api import QuantizeContext, register_scheme
 from lorap_dist.quant.base import NODE, WEIGHT, Quantizer
+from lorap_dist.quant.fake_quant import SPARSE_SHARE, NonzeroIndex, on_nonzeros
 
 _MIN_STEP = 1e-8
 _QUANTILE_MAX_NUMEL = 1 << 24  # torch.quantile refuses more elements
 _LN2 = math.log(2.0)
-_SPARSE_SHARE = 0.25  # below this share of non-zeros, local gradients skip the zeros
 
 
 @dataclass
@@ -205,7 +205,7 @@ def local_error_gradients(x: Tensor, step: Tensor, bits: Tensor) -> tuple[Tensor
     Shapes:
         ``x [n, c]``, ``step [n]``, ``bits [n]`` -> ``[n]``, ``[n]``.
     """
-    if x.numel() and x.count_nonzero() < _SPARSE_SHARE * x.numel():
+    if x.numel() and x.count_nonzero() < SPARSE_SHARE * x.numel():
         rows, cols = x.nonzero(as_tuple=True)
         ds, db = _error_terms(x[rows, cols], step[rows], bits[rows])
         zeros = torch.zeros_like(step)
@@ -342,12 +342,19 @@ class A2QNodeQuantizer(Quantizer):
         self.pool_bits = nn.Parameter(torch.full((pool_size,), float(init_bits)))
         self.register_buffer("initialized", torch.zeros(num_nodes, dtype=torch.bool))
         self.register_buffer("pool_initialized", torch.tensor(False))
+        self.nonzeros = NonzeroIndex()
 
     def forward(self, x: Tensor, nodes: NodeInfo | None = None) -> Tensor:
         rows = x.reshape(x.shape[0], -1) if x.dim() != 2 else x  # [n, c]
         if rows.shape[0] == 0 or rows.shape[1] == 0:
             return x
-        max_abs = rows.detach().abs().amax(dim=1)  # [n]
+        index = self.nonzeros(rows)  # mostly zeros (bag-of-words): work on the non-zeros
+        if index is None:
+            max_abs = rows.detach().abs().amax(dim=1)  # [n]
+        else:
+            row_of = index // rows.shape[1]
+            values = rows.detach().reshape(-1)[index].abs()
+            max_abs = values.new_zeros(rows.shape[0]).scatter_reduce(0, row_of, values, "amax")
         ids = self._valid_ids(nodes, rows.shape[0], x.device)  # [n], -1 where none
         if self.training:
             self._project_bits()
@@ -360,13 +367,21 @@ class A2QNodeQuantizer(Quantizer):
         nearest = nearest_pool_entry(max_abs, pool_step.detach(), pool_bits.detach())
         step = torch.where(own, self.log_step[safe_ids].exp(), pool_step.detach()[nearest])
         bits = torch.where(own, self.bits[safe_ids], pool_bits.detach()[nearest])
-        bits = bits.clamp(self.min_bits, self.max_bits)
+        pairs = [step.clamp(min=_MIN_STEP), bits.clamp(self.min_bits, self.max_bits)]
         if self.training:
-            probe = (pool_step[nearest], pool_bits[nearest])
-        else:
-            probe = (None, None)
-        out = A2QFakeQuantize.apply(rows, step.clamp(min=_MIN_STEP), bits, *probe)
-        return out.reshape(x.shape)
+            pairs += [pool_step[nearest], pool_bits[nearest]]
+        if index is None:
+            out = A2QFakeQuantize.apply(rows, *pairs, *[None] * (4 - len(pairs)))
+            return out.reshape(x.shape)
+
+        # Zero is on every grid and adds nothing to the local error: each non-zero is
+        # quantized as a row of one value with its row's pair (gathered, so the pair's
+        # gradients are summed back per row).
+        def quantize(v: Tensor) -> Tensor:
+            per_value = [pair[row_of] for pair in pairs] + [None] * (4 - len(pairs))
+            return A2QFakeQuantize.apply(v.unsqueeze(1), *per_value).squeeze(1)
+
+        return on_nonzeros(rows, index, quantize).reshape(x.shape)
 
     def _valid_ids(self, nodes: NodeInfo | None, n: int, device: torch.device) -> Tensor:
         if nodes is None or nodes.ids is None:
