@@ -21,8 +21,11 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
+
+from lorap_dist.quant.fake_quant import SPARSE_MIN_NUMEL
 
 
 class RangeObserver(nn.Module):
@@ -320,7 +323,11 @@ def tail_quantiles(values: Tensor, p: float, zeros: int = 0) -> tuple[Tensor, Te
     weights = ranks - below
     wanted = sorted(set(below.tolist() + above.tolist()))
     if values.dim() == 1:
-        found = _select_flat(values, wanted, zeros)
+        found = (
+            _select_flat(values, wanted, zeros)
+            if zeros or values.numel() < SPARSE_MIN_NUMEL
+            else _select_dense(values, wanted)
+        )
         if found is None:
             nan = values.new_full((), float("nan"))
             return nan, nan.clone()
@@ -335,6 +342,20 @@ def tail_quantiles(values: Tensor, p: float, zeros: int = 0) -> tuple[Tensor, Te
     return lo, hi
 
 
+def _select_dense(values: Tensor, ranks: list[int]) -> dict[int, Tensor] | None:
+    """The value at each 0-based rank of sorted ``values`` (1-D); ``None`` if any is NaN.
+    The ranks come in adjacent pairs near the ends, each pair selected on its own."""
+    on_cpu = values.device.type == "cpu"
+    if bool(np.isnan(values.numpy()).any() if on_cpu else values.isnan().any()):
+        return None
+    middle = values.numel() // 2
+    found: dict[int, Tensor] = {}
+    for group in ([r for r in ranks if r < middle], [r for r in ranks if r >= middle]):
+        if group:
+            found.update(zip(group, values_at_ranks(values, group), strict=True))
+    return found
+
+
 def _select_flat(values: Tensor, ranks: list[int], zeros: int = 0) -> dict[int, Tensor] | None:
     """The value at each 0-based rank of sorted ``values`` and ``zeros`` zeros more (1-D);
     ``None`` if any is NaN."""
@@ -344,15 +365,61 @@ def _select_flat(values: Tensor, ranks: list[int], zeros: int = 0) -> dict[int, 
     zeros += values.numel() - nonzero.numel()
     below_zero = nonzero < 0
     negatives = int(torch.count_nonzero(below_zero))
-    side: dict[bool, Tensor] = {}  # the negatives or the positives, taken out when needed
-    found = {}
-    for rank in ranks:
-        if negatives <= rank < negatives + zeros:
-            found[rank] = values.new_zeros(())
-            continue
-        upper = rank >= negatives
-        if upper not in side:
-            side[upper] = nonzero[~below_zero] if upper else nonzero[below_zero]
-        k = rank - negatives - zeros if upper else rank
-        found[rank] = torch.kthvalue(side[upper], k + 1).values
+    found = {r: values.new_zeros(()) for r in ranks if negatives <= r < negatives + zeros}
+    lower = [r for r in ranks if r < negatives]
+    if lower:
+        found.update(zip(lower, values_at_ranks(nonzero[below_zero], lower), strict=True))
+    upper = [r for r in ranks if r >= negatives + zeros]
+    if upper:
+        positives = nonzero[~below_zero]
+        shifted = [r - negatives - zeros for r in upper]
+        found.update(zip(upper, values_at_ranks(positives, shifted), strict=True))
     return found
+
+
+_SAMPLE = 4096  # entries in the strided sample that places a tail's threshold
+_TAIL = 8  # ranks within 1/_TAIL of either end count as a tail
+
+
+def values_at_ranks(values: Tensor, ranks: list[int]) -> list[Tensor]:
+    """The values at 0-based ``ranks`` of sorted ``values`` (1-D, no NaN), exactly.
+
+    On the CPU, through NumPy (its selection and boolean compress are several times
+    faster there than :func:`torch.kthvalue` and masked indexing), and ranks near one end
+    of a long array (Degree-Quant's percentiles) are selected among the values beyond a
+    threshold read off an evenly strided sample, placed with a margin so that it lies
+    outside the ranks asked for: a pass and a small selection instead of a selection over
+    everything. Where many values tie at the threshold (zeros of a rectified tensor) and
+    the ranks fall among them, the answer is the threshold itself. Whether the threshold
+    holds the ranks is checked by counting, and where it does not (an unlucky sample) the
+    selection runs over everything, so the answer never depends on the sample. Elsewhere,
+    :func:`torch.kthvalue`.
+    """
+    if values.device.type != "cpu":
+        return [torch.kthvalue(values, r + 1).values for r in ranks]
+    chosen = _ranks_of_array(values.numpy(), ranks)
+    return [torch.tensor(v, dtype=values.dtype) for v in chosen]
+
+
+def _ranks_of_array(a: np.ndarray, ranks: list[int]) -> list[Any]:
+    m = a.size
+    lo, hi = min(ranks), max(ranks)
+    low = hi < m // _TAIL
+    if m < SPARSE_MIN_NUMEL or not (low or lo >= m - m // _TAIL):
+        return list(np.partition(a, ranks)[ranks])
+    depth = hi + 1 if low else m - lo  # ranks to go from the end to reach all asked
+    sample = a[:: max(1, m // _SAMPLE)]
+    s = sample.size
+    at = min(s - 1, depth * s // m + 8 + int(3 * math.sqrt(depth * s / m)))
+    threshold = np.partition(sample, at if low else s - 1 - at)[at if low else s - 1 - at]
+    inside = a <= threshold if low else a >= threshold
+    held = int(np.count_nonzero(inside))  # the values at ranks [0, held) or [m - held, m)
+    if held < depth:  # an unlucky sample: select over everything
+        return list(np.partition(a, ranks)[ranks])
+    if held > 2 * depth + s:  # a block of ties at the threshold: are the ranks in it?
+        strict = int(np.count_nonzero(a < threshold if low else a > threshold))
+        if (lo >= strict) if low else (hi < m - strict):
+            return [threshold] * len(ranks)
+    offset = 0 if low else m - held
+    shifted = [r - offset for r in ranks]
+    return list(np.partition(a[inside], shifted)[shifted])

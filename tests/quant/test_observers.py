@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lorap_dist.quant import EMAObserver, MinMaxObserver, PercentileObserver
-from lorap_dist.quant.observers import tail_quantiles
+from lorap_dist.quant.observers import tail_quantiles, values_at_ranks
 
 
 def _batches(n: int, shape=(8, 5), seed: int = 0) -> list[torch.Tensor]:
@@ -227,3 +227,45 @@ def test_tail_quantiles_are_exact_beyond_torch_quantiles_size_limit():
     expected = torch.lerp(ordered[below], ordered[int(rank.ceil())], weight)
     assert torch.equal(lo, expected)
     assert hi > lo
+
+
+@pytest.mark.parametrize(
+    "kind", ["random", "ascending", "descending", "ties", "rectified", "periodic", "one_outlier"]
+)
+@pytest.mark.parametrize("share", [0.0005, 0.01, 0.1])
+def test_values_at_ranks_near_the_ends_are_exact_whatever_the_order(kind, share):
+    """The strided sample only places a threshold; a bad one falls back to a full selection."""
+    n = 200_003
+    g = torch.Generator().manual_seed(7)
+    x = torch.rand(n, generator=g)
+    if kind == "ascending":
+        x = x.sort().values
+    elif kind == "descending":
+        x = x.sort(descending=True).values
+    elif kind == "ties":
+        x = torch.randint(0, 5, (n,), generator=g).float()
+    elif kind == "rectified":  # the low ranks fall in a block of zeros
+        x = (x - 0.5).relu()
+    elif kind == "periodic":  # period equal to the sample's stride: the sample sees one value
+        x = (torch.arange(n) % (n // 4096) == 0).float() * -1.0 + 2.0
+    elif kind == "one_outlier":
+        x = torch.zeros(n) + 1.0
+        x[n // 2] = 1e6
+    ordered = x.sort().values
+    low = int(share * (n - 1))
+    high = n - 2 - low
+    for ranks in ([low, low + 1], [high, high + 1]):
+        got = values_at_ranks(x, ranks)
+        assert [float(v) for v in got] == [float(ordered[r]) for r in ranks], ranks
+
+
+@pytest.mark.parametrize("kind", ["signed", "rectified", "sorted"])
+def test_tail_quantiles_of_long_tensors_equal_torch_quantile_bit_for_bit(kind):
+    x = torch.randn(150_001, generator=torch.Generator().manual_seed(8))
+    if kind == "rectified":
+        x = x.relu()
+    elif kind == "sorted":
+        x = x.sort().values
+    for p in (0.001, 0.01, 0.1):
+        expected = torch.quantile(x, torch.tensor([p, 1 - p]))
+        assert torch.equal(torch.stack(tail_quantiles(x, p)), expected), p
