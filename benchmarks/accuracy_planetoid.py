@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import fcntl
 import json
 import multiprocessing
 import statistics
@@ -393,13 +394,19 @@ def run_part(name: str, settings: list[dict[str, Any]], args: Any, diagnose: boo
     print(f"{name}: {len(done)} settings kept, {len(todo)} to run", flush=True)
 
     def on_row(setting: dict[str, Any], outcomes: list[dict[str, Any]]) -> None:
-        rows[:] = [r for r in rows if not key_of(r, setting["key"])]
         row = {**setting["key"], **summary(outcomes)}
         if diagnose:
             row["diagnostics"] = mean_diagnostics(outcomes)
-        rows.append(row)
-        write_result(name, rows)
-        write_report(args)
+        # Runs of other settings (other models, datasets) may write the same file meanwhile:
+        # read it again under a lock and replace only this row.
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        with open(RESULTS / f".{name}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            current = load_rows(name) if args.resume else rows
+            current = [r for r in current if not key_of(r, setting["key"])] + [row]
+            rows[:] = current
+            write_result(name, current)
+            write_report(args)
 
     run_settings(todo, args.seeds, args.jobs, on_row, diagnose)
 
