@@ -10,6 +10,7 @@ from torch_geometric.nn import MessagePassing
 
 from lorap_dist.config import PromptConfig
 from lorap_dist.graph.block import Block, NodeInfo
+from lorap_dist.nn.aggregate import CSRAggregation
 from lorap_dist.prompt.lorap import LoRAP, lorap_sizes
 from lorap_dist.quant.base import NODE, identity_quantizers
 
@@ -102,6 +103,16 @@ class QuantizedConv(MessagePassing):
                 names.insert(at + 1, "prompt")
         self.QUANT_POINTS = dict.fromkeys(names, NODE)
         self.quantizers = identity_quantizers(self.QUANT_POINTS)
+        self.csr_aggregation = CSRAggregation()
+
+    def aggregate_rows(self, x: Tensor, g: LayerInput, reduce: str) -> Tensor:
+        """``propagate``'s sum or mean of ``x``'s rows over ``g``'s edges (messages
+        ``x_j``): on the CPU as one CSR matmul (:mod:`lorap_dist.nn.aggregate`, the same
+        values and gradients), elsewhere through PyG."""
+        out = self.csr_aggregation(x, g.edge_index, g.num_dst, reduce)
+        if out is None:
+            out = self.propagate(g.edge_index, x=x, size=(g.num_src, g.num_dst))
+        return out
 
     def quantize(self, point: str, x: Tensor, nodes: NodeInfo | None) -> Tensor:
         return self.quantizers[point](x, nodes)

@@ -93,7 +93,7 @@ class QGINConv(QuantizedConv):
     def forward(self, x: Tensor, graph: Tensor | Block, nodes: NodeInfo | None = None) -> Tensor:
         g = layer_input(type(self).__name__, x, graph, nodes)
         x = self.quantize("input", x, g.nodes_src)
-        h = self.propagate(g.edge_index, x=x, size=(g.num_src, g.num_dst))
+        h = self.aggregate_rows(x, g, "sum")
         h = self.quantize_aggregate(h, g.nodes_dst)  # [N_dst, in]
         z = torch.relu(self.lin1((1 + self.eps) * x[: g.num_dst] + h))
         z = self.quantize("hidden", z, g.nodes_dst)  # [N_dst, hidden]

@@ -78,7 +78,7 @@ class QSAGEConv(QuantizedConv):
     def forward(self, x: Tensor, graph: Tensor | Block, nodes: NodeInfo | None = None) -> Tensor:
         g = layer_input(type(self).__name__, x, graph, nodes)
         x = self.quantize("input", x, g.nodes_src)
-        h = self.propagate(g.edge_index, x=x, size=(g.num_src, g.num_dst))
+        h = self.aggregate_rows(x, g, "mean")
         h = self.quantize_aggregate(h, g.nodes_dst)  # [N_dst, in]
         out = self.lin_l(h) + self.lin_r(x[: g.num_dst])
         return self.quantize("output", out, g.nodes_dst)
