@@ -30,6 +30,16 @@ def bag_of_words(density: float = 0.02, seed: int = 0, signed: bool = False) -> 
     return values * (torch.rand(ROWS, COLS, generator=g) < density)
 
 
+def assert_same_step(sparse, dense, x, nodes, upstream) -> None:
+    """Both quantizers give equal outputs and equal input gradients for ``x``."""
+    a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out_sparse, out_dense = sparse(a, nodes), dense(b, nodes)
+    assert torch.equal(out_sparse, out_dense)
+    out_sparse.backward(upstream)
+    out_dense.backward(upstream)
+    assert torch.equal(a.grad, b.grad)
+
+
 def test_the_inputs_here_take_the_non_zero_path():
     assert ROWS * COLS >= SPARSE_MIN_NUMEL
     assert NonzeroIndex()(bag_of_words()) is not None
@@ -167,12 +177,7 @@ def test_degree_quant_points_on_non_zeros_equal_their_dense_path(protect):
     upstream = torch.randn(ROWS, COLS, generator=torch.Generator().manual_seed(7))
     for step in range(3):  # the moving average folds three batches
         x = bag_of_words(seed=step)
-        a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
-        out_sparse, out_dense = sparse(a, nodes), dense(b, nodes)
-        assert torch.equal(out_sparse, out_dense)
-        out_sparse.backward(upstream)
-        out_dense.backward(upstream)
-        assert torch.equal(a.grad, b.grad)
+        assert_same_step(sparse, dense, x, nodes, upstream)
     assert torch.equal(sparse.observer.max_val, dense.observer.max_val)
     sparse.eval()
     dense.eval()
@@ -191,12 +196,7 @@ def test_a2q_node_points_on_non_zeros_match_their_dense_path():
     moved = set()
     for step in range(3):
         x = bag_of_words(seed=step) * (1 + step)  # growing values: some clip
-        a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
-        out_sparse, out_dense = sparse(a, nodes), dense(b, nodes)
-        assert torch.equal(out_sparse, out_dense)
-        out_sparse.backward(upstream)
-        out_dense.backward(upstream)
-        assert torch.equal(a.grad, b.grad)
+        assert_same_step(sparse, dense, x, nodes, upstream)
         for (name, p), q in zip(sparse.named_parameters(), dense.parameters(), strict=True):
             torch.testing.assert_close(p.grad, q.grad, msg=name)
             if p.grad.abs().sum() > 0:
