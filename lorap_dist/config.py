@@ -36,9 +36,19 @@ def check_choice(name: str, value: Any, allowed: tuple[Any, ...]) -> None:
     check(value in allowed, f"{name}={value!r} is not allowed; choose one of {list(allowed)}.")
 
 
+def is_int(value: object) -> bool:
+    """An ``int`` that is not a ``bool`` (YAML's ``true`` is no count)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value: object) -> bool:
+    """An ``int`` or ``float`` that is not a ``bool``."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def check_bits(name: str, bits: int) -> None:
     check(
-        isinstance(bits, int) and not isinstance(bits, bool) and 2 <= bits <= 8,
+        is_int(bits) and 2 <= bits <= 8,
         f"{name}={bits!r} is not a supported bit width; use an integer from 2 to 8.",
     )
 
@@ -103,9 +113,9 @@ def _type_matches(value: Any, annotation: Any) -> bool:
     if annotation is bool:
         return isinstance(value, bool)
     if annotation is int:
-        return isinstance(value, int) and not isinstance(value, bool)
+        return is_int(value)
     if annotation is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
+        return is_number(value)
     if annotation is str:
         return isinstance(value, str)
     if origin is tuple:

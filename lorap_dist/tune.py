@@ -59,6 +59,7 @@ from lorap_dist.config import (
     check,
     check_choice,
     from_dict,
+    is_int,
     leading_first,
     set_field,
 )
@@ -156,7 +157,7 @@ class SweepConfig:
         check(
             isinstance(self.seeds, list)
             and bool(self.seeds)
-            and all(isinstance(s, int) and not isinstance(s, bool) for s in self.seeds),
+            and all(is_int(s) for s in self.seeds),
             f"sweep seeds={self.seeds!r} must be a non-empty list of integers.",
         )
         check(len(set(self.seeds)) == len(self.seeds), f"sweep seeds={self.seeds} repeat.")

@@ -81,7 +81,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from lorap_dist.config import ConfigError, check, check_bits
+from lorap_dist.config import ConfigError, check, check_bits, is_int, is_number
 from lorap_dist.graph.block import NodeInfo
 from lorap_dist.quant.api import QuantizeContext, register_scheme
 from lorap_dist.quant.base import NODE, WEIGHT, Quantizer
@@ -134,7 +134,7 @@ class A2QConfig:
         for name in ("init_bits", "min_bits", "max_bits"):
             value = getattr(self, name)
             check(
-                _is_int(value) and 1 <= value <= 8,
+                is_int(value) and 1 <= value <= 8,
                 f"A2QConfig.{name}={value!r} is not a supported bit width; use an integer "
                 "from 1 to 8.",
             )
@@ -144,17 +144,17 @@ class A2QConfig:
             f"[{self.min_bits}, {self.max_bits}].",
         )
         check(
-            _is_number(self.memory_budget) and self.min_bits <= self.memory_budget <= self.max_bits,
+            is_number(self.memory_budget) and self.min_bits <= self.memory_budget <= self.max_bits,
             f"A2QConfig.memory_budget={self.memory_budget!r} must be a number of bits in "
             f"[min_bits, max_bits] = [{self.min_bits}, {self.max_bits}].",
         )
         check(
-            _is_number(self.penalty) and self.penalty >= 0,
+            is_number(self.penalty) and self.penalty >= 0,
             f"A2QConfig.penalty={self.penalty!r} must be a number >= 0 (0 turns the memory "
             "penalty off).",
         )
         check(
-            _is_int(self.pool_size) and self.pool_size >= 1,
+            is_int(self.pool_size) and self.pool_size >= 1,
             f"A2QConfig.pool_size={self.pool_size!r} must be an integer >= 1 (pairs in the "
             "Nearest-Neighbour Strategy's pool).",
         )
@@ -162,19 +162,11 @@ class A2QConfig:
             check_bits("A2QConfig.weight_bits", self.weight_bits)
         if self.reset_clipped is not None:
             check(
-                _is_number(self.reset_clipped) and 0 < self.reset_clipped <= 1,
+                is_number(self.reset_clipped) and 0 < self.reset_clipped <= 1,
                 f"A2QConfig.reset_clipped={self.reset_clipped!r} must be a share in (0, 1] "
                 "(of a row's non-zero values that may clip before its step is reset), or null "
                 "to never reset.",
             )
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _grid(bits: Tensor) -> tuple[Tensor, Tensor]:

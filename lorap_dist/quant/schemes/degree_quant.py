@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lorap_dist.config import ConfigError, check, check_bits
+from lorap_dist.config import ConfigError, check, check_bits, is_number
 from lorap_dist.graph.block import NodeInfo
 from lorap_dist.quant.api import QuantizeContext, register_scheme
 from lorap_dist.quant.base import NODE, WEIGHT, Quantizer
@@ -82,13 +82,13 @@ class DegreeQuantConfig:
         if self.weight_bits is not None:
             check_bits("DegreeQuantConfig.weight_bits", self.weight_bits)
         check(
-            self.low is None or (_is_number(self.low) and 0.0 <= self.low <= 1.0),
+            self.low is None or (is_number(self.low) and 0.0 <= self.low <= 1.0),
             f"DegreeQuantConfig.low={self.low!r} must be a probability in [0, 1], or null to "
             "follow the bit width.",
         )
         low = self.resolved_low
         check(
-            self.high is None or (_is_number(self.high) and low <= self.high <= 1.0),
+            self.high is None or (is_number(self.high) and low <= self.high <= 1.0),
             f"DegreeQuantConfig.high={self.high!r} must be a probability in "
             f"[low, 1] = [{low}, 1]; p = low + (high - low) * CDF(in-degree).",
         )
@@ -97,8 +97,7 @@ class DegreeQuantConfig:
             f"DegreeQuantConfig.low={low} is above high={self.resolved_high}; give both.",
         )
         check(
-            self.percentile is None
-            or (_is_number(self.percentile) and 0.0 < self.percentile < 0.5),
+            self.percentile is None or (is_number(self.percentile) and 0.0 < self.percentile < 0.5),
             f"DegreeQuantConfig.percentile={self.percentile!r} must be a number in (0, 0.5) "
             "(the fraction clipped from each tail), or null for 0.001 above 4 bits and 0.01 "
             "at 4 bits or fewer.",
@@ -120,7 +119,7 @@ class DegreeQuantConfig:
                 f"DegreeQuantConfig.{name}={value!r} must be true or false.",
             )
         check(
-            _is_number(self.momentum) and 0.0 < self.momentum <= 1.0,
+            is_number(self.momentum) and 0.0 < self.momentum <= 1.0,
             f"DegreeQuantConfig.momentum={self.momentum!r} must be a number in (0, 1] "
             "(0.01 averages over about 100 batches; 1 keeps only the latest).",
         )
@@ -170,10 +169,6 @@ class DegreeQuantConfig:
         model.node_transform = DegreeProtection(
             self.resolved_low, self.resolved_high, context.num_nodes
         )
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 class DegreeProtection(nn.Module):

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from lorap_dist.config import ConfigError, check, check_bits, check_choice
+from lorap_dist.config import ConfigError, check, check_bits, check_choice, is_number
 from lorap_dist.graph.block import NodeInfo
 from lorap_dist.quant.api import QuantizeContext, register_scheme
 from lorap_dist.quant.base import NODE, WEIGHT, Quantizer, quantizable_modules, quantizers_of
@@ -118,9 +118,7 @@ class MixQConfig:
             "each candidate once.",
         )
         check(
-            isinstance(self.penalty, (int, float))
-            and not isinstance(self.penalty, bool)
-            and self.penalty >= 0,
+            is_number(self.penalty) and self.penalty >= 0,
             f"MixQConfig.penalty={self.penalty!r} must be a number >= 0 (0 turns the "
             "bit-operations penalty off).",
         )
@@ -134,17 +132,13 @@ class MixQConfig:
             f"MixQConfig.search_logits={self.search_logits!r} must be true or false.",
         )
         check(
-            isinstance(self.momentum, (int, float))
-            and not isinstance(self.momentum, bool)
-            and 0.0 < self.momentum <= 1.0,
+            is_number(self.momentum) and 0.0 < self.momentum <= 1.0,
             f"MixQConfig.momentum={self.momentum!r} must be a number in (0, 1].",
         )
         for name in ("search_fraction", "final_temperature"):
             value = getattr(self, name)
             check(
-                isinstance(value, (int, float))
-                and not isinstance(value, bool)
-                and 0.0 < value <= 1.0,
+                is_number(value) and 0.0 < value <= 1.0,
                 f"MixQConfig.{name}={value!r} must be a number in (0, 1].",
             )
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from lorap_dist.config import ConfigError, check, check_bits, check_choice
+from lorap_dist.config import ConfigError, check, check_bits, check_choice, is_number
 from lorap_dist.quant.api import QuantizeContext, register_scheme
 from lorap_dist.quant.base import NODE, WEIGHT, Quantizer
 from lorap_dist.quant.observers import (
@@ -78,12 +78,12 @@ class QATConfig:
             )
         check_choice("QATConfig.observer", self.observer, OBSERVERS)
         check(
-            _is_number(self.momentum) and 0.0 < self.momentum <= 1.0,
+            is_number(self.momentum) and 0.0 < self.momentum <= 1.0,
             f"QATConfig.momentum={self.momentum!r} must be a number in (0, 1] "
             "(0.01 averages over about 100 batches; 1 keeps only the latest).",
         )
         check(
-            _is_number(self.percentile) and 0.0 < self.percentile < 0.5,
+            is_number(self.percentile) and 0.0 < self.percentile < 0.5,
             f"QATConfig.percentile={self.percentile!r} must be a number in (0, 0.5), the "
             "fraction clipped from each tail (0.001 for INT8, 0.01 for INT4 in Degree-Quant).",
         )
@@ -102,10 +102,6 @@ class QATConfig:
         return PercentileObserver(
             percentile=self.percentile, momentum=self.momentum, per_row=self.per_row
         )
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 @register_scheme(QATConfig)
