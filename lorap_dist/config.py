@@ -26,6 +26,21 @@ class ConfigError(ValueError):
     """A config value is invalid; the message names the field and what is allowed."""
 
 
+def load_yaml_mapping(path: Path, what: str, allow_empty: bool = False) -> dict[str, Any] | None:
+    """The mapping at the top of the YAML file ``path``; a :class:`ConfigError` naming
+    ``what`` and the file when it is missing, not YAML, or not a mapping (an empty file is
+    ``None`` when ``allow_empty``)."""
+    if not path.is_file():
+        raise ConfigError(f"{what} {path} does not exist.")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{what} {path} is not valid YAML: {exc}") from exc
+    if (data is not None or not allow_empty) and not isinstance(data, dict):
+        raise ConfigError(f"{what} {path} must hold a mapping at the top level.")
+    return data
+
+
 def check(condition: bool, message: str) -> None:
     """Raise :class:`ConfigError` with ``message`` unless ``condition`` holds."""
     if not condition:
@@ -574,14 +589,7 @@ class ExperimentConfig:
     @classmethod
     def from_yaml(cls, path: str | Path) -> ExperimentConfig:
         path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist.")
-        try:
-            data = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
-        if data is not None and not isinstance(data, dict):
-            raise ConfigError(f"config file {path} must hold a mapping at the top level.")
+        data = load_yaml_mapping(path, "config file", allow_empty=True)
         try:
             return cls.from_dict(data)
         except ConfigError as exc:

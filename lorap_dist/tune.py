@@ -61,6 +61,7 @@ from lorap_dist.config import (
     from_dict,
     is_int,
     leading_first,
+    load_yaml_mapping,
     set_field,
 )
 from lorap_dist.distributed.config import DistConfig
@@ -193,14 +194,7 @@ class SweepConfig:
         ``space.<config path>`` (e.g. ``("base.train.epochs", 30)``).
         """
         path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"sweep file {path} does not exist.")
-        try:
-            data = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"sweep file {path} is not valid YAML: {exc}") from exc
-        if not isinstance(data, dict):
-            raise ConfigError(f"sweep file {path} must hold a mapping at the top level.")
+        data = load_yaml_mapping(path, "sweep file")
         base = data.get("base")
         if isinstance(base, str):
             base_path = (path.parent / base).resolve()
