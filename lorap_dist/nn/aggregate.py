@@ -12,8 +12,9 @@ held as a CSR matrix, without the ``E x d`` messages:
 with :math:`A_{ij} = 1` for each edge ``j -> i`` (``[num_dst, num_src]``), and the mean
 dividing by the in-degree clamped at 1, as PyG's ``scatter`` does. Each destination's row
 sums its sources in edge order, and the backward's :math:`\mathbf{A}^\top` is a CSR matrix
-whose rows (sources) keep edge order too, so values and gradients are those of PyG's
-gather-then-scatter bit for bit (tested against PyG). That holds for rows of at least
+whose rows (sources) keep edge order too, so on one thread values and gradients are those
+of PyG's gather-then-scatter bit for bit (tested against PyG; with several threads either
+side may split a long row's sum, and they agree to rounding). That holds for rows of at least
 :data:`MIN_WIDTH` values: for narrower rows whose width is a multiple of 4 PyTorch's CSR
 kernel accumulates in another order (values differ in the last bit), and narrow rows gain
 little anyway, so they go through PyG. The two CSR matrices are
