@@ -56,10 +56,11 @@ def _train(args: argparse.Namespace) -> int:
     if config.dist is not None:
         from lorap_dist.distributed.trainer import run_distributed
 
-        if args.seeds is not None:
+        if args.seeds is not None or args.folds is not None:
             raise ConfigError(
-                "--seeds repeats single-process training; for a distributed run, repeat it "
-                "over seeds with a sweep (`lorap sweep`, seeds: [0, 1, 2])."
+                "--seeds and --folds repeat single-process training; for a distributed run, "
+                "repeat it with a sweep (`lorap sweep`, seeds: [0, 1, 2], or a grid over "
+                "data.fold)."
             )
         summary = run_distributed(config, config.dist, resume=args.resume)
         print(json.dumps(summary, indent=2, default=str))
@@ -72,45 +73,79 @@ def _train(args: argparse.Namespace) -> int:
         )
     from lorap_dist.train import load_graph, train
 
-    if args.seeds is None:
+    if args.seeds is None and args.folds is None:
         result, _ = train(config, progress=not args.no_progress)
         print(json.dumps({k: v for k, v in result.to_dict().items() if k != "history"}, indent=2))
         _write_json(args.out, result.to_dict())
         return 0
+    folds = _chosen_folds(config, args.folds)
+    seeds = args.seeds if args.seeds is not None else [config.train.seed]
     graph = load_graph(config)
     runs = []
-    for seed in args.seeds:
-        config.train.seed = seed
-        result, _ = train(config, graph, progress=not args.no_progress)
-        runs.append({"seed": seed, **result.to_dict()})
+    for fold in folds:
+        for seed in seeds:
+            config.train.seed = seed
+            if fold is not None:
+                config.data.fold = fold
+            result, _ = train(config, graph, progress=not args.no_progress)
+            runs.append({"seed": seed, **({} if fold is None else {"fold": fold})})
+            runs[-1] |= result.to_dict()
     summary = seed_summary(runs)
     print(json.dumps({k: v for k, v in summary.items() if k != "runs"}, indent=2))
     _write_json(args.out, summary)
     return 0
 
 
+def _chosen_folds(config: ExperimentConfig, folds: str | None) -> list[int | None]:
+    """``--folds`` as fold numbers (``[None]`` without it)."""
+    if folds is None:
+        return [None]
+    if not config.data.graph_level:
+        raise ConfigError(
+            f"--folds cross-validates a dataset of graphs (data.source: tu); "
+            f"data.source={config.data.source!r} has its own split."
+        )
+    if folds == "all":
+        return list(range(config.data.folds))
+    try:
+        chosen = _seed_list(folds, what="fold")
+    except argparse.ArgumentTypeError as exc:
+        raise ConfigError(f"--folds: {exc}") from None
+    bad = [f for f in chosen if not 0 <= f < config.data.folds]
+    if bad:
+        raise ConfigError(
+            f"--folds {folds}: fold(s) {bad} are outside 0..{config.data.folds - 1} "
+            f"(data.folds={config.data.folds})."
+        )
+    return chosen
+
+
 def seed_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Mean and sample standard deviation of each accuracy over the seeds' runs."""
+    """Mean and sample standard deviation of each accuracy over the runs (seeds, or folds
+    and seeds)."""
     import statistics
 
     summary: dict[str, Any] = {"seeds": [run["seed"] for run in runs]}
+    if any("fold" in run for run in runs):
+        summary["folds"] = [run.get("fold") for run in runs]
     for key in ("train_acc", "valid_acc", "test_acc"):
         values = [run[key] for run in runs]
         summary[f"{key}_mean"] = statistics.fmean(values)
         summary[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
         summary[key] = values
+    summary["metric"] = runs[0].get("metric", "accuracy")
     return summary | {"runs": runs}
 
 
-def _seed_list(text: str) -> list[int]:
+def _seed_list(text: str, what: str = "seed") -> list[int]:
     try:
         seeds = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"{text!r} is not a comma-separated list of integer seeds, e.g. 0,1,2"
+            f"{text!r} is not a comma-separated list of integer {what}s, e.g. 0,1,2"
         ) from None
     if not seeds:
-        raise argparse.ArgumentTypeError("give at least one seed, e.g. --seeds 0,1,2")
+        raise argparse.ArgumentTypeError(f"give at least one {what}, e.g. --{what}s 0,1,2")
     return seeds
 
 
@@ -174,8 +209,10 @@ def build_parser() -> argparse.ArgumentParser:
         "of the epoch with the best validation accuracy (best_epoch, 0-based), whose weights "
         "the run ends with; epochs_run; params (backbone, prompt, quantizer); avg_bits, the "
         "mean stored bit width over the quantization points (MixQ: of the frozen model; null "
-        "for FP32); history, one row per epoch (--out only). With --seeds: each accuracy's "
-        "mean and std over the seeds, the per-seed values, and every run.",
+        "for FP32); history, one row per epoch (--out only). With --seeds (and/or --folds): "
+        "each accuracy's mean and std over the runs, the per-run values, and every run. "
+        "Graph-level runs (data.source: tu) report accuracy over graphs, or the mean "
+        "absolute error for regression (metric: mae).",
     )
     train.add_argument("--config", help="YAML experiment config (see jobs/configs/)")
     train.add_argument(
@@ -192,6 +229,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=_seed_list,
         metavar="S,S,...",
         help="train once per seed (e.g. 0,1,2) and report the mean and std of each accuracy",
+    )
+    train.add_argument(
+        "--folds",
+        metavar="all|F,F,...",
+        help="cross-validate a dataset of graphs: train once per fold (all of data.folds, "
+        "or the listed ones), each testing on its fold, and report the mean and std",
     )
     train.add_argument(
         "--resume",

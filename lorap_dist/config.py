@@ -262,7 +262,14 @@ class SyntheticConfig:
         )
 
 
-DATA_TRANSFORMS = ("none", "normalize_features")
+DATA_TRANSFORMS = (
+    "none",
+    "normalize_features",
+    "one_hot_degree",  # datasets of graphs only, like the two below
+    "standardized_degree",
+    "degree",
+)
+GRAPH_SOURCES = ("tu",)  # datasets of many graphs: graph-level training
 
 
 @dataclass
@@ -273,17 +280,27 @@ class DataConfig:
         source: ``"synthetic"`` (generated from ``synthetic``), an OGB name such as
             ``"ogbn-arxiv"``, ``"planetoid"`` (with ``name``: Cora, CiteSeer or PubMed, read
             from their raw files under ``root``; ``"planetoid:Cora"`` is the same),
-            ``"pyg:CLASS:NAME"`` for another single-graph PyG dataset class, or ``"dir"``
+            ``"pyg:CLASS:NAME"`` for another single-graph PyG dataset class, ``"tu"`` (with
+            ``name``: a TU dataset of many graphs such as PROTEINS or REDDIT-BINARY, read
+            from its raw files under ``root``; graph-level training), or ``"dir"``
             with ``path`` (``"dir:PATH"`` is the same): a prepared dataset directory
             (``lorap prepare`` output), or a directory in OGB's layout (what
             ``lorap prepare --source dir:PATH`` reads).
-        name: the dataset's name for ``planetoid`` (and ``CLASS[:NAME]`` for ``pyg``).
+        name: the dataset's name for ``planetoid`` and ``tu`` (and ``CLASS[:NAME]`` for
+            ``pyg``).
         root: where OGB datasets live (downloaded there on a machine with internet) and
             where PyG datasets keep their raw files (``root/<Name>/raw``; never downloaded).
         path: a prepared dataset directory (``lorap prepare`` output).
         transform: ``none`` or ``normalize_features`` (PyG's ``NormalizeFeatures``: rows
             sum to 1); ``None`` (default) picks ``normalize_features`` for Planetoid, as
-            the GCN paper does, and ``none`` otherwise.
+            the GCN paper does, and ``none`` otherwise. Datasets of graphs also take
+            ``one_hot_degree``, ``standardized_degree`` and ``degree`` (node features from
+            the node degree; see :func:`lorap_dist.graph.tu_source.node_features`); under
+            ``none`` those without node features get ``degree``, Degree-Quant's choice.
+        folds: graph-level datasets without a split of their own are split into ``folds``
+            stratified folds (a fixed draw, the same for every run).
+        fold: which fold is the test set; the one before (cyclically) is the validation
+            set, the others train (Degree-Quant's protocol).
     """
 
     source: str = "synthetic"
@@ -291,6 +308,8 @@ class DataConfig:
     root: str = "data"
     path: str | None = None
     transform: str | None = None
+    folds: int = 10
+    fold: int = 0
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
     def __post_init__(self) -> None:
@@ -306,7 +325,7 @@ class DataConfig:
                 "names another; give it once.",
             )
             self.source, self.path = "dir", rest
-        if sep and kind in ("planetoid", "pyg"):
+        if sep and kind in ("planetoid", "pyg", "tu"):
             check(
                 self.name in (None, rest),
                 f"data.source={self.source!r} names the dataset and data.name={self.name!r} "
@@ -314,20 +333,36 @@ class DataConfig:
             )
             self.source, self.name = kind, rest
         check(
-            self.source in ("synthetic", "dir", "planetoid", "pyg")
+            self.source in ("synthetic", "dir", "planetoid", "pyg", *GRAPH_SOURCES)
             or self.source.startswith("ogbn-"),
             f"data.source={self.source!r} is not known; use 'synthetic', 'dir' (with "
-            "data.path), 'planetoid' (with data.name), 'pyg:CLASS:NAME' or an OGB node "
-            "dataset name such as 'ogbn-arxiv'.",
+            "data.path), 'planetoid' (with data.name), 'pyg:CLASS:NAME', 'tu' (with "
+            "data.name) or an OGB node dataset name such as 'ogbn-arxiv'.",
         )
         check(
             self.source != "dir" or bool(self.path),
             "data.source='dir' needs data.path, the prepared dataset directory.",
         )
         check(
-            self.source not in ("planetoid", "pyg") or bool(self.name),
+            self.source not in ("planetoid", "pyg", "tu") or bool(self.name),
             f"data.source={self.source!r} needs data.name, e.g. "
-            + ("'Cora'." if self.source == "planetoid" else "'WikiCS' or 'Amazon:Photo'."),
+            + {"planetoid": "'Cora'.", "tu": "'PROTEINS'."}.get(
+                self.source, "'WikiCS' or 'Amazon:Photo'."
+            ),
+        )
+        check(
+            is_int(self.folds) and self.folds >= 3,
+            f"data.folds={self.folds!r} must be an integer >= 3 (one fold tests, one "
+            "validates, the others train).",
+        )
+        check(
+            is_int(self.fold) and 0 <= self.fold < self.folds,
+            f"data.fold={self.fold!r} must be an integer in [0, data.folds={self.folds}).",
+        )
+        check(
+            self.transform not in DATA_TRANSFORMS[2:] or self.graph_level,
+            f"data.transform={self.transform!r} makes node features from degrees for datasets "
+            "of many graphs (data.source: tu) only; use none or normalize_features.",
         )
         if self.transform is not None:
             check_choice("data.transform", self.transform, DATA_TRANSFORMS)
@@ -335,9 +370,14 @@ class DataConfig:
     @property
     def spec(self) -> str:
         """The source as :func:`lorap_dist.graph.sources.open_source` names it."""
-        if self.source in ("planetoid", "pyg"):
+        if self.source in ("planetoid", "pyg", "tu"):
             return f"{self.source}:{self.name}"
         return self.source
+
+    @property
+    def graph_level(self) -> bool:
+        """Whether the source is a dataset of many graphs (graph-level training)."""
+        return self.source in GRAPH_SOURCES
 
     @property
     def resolved_transform(self) -> str:
@@ -349,6 +389,7 @@ class DataConfig:
 
 ARCHS = ("gcn", "sage", "gin", "gat")
 NORMS = ("none", "batch", "layer")
+READOUTS = ("sum", "mean", "max")
 PROMPTS = ("none", "lorap", "gpf", "gpf_lorap")
 ROUNDINGS = ("once", "twice")
 
@@ -407,6 +448,8 @@ class ModelConfig:
             does not train without it (FP32 GIN on a heavy-tailed graph: 28% without, 88%
             with), and ``none`` for the others.
         heads: attention heads (GAT only; hidden layers concatenate heads).
+        readout: how graph-level models pool each graph's node states into one vector:
+            ``sum``, ``mean`` or ``max`` (node-level training ignores it).
     """
 
     arch: str = "gcn"
@@ -415,9 +458,11 @@ class ModelConfig:
     dropout: float = 0.5
     norm: str | None = None
     heads: int = 2
+    readout: str = "sum"
 
     def __post_init__(self) -> None:
         check_choice("model.arch", self.arch, ARCHS)
+        check_choice("model.readout", self.readout, READOUTS)
         if self.norm is not None:
             check_choice("model.norm", self.norm, NORMS)
         check(self.hidden >= 1, f"model.hidden={self.hidden} must be >= 1.")
@@ -447,6 +492,9 @@ class TrainConfig:
         prompt_weight_decay: the prompts' weight decay (default 0).
         prompt_warmup: epochs at the start during which the prompts do not train (a warm
             start: the quantized backbone first, then the prompt; default 0).
+        lr_decay_every: multiply every learning rate by ``lr_decay`` every this many epochs
+            (0, the default, keeps it constant).
+        lr_decay: the factor of the step decay (default 0.5).
         patience: stop after this many epochs without a better validation accuracy
             (0 disables early stopping).
         seed: seeds parameters, dropout and sampling.
@@ -466,6 +514,8 @@ class TrainConfig:
     prompt_lr_scale: float = 0.1
     prompt_weight_decay: float = 0.0
     prompt_warmup: int = 0
+    lr_decay_every: int = 0
+    lr_decay: float = 0.5
     patience: int = 50
     seed: int = 0
     fanout: tuple[int, ...] | None = None
@@ -490,6 +540,11 @@ class TrainConfig:
             0 <= self.prompt_warmup < self.epochs,
             f"train.prompt_warmup={self.prompt_warmup} must be in [0, train.epochs).",
         )
+        check(
+            self.lr_decay_every >= 0,
+            f"train.lr_decay_every={self.lr_decay_every} must be >= 0 (0 keeps the rate).",
+        )
+        check(0 < self.lr_decay <= 1, f"train.lr_decay={self.lr_decay} must be in (0, 1].")
         check(self.patience >= 0, f"train.patience={self.patience} must be >= 0.")
         check(self.batch_size >= 1, f"train.batch_size={self.batch_size} must be >= 1.")
         check(

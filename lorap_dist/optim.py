@@ -63,10 +63,22 @@ def build_optimizer(model: nn.Module, train: TrainConfig) -> torch.optim.Adam:
     return torch.optim.Adam(parameter_groups(model, train), lr=train.lr)
 
 
-def schedule_prompt(optimizer: torch.optim.Optimizer, epoch: int, train: TrainConfig) -> None:
-    """Warm start: the prompt group trains at rate 0 for the first ``train.prompt_warmup``
-    epochs (the backbone and its quantizers settle first), then at its own rate."""
+def schedule_lr(optimizer: torch.optim.Optimizer, epoch: int, train: TrainConfig) -> None:
+    """Set every group's learning rate for epoch ``epoch`` (0-based), a function of the
+    epoch alone (a resumed run continues the schedule exactly):
+
+    - step decay: every rate times ``train.lr_decay ** (epoch // train.lr_decay_every)``
+      (off when ``lr_decay_every`` is 0; Degree-Quant's graph-level recipe halves it every
+      50 epochs);
+    - warm start: the prompt group trains at rate 0 for the first ``train.prompt_warmup``
+      epochs (the backbone and its quantizers settle first), then at its own rate.
+    """
+    every = train.lr_decay_every
+    factor = train.lr_decay ** (epoch // every) if every else 1.0
+    rates = {
+        "backbone": train.lr,
+        "quantizer": train.lr,
+        "prompt": 0.0 if epoch < train.prompt_warmup else train.lr * train.prompt_lr_scale,
+    }
     for group in optimizer.param_groups:
-        if group.get("name") == "prompt":
-            warm = epoch < train.prompt_warmup
-            group["lr"] = 0.0 if warm else train.lr * train.prompt_lr_scale
+        group["lr"] = rates.get(group.get("name"), train.lr) * factor

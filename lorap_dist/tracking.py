@@ -4,7 +4,8 @@
 report the model of the epoch with the best validation accuracy and stop early on the same
 rule, through one :class:`BestEpoch`:
 
-- an epoch is the new best when its validation accuracy is strictly higher;
+- an epoch is the new best when its validation accuracy is strictly higher (its validation
+  error strictly lower, for a regression's mean absolute error);
 - when a quantization schedule changes the model (MixQ freezing its bit widths),
   :meth:`BestEpoch.restart` forgets the best, so the reported model is the final one;
 - a run stops once ``patience`` epochs have passed without a new best, but never while a
@@ -27,16 +28,22 @@ class BestEpoch:
         valid: validation accuracy of the best epoch (``-1`` before any).
         test: test accuracy of the best epoch.
         epoch: the best epoch, 0-based (``-1`` before any).
+        higher_is_better: ``False`` for a validation error (regression's MAE).
     """
 
     patience: int = 0
     valid: float = -1.0
     test: float = math.nan
     epoch: int = -1
+    higher_is_better: bool = True
 
     def update(self, epoch: int, valid: float, test: float) -> bool:
         """Record epoch ``epoch``'s accuracies; ``True`` when it is the new best."""
-        if valid > self.valid:
+        if self.higher_is_better:
+            better = valid > self.valid
+        else:  # an error: the first finite one is the best so far
+            better = valid < self.valid or (self.epoch < 0 and math.isfinite(valid))
+        if better:
             self.valid, self.test, self.epoch = valid, test, epoch
             return True
         return False
@@ -51,10 +58,13 @@ class BestEpoch:
         return bool(self.patience) and settled and epoch - self.epoch >= self.patience
 
     def state_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        state = asdict(self)
+        del state["higher_is_better"]  # configured, like patience
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore from :meth:`state_dict` (``patience`` stays as configured)."""
+        """Restore from :meth:`state_dict` (``patience`` and ``higher_is_better`` stay as
+        configured)."""
         self.valid = float(state.get("valid", -1.0))
         self.test = float(state.get("test", math.nan))
         self.epoch = int(state.get("epoch", -1))

@@ -31,8 +31,9 @@ from lorap_dist.graph.block import NodeInfo
 from lorap_dist.graph.csr import csr_from_edge_index
 from lorap_dist.graph.data import GraphData
 from lorap_dist.graph.sampler import NeighborSampler, iter_minibatches
+from lorap_dist.graph.tu_source import GraphSet
 from lorap_dist.nn import build_model, parameter_counts
-from lorap_dist.optim import build_optimizer, schedule_prompt
+from lorap_dist.optim import build_optimizer, schedule_lr
 from lorap_dist.quant import (
     average_bits,
     budget_overruns,
@@ -50,7 +51,9 @@ class TrainResult:
     """What a run reports.
 
     ``valid_acc`` and ``test_acc`` are those of the epoch with the best validation accuracy
-    (whose weights the returned model holds). ``warnings`` lists what went wrong without
+    (whose weights the returned model holds). ``metric`` names what the ``*_acc`` fields
+    hold: ``accuracy`` (fractions), or ``mae`` (mean absolute error; graph regression, the
+    best epoch having the lowest validation error). ``warnings`` lists what went wrong without
     stopping the run (a learned bit width above its budget, a diverging first epoch, a loss
     that never fell below guessing); each is also raised as a :class:`UserWarning`.
     """
@@ -65,6 +68,7 @@ class TrainResult:
     avg_bits: float | None
     history: list[dict[str, float]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    metric: str = "accuracy"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -81,8 +85,9 @@ BLOWUP = 20.0
 STALL, STALL_EPOCHS, STALL_MARGIN = 0.9, 20, 0.1
 
 
-def load_graph(config: ExperimentConfig) -> GraphData:
-    """The in-memory graph named by ``config.data``, with its feature transform applied.
+def load_graph(config: ExperimentConfig) -> GraphData | GraphSet:
+    """The in-memory graph named by ``config.data``, with its feature transform applied
+    (a :class:`~lorap_dist.graph.tu_source.GraphSet` for a dataset of many graphs).
 
     A prepared directory holds its features as prepared (``lorap prepare --transform``):
     they are taken as they are, and a ``data.transform`` that differs from the one recorded
@@ -91,6 +96,10 @@ def load_graph(config: ExperimentConfig) -> GraphData:
     from lorap_dist.graph.transforms import apply_transform
 
     data = config.data
+    if data.graph_level:  # a dataset of many graphs
+        from lorap_dist.train_graphs import load_graph_set
+
+        return load_graph_set(config)
     if data.source == "synthetic":
         from lorap_dist.graph.synthetic import generate_synthetic
 
@@ -108,6 +117,15 @@ def load_graph(config: ExperimentConfig) -> GraphData:
         graph = open_source(spec, data.root).to_graph_data()
     graph.x = apply_transform(graph.x, data.resolved_transform)
     return graph
+
+
+def training_items(config: ExperimentConfig, graph: GraphData | GraphSet) -> int:
+    """What one epoch trains on: training nodes, or training graphs of the configured fold."""
+    if isinstance(graph, GraphSet):
+        from lorap_dist.train_graphs import graph_splits
+
+        return int(graph_splits(config, graph)["train"].numel())
+    return int(graph.train_idx.numel())
 
 
 def check_prepared_transform(transform: str | None, meta: dict[str, Any], path: Any) -> None:
@@ -194,7 +212,7 @@ class EpochReport:
 
 def train(
     config: ExperimentConfig,
-    graph: GraphData | None = None,
+    graph: GraphData | GraphSet | None = None,
     *,
     progress: bool = True,
     on_epoch: Callable[[EpochReport, nn.Module], None] | None = None,
@@ -203,19 +221,23 @@ def train(
 
     Args:
         config: the experiment.
-        graph: an already loaded graph (else ``config.data`` is loaded).
+        graph: an already loaded graph (else ``config.data`` is loaded); a dataset of many
+            graphs trains graph-level (:mod:`lorap_dist.train_graphs`).
         progress: show a progress bar over epochs.
         on_epoch: called after every epoch's validation with an :class:`EpochReport` and
             the model; the sweep driver reports to Ray Tune through it.
     """
     start = time.perf_counter()
     device = resolve_device(config.train.device)  # a bad device fails before any work
+    if config.data.graph_level or isinstance(graph, GraphSet):  # a dataset of many graphs
+        from lorap_dist.train_graphs import train_graphs
+
+        return train_graphs(config, graph, progress=progress, on_epoch=on_epoch)
     # 1. data
     host_graph = graph if graph is not None else load_graph(config)
     torch.manual_seed(config.train.seed)
     # 2. model, and everything on the device
     model = build_quantized_model(config, host_graph).to(device)
-    optimizer = build_optimizer(model, config.train)
     graph = host_graph.to(device)
     degree = host_graph.in_degree().to(device)  # counted on the host: a data-dependent size
     nodes = NodeInfo(ids=torch.arange(graph.num_nodes, device=device), degree=degree)
@@ -224,8 +246,25 @@ def train(
         if config.train.fanout is None
         else MiniBatchRunner(graph, nodes, config, host_graph)
     )
+    return fit(config, model, runner, graph.num_classes, progress, on_epoch, start)
 
-    best = BestEpoch(patience=config.train.patience)
+
+def fit(
+    config: ExperimentConfig,
+    model: nn.Module,
+    runner: Any,
+    num_classes: int | None,
+    progress: bool,
+    on_epoch: Callable[[EpochReport, nn.Module], None] | None,
+    start: float,
+) -> tuple[TrainResult, nn.Module]:
+    """Steps 3 to 5 of the module docstring for any ``runner`` (an object with
+    ``train_epoch(model, optimizer, epoch) -> loss``, ``evaluate(model, final=False) ->
+    {train, valid, test}`` and ``higher_is_better``): the node-level runners here and the
+    graph-level one of :mod:`lorap_dist.train_graphs`. ``num_classes`` (``None`` for
+    regression) sizes the checks for a diverging or stalled run."""
+    optimizer = build_optimizer(model, config.train)
+    best = BestEpoch(patience=config.train.patience, higher_is_better=runner.higher_is_better)
     best_state = copy.deepcopy(model.state_dict())
     notes: list[str] = []
     history: list[dict[str, float]] = []
@@ -233,17 +272,10 @@ def train(
     epoch = -1
     for epoch in bar:
         # 3. one epoch of training
-        schedule_prompt(optimizer, epoch, config.train)
+        schedule_lr(optimizer, epoch, config.train)
         loss = runner.train_epoch(model, optimizer, epoch)
-        uniform = math.log(max(graph.num_classes, 2))  # the loss of guessing uniformly
-        if epoch == 0 and not loss < BLOWUP * uniform:  # NaN included
-            notes.append(
-                f"the first epoch's training loss is {loss:.1f}, above {BLOWUP:g}x that of "
-                f"guessing uniformly (ln {graph.num_classes} = {uniform:.2f}): activations "
-                "are blowing up. Normalise "
-                "between layers (model.norm: batch; sum aggregation over high-degree nodes "
-                "needs it) or lower train.lr."
-            )
+        if epoch == 0 and num_classes is not None:
+            notes += diverging(loss, num_classes)
         if end_epoch(model, epoch, config.train.epochs):
             best.restart()  # e.g. MixQ froze its bit widths: a different model now
         # 4. validation, best state, early stop
@@ -261,11 +293,12 @@ def train(
     bar.close()
     # 5. report the best epoch
     model.load_state_dict(best_state)
-    accs = runner.evaluate(model)
-    notes += stalled(history, graph.num_classes)
+    accs = runner.evaluate(model, final=True)
+    if num_classes is not None:
+        notes += stalled(history, num_classes)
     notes += budget_overruns(model) + collapsed_points(model)
     for note in notes:
-        warnings.warn(note, stacklevel=2)
+        warnings.warn(note, stacklevel=3)
     result = TrainResult(
         train_acc=accs["train"],
         valid_acc=accs["valid"],
@@ -277,8 +310,22 @@ def train(
         avg_bits=average_bits(model),
         history=history,
         warnings=notes,
+        metric="accuracy" if runner.higher_is_better else "mae",
     )
     return result, model
+
+
+def diverging(loss: float, num_classes: int) -> list[str]:
+    """A note when the first epoch's loss is far above that of guessing uniformly."""
+    uniform = math.log(max(num_classes, 2))
+    if loss < BLOWUP * uniform:
+        return []
+    return [
+        f"the first epoch's training loss is {loss:.1f}, above {BLOWUP:g}x that of "
+        f"guessing uniformly (ln {num_classes} = {uniform:.2f}): activations are blowing up. "
+        "Normalise between layers (model.norm: batch; sum aggregation over high-degree nodes "
+        "needs it) or lower train.lr."
+    ]
 
 
 def stalled(history: list[dict[str, float]], num_classes: int) -> list[str]:
@@ -306,6 +353,8 @@ def stalled(history: list[dict[str, float]], num_classes: int) -> list[str]:
 class FullBatchRunner:
     """Every epoch is one step on the whole graph."""
 
+    higher_is_better = True  # accuracy
+
     def __init__(self, graph: GraphData, nodes: NodeInfo) -> None:
         self.graph = graph
         self.nodes = nodes
@@ -322,7 +371,9 @@ class FullBatchRunner:
         return loss.item()
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module) -> dict[str, float]:
+    def evaluate(self, model: nn.Module, final: bool = False) -> dict[str, float]:
+        """Accuracy per split on the whole graph (``final``: the reported evaluation, the
+        same here)."""
         g = self.graph
         model.eval()
         logits = model(g.x, g.edge_index, self.nodes)

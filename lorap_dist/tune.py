@@ -449,7 +449,8 @@ class _EpochReporter:
                 "best_epoch": best.epoch + 1,
                 **{f"params_{kind}": n for kind, n in counts.items()},
                 "avg_bits": average_bits(model),
-                # training nodes per second of the epoch, evaluation included
+                # training nodes (graphs, graph level) per second of the epoch, evaluation
+                # included
                 "seeds_per_s": self.train_nodes / max(now - self.last, 1e-9),
                 "wall_s": now - self.start,
                 "trial_done": report.last,
@@ -459,10 +460,10 @@ class _EpochReporter:
 
 
 def _train_in_process(experiment: ExperimentConfig) -> None:
-    from lorap_dist.train import load_graph, train
+    from lorap_dist.train import load_graph, train, training_items
 
     graph = load_graph(experiment)
-    reporter = _EpochReporter(int(graph.train_idx.numel()))
+    reporter = _EpochReporter(training_items(experiment, graph))
     train(experiment, graph, progress=False, on_epoch=reporter)
 
 

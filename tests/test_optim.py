@@ -63,7 +63,7 @@ def test_bad_prompt_settings_are_config_errors(field):
 
 
 def test_a_warm_start_keeps_the_prompt_still_then_trains_it():
-    from lorap_dist.optim import schedule_prompt
+    from lorap_dist.optim import schedule_lr
 
     model = model_with_every_kind()
     train = TrainConfig(lr=0.1, prompt_lr_scale=0.5, prompt_warmup=2, epochs=5)
@@ -71,10 +71,34 @@ def test_a_warm_start_keeps_the_prompt_still_then_trains_it():
     prompt = next(g for g in optimizer.param_groups if g["name"] == "prompt")
     w_phi = model.convs[0].lorap.w_phi
     for epoch in range(4):
-        schedule_prompt(optimizer, epoch, train)
+        schedule_lr(optimizer, epoch, train)
         before = w_phi.detach().clone()
         for p in model.parameters():
             p.grad = torch.ones_like(p)
         optimizer.step()
         assert torch.equal(w_phi, before) == (epoch < 2), epoch
         assert prompt["lr"] == (0.0 if epoch < 2 else 0.05)
+
+
+def test_step_decay_scales_every_group_by_the_epoch_alone():
+    from lorap_dist.optim import schedule_lr
+
+    model = model_with_every_kind()
+    train = TrainConfig(lr=0.1, prompt_lr_scale=0.5, lr_decay_every=3, lr_decay=0.5, epochs=10)
+    optimizer = build_optimizer(model, train)
+    rates = {}
+    for epoch in (7, 0, 3, 6):  # out of order: a resumed run starts mid-schedule
+        schedule_lr(optimizer, epoch, train)
+        rates[epoch] = {g["name"]: g["lr"] for g in optimizer.param_groups}
+    assert rates[0] == {"backbone": 0.1, "prompt": 0.05, "quantizer": 0.1}
+    assert rates[3] == {"backbone": 0.05, "prompt": 0.025, "quantizer": 0.05}
+    assert rates[6] == rates[7] == {"backbone": 0.025, "prompt": 0.0125, "quantizer": 0.025}
+
+
+def test_bad_step_decay_settings_are_config_errors():
+    from lorap_dist.config import ConfigError
+
+    with pytest.raises(ConfigError, match="train.lr_decay_every"):
+        TrainConfig(lr_decay_every=-1)
+    with pytest.raises(ConfigError, match="train.lr_decay="):
+        TrainConfig(lr_decay=0.0)

@@ -39,3 +39,15 @@ def test_state_round_trips():
     other = BestEpoch(patience=9)
     other.load_state_dict(best.state_dict())
     assert (other.epoch, other.valid, other.test, other.patience) == (7, 0.7, 0.6, 9)
+
+
+def test_an_error_is_best_when_lowest_and_the_first_finite_one_counts():
+    best = BestEpoch(patience=3, higher_is_better=False)
+    assert not best.update(0, math.nan, 0.5)
+    assert best.update(1, 2.5, 2.0)  # any first error is the best so far, even above 1
+    assert not best.update(2, 2.5, 1.0)  # a tie does not replace the best
+    assert best.update(3, 0.4, 0.3)
+    assert (best.epoch, best.valid, best.test) == (3, 0.4, 0.3)
+    best.restart()
+    assert best.update(4, 9.0, 9.0)
+    assert "higher_is_better" not in best.state_dict()

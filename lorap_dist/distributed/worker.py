@@ -44,7 +44,7 @@ from lorap_dist.graph.block import NodeInfo
 from lorap_dist.graph.sampler import NeighborSampler
 from lorap_dist.graph.storage import Dataset, open_dataset
 from lorap_dist.nn.model import build_model
-from lorap_dist.optim import build_optimizer, schedule_prompt
+from lorap_dist.optim import build_optimizer, schedule_lr
 from lorap_dist.quant import end_epoch, quantize_
 from lorap_dist.tracking import BestEpoch
 from lorap_dist.train import backward_loss
@@ -122,7 +122,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     # 4. Train: the same number of steps on every rank.
     for epoch in range(start_epoch, train_cfg.epochs):
-        schedule_prompt(optimizer, epoch, train_cfg)
+        schedule_lr(optimizer, epoch, train_cfg)
         ddp.train()
         started = time.perf_counter()
         bytes_before = exchange.bytes_sent

@@ -54,16 +54,16 @@ def planetoid_raw_files(root: str | Path, name: str) -> list[Path]:
     return [raw / f"ind.{name.lower()}.{suffix}" for suffix in PLANETOID_RAW]
 
 
-def _offline(cls: type) -> type:
-    """``cls`` with its download replaced by an error that names the missing raw files."""
+def offline_dataset_class(cls: type, where: str = f"for Planetoid, {PLANETOID_WHERE}") -> type:
+    """PyG dataset class ``cls`` with its download replaced by an error that names the
+    missing raw files and ``where`` the public copies are kept."""
 
     def refuse_download(self) -> None:
         missing = [p for p in self.raw_paths if not Path(p).exists()]
         raise DatasetError(
             f"{cls.__name__} needs its raw files under {self.raw_dir}; missing: "
             f"{', '.join(Path(p).name for p in missing)}. This project never downloads at run "
-            "time: copy the dataset's public raw files there (for Planetoid, "
-            f"{PLANETOID_WHERE})."
+            f"time: copy the dataset's public raw files there ({where})."
         )
 
     return type(cls.__name__, (cls,), {"download": refuse_download})
@@ -97,7 +97,7 @@ def load_pyg_dataset(class_name: str, name: str | None, root: str | Path):
     if takes_name:
         kwargs["name"] = name
     try:
-        dataset = _offline(cls)(**kwargs)
+        dataset = offline_dataset_class(cls)(**kwargs)
     except DatasetError:
         raise
     except Exception as exc:  # a malformed raw file fails inside PyG's reader

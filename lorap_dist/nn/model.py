@@ -70,10 +70,12 @@ class GNN(nn.Module):
         self.gpf = GPFPlus(in_channels, prompt.k) if prompt.gpf else None
         widths = [in_channels] + [model.hidden] * (model.layers - 1) + [out_channels]
         self.convs = nn.ModuleList(
-            _conv(model, prompt, widths[l], widths[l + 1], last=l == model.layers - 1)
+            build_conv(model, prompt, widths[l], widths[l + 1], last=l == model.layers - 1)
             for l in range(model.layers)
         )
-        self.norms = nn.ModuleList(_norm(model.resolved_norm, model.hidden) for _ in widths[1:-1])
+        self.norms = nn.ModuleList(
+            build_norm(model.resolved_norm, model.hidden) for _ in widths[1:-1]
+        )
         self.dropout = model.dropout
 
     def reset_parameters(self) -> None:
@@ -126,9 +128,11 @@ class GNN(nn.Module):
         )
 
 
-def _conv(
+def build_conv(
     model: ModelConfig, prompt: PromptConfig, width_in: int, width_out: int, last: bool
 ) -> QuantizedConv:
+    """Layer ``model.arch`` from ``width_in`` to ``width_out`` channels; GAT's hidden layers
+    concatenate ``model.heads`` heads, its ``last`` layer averages them."""
     if model.arch == "gcn":
         return QGCNConv(width_in, width_out, prompt=prompt)
     if model.arch == "sage":
@@ -140,7 +144,8 @@ def _conv(
     return QGATConv(width_in, width_out // model.heads, heads=model.heads, prompt=prompt)
 
 
-def _norm(kind: str, channels: int) -> nn.Module:
+def build_norm(kind: str, channels: int) -> nn.Module:
+    """The normalisation ``model.norm`` names (``none`` is the identity)."""
     if kind == "batch":
         return nn.BatchNorm1d(channels)
     if kind == "layer":

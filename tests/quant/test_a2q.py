@@ -199,6 +199,23 @@ def test_nodes_without_own_parameters_use_their_nearest_pool_pair():
         torch.testing.assert_close(quantizer(x, NodeInfo(ids=ids)), expected)
 
 
+def test_without_a_table_every_row_trains_on_its_pool_pair_and_the_pool_holds_the_budget():
+    """num_nodes=0 (graph level): rows use the pool in training too, the pool's pairs get the
+    local gradients, and the memory penalty and average bits are the pool's."""
+    quantizer = A2QNodeQuantizer(0, init_bits=4, pool_size=3, memory_budget=3.0, penalty=0.1)
+    x = torch.tensor([[0.3, -0.1], [1.5, 0.2], [-3.9, 1.0]], requires_grad=True)
+    out = quantizer(x, NodeInfo(ids=torch.tensor([0, 1, 2])))  # ids are ignored: no table
+    step, bits = quantizer.pool_log_step.exp().detach(), quantizer.pool_bits.detach()
+    nearest = nearest_pool_entry(x.detach().abs().amax(1), step, bits)
+    torch.testing.assert_close(out, a2q_reference(x.detach(), step[nearest], bits[nearest]))
+    out.sum().backward()
+    assert quantizer.pool_log_step.grad is not None
+    assert quantizer.pool_log_step.grad[nearest].abs().sum() > 0
+    assert quantizer.log_step.numel() == 0 and quantizer.average_bits() == 4.0
+    penalty = quantizer.regularization()
+    assert penalty is not None and penalty.item() == pytest.approx(0.1 * 3 * (4.0 - 3.0) ** 2)
+
+
 def test_tables_are_keyed_by_global_id_and_get_gradients_only_there():
     quantizer = A2QNodeQuantizer(8, init_bits=4, penalty=0.0, pool_size=2).train()
     x = torch.tensor([[1.0, -0.3], [4.0, 2.0]])

@@ -71,6 +71,9 @@ learned pool of ``pool_size`` pairs that minimises
 :math:`(\max_c |x_{ic}| - 2^{b_j - 1} s_j)^2`. In training every row also updates the pool
 entry nearest to it with the local gradient of quantizing the row with that entry (without
 changing the row's output), so the pool learns the steps and bits that the nodes need.
+``num_nodes=0`` (graph-level tasks, where a test graph's nodes are never seen in training)
+keeps no table: every row uses its pool pair, as the paper does for graph-level tasks, and
+the memory penalty and ``average_bits`` apply to the pool's bits.
 """
 
 from __future__ import annotations
@@ -351,14 +354,16 @@ class A2QNodeQuantizer(Quantizer):
         if self.training:
             self._project_bits()
             self._initialize(max_abs, ids)
-        safe_ids = ids.clamp(min=0)
-        own = (ids >= 0) & self.initialized[safe_ids]
-        if self.training and self.reset_clipped is not None:
-            self._reset_clipped_rows(rows.detach(), max_abs, safe_ids, own)
         pool_step, pool_bits = self.pool_log_step.exp(), self.pool_bits
         nearest = nearest_pool_entry(max_abs, pool_step.detach(), pool_bits.detach())
-        step = torch.where(own, self.log_step[safe_ids].exp(), pool_step.detach()[nearest])
-        bits = torch.where(own, self.bits[safe_ids], pool_bits.detach()[nearest])
+        step, bits = pool_step.detach()[nearest], pool_bits.detach()[nearest]
+        if self.num_nodes:  # rows with a pair of their own use it (no table: graph level)
+            safe_ids = ids.clamp(min=0)
+            own = (ids >= 0) & self.initialized[safe_ids]
+            if self.training and self.reset_clipped is not None:
+                self._reset_clipped_rows(rows.detach(), max_abs, safe_ids, own)
+            step = torch.where(own, self.log_step[safe_ids].exp(), step)
+            bits = torch.where(own, self.bits[safe_ids], bits)
         pairs = [step.clamp(min=_MIN_STEP), bits.clamp(self.min_bits, self.max_bits)]
         if self.training:
             pairs += [pool_step[nearest], pool_bits[nearest]]
@@ -433,7 +438,12 @@ class A2QNodeQuantizer(Quantizer):
             self.pool_initialized.fill_(True)
 
     def _learned_bits(self) -> Tensor:
-        """Rounded-with-STE bits of the rows with parameters of their own (``[0]`` if none)."""
+        """Rounded-with-STE bits of the rows with parameters of their own (``[0]`` if none);
+        without a table (graph level, every node on the pool) those of the pool entries."""
+        if self.num_nodes == 0:
+            if not bool(self.pool_initialized):
+                return self.pool_bits[:0]
+            return _round_ste(self.pool_bits.clamp(self.min_bits, self.max_bits))
         return _round_ste(self.bits[self.initialized].clamp(self.min_bits, self.max_bits))
 
     def regularization(self) -> Tensor | None:
@@ -444,7 +454,8 @@ class A2QNodeQuantizer(Quantizer):
         return self.penalty * bits.numel() * torch.relu(bits.mean() - self.memory_budget) ** 2
 
     def average_bits(self) -> float:
-        """Mean rounded bit width of the nodes with parameters (``init_bits`` before any)."""
+        """Mean rounded bit width of the nodes with parameters, or of the pool without a
+        table (``init_bits`` before any)."""
         bits = self._learned_bits()
         return float(bits.detach().mean()) if bits.numel() else float(self.init_bits)
 
