@@ -79,6 +79,17 @@ def graph_splits(config: ExperimentConfig, graphs: GraphSet) -> dict[str, Tensor
     return fold_splits(labels, len(graphs), config.data.folds, config.data.fold)
 
 
+def training_split_check(config: ExperimentConfig, graphs: GraphSet) -> dict[str, Tensor]:
+    """The run's split (:func:`graph_splits`), after the checks every graph-level run makes
+    before training: no neighbour fanout, enough graphs for the folds."""
+    if config.train.fanout is not None:
+        raise ConfigError(
+            "train.fanout samples neighbourhoods of one large graph; graph-level training "
+            "batches whole graphs (train.batch_size graphs per step). Drop train.fanout."
+        )
+    return graph_splits(config, graphs)
+
+
 def build_graph_model(config: ExperimentConfig, graphs: GraphSet) -> nn.Module:
     """The configured :class:`GraphGNN` with its quantization scheme applied."""
     model = GraphGNN(graphs.num_features, graphs.num_outputs, config.model, config.prompt)
@@ -124,7 +135,8 @@ class GraphBatchRunner:
             for split, index in splits.items()
         }
 
-    def _forward(self, model: nn.Module, batch) -> tuple[Tensor, Tensor]:
+    def forward(self, model: nn.Module, batch) -> tuple[Tensor, Tensor]:
+        """``model``'s outputs for a PyG batch of graphs, and their targets."""
         batch = batch.to(self.device)
         degree = torch.bincount(batch.edge_index[1], minlength=batch.num_nodes)
         nodes = NodeInfo(degree=degree)
@@ -144,18 +156,19 @@ class GraphBatchRunner:
         loss_sum, score_sum, count = 0.0, 0.0, 0
         for batch in self.loaders["train"]:
             optimizer.zero_grad()
-            out, y = self._forward(model, batch)
+            out, y = self.forward(model, batch)
             task = self.task_loss(out, y)
             extra = quantization_loss(model)
             (task if extra is None else task + extra).backward()
             optimizer.step()
             loss_sum += float(task.detach()) * out.size(0)
-            score_sum += self._score_sum(out.detach(), y)
+            score_sum += self.score_sum(out.detach(), y)
             count += out.size(0)
         self.train_score = score_sum / count if count else float("nan")
         return loss_sum / max(count, 1)
 
-    def _score_sum(self, out: Tensor, y: Tensor) -> float:
+    def score_sum(self, out: Tensor, y: Tensor) -> float:
+        """Correct predictions (classification) or summed absolute errors (regression)."""
         if self.task == "classification":
             return float((out.argmax(-1) == y.view(-1)).sum())
         return float((out - y.view_as(out)).abs().mean(-1).sum())
@@ -177,8 +190,8 @@ class GraphBatchRunner:
                 continue
             total, count = 0.0, 0
             for batch in loader:
-                out, y = self._forward(model, batch)
-                total += self._score_sum(out, y)
+                out, y = self.forward(model, batch)
+                total += self.score_sum(out, y)
                 count += out.size(0)
             scores[split] = total / count if count else float("nan")
         return scores
@@ -207,12 +220,7 @@ def train_graphs(
             f"graph-level training needs a dataset of many graphs (data.source: tu), got "
             f"{type(graphs).__name__}."
         )
-    if config.train.fanout is not None:
-        raise ConfigError(
-            "train.fanout samples neighbourhoods of one large graph; graph-level training "
-            "batches whole graphs (train.batch_size graphs per step). Drop train.fanout."
-        )
-    splits = graph_splits(config, graphs)
+    splits = training_split_check(config, graphs)
     torch.manual_seed(config.train.seed)
     model = build_graph_model(config, graphs).to(device)
     runner = GraphBatchRunner(graphs, splits, config.train.batch_size, config.train.seed, device)

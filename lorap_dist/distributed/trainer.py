@@ -96,12 +96,15 @@ def build_trainer(
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from lorap_dist.distributed.worker import train_loop_per_worker
+    if experiment.data.graph_level:
+        from lorap_dist.distributed.graph_worker import graph_loop_per_worker as loop
+    else:
+        from lorap_dist.distributed.worker import train_loop_per_worker as loop
 
     name = name or run_name(settings)
     run_dir = _local_run_dir(settings, name)
     return TorchTrainer(
-        train_loop_per_worker,
+        loop,
         train_loop_config=worker_config(experiment, settings, resume, run_dir),
         torch_config=TorchConfig(backend="nccl" if settings.use_gpu else "gloo"),
         scaling_config=ScalingConfig(
@@ -175,6 +178,39 @@ def _local_run_dir(settings: DistConfig, name: str) -> Path | None:
     return settings.storage_dir / name
 
 
+def check_node_level_run(experiment: ExperimentConfig, settings: DistConfig) -> None:
+    """What a node-level run needs before any worker starts: a prepared dataset directory
+    with one partition per worker, prepared with the configured transform."""
+    if experiment.data.source != "dir":
+        raise ConfigError(
+            f"data.source={experiment.data.source!r}: distributed training reads a prepared "
+            "dataset directory; run `lorap prepare` and set data.source: dir, data.path: DIR "
+            "(datasets of many graphs, data.source: tu, are read directly)."
+        )
+    from lorap_dist.train import check_fanout
+
+    check_fanout(experiment)  # the same one-line errors as a single-process run, before Ray
+    directory = validate_dataset(experiment.data.path, settings.num_workers)
+    from lorap_dist.graph.storage import read_meta
+    from lorap_dist.train import check_prepared_transform
+
+    check_prepared_transform(experiment.data.transform, read_meta(directory), directory)
+
+
+def check_graph_level_run(experiment: ExperimentConfig) -> ExperimentConfig:
+    """Load a dataset of graphs once in the driver before any worker starts: its errors come
+    first, and PyG processes its raw files here (the workers then read PyG's cache instead
+    of processing them at once). Returns ``experiment`` with ``data.root`` absolute, as the
+    workers, started elsewhere, must read it."""
+    from lorap_dist.train_graphs import load_graph_set, training_split_check
+
+    graphs = load_graph_set(experiment)
+    training_split_check(experiment, graphs)
+    data = experiment.to_dict()
+    data["data"]["root"] = str(Path(experiment.data.root).expanduser().resolve())
+    return ExperimentConfig.from_dict(data)
+
+
 def run_distributed(
     experiment: ExperimentConfig,
     settings: DistConfig,
@@ -183,7 +219,10 @@ def run_distributed(
     """Train ``experiment`` on ``settings.num_workers`` Ray Train workers.
 
     Args:
-        experiment: the run (``data.source: dir`` with ``data.path``).
+        experiment: the run: ``data.source: dir`` with ``data.path`` (node level, one
+            partition per worker), or a dataset of many graphs (``data.source: tu``; every
+            worker holds it, data parallel over graphs:
+            :mod:`lorap_dist.distributed.graph_worker`).
         settings: the ``dist`` section.
         resume: a checkpoint directory, or a run directory whose newest good checkpoint is
             used (damaged newer ones are skipped with a warning).
@@ -200,19 +239,10 @@ def run_distributed(
         DistributedRunError: training failed after ``settings.max_failures`` restarts; the
             message names the last good checkpoint and how to resume from it.
     """
-    if experiment.data.source != "dir":
-        raise ConfigError(
-            f"data.source={experiment.data.source!r}: distributed training reads a prepared "
-            "dataset directory; run `lorap prepare` and set data.source: dir, data.path: DIR."
-        )
-    from lorap_dist.train import check_fanout
-
-    check_fanout(experiment)  # the same one-line errors as a single-process run, before Ray
-    directory = validate_dataset(experiment.data.path, settings.num_workers)
-    from lorap_dist.graph.storage import read_meta
-    from lorap_dist.train import check_prepared_transform
-
-    check_prepared_transform(experiment.data.transform, read_meta(directory), directory)
+    if experiment.data.graph_level:
+        experiment = check_graph_level_run(experiment)
+    else:
+        check_node_level_run(experiment, settings)
     if resume is not None:
         from lorap_dist.distributed.worker import resolve_resume_path
 

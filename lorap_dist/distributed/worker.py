@@ -97,7 +97,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     # 3. Resume: Ray Train's checkpoint after a restart, else the --resume path.
     start_epoch, step = 0, 0
     best = BestEpoch()  # the best-validation epoch; distributed runs run every epoch
-    checkpoint_dir = _resume_directory(config.get("resume"), config.get("run_dir"))
+    checkpoint_dir = resume_directory(config.get("resume"), config.get("run_dir"))
     restored_rng = None
     if checkpoint_dir is not None:
         with checkpoint_dir as directory:
@@ -131,7 +131,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         generator = epoch_generator(train_cfg.seed, epoch, rank, SAMPLING_STREAM)
         totals = torch.zeros(3, dtype=torch.float64)  # loss * seeds, correct, seeds
         for index, seeds in enumerate(batches):
-            _maybe_fail(settings, rank, epoch, index)
+            maybe_fail(settings, rank, epoch, index)
             labels = part.labels[seeds - part.start]
             totals += train_batch(
                 ddp, model, optimizer, sampler, exchange, seeds, labels, degree, generator, device
@@ -143,7 +143,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         sent = torch.tensor([exchange.bytes_sent - bytes_before], dtype=torch.float64)
         dist.all_reduce(totals)
         dist.all_reduce(sent)
-        peak_rss = torch.tensor([_peak_rss_bytes()], dtype=torch.float64)
+        peak_rss = torch.tensor([peak_rss_bytes()], dtype=torch.float64)
         dist.all_reduce(peak_rss, op=dist.ReduceOp.MAX)
         metrics: dict[str, Any] = {
             "epoch": epoch + 1,
@@ -168,7 +168,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if last or (epoch + 1) % settings.checkpoint_every == 0:
             rng_states = [None] * world_size
             dist.all_gather_object(rng_states, capture_rng())
-            _report_with_checkpoint(
+            report_with_checkpoint(
                 metrics,
                 TrainingState(
                     model=model.state_dict(),
@@ -218,7 +218,7 @@ def evaluate(
     }
 
 
-def _report_with_checkpoint(metrics: dict[str, Any], state: TrainingState, rank: int) -> None:
+def report_with_checkpoint(metrics: dict[str, Any], state: TrainingState, rank: int) -> None:
     name = checkpoint_name(state.epoch)
     if rank != 0:
         ray.train.report(metrics, checkpoint_dir_name=name)
@@ -249,7 +249,7 @@ class _Directory:
             self._inner.__exit__(*exc)
 
 
-def _resume_directory(resume: str | None, run_dir: str | None) -> _Directory | None:
+def resume_directory(resume: str | None, run_dir: str | None) -> _Directory | None:
     """Where a (re)started worker group resumes from.
 
     After a restart, the newer of Ray Train's registered checkpoint and the newest complete,
@@ -330,12 +330,12 @@ def _has_unused_parameters(
     return any(p.requires_grad and p.grad is None for p in probe.parameters())
 
 
-def _peak_rss_bytes() -> int:
+def peak_rss_bytes() -> int:
     """This process's peak resident set size (Linux reports ``ru_maxrss`` in KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def _maybe_fail(settings: DistConfig, rank: int, epoch: int, step: int) -> None:
+def maybe_fail(settings: DistConfig, rank: int, epoch: int, step: int) -> None:
     fault = settings.fault_inject
     if fault is None or (rank, epoch, step) != (fault.rank, fault.epoch, fault.step):
         return

@@ -1,0 +1,205 @@
+"""The per-worker loop of a distributed graph-level run: data parallel over graphs.
+
+Ray Train runs ``graph_loop_per_worker(config)`` on every rank with the same ``config`` as
+:func:`lorap_dist.distributed.worker.train_loop_per_worker`. A dataset of many small graphs
+fits on every worker, so there is no partitioning and no feature exchange: every rank
+loads the whole dataset (the driver has processed its raw files once before the workers
+start), and each epoch
+
+1. draws one permutation of the training graphs from ``(train.seed, epoch)``, the same on
+   every rank, and gives rank ``r`` the graphs at positions ``r, r + W, r + 2W, ...``
+   (the last ``< W`` graphs of the permutation wait for another epoch, so every rank runs
+   the same number of steps);
+2. trains on batches of ``ceil(train.batch_size / W)`` graphs per rank, gradients averaged
+   by DDP, so one step sees about ``train.batch_size`` graphs as on one process;
+3. scores the validation and test graphs, each rank its ``r::W`` share, summed across ranks
+   (exact, whatever the number of workers);
+4. reports once per epoch and checkpoints like node-level runs (rank 0 writes, every rank's
+   RNG streams saved, a restarted or ``--resume``-d run continues exactly).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+
+from lorap_dist.config import ExperimentConfig
+from lorap_dist.distributed.checkpoint import (
+    TrainingState,
+    architecture,
+    capture_rng,
+    load_checkpoint,
+    restore_rng,
+)
+from lorap_dist.distributed.config import DistConfig
+from lorap_dist.distributed.worker import (
+    maybe_fail,
+    peak_rss_bytes,
+    report_with_checkpoint,
+    resume_directory,
+)
+from lorap_dist.optim import build_optimizer, schedule_lr
+from lorap_dist.quant import end_epoch, quantization_loss
+from lorap_dist.tracking import BestEpoch
+from lorap_dist.train_graphs import (
+    GraphBatchRunner,
+    build_graph_model,
+    graph_splits,
+    load_graph_set,
+)
+
+SHUFFLE_STREAM = 7919  # added to the epoch's seed: the permutation's own stream
+
+
+def rank_share(train: Tensor, seed: int, epoch: int, rank: int, world_size: int) -> Tensor:
+    """Rank ``rank``'s training graphs for ``epoch`` (step 1 of the module docstring)."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch + SHUFFLE_STREAM)
+    order = train[torch.randperm(train.numel(), generator=generator)]
+    usable = order.numel() - order.numel() % world_size
+    return order[:usable][rank::world_size]
+
+
+def graph_loop_per_worker(config: dict[str, Any]) -> None:
+    """Train one rank's share of the graphs; see the module docstring."""
+    from torch_geometric.loader import DataLoader
+
+    experiment = ExperimentConfig.from_dict(config["experiment"])
+    settings = DistConfig.from_dict(config["dist"])
+    train_cfg = experiment.train
+    context = ray.train.get_context()
+    rank, world_size = context.get_world_rank(), context.get_world_size()
+    device = ray.train.torch.get_device()
+
+    graphs = load_graph_set(experiment)
+    splits = graph_splits(experiment, graphs)
+    per_rank = max(1, math.ceil(train_cfg.batch_size / world_size))
+    runner = GraphBatchRunner(  # its forward and scores; loaders are built per epoch here
+        graphs, {}, per_rank, train_cfg.seed, device
+    )
+    torch.manual_seed(train_cfg.seed)
+    model = build_graph_model(experiment, graphs).to(device)
+    optimizer = build_optimizer(model, train_cfg)
+    facts = {
+        "num_features": graphs.num_features,
+        "num_classes": graphs.num_outputs,  # outputs: classes, or regression targets
+        "num_graphs": len(graphs),
+    }
+
+    start_epoch, step = 0, 0
+    best = BestEpoch(higher_is_better=runner.higher_is_better)
+    checkpoint_dir = resume_directory(config.get("resume"), config.get("run_dir"))
+    restored_rng = None
+    if checkpoint_dir is not None:
+        with checkpoint_dir as directory:
+            state = load_checkpoint(
+                directory, expected_architecture=architecture(experiment.to_dict(), facts)
+            )
+        model.load_state_dict(state.model)
+        optimizer.load_state_dict(state.optimizer)
+        start_epoch, step = state.epoch, state.step
+        best.load_state_dict(state.extra.get("best", {}))
+        restored_rng = state.rng[rank]
+    ddp = DistributedDataParallel(
+        model,
+        device_ids=[device.index] if device.type == "cuda" else None,
+        find_unused_parameters=True,  # e.g. MixQ's frozen logits; the models are small
+    )
+    if restored_rng is not None:
+        restore_rng(restored_rng)  # last: nothing above may draw from the restored streams
+    shares = {
+        split: splits[split][rank::world_size] for split in ("valid", "test")
+    }  # fixed: evaluation shares
+
+    for epoch in range(start_epoch, train_cfg.epochs):
+        schedule_lr(optimizer, epoch, train_cfg)
+        ddp.train()
+        started = time.perf_counter()
+        own = rank_share(splits["train"], train_cfg.seed, epoch, rank, world_size)
+        loader = DataLoader(graphs.dataset[own], batch_size=per_rank, shuffle=False)
+        totals = torch.zeros(3, dtype=torch.float64)  # loss * graphs, score sum, graphs
+        for index, batch in enumerate(loader):
+            maybe_fail(settings, rank, epoch, index)
+            optimizer.zero_grad()
+            out, y = runner.forward(ddp, batch)
+            task = runner.task_loss(out, y)
+            extra = quantization_loss(model)
+            (task if extra is None else task + extra).backward()
+            optimizer.step()
+            count = out.size(0)
+            score = runner.score_sum(out.detach(), y)
+            totals += torch.tensor(
+                [float(task.detach()) * count, score, count], dtype=torch.float64
+            )
+            step += 1
+        elapsed = time.perf_counter() - started
+        if end_epoch(model, epoch, train_cfg.epochs):  # e.g. MixQ froze: a different model
+            best.restart()
+        dist.all_reduce(totals)
+        peak_rss = torch.tensor([peak_rss_bytes()], dtype=torch.float64)
+        dist.all_reduce(peak_rss, op=dist.ReduceOp.MAX)
+        metrics: dict[str, Any] = {
+            "epoch": epoch + 1,
+            "step": step,
+            "loss": float(totals[0] / totals[2]),
+            "train_acc_sampled": float(totals[1] / totals[2]),
+            "seeds_per_s": float(totals[2]) / max(elapsed, 1e-9),  # training graphs per second
+            "bytes_exchanged": 0,
+            "epoch_s": elapsed,
+            "peak_rss_gib": float(peak_rss) / 2**30,
+        }
+        last = epoch + 1 == train_cfg.epochs
+        every = settings.eval_every
+        if every is not None and (last or (every and (epoch + 1) % every == 0)):
+            metrics |= evaluate(model, graphs, shares, runner)
+            best.update(epoch, metrics["valid_acc"], metrics["test_acc"])
+        metrics |= {"best_valid_acc": best.valid, "best_test_acc": best.test}
+        if last or (epoch + 1) % settings.checkpoint_every == 0:
+            rng_states = [None] * world_size
+            dist.all_gather_object(rng_states, capture_rng())
+            state = TrainingState(
+                model=model.state_dict(),
+                optimizer=optimizer.state_dict(),
+                config=experiment.to_dict(),
+                epoch=epoch + 1,
+                step=step,
+                rng=rng_states,
+                dataset=facts,
+                extra={"best": best.state_dict()},
+            )
+            report_with_checkpoint(metrics, state, rank)
+        else:
+            ray.train.report(metrics)
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, graphs: Any, shares: dict[str, Tensor], runner: GraphBatchRunner
+) -> dict[str, float]:
+    """Validation and test score over every rank's share (a collective)."""
+    from torch_geometric.loader import DataLoader
+
+    for buffer in model.buffers():  # batch-norm statistics, ranges: rank 0's, as saved
+        dist.broadcast(buffer, 0)
+    model.eval()
+    sums = []
+    for split in ("valid", "test"):
+        total, count = 0.0, 0
+        for batch in DataLoader(graphs.dataset[shares[split]], batch_size=256):
+            out, y = runner.forward(model, batch)
+            total += runner.score_sum(out, y)
+            count += out.size(0)
+        sums += [total, count]
+    totals = torch.tensor(sums, dtype=torch.float64)
+    dist.all_reduce(totals)
+    return {
+        f"{split}_acc": float(totals[2 * i] / totals[2 * i + 1]) if totals[2 * i + 1] else math.nan
+        for i, split in enumerate(("valid", "test"))
+    }
