@@ -795,19 +795,25 @@ def trial_table(grid: Any, sweep: SweepConfig) -> Any:
 CONFIG_PREFIXES = ("data.", "model.", "prompt.", "quant.", "train.", "dist")
 
 
+REPEATS = ("train.seed", "data.fold")  # what the summary averages over
+
+
 def swept_columns(trials: Any) -> list[str]:
-    """Config columns whose value differs between trials (``train.seed`` excluded)."""
+    """Config columns whose value differs between trials, except :data:`REPEATS`: seeds,
+    and the folds of a cross-validated dataset of graphs (``data.fold`` in ``space``), which
+    the summary averages over."""
     return [
         c
         for c in trials.columns
         if c.startswith(CONFIG_PREFIXES)
-        and c != "train.seed"
+        and c not in REPEATS
         and trials[c].map(_label).nunique() > 1
     ]
 
 
 def summarize(trials: Any) -> Any:
-    """Mean and standard deviation over seeds per configuration (completed trials)."""
+    """Mean and standard deviation over seeds (and folds) per configuration (completed
+    trials)."""
     import pandas as pd
 
     axes = swept_columns(trials) or ["point"]

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from lorap_dist.cli import apply_overrides, load_config
@@ -211,5 +213,22 @@ def test_every_shipped_config_file_loads():
     root = Path(__file__).resolve().parents[1] / "jobs" / "configs"
     for path in sorted(root.glob("*.yaml")):
         ExperimentConfig.from_yaml(path)
+    for path in sorted((root / "sweeps").glob("*.yaml")):
+        load_sweep(path)
+
+
+def test_every_shipped_config_and_sweep_file_loads():
+    from lorap_dist.tune import load_sweep
+
+    root = Path(__file__).resolve().parents[1] / "jobs" / "configs"
+    configs = sorted(root.glob("*.yaml"))
+    assert {"default.yaml", "reddit-binary-gin.yaml", "proteins-gin.yaml"} <= {
+        p.name for p in configs
+    }
+    for path in configs:
+        ExperimentConfig.from_yaml(path)
+    graph = ExperimentConfig.from_yaml(root / "reddit-binary-gin.yaml")
+    assert graph.data.graph_level and graph.model.readout == "mean"
+    assert graph.train.lr_decay_every == 50
     for path in sorted((root / "sweeps").glob("*.yaml")):
         load_sweep(path)

@@ -152,3 +152,16 @@ def test_tune_reporter_counts_training_graphs(tu_root, monkeypatch):
     assert len(reports) == 2 and reports[-1]["trial_done"]
     assert 0 <= reports[-1]["best_test_acc"] <= 1
     assert reports[-1]["seeds_per_s"] > 0
+
+
+@pytest.mark.parametrize("arch", ["gcn", "sage", "gat"])
+def test_every_layer_type_learns_graph_level_at_int8_with_lorap(tu_root, arch):
+    cfg = config(
+        tu_root,
+        model={"arch": arch, "readout": "sum", "norm": "batch"},
+        quant={"scheme": "qat", "options": {"bits": 8}},
+        prompt={"kind": "lorap", "k": 2, "r": 2},
+    )
+    result, model = train(cfg, progress=False)
+    assert result.train_acc >= 0.75, result.history[-1]
+    assert type(model.convs[0]).__name__ == f"Q{arch.upper()}Conv"

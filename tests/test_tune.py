@@ -313,3 +313,31 @@ def test_trial_id_survives_rays_directory_suffix():
     assert result_trial_id(reported) == "79ae4_00001"
     assert result_trial_id(silent) == "79ae4_00001"
     assert result_trial_id(plain) == "79ae4_00002"
+
+
+def test_folds_are_averaged_like_seeds_in_the_summary():
+    from lorap_dist.tune import summarize
+
+    rows = []
+    for scheme, base in (("qat", 0.5), ("degree_quant", 0.7)):
+        for fold in range(3):
+            rows.append(
+                {
+                    "point": scheme,
+                    "status": "completed",
+                    "quant.scheme": scheme,
+                    "data.fold": fold,
+                    "train.seed": 0,
+                    "best_test_acc": base + 0.1 * fold,
+                    "best_valid_acc": base,
+                    **dict.fromkeys(
+                        ["params_prompt", "params_backbone", "avg_bits", "seeds_per_s", "wall_s"],
+                        1.0,
+                    ),
+                }
+            )
+    table = summarize(pd.DataFrame(rows))
+    assert list(table["quant.scheme"]) == ["qat", "degree_quant"]
+    assert "data.fold" not in table.columns
+    assert list(table["n_seeds"]) == [3, 3]
+    assert table["acc_mean"].round(6).tolist() == [0.6, 0.8]
