@@ -45,7 +45,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-from common import RESULTS, markdown_table, mean_std, write_result  # noqa: E402
+from common import RESULTS, markdown_table, mean_std, scheme_options, write_result  # noqa: E402
 
 NAME = "accuracy_graph_level"
 PAPER = {  # Degree-Quant, GIN on REDDIT-BINARY (paper; public code's rerun in brackets)
@@ -55,14 +55,6 @@ PAPER = {  # Degree-Quant, GIN on REDDIT-BINARY (paper; public code's rerun in b
     ("REDDIT-BINARY", "degree_quant", 4): "81.3 (86.2)",
 }
 RECIPE = {8: {"lr": 0.005, "weight_decay": 2e-4}, 4: {"lr": 0.001, "weight_decay": 4e-5}}
-
-
-def scheme_options(scheme: str, bits: int) -> dict[str, Any]:
-    if scheme in ("qat", "degree_quant"):
-        return {"bits": bits}
-    if scheme == "a2q":
-        return {"init_bits": bits, "memory_budget": float(bits)}
-    return {"candidate_bits": [4, 8] if bits == 8 else [2, 4, 8], "penalty": 1e-4}
 
 
 def experiment(

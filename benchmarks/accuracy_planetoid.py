@@ -47,7 +47,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-from common import RESULTS, machine, markdown_table, mean_std, write_result  # noqa: E402
+from common import RESULTS, machine, markdown_table, mean_std, scheme_options, write_result  # noqa: E402
 
 from lorap_dist.config import ExperimentConfig  # noqa: E402
 from lorap_dist.graph.pyg_source import planetoid_raw_files  # noqa: E402
@@ -59,14 +59,6 @@ MODELS = {
     "gat": {"arch": "gat"},
 }
 COLLAPSE = 10.0  # a prompted seed this far below its scheme's mean is reported as collapsed
-
-
-def scheme_options(scheme: str, bits: int) -> dict[str, Any]:
-    if scheme in ("qat", "degree_quant"):
-        return {"bits": bits}
-    if scheme == "a2q":
-        return {"init_bits": bits, "memory_budget": float(bits)}
-    return {"candidate_bits": [4, 8] if bits == 8 else [2, 4, 8], "penalty": 1e-4}
 
 
 def experiment(

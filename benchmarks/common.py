@@ -40,3 +40,14 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def scheme_options(scheme: str, bits: int) -> dict[str, Any]:
+    """The options that make ``scheme`` an INT``bits`` run in the accuracy benchmarks: the
+    bit width for qat and degree_quant; A2Q learned bits from ``bits`` with that memory
+    budget; MixQ choosing among {4, 8} at INT8 and {2, 4, 8} at INT4, penalty 1e-4."""
+    if scheme in ("qat", "degree_quant"):
+        return {"bits": bits}
+    if scheme == "a2q":
+        return {"init_bits": bits, "memory_budget": float(bits)}
+    return {"candidate_bits": [4, 8] if bits == 8 else [2, 4, 8], "penalty": 1e-4}

@@ -153,19 +153,26 @@ class GraphBatchRunner:
         the training pass's own score (accuracy or error, in training mode) for
         :meth:`evaluate`."""
         model.train()
-        loss_sum, score_sum, count = 0.0, 0.0, 0
+        totals = torch.zeros(3, dtype=torch.float64)
         for batch in self.loaders["train"]:
-            optimizer.zero_grad()
-            out, y = self.forward(model, batch)
-            task = self.task_loss(out, y)
-            extra = quantization_loss(model)
-            (task if extra is None else task + extra).backward()
-            optimizer.step()
-            loss_sum += float(task.detach()) * out.size(0)
-            score_sum += self.score_sum(out.detach(), y)
-            count += out.size(0)
+            totals += self.step(model, optimizer, batch)
+        loss_sum, score_sum, count = totals.tolist()
         self.train_score = score_sum / count if count else float("nan")
         return loss_sum / max(count, 1)
+
+    def step(self, model: nn.Module, optimizer: torch.optim.Optimizer, batch) -> Tensor:
+        """One optimizer step on ``batch``: the task loss plus every quantizer's penalty.
+        Returns ``[loss * graphs, score sum, graphs]`` (float64) for the epoch's totals.
+        ``model`` may be a DDP wrapper (its penalties are its module's)."""
+        optimizer.zero_grad()
+        out, y = self.forward(model, batch)
+        task = self.task_loss(out, y)
+        extra = quantization_loss(model)
+        (task if extra is None else task + extra).backward()
+        optimizer.step()
+        count = out.size(0)
+        row = [float(task.detach()) * count, self.score_sum(out.detach(), y), count]
+        return torch.tensor(row, dtype=torch.float64)
 
     def score_sum(self, out: Tensor, y: Tensor) -> float:
         """Correct predictions (classification) or summed absolute errors (regression)."""

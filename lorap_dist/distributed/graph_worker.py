@@ -24,30 +24,23 @@ import math
 import time
 from typing import Any
 
-import ray.train
-import ray.train.torch
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from lorap_dist.config import ExperimentConfig
 from lorap_dist.distributed.checkpoint import (
-    TrainingState,
-    architecture,
-    capture_rng,
-    load_checkpoint,
     restore_rng,
 )
-from lorap_dist.distributed.config import DistConfig
 from lorap_dist.distributed.worker import (
+    epoch_metrics,
     maybe_fail,
-    peak_rss_bytes,
-    report_with_checkpoint,
-    resume_directory,
+    rank_context,
+    report_epoch,
+    restore_training,
 )
 from lorap_dist.optim import build_optimizer, schedule_lr
-from lorap_dist.quant import end_epoch, quantization_loss
+from lorap_dist.quant import end_epoch
 from lorap_dist.tracking import BestEpoch
 from lorap_dist.train_graphs import (
     GraphBatchRunner,
@@ -71,12 +64,8 @@ def graph_loop_per_worker(config: dict[str, Any]) -> None:
     """Train one rank's share of the graphs; see the module docstring."""
     from torch_geometric.loader import DataLoader
 
-    experiment = ExperimentConfig.from_dict(config["experiment"])
-    settings = DistConfig.from_dict(config["dist"])
+    experiment, settings, rank, world_size, device = rank_context(config)
     train_cfg = experiment.train
-    context = ray.train.get_context()
-    rank, world_size = context.get_world_rank(), context.get_world_size()
-    device = ray.train.torch.get_device()
 
     graphs = load_graph_set(experiment)
     splits = graph_splits(experiment, graphs)
@@ -93,20 +82,10 @@ def graph_loop_per_worker(config: dict[str, Any]) -> None:
         "num_graphs": len(graphs),
     }
 
-    start_epoch, step = 0, 0
     best = BestEpoch(higher_is_better=runner.higher_is_better)
-    checkpoint_dir = resume_directory(config.get("resume"), config.get("run_dir"))
-    restored_rng = None
-    if checkpoint_dir is not None:
-        with checkpoint_dir as directory:
-            state = load_checkpoint(
-                directory, expected_architecture=architecture(experiment.to_dict(), facts)
-            )
-        model.load_state_dict(state.model)
-        optimizer.load_state_dict(state.optimizer)
-        start_epoch, step = state.epoch, state.step
-        best.load_state_dict(state.extra.get("best", {}))
-        restored_rng = state.rng[rank]
+    start_epoch, step, restored_rng = restore_training(
+        config, experiment, facts, model, optimizer, best, rank
+    )
     ddp = DistributedDataParallel(
         model,
         device_ids=[device.index] if device.type == "cuda" else None,
@@ -127,56 +106,21 @@ def graph_loop_per_worker(config: dict[str, Any]) -> None:
         totals = torch.zeros(3, dtype=torch.float64)  # loss * graphs, score sum, graphs
         for index, batch in enumerate(loader):
             maybe_fail(settings, rank, epoch, index)
-            optimizer.zero_grad()
-            out, y = runner.forward(ddp, batch)
-            task = runner.task_loss(out, y)
-            extra = quantization_loss(model)
-            (task if extra is None else task + extra).backward()
-            optimizer.step()
-            count = out.size(0)
-            score = runner.score_sum(out.detach(), y)
-            totals += torch.tensor(
-                [float(task.detach()) * count, score, count], dtype=torch.float64
-            )
+            totals += runner.step(ddp, optimizer, batch)
             step += 1
         elapsed = time.perf_counter() - started
         if end_epoch(model, epoch, train_cfg.epochs):  # e.g. MixQ froze: a different model
             best.restart()
-        dist.all_reduce(totals)
-        peak_rss = torch.tensor([peak_rss_bytes()], dtype=torch.float64)
-        dist.all_reduce(peak_rss, op=dist.ReduceOp.MAX)
-        metrics: dict[str, Any] = {
-            "epoch": epoch + 1,
-            "step": step,
-            "loss": float(totals[0] / totals[2]),
-            "train_acc_sampled": float(totals[1] / totals[2]),
-            "seeds_per_s": float(totals[2]) / max(elapsed, 1e-9),  # training graphs per second
-            "bytes_exchanged": 0,
-            "epoch_s": elapsed,
-            "peak_rss_gib": float(peak_rss) / 2**30,
-        }
+        metrics = epoch_metrics(epoch, step, totals, elapsed, bytes_sent=0)
+        # seeds_per_s: training graphs per second here
         last = epoch + 1 == train_cfg.epochs
         every = settings.eval_every
         if every is not None and (last or (every and (epoch + 1) % every == 0)):
             metrics |= evaluate(model, graphs, shares, runner)
             best.update(epoch, metrics["valid_acc"], metrics["test_acc"])
         metrics |= {"best_valid_acc": best.valid, "best_test_acc": best.test}
-        if last or (epoch + 1) % settings.checkpoint_every == 0:
-            rng_states = [None] * world_size
-            dist.all_gather_object(rng_states, capture_rng())
-            state = TrainingState(
-                model=model.state_dict(),
-                optimizer=optimizer.state_dict(),
-                config=experiment.to_dict(),
-                epoch=epoch + 1,
-                step=step,
-                rng=rng_states,
-                dataset=facts,
-                extra={"best": best.state_dict()},
-            )
-            report_with_checkpoint(metrics, state, rank)
-        else:
-            ray.train.report(metrics)
+        due = last or (epoch + 1) % settings.checkpoint_every == 0
+        report_epoch(metrics, due, rank, world_size, model, optimizer, experiment, facts, best)
 
 
 @torch.no_grad()

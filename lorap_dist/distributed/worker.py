@@ -54,12 +54,8 @@ SAMPLING_STREAM = 1  # epoch_generator stream of the neighbour sampler (0 orders
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Train one rank's share; see the module docstring for ``config``."""
-    experiment = ExperimentConfig.from_dict(config["experiment"])
-    settings = DistConfig.from_dict(config["dist"])
+    experiment, settings, rank, world_size, device = rank_context(config)
     train_cfg = experiment.train
-    context = ray.train.get_context()
-    rank, world_size = context.get_world_rank(), context.get_world_size()
-    device = ray.train.torch.get_device()
 
     # 1. Open the dataset (memory-mapped) and this rank's feature shard.
     dataset = open_dataset(config["dataset_path"])
@@ -95,21 +91,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     }
 
     # 3. Resume: Ray Train's checkpoint after a restart, else the --resume path.
-    start_epoch, step = 0, 0
     best = BestEpoch()  # the best-validation epoch; distributed runs run every epoch
-    checkpoint_dir = resume_directory(config.get("resume"), config.get("run_dir"))
-    restored_rng = None
-    if checkpoint_dir is not None:
-        with checkpoint_dir as directory:
-            state = load_checkpoint(
-                directory,
-                expected_architecture=architecture(experiment.to_dict(), dataset_facts),
-            )
-        model.load_state_dict(state.model)
-        optimizer.load_state_dict(state.optimizer)
-        start_epoch, step = state.epoch, state.step
-        best.load_state_dict(state.extra.get("best", {}))
-        restored_rng = state.rng[rank]
+    start_epoch, step, restored_rng = restore_training(
+        config, experiment, dataset_facts, model, optimizer, best, rank
+    )
     ddp = DistributedDataParallel(
         model,
         device_ids=[device.index] if device.type == "cuda" else None,
@@ -140,21 +125,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         elapsed = time.perf_counter() - started
         if end_epoch(model, epoch, train_cfg.epochs):  # e.g. MixQ froze: a different model
             best.restart()
-        sent = torch.tensor([exchange.bytes_sent - bytes_before], dtype=torch.float64)
-        dist.all_reduce(totals)
-        dist.all_reduce(sent)
-        peak_rss = torch.tensor([peak_rss_bytes()], dtype=torch.float64)
-        dist.all_reduce(peak_rss, op=dist.ReduceOp.MAX)
-        metrics: dict[str, Any] = {
-            "epoch": epoch + 1,
-            "step": step,
-            "loss": float(totals[0] / totals[2]),
-            "train_acc_sampled": float(totals[1] / totals[2]),
-            "seeds_per_s": float(totals[2]) / max(elapsed, 1e-9),
-            "bytes_exchanged": int(sent.item()),
-            "epoch_s": elapsed,
-            "peak_rss_gib": float(peak_rss) / 2**30,  # the largest worker's
-        }
+        metrics = epoch_metrics(epoch, step, totals, elapsed, exchange.bytes_sent - bytes_before)
 
         # 5. Evaluate exactly (full neighbourhoods, layer by layer) on every partition.
         last = epoch + 1 == train_cfg.epochs
@@ -165,25 +136,105 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         metrics |= {"best_valid_acc": best.valid, "best_test_acc": best.test}
 
         # 6. Rank 0 writes the checkpoint; every rank reports once per epoch.
-        if last or (epoch + 1) % settings.checkpoint_every == 0:
-            rng_states = [None] * world_size
-            dist.all_gather_object(rng_states, capture_rng())
-            report_with_checkpoint(
-                metrics,
-                TrainingState(
-                    model=model.state_dict(),
-                    optimizer=optimizer.state_dict(),
-                    config=experiment.to_dict(),
-                    epoch=epoch + 1,
-                    step=step,
-                    rng=rng_states,
-                    dataset=dataset_facts,
-                    extra={"best": best.state_dict()},
-                ),
-                rank,
-            )
-        else:
-            ray.train.report(metrics)
+        due = last or (epoch + 1) % settings.checkpoint_every == 0
+        report_epoch(
+            metrics, due, rank, world_size, model, optimizer, experiment, dataset_facts, best
+        )
+
+
+def epoch_metrics(
+    epoch: int, step: int, totals: Tensor, elapsed: float, bytes_sent: int
+) -> dict[str, Any]:
+    """An epoch's report (a collective): ``totals`` (``[loss * seeds, correct, seeds]``,
+    summed here over the ranks) and ``bytes_sent`` summed, the largest worker's peak
+    resident set."""
+    sent = torch.tensor([bytes_sent], dtype=torch.float64)
+    dist.all_reduce(totals)
+    dist.all_reduce(sent)
+    peak_rss = torch.tensor([peak_rss_bytes()], dtype=torch.float64)
+    dist.all_reduce(peak_rss, op=dist.ReduceOp.MAX)
+    return {
+        "epoch": epoch + 1,
+        "step": step,
+        "loss": float(totals[0] / totals[2]),
+        "train_acc_sampled": float(totals[1] / totals[2]),
+        "seeds_per_s": float(totals[2]) / max(elapsed, 1e-9),
+        "bytes_exchanged": int(sent.item()),
+        "epoch_s": elapsed,
+        "peak_rss_gib": float(peak_rss) / 2**30,  # the largest worker's
+    }
+
+
+def report_epoch(
+    metrics: dict[str, Any],
+    checkpoint: bool,
+    rank: int,
+    world_size: int,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    experiment: ExperimentConfig,
+    dataset_facts: dict[str, int],
+    best: BestEpoch,
+) -> None:
+    """Report the epoch (``metrics["epoch"]`` done, ``metrics["step"]`` steps) from every
+    rank; with ``checkpoint``, rank 0 also writes the :class:`TrainingState`, with every
+    rank's RNG streams."""
+    if not checkpoint:
+        ray.train.report(metrics)
+        return
+    rng_states: list[Any] = [None] * world_size
+    dist.all_gather_object(rng_states, capture_rng())
+    state = TrainingState(
+        model=model.state_dict(),
+        optimizer=optimizer.state_dict(),
+        config=experiment.to_dict(),
+        epoch=metrics["epoch"],
+        step=metrics["step"],
+        rng=rng_states,
+        dataset=dataset_facts,
+        extra={"best": best.state_dict()},
+    )
+    report_with_checkpoint(metrics, state, rank)
+
+
+def rank_context(
+    config: dict[str, Any],
+) -> tuple[ExperimentConfig, DistConfig, int, int, torch.device]:
+    """The experiment, the ``dist`` section, this rank, the world size and the device."""
+    context = ray.train.get_context()
+    return (
+        ExperimentConfig.from_dict(config["experiment"]),
+        DistConfig.from_dict(config["dist"]),
+        context.get_world_rank(),
+        context.get_world_size(),
+        ray.train.torch.get_device(),
+    )
+
+
+def restore_training(
+    config: dict[str, Any],
+    experiment: ExperimentConfig,
+    dataset_facts: dict[str, int],
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    best: BestEpoch,
+    rank: int,
+) -> tuple[int, int, Any]:
+    """Load the checkpoint a (re)started run resumes from (:func:`resume_directory`) into
+    ``model``, ``optimizer`` and ``best``; returns the epoch and step to continue from and
+    this rank's saved RNG state (``(0, 0, None)`` for a fresh run). The RNG state is for the
+    caller to restore last, once nothing else draws from the streams."""
+    checkpoint_dir = resume_directory(config.get("resume"), config.get("run_dir"))
+    if checkpoint_dir is None:
+        return 0, 0, None
+    with checkpoint_dir as directory:
+        state = load_checkpoint(
+            directory, expected_architecture=architecture(experiment.to_dict(), dataset_facts)
+        )
+    model.load_state_dict(state.model)
+    optimizer.load_state_dict(state.optimizer)
+    best.load_state_dict(state.extra.get("best", {}))
+    return state.epoch, state.step, state.rng[rank]
 
 
 def evaluate(

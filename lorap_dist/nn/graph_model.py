@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch_geometric.utils import scatter
@@ -11,8 +9,7 @@ from torch_geometric.utils import scatter
 from lorap_dist.config import ModelConfig, PromptConfig
 from lorap_dist.graph.block import NodeInfo
 from lorap_dist.nn.linear import QLinear
-from lorap_dist.nn.model import build_conv, build_norm
-from lorap_dist.prompt.gpf import GPFPlus
+from lorap_dist.nn.model import PromptedStack, build_conv, build_norm
 from lorap_dist.quant.base import NODE, identity_quantizers
 
 
@@ -52,7 +49,7 @@ class GraphHead(nn.Module):
         return self.lin2(F.dropout(z, p=self.dropout, training=self.training))
 
 
-class GraphGNN(nn.Module):
+class GraphGNN(PromptedStack):
     r"""``model.layers`` quantized layers, a readout over each graph's nodes and a head.
 
     .. math::
@@ -87,17 +84,8 @@ class GraphGNN(nn.Module):
         model: ModelConfig,
         prompt: PromptConfig | None = None,
     ) -> None:
-        super().__init__()
-        prompt = prompt or PromptConfig()
-        if model.arch == "gat" and model.hidden % model.heads != 0:
-            raise ValueError(
-                f"model.hidden={model.hidden} is not divisible by model.heads={model.heads}; "
-                "GAT's layers split the hidden width across the heads."
-            )
-        self.config = model
-        self.prompt_config = prompt
-        self.node_transform: Callable[[NodeInfo | None], NodeInfo | None] | None = None
-        self.gpf = GPFPlus(in_channels, prompt.k) if prompt.gpf else None
+        super().__init__(in_channels, model, prompt, split_heads=True)
+        prompt = self.prompt_config
         widths = [in_channels] + [model.hidden] * model.layers
         self.convs = nn.ModuleList(
             build_conv(model, prompt, widths[l], widths[l + 1], last=False)
@@ -108,11 +96,6 @@ class GraphGNN(nn.Module):
         )
         self.readout = model.readout
         self.head = GraphHead(model.hidden, model.hidden, out_channels, model.dropout)
-
-    def reset_parameters(self) -> None:
-        for module in self.modules():
-            if module is not self and hasattr(module, "reset_parameters"):
-                module.reset_parameters()
 
     def forward(
         self,

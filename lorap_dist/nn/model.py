@@ -19,7 +19,43 @@ from lorap_dist.prompt.lorap import LoRAP
 from lorap_dist.quant.base import Quantizer
 
 
-class GNN(nn.Module):
+class PromptedStack(nn.Module):
+    """What the node-level and graph-level stacks share: their configs, the GPF-plus input
+    prompt, the ``node_transform`` hook and the check of GAT's head split.
+
+    Args:
+        in_channels: input feature width.
+        model: the stack's :class:`~lorap_dist.config.ModelConfig`.
+        prompt: the :class:`~lorap_dist.config.PromptConfig` (default: no prompt).
+        split_heads: whether some GAT layer splits ``model.hidden`` across the heads.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        model: ModelConfig,
+        prompt: PromptConfig | None,
+        split_heads: bool,
+    ) -> None:
+        super().__init__()
+        prompt = prompt or PromptConfig()
+        if model.arch == "gat" and model.hidden % model.heads != 0 and split_heads:
+            raise ValueError(
+                f"model.hidden={model.hidden} is not divisible by model.heads={model.heads}; "
+                "GAT's hidden layers split the hidden width across the heads."
+            )
+        self.config = model
+        self.prompt_config = prompt
+        self.node_transform: Callable[[NodeInfo | None], NodeInfo | None] | None = None
+        self.gpf = GPFPlus(in_channels, prompt.k) if prompt.gpf else None
+
+    def reset_parameters(self) -> None:
+        for module in self.modules():
+            if module is not self and hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+
+
+class GNN(PromptedStack):
     r"""``model.layers`` quantized layers of one architecture, with optional prompts.
 
     .. math::
@@ -57,17 +93,8 @@ class GNN(nn.Module):
         model: ModelConfig,
         prompt: PromptConfig | None = None,
     ) -> None:
-        super().__init__()
-        prompt = prompt or PromptConfig()
-        if model.arch == "gat" and model.hidden % model.heads != 0 and model.layers > 1:
-            raise ValueError(
-                f"model.hidden={model.hidden} is not divisible by model.heads={model.heads}; "
-                "GAT's hidden layers split the hidden width across the heads."
-            )
-        self.config = model
-        self.prompt_config = prompt
-        self.node_transform: Callable[[NodeInfo | None], NodeInfo | None] | None = None
-        self.gpf = GPFPlus(in_channels, prompt.k) if prompt.gpf else None
+        super().__init__(in_channels, model, prompt, split_heads=model.layers > 1)
+        prompt = self.prompt_config
         widths = [in_channels] + [model.hidden] * (model.layers - 1) + [out_channels]
         self.convs = nn.ModuleList(
             build_conv(model, prompt, widths[l], widths[l + 1], last=l == model.layers - 1)
@@ -77,11 +104,6 @@ class GNN(nn.Module):
             build_norm(model.resolved_norm, model.hidden) for _ in widths[1:-1]
         )
         self.dropout = model.dropout
-
-    def reset_parameters(self) -> None:
-        for module in self.modules():
-            if module is not self and hasattr(module, "reset_parameters"):
-                module.reset_parameters()
 
     def forward(
         self, x: Tensor, graph: Tensor | Sequence[Block], nodes: NodeInfo | None = None

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import ray
 import torch
 
 from lorap_dist.config import SyntheticConfig
@@ -88,3 +89,74 @@ def tiny_graph() -> GraphData:
 def tiny_dataset(tiny_graph, tmp_path_factory) -> Path:
     """200 nodes, 2 parts, fp32 features."""
     return write_dataset(tiny_graph, tmp_path_factory.mktemp("tiny") / "ds", 2)
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(tmp_path_factory):
+    """One local Ray instance (2 CPUs) for the module that asks for it."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        _temp_dir=str(tmp_path_factory.mktemp("ray")),
+        runtime_env={"env_vars": {"RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}},
+    )
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture
+def run_with_a_killed_worker():
+    """The function below, for the modules that test a killed worker."""
+    return _run_with_a_killed_worker
+
+
+def _run_with_a_killed_worker(experiment, tmp_path, epochs: int) -> dict:
+    """Run ``experiment`` on 2 workers, rank 1 killed at epoch 1 step 1 and Ray allowed one
+    restart; checks that the worker did die and the run still trained every epoch, and
+    returns the run's summary."""
+    from lorap_dist.distributed.config import DistConfig
+    from lorap_dist.distributed.trainer import run_distributed
+
+    marker = tmp_path / "killed"
+    fault = {"rank": 1, "epoch": 1, "step": 1, "marker": str(marker)}
+    settings = DistConfig(
+        num_workers=2,
+        storage_path=str(tmp_path / "runs"),
+        name="faulty",
+        max_failures=1,
+        fault_inject=fault,
+    )
+    result = run_distributed(experiment, settings)
+    assert marker.exists()  # the worker did die
+    assert result["epochs"] == epochs
+    return result
+
+
+@pytest.fixture
+def straight_and_resumed():
+    """The function below, for the modules that test a resumed run."""
+    return _straight_and_resumed
+
+
+def _straight_and_resumed(experiment_of, tmp_path) -> tuple[dict, dict]:
+    """Two runs on 2 workers of ``experiment_of(epochs)``: 4 epochs straight, and 2 epochs
+    then resumed from their last checkpoint to 4; returns both summaries, checking that
+    each trained 4 epochs in the same number of steps and ended with the same weights."""
+    from lorap_dist.distributed.checkpoint import load_checkpoint
+    from lorap_dist.distributed.config import DistConfig
+    from lorap_dist.distributed.trainer import run_distributed
+
+    def settings(name: str) -> DistConfig:
+        return DistConfig(num_workers=2, storage_path=str(tmp_path / "runs"), name=name)
+
+    straight = run_distributed(experiment_of(4), settings("straight"))
+    first = run_distributed(experiment_of(2), settings("first"))
+    resumed = run_distributed(experiment_of(4), settings("resumed"), resume=first["checkpoint"])
+    assert straight["epochs"] == resumed["epochs"] == 4
+    assert straight["steps"] == resumed["steps"] > 0
+    a, b = load_checkpoint(straight["checkpoint"]), load_checkpoint(resumed["checkpoint"])
+    assert a.model.keys() == b.model.keys()
+    for key in a.model:
+        assert torch.equal(a.model[key], b.model[key]), key
+    return straight, resumed

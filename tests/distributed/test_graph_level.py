@@ -1,15 +1,12 @@
 """Graph-level training on 2 Ray Train workers: data parallel over graphs, a resumed run
 equal to an uninterrupted one, a killed worker, and the checks made before any worker.
 
-One local Ray instance (2 CPUs) serves the whole module.
+One local Ray instance (2 CPUs, ``ray_cluster`` in conftest.py) serves the whole module.
 """
 
 from __future__ import annotations
 
-import os
-
 import pytest
-import ray
 import torch
 
 from lorap_dist.config import ConfigError, ExperimentConfig
@@ -26,19 +23,6 @@ def tu_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("tu")
     write_tu_dataset(root, "SHAPES", two_shapes(40, seed=1))
     return root
-
-
-@pytest.fixture(scope="module")
-def ray_cluster(tmp_path_factory):
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    ray.init(
-        num_cpus=2,
-        include_dashboard=False,
-        _temp_dir=str(tmp_path_factory.mktemp("ray")),
-        runtime_env={"env_vars": {"RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}},
-    )
-    yield
-    ray.shutdown()
 
 
 def experiment(root, epochs: int, **train) -> ExperimentConfig:
@@ -68,40 +52,25 @@ def test_ranks_share_each_epochs_graphs_without_overlap():
 
 
 @pytest.mark.slow
-def test_graph_level_resumed_run_equals_the_uninterrupted_one(ray_cluster, tu_root, tmp_path):
-    straight = run_distributed(experiment(tu_root, 4), settings(tmp_path, "straight"))
-    first = run_distributed(experiment(tu_root, 2), settings(tmp_path, "first"))
-    resumed = run_distributed(
-        experiment(tu_root, 4), settings(tmp_path, "resumed"), resume=first["checkpoint"]
-    )
-    assert straight["epochs"] == resumed["epochs"] == 4
+def test_graph_level_resumed_run_equals_the_uninterrupted_one(
+    ray_cluster, tu_root, tmp_path, straight_and_resumed
+):
+    straight, resumed = straight_and_resumed(lambda epochs: experiment(tu_root, epochs), tmp_path)
     # 20 training graphs of 40 (4 folds: test, valid, 2 train), 10 per rank, batches of
     # 8 / 2 = 4 graphs per rank: 3 steps per epoch
-    assert straight["steps"] == resumed["steps"] == 12
-    a, b = load_checkpoint(straight["checkpoint"]), load_checkpoint(resumed["checkpoint"])
-    assert a.model.keys() == b.model.keys()
-    for key in a.model:
-        assert torch.equal(a.model[key], b.model[key]), key
+    assert straight["steps"] == 12
     for key in ("loss", "valid_acc", "test_acc", "best_valid_acc"):
         assert straight[key] == resumed[key], key
     assert 0.0 <= straight["test_acc"] <= 1.0 and straight["seeds_per_s"] > 0
-    assert a.dataset == {"num_features": 2, "num_classes": 2, "num_graphs": 40}
+    facts = load_checkpoint(straight["checkpoint"]).dataset
+    assert facts == {"num_features": 2, "num_classes": 2, "num_graphs": 40}
 
 
 @pytest.mark.slow
-def test_graph_level_killed_worker_resumes_from_its_checkpoint(ray_cluster, tu_root, tmp_path):
-    marker = tmp_path / "killed"
-    result = run_distributed(
-        experiment(tu_root, 3),
-        settings(
-            tmp_path,
-            "faulty",
-            max_failures=1,
-            fault_inject={"rank": 1, "epoch": 1, "step": 1, "marker": str(marker)},
-        ),
-    )
-    assert marker.exists()  # the worker did die
-    assert result["epochs"] == 3
+def test_graph_level_killed_worker_resumes_from_its_checkpoint(
+    ray_cluster, tu_root, tmp_path, run_with_a_killed_worker
+):
+    result = run_with_a_killed_worker(experiment(tu_root, 3), tmp_path, epochs=3)
     assert result["checkpoint"].endswith(checkpoint_name(3))
 
 

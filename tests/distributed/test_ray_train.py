@@ -1,15 +1,11 @@
 """Ray Train end to end on 2 CPU workers: bit-identical resume, a killed worker, bad datasets.
 
-One local Ray instance (2 CPUs) serves the whole module.
+One local Ray instance (2 CPUs, ``ray_cluster`` in conftest.py) serves the whole module.
 """
 
 from __future__ import annotations
 
-import os
-
 import pytest
-import ray
-import torch
 
 from lorap_dist.config import ConfigError, ExperimentConfig
 from lorap_dist.distributed.checkpoint import checkpoint_name, load_checkpoint
@@ -32,19 +28,6 @@ def experiment(path, epochs: int) -> ExperimentConfig:
     )
 
 
-@pytest.fixture(scope="module")
-def ray_cluster(tmp_path_factory):
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    ray.init(
-        num_cpus=2,
-        include_dashboard=False,
-        _temp_dir=str(tmp_path_factory.mktemp("ray")),
-        runtime_env={"env_vars": {"RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}},
-    )
-    yield
-    ray.shutdown()
-
-
 def settings(tmp_path, name: str, **kwargs) -> DistConfig:
     return DistConfig(num_workers=2, storage_path=str(tmp_path / "runs"), name=name, **kwargs)
 
@@ -53,18 +36,11 @@ def final_state(result: dict):
     return load_checkpoint(result["checkpoint"])
 
 
-def test_resumed_run_is_bit_identical(ray_cluster, tiny_dataset, tmp_path):
-    straight = run_distributed(experiment(tiny_dataset, 4), settings(tmp_path, "straight"))
-    first = run_distributed(experiment(tiny_dataset, 2), settings(tmp_path, "first"))
-    resumed = run_distributed(
-        experiment(tiny_dataset, 4), settings(tmp_path, "resumed"), resume=first["checkpoint"]
+def test_resumed_run_is_bit_identical(ray_cluster, tiny_dataset, tmp_path, straight_and_resumed):
+    straight, resumed = straight_and_resumed(
+        lambda epochs: experiment(tiny_dataset, epochs), tmp_path
     )
-    assert straight["epochs"] == resumed["epochs"] == 4
-    assert straight["steps"] == resumed["steps"] > 0
     a, b = final_state(straight), final_state(resumed)
-    assert a.model.keys() == b.model.keys()
-    for key in a.model:
-        assert torch.equal(a.model[key], b.model[key]), key
     # Torch's generator drives dropout and sampling; Ray's own code in the worker draws from
     # python's and numpy's global RNGs, so those are restored but not compared.
     assert [r["torch"] for r in a.rng] == [r["torch"] for r in b.rng]
@@ -74,19 +50,10 @@ def test_resumed_run_is_bit_identical(ray_cluster, tiny_dataset, tmp_path):
     assert 0.0 <= straight["test_acc"] <= 1.0
 
 
-def test_killed_worker_resumes_from_last_checkpoint(ray_cluster, tiny_dataset, tmp_path):
-    marker = tmp_path / "killed"
-    result = run_distributed(
-        experiment(tiny_dataset, 3),
-        settings(
-            tmp_path,
-            "faulty",
-            max_failures=1,
-            fault_inject={"rank": 1, "epoch": 1, "step": 1, "marker": str(marker)},
-        ),
-    )
-    assert marker.exists()  # the worker did die
-    assert result["epochs"] == 3
+def test_killed_worker_resumes_from_last_checkpoint(
+    ray_cluster, tiny_dataset, tmp_path, run_with_a_killed_worker
+):
+    result = run_with_a_killed_worker(experiment(tiny_dataset, 3), tmp_path, epochs=3)
     assert result["checkpoint"].endswith(checkpoint_name(3))
 
 
