@@ -16,7 +16,8 @@ Storage of the source codes (``src_codes``):
 - ``bits=8``: ``int8`` ``[num_src, d]``, values in ``[-128, 127]``;
 - ``bits=4``: ``uint8`` ``[num_src, ceil(d / 2)]``, two signed 4-bit values (two's complement,
   ``[-8, 7]``) per byte, **low nibble first**: byte ``j`` holds column ``2j`` in bits 0-3 and
-  column ``2j + 1`` in bits 4-7 (:func:`pack_int4` / :func:`unpack_int4`).
+  column ``2j + 1`` in bits 4-7 (:func:`lorap_dist.quant.integer.pack_int4` /
+  :func:`~lorap_dist.quant.integer.unpack_int4`, re-exported here).
 
 Forward only: the inputs are integer codes, which have no gradient, and the scales come
 from an observer, not from the loss. (The gradient w.r.t. a float source would be the
@@ -35,6 +36,8 @@ import warnings
 
 import torch
 from torch import Tensor
+
+from lorap_dist.quant.integer import pack_int4, unpack_int4
 
 from ._triton import jit, next_power_of_2, use_triton
 
@@ -94,32 +97,6 @@ def _quant_aggregate_fwd_kernel(
     if MEAN:
         acc = acc / tl.maximum(end - start, 1).to(tl.float32)
     tl.store(out_ptr + row * d + offs_d, acc, mask=d_mask)
-
-
-def pack_int4(codes: Tensor) -> Tensor:
-    """Pack ``[N, d]`` integer codes in ``[-8, 7]`` into ``uint8 [N, ceil(d / 2)]``, low nibble
-    first (column ``2j`` in bits 0-3 of byte ``j``, column ``2j + 1`` in bits 4-7)."""
-    if codes.dim() != 2:
-        raise ValueError(f"codes must be 2-D [N, d]; got shape {tuple(codes.shape)}.")
-    if codes.numel() and (int(codes.min()) < -8 or int(codes.max()) > 7):
-        raise ValueError("codes must lie in [-8, 7] to be packed as signed INT4.")
-    n, d = codes.shape
-    nibbles = (codes.to(torch.int32) & 0xF).to(torch.uint8)
-    if d % 2:
-        nibbles = torch.cat([nibbles, nibbles.new_zeros(n, 1)], dim=1)
-    return nibbles[:, 0::2] | (nibbles[:, 1::2] << 4)
-
-
-def unpack_int4(packed: Tensor, d: int) -> Tensor:
-    """Inverse of :func:`pack_int4`: ``uint8 [N, ceil(d / 2)]`` to ``int8 [N, d]``."""
-    if packed.dtype != torch.uint8 or packed.dim() != 2:
-        raise ValueError(
-            f"packed must be a 2-D uint8 tensor; got {packed.dtype}, {packed.dim()}-D."
-        )
-    low = (packed & 0xF).to(torch.int8)
-    high = (packed >> 4).to(torch.int8)
-    both = torch.stack([low, high], dim=2).reshape(packed.shape[0], -1)[:, :d]
-    return torch.where(both >= 8, both - 16, both)
 
 
 def _check_inputs(
