@@ -13,6 +13,7 @@ from lorap_dist.quant import quantization_loss, quantize_, quantizers_of
 from lorap_dist.quant.schemes.a2q import A2QConfig, A2QNodeQuantizer
 from lorap_dist.quant.schemes.degree_quant import DegreeQuantConfig
 from lorap_dist.quant.schemes.mixq import MixQConfig, MixQQuantizer
+from lorap_dist.quant.schemes.qat import QATConfig
 from lorap_dist.testing.graphs import in_neighbour_block, random_graph
 from lorap_dist.train import train
 
@@ -129,3 +130,18 @@ def test_training_loop_runs_each_scheme_from_its_yaml_name(scheme, options):
     result, _ = train(config, progress=False)
     assert result.epochs_run == 3 and 0.0 <= result.test_acc <= 1.0
     assert result.avg_bits is not None and 2.0 <= result.avg_bits <= 8.0
+
+
+def test_one_registry_names_every_scheme_and_its_config_class():
+    from lorap_dist.config import ConfigError
+    from lorap_dist.quant.api import register_scheme, registered_schemes, scheme_config_type
+
+    assert sorted(registered_schemes()) == ["a2q", "degree_quant", "mixq", "qat"]
+    assert {scheme_config_type(name) for name in registered_schemes()} == {
+        QATConfig,
+        *(type(config) for config in SCHEMES.values()),
+    }
+    with pytest.raises(ValueError, match="'qat' is already registered with QATConfig"):
+        register_scheme("qat", dict)(lambda *args: None)
+    with pytest.raises(ConfigError, match="quant.scheme='int3' is not known"):
+        scheme_config_type("int3")

@@ -535,7 +535,7 @@ class A2QWeightQuantizer(Quantizer):
         )
 
 
-@register_scheme(A2QConfig)
+@register_scheme("a2q", A2QConfig)
 def _build_a2q_quantizer(
     config: A2QConfig, module: nn.Module, point: str, role: str, context: QuantizeContext
 ) -> Quantizer:

@@ -314,7 +314,7 @@ class DegreeQuantQuantizer(FakeQuantizer):
         return f"{super().extra_repr()}, grad_clip={self.grad_clip}"
 
 
-@register_scheme(DegreeQuantConfig)
+@register_scheme("degree_quant", DegreeQuantConfig)
 def _build_degree_quant_quantizer(
     config: DegreeQuantConfig, module: nn.Module, point: str, role: str, context: QuantizeContext
 ) -> Quantizer:

@@ -311,7 +311,7 @@ def _last_layer(context: QuantizeContext) -> nn.Module | None:
     return context.shared["mixq_last_layer"]
 
 
-@register_scheme(MixQConfig)
+@register_scheme("mixq", MixQConfig)
 def _build_mixq_quantizer(
     config: MixQConfig, module: nn.Module, point: str, role: str, context: QuantizeContext
 ) -> Quantizer:

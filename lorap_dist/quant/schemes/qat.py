@@ -104,7 +104,7 @@ class QATConfig:
         )
 
 
-@register_scheme(QATConfig)
+@register_scheme("qat", QATConfig)
 def _build_qat_quantizer(
     config: QATConfig, module: nn.Module, point: str, role: str, context: QuantizeContext
 ) -> Quantizer:
