@@ -1,7 +1,8 @@
 """Single-process training: full-batch, or mini-batch over sampled blocks.
 
-This is the loop a user runs on one machine (``lorap train`` without workers) and the one
-each distributed worker reuses for its own share of the seeds. It reads top to bottom:
+This is what a user runs on one machine (``lorap train`` without workers); a dataset of
+many graphs goes to :mod:`lorap_dist.train_graphs`, and steps 3 to 5 are
+:func:`lorap_dist.fit.fit`, shared by both. It reads top to bottom:
 
 1. load the graph named by ``config.data``;
 2. build the model, apply the quantization scheme (``quantize_``);
@@ -12,77 +13,39 @@ each distributed worker reuses for its own share of the seeds. It reads top to b
 
 from __future__ import annotations
 
-import copy
-import math
 import time
-import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from lorap_dist.config import ConfigError, ExperimentConfig
+from lorap_dist.fit import (  # noqa: F401  (re-exported: the names users import from here)
+    BLOWUP,
+    STALL,
+    STALL_EPOCHS,
+    STALL_MARGIN,
+    EpochReport,
+    TrainResult,
+    diverging,
+    fit,
+    resolve_device,
+    stalled,
+)
 from lorap_dist.graph.block import NodeInfo
 from lorap_dist.graph.csr import csr_from_edge_index
 from lorap_dist.graph.data import GraphData
 from lorap_dist.graph.sampler import NeighborSampler, iter_minibatches
 from lorap_dist.graph.tu_source import GraphSet
-from lorap_dist.nn import build_model, parameter_counts
-from lorap_dist.optim import build_optimizer, schedule_lr
+from lorap_dist.nn import build_model
 from lorap_dist.quant import (
-    average_bits,
-    budget_overruns,
-    collapsed_points,
-    end_epoch,
     quantization_loss,
-    quantization_settled,
     quantize_,
 )
-from lorap_dist.tracking import BestEpoch
-
-
-@dataclass
-class TrainResult:
-    """What a run reports.
-
-    ``valid_acc`` and ``test_acc`` are those of the epoch with the best validation accuracy
-    (whose weights the returned model holds). ``metric`` names what the ``*_acc`` fields
-    hold: ``accuracy`` (fractions), or ``mae`` (mean absolute error; graph regression, the
-    best epoch having the lowest validation error). ``warnings`` lists what went wrong without
-    stopping the run (a learned bit width above its budget, a diverging first epoch, a loss
-    that never fell below guessing); each is also raised as a :class:`UserWarning`.
-    """
-
-    train_acc: float
-    valid_acc: float
-    test_acc: float
-    best_epoch: int
-    epochs_run: int
-    wall_s: float
-    params: dict[str, int]
-    avg_bits: float | None
-    history: list[dict[str, float]] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-    metric: str = "accuracy"
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-# A first epoch whose loss exceeds this many times ln(classes) (uniform guessing) is diverging.
-BLOWUP = 20.0
-# A run of at least STALL_EPOCHS whose training loss never fell below STALL x ln(classes)
-# and whose training accuracy never beat guessing (1 / classes) by STALL_MARGIN did not learn
-# (e.g. A2Q INT4 on CiteSeer before its step reset: the loss stayed at ln 6 and the accuracy
-# at chance while every range was non-zero). The accuracy test matters: a quantized model
-# can rank the classes right with logits too flat to lower the loss (67% on CiteSeer with a
-# loss of 1.68 > 0.9 ln 6).
-STALL, STALL_EPOCHS, STALL_MARGIN = 0.9, 20, 0.1
+from lorap_dist.train_graphs import graph_splits, load_graph_set, train_graphs
 
 
 def load_graph(config: ExperimentConfig) -> GraphData | GraphSet:
@@ -97,8 +60,6 @@ def load_graph(config: ExperimentConfig) -> GraphData | GraphSet:
 
     data = config.data
     if data.graph_level:  # a dataset of many graphs
-        from lorap_dist.train_graphs import load_graph_set
-
         return load_graph_set(config)
     if data.source == "synthetic":
         from lorap_dist.graph.synthetic import generate_synthetic
@@ -122,8 +83,6 @@ def load_graph(config: ExperimentConfig) -> GraphData | GraphSet:
 def training_items(config: ExperimentConfig, graph: GraphData | GraphSet) -> int:
     """What one epoch trains on: training nodes, or training graphs of the configured fold."""
     if isinstance(graph, GraphSet):
-        from lorap_dist.train_graphs import graph_splits
-
         return int(graph_splits(config, graph)["train"].numel())
     return int(graph.train_idx.numel())
 
@@ -137,29 +96,6 @@ def check_prepared_transform(transform: str | None, meta: dict[str, Any], path: 
             f"{prepared!r}; prepare it again with --transform {transform}, or drop "
             "data.transform."
         )
-
-
-def resolve_device(spec: str) -> torch.device:
-    """``train.device`` as a :class:`torch.device`; ``auto`` is the first CUDA device when
-    PyTorch sees one, else the CPU. A CUDA device this machine lacks is a
-    :class:`~lorap_dist.config.ConfigError`."""
-    if spec == "auto":
-        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
-    device = torch.device(spec)
-    if device.type != "cuda":
-        return device
-    if not torch.cuda.is_available():
-        raise ConfigError(
-            f"train.device={spec!r}, but PyTorch {torch.__version__} sees no CUDA device on "
-            "this machine; use train.device: cpu (or auto, which picks CUDA when present)."
-        )
-    count = torch.cuda.device_count()
-    if (device.index or 0) >= count:
-        raise ConfigError(
-            f"train.device={spec!r}, but this machine has {count} CUDA device(s) "
-            f"(cuda:0 .. cuda:{count - 1})."
-        )
-    return torch.device("cuda", device.index or 0)
 
 
 def check_fanout(config: ExperimentConfig) -> None:
@@ -195,21 +131,6 @@ def backward_loss(model: nn.Module, logits: Tensor, y: Tensor) -> Tensor:
     return task.detach()
 
 
-@dataclass
-class EpochReport:
-    """What :func:`train` hands its ``on_epoch`` hook after every epoch.
-
-    Args:
-        row: the epoch's history row (``epoch``, ``loss``, ``train``, ``valid``, ``test``).
-        best: the best-validation epoch so far (after this epoch's update).
-        last: whether training ends after this epoch (its last, or stopped early).
-    """
-
-    row: dict[str, float]
-    best: BestEpoch
-    last: bool
-
-
 def train(
     config: ExperimentConfig,
     graph: GraphData | GraphSet | None = None,
@@ -230,8 +151,6 @@ def train(
     start = time.perf_counter()
     device = resolve_device(config.train.device)  # a bad device fails before any work
     if config.data.graph_level or isinstance(graph, GraphSet):  # a dataset of many graphs
-        from lorap_dist.train_graphs import train_graphs
-
         return train_graphs(config, graph, progress=progress, on_epoch=on_epoch)
     # 1. data
     host_graph = graph if graph is not None else load_graph(config)
@@ -247,107 +166,6 @@ def train(
         else MiniBatchRunner(graph, nodes, config, host_graph)
     )
     return fit(config, model, runner, graph.num_classes, progress, on_epoch, start)
-
-
-def fit(
-    config: ExperimentConfig,
-    model: nn.Module,
-    runner: Any,
-    num_classes: int | None,
-    progress: bool,
-    on_epoch: Callable[[EpochReport, nn.Module], None] | None,
-    start: float,
-) -> tuple[TrainResult, nn.Module]:
-    """Steps 3 to 5 of the module docstring for any ``runner`` (an object with
-    ``train_epoch(model, optimizer, epoch) -> loss``, ``evaluate(model, final=False) ->
-    {train, valid, test}`` and ``higher_is_better``): the node-level runners here and the
-    graph-level one of :mod:`lorap_dist.train_graphs`. ``num_classes`` (``None`` for
-    regression) sizes the checks for a diverging or stalled run."""
-    optimizer = build_optimizer(model, config.train)
-    best = BestEpoch(patience=config.train.patience, higher_is_better=runner.higher_is_better)
-    best_state = copy.deepcopy(model.state_dict())
-    notes: list[str] = []
-    history: list[dict[str, float]] = []
-    bar = tqdm(range(config.train.epochs), desc="train", unit="epoch", disable=not progress)
-    epoch = -1
-    for epoch in bar:
-        # 3. one epoch of training
-        schedule_lr(optimizer, epoch, config.train)
-        loss = runner.train_epoch(model, optimizer, epoch)
-        if epoch == 0 and num_classes is not None:
-            notes += diverging(loss, num_classes)
-        if end_epoch(model, epoch, config.train.epochs):
-            best.restart()  # e.g. MixQ froze its bit widths: a different model now
-        # 4. validation, best state, early stop
-        accs = runner.evaluate(model)
-        history.append({"epoch": epoch, "loss": loss, **accs})
-        if best.update(epoch, accs["valid"], accs["test"]):
-            best_state = copy.deepcopy(model.state_dict())
-        stop = best.should_stop(epoch, quantization_settled(model))
-        if on_epoch is not None:
-            last = stop or epoch + 1 == config.train.epochs
-            on_epoch(EpochReport(row=history[-1], best=best, last=last), model)
-        bar.set_postfix(loss=f"{loss:.3f}", valid=f"{accs['valid']:.3f}", best=f"{best.valid:.3f}")
-        if stop:
-            break
-    bar.close()
-    # 5. report the best epoch
-    model.load_state_dict(best_state)
-    accs = runner.evaluate(model, final=True)
-    if num_classes is not None:
-        notes += stalled(history, num_classes)
-    notes += budget_overruns(model) + collapsed_points(model)
-    for note in notes:
-        warnings.warn(note, stacklevel=3)
-    result = TrainResult(
-        train_acc=accs["train"],
-        valid_acc=accs["valid"],
-        test_acc=accs["test"],
-        best_epoch=best.epoch,
-        epochs_run=epoch + 1,
-        wall_s=time.perf_counter() - start,
-        params=parameter_counts(model),
-        avg_bits=average_bits(model),
-        history=history,
-        warnings=notes,
-        metric="accuracy" if runner.higher_is_better else "mae",
-    )
-    return result, model
-
-
-def diverging(loss: float, num_classes: int) -> list[str]:
-    """A note when the first epoch's loss is far above that of guessing uniformly."""
-    uniform = math.log(max(num_classes, 2))
-    if loss < BLOWUP * uniform:
-        return []
-    return [
-        f"the first epoch's training loss is {loss:.1f}, above {BLOWUP:g}x that of "
-        f"guessing uniformly (ln {num_classes} = {uniform:.2f}): activations are blowing up. "
-        "Normalise between layers (model.norm: batch; sum aggregation over high-degree nodes "
-        "needs it) or lower train.lr."
-    ]
-
-
-def stalled(history: list[dict[str, float]], num_classes: int) -> list[str]:
-    """A note when neither the training loss nor the training accuracy ever moved clearly
-    away from those of guessing uniformly."""
-    uniform = math.log(max(num_classes, 2))
-    losses = [row["loss"] for row in history]
-    if len(losses) < STALL_EPOCHS or not all(map(math.isfinite, losses)):
-        return []  # too short to tell, or diverged (not the same failure)
-    lowest = min(losses)
-    if lowest < STALL * uniform:
-        return []
-    best = max((row["train"] for row in history if math.isfinite(row["train"])), default=0.0)
-    if best >= 1 / max(num_classes, 1) + STALL_MARGIN:
-        return []
-    return [
-        f"the training loss never fell below {lowest:.3f} in {len(history)} epochs, against "
-        f"{uniform:.3f} for guessing uniformly (ln {num_classes}), and the training accuracy "
-        f"never passed {best:.1%}: the model did not learn. "
-        "A quantization point may be clipping away the gradient (compare with quant.scheme: "
-        "none, or try another scheme or more bits), or train.lr is too low."
-    ]
 
 
 class FullBatchRunner:

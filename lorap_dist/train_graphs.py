@@ -1,7 +1,7 @@
 """Graph-level training on one process: classification or regression of whole graphs.
 
-The same steps as :mod:`lorap_dist.train`, over a dataset of many small graphs
-(``data.source: tu``):
+The same steps as :mod:`lorap_dist.train` (the epoch loop is :func:`lorap_dist.fit.fit`),
+over a dataset of many small graphs (``data.source: tu``):
 
 1. load the dataset, split it into ``data.folds`` stratified folds (test: ``data.fold``,
    validation: the fold before, training: the rest);
@@ -28,11 +28,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lorap_dist.config import ConfigError, ExperimentConfig
+from lorap_dist.fit import EpochReport, TrainResult, fit, resolve_device
 from lorap_dist.graph.block import NodeInfo
 from lorap_dist.graph.tu_source import GraphSet, tu_graph_set
 from lorap_dist.nn import GraphGNN
 from lorap_dist.quant import quantization_loss, quantize_
-from lorap_dist.train import EpochReport, TrainResult, fit, resolve_device
 
 FOLD_SEED = 12345  # the folds are one fixed draw: every run of a fold sees the same graphs
 

@@ -67,7 +67,7 @@ from lorap_dist.config import (
 from lorap_dist.distributed.config import DistConfig
 
 if typing.TYPE_CHECKING:
-    from lorap_dist.train import EpochReport
+    from lorap_dist.fit import EpochReport
 
 MODES = ("grid", "random")
 DISTRIBUTIONS = ("uniform", "loguniform", "randint")
