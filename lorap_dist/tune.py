@@ -54,6 +54,7 @@ import yaml
 
 from lorap_dist.config import (
     ConfigError,
+    DistConfig,
     ExperimentConfig,
     QuantSettings,
     check,
@@ -64,7 +65,6 @@ from lorap_dist.config import (
     load_yaml_mapping,
     set_field,
 )
-from lorap_dist.distributed.config import DistConfig
 
 if typing.TYPE_CHECKING:
     from lorap_dist.fit import EpochReport

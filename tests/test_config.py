@@ -195,7 +195,7 @@ def test_switching_the_source_forgets_the_old_name_and_path(tmp_path):
 
 
 def test_nested_optional_sections_round_trip():
-    from lorap_dist.distributed.config import DistConfig
+    from lorap_dist.config import DistConfig
 
     settings = DistConfig(
         num_workers=2, fault_inject={"rank": 1, "epoch": 1, "step": 1, "marker": "/tmp/m"}

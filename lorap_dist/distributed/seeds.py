@@ -29,7 +29,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-POLICIES = ("pad", "cap")
+from lorap_dist.config import SEED_POLICIES
+
+POLICIES = SEED_POLICIES  # how ranks get equal step counts (validated in DistConfig)
 
 
 def epoch_generator(seed: int, epoch: int, rank: int, stream: int = 0) -> torch.Generator:

@@ -14,8 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from lorap_dist.config import ConfigError, ExperimentConfig
-from lorap_dist.distributed.config import DistConfig
+from lorap_dist.config import ConfigError, DistConfig, ExperimentConfig
 from lorap_dist.graph.errors import DatasetError
 from lorap_dist.locks import LockHeld, try_lock
 

@@ -24,7 +24,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from lorap_dist.config import ExperimentConfig
+from lorap_dist.config import DistConfig, ExperimentConfig
 from lorap_dist.distributed.checkpoint import (
     TrainingState,
     architecture,
@@ -35,7 +35,6 @@ from lorap_dist.distributed.checkpoint import (
     restore_rng,
     save_checkpoint,
 )
-from lorap_dist.distributed.config import DistConfig
 from lorap_dist.distributed.exchange import FeatureExchange
 from lorap_dist.distributed.inference import layerwise_inference
 from lorap_dist.distributed.seeds import SeedSchedule, epoch_generator

@@ -115,7 +115,7 @@ def _run_with_a_killed_worker(experiment, tmp_path, epochs: int) -> dict:
     """Run ``experiment`` on 2 workers, rank 1 killed at epoch 1 step 1 and Ray allowed one
     restart; checks that the worker did die and the run still trained every epoch, and
     returns the run's summary."""
-    from lorap_dist.distributed.config import DistConfig
+    from lorap_dist.config import DistConfig
     from lorap_dist.distributed.trainer import run_distributed
 
     marker = tmp_path / "killed"
@@ -143,8 +143,8 @@ def _straight_and_resumed(experiment_of, tmp_path) -> tuple[dict, dict]:
     """Two runs on 2 workers of ``experiment_of(epochs)``: 4 epochs straight, and 2 epochs
     then resumed from their last checkpoint to 4; returns both summaries, checking that
     each trained 4 epochs in the same number of steps and ended with the same weights."""
+    from lorap_dist.config import DistConfig
     from lorap_dist.distributed.checkpoint import load_checkpoint
-    from lorap_dist.distributed.config import DistConfig
     from lorap_dist.distributed.trainer import run_distributed
 
     def settings(name: str) -> DistConfig:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lorap_dist.config import ConfigError, ExperimentConfig
+from lorap_dist.config import ConfigError, DistConfig, ExperimentConfig
 from lorap_dist.distributed import trainer
 from lorap_dist.distributed.checkpoint import (
     STATE_FILE,
@@ -15,7 +15,6 @@ from lorap_dist.distributed.checkpoint import (
     checkpoint_name,
     save_checkpoint,
 )
-from lorap_dist.distributed.config import DistConfig
 
 
 @pytest.fixture

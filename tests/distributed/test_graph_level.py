@@ -9,9 +9,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lorap_dist.config import ConfigError, ExperimentConfig
+from lorap_dist.config import ConfigError, DistConfig, ExperimentConfig
 from lorap_dist.distributed.checkpoint import checkpoint_name, load_checkpoint
-from lorap_dist.distributed.config import DistConfig
 from lorap_dist.distributed.graph_worker import rank_share
 from lorap_dist.distributed.trainer import run_distributed
 from lorap_dist.graph.errors import DatasetError

@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from lorap_dist.config import ConfigError, ExperimentConfig
+from lorap_dist.config import ConfigError, DistConfig, ExperimentConfig
 from lorap_dist.distributed.checkpoint import checkpoint_name, load_checkpoint
-from lorap_dist.distributed.config import DistConfig
 from lorap_dist.distributed.trainer import run_distributed, validate_dataset
 from lorap_dist.graph.errors import DatasetError
 
