@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 from lorap_dist.graph.errors import DatasetError
-from lorap_dist.graph.sources import EDGE_CHUNK, GraphSource
+from lorap_dist.graph.graph_source import EDGE_CHUNK, GraphSource
 
 SPLITS = ("train", "valid", "test")
 RAW_FILES = ("edge", "node-feat", "node-label", "num-node-list", "num-edge-list")

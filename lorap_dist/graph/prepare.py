@@ -43,6 +43,7 @@ from tqdm import tqdm
 
 from lorap_dist.config import ConfigError, SyntheticConfig
 from lorap_dist.graph.errors import DatasetError
+from lorap_dist.graph.graph_source import FEATURE_CHUNK, GraphSource
 from lorap_dist.graph.partition import (
     PARTITIONERS,
     Partitioner,
@@ -56,7 +57,7 @@ from lorap_dist.graph.preprocess import (
     check_feature_rows,
     edge_cut,
 )
-from lorap_dist.graph.sources import FEATURE_CHUNK, GraphSource, open_source
+from lorap_dist.graph.sources import open_source
 from lorap_dist.graph.storage import (
     FEATURE_ENCODINGS,
     SPLIT_CODES,

@@ -21,7 +21,7 @@ import numpy as np
 from tqdm import tqdm
 
 from lorap_dist.graph.errors import DatasetError
-from lorap_dist.graph.sources import EDGE_CHUNK, GraphSource
+from lorap_dist.graph.graph_source import EDGE_CHUNK, GraphSource
 from lorap_dist.graph.storage import index_dtype
 
 DEDUP_BLOCK = 1 << 24  # edges sorted at a time while deduplicating

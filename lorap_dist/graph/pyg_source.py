@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from lorap_dist.graph.errors import DatasetError
-from lorap_dist.graph.sources import GraphSource
+from lorap_dist.graph.graph_source import GraphSource
 
 PLANETOID_NAMES = ("Cora", "CiteSeer", "PubMed")
 PLANETOID_RAW = ("x", "tx", "allx", "y", "ty", "ally", "graph", "test.index")

@@ -1,8 +1,5 @@
-"""Graph sources: what the prepare pipeline reads, whatever the graph came from.
-
-A :class:`GraphSource` hands the pipeline node counts, labels and splits in memory, and edges
-and feature rows in chunks, so a generated graph of any size never has to exist in memory
-at once. These kinds exist:
+"""Graph sources by name: :func:`open_source` opens any of them as a
+:class:`~lorap_dist.graph.graph_source.GraphSource`. These kinds exist:
 
 - ``synthetic`` -- :mod:`lorap_dist.graph.synthetic`, drawn chunk by chunk;
 - ``ogbn-NAME`` -- any homogeneous OGB node-property dataset, through OGB's own
@@ -17,81 +14,22 @@ in :mod:`lorap_dist.graph.pyg_source`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
 from lorap_dist.config import SyntheticConfig
-from lorap_dist.graph.data import GraphData
 from lorap_dist.graph.errors import DatasetError
+from lorap_dist.graph.graph_source import EDGE_CHUNK, FEATURE_CHUNK, GraphSource
+from lorap_dist.graph.ogb_source import dir_source, ogb_source
+from lorap_dist.graph.pyg_source import pyg_source
 from lorap_dist.graph.synthetic import (
     iter_synthetic_edges,
     synthetic_features,
     synthetic_labels,
     synthetic_split,
 )
-
-EDGE_CHUNK = 1 << 22  # edges per chunk: 64 MiB of int64 pairs
-FEATURE_CHUNK = 1 << 16  # feature rows per chunk
-
-
-@dataclass
-class GraphSource:
-    """A node-classification graph as the prepare pipeline reads it.
-
-    Args:
-        name: what it is (``synthetic``, ``ogbn-arxiv``, a directory).
-        num_nodes: N; node IDs are ``0 .. N-1``.
-        num_features: F.
-        num_classes: C; labels are ``0 .. C-1`` or -1 (unlabelled).
-        labels: ``[N]`` int64.
-        splits: ``train``, ``valid``, ``test`` -> int64 node IDs.
-        edge_chunks: returns a fresh iterator of ``[2, k]`` integer edge chunks (row 0 source,
-            row 1 destination), original IDs, in a fixed order; called once per pass.
-        feature_rows: ``(start, end) -> [end - start, F]`` float32 features of those nodes.
-        where_edge: ``j -> "file line n"`` naming where edge ``j`` (in chunk order) came from.
-        where_node: ``i -> "file line n"`` naming where node ``i``'s features came from.
-        undirected: whether the source lists each undirected edge once (OGB's
-            ``add_inverse_edge``), so symmetrizing restores the real graph.
-    """
-
-    name: str
-    num_nodes: int
-    num_features: int
-    num_classes: int
-    labels: np.ndarray
-    splits: dict[str, np.ndarray]
-    edge_chunks: Callable[[], Iterator[np.ndarray]]
-    feature_rows: Callable[[int, int], np.ndarray]
-    where_edge: Callable[[int], str]
-    where_node: Callable[[int], str]
-    undirected: bool = True
-
-    def to_graph_data(self) -> GraphData:
-        """The whole source in memory (single-process training): edges symmetrized when the
-        source is undirected, self loops and repeated edges removed."""
-        import torch
-
-        from lorap_dist.graph.synthetic import symmetrize
-
-        edges = torch.cat([torch.as_tensor(c, dtype=torch.int64) for c in self.edge_chunks()], 1)
-        if self.undirected:
-            edge_index = symmetrize(edges, self.num_nodes)
-        else:
-            edges = edges[:, edges[0] != edges[1]]
-            key = torch.unique(edges[1] * self.num_nodes + edges[0])
-            edge_index = torch.stack([key % self.num_nodes, key // self.num_nodes])
-        return GraphData(
-            edge_index=edge_index,
-            x=torch.from_numpy(np.ascontiguousarray(self.feature_rows(0, self.num_nodes))),
-            y=torch.as_tensor(self.labels, dtype=torch.int64),
-            train_idx=torch.as_tensor(self.splits["train"], dtype=torch.int64),
-            valid_idx=torch.as_tensor(self.splits["valid"], dtype=torch.int64),
-            test_idx=torch.as_tensor(self.splits["test"], dtype=torch.int64),
-            num_classes=self.num_classes,
-        )
 
 
 def synthetic_source(cfg: SyntheticConfig) -> GraphSource:
@@ -148,8 +86,6 @@ def open_source(
         synthetic: the generator's config for ``synthetic``.
         split_type: the ``split/<type>`` folder to use (default: OGB's own, or the only one).
     """
-    from lorap_dist.graph.ogb_source import dir_source, ogb_source
-
     if spec == "synthetic":
         return synthetic_source(synthetic or SyntheticConfig())
     if spec.startswith("ogbn-"):
@@ -158,8 +94,6 @@ def open_source(
         return dir_source(spec[4:], split_type)
     kind, _, rest = spec.partition(":")
     if kind in ("planetoid", "pyg") and rest:
-        from lorap_dist.graph.pyg_source import pyg_source
-
         if kind == "planetoid":
             return pyg_source("Planetoid", rest, root)
         class_name, _, name = rest.partition(":")

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from lorap_dist.graph.sources import FEATURE_CHUNK, GraphSource
+from lorap_dist.graph.graph_source import FEATURE_CHUNK, GraphSource
 
 TRANSFORMS = ("none", "normalize_features")
 
