@@ -19,11 +19,17 @@ from typing import Any, TypeVar
 
 import yaml
 
+from lorap_dist.quant.api import scheme_config_type
+from lorap_dist.validation import (  # noqa: F401  (re-exported: part of the config API)
+    ConfigError,
+    check,
+    check_bits,
+    check_choice,
+    is_int,
+    is_number,
+)
+
 T = TypeVar("T")
-
-
-class ConfigError(ValueError):
-    """A config value is invalid; the message names the field and what is allowed."""
 
 
 def load_yaml_mapping(path: Path, what: str, allow_empty: bool = False) -> dict[str, Any] | None:
@@ -39,33 +45,6 @@ def load_yaml_mapping(path: Path, what: str, allow_empty: bool = False) -> dict[
     if (data is not None or not allow_empty) and not isinstance(data, dict):
         raise ConfigError(f"{what} {path} must hold a mapping at the top level.")
     return data
-
-
-def check(condition: bool, message: str) -> None:
-    """Raise :class:`ConfigError` with ``message`` unless ``condition`` holds."""
-    if not condition:
-        raise ConfigError(message)
-
-
-def check_choice(name: str, value: Any, allowed: tuple[Any, ...]) -> None:
-    check(value in allowed, f"{name}={value!r} is not allowed; choose one of {list(allowed)}.")
-
-
-def is_int(value: object) -> bool:
-    """An ``int`` that is not a ``bool`` (YAML's ``true`` is no count)."""
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def is_number(value: object) -> bool:
-    """An ``int`` or ``float`` that is not a ``bool``."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def check_bits(name: str, bits: int) -> None:
-    check(
-        is_int(bits) and 2 <= bits <= 8,
-        f"{name}={bits!r} is not a supported bit width; use an integer from 2 to 8.",
-    )
 
 
 def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "") -> T:
@@ -587,8 +566,6 @@ class QuantSettings:
         """The scheme config object, or ``None`` for ``scheme: none``."""
         if self.scheme == "none":
             return None
-        from lorap_dist.quant.schemes import scheme_config_type
-
         return from_dict(
             scheme_config_type(self.scheme), self.options, f"quant.options ({self.scheme})"
         )

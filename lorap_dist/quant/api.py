@@ -21,8 +21,8 @@ from typing import Any
 
 from torch import nn
 
-from lorap_dist.config import ConfigError
 from lorap_dist.quant.base import Quantizer, quantizable_modules
+from lorap_dist.validation import ConfigError
 
 Handler = Callable[[Any, nn.Module, str, str, "QuantizeContext"], Quantizer]
 
@@ -88,7 +88,9 @@ def scheme_config_type(name: str) -> type:
 
 
 def _load_schemes() -> None:
-    """Import the built-in schemes (importing them registers them)."""
+    """Import the built-in schemes (importing them registers them). The one import inside
+    a function in the package on purpose: the scheme modules import this one to register,
+    so it cannot import them at its top."""
     import lorap_dist.quant.schemes  # noqa: F401
 
 

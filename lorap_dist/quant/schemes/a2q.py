@@ -84,11 +84,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from lorap_dist.config import ConfigError, check, check_bits, is_int, is_number
 from lorap_dist.graph.block import NodeInfo
 from lorap_dist.quant.api import QuantizeContext, register_scheme
 from lorap_dist.quant.base import NODE, WEIGHT, Quantizer
 from lorap_dist.quant.fake_quant import SPARSE_SHARE, NonzeroIndex, on_nonzeros
+from lorap_dist.validation import ConfigError, check, check_bits, is_int, is_number
 
 _MIN_STEP = 1e-8
 _QUANTILE_MAX_NUMEL = 1 << 24  # torch.quantile refuses more elements

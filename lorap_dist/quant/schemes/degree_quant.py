@@ -30,12 +30,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lorap_dist.config import ConfigError, check, check_bits, is_number
 from lorap_dist.graph.block import NodeInfo
 from lorap_dist.quant.api import QuantizeContext, register_scheme
 from lorap_dist.quant.base import NODE, WEIGHT, Quantizer
 from lorap_dist.quant.observers import EMAObserver, PercentileObserver, RangeObserver
 from lorap_dist.quant.quantizer import FakeQuantizer
+from lorap_dist.validation import ConfigError, check, check_bits, is_number
 
 
 @dataclass

@@ -40,7 +40,6 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from lorap_dist.config import ConfigError, check, check_bits, check_choice, is_number
 from lorap_dist.graph.block import NodeInfo
 from lorap_dist.quant.api import QuantizeContext, register_scheme
 from lorap_dist.quant.base import NODE, WEIGHT, Quantizer, quantizable_modules, quantizers_of
@@ -52,6 +51,7 @@ from lorap_dist.quant.fake_quant import (
     quant_range,
 )
 from lorap_dist.quant.observers import EMAObserver, MinMaxObserver, RangeObserver
+from lorap_dist.validation import ConfigError, check, check_bits, check_choice, is_number
 
 OBSERVERS = ("minmax", "ema")
 

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from lorap_dist.config import ConfigError, check, check_bits, check_choice, is_number
 from lorap_dist.quant.api import QuantizeContext, register_scheme
 from lorap_dist.quant.base import NODE, WEIGHT, Quantizer
 from lorap_dist.quant.observers import (
@@ -30,6 +29,7 @@ from lorap_dist.quant.observers import (
     RangeObserver,
 )
 from lorap_dist.quant.quantizer import FakeQuantizer
+from lorap_dist.validation import ConfigError, check, check_bits, check_choice, is_number
 
 OBSERVERS = ("minmax", "ema", "percentile")
 
