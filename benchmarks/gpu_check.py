@@ -443,10 +443,10 @@ def step_nccl(device: Any, dry_run: bool, save: Callable[[str, Any], None]) -> N
     from lorap_dist.distributed.exchange import FeatureExchange
     from lorap_dist.distributed.step import train_batch
     from lorap_dist.graph.sampler import NeighborSampler
-    from lorap_dist.graph.storage import quantize_int8
     from lorap_dist.nn import build_model
     from lorap_dist.optim import build_optimizer
     from lorap_dist.quant import quantize_
+    from lorap_dist.quant.integer import quantize_rows
     from lorap_dist.quant.schemes.qat import QATConfig
 
     backend = "gloo" if dry_run else "nccl"
@@ -456,9 +456,9 @@ def step_nccl(device: Any, dry_run: bool, save: Callable[[str, Any], None]) -> N
     try:
         n = 2_000 if dry_run else 200_000
         indptr, indices, x, y = (t.cpu() for t in random_graph(n, 10, 64, "cpu", seed=2))
-        codes, scales = quantize_int8(x.numpy())
+        codes, scales = quantize_rows(x)
         exchange = FeatureExchange(
-            torch.tensor([[0, n]]), torch.from_numpy(codes), torch.from_numpy(scales),
+            torch.tensor([[0, n]]), codes, scales,
             device=device,
         )  # fmt: skip
         ids = torch.randint(0, n, (50_000 if not dry_run else 500,))

@@ -393,7 +393,9 @@ def write_topology(staging: str, scratch: str, num_edges: int) -> None:
 
 def write_part(staging: str, scratch: str, rank: int, start: int, end: int, encoding: str) -> int:
     """Write part ``rank`` (global IDs ``start .. end-1``): features, labels, split."""
-    from lorap_dist.graph.storage import quantize_int8
+    import torch
+
+    from lorap_dist.quant.integer import quantize_rows
 
     scratch_dir = Path(scratch)
     original = np.load(scratch_dir / "original.npy", mmap_mode="r")[start:end]
@@ -410,7 +412,9 @@ def write_part(staging: str, scratch: str, rank: int, start: int, end: int, enco
     for a in range(0, rows, GATHER_ROWS):
         block = x[original[a : a + GATHER_ROWS]]
         if encoding == "int8":
-            features[a : a + len(block)], scales[a : a + len(block)] = quantize_int8(block)
+            codes, block_scales = quantize_rows(torch.from_numpy(np.ascontiguousarray(block)))
+            features[a : a + len(block)] = codes.numpy()
+            scales[a : a + len(block)] = block_scales.numpy()
         else:
             features[a : a + len(block)] = block
     write_array(directory / "features.arrow", features)

@@ -43,6 +43,7 @@ from torch import Tensor
 
 from lorap_dist.graph.data import GraphData
 from lorap_dist.graph.errors import DatasetError
+from lorap_dist.quant.integer import dequantize_rows
 
 FORMAT_NAME = "lorap-dataset"
 FORMAT_VERSION = 1
@@ -149,24 +150,6 @@ def file_checksum(path: str | Path) -> str:
 # --- INT8 features -----------------------------------------------------------------------
 
 
-def quantize_int8(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric per-row INT8: ``([n, F] int8 codes, [n] float32 scales)``.
-
-    A row of zeros gets scale 0 and codes 0.
-    """
-    x = np.asarray(x, dtype=np.float32)
-    scale = np.abs(x).max(axis=1) / np.float32(127.0) if x.shape[1] else np.zeros(len(x))
-    scale = scale.astype(np.float32)
-    divisor = np.where(scale > 0, scale, np.float32(1.0))[:, None]
-    codes = np.clip(np.rint(x / divisor), -127, 127).astype(np.int8)
-    return codes, scale
-
-
-def dequantize_int8(codes: Tensor, scale: Tensor) -> Tensor:
-    """``[n, F]`` float32 ``codes * scale`` for INT8 codes and their per-row scales."""
-    return codes.to(torch.float32) * scale.to(torch.float32).unsqueeze(-1)
-
-
 # --- meta.json -------------------------------------------------------------------------------
 
 
@@ -263,7 +246,7 @@ class Part:
         if self.scales is None:
             return rows
         scales = self.scales if local is None else self.scales[local]
-        return dequantize_int8(rows, scales)
+        return dequantize_rows(rows, scales)
 
     def split_ids(self, name: str) -> Tensor:
         """Global IDs of this part's nodes in split ``name`` (``train``, ``valid``, ``test``)."""

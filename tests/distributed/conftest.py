@@ -19,12 +19,12 @@ from lorap_dist.graph.data import GraphData
 from lorap_dist.graph.storage import (
     SPLIT_CODES,
     part_dir,
-    quantize_int8,
     write_array,
     write_columns,
     write_meta,
 )
 from lorap_dist.graph.synthetic import generate_synthetic
+from lorap_dist.quant.integer import quantize_rows
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
@@ -58,9 +58,9 @@ def write_dataset(graph: GraphData, path: Path, num_parts: int, encoding: str = 
         a, b = bounds[r], bounds[r + 1]
         d = path / part_dir(r)
         if encoding == "int8":
-            codes, scales = quantize_int8(x[a:b])
-            write_array(d / "features.arrow", codes)
-            write_array(d / "scales.arrow", scales)
+            codes, scales = quantize_rows(torch.from_numpy(x[a:b]))
+            write_array(d / "features.arrow", codes.numpy())
+            write_array(d / "scales.arrow", scales.numpy())
         else:
             write_array(d / "features.arrow", x[a:b])
         write_array(d / "labels.arrow", y[a:b].astype(np.int64))

@@ -15,14 +15,13 @@ from lorap_dist.graph.prepare import PrepareOptions, prepare
 from lorap_dist.graph.sources import synthetic_source
 from lorap_dist.graph.storage import (
     SPLIT_CODES,
-    dequantize_int8,
     open_dataset,
-    quantize_int8,
     read_array,
     read_columns,
     write_array,
     write_columns,
 )
+from lorap_dist.quant.integer import dequantize_rows, quantize_rows
 
 CFG = SyntheticConfig(num_nodes=700, num_features=5, num_classes=3, seed=11)
 
@@ -64,15 +63,22 @@ def test_files_are_plain_arrow_ipc(tmp_path):
     assert set(read_columns(tmp_path / "t.arrow")) == {"x", "i"}
 
 
-def test_int8_is_symmetric_per_row_with_half_even_rounding():
+def test_stored_int8_rows_are_the_one_per_row_codec_with_exact_zero_rows(tmp_path):
+    """Prepared INT8 features are quantize_rows' codes and scales: symmetric per row,
+    half-even rounding, and an all-zero row decodes to exact zeros."""
     x = np.array([[254.0, 1.0, 3.0, -254.0], [0.0, 0.0, 0.0, 0.0]], dtype=np.float32)
-    codes, scale = quantize_int8(x)
-    np.testing.assert_array_equal(scale, [2.0, 0.0])
-    np.testing.assert_array_equal(codes, [[127, 0, 2, -127], [0, 0, 0, 0]])  # 0.5->0, 1.5->2
-    x = np.random.default_rng(0).normal(size=(100, 33)).astype(np.float32)
-    codes, scale = quantize_int8(x)
-    error = np.abs(dequantize_int8(torch.from_numpy(codes), torch.from_numpy(scale)).numpy() - x)
-    assert np.all(error <= scale[:, None] / 2 + 1e-6)
+    codes, scale = quantize_rows(torch.from_numpy(x))
+    assert scale[0].item() == 2.0 and 0.0 < scale[1].item() < 1e-37
+    assert codes.tolist() == [[127, 0, 2, -127], [0, 0, 0, 0]]  # 0.5 -> 0, 1.5 -> 2
+    assert dequantize_rows(codes, scale)[1].tolist() == [0.0] * 4
+    ds = open_dataset(prepared(tmp_path, "int8"), verify=True)
+    for rank in range(ds.num_parts):
+        part = ds.part(rank)
+        stored = part.features_fp32()
+        again_codes, again_scales = quantize_rows(stored)
+        torch.testing.assert_close(dequantize_rows(again_codes, again_scales), stored)
+        torch.testing.assert_close(again_scales, part.scales)  # the stored grid, again
+        assert int((again_codes.int() - part.features.int()).abs().max()) <= 1
 
 
 @pytest.mark.parametrize("features", ["fp32", "int8"])
