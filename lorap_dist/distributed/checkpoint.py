@@ -9,7 +9,7 @@ A checkpoint is a plain directory, so Ray Train can carry it
                        ``optimizer/<param id>/<key>`` for the optimizer's per-parameter state)
       state.json       run config, epoch, step, architecture, optimizer non-tensor state,
                        every rank's RNG state (torch CPU, python, numpy; CUDA when present)
-      manifest.json    format version and a blake2b digest + size of each file above
+      manifest.json    format version and the checksum (xxh3-64) + size of each file above
 
 The directory is written under a temporary name in the same parent and renamed into place
 once every file is flushed, so a crash leaves a ``.tmp-*`` directory that is never taken for
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import base64
 import errno
-import hashlib
 import json
 import os
 import random
@@ -37,6 +36,8 @@ import numpy as np
 import pyarrow as pa
 import torch
 from torch import Tensor
+
+from lorap_dist.checksums import checksum_entry, checksum_matches
 
 FORMAT_VERSION = 1
 TENSORS_FILE = "tensors.arrow"
@@ -252,14 +253,6 @@ def check_architecture(found: dict[str, Any], expected: dict[str, Any], where: P
 # ---------------------------------------------------------------------------------------
 
 
-def _digest(path: Path) -> str:
-    h = hashlib.blake2b(digest_size=32)
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _write_synced(path: Path, data: bytes) -> None:
     with path.open("wb") as f:
         f.write(data)
@@ -307,10 +300,7 @@ def save_checkpoint(state: TrainingState, directory: str | Path) -> Path:
         _write_synced(tmp / STATE_FILE, json.dumps(meta).encode())
         manifest = {
             "format_version": FORMAT_VERSION,
-            "files": {
-                name: {"blake2b": _digest(tmp / name), "size": (tmp / name).stat().st_size}
-                for name in (TENSORS_FILE, STATE_FILE)
-            },
+            "files": {name: checksum_entry(tmp / name) for name in (TENSORS_FILE, STATE_FILE)},
         }
         _write_synced(tmp / MANIFEST_FILE, json.dumps(manifest, indent=1).encode())
         if target.exists():
@@ -356,14 +346,15 @@ def verify_checkpoint(directory: str | Path) -> None:
         if not file.is_file():
             raise CheckpointError(f"checkpoint file {file} is missing; use an earlier checkpoint.")
         size = file.stat().st_size
-        if size != entry["size"]:
+        recorded = entry.get("bytes", entry.get("size"))
+        if size != recorded:
             raise CheckpointError(
                 f"checkpoint file {file} is truncated or damaged: {size} bytes, the manifest "
-                f"says {entry['size']}. Use an earlier checkpoint."
+                f"says {recorded}. Use an earlier checkpoint."
             )
-        if _digest(file) != entry["blake2b"]:
+        if not checksum_matches(file, entry):
             raise CheckpointError(
-                f"checkpoint file {file} is corrupt: its blake2b checksum does not match the "
+                f"checkpoint file {file} is corrupt: its checksum does not match the "
                 "manifest. Use an earlier checkpoint."
             )
 

@@ -38,9 +38,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import torch
-import xxhash
 from torch import Tensor
 
+from lorap_dist.checksums import checksum_entry, checksum_matches
 from lorap_dist.graph.data import GraphData
 from lorap_dist.graph.errors import DatasetError
 from lorap_dist.quant.integer import dequantize_rows
@@ -49,7 +49,6 @@ FORMAT_NAME = "lorap-dataset"
 FORMAT_VERSION = 1
 FEATURE_ENCODINGS = ("fp32", "int8")
 SPLIT_CODES = {"train": 1, "valid": 2, "test": 3}
-_BLOCK = 1 << 23  # checksum read size: 8 MiB
 
 
 def part_dir(r: int) -> str:
@@ -138,15 +137,6 @@ def read_array(path: str | Path) -> np.ndarray:
     return next(iter(read_columns(path).values()))
 
 
-def file_checksum(path: str | Path) -> str:
-    """Hex xxh3-64 of a file's bytes, read in 8 MiB blocks."""
-    digest = xxhash.xxh3_64()
-    with open(path, "rb") as f:
-        while block := f.read(_BLOCK):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 # --- INT8 features -----------------------------------------------------------------------
 
 
@@ -157,8 +147,7 @@ def write_meta(directory: str | Path, meta: dict[str, Any]) -> None:
     """Checksum every ``.arrow`` file below ``directory`` and write ``meta.json``."""
     directory = Path(directory)
     files = {
-        str(p.relative_to(directory)): {"xxh3_64": file_checksum(p), "bytes": p.stat().st_size}
-        for p in sorted(directory.rglob("*.arrow"))
+        str(p.relative_to(directory)): checksum_entry(p) for p in sorted(directory.rglob("*.arrow"))
     }
     meta = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **meta, "files": files}
     (directory / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
@@ -201,7 +190,7 @@ def verify_checksums(directory: str | Path, meta: dict[str, Any]) -> None:
         path = directory / name
         if not path.is_file():
             raise DatasetError(f"{path} is listed in meta.json but missing; prepare again.")
-        if path.stat().st_size != expected["bytes"] or file_checksum(path) != expected["xxh3_64"]:
+        if not checksum_matches(path, expected):
             raise DatasetError(
                 f"{path} does not match its checksum in meta.json: the file was changed or "
                 "damaged after it was written. Prepare the dataset again (or copy it again)."

@@ -112,6 +112,31 @@ def test_damaged_file_is_named(tmp_path, damage, file):
     assert ("truncated" if damage == "truncate" else "corrupt") in str(info.value)
 
 
+def test_checkpoints_share_the_dataset_checksum_and_older_blake2b_manifests_still_verify(
+    tmp_path,
+):
+    import hashlib
+
+    from lorap_dist.checksums import CHECKSUM, file_checksum
+
+    state, _, _ = trained_state()
+    path = save_checkpoint(state, tmp_path / checkpoint_name(1))
+    manifest = json.loads((path / "manifest.json").read_text())
+    entry = manifest["files"][TENSORS_FILE]
+    assert entry[CHECKSUM] == file_checksum(path / TENSORS_FILE)
+    # a checkpoint written before the shared checksum: blake2b digests and "size"
+    for name in manifest["files"]:
+        data = (path / name).read_bytes()
+        digest = hashlib.blake2b(data, digest_size=32).hexdigest()
+        manifest["files"][name] = {"blake2b": digest, "size": len(data)}
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    assert load_checkpoint(path).epoch == state.epoch
+    target = path / STATE_FILE
+    target.write_bytes(target.read_bytes().replace(b"{", b"[", 1))  # same size, changed
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_checkpoint(path)
+
+
 def test_missing_manifest_means_incomplete(tmp_path):
     state, _, _ = trained_state()
     path = save_checkpoint(state, tmp_path / checkpoint_name(1))
