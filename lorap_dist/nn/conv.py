@@ -11,7 +11,7 @@ from torch_geometric.nn import MessagePassing
 from lorap_dist.config import PromptConfig
 from lorap_dist.graph.block import Block, NodeInfo
 from lorap_dist.nn.aggregate import CSRAggregation
-from lorap_dist.prompt.lorap import LoRAP, lorap_sizes
+from lorap_dist.prompt.lorap import LoRAP
 from lorap_dist.quant.base import NODE, identity_quantizers
 
 
@@ -87,12 +87,10 @@ class QuantizedConv(MessagePassing):
         self,
         points: tuple[str, ...],
         aggregate_channels: int,
-        lorap_k: int | None,
-        lorap_r: int,
         prompt: PromptConfig | None,
     ) -> None:
-        sizes = lorap_sizes(lorap_k, lorap_r, prompt)
-        self.lorap = None if sizes is None else LoRAP(aggregate_channels, *sizes)
+        on = prompt is not None and prompt.lorap
+        self.lorap = LoRAP(aggregate_channels, prompt.k, prompt.r) if on else None
         rounding = (prompt or PromptConfig()).rounding
         names = list(points)
         if self.lorap is not None:

@@ -57,10 +57,8 @@ class QGATConv(QuantizedConv):
             (default ``0.0``).
         add_self_loops: give every destination a self loop (default ``True``).
         bias: add a learnable bias (default ``True``).
-        lorap_k: number of LoRAP bases; LoRAP is off when ``None`` (default ``None``).
-        lorap_r: LoRAP rank (default ``4``).
-        prompt: size LoRAP from a :class:`~lorap_dist.config.PromptConfig` instead
-            (default ``None``).
+        prompt: a :class:`~lorap_dist.config.PromptConfig`; LoRAP is on when its ``kind``
+            is ``lorap`` or ``gpf_lorap``, sized by its ``k`` and ``r`` (default ``None``: off).
 
     Shapes:
         - input: ``x [N_src, in_channels]``, ``edge_index [2, E]`` or a ``Block``,
@@ -79,8 +77,6 @@ class QGATConv(QuantizedConv):
         dropout: float = 0.0,
         add_self_loops: bool = True,
         bias: bool = True,
-        lorap_k: int | None = None,
-        lorap_r: int = 4,
         prompt: PromptConfig | None = None,
     ) -> None:
         super().__init__(aggr="add", node_dim=0)
@@ -96,9 +92,7 @@ class QGATConv(QuantizedConv):
         self.att_src = nn.Parameter(torch.empty(1, heads, out_channels))
         self.att_dst = nn.Parameter(torch.empty(1, heads, out_channels))
         self.bias = nn.Parameter(torch.empty(width)) if bias else None
-        self.init_quantization(
-            ("input", "message", "aggregate", "output"), width, lorap_k, lorap_r, prompt
-        )
+        self.init_quantization(("input", "message", "aggregate", "output"), width, prompt)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:

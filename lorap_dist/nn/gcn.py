@@ -64,10 +64,8 @@ class QGCNConv(QuantizedConv):
         in_channels: input width.
         out_channels: output width.
         bias: add a learnable bias (default ``True``).
-        lorap_k: number of LoRAP bases; LoRAP is off when ``None`` (default ``None``).
-        lorap_r: LoRAP rank (default ``4``).
-        prompt: size LoRAP from a :class:`~lorap_dist.config.PromptConfig` instead
-            (default ``None``).
+        prompt: a :class:`~lorap_dist.config.PromptConfig`; LoRAP is on when its ``kind``
+            is ``lorap`` or ``gpf_lorap``, sized by its ``k`` and ``r`` (default ``None``: off).
 
     Shapes:
         - input: ``x [N_src, in_channels]``, ``edge_index [2, E]`` or a ``Block``,
@@ -80,8 +78,6 @@ class QGCNConv(QuantizedConv):
         in_channels: int,
         out_channels: int,
         bias: bool = True,
-        lorap_k: int | None = None,
-        lorap_r: int = 4,
         prompt: PromptConfig | None = None,
     ) -> None:
         super().__init__(aggr="add")
@@ -89,9 +85,7 @@ class QGCNConv(QuantizedConv):
         self.out_channels = out_channels
         self.lin = QLinear(in_channels, out_channels, bias=False)
         self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
-        self.init_quantization(
-            ("input", "message", "aggregate", "output"), out_channels, lorap_k, lorap_r, prompt
-        )
+        self.init_quantization(("input", "message", "aggregate", "output"), out_channels, prompt)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:

@@ -44,10 +44,8 @@ class QGINConv(QuantizedConv):
         hidden_channels: width of the MLP's inner layer (default ``out_channels``).
         eps: initial :math:`\epsilon` (default ``0.0``).
         train_eps: learn :math:`\epsilon` (default ``False``).
-        lorap_k: number of LoRAP bases; LoRAP is off when ``None`` (default ``None``).
-        lorap_r: LoRAP rank (default ``4``).
-        prompt: size LoRAP from a :class:`~lorap_dist.config.PromptConfig` instead
-            (default ``None``).
+        prompt: a :class:`~lorap_dist.config.PromptConfig`; LoRAP is on when its ``kind``
+            is ``lorap`` or ``gpf_lorap``, sized by its ``k`` and ``r`` (default ``None``: off).
 
     Shapes:
         - input: ``x [N_src, in_channels]``, ``edge_index [2, E]`` or a ``Block``,
@@ -62,8 +60,6 @@ class QGINConv(QuantizedConv):
         hidden_channels: int | None = None,
         eps: float = 0.0,
         train_eps: bool = False,
-        lorap_k: int | None = None,
-        lorap_r: int = 4,
         prompt: PromptConfig | None = None,
     ) -> None:
         super().__init__(aggr="add")
@@ -77,9 +73,7 @@ class QGINConv(QuantizedConv):
             self.eps = nn.Parameter(torch.empty(1))
         else:
             self.register_buffer("eps", torch.empty(1))
-        self.init_quantization(
-            ("input", "aggregate", "hidden", "output"), in_channels, lorap_k, lorap_r, prompt
-        )
+        self.init_quantization(("input", "aggregate", "hidden", "output"), in_channels, prompt)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:

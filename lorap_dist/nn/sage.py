@@ -39,10 +39,8 @@ class QSAGEConv(QuantizedConv):
     Args:
         in_channels: input width.
         out_channels: output width.
-        lorap_k: number of LoRAP bases; LoRAP is off when ``None`` (default ``None``).
-        lorap_r: LoRAP rank (default ``4``).
-        prompt: size LoRAP from a :class:`~lorap_dist.config.PromptConfig` instead
-            (default ``None``).
+        prompt: a :class:`~lorap_dist.config.PromptConfig`; LoRAP is on when its ``kind``
+            is ``lorap`` or ``gpf_lorap``, sized by its ``k`` and ``r`` (default ``None``: off).
 
     Shapes:
         - input: ``x [N_src, in_channels]``, ``edge_index [2, E]`` or a ``Block``,
@@ -54,8 +52,6 @@ class QSAGEConv(QuantizedConv):
         self,
         in_channels: int,
         out_channels: int,
-        lorap_k: int | None = None,
-        lorap_r: int = 4,
         prompt: PromptConfig | None = None,
     ) -> None:
         super().__init__(aggr="mean")
@@ -63,9 +59,7 @@ class QSAGEConv(QuantizedConv):
         self.out_channels = out_channels
         self.lin_l = QLinear(in_channels, out_channels, bias=True)
         self.lin_r = QLinear(in_channels, out_channels, bias=False)
-        self.init_quantization(
-            ("input", "aggregate", "output"), in_channels, lorap_k, lorap_r, prompt
-        )
+        self.init_quantization(("input", "aggregate", "output"), in_channels, prompt)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:

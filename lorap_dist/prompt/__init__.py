@@ -1,6 +1,6 @@
 """Prompts: LoRAP on a layer's aggregate, GPF-plus on the input features."""
 
 from lorap_dist.prompt.gpf import GPFPlus
-from lorap_dist.prompt.lorap import LoRAP, lorap_prompt, lorap_sizes
+from lorap_dist.prompt.lorap import LoRAP, lorap_prompt
 
-__all__ = ["GPFPlus", "LoRAP", "lorap_prompt", "lorap_sizes"]
+__all__ = ["GPFPlus", "LoRAP", "lorap_prompt"]

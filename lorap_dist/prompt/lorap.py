@@ -8,7 +8,6 @@ import math
 import torch
 from torch import Tensor, nn
 
-from lorap_dist.config import PromptConfig
 from lorap_dist.graph.block import NodeInfo
 from lorap_dist.kernels.lorap_fused import lorap_forward, lorap_range
 from lorap_dist.quant.base import Quantizer
@@ -125,20 +124,3 @@ class LoRAP(nn.Module):
 
     def __repr__(self) -> str:
         return f"{self.__class__.__name__}({self.channels}, k={self.k}, r={self.r})"
-
-
-def lorap_sizes(
-    lorap_k: int | None, lorap_r: int, prompt: PromptConfig | None
-) -> tuple[int, int] | None:
-    """``(k, r)`` of a layer's LoRAP from its constructor arguments, or ``None`` when off.
-
-    LoRAP is on when ``lorap_k`` is given, or when ``prompt`` asks for it (``kind`` is
-    ``lorap`` or ``gpf_lorap``); giving both is ambiguous and an error.
-    """
-    if prompt is not None and lorap_k is not None:
-        raise ValueError(
-            f"got both lorap_k={lorap_k} and prompt={prompt}; size LoRAP with one of them."
-        )
-    if prompt is not None:
-        return (prompt.k, prompt.r) if prompt.lorap else None
-    return None if lorap_k is None else (lorap_k, lorap_r)

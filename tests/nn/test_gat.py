@@ -2,6 +2,7 @@ import pytest
 import torch
 from torch_geometric.nn import GATConv
 
+from lorap_dist.config import PromptConfig
 from lorap_dist.nn import QGATConv
 from lorap_dist.testing.graphs import full_block, in_neighbour_block, random_graph
 from lorap_dist.testing.layers import assert_same_outputs_and_grads, copy_parameters
@@ -40,7 +41,7 @@ def test_matches_pyg_gatconv(
 
 @pytest.mark.parametrize("concat", [True, False])
 def test_full_block_equals_full_graph(concat: bool) -> None:
-    layer = QGATConv(6, 4, heads=2, concat=concat, lorap_k=3, lorap_r=2)
+    layer = QGATConv(6, 4, heads=2, concat=concat, prompt=PromptConfig(kind="lorap", k=3, r=2))
     torch.nn.init.normal_(layer.lorap.p_b)
     edge_index = random_graph(11, 25, seed=3)
     x = torch.randn(11, 6)
@@ -49,7 +50,7 @@ def test_full_block_equals_full_graph(concat: bool) -> None:
 
 @pytest.mark.parametrize("seed", [0, 4])
 def test_block_with_all_in_neighbours_gives_full_graph_outputs(seed: int) -> None:
-    layer = QGATConv(6, 4, heads=2, lorap_k=3, lorap_r=2)
+    layer = QGATConv(6, 4, heads=2, prompt=PromptConfig(kind="lorap", k=3, r=2))
     torch.nn.init.normal_(layer.lorap.p_b)
     edge_index = random_graph(15, 35, seed)
     x = torch.randn(15, 6)
@@ -60,8 +61,18 @@ def test_block_with_all_in_neighbours_gives_full_graph_outputs(seed: int) -> Non
 
 
 def test_lorap_width_follows_head_combination() -> None:
-    assert QGATConv(3, 4, heads=2, concat=True, lorap_k=2).lorap.channels == 8
-    assert QGATConv(3, 4, heads=2, concat=False, lorap_k=2).lorap.channels == 4
+    assert (
+        QGATConv(
+            3, 4, heads=2, concat=True, prompt=PromptConfig(kind="lorap", k=2, r=4)
+        ).lorap.channels
+        == 8
+    )
+    assert (
+        QGATConv(
+            3, 4, heads=2, concat=False, prompt=PromptConfig(kind="lorap", k=2, r=4)
+        ).lorap.channels
+        == 4
+    )
 
 
 def test_reset_repr_and_points() -> None:

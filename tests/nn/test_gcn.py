@@ -37,7 +37,7 @@ def test_matches_pyg_gcnconv(seed: int, channels: tuple[int, int]) -> None:
 
 @pytest.mark.parametrize("seed", [0, 3])
 def test_full_block_equals_full_graph(seed: int) -> None:
-    layer = QGCNConv(6, 4, lorap_k=3, lorap_r=2)
+    layer = QGCNConv(6, 4, prompt=PromptConfig(kind="lorap", k=3, r=2))
     torch.nn.init.normal_(layer.lorap.p_b)
     edge_index = random_graph(11, 25, seed)
     x = torch.randn(11, 6)
@@ -89,7 +89,7 @@ def test_errors_name_the_input() -> None:
 
 
 def test_reset_repr_and_points() -> None:
-    layer = QGCNConv(3, 2, lorap_k=4, lorap_r=2)
+    layer = QGCNConv(3, 2, prompt=PromptConfig(kind="lorap", k=4, r=2))
     assert layer.QUANT_POINTS == dict.fromkeys(["input", "message", "prompt", "output"], "node")
     twice = QGCNConv(3, 2, prompt=PromptConfig(kind="lorap", rounding="twice"))
     assert list(twice.QUANT_POINTS) == ["input", "message", "aggregate", "prompt", "output"]

@@ -3,6 +3,7 @@ import torch
 from torch import nn
 from torch_geometric.nn import GINConv
 
+from lorap_dist.config import PromptConfig
 from lorap_dist.nn import QGINConv
 from lorap_dist.testing.graphs import full_block, in_neighbour_block, random_graph
 from lorap_dist.testing.layers import assert_same_outputs_and_grads, copy_parameters
@@ -42,7 +43,7 @@ def test_matches_pyg_ginconv(seed: int, train_eps: bool, channels: tuple[int, in
 
 @pytest.mark.parametrize("seed", [0, 3])
 def test_full_block_equals_full_graph(seed: int) -> None:
-    layer = QGINConv(6, 4, lorap_k=3, lorap_r=2)
+    layer = QGINConv(6, 4, prompt=PromptConfig(kind="lorap", k=3, r=2))
     torch.nn.init.normal_(layer.lorap.p_b)
     edge_index = random_graph(11, 25, seed)
     x = torch.randn(11, 6)
@@ -51,7 +52,7 @@ def test_full_block_equals_full_graph(seed: int) -> None:
 
 @pytest.mark.parametrize("seed", [0, 4])
 def test_block_with_all_in_neighbours_gives_full_graph_outputs(seed: int) -> None:
-    layer = QGINConv(6, 4, eps=0.5, lorap_k=3, lorap_r=2)
+    layer = QGINConv(6, 4, eps=0.5, prompt=PromptConfig(kind="lorap", k=3, r=2))
     torch.nn.init.normal_(layer.lorap.p_b)
     edge_index = random_graph(15, 35, seed)
     x = torch.randn(15, 6)

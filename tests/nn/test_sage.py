@@ -2,6 +2,7 @@ import pytest
 import torch
 from torch_geometric.nn import SAGEConv
 
+from lorap_dist.config import PromptConfig
 from lorap_dist.nn import QSAGEConv
 from lorap_dist.testing.graphs import full_block, in_neighbour_block, random_graph
 from lorap_dist.testing.layers import assert_same_outputs_and_grads, copy_parameters
@@ -33,7 +34,7 @@ def test_matches_pyg_sageconv(seed: int, channels: tuple[int, int]) -> None:
 
 @pytest.mark.parametrize("seed", [0, 3])
 def test_full_block_equals_full_graph(seed: int) -> None:
-    layer = QSAGEConv(6, 4, lorap_k=3, lorap_r=2)
+    layer = QSAGEConv(6, 4, prompt=PromptConfig(kind="lorap", k=3, r=2))
     torch.nn.init.normal_(layer.lorap.p_b)
     edge_index = random_graph(11, 25, seed)
     x = torch.randn(11, 6)
@@ -42,7 +43,7 @@ def test_full_block_equals_full_graph(seed: int) -> None:
 
 @pytest.mark.parametrize("seed", [0, 4])
 def test_block_with_all_in_neighbours_gives_full_graph_outputs(seed: int) -> None:
-    layer = QSAGEConv(6, 4, lorap_k=3, lorap_r=2)
+    layer = QSAGEConv(6, 4, prompt=PromptConfig(kind="lorap", k=3, r=2))
     torch.nn.init.normal_(layer.lorap.p_b)
     edge_index = random_graph(15, 35, seed)
     x = torch.randn(15, 6)
@@ -55,7 +56,7 @@ def test_block_with_all_in_neighbours_gives_full_graph_outputs(seed: int) -> Non
 def test_reset_repr_and_points() -> None:
     layer = QSAGEConv(3, 2)
     assert layer.QUANT_POINTS == dict.fromkeys(["input", "aggregate", "output"], "node")
-    assert "prompt" in QSAGEConv(3, 2, lorap_k=2).QUANT_POINTS
+    assert "prompt" in QSAGEConv(3, 2, prompt=PromptConfig(kind="lorap", k=2, r=4)).QUANT_POINTS
     assert repr(layer) == "QSAGEConv(3, 2, aggr=mean)"
     with torch.no_grad():
         layer.lin_l.bias.fill_(1.0)

@@ -5,9 +5,8 @@ import pytest
 import torch
 from lorap_dist.kernels.lorap_fused import triton_on_cpu
 
-from lorap_dist.config import PromptConfig
 from lorap_dist.graph import NodeInfo
-from lorap_dist.prompt import LoRAP, lorap_prompt, lorap_sizes
+from lorap_dist.prompt import LoRAP, lorap_prompt
 from lorap_dist.prompt import lorap as lorap_module
 from lorap_dist.quant import EMAObserver, FakeQuantizer, IdentityQuantizer, PercentileObserver
 from lorap_dist.testing.fake_quant import GridQuantizer, RecordingQuantizer
@@ -113,18 +112,6 @@ def test_invalid_sizes_are_rejected(bad: dict) -> None:
     name = next(iter(bad))
     with pytest.raises(ValueError, match=f"{name}="):
         LoRAP(**args)
-
-
-def test_lorap_sizes() -> None:
-    assert lorap_sizes(None, 4, None) is None
-    assert lorap_sizes(6, 3, None) == (6, 3)
-    assert lorap_sizes(None, 4, PromptConfig(kind="gpf_lorap", k=5, r=2)) == (5, 2)
-    assert lorap_sizes(None, 4, PromptConfig(kind="gpf")) is None
-    with pytest.raises(ValueError, match="both"):
-        lorap_sizes(6, 4, PromptConfig(kind="lorap"))
-
-
-# --- The fused path: LoRAP.forward with a per-tensor FakeQuantizer takes the fused op. ---
 
 
 def _trained_lorap(d: int = 12, k: int = 4, r: int = 3, seed: int = 0) -> LoRAP:
