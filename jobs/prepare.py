@@ -13,7 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from lorap_dist.graph.prepare import add_prepare_arguments, run_prepare
+from lorap_dist.cli import add_prepare_arguments, run_prepare
 
 
 def main(argv: list[str] | None = None) -> Path:

@@ -14,7 +14,17 @@ from typing import Any
 
 import yaml
 
-from lorap_dist.config import ConfigError, ExperimentConfig, leading_first, set_field
+from lorap_dist.config import (
+    ConfigError,
+    ExperimentConfig,
+    SyntheticConfig,
+    leading_first,
+    set_field,
+)
+from lorap_dist.graph.partition import PARTITIONERS
+from lorap_dist.graph.prepare import RAY_MIN_NODES, PrepareOptions, prepare
+from lorap_dist.graph.storage import FEATURE_ENCODINGS, open_dataset
+from lorap_dist.graph.transforms import TRANSFORMS
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -185,11 +195,118 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _prepare(args: argparse.Namespace) -> int:
-    from lorap_dist.graph.prepare import run_prepare
-
     out = run_prepare(args)
     print(f"prepared dataset: {out}")
     return 0
+
+
+# --- lorap prepare ----------------------------------------------------------------------
+
+
+def add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the ``lorap prepare`` flags to ``parser``."""
+    parser.add_argument(
+        "--source",
+        default="synthetic",
+        help="synthetic | ogbn-NAME | dir:PATH | planetoid:NAME | pyg:CLASS[:NAME] "
+        "(default: synthetic)",
+    )
+    parser.add_argument("--out", required=True, help="dataset directory to create")
+    parser.add_argument("--parts", type=int, default=1, help="number of parts (default: 1)")
+    parser.add_argument("--partitioner", default="metis", choices=sorted(PARTITIONERS))
+    parser.add_argument(
+        "--features",
+        default="fp32",
+        choices=list(FEATURE_ENCODINGS),
+        help="feature encoding: fp32, or int8 with a per-row fp32 scale",
+    )
+    parser.add_argument(
+        "--root",
+        default="data",
+        help="where OGB datasets live/download, and where PyG datasets keep their raw files "
+        "(ROOT/<Name>/raw)",
+    )
+    parser.add_argument(
+        "--transform",
+        choices=list(TRANSFORMS),
+        default=None,
+        help="feature transform baked into the dataset (default: normalize_features for "
+        "Planetoid, none otherwise)",
+    )
+    parser.add_argument("--split-type", default=None, help="split/<type> folder to use")
+    parser.add_argument(
+        "--no-symmetrize",
+        dest="symmetrize",
+        action="store_false",
+        help="keep edge directions as given (default: add reverse edges)",
+    )
+    parser.add_argument(
+        "--keep-self-loops",
+        dest="drop_self_loops",
+        action="store_false",
+        help="keep edges (v, v) (default: drop them)",
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    parser.add_argument("--workers", type=int, default=2, help="CPUs of a local Ray instance")
+    parser.add_argument(
+        "--address",
+        default=None,
+        help="Ray cluster to join (default: RAY_ADDRESS if set, else a private local instance)",
+    )
+    parser.add_argument(
+        "--ray",
+        dest="use_ray",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help=f"write the parts in Ray tasks (default: only for several parts of a graph of "
+        f"at least {RAY_MIN_NODES:,} nodes)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed (random partitioner, synthetic)")
+    parser.add_argument("--no-progress", dest="progress", action="store_false")
+    synthetic = parser.add_argument_group("synthetic source")
+    defaults = SyntheticConfig()
+    synthetic.add_argument("--num-nodes", type=int, default=defaults.num_nodes)
+    synthetic.add_argument("--avg-degree", type=float, default=defaults.avg_degree)
+    synthetic.add_argument("--num-features", type=int, default=defaults.num_features)
+    synthetic.add_argument("--num-classes", type=int, default=defaults.num_classes)
+    synthetic.add_argument("--homophily", type=float, default=defaults.homophily)
+
+
+def options_from_args(args: argparse.Namespace) -> PrepareOptions:
+    """:class:`PrepareOptions` from parsed ``lorap prepare`` arguments."""
+    return PrepareOptions(
+        out=args.out,
+        source=args.source,
+        parts=args.parts,
+        partitioner=args.partitioner,
+        features=args.features,
+        root=args.root,
+        transform=args.transform,
+        split_type=args.split_type,
+        symmetrize=args.symmetrize,
+        drop_self_loops=args.drop_self_loops,
+        overwrite=args.overwrite,
+        synthetic=SyntheticConfig(
+            num_nodes=args.num_nodes,
+            avg_degree=args.avg_degree,
+            num_features=args.num_features,
+            num_classes=args.num_classes,
+            homophily=args.homophily,
+            seed=args.seed,
+        ),
+        seed=args.seed,
+        workers=args.workers,
+        use_ray=args.use_ray,
+        address=args.address,
+        progress=args.progress,
+    )
+
+
+def run_prepare(args: argparse.Namespace) -> Path:
+    """``lorap prepare``: run the pipeline from parsed arguments and print a summary."""
+    out = prepare(options_from_args(args))
+    print(open_dataset(out))
+    return out
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -280,19 +397,14 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--prefix", default="", help="prefix for the file names written")
     report.set_defaults(func=_report)
 
-    try:
-        from lorap_dist.graph.prepare import add_prepare_arguments
-    except ImportError:
-        add_prepare_arguments = None
-    if add_prepare_arguments is not None:
-        prepare = sub.add_parser(
-            "prepare",
-            help="partition a graph into an Arrow dataset directory",
-            description="Load a source graph (OGB, a local OGB-layout directory, or the "
-            "generator), partition it and write a memory-mappable Arrow dataset directory.",
-        )
-        add_prepare_arguments(prepare)
-        prepare.set_defaults(func=_prepare)
+    prepare = sub.add_parser(
+        "prepare",
+        help="partition a graph into an Arrow dataset directory",
+        description="Load a source graph (OGB, a local OGB-layout directory, or the "
+        "generator), partition it and write a memory-mappable Arrow dataset directory.",
+    )
+    add_prepare_arguments(prepare)
+    prepare.set_defaults(func=_prepare)
     return parser
 
 

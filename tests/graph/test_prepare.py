@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 import torch
 
+from lorap_dist.cli import add_prepare_arguments, options_from_args
 from lorap_dist.config import ConfigError, SyntheticConfig
 from lorap_dist.graph import prepare as prepare_module
 from lorap_dist.graph.errors import DatasetError
-from lorap_dist.graph.prepare import PrepareOptions, add_prepare_arguments, prepare
+from lorap_dist.graph.prepare import PrepareOptions, prepare
 from lorap_dist.graph.preprocess import build_csr
 from lorap_dist.graph.sources import synthetic_source
 from lorap_dist.graph.storage import open_dataset
@@ -151,7 +152,7 @@ def test_command_line_flags():
             "--overwrite",
         ]
     )
-    options = prepare_module.options_from_args(args)
+    options = options_from_args(args)
     assert (options.parts, options.partitioner, options.features) == (4, "stream", "int8")
     assert not options.symmetrize and options.drop_self_loops and options.overwrite
     with pytest.raises(ConfigError, match="--parts 0 must be"):
