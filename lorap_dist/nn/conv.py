@@ -129,6 +129,14 @@ class QuantizedConv(MessagePassing):
             return h
         return self.lorap(h, self.quantizers["prompt"], nodes_dst)
 
+    def biased_output(self, h: Tensor, nodes_dst: NodeInfo | None) -> Tensor:
+        """``Q_output(aggregate + bias)``: the aggregate as :meth:`quantize_aggregate` gives
+        it, plus the layer's ``bias`` when it has one (GCN and GAT)."""
+        h = self.quantize_aggregate(h, nodes_dst)
+        if self.bias is not None:
+            h = h + self.bias
+        return self.quantize("output", h, nodes_dst)
+
     def lorap_repr(self) -> str:
         if self.lorap is None:
             return ""

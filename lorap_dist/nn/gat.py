@@ -122,10 +122,7 @@ class QGATConv(QuantizedConv):
         alpha = F.dropout(alpha, p=self.dropout, training=self.training)
         h = self.propagate(edge_index, x=messages, alpha=alpha, size=(g.num_src, g.num_dst))
         h = h.reshape(-1, H * C) if self.concat else h.mean(dim=1)
-        h = self.quantize_aggregate(h, g.nodes_dst)
-        if self.bias is not None:
-            h = h + self.bias
-        return self.quantize("output", h, g.nodes_dst)
+        return self.biased_output(h, g.nodes_dst)
 
     def message(self, x_j: Tensor, alpha: Tensor) -> Tensor:
         return alpha.unsqueeze(-1) * x_j

@@ -102,10 +102,7 @@ class QGCNConv(QuantizedConv):
         x = self.quantize("input", x, g.nodes_src)
         messages = self.quantize("message", self.lin(x), g.nodes_src)  # [N_src, out]
         h = self.propagate(edge_index, x=messages, edge_weight=weight, size=(g.num_src, g.num_dst))
-        h = self.quantize_aggregate(h, g.nodes_dst)  # [N_dst, out]
-        if self.bias is not None:
-            h = h + self.bias
-        return self.quantize("output", h, g.nodes_dst)
+        return self.biased_output(h, g.nodes_dst)  # [N_dst, out]
 
     def message(self, x_j: Tensor, edge_weight: Tensor) -> Tensor:
         return edge_weight.unsqueeze(-1) * x_j
