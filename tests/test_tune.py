@@ -28,8 +28,13 @@ from lorap_dist.tune import (
     experiment_config,
     load_sweep,
     max_concurrent_trials,
+    num_samples,
+    param_space,
     report,
     run_sweep,
+    search_algorithm,
+    trial_configs,
+    trial_point,
     trial_resources,
 )
 
@@ -96,6 +101,98 @@ def test_random_points_are_drawn_reproducibly():
     first, second = sweep().points(), sweep().points()
     assert first == second and len(first) == 5
     assert all(1e-3 <= p["train.lr"] <= 1e-1 and p["prompt.r"] in (1, 2, 4) for p in first)
+
+
+def test_grid_space_is_tunes_grid_search():
+    variants = [{"quant.options.bits": 4}, {"quant.options.bits": 8}]
+    sweep = SweepConfig(
+        name="s",
+        base=BASE,
+        space={"prompt.r": [1, 2], "train.fanout": [None, [4]]},
+        variants=variants,
+        seeds=[0, 1],
+    )
+    assert param_space(sweep) == {
+        "point": {
+            "prompt.r": {"grid_search": [1, 2]},
+            "train.fanout": {"grid_search": [None, [4]]},
+        },
+        "variant": {"grid_search": variants},
+        "seed": {"grid_search": [0, 1]},
+    }
+    assert num_samples(sweep) == 1
+    assert len(trial_configs(sweep)) == 2 * 2 * 2 * 2 and len(sweep.points()) == 8
+
+
+def test_random_space_is_tunes_own_domains():
+    from ray.tune.search import sample
+
+    sweep = SweepConfig(
+        name="s",
+        base=BASE,
+        mode="random",
+        num_samples=3,
+        space={
+            "train.lr": {"loguniform": [1e-3, 1e-1]},
+            "model.dropout": {"uniform": [0.0, 0.5]},
+            "prompt.r": {"randint": [1, 4]},
+            "prompt.k": [2, 4],
+        },
+    )
+    space = param_space(sweep)["point"]
+    lr, dropout, rank, k = (space[p] for p in ("train.lr", "model.dropout", "prompt.r", "prompt.k"))
+    assert isinstance(lr, sample.Float) and isinstance(lr.get_sampler(), sample.LogUniform)
+    assert (lr.lower, lr.upper) == (1e-3, 1e-1)
+    assert isinstance(dropout, sample.Float) and isinstance(dropout.get_sampler(), sample.Uniform)
+    assert (dropout.lower, dropout.upper) == (0.0, 0.5)
+    # the file's randint includes hi; Tune's upper bound is exclusive
+    assert isinstance(rank, sample.Integer) and (rank.lower, rank.upper) == (1, 5)
+    assert isinstance(k, sample.Categorical) and k.categories == [2, 4]
+    assert param_space(sweep)["seed"] == {"grid_search": [0]}
+    assert num_samples(sweep) == 3
+
+
+def test_points_are_the_draws_of_tunes_search_algorithm(tmp_path):
+    """What :meth:`SweepConfig.points` validates before a sweep runs is what the seeded
+    ``BasicVariantGenerator`` hands Tune: one draw per sample, kept over variants and seeds."""
+    from ray.tune.experiment import Experiment
+
+    def sweep(sample_seed: int) -> SweepConfig:
+        return SweepConfig(
+            name="s",
+            base=BASE,
+            mode="random",
+            num_samples=4,
+            sample_seed=sample_seed,
+            space={"train.lr": {"loguniform": [1e-3, 1e-1]}, "prompt.r": {"randint": [1, 4]}},
+            variants=[{"quant.options.bits": 4}, {"quant.options.bits": 8}],
+            seeds=[0, 1],
+        )
+
+    def drawn(sweep: SweepConfig) -> list[dict]:
+        generator = search_algorithm(sweep)
+        generator.add_configurations(
+            Experiment(
+                "s",
+                lambda config: None,
+                config=param_space(sweep),
+                num_samples=num_samples(sweep),
+                storage_path=str(tmp_path),
+            )
+        )
+        configs = []
+        while (trial := generator.next_trial()) is not None:
+            configs.append(trial.config)
+        return configs
+
+    configs = drawn(sweep(0))
+    assert configs == trial_configs(sweep(0)) and len(configs) == 4 * 2 * 2
+    draws = [c["point"] for c in configs]
+    assert all(draws[i] == draws[i - i % 4] for i in range(len(draws)))  # kept over the grid
+    assert len({json.dumps(d) for d in draws}) == 4
+    assert all(1 <= d["prompt.r"] <= 4 and 1e-3 <= d["train.lr"] <= 1e-1 for d in draws)
+    assert sweep(0).points() == [trial_point(c) for c in configs if c["seed"] == 0]
+    assert drawn(sweep(1)) != configs
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,172 @@
+"""What runs inside one Tune trial.
+
+Following Ray Train v2, each Tune trial runs :func:`run_trial`, a driver function that
+builds the trial's :class:`~lorap_dist.config.ExperimentConfig` and either trains in its own
+process (:func:`lorap_dist.train.train`, one Tune report per epoch through
+:class:`_EpochReporter`) or, with a ``dist`` section, builds a ``TorchTrainer``
+(:func:`lorap_dist.distributed.trainer.build_trainer`) whose workers report each epoch to
+Tune through ``TuneReportCallback``. :func:`trial_resources` says what a trial occupies.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+import typing
+from pathlib import Path
+from typing import Any
+
+import ray.tune
+
+from lorap_dist.config import ExperimentConfig
+from lorap_dist.tune.space import experiment_config, point_key, trial_point
+
+if typing.TYPE_CHECKING:
+    from lorap_dist.fit import EpochReport
+
+RUNS_LOG = "trial_runs.jsonl"  # one line per trial execution, retries and restores included
+
+
+def trial_resources(experiment: ExperimentConfig, cpus_per_trial: float) -> dict[str, float]:
+    """What one trial occupies: its own CPUs in-process, else its Ray Train workers'."""
+    settings = experiment.dist
+    if settings is None:
+        return {"CPU": cpus_per_trial}
+    resources = {"CPU": settings.num_workers * settings.cpus_per_worker}
+    if settings.use_gpu:
+        resources["GPU"] = float(settings.num_workers)
+    return resources
+
+
+def driver_resources(config: dict[str, Any], base: dict[str, Any], cpus: float) -> dict:
+    """What Tune reserves for the trial with Tune config ``config`` (``with_resources``)."""
+    experiment = experiment_config(base, trial_point(config), config["seed"])
+    # A distributed trial's driver only waits on its TorchTrainer, whose workers reserve
+    # their own resources through Ray Train; reserving a CPU here would starve them.
+    return {"CPU": 0} if experiment.dist is not None else {"CPU": cpus}
+
+
+def run_trial(config: dict[str, Any], base: dict[str, Any], runs_log: str) -> None:
+    """Tune's function for one trial: train ``base`` + the trial's point with its seed.
+
+    Every report carries ``epoch``, ``valid_acc``/``test_acc`` (that epoch),
+    ``best_valid_acc``/``best_test_acc`` (the best validation epoch so far) and, from the
+    in-process trainer, the parameter counts, ``avg_bits``, ``seeds_per_s`` and ``wall_s``.
+    """
+    point = trial_point(config)
+    experiment = experiment_config(base, point, config["seed"])
+    context = ray.tune.get_context()
+    _append_jsonl(
+        runs_log,
+        {
+            "trial_id": context.get_trial_id(),
+            "point": point_key(point),
+            "seed": config["seed"],
+            "pid": os.getpid(),
+            "time": time.time(),
+        },
+    )
+    if experiment.dist is None:
+        _train_in_process(experiment)
+    else:
+        _train_distributed(experiment, context.get_trial_name())
+
+
+def _append_jsonl(path: str, record: dict[str, Any]) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:  # one short line per write: appends do not interleave
+        handle.write(json.dumps(record) + "\n")
+
+
+class _EpochReporter:
+    """The ``on_epoch`` hook of :func:`lorap_dist.train.train`: one Tune report per epoch.
+
+    The best epoch and the stop decision are :func:`~lorap_dist.train.train`'s own
+    (:class:`~lorap_dist.tracking.BestEpoch`), so a trial reports what ``lorap train``
+    would: after a MixQ freeze, the frozen model's best.
+    """
+
+    def __init__(self, train_nodes: int) -> None:
+        self.train_nodes = train_nodes
+        self.start = self.last = time.perf_counter()
+
+    def __call__(self, report: EpochReport, model: Any) -> None:
+        from lorap_dist.nn import parameter_counts
+        from lorap_dist.quant import average_bits
+
+        now = time.perf_counter()
+        row, best = report.row, report.best
+        counts = parameter_counts(model)
+        ray.tune.report(
+            {
+                "epoch": int(row["epoch"]) + 1,
+                "loss": row["loss"],
+                "train_acc": row["train"],
+                "valid_acc": row["valid"],
+                "test_acc": row["test"],
+                "best_valid_acc": best.valid,
+                "best_test_acc": best.test,
+                "best_epoch": best.epoch + 1,
+                **{f"params_{kind}": n for kind, n in counts.items()},
+                "avg_bits": average_bits(model),
+                # training nodes (graphs, graph level) per second of the epoch, evaluation
+                # included
+                "seeds_per_s": self.train_nodes / max(now - self.last, 1e-9),
+                "wall_s": now - self.start,
+                "trial_done": report.last,
+            }
+        )
+        self.last = now
+
+
+def _train_in_process(experiment: ExperimentConfig) -> None:
+    from lorap_dist.train import load_graph, train, training_items
+
+    graph = load_graph(experiment)
+    reporter = _EpochReporter(training_items(experiment, graph))
+    train(experiment, graph, progress=False, on_epoch=reporter)
+
+
+def _train_distributed(experiment: ExperimentConfig, trial_name: str) -> None:
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from lorap_dist.distributed.trainer import RAY_ENV, build_trainer, validate_dataset
+
+    for key, value in RAY_ENV.items():
+        os.environ.setdefault(key, value)
+    settings = dataclasses.replace(experiment.dist, name=trial_name)
+    validate_dataset(experiment.data.path, settings.num_workers)
+    start = time.perf_counter()
+    ray.tune.report({"epoch": 0, "best_valid_acc": -1.0, **_static_facts(experiment)})
+    trainer = build_trainer(experiment, settings)
+    trainer.run_config.callbacks = [*(trainer.run_config.callbacks or []), TuneReportCallback()]
+    result = trainer.fit()
+    last = dict(result.metrics or {})
+    ray.tune.report(
+        {
+            **last,
+            "train_acc": last.get("train_acc_sampled"),
+            **_static_facts(experiment),
+            "wall_s": time.perf_counter() - start,
+            "trial_done": True,
+        }
+    )
+
+
+def _static_facts(experiment: ExperimentConfig) -> dict[str, Any]:
+    """Parameter counts and configured average bits of a distributed trial's model."""
+    from lorap_dist.graph.storage import read_meta
+    from lorap_dist.nn import build_model, parameter_counts
+    from lorap_dist.quant import average_bits, quantize_
+
+    meta = read_meta(Path(experiment.data.path))
+    model = build_model(
+        int(meta["num_features"]), int(meta["num_classes"]), experiment.model, experiment.prompt
+    )
+    scheme = experiment.quant.build()
+    if scheme is not None:
+        quantize_(model, scheme, num_nodes=int(meta["num_nodes"]))
+    counts = parameter_counts(model)
+    return {**{f"params_{k}": n for k, n in counts.items()}, "avg_bits": average_bits(model)}
