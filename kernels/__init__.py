@@ -1,15 +1,24 @@
-"""Triton kernels, importable as ``lorap_dist.kernels``; one op per module, each beside its
-pure-torch reference (the CPU path and the test oracle).
+"""Triton kernels, importable as ``lorap_dist.kernels``; one op per module (its kernels,
+launchers, registered ops and pure-torch reference, the CPU path and the test oracle), and
+what they share in two modules.
 
 - :mod:`lorap_dist.kernels.lorap_fused`: LoRAP prompt injection and re-quantization
-  (ops ``lorap_dist::lorap_fused`` and ``lorap_dist::lorap_fused_backward``);
-  :func:`~lorap_dist.kernels.lorap_fused.lorap_forward` is the entry the LoRAP module calls.
+  (ops ``lorap_dist::lorap_fused``, ``lorap_dist::lorap_fused_backward`` and
+  ``lorap_dist::lorap_range``); :func:`~lorap_dist.kernels.lorap_fused.lorap_forward` is the
+  entry the LoRAP module calls, ``launch_forward`` / ``launch_range`` / ``launch_backward``
+  the launchers the other ops share.
 - :mod:`lorap_dist.kernels.quant_aggregate`: CSR gather of INT8 / packed-INT4 rows with
   per-row scales, dequantized and summed or averaged (op ``lorap_dist::quant_aggregate``).
 - :mod:`lorap_dist.kernels.aggregate_lorap`: that aggregation handed to LoRAP in registers,
   the aggregate never written (ops ``lorap_dist::aggregate_lorap``, ``..._backward`` and
   ``..._range``; the Triton path is the ``GATHER`` form of :mod:`.lorap_fused`'s kernels).
+- :mod:`lorap_dist.kernels.device_functions`: the ``@triton.jit`` device functions the
+  kernels share (fake quantization, INT8 / INT4 decoding, the gathered aggregate).
+- :mod:`lorap_dist.kernels.quant_grid`: the quantization grid on the host (checks, codes'
+  dtype, the ``[scale, 1 / scale, zero_point]`` the kernels read).
+- :mod:`lorap_dist.kernels._triton`: host-side plumbing that never imports triton.
 
-Triton is optional: CPU tensors take the references, and the kernels are jitted only on
-their first launch (so ``TRITON_INTERPRET=1`` can be set late, in tests).
+Triton is optional: CPU tensors take the references. The op modules import triton when it
+is installed, which fixes its interpret mode: set ``TRITON_INTERPRET`` before importing them
+(the root conftest does, before collection). This package imports none of them.
 """

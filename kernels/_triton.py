@@ -1,31 +1,39 @@
-"""Shared Triton plumbing for the kernels: lazy import and jit, CPU routing for tests.
+"""Host-side Triton plumbing for the kernels: sizes, the stand-in for a missing triton, CPU
+routing for tests.
 
-Triton is an optional dependency (extra ``gpu``): CPU tensors always have a pure-torch path,
-and nothing imports triton until a kernel launches.
+Triton is an optional dependency (extra ``gpu``): CPU tensors always have a pure-torch path.
+This module never imports triton, so ``lorap_dist.testing.kernel_device`` (imported by the
+root conftest before it sets ``TRITON_INTERPRET``) can use it; the kernel modules import
+triton through :mod:`.device_functions`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 from collections.abc import Callable, Iterator
 from types import ModuleType
 
 import torch
 
-__all__ = ["cdiv", "jit", "load_triton", "next_power_of_2", "triton_on_cpu", "use_triton"]
+__all__ = [
+    "TritonMissing",
+    "cdiv",
+    "load_triton",
+    "next_power_of_2",
+    "triton_on_cpu",
+    "use_triton",
+]
 
 _FORCE_TRITON_ON_CPU = False
-_JITTED_HELPERS: set[tuple[str, str]] = set()
 
 
 def load_triton() -> ModuleType:
-    """Import triton on first use, never at module import.
+    """``triton``, or a RuntimeError that says how to install it.
 
     Importing triton fixes its interpret mode: ``triton.language``'s own jitted helpers
     (``tl.max``, ``tl.sum``) are built then, for the GPU or for the interpreter according to
-    ``TRITON_INTERPRET``. Importing late lets tests turn the interpreter on first.
+    ``TRITON_INTERPRET``.
     """
     try:
         import triton
@@ -49,35 +57,30 @@ def next_power_of_2(n: int) -> int:
     return 1 if n <= 1 else 1 << (n - 1).bit_length()
 
 
-@functools.cache
-def jit(kernel: Callable) -> Callable:
-    """``triton.jit(kernel)``, done on first launch rather than at import.
+class TritonMissing:
+    """What the decorator ``jit`` is without triton: the kernel modules still import (CPU
+    tensors take the references), and launching a kernel raises :func:`load_triton`'s error,
+    which says what to install."""
 
-    The kernel's module names ``tl`` as a placeholder global (``None``); it is bound to
-    ``triton.language`` here, before jitting, so the kernel body resolves ``tl.*``. Device
-    functions the kernels call are named in the module's ``_JIT_HELPERS`` and jitted here too.
-    """
-    triton = load_triton()
-    module = kernel.__globals__
-    module["tl"] = triton.language
-    for name in module.get("_JIT_HELPERS", ()):
-        # Bound in place of the plain function, once per module and name.
-        if (module["__name__"], name) not in _JITTED_HELPERS:
-            module[name] = triton.jit(module[name])
-            _JITTED_HELPERS.add((module["__name__"], name))
-    return triton.jit(kernel)
+    def __init__(self, fn: Callable) -> None:
+        self.fn = fn
+
+    def __getitem__(self, grid: object) -> Callable:
+        load_triton()
+        raise AssertionError("unreachable: load_triton raises without triton")
 
 
 @contextlib.contextmanager
 def triton_on_cpu() -> Iterator[None]:
     """Route the registered kernel ops' CPU tensors through the Triton kernels (tests only).
 
-    Needs ``TRITON_INTERPRET=1`` in the environment before the first launch.
+    Needs ``TRITON_INTERPRET=1`` in the environment before triton is imported (the op
+    modules import it, through :mod:`.device_functions`).
     """
     if os.environ.get("TRITON_INTERPRET") != "1":
         raise RuntimeError(
-            "triton_on_cpu() needs TRITON_INTERPRET=1 in the environment before any kernel is "
-            "first launched; set it, or use CUDA tensors."
+            "triton_on_cpu() needs TRITON_INTERPRET=1 in the environment before the kernel "
+            "modules are imported (they import triton); set it, or use CUDA tensors."
         )
     global _FORCE_TRITON_ON_CPU
     previous, _FORCE_TRITON_ON_CPU = _FORCE_TRITON_ON_CPU, True

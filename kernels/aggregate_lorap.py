@@ -11,9 +11,11 @@ The fused form of a message-passing layer's middle for sources that arrive as in
 
 Unfused this is :mod:`.quant_aggregate` writing the ``N x d`` fp32 aggregate and
 :mod:`.lorap_fused` reading it back (twice in training: the range pass and the forward).
-Fused, the Triton kernels of :mod:`.lorap_fused` build each row block's ``h`` in registers
-from the gathered codes (their ``GATHER`` path), so the aggregate never reaches memory; the
-backward kernel gathers it again rather than storing it.
+Fused, the Triton kernels of :mod:`.lorap_fused` (launched through its public
+:func:`~.lorap_fused.launch_forward` / :func:`~.lorap_fused.launch_backward` with a
+:class:`~.lorap_fused.Gather`) build each row block's ``h`` in registers from the gathered
+codes (:func:`~.device_functions.gather_aggregate`), so the aggregate never reaches memory;
+the backward kernel gathers it again rather than storing it.
 
 The aggregation (order of the sum, the division by the degree, the optional fake
 quantization) is the one of :func:`~.quant_aggregate.quant_aggregate_reference` followed by
@@ -28,17 +30,37 @@ Entry points: :func:`aggregate_lorap_forward` and :func:`aggregate_lorap_forward
 ``aggregate_lorap_backward`` and ``aggregate_lorap_range``, and the pure-torch
 :func:`aggregate_lorap_reference` (the test oracle). CUDA tensors take the Triton kernels,
 CPU tensors the pure-torch path, unless :func:`~._triton.triton_on_cpu` is active.
+
+The registered ops keep their flat schemas (21 inputs for the forward); inside, the CSR block
+is a :class:`CsrBlock`, each grid a :class:`~.quant_grid.QuantGrid`, and the autograd reads
+the inputs by name (:class:`_ForwardInputs`).
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import Tensor
 
-from . import lorap_fused as lf
-from . import quant_aggregate as qa
+from .lorap_fused import (
+    Gather,
+    check_prompt,
+    launch_backward,
+    launch_forward,
+    launch_range,
+    lorap_backward_cpu,
+    lorap_forward_cpu,
+    lorap_reference,
+    no_residuals,
+    prompted_reference,
+    takes_triton,
+)
+from .quant_aggregate import check_block, quant_aggregate_cpu, quant_aggregate_reference
+from .quant_grid import QuantGrid, check_grid, codes_dtype, grid_tensors
 
 __all__ = [
+    "CsrBlock",
     "aggregate_lorap",
     "aggregate_lorap_backward",
     "aggregate_lorap_forward",
@@ -52,20 +74,69 @@ _AGG_PAIR = (
 )
 
 
-def _check(
-    src_codes: Tensor,
-    src_scale: Tensor,
-    indptr: Tensor,
-    indices: Tensor,
-    bits: int,
-    reduce: str,
-    w_phi: Tensor,
-    p_a: Tensor,
-    p_b: Tensor,
+class CsrBlock(NamedTuple):
+    """The sources and the CSR block they are aggregated over, as
+    :func:`~.quant_aggregate.quant_aggregate` takes them: ``src_codes`` (int8 ``[num_src, d]``
+    or packed uint8 ``[num_src, ceil(d / 2)]``), ``src_scale`` (fp32 ``[num_src]``), ``indptr``
+    (``[num_dst + 1]``), ``indices`` (``[E]``), ``bits`` (8 or 4), ``reduce`` (sum or mean)."""
+
+    src_codes: Tensor
+    src_scale: Tensor
+    indptr: Tensor
+    indices: Tensor
+    bits: int
+    reduce: str
+
+    @property
+    def num_dst(self) -> int:
+        return self.indptr.shape[0] - 1
+
+    def check(self, d: int) -> None:
+        """:func:`~.quant_aggregate.check_block` for rows of width ``d``."""
+        block = (self.src_codes, self.src_scale, self.indptr, self.indices)
+        check_block(*block, d, self.bits, self.reduce)
+
+    def aggregate(self, d: int, agg: QuantGrid | None, oracle: bool = False) -> Tensor:
+        """The ``[num_dst, d]`` fp32 aggregate ``h``, fake-quantized on ``agg`` when given: the
+        CPU path (``oracle=False``, :func:`~.quant_aggregate.quant_aggregate_cpu`) or the test
+        oracle (:func:`~.quant_aggregate.quant_aggregate_reference`), equal bit for bit."""
+        aggregate = quant_aggregate_reference if oracle else quant_aggregate_cpu
+        block = (self.src_codes, self.src_scale, self.indptr, self.indices)
+        h = aggregate(*block, d, self.bits, self.reduce)
+        if agg is None:
+            return h
+        if isinstance(agg.scale, Tensor) or isinstance(agg.zero_point, Tensor):
+            scale = torch.as_tensor(agg.scale, dtype=torch.float32, device=h.device).reshape(1)
+            zp = torch.as_tensor(agg.zero_point, device=h.device).reshape(1).to(torch.int32)
+            return torch.fake_quantize_per_tensor_affine(h, scale, zp, agg.qmin, agg.qmax)
+        return torch.fake_quantize_per_tensor_affine(
+            h, float(agg.scale), int(agg.zero_point), agg.qmin, agg.qmax
+        )
+
+    def gather(self, agg: QuantGrid | None) -> Gather:
+        """The block as the kernels of :mod:`.lorap_fused` aggregate it in registers."""
+        return Gather(self.indptr, self.indices, self.bits, self.reduce == "mean", agg)
+
+
+def _agg_grid(
     agg_scale: Tensor | float | None,
     agg_zero_point: Tensor | int | None,
     agg_qmin: int,
     agg_qmax: int,
+) -> QuantGrid | None:
+    """The aggregate's grid from the ops' four inputs; ``None`` (the fp32 aggregate) when
+    neither ``agg_scale`` nor ``agg_zero_point`` is given (one alone fails :func:`_check`)."""
+    if agg_scale is None and agg_zero_point is None:
+        return None
+    return QuantGrid(agg_scale, agg_zero_point, agg_qmin, agg_qmax)
+
+
+def _check(
+    block: CsrBlock,
+    w_phi: Tensor,
+    p_a: Tensor,
+    p_b: Tensor,
+    agg: QuantGrid | None,
     check_values: bool = True,
 ) -> None:
     """Raise a ValueError naming the argument when the block, the prompt or the aggregate's
@@ -73,44 +144,16 @@ def _check(
     if w_phi.dim() != 2:
         raise ValueError(f"w_phi must be a 2-D [d, k] tensor; got shape {tuple(w_phi.shape)}.")
     d = w_phi.shape[0]
-    qa._check_inputs(src_codes, src_scale, indptr, indices, d, bits, reduce)
-    lf.check_prompt(w_phi, p_a, p_b, d, src_codes.device)
-    if (agg_scale is None) != (agg_zero_point is None):
-        raise ValueError(_AGG_PAIR)
-    if agg_scale is not None:
-        lf.check_grid(
-            agg_scale, agg_zero_point, agg_qmin, agg_qmax, src_codes.device, check_values, "agg_"
-        )
+    block.check(d)
+    check_prompt(w_phi, p_a, p_b, d, block.src_codes.device)
+    if agg is not None:
+        if agg.scale is None or agg.zero_point is None:
+            raise ValueError(_AGG_PAIR)
+        agg.check(block.src_codes.device, check_values, "agg_")
 
 
-def _aggregate(
-    src_codes: Tensor,
-    src_scale: Tensor,
-    indptr: Tensor,
-    indices: Tensor,
-    d: int,
-    bits: int,
-    reduce: str,
-    agg_scale: Tensor | float | None,
-    agg_zero_point: Tensor | int | None,
-    agg_qmin: int,
-    agg_qmax: int,
-    oracle: bool = False,
-) -> Tensor:
-    """The ``[num_dst, d]`` fp32 aggregate ``h``, fake-quantized when a grid is given: the
-    CPU path (``oracle=False``, :func:`~.quant_aggregate.quant_aggregate_cpu`) or the test
-    oracle (:func:`~.quant_aggregate.quant_aggregate_reference`), equal bit for bit."""
-    aggregate = qa.quant_aggregate_reference if oracle else qa.quant_aggregate_cpu
-    h = aggregate(src_codes, src_scale, indptr, indices, d, bits, reduce)
-    if agg_scale is None:
-        return h
-    if isinstance(agg_scale, Tensor) or isinstance(agg_zero_point, Tensor):
-        scale = torch.as_tensor(agg_scale, dtype=torch.float32, device=h.device).reshape(1)
-        zp = torch.as_tensor(agg_zero_point, device=h.device).reshape(1).to(torch.int32)
-        return torch.fake_quantize_per_tensor_affine(h, scale, zp, agg_qmin, agg_qmax)
-    return torch.fake_quantize_per_tensor_affine(
-        h, float(agg_scale), int(agg_zero_point), agg_qmin, agg_qmax
-    )
+def _has_rows(t: Tensor | None) -> bool:
+    return t is not None and t.shape[0] > 0
 
 
 def aggregate_lorap_reference(
@@ -132,28 +175,11 @@ def aggregate_lorap_reference(
     """Pure-torch aggregation then LoRAP: ``(codes, out)``, differentiable in ``w_phi``,
     ``p_a`` and ``p_b``; the test oracle. ``agg_grid`` is the aggregate's
     ``(scale, zero_point, qmin, qmax)``, or ``None`` to leave it in fp32."""
-    agg = (None, None, 0, 1) if agg_grid is None else agg_grid
-    _check(src_codes, src_scale, indptr, indices, bits, reduce, w_phi, p_a, p_b, *agg)
-    h = _aggregate(
-        src_codes, src_scale, indptr, indices, w_phi.shape[0], bits, reduce, *agg, oracle=True
-    )
-    return lf.lorap_reference(h, w_phi, p_a, p_b, scale, zero_point, qmin, qmax)
-
-
-def _gather(
-    indptr: Tensor,
-    indices: Tensor,
-    bits: int,
-    reduce: str,
-    agg_scale: Tensor | None,
-    agg_zero_point: Tensor | None,
-    agg_qmin: int,
-    agg_qmax: int,
-) -> lf.Gather:
-    agg_grid = None
-    if agg_scale is not None:
-        agg_grid = lf._grid(agg_scale, agg_zero_point, indptr.device)
-    return lf.Gather(indptr, indices, bits, reduce == "mean", agg_grid, agg_qmin, agg_qmax)
+    block = CsrBlock(src_codes, src_scale, indptr, indices, bits, reduce)
+    agg = None if agg_grid is None else _agg_grid(*agg_grid)
+    _check(block, w_phi, p_a, p_b, agg)
+    h = block.aggregate(w_phi.shape[0], agg, oracle=True)
+    return lorap_reference(h, w_phi, p_a, p_b, scale, zero_point, qmin, qmax)
 
 
 def _no_rows(src_codes: Tensor, cols: int, dtype: torch.dtype = torch.float32) -> Tensor:
@@ -192,9 +218,8 @@ def aggregate_lorap(
     """Aggregation and LoRAP as one op: ``(out, codes, saved_h, saved_w, saved_mask)``.
 
     Args:
-        src_codes, src_scale, indptr, indices, bits, reduce: the CSR block and its sources,
-            as :func:`~.quant_aggregate.quant_aggregate` takes them (``d`` is ``w_phi``'s
-            row count).
+        src_codes, src_scale, indptr, indices, bits, reduce: the CSR block and its sources
+            (:class:`CsrBlock`; ``d`` is ``w_phi``'s row count).
         w_phi, p_a, p_b: the prompt, ``[d, k]``, ``[k, r]``, ``[r, d]``.
         scale, zero_point, qmin, qmax: the output grid (one-element tensors, no host sync).
         agg_scale, agg_zero_point, agg_qmin, agg_qmax: the aggregate's grid, or ``None`` to
@@ -204,26 +229,24 @@ def aggregate_lorap(
         keep_residuals: keep what the backward needs (the CPU path only).
 
     ``out`` is ``[num_dst, d]`` fp32 and ``codes`` ``[num_dst, d]`` in
-    :func:`~.lorap_fused.codes_dtype`. The residuals (``h`` ``[N, d]`` fp32, the softmax
+    :func:`~.quant_grid.codes_dtype`. The residuals (``h`` ``[N, d]`` fp32, the softmax
     weights ``[N, k]`` fp32, the straight-through mask ``[N, d]`` bool) are kept by the CPU
     path when ``keep_residuals``; the Triton path returns them with 0 rows, its backward
     gathers ``h`` again.
     """
-    agg = (agg_scale, agg_zero_point, agg_qmin, agg_qmax)
-    _check(src_codes, src_scale, indptr, indices, bits, reduce, w_phi, p_a, p_b, *agg)
-    lf.check_grid(scale, zero_point, qmin, qmax, src_codes.device)
-    num_dst, d = indptr.shape[0] - 1, w_phi.shape[0]
-    if lf.takes_triton(src_codes, w_phi.shape[0]):
-        out_grid = lf._grid(scale, zero_point, src_codes.device)
-        codes, out = lf._launch_forward(
-            src_codes, w_phi, p_a, p_b, src_scale, num_dst, out_grid, qmin, qmax,
-            _gather(indptr, indices, bits, reduce, *agg), None, torch.float32,
-        )  # fmt: skip
-        return out, codes, _no_rows(src_codes, d), *lf._no_residuals(out, w_phi)
-    h = saved_h
-    if not lf._has_rows(h):
-        h = _aggregate(src_codes, src_scale, indptr, indices, d, bits, reduce, *agg)
-    codes, out, w, mask = lf._reference_forward(
+    block = CsrBlock(src_codes, src_scale, indptr, indices, bits, reduce)
+    agg = _agg_grid(agg_scale, agg_zero_point, agg_qmin, agg_qmax)
+    _check(block, w_phi, p_a, p_b, agg)
+    check_grid(scale, zero_point, qmin, qmax, src_codes.device)
+    d = w_phi.shape[0]
+    if takes_triton(src_codes, d):
+        grid = QuantGrid(scale, zero_point, qmin, qmax)
+        codes, out = launch_forward(
+            src_codes, w_phi, p_a, p_b, src_scale, grid, gather=block.gather(agg)
+        )
+        return out, codes, _no_rows(src_codes, d), *no_residuals(out, w_phi)
+    h = saved_h if _has_rows(saved_h) else block.aggregate(d, agg)
+    codes, out, w, mask = lorap_forward_cpu(
         h, w_phi, p_a, p_b, None, scale, zero_point, qmin, qmax, saved_y, saved_w, keep_residuals
     )
     # Outputs may not alias inputs: a reused saved_h is handed on as a copy.
@@ -235,12 +258,13 @@ def aggregate_lorap(
 def _(src_codes, src_scale, indptr, indices, bits, reduce, w_phi, p_a, p_b, scale, zero_point,
       qmin, qmax, agg_scale=None, agg_zero_point=None, agg_qmin=0, agg_qmax=1, saved_h=None,
       saved_y=None, saved_w=None, keep_residuals=True):  # fmt: skip
-    agg = (agg_scale, agg_zero_point, agg_qmin, agg_qmax)
-    _check(src_codes, src_scale, indptr, indices, bits, reduce, w_phi, p_a, p_b, *agg, False)
-    n, d, k = indptr.shape[0] - 1, w_phi.shape[0], w_phi.shape[1]
+    block = CsrBlock(src_codes, src_scale, indptr, indices, bits, reduce)
+    agg = _agg_grid(agg_scale, agg_zero_point, agg_qmin, agg_qmax)
+    _check(block, w_phi, p_a, p_b, agg, check_values=False)
+    n, d, k = block.num_dst, w_phi.shape[0], w_phi.shape[1]
     out = src_codes.new_empty((n, d), dtype=torch.float32)
-    codes = src_codes.new_empty((n, d), dtype=lf.codes_dtype(qmin, qmax))
-    if lf.takes_triton(src_codes, w_phi.shape[0]) or not keep_residuals:
+    codes = src_codes.new_empty((n, d), dtype=codes_dtype(qmin, qmax))
+    if takes_triton(src_codes, d) or not keep_residuals:
         empty = (_no_rows(src_codes, d), _no_rows(src_codes, k), _no_rows(src_codes, d, torch.bool))
         return out, codes, *empty
     saved_h = src_codes.new_empty((n, d), dtype=torch.float32)
@@ -274,24 +298,22 @@ def aggregate_lorap_backward(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``(grad_w_phi, grad_p_a, grad_p_b)`` of :func:`aggregate_lorap`; the residuals are
     its outputs, and with none (0 rows) the backward gathers ``h`` and recomputes the rest."""
-    agg = (agg_scale, agg_zero_point, agg_qmin, agg_qmax)
-    _check(src_codes, src_scale, indptr, indices, bits, reduce, w_phi, p_a, p_b, *agg)
-    num_dst, d = indptr.shape[0] - 1, w_phi.shape[0]
+    block = CsrBlock(src_codes, src_scale, indptr, indices, bits, reduce)
+    agg = _agg_grid(agg_scale, agg_zero_point, agg_qmin, agg_qmax)
+    _check(block, w_phi, p_a, p_b, agg)
+    num_dst, d = block.num_dst, w_phi.shape[0]
     if tuple(grad_out.shape) != (num_dst, d):
         raise ValueError(
             f"grad_out must be [num_dst, d] = [{num_dst}, {d}]; got {tuple(grad_out.shape)}."
         )
-    if lf.takes_triton(src_codes, w_phi.shape[0]):
-        out_grid = lf._grid(scale, zero_point, src_codes.device)
-        _, *grads = lf._launch_backward(
-            grad_out, src_codes, w_phi, p_a, p_b, src_scale, out_grid, qmin, qmax,
-            _gather(indptr, indices, bits, reduce, *agg), None, None, torch.float32,
-        )  # fmt: skip
+    if takes_triton(src_codes, d):
+        grid = QuantGrid(scale, zero_point, qmin, qmax)
+        _, *grads = launch_backward(
+            grad_out, src_codes, w_phi, p_a, p_b, src_scale, grid, gather=block.gather(agg)
+        )
         return tuple(grads)
-    h = saved_h
-    if not lf._has_rows(h):
-        h = _aggregate(src_codes, src_scale, indptr, indices, d, bits, reduce, *agg)
-    _, *grads = lf._lorap_backward_reference(
+    h = saved_h if _has_rows(saved_h) else block.aggregate(d, agg)
+    _, *grads = lorap_backward_cpu(
         grad_out, h, w_phi, p_a, p_b, None, scale, zero_point, qmin, qmax, saved_w, saved_mask,
         need_grad_h=False,
     )  # fmt: skip
@@ -305,36 +327,60 @@ def _(grad_out, src_codes, src_scale, indptr, indices, bits, reduce, w_phi, p_a,
     return torch.empty_like(w_phi), torch.empty_like(p_a), torch.empty_like(p_b)
 
 
-_BLOCK_ARGS = 6  # src_codes, src_scale, indptr, indices, bits, reduce
-_NUM_INPUTS = 21
+class _ForwardInputs(NamedTuple):
+    """The inputs of :func:`aggregate_lorap`, by name, in its schema's order."""
+
+    src_codes: Tensor
+    src_scale: Tensor
+    indptr: Tensor
+    indices: Tensor
+    bits: int
+    reduce: str
+    w_phi: Tensor
+    p_a: Tensor
+    p_b: Tensor
+    scale: Tensor
+    zero_point: Tensor
+    qmin: int
+    qmax: int
+    agg_scale: Tensor | None = None
+    agg_zero_point: Tensor | None = None
+    agg_qmin: int = 0
+    agg_qmax: int = 1
+    saved_h: Tensor | None = None
+    saved_y: Tensor | None = None
+    saved_w: Tensor | None = None
+    keep_residuals: bool = True
+
+
+_NO_GRADIENTS = _ForwardInputs(*(None,) * len(_ForwardInputs._fields))
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    block = inputs[:_BLOCK_ARGS]
-    w_phi, p_a, p_b, scale, zero_point, qmin, qmax = inputs[_BLOCK_ARGS : _BLOCK_ARGS + 7]
-    agg_scale, agg_zero_point, agg_qmin, agg_qmax = inputs[_BLOCK_ARGS + 7 : _BLOCK_ARGS + 11]
+    inputs = _ForwardInputs(*inputs)
     _, _, saved_h, saved_w, saved_mask = output
     ctx.mark_non_differentiable(saved_h, saved_w, saved_mask)
     ctx.save_for_backward(
-        *block[:4], w_phi, p_a, p_b, scale, zero_point, agg_scale, agg_zero_point, saved_h,
-        saved_w, saved_mask,
+        inputs.src_codes, inputs.src_scale, inputs.indptr, inputs.indices, inputs.w_phi,
+        inputs.p_a, inputs.p_b, inputs.scale, inputs.zero_point, inputs.agg_scale,
+        inputs.agg_zero_point, saved_h, saved_w, saved_mask,
     )  # fmt: skip
-    ctx.options = (block[4], block[5], qmin, qmax, agg_qmin, agg_qmax)
+    ctx.options = (inputs.bits, inputs.reduce, inputs.qmin, inputs.qmax, inputs.agg_qmin,
+                   inputs.agg_qmax)  # fmt: skip
 
 
 def _backward(ctx, grad_out, grad_codes, grad_h, grad_w, grad_mask):
     if grad_out is None:
-        return (None,) * _NUM_INPUTS
+        return tuple(_NO_GRADIENTS)
     (src_codes, src_scale, indptr, indices, w_phi, p_a, p_b, scale, zero_point, agg_scale,
      agg_zero_point, saved_h, saved_w, saved_mask) = ctx.saved_tensors  # fmt: skip
     bits, reduce, qmin, qmax, agg_qmin, agg_qmax = ctx.options
-    grads = aggregate_lorap_backward(
+    g_w_phi, g_p_a, g_p_b = aggregate_lorap_backward(
         grad_out, src_codes, src_scale, indptr, indices, bits, reduce, w_phi, p_a, p_b, scale,
         zero_point, qmin, qmax, agg_scale, agg_zero_point, agg_qmin, agg_qmax, saved_h, saved_w,
         saved_mask,
     )  # fmt: skip
-    nones = (None,) * _NUM_INPUTS
-    return (*nones[:_BLOCK_ARGS], *grads, *nones[_BLOCK_ARGS + 3 :])
+    return tuple(_NO_GRADIENTS._replace(w_phi=g_w_phi, p_a=g_p_a, p_b=g_p_b))
 
 
 aggregate_lorap.register_autograd(_backward, setup_context=_setup_context)
@@ -363,30 +409,29 @@ def aggregate_lorap_range(
     for :func:`aggregate_lorap` to reuse; the Triton path writes none of them (0 rows).
     Not differentiable: an observed range takes no gradient.
     """
-    agg = (agg_scale, agg_zero_point, agg_qmin, agg_qmax)
-    _check(src_codes, src_scale, indptr, indices, bits, reduce, w_phi, p_a, p_b, *agg)
-    num_dst, d, k = indptr.shape[0] - 1, w_phi.shape[0], w_phi.shape[1]
-    if num_dst == 0:
+    block = CsrBlock(src_codes, src_scale, indptr, indices, bits, reduce)
+    agg = _agg_grid(agg_scale, agg_zero_point, agg_qmin, agg_qmax)
+    _check(block, w_phi, p_a, p_b, agg)
+    d, k = w_phi.shape
+    if block.num_dst == 0:
         raise ValueError("the block has no destination rows, so the range of y is undefined.")
-    if lf.takes_triton(src_codes, w_phi.shape[0]):
-        y_range = lf._launch_forward(
-            src_codes, w_phi, p_a, p_b, src_scale, num_dst, None, 0, 1,
-            _gather(indptr, indices, bits, reduce, *agg), None, torch.float32,
-        )  # fmt: skip
+    if takes_triton(src_codes, d):
+        y_range = launch_range(src_codes, w_phi, p_a, p_b, src_scale, gather=block.gather(agg))
         return y_range, _no_rows(src_codes, d), _no_rows(src_codes, d), _no_rows(src_codes, k)
-    h = _aggregate(src_codes, src_scale, indptr, indices, d, bits, reduce, *agg)
-    y, w = lf._prompted_reference(h, w_phi, p_a, p_b, None, with_weights=True)
+    h = block.aggregate(d, agg)
+    y, w = prompted_reference(h, w_phi, p_a, p_b, None, with_weights=True)
     return torch.stack(torch.aminmax(y)), h, y, w
 
 
 @aggregate_lorap_range.register_fake
 def _(src_codes, src_scale, indptr, indices, bits, reduce, w_phi, p_a, p_b, agg_scale=None,
       agg_zero_point=None, agg_qmin=0, agg_qmax=1):  # fmt: skip
-    agg = (agg_scale, agg_zero_point, agg_qmin, agg_qmax)
-    _check(src_codes, src_scale, indptr, indices, bits, reduce, w_phi, p_a, p_b, *agg, False)
-    n, d, k = indptr.shape[0] - 1, w_phi.shape[0], w_phi.shape[1]
+    block = CsrBlock(src_codes, src_scale, indptr, indices, bits, reduce)
+    agg = _agg_grid(agg_scale, agg_zero_point, agg_qmin, agg_qmax)
+    _check(block, w_phi, p_a, p_b, agg, check_values=False)
+    n, (d, k) = block.num_dst, w_phi.shape
     y_range = src_codes.new_empty((2,), dtype=torch.float32)
-    if lf.takes_triton(src_codes, w_phi.shape[0]):
+    if takes_triton(src_codes, d):
         return y_range, _no_rows(src_codes, d), _no_rows(src_codes, d), _no_rows(src_codes, k)
     f32 = dict(dtype=torch.float32)
     return (
@@ -405,13 +450,14 @@ def _(src_codes, src_scale, indptr, indices, bits, reduce, w_phi, p_a, p_b, agg_
 def _agg_args(
     agg_grid: tuple[float | Tensor, int | Tensor, int, int] | None, device: torch.device
 ) -> tuple:
+    """The ops' four aggregate-grid inputs ``(agg_scale, agg_zero_point, agg_qmin, agg_qmax)``
+    for an ``agg_grid`` of Python numbers or tensors."""
     if agg_grid is None:
         return None, None, 0, 1
-    agg_scale, agg_zero_point, agg_qmin, agg_qmax = agg_grid
-    if agg_scale is None or agg_zero_point is None:
+    agg = QuantGrid(*agg_grid)
+    if agg.scale is None or agg.zero_point is None:
         raise ValueError(_AGG_PAIR)
-    agg_scale, agg_zero_point = lf._as_grid_tensors(agg_scale, agg_zero_point, device)
-    return agg_scale, agg_zero_point, int(agg_qmin), int(agg_qmax)
+    return tuple(agg.as_tensors(device))
 
 
 def aggregate_lorap_forward_range(
@@ -460,14 +506,17 @@ def aggregate_lorap_forward(
 
     ``agg_grid`` is the aggregate's ``(scale, zero_point, qmin, qmax)`` (``None``: no
     quantization between aggregation and prompt); ``saved`` is what
-    :func:`aggregate_lorap_forward_range` returned for the same inputs (reused on CPU). Grids may be
-    Python numbers or one-element tensors.
+    :func:`aggregate_lorap_forward_range` returned for the same inputs (reused on CPU). Grids
+    may be Python numbers or one-element tensors.
     """
     device = src_codes.device
-    scale, zero_point = lf._as_grid_tensors(scale, zero_point, device)
+    scale, zero_point = grid_tensors(scale, zero_point, device)
+    agg_scale, agg_zero_point, agg_qmin, agg_qmax = _agg_args(agg_grid, device)
     saved_h, saved_y, saved_w = saved if saved is not None else (None, None, None)
     keep = torch.is_grad_enabled() and any(t.requires_grad for t in (w_phi, p_a, p_b))
-    return aggregate_lorap(
+    inputs = _ForwardInputs(
         src_codes, src_scale, indptr, indices, bits, reduce, w_phi, p_a, p_b, scale, zero_point,
-        int(qmin), int(qmax), *_agg_args(agg_grid, device), saved_h, saved_y, saved_w, keep,
-    )[0]  # fmt: skip
+        int(qmin), int(qmax), agg_scale, agg_zero_point, agg_qmin, agg_qmax, saved_h, saved_y,
+        saved_w, keep,
+    )  # fmt: skip
+    return aggregate_lorap(*inputs)[0]

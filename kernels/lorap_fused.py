@@ -60,10 +60,14 @@ Entry points: :func:`lorap_forward` (what :mod:`lorap_dist.prompt.lorap` calls),
 ``torch.ops.lorap_dist.lorap_fused`` (:func:`lorap_fused`, returns ``(out, codes)`` and the
 residuals its backward reads) and its backward op ``torch.ops.lorap_dist.lorap_fused_backward``,
 the range op ``torch.ops.lorap_dist.lorap_range`` (:func:`lorap_range`), the pure-torch
-:func:`lorap_reference` / :func:`lorap_range_reference`, and the launchers
+:func:`lorap_reference` / :func:`lorap_range_reference`, the checked launchers
 :func:`lorap_fused_triton` / :func:`lorap_fused_backward_triton` / :func:`lorap_range_triton`,
-which also run on CPU tensors under ``TRITON_INTERPRET=1`` (tests). CUDA tensors take the
-Triton kernels, CPU tensors the reference, unless :func:`triton_on_cpu` is active.
+and the unchecked :func:`launch_forward` / :func:`launch_range` / :func:`launch_backward`,
+which also take a :class:`Gather` (the form :mod:`.aggregate_lorap` launches). All launchers
+also run on CPU tensors under ``TRITON_INTERPRET=1`` (tests). CUDA tensors take the Triton
+kernels, CPU tensors the reference, unless :func:`triton_on_cpu` is active. Device functions
+shared with the other kernels live in :mod:`.device_functions`, the grid's host side in
+:mod:`.quant_grid`.
 
 The ops take the output grid (``scale``, ``zero_point``) as one-element device tensors and
 the kernels read it from memory (with ``1 / scale`` computed on the device by the same fp32
@@ -79,14 +83,21 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from ._triton import cdiv, jit, next_power_of_2, triton_on_cpu, use_triton
-
-# ``triton.language``, bound by ``_triton.jit`` on the first launch (see ``load_triton``).
-tl = None
+from ._triton import cdiv, next_power_of_2, triton_on_cpu, use_triton
+from .device_functions import fake_quantize, gather_aggregate, jit, round_code, tl
+from .quant_grid import QuantGrid, check_grid, codes_dtype, grid_tensors, grid_values, inv_scale
 
 __all__ = [
+    "MAX_TRITON_WIDTH",
+    "Gather",
+    "check_prompt",
     "codes_dtype",
+    "launch_backward",
+    "launch_forward",
+    "launch_range",
+    "lorap_backward_cpu",
     "lorap_forward",
+    "lorap_forward_cpu",
     "lorap_fused",
     "lorap_fused_backward",
     "lorap_fused_backward_triton",
@@ -95,49 +106,26 @@ __all__ = [
     "lorap_range_reference",
     "lorap_range_triton",
     "lorap_reference",
+    "no_residuals",
+    "prompted_reference",
+    "takes_triton",
     "triton_on_cpu",
 ]
 
-# Device functions the kernels call, jitted with them (see ``_triton.jit``).
-_JIT_HELPERS = ("_round_code", "_fake_quantize", "_load_h", "_load_prompt", "_prompted")
-
 
 # ----------------------------------------------------------------------------------------
-# Triton kernels: plain functions, jitted on first launch (``_triton.jit``).
+# Triton kernels and their device functions (shared ones in ``device_functions``).
 # ----------------------------------------------------------------------------------------
 
 
-def _round_code(y, grid_ptr, qmin, qmax):
-    """``rint(y / scale) + zero_point`` on the grid at ``grid_ptr`` (``[scale, 1 / scale,
-    zero_point]``), before the clamp to ``[qmin, qmax]``.
-
-    Clamping to one step outside ``[qmin, qmax]`` first keeps ``|v|`` small for the rint trick
-    and changes neither the clamped code nor the straight-through mask.
-    """
-    inv_scale = tl.load(grid_ptr + 1)
-    zero_point = tl.load(grid_ptr + 2)
-    # Adding then subtracting 1.5 * 2**23 rounds an fp32 |x| < 2**22 to the nearest integer,
-    # ties to even (the FPU's rounding mode), without libdevice (which the interpreter
-    # lacks). A local, not a module constant: compiled kernels may read no plain globals.
-    rint_magic = 12582912.0
-    v = y * inv_scale
-    v = tl.minimum(tl.maximum(v, (qmin - zero_point - 1) * 1.0), (qmax - zero_point + 1) * 1.0)
-    return ((v + rint_magic) - rint_magic) + zero_point
-
-
-def _fake_quantize(y, grid_ptr, qmin, qmax):
-    """``(codes, dequantized)`` of ``y`` on the grid at ``grid_ptr``, as fp32 tiles."""
-    code = _round_code(y, grid_ptr, qmin, qmax)
-    code = tl.minimum(tl.maximum(code, qmin * 1.0), qmax * 1.0)
-    return code, (code - tl.load(grid_ptr + 2)) * tl.load(grid_ptr)
-
-
+@jit
 def _load_h(
     h_ptr,  # [N, d] float / int8 codes; with GATHER the source codes [num_src, row_bytes]
     in_scale_ptr,  # [N] or [1] fp32; with GATHER [num_src] or [1]
     in_scale_stride,
     indptr_ptr,  # [N + 1] CSR offsets over the rows (GATHER only)
     indices_ptr,  # [E] source row of each edge (GATHER only)
+    row_bytes,
     agg_grid_ptr,  # [3] fp32 grid of the aggregate's quantizer (QUANT_AGG only)
     agg_qmin,
     agg_qmax,
@@ -146,7 +134,6 @@ def _load_h(
     offs_d,
     d_mask,
     d,
-    row_bytes,
     HAS_IN_SCALE: tl.constexpr,
     GATHER: tl.constexpr,
     BITS: tl.constexpr,
@@ -159,39 +146,14 @@ def _load_h(
 
     Without ``GATHER`` it is read from ``h`` (dequantized with ``in_scale`` for int8 codes).
     With ``GATHER`` it is the quantized aggregation of :mod:`.quant_aggregate`, done in
-    registers: every row walks its CSR edges in order (the block loops to its largest
-    degree, shorter rows masked), gathers the INT8 or packed INT4 source codes with their
-    scales, sums in fp32 and divides by the degree for ``MEAN``; ``QUANT_AGG`` then
-    fake-quantizes the aggregate on the grid at ``agg_grid_ptr``. No ``h`` is written.
+    registers by :func:`~.device_functions.gather_aggregate`: no ``h`` is written.
     """
     if GATHER:
-        rows64 = rows.to(tl.int64)
-        start = tl.load(indptr_ptr + rows64, mask=row_mask, other=0).to(tl.int64)
-        deg = tl.load(indptr_ptr + rows64 + 1, mask=row_mask, other=0).to(tl.int64) - start
-        h = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
-        for j in range(0, tl.max(deg, axis=0)):
-            e_mask = j < deg
-            # int64 before the stride multiply: src * row_bytes overflows int32 on big graphs.
-            src = tl.load(indices_ptr + start + j, mask=e_mask, other=0).to(tl.int64)
-            s = tl.load(in_scale_ptr + src * in_scale_stride, mask=e_mask, other=0.0)
-            gather_mask = e_mask[:, None] & d_mask[None, :]
-            if BITS == 8:
-                q = tl.load(
-                    h_ptr + src[:, None] * row_bytes + offs_d[None, :], mask=gather_mask, other=0
-                ).to(tl.float32)
-            else:
-                byte = tl.load(
-                    h_ptr + src[:, None] * row_bytes + (offs_d // 2)[None, :],
-                    mask=gather_mask,
-                    other=0,
-                ).to(tl.int32)
-                nibble = (byte >> ((offs_d % 2) * 4)[None, :]) & 0xF
-                q = tl.where(nibble >= 8, nibble - 16, nibble).to(tl.float32)
-            h += q * s[:, None]
-        if MEAN:
-            h = h / tl.maximum(deg, 1).to(tl.float32)[:, None]
-        if QUANT_AGG:
-            _, h = _fake_quantize(h, agg_grid_ptr, agg_qmin, agg_qmax)
+        h = gather_aggregate(
+            h_ptr, in_scale_ptr, in_scale_stride, indptr_ptr, indices_ptr, row_bytes,
+            agg_grid_ptr, agg_qmin, agg_qmax, rows, row_mask, offs_d, d_mask,
+            BITS, MEAN, QUANT_AGG, BLOCK_N, BLOCK_D,
+        )  # fmt: skip
     else:
         tile = rows.to(tl.int64)[:, None] * d + offs_d[None, :]
         h = tl.load(h_ptr + tile, mask=row_mask[:, None] & d_mask[None, :], other=0)
@@ -204,6 +166,7 @@ def _load_h(
     return h
 
 
+@jit
 def _load_prompt(w_phi_ptr, p_a_ptr, p_b_ptr, d, k, r, offs_d, offs_k, offs_r):
     """``W_phi``, ``P_A``, ``P_B`` as fp32 tiles padded with zeros to the blocks."""
     d_mask, k_mask, r_mask = offs_d < d, offs_k < k, offs_r < r
@@ -225,6 +188,7 @@ def _load_prompt(w_phi_ptr, p_a_ptr, p_b_ptr, d, k, r, offs_d, offs_k, offs_r):
     return w_phi, p_a, p_b
 
 
+@jit
 def _prompted(h, w_phi, p_a, p_b, k_mask):
     """``(w, t, y)``: softmax weights, ``w @ P_A`` and ``y = h + t @ P_B`` of a row block;
     padded ``k`` columns get logits of ``-inf``, so weight 0."""
@@ -236,29 +200,30 @@ def _prompted(h, w_phi, p_a, p_b, k_mask):
     return w, t, h + tl.dot(t, p_b, input_precision="ieee")
 
 
+@jit
 def _lorap_fwd_kernel(
     h_ptr,  # [N, d] float, or int8 codes when HAS_IN_SCALE; source codes with GATHER
     in_scale_ptr,  # [N] or [1] fp32 (read with stride in_scale_stride)
+    in_scale_stride,
+    indptr_ptr,  # GATHER only, see _load_h
+    indices_ptr,
+    row_bytes,
+    agg_grid_ptr,
+    agg_qmin,
+    agg_qmax,
     w_phi_ptr,  # [d, k]
     p_a_ptr,  # [k, r]
     p_b_ptr,  # [r, d]
     codes_ptr,  # [N, d] int8 / uint8 / int32 (unused when RANGE_ONLY)
     out_ptr,  # [N, d] (unused when RANGE_ONLY)
     range_part_ptr,  # [num_programs, 2] fp32 (only written when RANGE_ONLY)
-    indptr_ptr,  # GATHER only, see _load_h
-    indices_ptr,
-    agg_grid_ptr,
     n_rows,
     d,
     k,
     r,
-    in_scale_stride,
-    row_bytes,
     grid_ptr,  # [3] fp32: scale, 1 / scale, zero point (unused when RANGE_ONLY)
     qmin,
     qmax,
-    agg_qmin,
-    agg_qmax,
     HAS_IN_SCALE: tl.constexpr,
     RANGE_ONLY: tl.constexpr,
     GATHER: tl.constexpr,
@@ -270,6 +235,8 @@ def _lorap_fwd_kernel(
     BLOCK_K: tl.constexpr,
     BLOCK_R: tl.constexpr,
 ):
+    """Forward: ``y = h + softmax(h W_phi) P_A P_B`` of a row block, fake-quantized to
+    ``(codes, out)``; with ``RANGE_ONLY`` only the block's ``(min y, max y)``."""
     pid = tl.program_id(0)
     rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
@@ -284,8 +251,8 @@ def _lorap_fwd_kernel(
 
     w_phi, p_a, p_b = _load_prompt(w_phi_ptr, p_a_ptr, p_b_ptr, d, k, r, offs_d, offs_k, offs_r)
     h = _load_h(
-        h_ptr, in_scale_ptr, in_scale_stride, indptr_ptr, indices_ptr, agg_grid_ptr,
-        agg_qmin, agg_qmax, rows, row_mask, offs_d, d_mask, d, row_bytes,
+        h_ptr, in_scale_ptr, in_scale_stride, indptr_ptr, indices_ptr, row_bytes, agg_grid_ptr,
+        agg_qmin, agg_qmax, rows, row_mask, offs_d, d_mask, d,
         HAS_IN_SCALE, GATHER, BITS, MEAN, QUANT_AGG, BLOCK_N, BLOCK_D,
     )  # fmt: skip
     _, _, y = _prompted(h, w_phi, p_a, p_b, k_mask)
@@ -298,15 +265,23 @@ def _lorap_fwd_kernel(
         tl.store(range_part_ptr + pid.to(tl.int64) * 2 + 1, y_max)
     else:
         # The grid is read from device memory, so no host ever waits for the observer.
-        code, out = _fake_quantize(y, grid_ptr, qmin, qmax)
+        code, out = fake_quantize(y, grid_ptr, qmin, qmax)
         tl.store(codes_ptr + tile, code.to(codes_ptr.dtype.element_ty), mask=tile_mask)
         tl.store(out_ptr + tile, out.to(out_ptr.dtype.element_ty), mask=tile_mask)
 
 
+@jit
 def _lorap_bwd_kernel(
-    grad_out_ptr,  # [N, d]
     h_ptr,  # [N, d] float, or int8 codes when HAS_IN_SCALE; source codes with GATHER
     in_scale_ptr,  # [N] or [1] fp32
+    in_scale_stride,
+    indptr_ptr,  # GATHER only, see _load_h
+    indices_ptr,
+    row_bytes,
+    agg_grid_ptr,
+    agg_qmin,
+    agg_qmax,
+    grad_out_ptr,  # [N, d]
     w_phi_ptr,  # [d, k]
     p_a_ptr,  # [k, r]
     p_b_ptr,  # [r, d]
@@ -314,20 +289,13 @@ def _lorap_bwd_kernel(
     grad_w_phi_part_ptr,  # [num_programs, d, k] fp32
     grad_p_a_part_ptr,  # [num_programs, k, r] fp32
     grad_p_b_part_ptr,  # [num_programs, r, d] fp32
-    indptr_ptr,  # GATHER only, see _load_h
-    indices_ptr,
-    agg_grid_ptr,
     n_rows,
     d,
     k,
     r,
-    in_scale_stride,
-    row_bytes,
     grid_ptr,  # [3] fp32: scale, 1 / scale, zero point
     qmin,
     qmax,
-    agg_qmin,
-    agg_qmax,
     HAS_IN_SCALE: tl.constexpr,
     GATHER: tl.constexpr,
     BITS: tl.constexpr,
@@ -338,6 +306,8 @@ def _lorap_bwd_kernel(
     BLOCK_K: tl.constexpr,
     BLOCK_R: tl.constexpr,
 ):
+    """Backward (straight-through): ``g_h`` per row block and this program's partial sums of
+    ``g_W_phi``, ``g_P_A``, ``g_P_B`` over every ``num_programs``-th block."""
     pid = tl.program_id(0)
     num_programs = tl.num_programs(0)
     num_blocks = tl.cdiv(n_rows, BLOCK_N)
@@ -365,12 +335,12 @@ def _lorap_bwd_kernel(
 
         # Recompute the forward: cheaper than storing w, t and the STE mask.
         h = _load_h(
-            h_ptr, in_scale_ptr, in_scale_stride, indptr_ptr, indices_ptr, agg_grid_ptr,
-            agg_qmin, agg_qmax, rows, row_mask, offs_d, d_mask, d, row_bytes,
+            h_ptr, in_scale_ptr, in_scale_stride, indptr_ptr, indices_ptr, row_bytes,
+            agg_grid_ptr, agg_qmin, agg_qmax, rows, row_mask, offs_d, d_mask, d,
             HAS_IN_SCALE, GATHER, BITS, MEAN, QUANT_AGG, BLOCK_N, BLOCK_D,
         )  # fmt: skip
         w, t, y = _prompted(h, w_phi, p_a, p_b, k_mask)
-        code = _round_code(y, grid_ptr, qmin, qmax)
+        code = round_code(y, grid_ptr, qmin, qmax)
         keep = (code >= qmin * 1.0) & (code <= qmax * 1.0) & tile_mask
 
         g_out = tl.load(grad_out_ptr + tile, mask=tile_mask, other=0.0).to(tl.float32)
@@ -410,18 +380,6 @@ def _lorap_bwd_kernel(
 # ----------------------------------------------------------------------------------------
 
 
-def codes_dtype(qmin: int, qmax: int) -> torch.dtype:
-    """Storage dtype of the integer codes for the range ``[qmin, qmax]``.
-
-    ``int8`` if it fits in ``[-128, 127]``, ``uint8`` if it fits in ``[0, 255]``, else ``int32``.
-    """
-    if -128 <= qmin and qmax <= 127:
-        return torch.int8
-    if 0 <= qmin and qmax <= 255:
-        return torch.uint8
-    return torch.int32
-
-
 def _out_dtype(h: Tensor) -> torch.dtype:
     return torch.float32 if h.dtype == torch.int8 else h.dtype
 
@@ -441,58 +399,10 @@ def _check_inputs(
     qmax: int,
     check_values: bool = True,
 ) -> None:
-    """Raise a ValueError that names the argument when shapes, dtypes or ranges are wrong.
-
-    ``scale`` and ``zero_point`` may be one-element tensors (the op's form); their values are
-    then checked only on the CPU, since reading a GPU tensor's value would stall the host,
-    and not at all with ``check_values=False`` (fake tensors have no values).
-    """
+    """Raise a ValueError that names the argument when shapes, dtypes or ranges are wrong
+    (the grid's checks are those of :func:`~.quant_grid.check_grid`)."""
     _check_operands(h, w_phi, p_a, p_b, in_scale)
     check_grid(scale, zero_point, qmin, qmax, h.device, check_values)
-
-
-def check_grid(
-    scale: float | Tensor,
-    zero_point: int | Tensor,
-    qmin: int,
-    qmax: int,
-    device: torch.device,
-    check_values: bool = True,
-    name: str = "",
-) -> None:
-    """The grid checks of :func:`_check_inputs`; ``name`` prefixes the argument names (for
-    an op with more than one grid)."""
-    for arg, value in ((f"{name}scale", scale), (f"{name}zero_point", zero_point)):
-        if isinstance(value, Tensor):
-            if value.numel() != 1:
-                raise ValueError(f"{arg} must hold one value; got shape {tuple(value.shape)}.")
-            if value.device != device and value.device.type != "cpu":
-                raise ValueError(f"{arg} is on {value.device} but the data is on {device}.")
-    if not qmin < qmax:
-        raise ValueError(f"{name}qmin must be below {name}qmax; got {qmin}, {qmax}.")
-    if isinstance(scale, Tensor) or isinstance(zero_point, Tensor):
-        on_host = all(t.device.type == "cpu" for t in (scale, zero_point) if isinstance(t, Tensor))
-        if not (check_values and on_host) or torch.compiler.is_compiling():
-            return
-    if isinstance(scale, Tensor):
-        scale = float(scale)
-    if isinstance(zero_point, Tensor):
-        zero_point = float(zero_point)
-        if zero_point != int(zero_point):
-            raise ValueError(f"{name}zero_point must be an integer; got {zero_point}.")
-        zero_point = int(zero_point)
-    if not (scale > 0.0 and scale < float("inf")):
-        raise ValueError(f"{name}scale must be a positive finite number; got {scale}.")
-    if not qmin <= zero_point <= qmax:
-        raise ValueError(
-            f"{name}zero_point must lie in [{name}qmin, {name}qmax] = [{qmin}, {qmax}]; "
-            f"got {zero_point}."
-        )
-    if max(abs(qmin - zero_point), abs(qmax - zero_point)) >= 2**21:
-        raise ValueError(
-            f"[{name}qmin, {name}qmax] = [{qmin}, {qmax}] is too wide for the fp32 rounding; "
-            "use at most 21-bit codes."
-        )
 
 
 def _check_operands(
@@ -553,28 +463,7 @@ def _dequantize(h: Tensor, in_scale: Tensor | None) -> Tensor:
     return h.float() * s
 
 
-def _inv_scale(scale: float) -> float:
-    """``1 / scale`` rounded to fp32 exactly as ``fake_quantize_per_tensor_affine`` does."""
-    s = torch.tensor(scale, dtype=torch.float32)
-    return float(torch.ones((), dtype=torch.float32) / s)
-
-
-def _grid(scale: float | Tensor, zero_point: int | Tensor, device: torch.device) -> Tensor:
-    """``[scale, 1 / scale, zero_point]`` as one fp32 ``[3]`` tensor on ``device``.
-
-    From tensors this stays on their device (no host sync); ``1 / scale`` is the fp32
-    division ``fake_quantize_per_tensor_affine`` performs, and a zero point (an integer of
-    at most 21 bits, see :func:`_check_inputs`) is exact in fp32.
-    """
-    if not isinstance(scale, Tensor) and not isinstance(zero_point, Tensor):
-        values = [float(scale), _inv_scale(scale), float(zero_point)]
-        return torch.tensor(values, dtype=torch.float32, device=device)
-    s = torch.as_tensor(scale, dtype=torch.float32, device=device).reshape(1)
-    zp = torch.as_tensor(zero_point, device=device).reshape(1).to(torch.float32)
-    return torch.cat((s, torch.ones_like(s) / s, zp))
-
-
-def _prompted_reference(
+def prompted_reference(
     h: Tensor,
     w_phi: Tensor,
     p_a: Tensor,
@@ -597,7 +486,7 @@ def lorap_range_reference(
     """``[min(y), max(y)]`` (fp32, shape ``[2]``) of the prompted sum: the CPU path of
     :func:`lorap_range` and its test oracle."""
     _check_range_inputs(h, w_phi, p_a, p_b, in_scale)
-    return torch.stack(torch.aminmax(_prompted_reference(h, w_phi, p_a, p_b, in_scale)))
+    return torch.stack(torch.aminmax(prompted_reference(h, w_phi, p_a, p_b, in_scale)))
 
 
 def _check_range_inputs(
@@ -635,14 +524,14 @@ def lorap_reference(
         values in ``h``'s float dtype (``float32`` for ``int8`` ``h``).
     """
     _check_inputs(h, w_phi, p_a, p_b, in_scale, scale, zero_point, qmin, qmax)
-    y = _prompted_reference(h, w_phi, p_a, p_b, in_scale)
+    y = prompted_reference(h, w_phi, p_a, p_b, in_scale)
     out = torch.fake_quantize_per_tensor_affine(y, scale, zero_point, qmin, qmax)
     with torch.no_grad():
-        codes = torch.clamp(torch.round(y * _inv_scale(scale)) + zero_point, qmin, qmax)
+        codes = torch.clamp(torch.round(y * inv_scale(scale)) + zero_point, qmin, qmax)
     return codes.to(codes_dtype(qmin, qmax)), out.to(_out_dtype(h))
 
 
-def _lorap_backward_reference(
+def lorap_backward_cpu(
     grad_out: Tensor,
     h: Tensor,
     w_phi: Tensor,
@@ -660,7 +549,7 @@ def _lorap_backward_reference(
     """Closed-form backward of the module docstring, in pure torch (the CPU backward).
 
     With the forward's softmax weights ``saved_w`` and straight-through mask ``saved_mask``
-    (what :func:`_reference_forward` keeps) the forward is not recomputed; without them it is.
+    (what :func:`lorap_forward_cpu` keeps) the forward is not recomputed; without them it is.
     ``grad_h`` is ``None`` when not ``need_grad_h``.
     """
     hf = _dequantize(h, in_scale)
@@ -672,8 +561,8 @@ def _lorap_backward_reference(
         w = torch.softmax(hf @ wf, dim=1)
         t = w @ af
         y = hf + t @ bf
-        _, inv_scale, zp = _grid(scale, zero_point, h.device)
-        c = torch.round(y * inv_scale) + zp
+        _, inv, zp = grid_values(scale, zero_point, h.device)
+        c = torch.round(y * inv) + zp
         mask = (c >= qmin) & (c <= qmax)
     g_y = grad_out.float() * mask
     g_t = g_y @ bf.T
@@ -692,10 +581,6 @@ def _lorap_backward_reference(
 
 def _has_rows(t: Tensor | None) -> bool:
     return t is not None and t.shape[0] > 0
-
-
-def _blocks(d: int, k: int, r: int) -> tuple[int, int, int]:
-    return tuple(max(16, next_power_of_2(x)) for x in (d, k, r))
 
 
 def _default_block_n(n: int, block_d: int, device: torch.device) -> int:
@@ -731,65 +616,91 @@ def takes_triton(t: Tensor, d: int) -> bool:
     return use_triton(t) and d <= MAX_TRITON_WIDTH
 
 
-def _in_scale_arg(h: Tensor, in_scale: Tensor | None) -> tuple[Tensor, int]:
-    if in_scale is None:
-        return torch.ones(1, dtype=torch.float32, device=h.device), 0
-    in_scale = in_scale.reshape(-1).contiguous()
-    return in_scale, (1 if in_scale.numel() > 1 else 0)
-
-
 class Gather(NamedTuple):
     """Where the kernels' ``h`` comes from when it is aggregated in registers (see
-    ``_load_h``): the CSR block, the source codes' width, the reduction, and the optional
-    grid of the aggregate's quantizer (``agg_grid``: ``[scale, 1 / scale, zero_point]``)."""
+    :func:`~.device_functions.gather_aggregate`): the CSR block over the ``h`` rows, the
+    source codes' width, the reduction, and the aggregate's quantizer (``None``: the fp32
+    aggregate is prompted)."""
 
     indptr: Tensor
     indices: Tensor
     bits: int
     mean: bool
-    agg_grid: Tensor | None = None
-    agg_qmin: int = 0
-    agg_qmax: int = 1
+    agg: QuantGrid | None = None
+
+    @property
+    def num_rows(self) -> int:
+        return self.indptr.shape[0] - 1
 
 
-def _source_args(h: Tensor, in_scale: Tensor | None, gather: Gather | None) -> tuple[list, dict]:
-    """The kernels' arguments that say how to read ``h``: ``(pointers, constexprs)``.
+class _RowSource(NamedTuple):
+    """The kernels' leading arguments, in their order: where and how to read ``h``."""
 
-    Pointers: ``h``, ``in_scale`` with its stride, ``indptr``, ``indices``, ``agg_grid``,
-    ``row_bytes``, ``agg_qmin``, ``agg_qmax`` (placeholders where unused).
-    """
-    s_in, s_in_stride = _in_scale_arg(h, in_scale)
+    h: Tensor  # h_ptr
+    in_scale: Tensor  # in_scale_ptr, [N] / [num_src] or [1] fp32
+    in_scale_stride: int  # 1 per row, 0 per tensor
+    indptr: Tensor  # indptr_ptr ...
+    indices: Tensor
+    row_bytes: int
+    agg_grid: Tensor
+    agg_qmin: int
+    agg_qmax: int  # ... to agg_qmax: read with GATHER only
+
+
+def _row_source(
+    h: Tensor, in_scale: Tensor | None, gather: Gather | None
+) -> tuple[_RowSource, dict[str, int | bool]]:
+    """``(arguments, constexprs)`` with which the kernels read ``h``: as it is (with
+    ``in_scale`` for int8 codes), or aggregated from the source codes ``h`` over ``gather``."""
+    if in_scale is None:
+        s_in, s_in_stride = torch.ones(1, dtype=torch.float32, device=h.device), 0
+    else:
+        s_in = in_scale.reshape(-1).contiguous()
+        s_in_stride = 1 if s_in.numel() > 1 else 0
     if gather is None:
-        pointers = [h, s_in, s_in_stride, h, h, s_in, 0, 0, 1]
+        # Without GATHER the kernels never read indptr, indices or agg_grid: h and the scale
+        # stand in for them.
+        source = _RowSource(h, s_in, s_in_stride, h, h, 0, s_in, 0, 1)
         flags = dict(HAS_IN_SCALE=in_scale is not None, GATHER=False, BITS=8, MEAN=False,
                      QUANT_AGG=False)  # fmt: skip
-        return pointers, flags
-    agg_grid = gather.agg_grid if gather.agg_grid is not None else s_in
-    pointers = [
-        h, s_in, s_in_stride, gather.indptr.contiguous(), gather.indices.contiguous(), agg_grid,
-        h.shape[1], int(gather.agg_qmin), int(gather.agg_qmax),
-    ]  # fmt: skip
+        return source, flags
+    agg = gather.agg
+    source = _RowSource(
+        h, s_in, s_in_stride, gather.indptr.contiguous(), gather.indices.contiguous(),
+        h.shape[1], s_in if agg is None else agg.values(h.device),
+        0 if agg is None else int(agg.qmin), 1 if agg is None else int(agg.qmax),
+    )  # fmt: skip
     flags = dict(HAS_IN_SCALE=True, GATHER=True, BITS=gather.bits, MEAN=gather.mean,
-                 QUANT_AGG=gather.agg_grid is not None)  # fmt: skip
-    return pointers, flags
+                 QUANT_AGG=agg is not None)  # fmt: skip
+    return source, flags
 
 
-def _launch_forward(
+def _prompt_blocks(w_phi: Tensor, p_a: Tensor) -> dict[str, int]:
+    """The kernels' ``BLOCK_D``, ``BLOCK_K`` and ``BLOCK_R``: powers of two of at least 16."""
+    d, (k, r) = w_phi.shape[0], p_a.shape
+    block_d, block_k, block_r = (max(16, next_power_of_2(x)) for x in (d, k, r))
+    return dict(BLOCK_D=block_d, BLOCK_K=block_k, BLOCK_R=block_r)
+
+
+def launch_forward(
     h: Tensor,
     w_phi: Tensor,
     p_a: Tensor,
     p_b: Tensor,
     in_scale: Tensor | None,
-    n: int,
-    out_grid: Tensor | None,
-    qmin: int,
-    qmax: int,
-    gather: Gather | None,
-    block_n: int | None,
-    out_dtype: torch.dtype,
+    grid: QuantGrid | None,
+    *,
+    gather: Gather | None = None,
+    block_n: int | None = None,
+    out_dtype: torch.dtype = torch.float32,
 ) -> tuple[Tensor, Tensor] | Tensor:
-    """Run the forward kernel over ``n`` rows: ``(codes, out)``, or with ``out_grid=None`` the
-    range pass, ``[min(y), max(y)]``.
+    """Run the forward kernel, unchecked: ``(codes, out)`` on ``grid``, or with ``grid=None``
+    the range pass, ``[min(y), max(y)]`` fp32.
+
+    ``h`` is the ``[N, d]`` input (float, or int8 codes with ``in_scale``), or with
+    ``gather`` the source codes aggregated over its CSR block (``in_scale`` then holds their
+    per-row scales and ``N`` is the block's row count). ``block_n`` overrides the rows per
+    program (a power of two, >= 16).
 
     Every range program writes the extremes of its row block to a ``[num_programs, 2]``
     buffer (padding masked with ``+inf``/``-inf``), reduced afterwards with ``amin``/``amax``:
@@ -797,58 +708,70 @@ def _launch_forward(
     """
     w_phi, p_a, p_b = (t.contiguous() for t in (w_phi, p_a, p_b))
     h = h.contiguous()
+    n = h.shape[0] if gather is None else gather.num_rows
     d = w_phi.shape[0]
     k, r = p_a.shape
-    block_d, block_k, block_r = _blocks(d, k, r)
-    block_n = block_n or _default_block_n(n, block_d, h.device)
-    grid = (cdiv(n, block_n),)
-    range_only = out_grid is None
+    blocks = _prompt_blocks(w_phi, p_a)
+    block_n = block_n or _default_block_n(n, blocks["BLOCK_D"], h.device)
+    launch = (cdiv(n, block_n),)
+    range_only = grid is None
     if range_only:
-        parts = torch.empty((grid[0], 2), dtype=torch.float32, device=h.device)
+        parts = torch.empty((launch[0], 2), dtype=torch.float32, device=h.device)
         # codes_ptr, out_ptr and grid_ptr are never read with RANGE_ONLY: pass the buffer.
-        codes = out = out_grid = parts
+        codes = out = grid_ptr = parts
         qmin, qmax = 0, 1
     else:
+        qmin, qmax = int(grid.qmin), int(grid.qmax)
+        grid_ptr = grid.values(h.device)
         codes = torch.empty((n, d), dtype=codes_dtype(qmin, qmax), device=h.device)
         out = parts = torch.empty((n, d), dtype=out_dtype, device=h.device)
         if n == 0:
             return codes, out
-    (h, s_in, s_in_stride, indptr, indices, agg_grid, row_bytes, agg_qmin, agg_qmax), flags = (
-        _source_args(h, in_scale, gather)
-    )
-    jit(_lorap_fwd_kernel)[grid](
-        h, s_in, w_phi, p_a, p_b, codes, out, parts, indptr, indices, agg_grid,
-        n, d, k, r, s_in_stride, row_bytes,
-        out_grid, int(qmin), int(qmax), agg_qmin, agg_qmax,
-        RANGE_ONLY=range_only, **flags,
-        BLOCK_N=block_n, BLOCK_D=block_d, BLOCK_K=block_k, BLOCK_R=block_r,
-        **_launch_options(h.device, block_d),
+    source, flags = _row_source(h, in_scale, gather)
+    _lorap_fwd_kernel[launch](
+        *source, w_phi, p_a, p_b, codes, out, parts, n, d, k, r, grid_ptr, qmin, qmax,
+        RANGE_ONLY=range_only, **flags, BLOCK_N=block_n, **blocks,
+        **_launch_options(h.device, blocks["BLOCK_D"]),
     )  # fmt: skip
     if range_only:
         return torch.stack((parts[:, 0].amin(), parts[:, 1].amax()))
     return codes, out
 
 
-def _launch_backward(
+def launch_range(
+    h: Tensor,
+    w_phi: Tensor,
+    p_a: Tensor,
+    p_b: Tensor,
+    in_scale: Tensor | None,
+    *,
+    gather: Gather | None = None,
+    block_n: int | None = None,
+) -> Tensor:
+    """The range pass of :func:`launch_forward`, unchecked: ``[min(y), max(y)]``, fp32."""
+    return launch_forward(h, w_phi, p_a, p_b, in_scale, None, gather=gather, block_n=block_n)
+
+
+def launch_backward(
     grad_out: Tensor,
     h: Tensor,
     w_phi: Tensor,
     p_a: Tensor,
     p_b: Tensor,
     in_scale: Tensor | None,
-    out_grid: Tensor,
-    qmin: int,
-    qmax: int,
-    gather: Gather | None,
-    block_n: int | None,
-    num_programs: int | None,
-    grad_h_dtype: torch.dtype,
+    grid: QuantGrid,
+    *,
+    gather: Gather | None = None,
+    block_n: int | None = None,
+    num_programs: int | None = None,
+    grad_h_dtype: torch.dtype = torch.float32,
 ) -> tuple[Tensor | None, Tensor, Tensor, Tensor]:
-    """Run the backward kernel: ``(grad_h, grad_w_phi, grad_p_a, grad_p_b)``, with
+    """Run the backward kernel, unchecked: ``(grad_h, grad_w_phi, grad_p_a, grad_p_b)``, with
     ``grad_h`` ``None`` for a gathered ``h`` (integer sources take no gradient).
 
-    ``num_programs`` overrides the persistent grid (default: 4 per SM on CUDA, at most 8 under
-    the interpreter); each program loops over every ``num_programs``-th row block.
+    ``h``, ``in_scale`` and ``gather`` as for :func:`launch_forward`. ``num_programs``
+    overrides the persistent grid (default: 4 per SM on CUDA, at most 8 under the
+    interpreter); each program loops over every ``num_programs``-th row block.
     """
     grad_out, h, w_phi, p_a, p_b = (t.contiguous() for t in (grad_out, h, w_phi, p_a, p_b))
     n, d = grad_out.shape
@@ -858,8 +781,8 @@ def _launch_backward(
         grad_h = torch.empty((n, d), dtype=grad_h_dtype, device=h.device)
     if n == 0:
         return grad_h, torch.zeros_like(w_phi), torch.zeros_like(p_a), torch.zeros_like(p_b)
-    block_d, block_k, block_r = _blocks(d, k, r)
-    block_n = block_n or _default_block_n(n, block_d, h.device)
+    blocks = _prompt_blocks(w_phi, p_a)
+    block_n = block_n or _default_block_n(n, blocks["BLOCK_D"], h.device)
     num_blocks = cdiv(n, block_n)
     if num_programs is None:
         if h.device.type == "cuda":
@@ -872,18 +795,13 @@ def _launch_backward(
     part_w_phi = torch.empty((num_programs, d, k), **f32)
     part_p_a = torch.empty((num_programs, k, r), **f32)
     part_p_b = torch.empty((num_programs, r, d), **f32)
-    (h, s_in, s_in_stride, indptr, indices, agg_grid, row_bytes, agg_qmin, agg_qmax), flags = (
-        _source_args(h, in_scale, gather)
-    )
-    jit(_lorap_bwd_kernel)[(num_programs,)](
-        grad_out, h, s_in, w_phi, p_a, p_b,
-        grad_out if grad_h is None else grad_h, part_w_phi, part_p_a, part_p_b,
-        indptr, indices, agg_grid,
-        n, d, k, r, s_in_stride, row_bytes,
-        out_grid, int(qmin), int(qmax), agg_qmin, agg_qmax,
-        **flags,
-        BLOCK_N=block_n, BLOCK_D=block_d, BLOCK_K=block_k, BLOCK_R=block_r,
-        **_launch_options(h.device, block_d, backward=True),
+    source, flags = _row_source(h, in_scale, gather)
+    _lorap_bwd_kernel[(num_programs,)](
+        *source, grad_out, w_phi, p_a, p_b, grad_out if grad_h is None else grad_h,
+        part_w_phi, part_p_a, part_p_b, n, d, k, r,
+        grid.values(h.device), int(grid.qmin), int(grid.qmax),
+        **flags, BLOCK_N=block_n, **blocks,
+        **_launch_options(h.device, blocks["BLOCK_D"], backward=True),
     )  # fmt: skip
     return (
         grad_h,
@@ -908,15 +826,14 @@ def lorap_fused_triton(
 ) -> tuple[Tensor, Tensor]:
     """Launch the forward kernel directly: ``(codes, out)``.
 
-    Runs on CUDA tensors, or on CPU tensors when ``TRITON_INTERPRET=1`` was set before the
-    first launch. ``block_n`` overrides the rows per program (a power of two, >= 16).
+    Runs on CUDA tensors, or on CPU tensors when ``TRITON_INTERPRET=1`` was set before
+    triton was imported. ``block_n`` overrides the rows per program (a power of two, >= 16).
     """
     _check_inputs(h, w_phi, p_a, p_b, in_scale, scale, zero_point, qmin, qmax)
-    out_grid = _grid(scale, zero_point, h.device)
-    return _launch_forward(
-        h, w_phi, p_a, p_b, in_scale, h.shape[0], out_grid, qmin, qmax, None, block_n,
-        _out_dtype(h),
-    )  # fmt: skip
+    grid = QuantGrid(scale, zero_point, qmin, qmax)
+    return launch_forward(
+        h, w_phi, p_a, p_b, in_scale, grid, block_n=block_n, out_dtype=_out_dtype(h)
+    )
 
 
 def lorap_range_triton(
@@ -930,9 +847,7 @@ def lorap_range_triton(
 ) -> Tensor:
     """Launch the forward kernel's range pass directly: ``[min(y), max(y)]``, fp32 ``[2]``."""
     _check_range_inputs(h, w_phi, p_a, p_b, in_scale)
-    return _launch_forward(
-        h, w_phi, p_a, p_b, in_scale, h.shape[0], None, 0, 1, None, block_n, torch.float32
-    )
+    return launch_range(h, w_phi, p_a, p_b, in_scale, block_n=block_n)
 
 
 def lorap_fused_backward_triton(
@@ -960,9 +875,9 @@ def lorap_fused_backward_triton(
         raise ValueError(
             f"grad_out must have h's shape {tuple(h.shape)}; got {tuple(grad_out.shape)}."
         )
-    return _launch_backward(
-        grad_out, h, w_phi, p_a, p_b, in_scale, _grid(scale, zero_point, h.device), qmin, qmax,
-        None, block_n, num_programs, _out_dtype(h),
+    return launch_backward(
+        grad_out, h, w_phi, p_a, p_b, in_scale, QuantGrid(scale, zero_point, qmin, qmax),
+        block_n=block_n, num_programs=num_programs, grad_h_dtype=_out_dtype(h),
     )  # fmt: skip
 
 
@@ -1008,16 +923,16 @@ def lorap_fused(
     """
     if takes_triton(h, h.shape[1]):
         codes, out = lorap_fused_triton(h, w_phi, p_a, p_b, in_scale, scale, zero_point, qmin, qmax)
-        saved_w, saved_mask = _no_residuals(h, w_phi)
+        saved_w, saved_mask = no_residuals(h, w_phi)
     else:
-        codes, out, saved_w, saved_mask = _reference_forward(
+        codes, out, saved_w, saved_mask = lorap_forward_cpu(
             h, w_phi, p_a, p_b, in_scale, scale, zero_point, qmin, qmax, saved_y, saved_w,
             keep_residuals,
         )  # fmt: skip
     return out, codes, saved_w, saved_mask
 
 
-def _no_residuals(h: Tensor, w_phi: Tensor) -> tuple[Tensor, Tensor]:
+def no_residuals(h: Tensor, w_phi: Tensor) -> tuple[Tensor, Tensor]:
     """The 0-row ``saved_w`` and ``saved_mask`` of the Triton path."""
     return (
         h.new_empty((0, w_phi.shape[1]), dtype=torch.float32),
@@ -1026,7 +941,7 @@ def _no_residuals(h: Tensor, w_phi: Tensor) -> tuple[Tensor, Tensor]:
 
 
 @torch.no_grad()
-def _reference_forward(
+def lorap_forward_cpu(
     h: Tensor,
     w_phi: Tensor,
     p_a: Tensor,
@@ -1051,7 +966,7 @@ def _reference_forward(
     codes cost 1.6x the forward on a 100k x 64 aggregate).
     """
     _check_inputs(h, w_phi, p_a, p_b, in_scale, scale, zero_point, qmin, qmax)
-    grid_scale, inv_scale, zp = _grid(scale, zero_point, h.device)
+    grid_scale, inv, zp = grid_values(scale, zero_point, h.device)
     if _has_rows(saved_y) and _has_rows(saved_w):
         n, k = h.shape[0], w_phi.shape[1]
         if saved_y.shape != h.shape or tuple(saved_w.shape) != (n, k):
@@ -1060,10 +975,10 @@ def _reference_forward(
                 f"[N, d] = {tuple(h.shape)} and [N, k] = {(n, k)}: pass what lorap_range "
                 "returned for this h and these parameters."
             )
-        y, w = saved_y * inv_scale, saved_w.clone()  # outputs may not alias inputs
+        y, w = saved_y * inv, saved_w.clone()  # outputs may not alias inputs
     else:
-        y, w = _prompted_reference(h, w_phi, p_a, p_b, in_scale, with_weights=True)
-        y.mul_(inv_scale)
+        y, w = prompted_reference(h, w_phi, p_a, p_b, in_scale, with_weights=True)
+        y.mul_(inv)
     codes = torch.round(y).add_(zp)
     if keep_residuals:
         clamped = codes.clamp(qmin, qmax)
@@ -1071,7 +986,7 @@ def _reference_forward(
         codes = clamped
     else:  # no backward follows: clamp in place, keep nothing
         codes.clamp_(qmin, qmax)
-        w, mask = _no_residuals(h, w_phi)
+        w, mask = no_residuals(h, w_phi)
     out = (codes - zp).mul_(grid_scale)
     return codes.to(codes_dtype(qmin, qmax)), out.to(_out_dtype(h)), w, mask
 
@@ -1083,7 +998,7 @@ def _(h, w_phi, p_a, p_b, in_scale, scale, zero_point, qmin, qmax, saved_y=None,
     out = h.new_empty(h.shape, dtype=_out_dtype(h))
     codes = h.new_empty(h.shape, dtype=codes_dtype(qmin, qmax))
     if takes_triton(h, h.shape[1]) or not keep_residuals:
-        return out, codes, *_no_residuals(h, w_phi)
+        return out, codes, *no_residuals(h, w_phi)
     saved_w = h.new_empty((h.shape[0], w_phi.shape[1]), dtype=torch.float32)
     return out, codes, saved_w, h.new_empty(h.shape, dtype=torch.bool)
 
@@ -1112,7 +1027,7 @@ def lorap_fused_backward(
     if takes_triton(h, h.shape[1]):
         return lorap_fused_backward_triton(*args)
     _check_inputs(h, w_phi, p_a, p_b, in_scale, scale, zero_point, qmin, qmax)
-    return _lorap_backward_reference(*args, saved_w, saved_mask)
+    return lorap_backward_cpu(*args, saved_w, saved_mask)
 
 
 @lorap_fused_backward.register_fake
@@ -1167,7 +1082,7 @@ def lorap_range(
     if takes_triton(h, h.shape[1]):
         return lorap_range_triton(h, w_phi, p_a, p_b, in_scale), *_no_saved_prompt(h, w_phi)
     _check_range_inputs(h, w_phi, p_a, p_b, in_scale)
-    y, w = _prompted_reference(h, w_phi, p_a, p_b, in_scale, with_weights=True)
+    y, w = prompted_reference(h, w_phi, p_a, p_b, in_scale, with_weights=True)
     return torch.stack(torch.aminmax(y)), y, w
 
 
@@ -1208,21 +1123,10 @@ def lorap_forward(
     device: no host sync).
     """
     saved_y, saved_w = saved if saved is not None else (None, None)
-    scale, zero_point = _as_grid_tensors(scale, zero_point, h.device)
+    scale, zero_point = grid_tensors(scale, zero_point, h.device)
     differentiable = (h, w_phi, p_a, p_b)
     keep = torch.is_grad_enabled() and any(t.requires_grad for t in differentiable)
     return lorap_fused(
         h, w_phi, p_a, p_b, in_scale, scale, zero_point, int(qmin), int(qmax), saved_y, saved_w,
         keep,
     )[0]  # fmt: skip
-
-
-def _as_grid_tensors(
-    scale: float | Tensor, zero_point: int | Tensor, device: torch.device
-) -> tuple[Tensor, Tensor]:
-    """Python numbers as the op's one-element tensors; tensors unchanged."""
-    if not isinstance(scale, Tensor):
-        scale = torch.tensor([float(scale)], dtype=torch.float32, device=device)
-    if not isinstance(zero_point, Tensor):
-        zero_point = torch.tensor([int(zero_point)], dtype=torch.int32, device=device)
-    return scale, zero_point

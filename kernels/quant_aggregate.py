@@ -28,6 +28,8 @@ CPU path :func:`quant_aggregate_cpu` (dequantize the sources, one CSR sparse-den
 the pure-torch :func:`quant_aggregate_reference` (gather, dequantize, ``index_add_``: the test
 oracle), and the launcher
 :func:`quant_aggregate_triton`, which also runs on CPU tensors under ``TRITON_INTERPRET=1``.
+The INT8 / INT4 decoding is :func:`~.device_functions.load_codes`, shared with the gathered
+form of :mod:`.lorap_fused`'s kernels.
 """
 
 from __future__ import annotations
@@ -39,14 +41,15 @@ from torch import Tensor
 
 from lorap_dist.quant.integer import pack_int4, unpack_int4
 
-from ._triton import jit, next_power_of_2, use_triton
-
-# ``triton.language``, bound by ``_triton.jit`` on the first launch (see ``load_triton``).
-tl = None
+from ._triton import next_power_of_2, use_triton
+from .device_functions import jit, load_codes, tl
 
 __all__ = [
+    "REDUCTIONS",
+    "check_block",
     "pack_int4",
     "quant_aggregate",
+    "quant_aggregate_cpu",
     "quant_aggregate_reference",
     "quant_aggregate_triton",
     "unpack_int4",
@@ -55,6 +58,7 @@ __all__ = [
 REDUCTIONS = ("sum", "mean")
 
 
+@jit
 def _quant_aggregate_fwd_kernel(
     codes_ptr,  # [num_src, row_bytes] int8 (BITS=8) or uint8 packed (BITS=4)
     scale_ptr,  # [num_src] fp32
@@ -80,26 +84,14 @@ def _quant_aggregate_fwd_kernel(
         # int64 before the stride multiply: src * row_bytes overflows int32 on big graphs.
         src = tl.load(indices_ptr + offs_e, mask=e_mask, other=0).to(tl.int64)
         s = tl.load(scale_ptr + src, mask=e_mask, other=0.0)
-        tile_mask = e_mask[:, None] & d_mask[None, :]
-        if BITS == 8:
-            q = tl.load(
-                codes_ptr + src[:, None] * row_bytes + offs_d[None, :], mask=tile_mask, other=0
-            ).to(tl.float32)
-        else:
-            byte = tl.load(
-                codes_ptr + src[:, None] * row_bytes + (offs_d // 2)[None, :],
-                mask=tile_mask,
-                other=0,
-            ).to(tl.int32)
-            nibble = (byte >> ((offs_d % 2) * 4)[None, :]) & 0xF
-            q = tl.where(nibble >= 8, nibble - 16, nibble).to(tl.float32)
+        q = load_codes(codes_ptr, src, row_bytes, offs_d, e_mask[:, None] & d_mask[None, :], BITS)
         acc += tl.sum(q * s[:, None], axis=0)
     if MEAN:
         acc = acc / tl.maximum(end - start, 1).to(tl.float32)
     tl.store(out_ptr + row * d + offs_d, acc, mask=d_mask)
 
 
-def _check_inputs(
+def check_block(
     src_codes: Tensor,
     src_scale: Tensor,
     indptr: Tensor,
@@ -108,7 +100,8 @@ def _check_inputs(
     bits: int,
     reduce: str,
 ) -> None:
-    """Raise a ValueError that names the argument when shapes, dtypes or options are wrong."""
+    """Raise a ValueError that names the argument when the CSR block, its sources or the
+    options are malformed."""
     if bits not in (4, 8):
         raise ValueError(f"bits must be 8 (int8 rows) or 4 (packed uint8 rows); got {bits}.")
     if reduce not in REDUCTIONS:
@@ -150,7 +143,7 @@ def quant_aggregate_reference(
 ) -> Tensor:
     """Pure-torch quantized aggregation (gather, dequantize, ``index_add_``): the test oracle.
     Arguments and result as :func:`quant_aggregate`."""
-    _check_inputs(src_codes, src_scale, indptr, indices, d, bits, reduce)
+    check_block(src_codes, src_scale, indptr, indices, d, bits, reduce)
     num_dst = indptr.numel() - 1
     deg = (indptr[1:] - indptr[:-1]).long()
     dst = torch.repeat_interleave(torch.arange(num_dst, device=indptr.device), deg)
@@ -180,7 +173,7 @@ def quant_aggregate_cpu(
     materialising the ``E x d`` messages: 6-8x faster on one core at 100k rows, 10 edges
     each.
     """
-    _check_inputs(src_codes, src_scale, indptr, indices, d, bits, reduce)
+    check_block(src_codes, src_scale, indptr, indices, d, bits, reduce)
     num_dst, num_src = indptr.numel() - 1, src_codes.shape[0]
     if indices.numel() == 0 or num_src == 0:
         return torch.zeros(num_dst, d, dtype=torch.float32, device=src_codes.device)
@@ -216,7 +209,7 @@ def quant_aggregate_triton(
 
     One program per destination row walks its edges ``block_e`` at a time (default 16).
     """
-    _check_inputs(src_codes, src_scale, indptr, indices, d, bits, reduce)
+    check_block(src_codes, src_scale, indptr, indices, d, bits, reduce)
     src_codes, src_scale, indptr, indices = (
         t.contiguous() for t in (src_codes, src_scale, indptr, indices)
     )
@@ -226,7 +219,7 @@ def quant_aggregate_triton(
         return out
     block_d = max(16, next_power_of_2(d))
     options = _launch_options(src_codes.device, block_d)
-    jit(_quant_aggregate_fwd_kernel)[(num_dst,)](
+    _quant_aggregate_fwd_kernel[(num_dst,)](
         src_codes, src_scale, indptr, indices, out,
         d, src_codes.shape[1],
         BITS=bits, MEAN=reduce == "mean", BLOCK_E=block_e or 16, BLOCK_D=block_d,
@@ -271,5 +264,5 @@ def quant_aggregate(
 
 @quant_aggregate.register_fake
 def _(src_codes, src_scale, indptr, indices, d, bits=8, reduce="sum"):
-    _check_inputs(src_codes, src_scale, indptr, indices, d, bits, reduce)
+    check_block(src_codes, src_scale, indptr, indices, d, bits, reduce)
     return src_codes.new_empty((indptr.shape[0] - 1, d), dtype=torch.float32)

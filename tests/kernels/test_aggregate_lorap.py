@@ -14,6 +14,7 @@ import torch
 from lorap_dist.kernels import aggregate_lorap as al
 from lorap_dist.kernels import lorap_fused as lf
 from lorap_dist.kernels import quant_aggregate as qa
+from lorap_dist.kernels.quant_grid import QuantGrid, inv_scale
 from test_lorap_fused import CPU, DEVICE, QPARAMS, assert_close_rel, assert_codes_equal, op_grid
 from test_quant_aggregate import make_block
 
@@ -45,8 +46,8 @@ def make_case(num_src, num_dst, d, k, r, bits, seed=0, max_degree=12):
 
 
 def reference_h(block, d, bits, reduce, agg_grid):
-    agg = (None, None, 0, 1) if agg_grid is None else agg_grid
-    return al._aggregate(*block, d, bits, reduce, *agg, oracle=True)
+    agg = None if agg_grid is None else QuantGrid(*agg_grid)
+    return al.CsrBlock(*block, bits, reduce).aggregate(d, agg, oracle=True)
 
 
 def reference_grads(block, prompt, grad_out, qp, bits, reduce, agg_grid):
@@ -79,7 +80,7 @@ def test_forward_matches_reference(shape, bits, agg):
         *block, *prompt, *qp, bits=bits, reduce=reduce, agg_grid=agg_grid
     )
     h = reference_h(block, shape[2], bits, reduce, agg_grid)
-    v = (h + torch.softmax(h @ prompt[0], 1) @ prompt[1] @ prompt[2]) * lf._inv_scale(qp[0])
+    v = (h + torch.softmax(h @ prompt[0], 1) @ prompt[1] @ prompt[2]) * inv_scale(qp[0])
     assert_codes_equal(codes, ref_codes, v)
     assert torch.equal(out, (codes.int() - qp[1]).float() * torch.tensor(qp[0]))
     assert_close_rel(out, ref_out)
@@ -122,23 +123,20 @@ def test_backward_is_deterministic_over_persistent_programs():
     """100 rows in blocks of 16 on 3 programs: partial sums reduced in a fixed order."""
     qp = QPARAMS["int8"]
     block, prompt = make_case(50, 100, 24, 4, 4, 8, seed=5)
-    gather = al._gather(block[2], block[3], 8, "mean", None, None, 0, 1)
+    gather = al.CsrBlock(*block, 8, "mean").gather(None)
     grad_out = torch.randn(100, 24, generator=torch.Generator().manual_seed(6))
     runs = [
         run_on(
             DEVICE,
-            lf._launch_backward,
+            lf.launch_backward,
             grad_out,
             block[0],
             *prompt,
             block[1],
-            lf._grid(qp[0], qp[1], "cpu"),
-            qp[2],
-            qp[3],
-            gather,
-            16,
-            3,
-            torch.float32,
+            QuantGrid(*qp),
+            gather=gather,
+            block_n=16,
+            num_programs=3,
         )  # fmt: skip
         for _ in range(2)
     ]
@@ -173,7 +171,7 @@ def test_range_pass_and_reuse(triton_path):
     qp, agg_grid = QPARAMS["int8"], AGG_GRIDS["agg_int8"]
     block, prompt = make_case(30, 40, 20, 3, 2, 8, seed=9)
     h = reference_h(block, 20, 8, "mean", agg_grid)
-    y = lf._prompted_reference(h, *prompt, None)
+    y = lf.prompted_reference(h, *prompt, None)
     device = DEVICE if triton_path else CPU
     context = triton_on(device) if triton_path else contextlib.nullcontext()
     with context:

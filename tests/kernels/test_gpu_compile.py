@@ -56,10 +56,10 @@ def _compile_all() -> list[dict]:
     """Run every launcher on small CPU tensors with each launch compiled for the GPU instead."""
     import torch
     import triton
-    from lorap_dist.kernels import _triton
     from lorap_dist.kernels import aggregate_lorap as al
     from lorap_dist.kernels import lorap_fused as lf
     from lorap_dist.kernels import quant_aggregate as qa
+    from lorap_dist.kernels.quant_grid import QuantGrid
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
@@ -96,11 +96,11 @@ def _compile_all() -> list[dict]:
 
             return launch
 
-    def jit(kernel):
-        return CompileInstead(_triton.jit(kernel))
-
+    # The launchers look their kernels up when they run: compile each instead of launching it.
+    lf._lorap_fwd_kernel = CompileInstead(lf._lorap_fwd_kernel)
+    lf._lorap_bwd_kernel = CompileInstead(lf._lorap_bwd_kernel)
+    qa._quant_aggregate_fwd_kernel = CompileInstead(qa._quant_aggregate_fwd_kernel)
     launch_options, block_n = lf._launch_options, lf._default_block_n
-    lf.jit = qa.jit = jit
     lf._launch_options = lambda device, *args, **kwargs: launch_options(cuda, *args, **kwargs)
     lf._default_block_n = lambda n, block_d, device: block_n(n, block_d, cuda)
     qa_options = qa._launch_options
@@ -135,15 +135,13 @@ def _compile_all() -> list[dict]:
             indices = torch.randint(0, 40, (int(indptr[-1]),), generator=g)
             block = (packed, torch.rand(40), indptr, indices)
             qa.quant_aggregate_triton(*block, 24, bits, "mean")
-            gather = al._gather(indptr, indices, bits, "mean", torch.tensor([0.1]),
-                                torch.tensor([0]), -128, 127)  # fmt: skip
-            grid = lf._grid(*qp[:2], "cpu")
-            lf._launch_forward(packed, w_phi, p_a, p_b, block[1], 40, grid, -128, 127, gather,
-                               None, torch.float32)  # fmt: skip
-            lf._launch_forward(packed, w_phi, p_a, p_b, block[1], 40, None, 0, 1, gather, None,
-                               torch.float32)  # fmt: skip
-            lf._launch_backward(torch.randn(40, 24), packed, w_phi, p_a, p_b, block[1], grid,
-                                -128, 127, gather, None, None, torch.float32)  # fmt: skip
+            agg = QuantGrid(torch.tensor([0.1]), torch.tensor([0]), -128, 127)
+            gather = al.CsrBlock(*block, bits, "mean").gather(agg)
+            grid = QuantGrid(*qp)
+            lf.launch_forward(packed, w_phi, p_a, p_b, block[1], grid, gather=gather)
+            lf.launch_range(packed, w_phi, p_a, p_b, block[1], gather=gather)
+            lf.launch_backward(torch.randn(40, 24), packed, w_phi, p_a, p_b, block[1], grid,
+                               gather=gather)  # fmt: skip
     return compiled
 
 

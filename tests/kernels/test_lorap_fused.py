@@ -11,6 +11,7 @@ import contextlib
 import pytest
 import torch
 from lorap_dist.kernels import lorap_fused as lf
+from lorap_dist.kernels.quant_grid import inv_scale
 
 from lorap_dist.testing.kernel_device import kernel_test_device, run_on, triton_on
 
@@ -60,7 +61,7 @@ def reference_prequant(h, w_phi, p_a, p_b, scale, in_scale=None):
     hf = lf._dequantize(h, in_scale)
     w = torch.softmax(hf @ w_phi.float(), dim=1)
     y = hf + (w @ p_a.float()) @ p_b.float()
-    return y * lf._inv_scale(scale)
+    return y * inv_scale(scale)
 
 
 def assert_codes_equal(codes, ref_codes, v):
@@ -151,7 +152,7 @@ def test_backward_matches_autograd(shape, qname):
         DEVICE, lf.lorap_fused_backward_triton, grad_out, h, w_phi, p_a, p_b, None, *qp,
         block_n=16, num_programs=2,
     )  # fmt: skip
-    closed_form = lf._lorap_backward_reference(grad_out, h, w_phi, p_a, p_b, None, *qp)
+    closed_form = lf.lorap_backward_cpu(grad_out, h, w_phi, p_a, p_b, None, *qp)
     for name, g, c, e in zip(("h", "w_phi", "p_a", "p_b"), got, closed_form, expected, strict=True):
         assert g.dtype == e.dtype, name
         assert_close_rel(g, e)

@@ -1,0 +1,124 @@
+"""Triton device functions shared by the kernels of :mod:`.lorap_fused` and
+:mod:`.quant_aggregate`, and the ``jit`` and ``tl`` every kernel module is written with.
+
+Quantization grid (``grid_ptr`` points at ``[scale, 1 / scale, zero_point]`` fp32, see
+:func:`~.quant_grid.grid_values`)::
+
+    round_code(y)    = rint(y * (1 / scale)) + zero_point   (half to even; before the clamp)
+    codes            = clamp(round_code(y), qmin, qmax)
+    fake_quantize(y) = (codes, (codes - zero_point) * scale)
+
+Aggregation of integer source rows over a CSR block (``bits`` 8: int8 rows; 4: uint8 rows of
+two signed nibbles, low nibble first)::
+
+    h[i] = sum_{e in [indptr[i], indptr[i+1])} q[indices[e]] * s[indices[e]]    (/ deg(i) for mean)
+
+Importing this module imports triton, which fixes its interpret mode (``TRITON_INTERPRET``
+is read when ``triton.language`` is first imported): set it before importing the op modules.
+Triton is optional; without it ``jit`` leaves the functions as they are and launching a
+kernel raises the error of :func:`~._triton.load_triton`, which says what to install.
+"""
+
+from __future__ import annotations
+
+from ._triton import TritonMissing
+
+try:
+    import triton.language as tl
+    from triton import jit
+except ImportError:  # no triton: CPU tensors take the pure-torch references
+    tl = None
+    jit = TritonMissing
+
+__all__ = ["fake_quantize", "gather_aggregate", "jit", "load_codes", "round_code", "tl"]
+
+
+@jit
+def round_code(y, grid_ptr, qmin, qmax):
+    """``rint(y / scale) + zero_point`` on the grid at ``grid_ptr`` (``[scale, 1 / scale,
+    zero_point]``), before the clamp to ``[qmin, qmax]``.
+
+    Clamping to one step outside ``[qmin, qmax]`` first keeps ``|v|`` small for the rint trick
+    and changes neither the clamped code nor the straight-through mask.
+    """
+    inv_scale = tl.load(grid_ptr + 1)
+    zero_point = tl.load(grid_ptr + 2)
+    # Adding then subtracting 1.5 * 2**23 rounds an fp32 |x| < 2**22 to the nearest integer,
+    # ties to even (the FPU's rounding mode), without libdevice (which the interpreter
+    # lacks). A local, not a module constant: compiled kernels may read no plain globals.
+    rint_magic = 12582912.0
+    v = y * inv_scale
+    v = tl.minimum(tl.maximum(v, (qmin - zero_point - 1) * 1.0), (qmax - zero_point + 1) * 1.0)
+    return ((v + rint_magic) - rint_magic) + zero_point
+
+
+@jit
+def fake_quantize(y, grid_ptr, qmin, qmax):
+    """``(codes, dequantized)`` of ``y`` on the grid at ``grid_ptr``, as fp32 tiles."""
+    code = round_code(y, grid_ptr, qmin, qmax)
+    code = tl.minimum(tl.maximum(code, qmin * 1.0), qmax * 1.0)
+    return code, (code - tl.load(grid_ptr + 2)) * tl.load(grid_ptr)
+
+
+@jit
+def load_codes(codes_ptr, src, row_bytes, offs_d, mask, BITS: tl.constexpr):
+    """The ``[len(src), len(offs_d)]`` fp32 values of the integer codes of source rows ``src``
+    (int64) at columns ``offs_d``; 0 where ``mask`` is off.
+
+    ``BITS == 8``: one int8 per column. ``BITS == 4``: column ``j`` is the signed nibble in
+    bits ``4 * (j % 2)`` to ``4 * (j % 2) + 3`` of byte ``j // 2`` (two's complement).
+    """
+    if BITS == 8:
+        q = tl.load(codes_ptr + src[:, None] * row_bytes + offs_d[None, :], mask=mask, other=0)
+        q = q.to(tl.float32)
+    else:
+        byte = tl.load(
+            codes_ptr + src[:, None] * row_bytes + (offs_d // 2)[None, :], mask=mask, other=0
+        ).to(tl.int32)
+        nibble = (byte >> ((offs_d % 2) * 4)[None, :]) & 0xF
+        q = tl.where(nibble >= 8, nibble - 16, nibble).to(tl.float32)
+    return q
+
+
+@jit
+def gather_aggregate(
+    codes_ptr,  # [num_src, row_bytes] int8 (BITS=8) or packed uint8 (BITS=4)
+    scale_ptr,  # [num_src] or [1] fp32, read with stride scale_stride
+    scale_stride,
+    indptr_ptr,  # [num_dst + 1] CSR offsets over the destination rows
+    indices_ptr,  # [E] source row of each edge
+    row_bytes,
+    agg_grid_ptr,  # [3] fp32 grid of the aggregate's quantizer (QUANT_AGG only)
+    agg_qmin,
+    agg_qmax,
+    rows,
+    row_mask,
+    offs_d,
+    d_mask,
+    BITS: tl.constexpr,
+    MEAN: tl.constexpr,
+    QUANT_AGG: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    """The fp32 ``[BLOCK_N, BLOCK_D]`` aggregate of ``rows`` (0 outside the block), built in
+    registers: every row walks its CSR edges in order (the block loops to its largest
+    degree, shorter rows masked), gathers the source codes with their scales, sums in fp32
+    and divides by the degree for ``MEAN``; ``QUANT_AGG`` then fake-quantizes the aggregate
+    on the grid at ``agg_grid_ptr``."""
+    rows64 = rows.to(tl.int64)
+    start = tl.load(indptr_ptr + rows64, mask=row_mask, other=0).to(tl.int64)
+    deg = tl.load(indptr_ptr + rows64 + 1, mask=row_mask, other=0).to(tl.int64) - start
+    h = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+    for j in range(0, tl.max(deg, axis=0)):
+        e_mask = j < deg
+        # int64 before the stride multiply: src * row_bytes overflows int32 on big graphs.
+        src = tl.load(indices_ptr + start + j, mask=e_mask, other=0).to(tl.int64)
+        s = tl.load(scale_ptr + src * scale_stride, mask=e_mask, other=0.0)
+        q = load_codes(codes_ptr, src, row_bytes, offs_d, e_mask[:, None] & d_mask[None, :], BITS)
+        h += q * s[:, None]
+    if MEAN:
+        h = h / tl.maximum(deg, 1).to(tl.float32)[:, None]
+    if QUANT_AGG:
+        _, h = fake_quantize(h, agg_grid_ptr, agg_qmin, agg_qmax)
+    return h
