@@ -37,6 +37,15 @@ def config(root, name="SHAPES", **sections) -> ExperimentConfig:
     return ExperimentConfig.from_dict(base)
 
 
+def learned(result) -> bool:
+    """The model learned the two shapes: some epoch's training pass and the selected
+    epoch's validation both reach 75% (chance is 50%). The selected epoch's own training
+    accuracy is not used: on 12 validation graphs the best-validation epoch can be an early
+    one, and which one moves with the thread count's summation order."""
+    best_pass = max(row["train"] for row in result.history)
+    return best_pass >= 0.75 and result.valid_acc >= 0.75
+
+
 def test_folds_partition_the_graphs_and_every_graph_tests_once():
     labels = torch.tensor([0] * 23 + [1] * 14 + [2] * 9)
     tested = torch.zeros(labels.numel(), dtype=torch.long)
@@ -78,7 +87,7 @@ def test_every_scheme_and_prompt_trains_graph_level(tu_root, scheme, prompt):
         warnings.simplefilter("ignore")  # a learned bit width above its budget, etc.
         result, model = train(cfg, progress=False)
     assert all(torch.isfinite(torch.tensor(row["loss"])) for row in result.history)
-    assert result.train_acc >= 0.75, result.history[-1]
+    assert learned(result), result.history
     assert result.avg_bits is not None and result.avg_bits <= 8
     if scheme == "a2q":  # no per-node table: every node on the nearest-neighbour pool
         node_points = [m for m in model.modules() if isinstance(m, A2QNodeQuantizer)]
@@ -163,5 +172,5 @@ def test_every_layer_type_learns_graph_level_at_int8_with_lorap(tu_root, arch):
         prompt={"kind": "lorap", "k": 2, "r": 2},
     )
     result, model = train(cfg, progress=False)
-    assert result.train_acc >= 0.75, result.history[-1]
+    assert learned(result), result.history
     assert type(model.convs[0]).__name__ == f"Q{arch.upper()}Conv"
