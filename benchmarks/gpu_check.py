@@ -42,7 +42,6 @@ import json
 import os
 import platform
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -428,13 +427,10 @@ def step_train_step(device: Any, dry_run: bool, save: Callable[[str, Any], None]
 # 5. NCCL
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def step_nccl(device: Any, dry_run: bool, save: Callable[[str, Any], None]) -> None:
+    import datetime
+    import tempfile
+
     import torch
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
@@ -450,8 +446,15 @@ def step_nccl(device: Any, dry_run: bool, save: Callable[[str, Any], None]) -> N
     from lorap_dist.quant.schemes.qat import QATConfig
 
     backend = "gloo" if dry_run else "nccl"
+    # A file store, not a TCP port picked in advance: another process can take a free port
+    # before the group binds it, and the group then waits for a peer that never comes.
+    store = Path(tempfile.mkdtemp(prefix="lorap-gpu-check-")) / "store"
     dist.init_process_group(
-        backend, init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1
+        backend,
+        init_method=f"file://{store}",
+        rank=0,
+        world_size=1,
+        timeout=datetime.timedelta(seconds=60),
     )
     try:
         n = 2_000 if dry_run else 200_000
@@ -486,6 +489,9 @@ def step_nccl(device: Any, dry_run: bool, save: Callable[[str, Any], None]) -> N
         save("ddp_step", {"loss": float(totals[0] / totals[2]), "parameters_updated": moved})
     finally:
         dist.destroy_process_group()
+        import shutil
+
+        shutil.rmtree(store.parent, ignore_errors=True)
 
 
 STEP_FUNCTIONS = {
