@@ -61,7 +61,7 @@ def fold_splits(labels: Tensor | None, num_graphs: int, folds: int, fold: int) -
         )
     generator = torch.Generator().manual_seed(FOLD_SEED)
     order = torch.randperm(num_graphs, generator=generator)
-    if labels is not None and labels.numel() == num_graphs:
+    if labels is not None:
         order = order[torch.argsort(labels[order], stable=True)]  # class by class
     assignment = torch.empty(num_graphs, dtype=torch.long)
     assignment[order] = torch.arange(num_graphs) % folds
@@ -75,8 +75,7 @@ def fold_splits(labels: Tensor | None, num_graphs: int, folds: int, fold: int) -
 
 def graph_splits(config: ExperimentConfig, graphs: GraphSet) -> dict[str, Tensor]:
     """The split of ``graphs`` for ``config.data.fold`` (:func:`fold_splits`)."""
-    labels = graphs.labels if graphs.task == "classification" else None
-    return fold_splits(labels, len(graphs), config.data.folds, config.data.fold)
+    return fold_splits(graphs.labels, len(graphs), config.data.folds, config.data.fold)
 
 
 def training_split_check(config: ExperimentConfig, graphs: GraphSet) -> dict[str, Tensor]:
@@ -195,13 +194,20 @@ class GraphBatchRunner:
             if split == "train" and not final and self.train_score is not None:
                 scores[split] = self.train_score
                 continue
-            total, count = 0.0, 0
-            for batch in loader:
-                out, y = self.forward(model, batch)
-                total += self.score_sum(out, y)
-                count += out.size(0)
+            total, count = self.score_totals(model, loader)
             scores[split] = total / count if count else float("nan")
         return scores
+
+    @torch.no_grad()
+    def score_totals(self, model: nn.Module, loader) -> tuple[float, int]:
+        """``(score sum, graphs)`` of ``model`` over ``loader``'s batches (see
+        :meth:`score_sum`); the caller puts the model in eval mode."""
+        total, count = 0.0, 0
+        for batch in loader:
+            out, y = self.forward(model, batch)
+            total += self.score_sum(out, y)
+            count += out.size(0)
+        return total, count
 
 
 def train_graphs(

@@ -135,12 +135,7 @@ def evaluate(
     model.eval()
     sums = []
     for split in ("valid", "test"):
-        total, count = 0.0, 0
-        for batch in DataLoader(graphs.dataset[shares[split]], batch_size=256):
-            out, y = runner.forward(model, batch)
-            total += runner.score_sum(out, y)
-            count += out.size(0)
-        sums += [total, count]
+        sums += runner.score_totals(model, DataLoader(graphs.dataset[shares[split]], 256))
     totals = torch.tensor(sums, dtype=torch.float64)
     dist.all_reduce(totals)
     return {

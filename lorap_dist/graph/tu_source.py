@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor
+from torch_geometric.data import InMemoryDataset
 
 from lorap_dist.graph.errors import DatasetError
 from lorap_dist.graph.pyg_source import offline_dataset_class
@@ -66,9 +67,9 @@ class GraphSet:
         return len(self.dataset)
 
     @property
-    def labels(self) -> Tensor:
-        """``[G]`` class of each graph (classification), for stratified folds."""
-        return self.dataset.y.view(-1) if self.task == "classification" else torch.empty(0)
+    def labels(self) -> Tensor | None:
+        """``[G]`` class of each graph, for stratified folds (``None`` for regression)."""
+        return self.dataset.y.view(-1) if self.task == "classification" else None
 
 
 def tu_raw_dir(root: str | Path, name: str) -> Path:
@@ -214,7 +215,8 @@ def tu_graph_set(name: str, root: str | Path = "data", transform: str = "none") 
     if dataset[0].y is None:
         raise DatasetError(f"TU dataset {name} has no graph labels or attributes to learn.")
     task = "regression" if dataset.y.is_floating_point() else "classification"
-    dataset.transform = node_features(dataset, transform)
+    features = node_features(dataset, transform)
+    dataset = FeaturedGraphs([features(graph) for graph in dataset])  # once, not per batch
     first = dataset[0]
     outputs = int(dataset.y.max()) + 1 if task == "classification" else first.y.numel()
     return GraphSet(
@@ -226,11 +228,21 @@ def tu_graph_set(name: str, root: str | Path = "data", transform: str = "none") 
     )
 
 
+class FeaturedGraphs(InMemoryDataset):
+    """The graphs of a dataset with their node features made once, collated in memory as
+    PyG's own datasets are (indexing by a tensor of graph IDs, ``.y`` over all graphs)."""
+
+    def __init__(self, graphs: list) -> None:
+        super().__init__()
+        self.data, self.slices = self.collate(graphs)
+
+
 DEGREE_ONE_HOT_LIMIT = 1000  # Degree-Quant: one-hot degrees below this largest degree
 
 
 def node_features(dataset, transform: str):
-    """The per-graph transform that gives ``dataset``'s graphs float32 node features ``x``.
+    """The per-graph transform that gives ``dataset``'s graphs float32 node features ``x``
+    (applied once when the dataset is loaded).
 
     - ``none``: PyG's own (one-hot node labels); a dataset without any gets ``degree``;
     - ``normalize_features``: PyG's own, rows scaled to sum 1;
