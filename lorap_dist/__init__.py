@@ -14,23 +14,34 @@ from pathlib import Path
 
 __version__ = "0.1.0"
 
-# ``lorap_dist.kernels`` is the top-level ``kernels/`` folder: an install maps it there
-# (pyproject's package-dir). Run from a source checkout without an install
-# (``PYTHONPATH=.``, as on a lent GPU machine), this finder maps it; it comes last on
-# ``sys.meta_path``, so an install's own mapping always wins.
-_KERNELS = Path(__file__).resolve().parent.parent / "kernels"
+# ``lorap_dist.kernels`` is the top-level ``kernels/`` folder. An installed build carries it
+# inside the package (pyproject's package-dir), and then nothing below applies. Imported from a
+# source tree instead (a checkout run with ``PYTHONPATH=.``, or the working directory that
+# ``ray job submit --working-dir .`` uploads, which the job puts first on its path), the
+# package has no ``kernels/`` of its own: this finder maps the name to the ``kernels/`` beside
+# the package, ahead of every other finder, so the kernels always come from the same tree as
+# the package. Without it the name would resolve through whatever install the node has (an
+# editable install of another checkout maps it to that checkout's folder), or not at all.
+_PACKAGE = Path(__file__).resolve().parent
+_KERNELS = _PACKAGE.parent / "kernels"
 
 
-class _SourceCheckoutKernels(importlib.abc.MetaPathFinder):
+class _SourceTreeKernels(importlib.abc.MetaPathFinder):
+    """Finds ``lorap_dist.kernels`` in the ``kernels/`` folder beside this package."""
+
     def find_spec(
         self, fullname: str, path: object = None, target: object = None
     ) -> importlib.machinery.ModuleSpec | None:
-        if fullname != f"{__name__}.kernels" or not (_KERNELS / "__init__.py").is_file():
+        if fullname != f"{__name__}.kernels":
             return None
         return importlib.util.spec_from_file_location(
             fullname, _KERNELS / "__init__.py", submodule_search_locations=[str(_KERNELS)]
         )
 
 
-if not any(isinstance(finder, _SourceCheckoutKernels) for finder in sys.meta_path):
-    sys.meta_path.append(_SourceCheckoutKernels())
+def _in_source_tree() -> bool:
+    return not (_PACKAGE / "kernels").is_dir() and (_KERNELS / "__init__.py").is_file()
+
+
+if _in_source_tree() and not any(isinstance(f, _SourceTreeKernels) for f in sys.meta_path):
+    sys.meta_path.insert(0, _SourceTreeKernels())

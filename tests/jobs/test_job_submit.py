@@ -24,6 +24,7 @@ import yaml
 
 from lorap_dist.config import SyntheticConfig
 from lorap_dist.graph.prepare import PrepareOptions, prepare
+from lorap_dist.testing.source_tree import copy_source_tree, install_build
 
 pytestmark = pytest.mark.slow
 
@@ -64,8 +65,18 @@ def head():
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
-def submit(address: str, env: dict[str, str], *entrypoint: str) -> str:
-    """Submit a job from the repository root, wait for it; returns its logs."""
+def submit(
+    address: str,
+    env: dict[str, str],
+    *entrypoint: str,
+    working_dir: Path = REPO,
+    env_vars: dict[str, str] | None = None,
+) -> str:
+    """Submit a job uploading ``working_dir`` (default the repository root) with
+    ``cluster/runtime_env.yaml`` (plus ``env_vars``), wait for it; returns its logs."""
+    runtime_env = yaml.safe_load((REPO / "cluster/runtime_env.yaml").read_text())
+    runtime_env["env_vars"] |= env_vars or {}
+    runtime_env.pop("working_dir")
     command = [
         str(BIN / "ray"),
         "job",
@@ -73,14 +84,14 @@ def submit(address: str, env: dict[str, str], *entrypoint: str) -> str:
         "--address",
         address,
         "--working-dir",
-        str(REPO),
-        "--runtime-env",
-        str(REPO / "cluster/runtime_env.yaml"),
+        str(working_dir),
+        "--runtime-env-json",
+        json.dumps(runtime_env),
         "--",
         *entrypoint,
     ]
     done = subprocess.run(
-        command, env=env, cwd=REPO, capture_output=True, text=True, timeout=JOB_TIMEOUT_S
+        command, env=env, cwd=working_dir, capture_output=True, text=True, timeout=JOB_TIMEOUT_S
     )
     logs = done.stdout + done.stderr
     assert done.returncode == 0, logs[-4000:]
@@ -100,6 +111,49 @@ def test_runtime_env_uploads_repo_and_uses_venv_python(head):
     )
     assert f"EXE {sys.executable}" in logs or f"EXE {BIN}" in logs, logs[-2000:]
     assert "VENV False DATA False" in logs, logs[-2000:]
+
+
+KERNELS_IN_JOB = """
+import ray
+import lorap_dist.kernels as kernels
+import lorap_dist.kernels.quant_grid as grid
+
+
+@ray.remote
+def kernels_on_worker():
+    import lorap_dist.kernels as kernels
+    import lorap_dist.kernels.quant_grid as grid
+
+    return kernels.BUILD_MARK, grid.__file__
+
+
+print("DRIVER", kernels.BUILD_MARK, grid.__file__)
+print("WORKER", *ray.get(kernels_on_worker.remote()))
+"""
+
+
+def test_job_runs_the_uploaded_kernels_over_another_installed_build(head, tmp_path):
+    """The nodes have another, non-editable build of the package on their path (and this
+    interpreter's own install): the job's driver and its Ray tasks still run the kernels of
+    the uploaded working directory."""
+    address, env = head
+    site = install_build(copy_source_tree(tmp_path / "other", "installed"), tmp_path / "site")
+    upload = copy_source_tree(tmp_path / "upload", "uploaded")
+    (upload / "where_kernels.py").write_text(KERNELS_IN_JOB)
+    logs = submit(
+        address,
+        env,
+        "python",
+        "where_kernels.py",
+        working_dir=upload,
+        env_vars={"PYTHONPATH": str(site)},
+    )
+    lines = {line.split()[0]: line.split()[1:] for line in logs.splitlines()
+             if line.startswith(("DRIVER ", "WORKER "))}  # fmt: skip
+    assert set(lines) == {"DRIVER", "WORKER"}, logs[-3000:]
+    for where, (mark, module) in lines.items():
+        assert mark == "uploaded", (where, logs[-3000:])
+        assert not Path(module).is_relative_to(site) and not Path(module).is_relative_to(REPO)
 
 
 def test_submitted_run_resumes_from_checkpoint(head, tmp_path):
