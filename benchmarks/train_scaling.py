@@ -277,14 +277,13 @@ def main() -> None:
 
     import ray
 
-    from lorap_dist.distributed.trainer import RAY_ENV
     from lorap_dist.graph.storage import open_dataset
+    from lorap_dist.ray_session import offline_defaults
 
     started = time.perf_counter()
     datasets = {parts: prepared(args, parts) for parts in (1, 2)}
     meta = open_dataset(datasets[2]).meta
-    for key, value in RAY_ENV.items():
-        os.environ.setdefault(key, value)
+    offline_defaults()
     work = Path(tempfile.mkdtemp(prefix="train-scaling-"))
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     runs: dict[str, dict[str, Any]] = {}

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -80,7 +79,8 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
 
     from lorap_dist.cli import load_config
-    from lorap_dist.distributed.trainer import RAY_ENV, run_distributed
+    from lorap_dist.distributed.trainer import run_distributed
+    from lorap_dist.ray_session import ray_session
 
     started = time.perf_counter()
     config = load_config(args.config, args.set)
@@ -95,20 +95,13 @@ def main(argv: list[str]) -> int:
         flush=True,
     )
 
-    # 2. A local Ray instance: address="local" never joins another cluster on this machine.
-    import ray
-
-    for key, value in RAY_ENV.items():
-        os.environ.setdefault(key, value)
+    # 2. A local Ray instance of its own: it never joins another cluster on this machine.
     cpus = int(config.dist.num_workers * config.dist.cpus_per_worker)
-    ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False)
-    try:
+    with ray_session(cpus, join=False, who="[main]"):
         config.data.path = str(dataset)
         if "://" not in config.dist.storage_path:  # relative paths: under the repository
             config.dist.storage_path = str(REPO / Path(config.dist.storage_path).expanduser())
         summary = run_distributed(config, config.dist, resume=args.resume)
-    finally:
-        ray.shutdown()
 
     # 3. The figures.
     wall = time.perf_counter() - started

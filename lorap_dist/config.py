@@ -575,23 +575,6 @@ SEED_POLICIES = ("pad", "cap")  # lorap_dist.distributed.seeds
 
 
 @dataclass
-class FaultInjection:
-    """Test-only: worker ``rank`` calls ``os._exit(1)`` before step ``step`` of ``epoch``.
-
-    It fires once: the worker first creates ``marker`` and does not fire again while the
-    file exists, so the restarted run goes through.
-    """
-
-    rank: int = 1
-    epoch: int = 1
-    step: int = 0
-    marker: str = ""
-
-    def __post_init__(self) -> None:
-        check(bool(self.marker), "dist.fault_inject.marker must name a file (fires once).")
-
-
-@dataclass
 class DistConfig:
     """Distributed training with Ray Train: the ``dist`` section of an experiment config.
 
@@ -623,7 +606,6 @@ class DistConfig:
         max_steps_per_epoch: cap on the steps of an epoch (``null``: a full pass over the
             seeds). For benchmarks and smoke runs on graphs whose full epoch takes too long.
         eval_batch_size: destination nodes per chunk of layer-wise inference.
-        fault_inject: test-only worker crash (:class:`FaultInjection`).
     """
 
     num_workers: int = 2
@@ -639,11 +621,8 @@ class DistConfig:
     eval_every: int | None = 1
     max_steps_per_epoch: int | None = None
     eval_batch_size: int = 4096
-    fault_inject: FaultInjection | None = None
 
     def __post_init__(self) -> None:
-        if isinstance(self.fault_inject, dict):
-            self.fault_inject = FaultInjection(**self.fault_inject)
         check(self.num_workers >= 1, f"dist.num_workers={self.num_workers} must be >= 1.")
         check(self.cpus_per_worker > 0, "dist.cpus_per_worker must be > 0.")
         check(self.max_failures >= -1, "dist.max_failures must be >= 0, or -1 (no limit).")
@@ -734,5 +713,4 @@ _CONFIG_TYPES: dict[str, type] = {
     "TrainConfig": TrainConfig,
     "QuantSettings": QuantSettings,
     "DistConfig": DistConfig,
-    "FaultInjection": FaultInjection,
 }

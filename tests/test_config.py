@@ -197,12 +197,11 @@ def test_switching_the_source_forgets_the_old_name_and_path(tmp_path):
 def test_nested_optional_sections_round_trip():
     from lorap_dist.config import DistConfig
 
-    settings = DistConfig(
-        num_workers=2, fault_inject={"rank": 1, "epoch": 1, "step": 1, "marker": "/tmp/m"}
-    )
-    assert DistConfig.from_dict(to_dict(settings)) == settings
-    with pytest.raises(ConfigError, match=r"fault_inject.rank='one' \(str\) must be an integer"):
-        ExperimentConfig.from_dict({"dist": {"fault_inject": {"rank": "one"}}})
+    experiment = ExperimentConfig(dist=DistConfig(num_workers=3, keep_checkpoints=2))
+    assert ExperimentConfig.from_dict(to_dict(experiment)) == experiment
+    assert ExperimentConfig.from_dict(to_dict(ExperimentConfig())).dist is None
+    with pytest.raises(ConfigError, match=r"num_workers='two' \(str\) must be an integer"):
+        ExperimentConfig.from_dict({"dist": {"num_workers": "two"}})
 
 
 def test_every_shipped_config_file_loads():

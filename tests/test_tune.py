@@ -21,8 +21,8 @@ import yaml
 
 from lorap_dist.cli import main
 from lorap_dist.config import ConfigError
+from lorap_dist.testing.tune_log import ExecutionLog
 from lorap_dist.tune import (
-    RUNS_LOG,
     SweepConfig,
     check_path,
     experiment_config,
@@ -258,11 +258,6 @@ def ray_cluster(tmp_path_factory):
     ray.shutdown()
 
 
-def runs(experiment_dir: Path) -> list[dict]:
-    lines = (experiment_dir / RUNS_LOG).read_text().splitlines()
-    return [json.loads(line) for line in lines]
-
-
 @pytest.mark.slow
 def test_sweep_end_to_end_writes_table_and_plots(ray_cluster, tmp_path, capsys):
     path = write_sweep(
@@ -328,11 +323,17 @@ def test_failed_trial_is_reported_and_killed_sweep_resumes_unfinished(ray_cluste
         max_concurrent_trials=1,
     )
     experiment_dir = load_sweep(path).experiment_dir
+    executions = ExecutionLog(str(tmp_path / "executions.jsonl"))
 
     # 1. The driver runs in its own process on this Ray cluster and is killed as soon as
     #    its saved state holds a finished trial.
+    driver_code = (
+        "from lorap_dist.testing.tune_log import ExecutionLog; "
+        "from lorap_dist.tune import load_sweep, run_sweep; "
+        f"run_sweep(load_sweep({str(path)!r}), verbose=0, on_trial_start={executions!r})"
+    )
     driver = subprocess.Popen(
-        [sys.executable, "-m", "lorap_dist.cli", "sweep", "--config", str(path)],
+        [sys.executable, "-c", driver_code],
         env=os.environ | {"RAY_ADDRESS": ray_cluster},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -352,7 +353,7 @@ def test_failed_trial_is_reported_and_killed_sweep_resumes_unfinished(ray_cluste
     assert exit_info.value.code == 2  # nothing to resume there
 
     # 2. Resume: finished trials are kept, the others run.
-    outcome = run_sweep(load_sweep(path), resume=True, verbose=0)
+    outcome = run_sweep(load_sweep(path), resume=True, verbose=0, on_trial_start=executions)
     trials = outcome.trials
     assert len(trials) == 4
     failed = trials[trials["status"] == "failed"]
@@ -360,12 +361,12 @@ def test_failed_trial_is_reported_and_killed_sweep_resumes_unfinished(ray_cluste
     assert "train.fanout=(4,) needs one entry per layer" in failed["error"].iloc[0]
     assert (trials[trials["status"] != "failed"]["status"] == "completed").all()
 
-    executions = pd.DataFrame(runs(experiment_dir))["trial_id"].value_counts()
-    assert set(executions.index) == set(trials["trial_id"])  # no trial was started anew
+    runs = pd.DataFrame(executions.records())["trial_id"].value_counts()
+    assert set(runs.index) == set(trials["trial_id"])  # no trial was started anew
     for trial_id in finished:
-        assert executions[trial_id] == 1, f"finished trial {trial_id} ran again"
+        assert runs[trial_id] == 1, f"finished trial {trial_id} ran again"
     # the failing trial ran once plus its one retry (twice more if the kill cut it short)
-    assert executions[failed["trial_id"].iloc[0]] in (2, 3)
+    assert runs[failed["trial_id"].iloc[0]] in (2, 3)
 
 
 def test_a_mixq_trial_reports_its_frozen_models_accuracy(monkeypatch):

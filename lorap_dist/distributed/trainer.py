@@ -8,18 +8,15 @@ it checks the dataset directory before any worker starts, builds the trainer
 from __future__ import annotations
 
 import contextlib
-import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from lorap_dist.config import ConfigError, DistConfig, ExperimentConfig
 from lorap_dist.graph.errors import DatasetError
 from lorap_dist.locks import LockHeld, try_lock
-
-# Offline-friendly Ray defaults; a user's own setting wins.
-RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}
+from lorap_dist.ray_session import offline_defaults
 
 
 def validate_dataset(path: str | Path | None, num_workers: int) -> Path:
@@ -58,19 +55,27 @@ class DistributedRunError(RuntimeError):
     the command that resumes from it."""
 
 
+#: Called by every worker before each training step as ``hook(rank, epoch, step)``; the
+#: seam through which tests kill a worker (:class:`lorap_dist.testing.faults.KillOnce`).
+StepHook = Callable[[int, int, int], None]
+
+
 def worker_config(
     experiment: ExperimentConfig,
     settings: DistConfig,
     resume: str | Path | None = None,
     run_dir: str | Path | None = None,
+    step_hook: StepHook | None = None,
 ) -> dict[str, Any]:
-    """The plain dict every worker receives (``train_loop_per_worker(config)``)."""
+    """The dict every worker receives (``train_loop_per_worker(config)``): plain data, and
+    ``step_hook`` (pickled to the workers; ``None`` outside tests)."""
     return {
         "experiment": experiment.to_dict(),
         "dist": _plain(settings),
         "dataset_path": str(Path(experiment.data.path or "").expanduser().resolve()),
         "resume": None if resume is None else str(Path(resume).expanduser().resolve()),
         "run_dir": None if run_dir is None else str(run_dir),
+        "step_hook": step_hook,
     }
 
 
@@ -90,6 +95,7 @@ def build_trainer(
     settings: DistConfig,
     resume: str | Path | None = None,
     name: str | None = None,
+    step_hook: StepHook | None = None,
 ) -> Any:
     """The ``ray.train.torch.TorchTrainer`` for this run (not started)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -104,7 +110,7 @@ def build_trainer(
     run_dir = _local_run_dir(settings, name)
     return TorchTrainer(
         loop,
-        train_loop_config=worker_config(experiment, settings, resume, run_dir),
+        train_loop_config=worker_config(experiment, settings, resume, run_dir, step_hook),
         torch_config=TorchConfig(backend="nccl" if settings.use_gpu else "gloo"),
         scaling_config=ScalingConfig(
             num_workers=settings.num_workers,
@@ -214,6 +220,8 @@ def run_distributed(
     experiment: ExperimentConfig,
     settings: DistConfig,
     resume: str | Path | None = None,
+    *,
+    step_hook: StepHook | None = None,
 ) -> dict[str, Any]:
     """Train ``experiment`` on ``settings.num_workers`` Ray Train workers.
 
@@ -225,6 +233,8 @@ def run_distributed(
         settings: the ``dist`` section.
         resume: a checkpoint directory, or a run directory whose newest good checkpoint is
             used (damaged newer ones are skipped with a warning).
+        step_hook: called by every worker before each training step (tests only:
+            :class:`lorap_dist.testing.faults.KillOnce` kills a worker there).
 
     Returns:
         ``valid_acc``/``test_acc`` (last evaluation), ``best_valid_acc``/``best_test_acc``,
@@ -246,13 +256,12 @@ def run_distributed(
         from lorap_dist.distributed.worker import resolve_resume_path
 
         resume = resolve_resume_path(resume)
-    for key, value in RAY_ENV.items():
-        os.environ.setdefault(key, value)
+    offline_defaults()
     name = run_name(settings)
     run_dir = _local_run_dir(settings, name)
     with run_lock(run_dir):
         try:
-            result = build_trainer(experiment, settings, resume, name).fit()
+            result = build_trainer(experiment, settings, resume, name, step_hook).fit()
             error = result.error
         except Exception as exc:  # Ray Train raises once max_failures restarts are used up
             if type(exc).__module__.split(".")[0] != "ray":

@@ -2,15 +2,16 @@
 
 ``config`` is the dict :func:`lorap_dist.distributed.trainer.worker_config` builds: the experiment
 (``ExperimentConfig.to_dict()``), the ``dist`` section, the dataset directory and an optional
-checkpoint to resume from. Every rank runs the same number of steps and calls
-``ray.train.report`` once per epoch; rank 0 writes the checkpoints.
+checkpoint to resume from, and the run's ``step_hook`` (``None`` unless a test installed one:
+``step_hook(rank, epoch, step)`` is called before every training step, e.g.
+:class:`lorap_dist.testing.faults.KillOnce`). Every rank runs the same number of steps and
+calls ``ray.train.report`` once per epoch; rank 0 writes the checkpoints.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-import os
 import resource
 import tempfile
 import time
@@ -55,6 +56,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Train one rank's share; see the module docstring for ``config``."""
     experiment, settings, rank, world_size, device = rank_context(config)
     train_cfg = experiment.train
+    step_hook = config.get("step_hook")
 
     # 1. Open the dataset (memory-mapped) and this rank's feature shard.
     dataset = open_dataset(config["dataset_path"])
@@ -115,7 +117,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         generator = epoch_generator(train_cfg.seed, epoch, rank, SAMPLING_STREAM)
         totals = torch.zeros(3, dtype=torch.float64)  # loss * seeds, correct, seeds
         for index, seeds in enumerate(batches):
-            maybe_fail(settings, rank, epoch, index)
+            if step_hook is not None:
+                step_hook(rank, epoch, index)
             labels = part.labels[seeds - part.start]
             totals += train_batch(
                 ddp, model, optimizer, sampler, exchange, seeds, labels, degree, generator, device
@@ -383,14 +386,3 @@ def _has_unused_parameters(
 def peak_rss_bytes() -> int:
     """This process's peak resident set size (Linux reports ``ru_maxrss`` in KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-def maybe_fail(settings: DistConfig, rank: int, epoch: int, step: int) -> None:
-    fault = settings.fault_inject
-    if fault is None or (rank, epoch, step) != (fault.rank, fault.epoch, fault.step):
-        return
-    marker = Path(fault.marker)
-    if marker.exists():
-        return
-    marker.write_text(f"rank {rank} killed at epoch {epoch} step {step}\n")
-    os._exit(1)

@@ -19,9 +19,10 @@ complete, and a failed one leaves nothing at all. A later prepare into the same 
 removes the temporaries of prepares that were killed (their process is gone), and refuses
 to start while another prepare's process is still writing there.
 
-Ray: a prepare joins the cluster the user names (``--address`` or ``RAY_ADDRESS``) and
-otherwise starts a private local instance, never attaching to whatever cluster happens to
-run on the machine.
+Ray (:func:`lorap_dist.ray_session.ray_session`): a prepare that writes its parts in Ray
+tasks joins the cluster the user names (``--address`` or ``RAY_ADDRESS``) and otherwise
+starts a private local instance, never attaching to whatever cluster happens to run on the
+machine.
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ from lorap_dist.graph.storage import (
 )
 from lorap_dist.graph.transforms import TRANSFORMS, transform_source
 from lorap_dist.locks import LockHeld, try_lock
+from lorap_dist.ray_session import ray_session
 
 GATHER_ROWS = 1 << 16  # feature rows gathered at a time inside a part task
 # Below this many nodes the parts are written in this process: starting Ray (seconds) costs
@@ -424,30 +426,6 @@ def write_part(staging: str, scratch: str, rank: int, start: int, end: int, enco
     return rank
 
 
-def _init_ray(workers: int, address: str | None = None) -> bool:
-    """Join the cluster the user names (``address``, else ``RAY_ADDRESS``), or start a
-    private local instance; says which. True if this call connected (and so disconnects)."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        print(f"prepare: joining the Ray cluster at {address}")
-        ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
-        return True
-    print(f"prepare: starting a private local Ray instance ({workers} CPUs)")
-    ray.init(
-        address="local",  # never another user's cluster from Ray's default session file
-        num_cpus=workers,
-        ignore_reinit_error=True,
-        include_dashboard=False,
-        object_store_memory=256 * 1024**2,
-        log_to_driver=False,
-    )
-    return True
-
-
 def _uses_ray(options: PrepareOptions, num_nodes: int) -> bool:
     if options.use_ray is not None:
         return options.use_ray
@@ -469,8 +447,12 @@ def _write_in_parallel(
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    started = _init_ray(options.workers, options.address)
-    try:
+    with ray_session(
+        options.workers,
+        address=options.address,
+        object_store_memory=256 * 1024**2,
+        who="prepare",
+    ):
         # The scratch files live on this node's disk: run every task here.
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
         topology = ray.remote(write_topology).options(scheduling_strategy=here)
@@ -488,6 +470,3 @@ def _write_in_parallel(
                 done, pending = ray.wait(pending, num_returns=1)
                 ray.get(done)
                 bar.update(len(done))
-    finally:
-        if started:
-            ray.shutdown()

@@ -78,7 +78,7 @@ from lorap_dist.tune.space import (
     trial_configs,
     trial_point,
 )
-from lorap_dist.tune.trial import RUNS_LOG, run_trial, trial_resources
+from lorap_dist.tune.trial import TrialStartHook, run_trial, trial_resources
 
 # One trial's pieces, for tests that run them without Tune.
 from lorap_dist.tune.trial import _EpochReporter as _EpochReporter
@@ -92,11 +92,11 @@ __all__ = [
     "PATH_FIELDS",
     "REPEATS",
     "RESULTS_FILE",
-    "RUNS_LOG",
     "SWEEP_COPY",
     "AshaSettings",
     "SweepConfig",
     "SweepOutcome",
+    "TrialStartHook",
     "check_path",
     "experiment_config",
     "load_sweep",

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ import yaml
 from ray.tune.schedulers import ASHAScheduler
 
 from lorap_dist.config import ConfigError
+from lorap_dist.ray_session import RAY_ENV, offline_defaults
 from lorap_dist.tune.report import trial_table, write_report
 from lorap_dist.tune.space import (
     SweepConfig,
@@ -37,7 +37,7 @@ from lorap_dist.tune.space import (
     param_space,
     search_algorithm,
 )
-from lorap_dist.tune.trial import RUNS_LOG, driver_resources, run_trial, trial_resources
+from lorap_dist.tune.trial import TrialStartHook, driver_resources, run_trial, trial_resources
 
 SWEEP_COPY = "sweep.yaml"  # the sweep as run, next to Tune's state: a resume must match it
 
@@ -80,6 +80,7 @@ def run_sweep(
     restart_errored: bool = False,
     out_dir: str | Path | None = None,
     verbose: int = 1,
+    on_trial_start: TrialStartHook | None = None,
 ) -> SweepOutcome:
     """Run (or resume) ``sweep`` on the Ray cluster and write its results.
 
@@ -91,26 +92,24 @@ def run_sweep(
         out_dir: where the Parquet file, table and plots go (default
             ``<experiment dir>/results``).
         verbose: Tune's console verbosity (0 to 3).
+        on_trial_start: called in the trial's process each time a trial starts (tests only:
+            :class:`lorap_dist.testing.tune_log.ExecutionLog` counts executions).
 
     Raises:
         ConfigError: resuming asks for a directory that holds no sweep, or holds another one.
     """
-    from lorap_dist.distributed.trainer import RAY_ENV
-
     # 1. The cluster, and whether the experiment directory holds this sweep to resume.
-    for key, value in RAY_ENV.items():
-        os.environ.setdefault(key, value)
+    offline_defaults()
     experiment_dir = sweep.experiment_dir
     restorable = ray.tune.Tuner.can_restore(str(experiment_dir))
     _check_resume(sweep, experiment_dir, restorable, resume)
     if not ray.is_initialized():
-        ray.init(runtime_env={"env_vars": dict(RAY_ENV)})
+        ray.init(runtime_env={"env_vars": dict(RAY_ENV)})  # Ray's own choice of cluster
 
     # 2. One trainable for every trial, with the resources its configuration needs.
-    runs_log = str(experiment_dir / RUNS_LOG)
     reserve = functools.partial(driver_resources, base=sweep.base, cpus=sweep.cpus_per_trial)
     trainable = ray.tune.with_resources(
-        ray.tune.with_parameters(run_trial, base=sweep.base, runs_log=runs_log), reserve
+        ray.tune.with_parameters(run_trial, base=sweep.base, on_start=on_trial_start), reserve
     )
 
     # 3. Restore the saved sweep, or start it: Tune's search space and search algorithm,

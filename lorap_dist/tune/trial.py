@@ -11,22 +11,27 @@ Tune through ``TuneReportCallback``. :func:`trial_resources` says what a trial o
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import ray.tune
 
 from lorap_dist.config import ExperimentConfig
+from lorap_dist.ray_session import offline_defaults
 from lorap_dist.tune.space import experiment_config, point_key, trial_point
 
 if typing.TYPE_CHECKING:
     from lorap_dist.fit import EpochReport
 
-RUNS_LOG = "trial_runs.jsonl"  # one line per trial execution, retries and restores included
+#: Called in the trial's process as ``hook(record)`` each time a trial starts (retries and
+#: restores included), ``record`` holding ``trial_id``, ``point``, ``seed``, ``pid`` and
+#: ``time``; the seam through which tests count executions
+#: (:class:`lorap_dist.testing.tune_log.ExecutionLog`).
+TrialStartHook = Callable[[dict[str, Any]], None]
 
 
 def trial_resources(experiment: ExperimentConfig, cpus_per_trial: float) -> dict[str, float]:
@@ -48,8 +53,11 @@ def driver_resources(config: dict[str, Any], base: dict[str, Any], cpus: float) 
     return {"CPU": 0} if experiment.dist is not None else {"CPU": cpus}
 
 
-def run_trial(config: dict[str, Any], base: dict[str, Any], runs_log: str) -> None:
-    """Tune's function for one trial: train ``base`` + the trial's point with its seed.
+def run_trial(
+    config: dict[str, Any], base: dict[str, Any], on_start: TrialStartHook | None = None
+) -> None:
+    """Tune's function for one trial: train ``base`` + the trial's point with its seed;
+    ``on_start`` (tests only) is told that the trial started.
 
     Every report carries ``epoch``, ``valid_acc``/``test_acc`` (that epoch),
     ``best_valid_acc``/``best_test_acc`` (the best validation epoch so far) and, from the
@@ -58,26 +66,20 @@ def run_trial(config: dict[str, Any], base: dict[str, Any], runs_log: str) -> No
     point = trial_point(config)
     experiment = experiment_config(base, point, config["seed"])
     context = ray.tune.get_context()
-    _append_jsonl(
-        runs_log,
-        {
-            "trial_id": context.get_trial_id(),
-            "point": point_key(point),
-            "seed": config["seed"],
-            "pid": os.getpid(),
-            "time": time.time(),
-        },
-    )
+    if on_start is not None:
+        on_start(
+            {
+                "trial_id": context.get_trial_id(),
+                "point": point_key(point),
+                "seed": config["seed"],
+                "pid": os.getpid(),
+                "time": time.time(),
+            }
+        )
     if experiment.dist is None:
         _train_in_process(experiment)
     else:
         _train_distributed(experiment, context.get_trial_name())
-
-
-def _append_jsonl(path: str, record: dict[str, Any]) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:  # one short line per write: appends do not interleave
-        handle.write(json.dumps(record) + "\n")
 
 
 class _EpochReporter:
@@ -132,10 +134,9 @@ def _train_in_process(experiment: ExperimentConfig) -> None:
 def _train_distributed(experiment: ExperimentConfig, trial_name: str) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from lorap_dist.distributed.trainer import RAY_ENV, build_trainer, validate_dataset
+    from lorap_dist.distributed.trainer import build_trainer, validate_dataset
 
-    for key, value in RAY_ENV.items():
-        os.environ.setdefault(key, value)
+    offline_defaults()
     settings = dataclasses.replace(experiment.dist, name=trial_name)
     validate_dataset(experiment.data.path, settings.num_workers)
     start = time.perf_counter()

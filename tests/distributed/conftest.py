@@ -117,17 +117,15 @@ def _run_with_a_killed_worker(experiment, tmp_path, epochs: int) -> dict:
     returns the run's summary."""
     from lorap_dist.config import DistConfig
     from lorap_dist.distributed.trainer import run_distributed
+    from lorap_dist.testing.faults import KillOnce
 
     marker = tmp_path / "killed"
-    fault = {"rank": 1, "epoch": 1, "step": 1, "marker": str(marker)}
     settings = DistConfig(
-        num_workers=2,
-        storage_path=str(tmp_path / "runs"),
-        name="faulty",
-        max_failures=1,
-        fault_inject=fault,
+        num_workers=2, storage_path=str(tmp_path / "runs"), name="faulty", max_failures=1
     )
-    result = run_distributed(experiment, settings)
+    result = run_distributed(
+        experiment, settings, step_hook=KillOnce(rank=1, epoch=1, step=1, marker=str(marker))
+    )
     assert marker.exists()  # the worker did die
     assert result["epochs"] == epochs
     return result

@@ -11,6 +11,7 @@ from lorap_dist.config import ConfigError, DistConfig, ExperimentConfig
 from lorap_dist.distributed.checkpoint import checkpoint_name, load_checkpoint
 from lorap_dist.distributed.trainer import run_distributed, validate_dataset
 from lorap_dist.graph.errors import DatasetError
+from lorap_dist.testing.faults import KillOnce
 
 pytestmark = pytest.mark.slow
 
@@ -100,12 +101,8 @@ def test_without_restarts_a_killed_worker_ends_in_one_line_naming_the_checkpoint
     with pytest.raises(DistributedRunError) as info:
         run_distributed(
             experiment(tiny_dataset, 3),
-            settings(
-                tmp_path,
-                "no-retry",
-                max_failures=0,
-                fault_inject={"rank": 1, "epoch": 1, "step": 1, "marker": str(marker)},
-            ),
+            settings(tmp_path, "no-retry", max_failures=0),
+            step_hook=KillOnce(rank=1, epoch=1, step=1, marker=str(marker)),
         )
     assert marker.exists()
     message = str(info.value)

@@ -220,25 +220,11 @@ def test_temporaries_of_killed_prepares_are_removed_and_a_running_one_is_respect
     assert not running.exists()
 
 
-def test_ray_is_private_unless_a_cluster_is_named(monkeypatch):
-    import ray
-
-    calls = []
-    monkeypatch.setattr(ray, "is_initialized", lambda: False)
-    monkeypatch.setattr(ray, "init", lambda **kwargs: calls.append(kwargs))
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    assert prepare_module._init_ray(2)
-    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
-    assert prepare_module._init_ray(2)
-    assert prepare_module._init_ray(2, address="ray://head:10001")
-    assert [c["address"] for c in calls] == ["local", "10.0.0.1:6379", "ray://head:10001"]
-
-
 def test_small_graphs_prepare_without_ray(tmp_path, monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("a small graph started Ray")
 
-    monkeypatch.setattr(prepare_module, "_init_ray", refuse)
+    monkeypatch.setattr(prepare_module, "ray_session", refuse)
     options = PrepareOptions(out=tmp_path / "ds", parts=2, partitioner="random", synthetic=CFG)
     assert options.use_ray is None
     open_dataset(prepare(options), verify=True)
