@@ -11,9 +11,9 @@ The fused form of a message-passing layer's middle for sources that arrive as in
 
 Unfused this is :mod:`.quant_aggregate` writing the ``N x d`` fp32 aggregate and
 :mod:`.lorap_fused` reading it back (twice in training: the range pass and the forward).
-Fused, the Triton kernels of :mod:`.lorap_fused` (launched through its public
-:func:`~.lorap_fused.launch_forward` / :func:`~.lorap_fused.launch_backward` with a
-:class:`~.lorap_fused.Gather`) build each row block's ``h`` in registers from the gathered
+Fused, the LoRAP kernels of :mod:`.lorap_kernels` (launched through
+:func:`~.lorap_kernels.launch_forward` / :func:`~.lorap_kernels.launch_backward` with a
+:class:`~.lorap_kernels.Gather`) build each row block's ``h`` in registers from the gathered
 codes (:func:`~.device_functions.gather_aggregate`), so the aggregate never reaches memory;
 the backward kernel gathers it again rather than storing it.
 
@@ -43,19 +43,16 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from .lorap_fused import (
-    Gather,
-    check_prompt,
-    launch_backward,
-    launch_forward,
-    launch_range,
+from .lorap_checks import check_prompt
+from .lorap_cpu import (
+    has_rows,
     lorap_backward_cpu,
     lorap_forward_cpu,
-    lorap_reference,
     no_residuals,
     prompted_reference,
-    takes_triton,
 )
+from .lorap_fused import lorap_reference
+from .lorap_kernels import Gather, launch_backward, launch_forward, launch_range, takes_triton
 from .quant_aggregate import check_block, quant_aggregate_cpu, quant_aggregate_reference
 from .quant_grid import QuantGrid, check_grid, codes_dtype, grid_tensors
 
@@ -114,7 +111,7 @@ class CsrBlock(NamedTuple):
         )
 
     def gather(self, agg: QuantGrid | None) -> Gather:
-        """The block as the kernels of :mod:`.lorap_fused` aggregate it in registers."""
+        """The block as the kernels of :mod:`.lorap_kernels` aggregate it in registers."""
         return Gather(self.indptr, self.indices, self.bits, self.reduce == "mean", agg)
 
 
@@ -150,10 +147,6 @@ def _check(
         if agg.scale is None or agg.zero_point is None:
             raise ValueError(_AGG_PAIR)
         agg.check(block.src_codes.device, check_values, "agg_")
-
-
-def _has_rows(t: Tensor | None) -> bool:
-    return t is not None and t.shape[0] > 0
 
 
 def aggregate_lorap_reference(
@@ -245,7 +238,7 @@ def aggregate_lorap(
             src_codes, w_phi, p_a, p_b, src_scale, grid, gather=block.gather(agg)
         )
         return out, codes, _no_rows(src_codes, d), *no_residuals(out, w_phi)
-    h = saved_h if _has_rows(saved_h) else block.aggregate(d, agg)
+    h = saved_h if has_rows(saved_h) else block.aggregate(d, agg)
     codes, out, w, mask = lorap_forward_cpu(
         h, w_phi, p_a, p_b, None, scale, zero_point, qmin, qmax, saved_y, saved_w, keep_residuals
     )
@@ -312,7 +305,7 @@ def aggregate_lorap_backward(
             grad_out, src_codes, w_phi, p_a, p_b, src_scale, grid, gather=block.gather(agg)
         )
         return tuple(grads)
-    h = saved_h if _has_rows(saved_h) else block.aggregate(d, agg)
+    h = saved_h if has_rows(saved_h) else block.aggregate(d, agg)
     _, *grads = lorap_backward_cpu(
         grad_out, h, w_phi, p_a, p_b, None, scale, zero_point, qmin, qmax, saved_w, saved_mask,
         need_grad_h=False,

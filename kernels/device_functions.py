@@ -1,4 +1,4 @@
-"""Triton device functions shared by the kernels of :mod:`.lorap_fused` and
+"""Triton device functions shared by the kernels of :mod:`.lorap_kernels` and
 :mod:`.quant_aggregate`, and the ``jit`` and ``tl`` every kernel module is written with.
 
 Quantization grid (``grid_ptr`` points at ``[scale, 1 / scale, zero_point]`` fp32, see
@@ -12,6 +12,10 @@ Aggregation of integer source rows over a CSR block (``bits`` 8: int8 rows; 4: u
 two signed nibbles, low nibble first)::
 
     h[i] = sum_{e in [indptr[i], indptr[i+1])} q[indices[e]] * s[indices[e]]    (/ deg(i) for mean)
+
+LoRAP's prompt on a row block of ``h`` (read from memory, or that aggregate), in fp32::
+
+    w = softmax(h @ W_phi, dim=1)       t = w @ P_A       y = h + t @ P_B
 
 Importing this module imports triton, which fixes its interpret mode (``TRITON_INTERPRET``
 is read when ``triton.language`` is first imported): set it before importing the op modules.
@@ -30,7 +34,17 @@ except ImportError:  # no triton: CPU tensors take the pure-torch references
     tl = None
     jit = TritonMissing
 
-__all__ = ["fake_quantize", "gather_aggregate", "jit", "load_codes", "round_code", "tl"]
+__all__ = [
+    "fake_quantize",
+    "gather_aggregate",
+    "jit",
+    "load_codes",
+    "load_h",
+    "load_prompt",
+    "prompted",
+    "round_code",
+    "tl",
+]
 
 
 @jit
@@ -122,3 +136,85 @@ def gather_aggregate(
     if QUANT_AGG:
         _, h = fake_quantize(h, agg_grid_ptr, agg_qmin, agg_qmax)
     return h
+
+
+@jit
+def load_h(
+    h_ptr,  # [N, d] float / int8 codes; with GATHER the source codes [num_src, row_bytes]
+    in_scale_ptr,  # [N] or [1] fp32; with GATHER [num_src] or [1]
+    in_scale_stride,
+    indptr_ptr,  # [N + 1] CSR offsets over the rows (GATHER only)
+    indices_ptr,  # [E] source row of each edge (GATHER only)
+    row_bytes,
+    agg_grid_ptr,  # [3] fp32 grid of the aggregate's quantizer (QUANT_AGG only)
+    agg_qmin,
+    agg_qmax,
+    rows,
+    row_mask,
+    offs_d,
+    d_mask,
+    d,
+    HAS_IN_SCALE: tl.constexpr,
+    GATHER: tl.constexpr,
+    BITS: tl.constexpr,
+    MEAN: tl.constexpr,
+    QUANT_AGG: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    """The fp32 ``[BLOCK_N, BLOCK_D]`` tile of ``h`` for ``rows`` (0 outside the tensor).
+
+    Without ``GATHER`` it is read from ``h`` (dequantized with ``in_scale`` for int8 codes).
+    With ``GATHER`` it is the quantized aggregation of :mod:`.quant_aggregate`, done in
+    registers by :func:`gather_aggregate`: no ``h`` is written.
+    """
+    if GATHER:
+        h = gather_aggregate(
+            h_ptr, in_scale_ptr, in_scale_stride, indptr_ptr, indices_ptr, row_bytes,
+            agg_grid_ptr, agg_qmin, agg_qmax, rows, row_mask, offs_d, d_mask,
+            BITS, MEAN, QUANT_AGG, BLOCK_N, BLOCK_D,
+        )  # fmt: skip
+    else:
+        tile = rows.to(tl.int64)[:, None] * d + offs_d[None, :]
+        h = tl.load(h_ptr + tile, mask=row_mask[:, None] & d_mask[None, :], other=0)
+        h = h.to(tl.float32)
+        if HAS_IN_SCALE:
+            s_in = tl.load(
+                in_scale_ptr + rows.to(tl.int64) * in_scale_stride, mask=row_mask, other=0.0
+            )
+            h = h * s_in[:, None]
+    return h
+
+
+@jit
+def load_prompt(w_phi_ptr, p_a_ptr, p_b_ptr, d, k, r, offs_d, offs_k, offs_r):
+    """``W_phi``, ``P_A``, ``P_B`` as fp32 tiles padded with zeros to the blocks."""
+    d_mask, k_mask, r_mask = offs_d < d, offs_k < k, offs_r < r
+    w_phi = tl.load(
+        w_phi_ptr + offs_d[:, None] * k + offs_k[None, :],
+        mask=d_mask[:, None] & k_mask[None, :],
+        other=0.0,
+    ).to(tl.float32)
+    p_a = tl.load(
+        p_a_ptr + offs_k[:, None] * r + offs_r[None, :],
+        mask=k_mask[:, None] & r_mask[None, :],
+        other=0.0,
+    ).to(tl.float32)
+    p_b = tl.load(
+        p_b_ptr + offs_r[:, None] * d + offs_d[None, :],
+        mask=r_mask[:, None] & d_mask[None, :],
+        other=0.0,
+    ).to(tl.float32)
+    return w_phi, p_a, p_b
+
+
+@jit
+def prompted(h, w_phi, p_a, p_b, k_mask):
+    """``(w, t, y)``: softmax weights, ``w @ P_A`` and ``y = h + t @ P_B`` of a row block;
+    padded ``k`` columns get logits of ``-inf``, so weight 0."""
+    logits = tl.dot(h, w_phi, input_precision="ieee")
+    logits = tl.where(k_mask[None, :], logits, float("-inf"))
+    e = tl.exp(logits - tl.max(logits, axis=1)[:, None])
+    w = e / tl.sum(e, axis=1)[:, None]
+    t = tl.dot(w, p_a, input_precision="ieee")
+    return w, t, h + tl.dot(t, p_b, input_precision="ieee")

@@ -29,7 +29,7 @@ the pure-torch :func:`quant_aggregate_reference` (gather, dequantize, ``index_ad
 oracle), and the launcher
 :func:`quant_aggregate_triton`, which also runs on CPU tensors under ``TRITON_INTERPRET=1``.
 The INT8 / INT4 decoding is :func:`~.device_functions.load_codes`, shared with the gathered
-form of :mod:`.lorap_fused`'s kernels.
+form of :mod:`.lorap_kernels`' kernels.
 """
 
 from __future__ import annotations

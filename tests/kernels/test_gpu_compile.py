@@ -58,6 +58,7 @@ def _compile_all() -> list[dict]:
     import triton
     from lorap_dist.kernels import aggregate_lorap as al
     from lorap_dist.kernels import lorap_fused as lf
+    from lorap_dist.kernels import lorap_kernels as lk
     from lorap_dist.kernels import quant_aggregate as qa
     from lorap_dist.kernels.quant_grid import QuantGrid
     from triton.backends.compiler import GPUTarget
@@ -97,12 +98,12 @@ def _compile_all() -> list[dict]:
             return launch
 
     # The launchers look their kernels up when they run: compile each instead of launching it.
-    lf._lorap_fwd_kernel = CompileInstead(lf._lorap_fwd_kernel)
-    lf._lorap_bwd_kernel = CompileInstead(lf._lorap_bwd_kernel)
+    lk._lorap_fwd_kernel = CompileInstead(lk._lorap_fwd_kernel)
+    lk._lorap_bwd_kernel = CompileInstead(lk._lorap_bwd_kernel)
     qa._quant_aggregate_fwd_kernel = CompileInstead(qa._quant_aggregate_fwd_kernel)
-    launch_options, block_n = lf._launch_options, lf._default_block_n
-    lf._launch_options = lambda device, *args, **kwargs: launch_options(cuda, *args, **kwargs)
-    lf._default_block_n = lambda n, block_d, device: block_n(n, block_d, cuda)
+    launch_options, block_n = lk._launch_options, lk._default_block_n
+    lk._launch_options = lambda device, *args, **kwargs: launch_options(cuda, *args, **kwargs)
+    lk._default_block_n = lambda n, block_d, device: block_n(n, block_d, cuda)
     qa_options = qa._launch_options
     qa._launch_options = lambda device, block_d: qa_options(cuda, block_d)
 
@@ -138,9 +139,9 @@ def _compile_all() -> list[dict]:
             agg = QuantGrid(torch.tensor([0.1]), torch.tensor([0]), -128, 127)
             gather = al.CsrBlock(*block, bits, "mean").gather(agg)
             grid = QuantGrid(*qp)
-            lf.launch_forward(packed, w_phi, p_a, p_b, block[1], grid, gather=gather)
-            lf.launch_range(packed, w_phi, p_a, p_b, block[1], gather=gather)
-            lf.launch_backward(torch.randn(40, 24), packed, w_phi, p_a, p_b, block[1], grid,
+            lk.launch_forward(packed, w_phi, p_a, p_b, block[1], grid, gather=gather)
+            lk.launch_range(packed, w_phi, p_a, p_b, block[1], gather=gather)
+            lk.launch_backward(torch.randn(40, 24), packed, w_phi, p_a, p_b, block[1], grid,
                                gather=gather)  # fmt: skip
     return compiled
 

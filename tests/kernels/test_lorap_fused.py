@@ -10,7 +10,9 @@ import contextlib
 
 import pytest
 import torch
+from lorap_dist.kernels import lorap_cpu as lc
 from lorap_dist.kernels import lorap_fused as lf
+from lorap_dist.kernels import lorap_kernels as lk
 from lorap_dist.kernels.quant_grid import inv_scale
 
 from lorap_dist.testing.kernel_device import kernel_test_device, run_on, triton_on
@@ -58,7 +60,7 @@ def make_inputs(n, d, k, r, dtype=torch.float32, seed=0):
 def reference_prequant(h, w_phi, p_a, p_b, scale, in_scale=None):
     """``y * (1/scale)`` of the reference: where it sits within 1e-3 of a rounding tie, a
     different (equally correct) fp32 summation order may round the other way."""
-    hf = lf._dequantize(h, in_scale)
+    hf = lc._dequantize(h, in_scale)
     w = torch.softmax(hf @ w_phi.float(), dim=1)
     y = hf + (w @ p_a.float()) @ p_b.float()
     return y * inv_scale(scale)
@@ -152,7 +154,7 @@ def test_backward_matches_autograd(shape, qname):
         DEVICE, lf.lorap_fused_backward_triton, grad_out, h, w_phi, p_a, p_b, None, *qp,
         block_n=16, num_programs=2,
     )  # fmt: skip
-    closed_form = lf.lorap_backward_cpu(grad_out, h, w_phi, p_a, p_b, None, *qp)
+    closed_form = lc.lorap_backward_cpu(grad_out, h, w_phi, p_a, p_b, None, *qp)
     for name, g, c, e in zip(("h", "w_phi", "p_a", "p_b"), got, closed_form, expected, strict=True):
         assert g.dtype == e.dtype, name
         assert_close_rel(g, e)
@@ -487,10 +489,10 @@ def test_rows_wider_than_the_kernels_take_run_the_torch_path():
     ops run the pure-torch path on the input's device (the test device, where the reference
     runs too), with consistent fake shapes."""
     qp = QPARAMS["int8"]
-    h, w_phi, p_a, p_b = (t.to(DEVICE) for t in make_inputs(6, lf.MAX_TRITON_WIDTH + 3, 2, 2))
+    h, w_phi, p_a, p_b = (t.to(DEVICE) for t in make_inputs(6, lk.MAX_TRITON_WIDTH + 3, 2, 2))
     with triton_on(DEVICE):
-        assert lf.takes_triton(h[:, :16], 16)
-        assert not lf.takes_triton(h, h.shape[1])
+        assert lk.takes_triton(h[:, :16], 16)
+        assert not lk.takes_triton(h, h.shape[1])
         args = (h, w_phi, p_a, p_b, None, *op_grid(qp, DEVICE))
         out, _, saved_w, _ = torch.ops.lorap_dist.lorap_fused(*args)
         torch.library.opcheck(torch.ops.lorap_dist.lorap_fused, args)

@@ -3,7 +3,7 @@ import math
 
 import pytest
 import torch
-from lorap_dist.kernels.lorap_fused import triton_on_cpu
+from lorap_dist.kernels._triton import triton_on_cpu
 
 from lorap_dist.graph import NodeInfo
 from lorap_dist.prompt import LoRAP, lorap_prompt

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from lorap_dist.kernels import lorap_fused as lf
+from lorap_dist.kernels import lorap_kernels as lk
 
 from lorap_dist.testing.kernel_device import kernel_test_device, run_on
 
@@ -78,7 +78,7 @@ def test_pytest_stops_before_collecting_with_the_usage_error(name, message):
 def test_run_on_moves_every_tensor_argument_and_copies_nothing_on_the_cpu():
     """Tensors inside tuples, lists, named tuples and keyword arguments move (to ``meta`` here,
     the one other device a CPU-only machine has); the results' structure is kept."""
-    gather = lf.Gather(torch.arange(3), torch.arange(2), 8, True)
+    gather = lk.Gather(torch.arange(3), torch.arange(2), 8, True)
     seen = []
 
     def kernel(*args, **kwargs):
@@ -90,7 +90,7 @@ def test_run_on_moves_every_tensor_argument_and_copies_nothing_on_the_cpu():
     (h, (codes, five), moved_gather), kwargs = seen[0]
     moved = [h, codes, moved_gather.indptr, moved_gather.indices, kwargs["scale"]]
     assert all(t.is_meta for t in moved) and five == 5
-    assert type(moved_gather) is lf.Gather and moved_gather[2:4] == (8, True)
+    assert type(moved_gather) is lk.Gather and moved_gather[2:4] == (8, True)
     ones, (none, [zeros]) = result
     assert torch.equal(ones, torch.ones(2)) and none is None and torch.equal(zeros, torch.zeros(1))
 
