@@ -81,7 +81,8 @@ def lorap_reference(
     qmax: int,
     in_scale: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Pure-torch LoRAP forward: the CPU path and the test oracle.
+    """Pure-torch LoRAP forward, the test oracle (the op's CPU path is the tuned
+    :func:`~lorap_dist.kernels.lorap_cpu.lorap_forward_cpu`, checked against it).
 
     Same formulas and conventions as the module docstring; differentiable (autograd through
     ``torch.fake_quantize_per_tensor_affine`` gives the straight-through gradient).
@@ -107,8 +108,8 @@ def lorap_reference(
 def lorap_range_reference(
     h: Tensor, w_phi: Tensor, p_a: Tensor, p_b: Tensor, in_scale: Tensor | None = None
 ) -> Tensor:
-    """``[min(y), max(y)]`` (fp32, shape ``[2]``) of the prompted sum: the CPU path of
-    :func:`lorap_range` and its test oracle."""
+    """``[min(y), max(y)]`` (fp32, shape ``[2]``) of the prompted sum: the test oracle of
+    :func:`lorap_range` (whose CPU path takes the extremes of the same prompted sum)."""
     check_range_inputs(h, w_phi, p_a, p_b, in_scale)
     return torch.stack(torch.aminmax(prompted_reference(h, w_phi, p_a, p_b, in_scale)))
 
