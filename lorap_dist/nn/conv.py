@@ -1,12 +1,19 @@
 """What the quantized message-passing layers share: their quantization points, how they
-read a full graph or a :class:`~lorap_dist.graph.Block`, and the optional LoRAP step."""
+read their graph input (any form PyG's layers take, or a :class:`~lorap_dist.graph.Block`),
+and the optional LoRAP step."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any, Literal
 
+import torch
 from torch import Tensor
+from torch_geometric import EdgeIndex
 from torch_geometric.nn import MessagePassing
+from torch_geometric.typing import WITH_TORCH_SPARSE, SparseTensor
+from torch_geometric.utils import is_torch_sparse_tensor, to_edge_index
 
 from lorap_dist.config import PromptConfig
 from lorap_dist.graph.block import Block, NodeInfo
@@ -14,63 +21,277 @@ from lorap_dist.nn.aggregate import CSRAggregation
 from lorap_dist.prompt.lorap import LoRAP
 from lorap_dist.quant.base import NODE, identity_quantizers
 
+#: Node features: one ``[N, F]`` tensor, or PyG's bipartite ``(x_src, x_dst)`` pair.
+Features = Tensor | tuple[Tensor, Tensor | None]
+#: Node facts: of ``x``'s rows, or ``(nodes_src, nodes_dst)`` with a pair of features.
+NodeFacts = NodeInfo | tuple[NodeInfo | None, NodeInfo | None] | None
+#: The graph forms a layer reads (a ``SparseTensor`` only where torch_sparse is installed).
+Graph = Tensor | Block | SparseTensor
+#: What a layer does with the values of a ``torch.sparse`` adjacency, as its PyG layer does:
+#: weigh the edges (GCN), ignore them (GAT), or sum or average unweighted (SAGE, GIN; any
+#: value other than 1 is refused rather than silently dropped).
+SparseValues = Literal["weights", "ignored", "ones"]
+
+_GRAPH_SIZE_NAMES = {
+    "block": "the Block",
+    "edge_index": "the EdgeIndex's sparse_size",  # a plain edge_index gives no sizes
+    "sparse": "the adjacency's shape [num_dst, num_src]",
+    "SparseTensor": "the SparseTensor's shape [num_dst, num_src]",
+}
+
 
 @dataclass
 class LayerInput:
-    """A layer's graph input in one form, whether it came as a full graph or a block.
+    """A layer's input in one form, whatever form it came in.
 
     Args:
-        edge_index: ``[2, E]``; row 0 indexes ``x``'s rows, row 1 the destinations.
-        num_src: rows of ``x`` (source nodes).
-        num_dst: destination nodes, the first ``num_dst`` sources (``num_src`` on a full graph).
+        edge_index: ``[2, E]`` plain tensor; row 0 indexes the sources, row 1 the
+            destinations.
+        num_src: source nodes (rows of ``x_src``).
+        num_dst: destination nodes.
+        x_src: ``[num_src, F]`` source features.
+        x_dst: ``[num_dst, F]`` destination features, or ``None`` (a pair without them).
+        pair: whether ``x`` came as ``(x_src, x_dst)``; otherwise the destinations are the
+            first ``num_dst`` rows of ``x_src`` (all of them on a full graph).
         nodes_src: facts of the source rows, or ``None``.
         nodes_dst: facts of the destination rows, or ``None``.
+        edge_weight: ``[E]`` weights of the edges (the ``edge_weight`` argument, or a weighted
+            adjacency's values where the layer weighs edges), or ``None``.
+        form: what ``graph`` was: ``"edge_index"`` (a tensor or ``EdgeIndex``), ``"block"``,
+            ``"sparse"`` (a ``torch.sparse`` adjacency) or ``"SparseTensor"``; PyG's GCN adds
+            self loops differently to each.
     """
 
     edge_index: Tensor
     num_src: int
     num_dst: int
+    x_src: Tensor
+    x_dst: Tensor | None
+    pair: bool
     nodes_src: NodeInfo | None
     nodes_dst: NodeInfo | None
+    edge_weight: Tensor | None = None
+    form: str = "edge_index"
 
 
-def layer_input(layer: str, x: Tensor, graph: Tensor | Block, nodes: NodeInfo | None) -> LayerInput:
-    """Read ``graph`` (an ``edge_index`` over ``x``'s rows, or a block whose sources are
-    ``x``'s rows) into a :class:`LayerInput`, checking that it fits ``x``."""
-    if not isinstance(x, Tensor) or x.dim() != 2:
+def layer_input(
+    layer: str,
+    x: Features,
+    graph: Graph,
+    nodes: NodeFacts = None,
+    *,
+    size: tuple[int | None, int | None] | None = None,
+    edge_weight: Tensor | None = None,
+    pairs: bool = True,
+    sparse_values: SparseValues = "ones",
+) -> LayerInput:
+    """Read a layer's arguments into a :class:`LayerInput`, checking that they fit together.
+
+    ``graph`` is an ``edge_index [2, E]`` (a plain tensor or a
+    :class:`torch_geometric.EdgeIndex`), a ``torch.sparse`` adjacency ``adj_t`` of shape
+    ``[num_dst, num_src]`` (PyG's convention: entry ``(i, j)`` is the edge ``j -> i``), a
+    ``torch_sparse.SparseTensor`` in the same convention where torch_sparse is installed, or
+    a :class:`~lorap_dist.graph.Block` (with ``x`` one tensor of its source rows). ``x`` is
+    one tensor, or with ``pairs`` PyG's ``(x_src, x_dst)`` with ``x_dst`` possibly ``None``.
+    The destinations count as ``size[1]``, else ``x_dst``'s rows, else the adjacency's, else
+    ``num_src`` (as in PyG's ``propagate``); every count given must agree.
+    """
+    x_src, x_dst, pair = _features(layer, x, pairs)
+    num_src = x_src.size(0)
+    edge_index, implied, form, values = _adjacency(layer, graph)
+    if pair and form == "block":
         raise TypeError(
-            f"{layer} takes node features as one [num_nodes, channels] tensor, got "
-            f"{type(x).__name__}{'' if not isinstance(x, Tensor) else list(x.shape)}; for "
-            "bipartite input pass the source rows and a Block (destinations are its first "
-            "num_dst sources)."
+            f"{layer} got x as an (x_src, x_dst) pair with a Block; a Block's destinations "
+            "are its first num_dst sources, so pass x as one tensor of its source rows, or "
+            "pass the pair with an edge_index."
         )
-    num_src = x.size(0)
-    if isinstance(graph, Block):
-        if graph.num_src != num_src:
+    if size is not None and not (
+        isinstance(size, Sequence)
+        and len(size) == 2
+        and all(n is None or isinstance(n, int) for n in size)
+    ):
+        raise TypeError(
+            f"{layer} takes size as (num_src, num_dst), got {type(size).__name__} {size!r}."
+        )
+    rows = "x_src" if pair else "x"
+    where = _GRAPH_SIZE_NAMES[form]
+    given_src = [("size", None if size is None else size[0]), (where, implied[0])]
+    for name, count in given_src:
+        if count is not None and count != num_src:
             raise ValueError(
-                f"{layer} got x with {num_src} rows for a Block with num_src={graph.num_src}; "
-                "x must hold one row per source node of the block."
+                f"{layer} got {rows} with {num_src} rows, but {name} gives num_src={count}; "
+                f"{rows} must hold one row per source node."
             )
-        edge_index, num_dst = graph.edge_index, graph.num_dst
-    elif isinstance(graph, Tensor):
-        edge_index, num_dst = graph, num_src
+    given_dst = [
+        ("size", None if size is None else size[1]),
+        ("x_dst's rows", None if x_dst is None else x_dst.size(0)),
+        (where, implied[1]),
+    ]
+    known = [(name, count) for name, count in given_dst if count is not None]
+    if not pair and form != "block":
+        known = [(name, count) for name, count in known if count != num_src]
+        if known:
+            raise ValueError(
+                f"{layer} got x as one tensor of {num_src} rows, so the destinations are "
+                f"those rows, but {known[0][0]} gives num_dst={known[0][1]}; pass "
+                "(x_src, x_dst), or a Block whose destinations are its first num_dst sources."
+            )
+        num_dst = num_src
     else:
+        num_dst = known[0][1] if known else num_src
+        for name, count in known[1:]:
+            if count != num_dst:
+                raise ValueError(
+                    f"{layer} got num_dst={num_dst} from {known[0][0]} but num_dst={count} "
+                    f"from {name}; they must agree."
+                )
+    if edge_weight is not None:
+        if form in ("sparse", "SparseTensor"):
+            raise ValueError(
+                f"{layer} got edge_weight with a sparse adjacency, whose values are its edge "
+                "weights; leave edge_weight None, or pass an edge_index."
+            )
+        if edge_weight.dim() != 1 or edge_weight.numel() != edge_index.size(1):
+            raise ValueError(
+                f"{layer} needs edge_weight as one weight per edge, [{edge_index.size(1)}], "
+                f"got {list(edge_weight.shape)}."
+            )
+    if values is not None and sparse_values == "weights":
+        edge_weight = values
+    elif values is not None and sparse_values == "ones" and form == "sparse":
+        if not bool((values == 1).all()):
+            raise ValueError(
+                f"{layer} reads a torch.sparse adjacency as an unweighted graph, but its values "
+                "are not all 1 (PyG's layer would scale the messages by them); pass an "
+                "adjacency of ones, or an edge_index with a repeated edge once per repeat."
+            )
+    nodes_src, nodes_dst = _node_facts(layer, nodes, pair, num_dst)
+    return LayerInput(
+        edge_index=edge_index,
+        num_src=num_src,
+        num_dst=num_dst,
+        x_src=x_src,
+        x_dst=x_dst if pair else x_src[:num_dst],
+        pair=pair,
+        nodes_src=nodes_src,
+        nodes_dst=nodes_dst,
+        edge_weight=edge_weight,
+        form=form,
+    )
+
+
+def positional_nodes(layer: str, argument: Any, nodes: NodeFacts) -> tuple[Any, NodeFacts]:
+    """Split a layer's third positional argument from its node facts.
+
+    The third argument is PyG's (``edge_weight`` or ``size``); node facts given there instead
+    (a :class:`NodeInfo`, or a pair holding one) are read as ``nodes``.
+    """
+    facts = isinstance(argument, NodeInfo) or (
+        isinstance(argument, tuple) and any(isinstance(a, NodeInfo) for a in argument)
+    )
+    if not facts:
+        return argument, nodes
+    if nodes is not None:
         raise TypeError(
-            f"{layer} takes an edge_index tensor or a Block as its graph, got "
-            f"{type(graph).__name__}."
+            f"{layer} got node facts both as its third argument and as nodes=; pass them once."
         )
+    return None, argument
+
+
+def _features(layer: str, x: Any, pairs: bool) -> tuple[Tensor, Tensor | None, bool]:
+    """``(x_src, x_dst, pair)`` from one tensor or an ``(x_src, x_dst)`` pair."""
+    if isinstance(x, Tensor) and x.dim() == 2:
+        return x, None, False
+    if pairs and isinstance(x, (tuple, list)) and len(x) == 2:
+        x_src, x_dst = x
+        if not (isinstance(x_src, Tensor) and x_src.dim() == 2) or not (
+            x_dst is None or (isinstance(x_dst, Tensor) and x_dst.dim() == 2)
+        ):
+            raise TypeError(
+                f"{layer} takes (x_src, x_dst) as a [num_src, channels] tensor and a "
+                f"[num_dst, channels] tensor or None, got ({_describe(x_src)}, "
+                f"{_describe(x_dst)})."
+            )
+        if x_dst is not None and x_dst.size(1) != x_src.size(1):
+            raise ValueError(
+                f"{layer} got x_src with {x_src.size(1)} channels and x_dst with "
+                f"{x_dst.size(1)}; both pass through the same weights, so they must match."
+            )
+        return x_src, x_dst, True
+    if pairs:
+        raise TypeError(
+            f"{layer} takes node features as one [num_nodes, channels] tensor or an "
+            f"(x_src, x_dst) pair, got {_describe(x)}."
+        )
+    raise TypeError(
+        f"{layer} takes node features as one [num_nodes, channels] tensor, as its PyG layer "
+        f"does, got {_describe(x)}; for bipartite input pass the source rows and a Block "
+        "(destinations are its first num_dst sources)."
+    )
+
+
+def _adjacency(
+    layer: str, graph: Any
+) -> tuple[Tensor, tuple[int | None, int | None], str, Tensor | None]:
+    """``(edge_index, (num_src, num_dst) as far as the graph gives them, form, values)``;
+    ``values`` are a sparse adjacency's, else ``None``."""
+    if isinstance(graph, Block):
+        return _edge_index(layer, graph.edge_index), (graph.num_src, graph.num_dst), "block", None
+    if WITH_TORCH_SPARSE and isinstance(graph, SparseTensor):
+        row, col, values = graph.coo()
+        return torch.stack([col, row]), (graph.size(1), graph.size(0)), "SparseTensor", values
+    if isinstance(graph, Tensor) and is_torch_sparse_tensor(graph):
+        if graph.dim() != 2:
+            raise ValueError(
+                f"{layer} needs a sparse adjacency as a [num_dst, num_src] matrix, got "
+                f"{graph.dim()} dimensions {list(graph.shape)}."
+            )
+        dst_src, values = to_edge_index(graph)
+        return dst_src.flip(0), (graph.size(1), graph.size(0)), "sparse", values
+    if isinstance(graph, EdgeIndex):
+        return _edge_index(layer, graph.as_tensor()), graph.sparse_size(), "edge_index", None
+    if isinstance(graph, Tensor):
+        return _edge_index(layer, graph), (None, None), "edge_index", None
+    raise TypeError(
+        f"{layer} takes its graph as an edge_index tensor, an EdgeIndex, a torch.sparse "
+        f"adjacency [num_dst, num_src] or a Block, got {type(graph).__name__}."
+    )
+
+
+def _edge_index(layer: str, edge_index: Tensor) -> Tensor:
     if edge_index.dim() != 2 or edge_index.size(0) != 2 or edge_index.is_floating_point():
         raise ValueError(
             f"{layer} needs edge_index as a [2, E] integer tensor, got "
             f"{edge_index.dtype} {list(edge_index.shape)}."
         )
-    return LayerInput(
-        edge_index=edge_index,
-        num_src=num_src,
-        num_dst=num_dst,
-        nodes_src=nodes,
-        nodes_dst=None if nodes is None else nodes.prefix(num_dst),
+    return edge_index
+
+
+def _node_facts(
+    layer: str, nodes: Any, pair: bool, num_dst: int
+) -> tuple[NodeInfo | None, NodeInfo | None]:
+    """``(nodes_src, nodes_dst)``: a pair's own facts, or a prefix of the source facts."""
+    if pair:
+        if nodes is None:
+            return None, None
+        if isinstance(nodes, (tuple, list)) and len(nodes) == 2:
+            return nodes[0], nodes[1]
+        raise TypeError(
+            f"{layer} got x as an (x_src, x_dst) pair and nodes as {type(nodes).__name__}; "
+            "pass the node facts as a pair too, (nodes_src, nodes_dst), either may be None."
+        )
+    if nodes is None or isinstance(nodes, NodeInfo):
+        return nodes, None if nodes is None else nodes.prefix(num_dst)
+    raise TypeError(
+        f"{layer} got x as one tensor and nodes as {type(nodes).__name__}; pass one NodeInfo "
+        "of x's rows (a (nodes_src, nodes_dst) pair goes with an (x_src, x_dst) pair)."
     )
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, Tensor):
+        return f"a tensor of shape {list(value.shape)}"
+    return "None" if value is None else type(value).__name__
 
 
 class QuantizedConv(MessagePassing):
@@ -114,6 +335,21 @@ class QuantizedConv(MessagePassing):
 
     def quantize(self, point: str, x: Tensor, nodes: NodeInfo | None) -> Tensor:
         return self.quantizers[point](x, nodes)
+
+    def quantize_input(self, g: LayerInput) -> tuple[Tensor, Tensor | None]:
+        """``Q_in`` of the source rows and of the destination rows (``None`` for a pair
+        without ``x_dst``).
+
+        On a graph or a block the destinations are the first ``num_dst`` quantized source
+        rows, so the ``input`` point sees one tensor. A pair's ``x_dst`` passes through the
+        same ``input`` quantizer in a call of its own, with the destination facts.
+        """
+        x_src = self.quantize("input", g.x_src, g.nodes_src)
+        if not g.pair:
+            return x_src, x_src[: g.num_dst]
+        if g.x_dst is None:
+            return x_src, None
+        return x_src, self.quantize("input", g.x_dst, g.nodes_dst)
 
     def quantize_aggregate(self, h: Tensor, nodes_dst: NodeInfo | None) -> Tensor:
         """The aggregate as the update step sees it.

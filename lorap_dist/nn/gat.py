@@ -9,8 +9,14 @@ from torch_geometric.nn.inits import glorot
 from torch_geometric.utils import add_self_loops, remove_self_loops, softmax
 
 from lorap_dist.config import PromptConfig
-from lorap_dist.graph.block import Block, NodeInfo
-from lorap_dist.nn.conv import QuantizedConv, layer_input
+from lorap_dist.nn.conv import (
+    Features,
+    Graph,
+    NodeFacts,
+    QuantizedConv,
+    layer_input,
+    positional_nodes,
+)
 from lorap_dist.nn.linear import QLinear
 
 
@@ -36,14 +42,21 @@ class QGATConv(QuantizedConv):
 
         \mathbf{x}_i' &= Q_\text{out}(\mathbf{h}_i + \mathbf{b})
 
-    With identity quantizers and no LoRAP this is :class:`torch_geometric.nn.GATConv`
-    (existing self loops removed, one added per node). On a
+    With identity quantizers and no LoRAP this is :class:`torch_geometric.nn.GATConv` with
+    ``int`` ``in_channels`` (existing self loops removed, one added per node), on every graph
+    form GATConv takes and with its bipartite ``(x_src, x_dst)`` pairs, whose two sides
+    share the weight ``W``; edge features (GATConv's ``edge_attr`` with ``edge_dim``) are
+    not supported. Self loops join source ``i`` to destination ``i`` for ``i`` below
+    ``min(N_src, N_dst)``. (One difference: given ``(x_src, None)`` and an ``EdgeIndex`` of
+    sparse size ``(N_src, N_dst)`` with ``N_dst < N_src`` but no ``size``, GATConv loops every
+    source and returns ``N_src`` rows; this layer keeps the ``N_dst`` destinations.) On a
     :class:`~lorap_dist.graph.Block` the self loop of destination ``i`` comes from source
     ``i`` (itself), so a block holding every in-neighbour of its destinations gives them
     their full-graph outputs. LoRAP acts on the combined heads (width ``H*C`` when
     concatenating, ``C`` when averaging).
 
-    Quantization points (all node role): ``input`` and ``message`` (source rows),
+    Quantization points (all node role): ``input`` and ``message`` (source rows; a pair's
+    ``x_dst`` and ``x_dst W`` pass through them in second calls with the destination facts),
     ``aggregate``, ``prompt`` (LoRAP only) and ``output`` (destination rows); the weight's
     point lives in ``lin``. Attention logits are computed from the quantized messages.
 
@@ -55,16 +68,19 @@ class QGATConv(QuantizedConv):
         negative_slope: LeakyReLU slope of the attention logits (default ``0.2``).
         dropout: dropout probability of the attention coefficients in training
             (default ``0.0``).
-        add_self_loops: give every destination a self loop (default ``True``).
+        add_self_loops: give every node that is both a source and a destination a self
+            loop (default ``True``).
         bias: add a learnable bias (default ``True``).
         prompt: a :class:`~lorap_dist.config.PromptConfig`; LoRAP is on when its ``kind``
             is ``lorap`` or ``gpf_lorap``, sized by its ``k`` and ``r`` (default ``None``: off).
 
     Shapes:
-        - input: ``x [N_src, in_channels]``, ``edge_index [2, E]`` or a ``Block``,
-          optional ``NodeInfo`` of the ``N_src`` rows
+        - input: ``x [N, in_channels]`` or ``(x_src [N_src, in_channels], x_dst [N_dst,
+          in_channels] or None)``; ``edge_index [2, E]`` (tensor or ``EdgeIndex``), a sparse
+          adjacency ``[N_dst, N_src]`` or a ``Block``; optional ``size (N_src, N_dst)``;
+          optional ``NodeInfo`` of the rows (a pair of them with a pair)
         - output: ``[N_dst, H * C]`` when concatenating, else ``[N_dst, C]``
-          (``N_dst = N_src`` on a full graph)
+          (``N_dst = N`` on a full graph)
     """
 
     def __init__(
@@ -105,19 +121,54 @@ class QGATConv(QuantizedConv):
         if self.lorap is not None:
             self.lorap.reset_parameters()
 
-    def forward(self, x: Tensor, graph: Tensor | Block, nodes: NodeInfo | None = None) -> Tensor:
-        g = layer_input(type(self).__name__, x, graph, nodes)
+    def forward(
+        self,
+        x: Features,
+        edge_index: Graph,
+        size: tuple[int, int] | None = None,
+        nodes: NodeFacts = None,
+    ) -> Tensor:
+        """Attend over the graph.
+
+        Args:
+            x: ``[N, in_channels]`` node features, or PyG's bipartite pair ``(x_src
+                [N_src, in_channels], x_dst [N_dst, in_channels])``; without ``x_dst``
+                (``None``) the logits have no destination term, as in GATConv.
+            edge_index: the graph in any form PyG's GATConv takes: an ``edge_index [2, E]``
+                (a tensor or a :class:`torch_geometric.EdgeIndex`), a ``torch.sparse``
+                adjacency ``adj_t [N_dst, N_src]`` (COO, CSR or CSC; entry ``(i, j)`` is the
+                edge ``j -> i``; its values are not used, as in GATConv), or a
+                ``torch_sparse.SparseTensor`` where torch_sparse is installed; or a
+                :class:`~lorap_dist.graph.Block` with ``x`` its source rows.
+            size: ``(N_src, N_dst)`` where the graph and ``x`` do not tell (default
+                ``None``); GATConv's ``size`` is its fourth argument, after ``edge_attr``,
+                which this layer does not take.
+            nodes: node facts for the quantizers: a :class:`~lorap_dist.graph.NodeInfo` of
+                ``x``'s rows, or ``(nodes_src, nodes_dst)`` with a pair (default ``None``);
+                a ``NodeInfo`` given third is read as ``nodes``.
+        """
+        size, nodes = positional_nodes(type(self).__name__, size, nodes)
+        g = layer_input(
+            type(self).__name__, x, edge_index, nodes, size=size, sparse_values="ignored"
+        )
         H, C = self.heads, self.out_channels
         edge_index = g.edge_index
-        if self.add_self_loops:
+        if self.add_self_loops:  # node i's loop joins source i and destination i
             edge_index, _ = remove_self_loops(edge_index)
-            edge_index, _ = add_self_loops(edge_index, num_nodes=g.num_dst)
-        x = self.quantize("input", x, g.nodes_src)
-        messages = self.quantize("message", self.lin(x), g.nodes_src).view(-1, H, C)
-        logit_src = (messages * self.att_src).sum(dim=-1)  # [N_src, H]
-        logit_dst = (messages[: g.num_dst] * self.att_dst).sum(dim=-1)  # [N_dst, H]
+            edge_index, _ = add_self_loops(edge_index, num_nodes=min(g.num_src, g.num_dst))
+        x_src, x_dst = self.quantize_input(g)
+        messages = self.quantize("message", self.lin(x_src), g.nodes_src).view(-1, H, C)
+        if not g.pair:
+            messages_dst = messages[: g.num_dst]
+        elif x_dst is not None:
+            messages_dst = self.quantize("message", self.lin(x_dst), g.nodes_dst).view(-1, H, C)
+        else:
+            messages_dst = None
         src, dst = edge_index
-        alpha = F.leaky_relu(logit_src[src] + logit_dst[dst], self.negative_slope)
+        alpha = (messages * self.att_src).sum(dim=-1)[src]  # [E, H]
+        if messages_dst is not None:
+            alpha = alpha + (messages_dst * self.att_dst).sum(dim=-1)[dst]
+        alpha = F.leaky_relu(alpha, self.negative_slope)
         alpha = softmax(alpha, dst, num_nodes=g.num_dst)  # [E, H]
         alpha = F.dropout(alpha, p=self.dropout, training=self.training)
         h = self.propagate(edge_index, x=messages, alpha=alpha, size=(g.num_src, g.num_dst))

@@ -5,14 +5,23 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 from torch_geometric.nn.conv.gcn_conv import gcn_norm
+from torch_geometric.utils import add_self_loops, remove_self_loops
 
 from lorap_dist.config import PromptConfig
-from lorap_dist.graph.block import Block, NodeInfo
-from lorap_dist.nn.conv import QuantizedConv, layer_input
+from lorap_dist.nn.conv import (
+    Graph,
+    LayerInput,
+    NodeFacts,
+    QuantizedConv,
+    layer_input,
+    positional_nodes,
+)
 from lorap_dist.nn.linear import QLinear
 
 
-def block_gcn_norm(edge_index: Tensor, num_src: int, num_dst: int) -> tuple[Tensor, Tensor]:
+def block_gcn_norm(
+    edge_index: Tensor, num_src: int, num_dst: int, edge_weight: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
     r"""Symmetric GCN normalisation of a block, with a self loop on every destination.
 
     The block is normalised as PyG's :func:`gcn_norm` normalises the graph on its
@@ -22,15 +31,32 @@ def block_gcn_norm(edge_index: Tensor, num_src: int, num_dst: int) -> tuple[Tens
     sources that are not destinations (their added self loops) are dropped. On a full graph
     (``num_dst == num_src``) this is exactly :func:`gcn_norm`.
 
+    With ``edge_weight`` (``[E]``) the degrees sum weights instead of counting edges, as in
+    :func:`gcn_norm`: an added self loop weighs 1, one already in the graph keeps its weight.
+
     Returns:
         ``(edge_index [2, E'], edge_weight [E'])`` with
-        :math:`\hat{d}_j^{-1/2} \hat{d}_i^{-1/2}` per edge ``j -> i``.
+        :math:`w_{ji} \hat{d}_j^{-1/2} \hat{d}_i^{-1/2}` per edge ``j -> i``.
     """
-    edge_index, weight = gcn_norm(edge_index, None, num_src, add_self_loops=True)
+    edge_index, weight = gcn_norm(edge_index, edge_weight, num_src, add_self_loops=True)
     if num_dst < num_src:
         keep = edge_index[1] < num_dst
         edge_index, weight = edge_index[:, keep], weight[keep]
     return edge_index, weight
+
+
+def normalised_edges(g: LayerInput) -> tuple[Tensor, Tensor]:
+    """The edges and GCN weights of a layer's input, self loops added as PyG's
+    :func:`gcn_norm` adds them to its form: to an ``edge_index`` where missing (one already
+    there keeps its weight), to every diagonal entry of a ``torch.sparse`` adjacency (summed
+    with one already there), and in place of the diagonal of a ``SparseTensor``."""
+    edge_index, weight = g.edge_index, g.edge_weight
+    if g.form == "sparse":
+        edge_index, weight = add_self_loops(edge_index, weight, fill_value=1.0, num_nodes=g.num_src)
+        return gcn_norm(edge_index, weight, g.num_src, add_self_loops=False)
+    if g.form == "SparseTensor":
+        edge_index, weight = remove_self_loops(edge_index, weight)
+    return block_gcn_norm(edge_index, g.num_src, g.num_dst, weight)
 
 
 class QGCNConv(QuantizedConv):
@@ -42,19 +68,24 @@ class QGCNConv(QuantizedConv):
         \mathbf{m}_j &= Q_\text{msg}\big(Q_\text{in}(\mathbf{x}_j) \, Q(\mathbf{W})^\top\big)
 
         \mathbf{h}_i &= Q_\text{agg}\Big(\sum_{j \in \mathcal{N}(i) \cup \{ i \}}
-        \frac{1}{\sqrt{\hat{d}_j \hat{d}_i}} \mathbf{m}_j\Big), \qquad
-        \hat{d}_i = 1 + \sum_{j} \mathbb{1}[j \to i]
+        \frac{e_{j,i}}{\sqrt{\hat{d}_j \hat{d}_i}} \mathbf{m}_j\Big), \qquad
+        \hat{d}_i = 1 + \sum_{j \in \mathcal{N}(i)} e_{j,i}
 
         \mathbf{h}_i &\leftarrow Q_\text{prompt}(\mathbf{h}_i + \mathbf{p}_i)
         \quad \text{(LoRAP, when on)}
 
         \mathbf{x}_i' &= Q_\text{out}(\mathbf{h}_i + \mathbf{b})
 
-    With identity quantizers and no LoRAP this is :class:`torch_geometric.nn.GCNConv`
-    (self loops added, symmetric normalisation). On a :class:`~lorap_dist.graph.Block` each
-    destination ``i`` gets a self loop from source ``i`` (itself) and the degrees are those
-    of the block (see :func:`block_gcn_norm`): a sampled block therefore normalises like
-    PyG's GCNConv run on the sampled subgraph, not like the full graph.
+    :math:`e_{j,i}` is the weight of edge ``j -> i`` (1 without ``edge_weight``). With
+    identity quantizers and no LoRAP this is :class:`torch_geometric.nn.GCNConv` (self loops
+    added, symmetric normalisation) on each graph form it takes, self loops included: PyG
+    adds one to an ``edge_index`` node that has none (an existing one keeps its weight) but
+    a unit loop to every diagonal entry of a ``torch.sparse`` adjacency, and so does this
+    layer (see :func:`normalised_edges`). Like GCNConv it takes no ``(x_src, x_dst)`` pair.
+    On a :class:`~lorap_dist.graph.Block` each destination ``i`` gets a self loop from
+    source ``i`` (itself) and the degrees are those of the block (see
+    :func:`block_gcn_norm`): a sampled block therefore normalises like PyG's GCNConv run on
+    the sampled subgraph, not like the full graph.
 
     Quantization points (all node role): ``input`` (source rows), ``message`` (the
     transformed source rows ``x W``), ``aggregate``, ``prompt`` (LoRAP only) and ``output``
@@ -68,9 +99,10 @@ class QGCNConv(QuantizedConv):
             is ``lorap`` or ``gpf_lorap``, sized by its ``k`` and ``r`` (default ``None``: off).
 
     Shapes:
-        - input: ``x [N_src, in_channels]``, ``edge_index [2, E]`` or a ``Block``,
-          optional ``NodeInfo`` of the ``N_src`` rows
-        - output: ``[N_dst, out_channels]`` (``N_dst = N_src`` on a full graph)
+        - input: ``x [N_src, in_channels]``; ``edge_index [2, E]`` (tensor or
+          ``EdgeIndex``), a sparse adjacency ``[N, N]`` or a ``Block``; optional
+          ``edge_weight [E]``; optional ``NodeInfo`` of the ``N_src`` rows
+        - output: ``[N_dst, out_channels]`` (``N_dst = N_src`` except on a block)
     """
 
     def __init__(
@@ -96,10 +128,41 @@ class QGCNConv(QuantizedConv):
         if self.lorap is not None:
             self.lorap.reset_parameters()
 
-    def forward(self, x: Tensor, graph: Tensor | Block, nodes: NodeInfo | None = None) -> Tensor:
-        g = layer_input(type(self).__name__, x, graph, nodes)
-        edge_index, weight = block_gcn_norm(g.edge_index, g.num_src, g.num_dst)
-        x = self.quantize("input", x, g.nodes_src)
+    def forward(
+        self,
+        x: Tensor,
+        edge_index: Graph,
+        edge_weight: Tensor | None = None,
+        nodes: NodeFacts = None,
+    ) -> Tensor:
+        """Convolve ``x`` over the graph.
+
+        Args:
+            x: ``[N_src, in_channels]`` node features.
+            edge_index: the graph in any form PyG's GCNConv takes: an ``edge_index [2, E]``
+                (a tensor or a :class:`torch_geometric.EdgeIndex`), a square
+                ``torch.sparse`` adjacency ``adj_t`` (COO, CSR or CSC; entry ``(i, j)`` is
+                the edge ``j -> i`` and its value the edge's weight), or a
+                ``torch_sparse.SparseTensor`` where torch_sparse is installed; or a
+                :class:`~lorap_dist.graph.Block`.
+            edge_weight: ``[E]`` weights of the edges of an ``edge_index`` or a block
+                (default ``None``: all 1).
+            nodes: :class:`~lorap_dist.graph.NodeInfo` of the ``N_src`` rows for the
+                quantizers (default ``None``); a ``NodeInfo`` given third is read as
+                ``nodes``.
+        """
+        edge_weight, nodes = positional_nodes(type(self).__name__, edge_weight, nodes)
+        g = layer_input(
+            type(self).__name__,
+            x,
+            edge_index,
+            nodes,
+            edge_weight=edge_weight,
+            pairs=False,
+            sparse_values="weights",
+        )
+        edge_index, weight = normalised_edges(g)
+        x, _ = self.quantize_input(g)
         messages = self.quantize("message", self.lin(x), g.nodes_src)  # [N_src, out]
         h = self.propagate(edge_index, x=messages, edge_weight=weight, size=(g.num_src, g.num_dst))
         return self.biased_output(h, g.nodes_dst)  # [N_dst, out]

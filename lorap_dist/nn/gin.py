@@ -6,8 +6,14 @@ import torch
 from torch import Tensor, nn
 
 from lorap_dist.config import PromptConfig
-from lorap_dist.graph.block import Block, NodeInfo
-from lorap_dist.nn.conv import QuantizedConv, layer_input
+from lorap_dist.nn.conv import (
+    Features,
+    Graph,
+    NodeFacts,
+    QuantizedConv,
+    layer_input,
+    positional_nodes,
+)
 from lorap_dist.nn.linear import QLinear
 
 
@@ -30,11 +36,15 @@ class QGINConv(QuantizedConv):
         \mathbf{x}_i' &= Q_\text{out}(\mathbf{W}_2 \mathbf{z}_i + \mathbf{b}_2)
 
     With identity quantizers and no LoRAP this is :class:`torch_geometric.nn.GINConv`
-    whose ``nn`` is ``Sequential(Linear, ReLU, Linear)``. On a
-    :class:`~lorap_dist.graph.Block` the root term uses ``x[:num_dst]``, so a block holding
-    every in-neighbour of its destinations gives them their full-graph outputs.
+    whose ``nn`` is ``Sequential(Linear, ReLU, Linear)``, on every graph form GINConv takes
+    and with its bipartite ``(x_src, x_dst)`` pairs (like GINConv it takes no edge weights;
+    a ``torch.sparse`` adjacency must hold ones, where GINConv would scale the messages by
+    other values). On a :class:`~lorap_dist.graph.Block` the root term uses
+    ``x[:num_dst]``, so a block holding every in-neighbour of its destinations gives them
+    their full-graph outputs; with a pair it uses ``x_dst``.
 
-    Quantization points (all node role): ``input`` (source rows), ``aggregate``, ``prompt``
+    Quantization points (all node role): ``input`` (source rows; a pair's ``x_dst`` passes
+    through it in a second call with the destination facts), ``aggregate``, ``prompt``
     (LoRAP only), ``hidden`` (the MLP's inner activation) and ``output`` (destination
     rows); weights live in ``lin1`` and ``lin2``.
 
@@ -48,9 +58,11 @@ class QGINConv(QuantizedConv):
             is ``lorap`` or ``gpf_lorap``, sized by its ``k`` and ``r`` (default ``None``: off).
 
     Shapes:
-        - input: ``x [N_src, in_channels]``, ``edge_index [2, E]`` or a ``Block``,
-          optional ``NodeInfo`` of the ``N_src`` rows
-        - output: ``[N_dst, out_channels]`` (``N_dst = N_src`` on a full graph)
+        - input: ``x [N, in_channels]`` or ``(x_src [N_src, in_channels], x_dst [N_dst,
+          in_channels] or None)``; ``edge_index [2, E]`` (tensor or ``EdgeIndex``), a sparse
+          adjacency ``[N_dst, N_src]`` or a ``Block``; optional ``size (N_src, N_dst)``;
+          optional ``NodeInfo`` of the rows (a pair of them with a pair)
+        - output: ``[N_dst, out_channels]`` (``N_dst = N`` on a full graph)
     """
 
     def __init__(
@@ -84,12 +96,38 @@ class QGINConv(QuantizedConv):
         if self.lorap is not None:
             self.lorap.reset_parameters()
 
-    def forward(self, x: Tensor, graph: Tensor | Block, nodes: NodeInfo | None = None) -> Tensor:
-        g = layer_input(type(self).__name__, x, graph, nodes)
-        x = self.quantize("input", x, g.nodes_src)
-        h = self.aggregate_rows(x, g, "sum")
+    def forward(
+        self,
+        x: Features,
+        edge_index: Graph,
+        size: tuple[int, int] | None = None,
+        nodes: NodeFacts = None,
+    ) -> Tensor:
+        """Convolve ``x`` over the graph.
+
+        Args:
+            x: ``[N, in_channels]`` node features, or PyG's bipartite pair ``(x_src
+                [N_src, in_channels], x_dst [N_dst, in_channels])``; without ``x_dst``
+                (``None``) the ``(1 + eps)`` root term is left out, as in GINConv.
+            edge_index: the graph in any form PyG's GINConv takes: an ``edge_index [2, E]``
+                (a tensor or a :class:`torch_geometric.EdgeIndex`), a ``torch.sparse``
+                adjacency ``adj_t [N_dst, N_src]`` of ones (COO, CSR or CSC; entry
+                ``(i, j)`` is the edge ``j -> i``), or a ``torch_sparse.SparseTensor`` where
+                torch_sparse is installed; or a :class:`~lorap_dist.graph.Block` with ``x``
+                its source rows.
+            size: ``(N_src, N_dst)`` where the graph and ``x`` do not tell (default ``None``).
+            nodes: node facts for the quantizers: a :class:`~lorap_dist.graph.NodeInfo` of
+                ``x``'s rows, or ``(nodes_src, nodes_dst)`` with a pair (default ``None``);
+                a ``NodeInfo`` given third is read as ``nodes``.
+        """
+        size, nodes = positional_nodes(type(self).__name__, size, nodes)
+        g = layer_input(type(self).__name__, x, edge_index, nodes, size=size)
+        x_src, x_dst = self.quantize_input(g)
+        h = self.aggregate_rows(x_src, g, "sum")
         h = self.quantize_aggregate(h, g.nodes_dst)  # [N_dst, in]
-        z = torch.relu(self.lin1((1 + self.eps) * x[: g.num_dst] + h))
+        if x_dst is not None:
+            h = (1 + self.eps) * x_dst + h
+        z = torch.relu(self.lin1(h))
         z = self.quantize("hidden", z, g.nodes_dst)  # [N_dst, hidden]
         return self.quantize("output", self.lin2(z), g.nodes_dst)
 

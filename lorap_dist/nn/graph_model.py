@@ -110,7 +110,7 @@ class GraphGNN(PromptedStack):
         if self.gpf is not None:
             x = self.gpf(x)
         for conv, norm in zip(self.convs, self.norms, strict=True):
-            x = F.relu(norm(conv(x, edge_index, nodes)))
+            x = F.relu(norm(conv(x, edge_index, nodes=nodes)))
         pooled = scatter(x, batch, dim=0, dim_size=num_graphs, reduce=self.readout)
         return self.head(pooled)
 

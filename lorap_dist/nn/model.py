@@ -6,10 +6,11 @@ from collections.abc import Callable, Sequence
 
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch_geometric.typing import WITH_TORCH_SPARSE, SparseTensor
 
 from lorap_dist.config import ModelConfig, PromptConfig
 from lorap_dist.graph.block import Block, NodeInfo
-from lorap_dist.nn.conv import QuantizedConv
+from lorap_dist.nn.conv import Graph, QuantizedConv
 from lorap_dist.nn.gat import QGATConv
 from lorap_dist.nn.gcn import QGCNConv
 from lorap_dist.nn.gin import QGINConv
@@ -80,9 +81,11 @@ class GNN(PromptedStack):
         prompt: the :class:`~lorap_dist.config.PromptConfig` (default: no prompt).
 
     Shapes:
-        - input: ``x [N, in_channels]`` with an ``edge_index [2, E]`` (full graph), or
-          ``x [blocks[0].num_src, in_channels]`` with one ``Block`` per layer, where
-          ``blocks[l + 1].num_src == blocks[l].num_dst``; optional ``NodeInfo`` of ``x``'s rows
+        - input: ``x [N, in_channels]`` with one graph every layer runs on, in any form the
+          layers take (``edge_index [2, E]``, a :class:`torch_geometric.EdgeIndex`, a
+          ``torch.sparse`` adjacency ``[N, N]``), or ``x [blocks[0].num_src, in_channels]``
+          with one ``Block`` per layer, where ``blocks[l + 1].num_src ==
+          blocks[l].num_dst``; optional ``NodeInfo`` of ``x``'s rows
         - output: ``[N, out_channels]``, or ``[blocks[-1].num_dst, out_channels]``
     """
 
@@ -106,7 +109,7 @@ class GNN(PromptedStack):
         self.dropout = model.dropout
 
     def forward(
-        self, x: Tensor, graph: Tensor | Sequence[Block], nodes: NodeInfo | None = None
+        self, x: Tensor, graph: Graph | Sequence[Block], nodes: NodeInfo | None = None
     ) -> Tensor:
         if self.node_transform is not None:
             nodes = self.node_transform(nodes)
@@ -114,7 +117,7 @@ class GNN(PromptedStack):
         if self.gpf is not None:
             x = self.gpf(x)
         for l, (conv, layer_graph) in enumerate(zip(self.convs, graphs, strict=True)):
-            x = conv(x, layer_graph, nodes)
+            x = conv(x, layer_graph, nodes=nodes)
             if isinstance(layer_graph, Block) and nodes is not None:
                 nodes = nodes.prefix(layer_graph.num_dst)
             if l < len(self.norms):
@@ -122,16 +125,17 @@ class GNN(PromptedStack):
                 x = F.dropout(x, p=self.dropout, training=self.training)
         return x
 
-    def _per_layer(self, graph: Tensor | Sequence[Block]) -> list[Tensor | Block]:
+    def _per_layer(self, graph: Graph | Sequence[Block]) -> list[Graph]:
         layers = len(self.convs)
-        if isinstance(graph, Tensor):
+        if isinstance(graph, Tensor) or (WITH_TORCH_SPARSE and isinstance(graph, SparseTensor)):
             return [graph] * layers
-        blocks = list(graph)
+        blocks = [graph] if isinstance(graph, Block) else list(graph)
         if len(blocks) != layers or not all(isinstance(b, Block) for b in blocks):
             raise ValueError(
                 f"GNN with {layers} layers got {len(blocks)} graph(s) of types "
-                f"{sorted({type(b).__name__ for b in blocks})}; pass one edge_index tensor "
-                f"or a list of exactly {layers} Blocks."
+                f"{sorted({type(b).__name__ for b in blocks})}; pass one graph for every "
+                f"layer (an edge_index, an EdgeIndex or a sparse adjacency) or a list of "
+                f"exactly {layers} Blocks."
             )
         for l in range(layers - 1):
             if blocks[l + 1].num_src != blocks[l].num_dst:

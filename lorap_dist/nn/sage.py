@@ -5,8 +5,14 @@ from __future__ import annotations
 from torch import Tensor
 
 from lorap_dist.config import PromptConfig
-from lorap_dist.graph.block import Block, NodeInfo
-from lorap_dist.nn.conv import QuantizedConv, layer_input
+from lorap_dist.nn.conv import (
+    Features,
+    Graph,
+    NodeFacts,
+    QuantizedConv,
+    layer_input,
+    positional_nodes,
+)
 from lorap_dist.nn.linear import QLinear
 
 
@@ -28,11 +34,15 @@ class QSAGEConv(QuantizedConv):
 
     :math:`\mathcal{N}(i)` counts repeated edges as often as they occur. With identity
     quantizers and no LoRAP this is :class:`torch_geometric.nn.SAGEConv` with its defaults
-    (mean aggregation, ``root_weight=True``). On a :class:`~lorap_dist.graph.Block` the root
-    term uses the destination's own row, ``x[:num_dst]``, so a block holding every
-    in-neighbour of its destinations gives them their full-graph outputs.
+    (mean aggregation, ``root_weight=True``), on every graph form SAGEConv takes and with its
+    bipartite ``(x_src, x_dst)`` pairs. On a :class:`~lorap_dist.graph.Block` the root term
+    uses the destination's own row, ``x[:num_dst]``, so a block holding every in-neighbour
+    of its destinations gives them their full-graph outputs; with a pair it uses ``x_dst``.
+    A ``torch.sparse`` adjacency must hold ones: SAGEConv would scale the messages by other
+    values, which this layer does not do.
 
-    Quantization points (all node role): ``input`` (source rows), ``aggregate``, ``prompt``
+    Quantization points (all node role): ``input`` (source rows; a pair's ``x_dst`` passes
+    through it in a second call with the destination facts), ``aggregate``, ``prompt``
     (LoRAP only) and ``output`` (destination rows); weights live in ``lin_l`` (with bias)
     and ``lin_r``.
 
@@ -43,9 +53,11 @@ class QSAGEConv(QuantizedConv):
             is ``lorap`` or ``gpf_lorap``, sized by its ``k`` and ``r`` (default ``None``: off).
 
     Shapes:
-        - input: ``x [N_src, in_channels]``, ``edge_index [2, E]`` or a ``Block``,
-          optional ``NodeInfo`` of the ``N_src`` rows
-        - output: ``[N_dst, out_channels]`` (``N_dst = N_src`` on a full graph)
+        - input: ``x [N, in_channels]`` or ``(x_src [N_src, in_channels], x_dst [N_dst,
+          in_channels] or None)``; ``edge_index [2, E]`` (tensor or ``EdgeIndex``), a sparse
+          adjacency ``[N_dst, N_src]`` or a ``Block``; optional ``size (N_src, N_dst)``;
+          optional ``NodeInfo`` of the rows (a pair of them with a pair)
+        - output: ``[N_dst, out_channels]`` (``N_dst = N`` on a full graph)
     """
 
     def __init__(
@@ -69,12 +81,38 @@ class QSAGEConv(QuantizedConv):
         if self.lorap is not None:
             self.lorap.reset_parameters()
 
-    def forward(self, x: Tensor, graph: Tensor | Block, nodes: NodeInfo | None = None) -> Tensor:
-        g = layer_input(type(self).__name__, x, graph, nodes)
-        x = self.quantize("input", x, g.nodes_src)
-        h = self.aggregate_rows(x, g, "mean")
+    def forward(
+        self,
+        x: Features,
+        edge_index: Graph,
+        size: tuple[int, int] | None = None,
+        nodes: NodeFacts = None,
+    ) -> Tensor:
+        """Convolve ``x`` over the graph.
+
+        Args:
+            x: ``[N, in_channels]`` node features, or PyG's bipartite pair ``(x_src
+                [N_src, in_channels], x_dst [N_dst, in_channels])``; without ``x_dst``
+                (``None``) the root term is left out, as in SAGEConv.
+            edge_index: the graph in any form PyG's SAGEConv takes: an ``edge_index [2, E]``
+                (a tensor or a :class:`torch_geometric.EdgeIndex`), a ``torch.sparse``
+                adjacency ``adj_t [N_dst, N_src]`` of ones (COO, CSR or CSC; entry
+                ``(i, j)`` is the edge ``j -> i``), or a ``torch_sparse.SparseTensor`` where
+                torch_sparse is installed; or a :class:`~lorap_dist.graph.Block` with ``x``
+                its source rows.
+            size: ``(N_src, N_dst)`` where the graph and ``x`` do not tell (default ``None``).
+            nodes: node facts for the quantizers: a :class:`~lorap_dist.graph.NodeInfo` of
+                ``x``'s rows, or ``(nodes_src, nodes_dst)`` with a pair (default ``None``);
+                a ``NodeInfo`` given third is read as ``nodes``.
+        """
+        size, nodes = positional_nodes(type(self).__name__, size, nodes)
+        g = layer_input(type(self).__name__, x, edge_index, nodes, size=size)
+        x_src, x_dst = self.quantize_input(g)
+        h = self.aggregate_rows(x_src, g, "mean")
         h = self.quantize_aggregate(h, g.nodes_dst)  # [N_dst, in]
-        out = self.lin_l(h) + self.lin_r(x[: g.num_dst])
+        out = self.lin_l(h)
+        if x_dst is not None:
+            out = out + self.lin_r(x_dst)
         return self.quantize("output", out, g.nodes_dst)
 
     def __repr__(self) -> str:

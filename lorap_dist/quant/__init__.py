@@ -1,7 +1,13 @@
 """Fake quantization with straight-through gradients, integer packing, range observers, and
 the ``quantize_(model, config)`` entry point with its registry of schemes."""
 
-from lorap_dist.quant.api import QuantizeContext, quantize_, register_scheme, registered_schemes
+from lorap_dist.quant.api import (
+    QuantConfig,
+    QuantizeContext,
+    quantize_,
+    register_scheme,
+    registered_schemes,
+)
 from lorap_dist.quant.base import (
     IdentityQuantizer,
     Quantizer,
@@ -46,6 +52,7 @@ __all__ = [
     "MixQConfig",
     "PercentileObserver",
     "QATConfig",
+    "QuantConfig",
     "QuantizeContext",
     "Quantizer",
     "RangeObserver",

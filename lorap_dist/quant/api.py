@@ -1,9 +1,10 @@
 """One entry point applies a quantization scheme to a model: ``quantize_(model, config)``.
 
-Schemes register themselves, under the name configs use (``quant.scheme``) and with their
-config class, by decorating the handler that builds their quantizers with
-:func:`register_scheme`; this registry is the only list of schemes. A handler is called once
-per quantization point and returns the :class:`~lorap_dist.quant.base.Quantizer` for it::
+A scheme's config is a dataclass deriving from :class:`QuantConfig`. Schemes register
+themselves, under the name configs use (``quant.scheme``) and with their config class, by
+decorating the handler that builds their quantizers with :func:`register_scheme`; this
+registry is the only list of schemes. A handler is called once per quantization point and
+returns the :class:`~lorap_dist.quant.base.Quantizer` for it::
 
     @register_scheme("my_scheme", MySchemeConfig)
     def _build(config, module, point, role, context) -> Quantizer: ...
@@ -11,6 +12,11 @@ per quantization point and returns the :class:`~lorap_dist.quant.base.Quantizer`
 ``context`` is a :class:`QuantizeContext` with facts about the whole model and graph a scheme
 may need (the number of nodes, for per-node parameters), and a dict where a handler can keep
 state shared across points of one ``quantize_`` call.
+
+As in torchao's ``quantize_``, a ``filter_fn(module, fqn)`` picks what to quantize: it is
+asked once for each quantizable layer (a module with quantization points that is not part
+of another one, e.g. ``convs.0``), and a layer it turns down keeps every point inside it,
+its linear weights included, at full precision.
 """
 
 from __future__ import annotations
@@ -25,6 +31,18 @@ from lorap_dist.quant.base import Quantizer, quantizable_modules
 from lorap_dist.validation import ConfigError
 
 Handler = Callable[[Any, nn.Module, str, str, "QuantizeContext"], Quantizer]
+#: ``filter_fn(module, fqn) -> bool``: quantize this layer (``True``) or keep it FP32.
+FilterFn = Callable[[nn.Module, str], bool]
+
+
+@dataclass
+class QuantConfig:
+    """Base class of the scheme configs :func:`quantize_` takes.
+
+    A subclass is a dataclass that checks its fields in ``__post_init__`` and is registered
+    with its handler by :func:`register_scheme`. It may define
+    ``finalize_model(model, context)``, called once after every point is replaced.
+    """
 
 
 @dataclass(frozen=True)
@@ -64,6 +82,12 @@ def register_scheme(name: str, config_type: type) -> Callable[[Handler], Handler
             raise ValueError(
                 f"scheme {name!r} is already registered with {known.config_type.__name__}."
             )
+        if not (isinstance(config_type, type) and issubclass(config_type, QuantConfig)):
+            raise TypeError(
+                f"scheme {name!r} registers {getattr(config_type, '__name__', config_type)!r} "
+                "as its config, which does not derive from QuantConfig; declare it as "
+                "@dataclass class MyConfig(QuantConfig)."
+            )
         _SCHEMES[name] = Scheme(name, config_type, handler)
         return handler
 
@@ -94,30 +118,69 @@ def _load_schemes() -> None:
     import lorap_dist.quant.schemes  # noqa: F401
 
 
-def quantize_(model: nn.Module, config: Any, *, num_nodes: int | None = None) -> nn.Module:
-    """Replace every quantization point of ``model`` in place with the scheme of ``config``.
+def quantize_(
+    model: nn.Module,
+    config: QuantConfig,
+    *,
+    filter_fn: FilterFn | None = None,
+    num_nodes: int | None = None,
+) -> nn.Module:
+    """Replace the quantization points of ``model`` in place with the scheme of ``config``.
 
     Args:
         model: any module containing quantizable layers (``lorap_dist.nn``).
         config: a registered scheme config, e.g. ``QATConfig(bits=4)``.
+        filter_fn: called as ``filter_fn(layer, fqn)`` once for each quantizable layer (a
+            module with quantization points not inside another one, such as ``convs.1``,
+            with ``fqn`` its name in ``model``); where it returns ``False`` the layer and
+            every point inside it stay at full precision. ``None`` (default) quantizes all.
+            E.g. first and last layers in FP32: ``lambda layer, fqn: fqn not in {"convs.0",
+            "convs.2"}``.
         num_nodes: nodes in the full graph; required by schemes with per-node parameters.
 
     Returns:
         ``model``, for chaining.
     """
     _load_schemes()
-    handler = next((s.handler for s in _SCHEMES.values() if type(config) is s.config_type), None)
-    if handler is None:
-        names = ", ".join(sorted(s.config_type.__name__ for s in _SCHEMES.values()))
-        raise TypeError(
-            f"quantize_ got a {type(config).__name__}, which is not a quantization scheme "
-            f"config; use one of: {names}."
-        )
+    scheme = _scheme_of(config)
     context = QuantizeContext(model=model, num_nodes=num_nodes)
-    for _, module in quantizable_modules(model):
-        for point, role in module.QUANT_POINTS.items():
-            module.quantizers[point] = handler(config, module, point, role, context)
+    for fqn, layer in quantizable_layers(model):
+        if filter_fn is not None and not filter_fn(layer, fqn):
+            continue
+        for _, module in quantizable_modules(layer):
+            for point, role in module.QUANT_POINTS.items():
+                module.quantizers[point] = scheme.handler(config, module, point, role, context)
     finalize = getattr(config, "finalize_model", None)
     if callable(finalize):
         finalize(model, context)
     return model
+
+
+def quantizable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """``(fqn, module)`` of each module with quantization points that is not inside another
+    such module (a layer with its linears counts once), in ``named_modules`` order."""
+    layers: list[tuple[str, nn.Module]] = []
+    for name, module in quantizable_modules(model):
+        inside = any(outer == "" or name.startswith(f"{outer}.") for outer, _ in layers)
+        if not inside:
+            layers.append((name, module))
+    return layers
+
+
+def _scheme_of(config: Any) -> Scheme:
+    """The registered scheme of ``config``'s class (or of the nearest registered base)."""
+    known = ", ".join(f"{s.name}: {s.config_type.__name__}" for s in _SCHEMES.values())
+    if not isinstance(config, QuantConfig):
+        raise TypeError(
+            f"quantize_ got a {type(config).__name__}, which is not a quantization scheme "
+            f"config (a QuantConfig); use one of the registered schemes' configs ({known})."
+        )
+    by_type = {s.config_type: s for s in _SCHEMES.values()}
+    for cls in type(config).__mro__:
+        if cls in by_type:
+            return by_type[cls]
+    raise TypeError(
+        f"quantize_ got a {type(config).__name__}, a QuantConfig that no scheme registered; "
+        f"register its handler with @register_scheme(name, {type(config).__name__}), or use "
+        f"one of the registered schemes' configs ({known})."
+    )

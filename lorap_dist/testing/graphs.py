@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+from torch_geometric import EdgeIndex
+from torch_geometric.utils import to_torch_coo_tensor, to_torch_csr_tensor
 
 from lorap_dist.graph.block import Block
+
+#: The graph forms PyG's layers take that tests compare on (see :func:`graph_form`).
+GRAPH_FORMS = ("edge_index", "EdgeIndex", "coo", "csr")
 
 
 def random_graph(
@@ -76,3 +81,33 @@ def in_neighbour_block(edge_index: Tensor, dst_ids: Tensor) -> tuple[Block, Tens
     local[src_ids] = torch.arange(len(src_ids))
     block = Block(torch.stack([local[src], local[dst]]), len(src_ids), len(dst_ids))
     return block, src_ids
+
+
+def random_bipartite(num_src: int, num_dst: int, num_edges: int, seed: int = 0) -> Tensor:
+    """``edge_index [2, num_edges]`` of distinct random edges from ``num_src`` sources to
+    ``num_dst`` destinations, in random order."""
+    gen = torch.Generator().manual_seed(seed)
+    pairs = torch.randperm(num_src * num_dst, generator=gen)[:num_edges]
+    return torch.stack([pairs // num_dst, pairs % num_dst])
+
+
+def graph_form(
+    form: str,
+    edge_index: Tensor,
+    num_src: int,
+    num_dst: int,
+    edge_weight: Tensor | None = None,
+) -> Tensor:
+    """``edge_index`` (sources in row 0) in one of :data:`GRAPH_FORMS`: the tensor itself, an
+    ``EdgeIndex`` of sparse size ``(num_src, num_dst)``, or PyG's ``adj_t`` (``[num_dst,
+    num_src]``, entry ``(i, j)`` for the edge ``j -> i``) as a ``torch.sparse`` COO or CSR
+    tensor whose values are ``edge_weight`` or ones (a repeated edge is one entry, its
+    weights summed, as PyG's ``coalesce`` merges them)."""
+    if form == "edge_index":
+        return edge_index
+    if form == "EdgeIndex":
+        return EdgeIndex(edge_index, sparse_size=(num_src, num_dst))
+    to_sparse = {"coo": to_torch_coo_tensor, "csr": to_torch_csr_tensor}.get(form)
+    if to_sparse is None:
+        raise ValueError(f"graph_form got form={form!r}; choose one of {list(GRAPH_FORMS)}.")
+    return to_sparse(edge_index.flip(0), edge_weight, size=(num_dst, num_src))

@@ -3,9 +3,15 @@ import torch
 from torch_geometric.nn import GCNConv
 
 from lorap_dist.config import PromptConfig
-from lorap_dist.graph import Block
+from lorap_dist.graph import Block, NodeInfo
 from lorap_dist.nn import QGCNConv, block_gcn_norm
-from lorap_dist.testing.graphs import full_block, in_neighbour_block, random_graph
+from lorap_dist.testing.graphs import (
+    GRAPH_FORMS,
+    full_block,
+    graph_form,
+    in_neighbour_block,
+    random_graph,
+)
 from lorap_dist.testing.layers import assert_same_outputs_and_grads, copy_parameters
 
 NAMES = {"lin.weight": "lin.weight", "bias": "bias"}
@@ -33,6 +39,32 @@ def test_matches_pyg_gcnconv(seed: int, channels: tuple[int, int]) -> None:
         lambda m, x: m(x, edge_index),
         lambda m, x: m(x, edge_index),
     )
+
+
+@pytest.mark.parametrize("form", GRAPH_FORMS)
+@pytest.mark.parametrize("weighted", [False, True])
+def test_matches_pyg_gcnconv_on_each_graph_form(form: str, weighted: bool) -> None:
+    """Self loops and repeated edges included: PyG adds a unit loop on top of a sparse
+    adjacency's diagonal entry but keeps an edge_index's own loop, and so must we."""
+    ours, theirs = pair(6, 4, seed=5)
+    edge_index = random_graph(13, 30, seed=5)
+    weight = torch.rand(edge_index.size(1)) + 0.5 if weighted else None
+    graph = graph_form(form, edge_index, 13, 13, weight)
+    args = (graph,) if form in ("coo", "csr") else (graph, weight)  # sparse: weights as values
+    assert_same_outputs_and_grads(
+        ours, theirs, NAMES, torch.randn(13, 6), lambda m, x: m(x, *args), lambda m, x: m(x, *args)
+    )
+
+
+def test_edge_weight_on_a_block_normalises_like_pyg_on_the_sampled_subgraph() -> None:
+    ours, theirs = pair(6, 4, seed=6)
+    edge_index = random_graph(15, 35, seed=6)
+    block, src_ids = in_neighbour_block(edge_index, torch.tensor([0, 5, 9, 14]))
+    weight = torch.rand(block.edge_index.size(1)) + 0.5
+    x_src = torch.randn(block.num_src, 6)
+    expected = theirs(x_src, block.edge_index, weight)[: block.num_dst]
+    torch.testing.assert_close(ours(x_src, block, weight), expected, atol=1e-6, rtol=1e-5)
+    assert not torch.allclose(ours(x_src, block), expected, atol=1e-4)
 
 
 @pytest.mark.parametrize("seed", [0, 3])
@@ -86,6 +118,21 @@ def test_errors_name_the_input() -> None:
         layer((torch.randn(4, 3), torch.randn(2, 3)), torch.zeros(2, 0, dtype=torch.long))
     with pytest.raises(ValueError, match=r"\[2, E\]"):
         layer(torch.randn(4, 3), torch.zeros(3, 1, dtype=torch.long))
+    edge_index = random_graph(4, 5, seed=0, isolated=0)
+    x = torch.randn(4, 3)
+    with pytest.raises(ValueError, match=r"edge_weight as one weight per edge, \[9\]"):
+        layer(x, edge_index, torch.ones(8))
+    adj = graph_form("coo", edge_index, 4, 4)
+    with pytest.raises(ValueError, match="values are its edge weights; leave edge_weight None"):
+        layer(x, adj, torch.ones(9))
+    with pytest.raises(ValueError, match="one tensor of 4 rows.*num_dst=3"):
+        layer(x, graph_form("csr", edge_index[:, edge_index[1] < 3], 4, 3))
+    with pytest.raises(ValueError, match="x with 4 rows, but the adjacency's shape"):
+        layer(x, graph_form("coo", edge_index, 5, 5))
+    with pytest.raises(TypeError, match="QGCNConv got node facts both as its third argument"):
+        layer(x, edge_index, NodeInfo(), nodes=NodeInfo())
+    with pytest.raises(TypeError, match="takes its graph as an edge_index tensor"):
+        layer(x, edge_index.tolist())
 
 
 def test_reset_repr_and_points() -> None:

@@ -5,7 +5,14 @@ from torch_geometric.nn import GINConv
 
 from lorap_dist.config import PromptConfig
 from lorap_dist.nn import QGINConv
-from lorap_dist.testing.graphs import full_block, in_neighbour_block, random_graph
+from lorap_dist.testing.graphs import (
+    GRAPH_FORMS,
+    full_block,
+    graph_form,
+    in_neighbour_block,
+    random_bipartite,
+    random_graph,
+)
 from lorap_dist.testing.layers import assert_same_outputs_and_grads, copy_parameters
 
 NAMES = {
@@ -39,6 +46,40 @@ def test_matches_pyg_ginconv(seed: int, train_eps: bool, channels: tuple[int, in
     )
     if train_eps:
         assert ours.eps.grad is not None and ours.eps.grad.abs().item() > 0
+
+
+def pyg_pair(seed: int) -> tuple[QGINConv, GINConv]:
+    torch.manual_seed(seed)
+    mlp = nn.Sequential(nn.Linear(40, 7), nn.ReLU(), nn.Linear(7, 3))  # 40 wide: CSR path
+    theirs = GINConv(mlp, eps=0.3, train_eps=True)
+    ours = QGINConv(40, 3, 7, eps=0.3, train_eps=True)
+    copy_parameters(ours, theirs, NAMES)
+    return ours, theirs
+
+
+@pytest.mark.parametrize("form", GRAPH_FORMS)
+def test_matches_pyg_ginconv_on_each_graph_form(form: str) -> None:
+    ours, theirs = pyg_pair(seed=5)
+    graph = graph_form(form, random_graph(13, 30, seed=5, duplicates=0), 13, 13)
+    assert_same_outputs_and_grads(
+        ours, theirs, NAMES, torch.randn(13, 40), lambda m, x: m(x, graph), lambda m, x: m(x, graph)
+    )
+
+
+@pytest.mark.parametrize("form", GRAPH_FORMS)
+@pytest.mark.parametrize("dst", ["x_dst", "None", "None with size"])
+def test_matches_pyg_ginconv_on_bipartite_pairs(form: str, dst: str) -> None:
+    """``x_dst`` rows are some of ``x``'s rows, so the gradient reaches ``x`` both ways."""
+    ours, theirs = pyg_pair(seed=6)
+    graph = graph_form(form, random_bipartite(9, 5, 20, seed=6), 9, 5)
+    dst_rows = torch.tensor([3, 0, 7, 1, 5])
+    size = (9, 5) if dst == "None with size" else None
+
+    def run(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        x_dst = x[dst_rows] if dst == "x_dst" else None
+        return module((x, x_dst), graph, size=size)
+
+    assert_same_outputs_and_grads(ours, theirs, NAMES, torch.randn(9, 40), run, run)
 
 
 @pytest.mark.parametrize("seed", [0, 3])

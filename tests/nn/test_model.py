@@ -1,6 +1,7 @@
 import pytest
 import torch
 from torch import Tensor, nn
+from torch_geometric.nn.models import GAT, GCN, GIN, GraphSAGE
 
 from lorap_dist.config import ModelConfig, PromptConfig
 from lorap_dist.graph import Block, NodeInfo
@@ -8,7 +9,14 @@ from lorap_dist.nn import GNN, QGATConv, build_model, parameter_counts
 from lorap_dist.prompt import GPFPlus, LoRAP
 from lorap_dist.quant import Quantizer
 from lorap_dist.testing.fake_quant import RecordingQuantizer
-from lorap_dist.testing.graphs import full_block, in_neighbour_block, random_graph
+from lorap_dist.testing.graphs import (
+    GRAPH_FORMS,
+    full_block,
+    graph_form,
+    in_neighbour_block,
+    random_graph,
+)
+from lorap_dist.testing.layers import assert_same_outputs_and_grads, copy_parameters
 
 ARCHS = ["gcn", "sage", "gin", "gat"]
 IN, OUT, N = 5, 3, 14
@@ -72,6 +80,51 @@ def test_full_blocks_equal_the_full_graph(arch: str, norm: str) -> None:
     torch.testing.assert_close(model(x, blocks), model(x, edge_index))
 
 
+PYG_MODELS = {"gcn": GCN, "sage": GraphSAGE, "gin": GIN, "gat": GAT}
+PYG_NAMES = {  # our parameter -> PyG's, within convs.{l}
+    "gcn": {"lin.weight": "lin.weight", "bias": "bias"},
+    "sage": {
+        "lin_l.weight": "lin_l.weight",
+        "lin_l.bias": "lin_l.bias",
+        "lin_r.weight": "lin_r.weight",
+    },
+    "gin": {
+        "lin1.weight": "nn.lins.0.weight",
+        "lin1.bias": "nn.lins.0.bias",
+        "lin2.weight": "nn.lins.1.weight",
+        "lin2.bias": "nn.lins.1.bias",
+    },
+    "gat": {"lin.weight": "lin.weight", "att_src": "att_src", "att_dst": "att_dst", "bias": "bias"},
+}
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("form", GRAPH_FORMS)
+def test_matches_the_pyg_model_on_each_graph_form(arch: str, form: str) -> None:
+    """One graph for every layer, in each form, against PyG's own model of three layers."""
+    torch.manual_seed(0)
+    ours = build_model(IN, OUT, model_config(arch, layers=3), PromptConfig()).eval()
+    kwargs = {"heads": 2} if arch == "gat" else {}
+    theirs = PYG_MODELS[arch](IN, 8, 3, OUT, **kwargs).eval()
+    for parameter in theirs.parameters():
+        nn.init.normal_(parameter, std=0.5)  # PyG starts biases at zero, which hides bugs
+    names = {
+        f"convs.{l}.{mine}": f"convs.{l}.{other}"
+        for l in range(3)
+        for mine, other in PYG_NAMES[arch].items()
+    }
+    copy_parameters(ours, theirs, names)
+    graph = graph_form(form, random_graph(N, 40, seed=7, duplicates=0), N, N)
+    assert_same_outputs_and_grads(
+        ours,
+        theirs,
+        names,
+        torch.randn(N, IN),
+        lambda m, x: m(x, graph),
+        lambda m, x: m(x, graph),
+    )
+
+
 @pytest.mark.parametrize("arch", ["sage", "gin", "gat"])
 def test_sampled_blocks_give_the_seeds_their_full_graph_outputs(arch: str) -> None:
     torch.manual_seed(0)
@@ -117,6 +170,10 @@ def test_block_lists_are_checked() -> None:
     edge_index, x = random_graph(N, 40, seed=6), torch.randn(N, IN)
     with pytest.raises(ValueError, match="exactly 2 Blocks"):
         model(x, [full_block(edge_index, N)])
+    with pytest.raises(ValueError, match="one graph for every layer"):
+        model(x, [edge_index, edge_index])
+    with pytest.raises(ValueError, match=r"1 graph\(s\) of types \['Block'\]"):
+        model(x, full_block(edge_index, N))
     with pytest.raises(ValueError, match=r"blocks\[1\].num_src=5"):
         model(x, [Block(edge_index, N, N), Block(edge_index[:, :0], 5, 5)])
 

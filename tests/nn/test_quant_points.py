@@ -14,7 +14,7 @@ from lorap_dist.nn import QGATConv, QGCNConv, QGINConv, QSAGEConv
 from lorap_dist.nn.conv import QuantizedConv
 from lorap_dist.quant import quantizers_of
 from lorap_dist.testing.fake_quant import GridQuantizer, RecordingQuantizer
-from lorap_dist.testing.graphs import in_neighbour_block, random_graph
+from lorap_dist.testing.graphs import in_neighbour_block, random_bipartite, random_graph
 from lorap_dist.testing.layers import copy_parameters
 
 N, IN, OUT = 12, 5, 6
@@ -108,6 +108,38 @@ def test_points_get_the_node_facts_of_their_rows_on_a_block(arch: str) -> None:
         assert seen.size(0) == rows, point
         torch.testing.assert_close(info.ids, src_ids[:rows])
         torch.testing.assert_close(info.degree, torch.arange(rows))
+
+
+@pytest.mark.parametrize("with_x_dst", [True, False])
+@pytest.mark.parametrize("arch", ["sage", "gin", "gat"])
+def test_a_pairs_destinations_pass_the_source_points_with_their_own_facts(
+    arch: str, with_x_dst: bool
+) -> None:
+    layer = make(arch)
+    recorders = {point: RecordingQuantizer() for point in layer.QUANT_POINTS}
+    layer.quantizers.update(recorders)
+    x_src, x_dst = torch.randn(9, IN), torch.randn(4, IN)
+    nodes_src, nodes_dst = NodeInfo(ids=torch.arange(9)), NodeInfo(ids=torch.arange(4) + 50)
+    with torch.no_grad():
+        layer(
+            (x_src, x_dst if with_x_dst else None),
+            random_bipartite(9, 4, 15, seed=4),
+            size=(9, 4),
+            nodes=(nodes_src, nodes_dst),
+        )
+    for point, recorder in recorders.items():
+        calls = recorder.calls
+        if point not in SOURCE_POINTS:
+            ((seen, info),) = calls
+            assert seen.size(0) == 4 and info is nodes_dst, point
+            continue
+        assert len(calls) == (2 if with_x_dst else 1), point
+        assert calls[0][0].size(0) == 9 and calls[0][1] is nodes_src, point
+        if with_x_dst:
+            seen, info = calls[1]
+            assert info is nodes_dst, point
+            expected = x_dst if point == "input" else x_dst @ layer.lin.weight.t()
+            torch.testing.assert_close(seen, expected)
 
 
 @pytest.mark.parametrize("arch", ARCHS)

@@ -3,8 +3,16 @@ import torch
 from torch_geometric.nn import SAGEConv
 
 from lorap_dist.config import PromptConfig
+from lorap_dist.graph import NodeInfo
 from lorap_dist.nn import QSAGEConv
-from lorap_dist.testing.graphs import full_block, in_neighbour_block, random_graph
+from lorap_dist.testing.graphs import (
+    GRAPH_FORMS,
+    full_block,
+    graph_form,
+    in_neighbour_block,
+    random_bipartite,
+    random_graph,
+)
 from lorap_dist.testing.layers import assert_same_outputs_and_grads, copy_parameters
 
 NAMES = {
@@ -30,6 +38,58 @@ def test_matches_pyg_sageconv(seed: int, channels: tuple[int, int]) -> None:
         lambda m, x: m(x, edge_index),
         lambda m, x: m(x, edge_index),
     )
+
+
+def pyg_pair(seed: int) -> tuple[QSAGEConv, SAGEConv]:
+    torch.manual_seed(seed)
+    ours, theirs = QSAGEConv(6, 40), SAGEConv(6, 40)  # 40 wide: the CSR aggregation path
+    copy_parameters(ours, theirs, NAMES)
+    return ours, theirs
+
+
+@pytest.mark.parametrize("form", GRAPH_FORMS)
+def test_matches_pyg_sageconv_on_each_graph_form(form: str) -> None:
+    ours, theirs = pyg_pair(seed=5)
+    graph = graph_form(form, random_graph(13, 30, seed=5, duplicates=0), 13, 13)
+    assert_same_outputs_and_grads(
+        ours, theirs, NAMES, torch.randn(13, 6), lambda m, x: m(x, graph), lambda m, x: m(x, graph)
+    )
+
+
+@pytest.mark.parametrize("form", GRAPH_FORMS)
+@pytest.mark.parametrize("dst", ["x_dst", "None", "None with size"])
+def test_matches_pyg_sageconv_on_bipartite_pairs(form: str, dst: str) -> None:
+    """``x_dst`` rows are some of ``x``'s rows, so the gradient reaches ``x`` both ways."""
+    ours, theirs = pyg_pair(seed=6)
+    graph = graph_form(form, random_bipartite(9, 5, 20, seed=6), 9, 5)
+    dst_rows = torch.tensor([3, 0, 7, 1, 5])
+    size = (9, 5) if dst == "None with size" else None
+
+    def run(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+        x_dst = x[dst_rows] if dst == "x_dst" else None
+        return module((x, x_dst), graph, size=size)
+
+    assert_same_outputs_and_grads(ours, theirs, NAMES, torch.randn(9, 6), run, run)
+
+
+def test_pair_errors_name_the_input() -> None:
+    layer = QSAGEConv(3, 2)
+    edge_index = random_bipartite(6, 4, 10)
+    x_src, x_dst = torch.randn(6, 3), torch.randn(4, 3)
+    with pytest.raises(ValueError, match="num_dst=4 from size but num_dst=3 from x_dst's rows"):
+        layer((x_src, x_dst[:3]), edge_index, size=(6, 4))
+    with pytest.raises(ValueError, match="x_src with 6 rows, but the EdgeIndex's sparse_size"):
+        layer((x_src, x_dst), graph_form("EdgeIndex", edge_index, 7, 4))
+    with pytest.raises(ValueError, match="x_src with 3 channels and x_dst with 2"):
+        layer((x_src, x_dst[:, :2]), edge_index)
+    with pytest.raises(TypeError, match="pair with a Block"):
+        layer((x_src, x_dst), full_block(edge_index, 6))
+    with pytest.raises(TypeError, match="pass the node facts as a pair too"):
+        layer((x_src, x_dst), edge_index, nodes=NodeInfo())
+    with pytest.raises(TypeError, match=r"size as \(num_src, num_dst\)"):
+        layer((x_src, x_dst), edge_index, size=torch.ones(4))
+    with pytest.raises(ValueError, match="values are not all 1"):
+        layer((x_src, x_dst), graph_form("coo", edge_index, 6, 4, torch.full((10,), 2.0)))
 
 
 @pytest.mark.parametrize("seed", [0, 3])

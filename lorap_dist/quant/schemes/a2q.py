@@ -85,7 +85,7 @@ import torch
 from torch import Tensor, nn
 
 from lorap_dist.graph.block import NodeInfo
-from lorap_dist.quant.api import QuantizeContext, register_scheme
+from lorap_dist.quant.api import QuantConfig, QuantizeContext, register_scheme
 from lorap_dist.quant.base import NODE, WEIGHT, Quantizer
 from lorap_dist.quant.fake_quant import SPARSE_SHARE, NonzeroIndex, on_nonzeros
 from lorap_dist.validation import ConfigError, check, check_bits, is_int, is_number
@@ -96,7 +96,7 @@ _LN2 = math.log(2.0)
 
 
 @dataclass
-class A2QConfig:
+class A2QConfig(QuantConfig):
     """A2Q: learned per-node steps and bit widths, local gradients, memory penalty.
 
     Args:

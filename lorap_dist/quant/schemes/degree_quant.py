@@ -31,7 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from lorap_dist.graph.block import NodeInfo
-from lorap_dist.quant.api import QuantizeContext, register_scheme
+from lorap_dist.quant.api import QuantConfig, QuantizeContext, register_scheme
 from lorap_dist.quant.base import NODE, WEIGHT, Quantizer
 from lorap_dist.quant.observers import EMAObserver, PercentileObserver, RangeObserver
 from lorap_dist.quant.quantizer import FakeQuantizer
@@ -39,7 +39,7 @@ from lorap_dist.validation import ConfigError, check, check_bits, is_number
 
 
 @dataclass
-class DegreeQuantConfig:
+class DegreeQuantConfig(QuantConfig):
     """Degree-Quant: protect nodes by in-degree, percentile range tracking.
 
     Args:

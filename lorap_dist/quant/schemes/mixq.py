@@ -41,7 +41,7 @@ import torch
 from torch import Tensor, nn
 
 from lorap_dist.graph.block import NodeInfo
-from lorap_dist.quant.api import QuantizeContext, register_scheme
+from lorap_dist.quant.api import QuantConfig, QuantizeContext, register_scheme
 from lorap_dist.quant.base import NODE, WEIGHT, Quantizer, quantizable_modules, quantizers_of
 from lorap_dist.quant.fake_quant import (
     NonzeroIndex,
@@ -57,7 +57,7 @@ OBSERVERS = ("minmax", "ema")
 
 
 @dataclass
-class MixQConfig:
+class MixQConfig(QuantConfig):
     """MixQ: learned softmax mixture over candidate bit widths at every point.
 
     Args:

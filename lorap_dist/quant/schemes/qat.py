@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from lorap_dist.quant.api import QuantizeContext, register_scheme
+from lorap_dist.quant.api import QuantConfig, QuantizeContext, register_scheme
 from lorap_dist.quant.base import NODE, WEIGHT, Quantizer
 from lorap_dist.quant.observers import (
     EMAObserver,
@@ -35,7 +35,7 @@ OBSERVERS = ("minmax", "ema", "percentile")
 
 
 @dataclass
-class QATConfig:
+class QATConfig(QuantConfig):
     """Plain QAT: fake-quantize node features and weights, straight-through gradients.
 
     Args:
