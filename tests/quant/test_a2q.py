@@ -12,11 +12,9 @@ from lorap_dist.config import ConfigError, ModelConfig, PromptConfig
 from lorap_dist.graph.block import NodeInfo
 from lorap_dist.nn import build_model
 from lorap_dist.quant import quantize_, quantizers_of
-from lorap_dist.quant.schemes.a2q import (
-    A2QConfig,
+from lorap_dist.quant.schemes.a2q import A2QConfig, A2QNodeQuantizer, A2QWeightQuantizer
+from lorap_dist.quant.schemes.a2q_functional import (
     A2QFakeQuantize,
-    A2QNodeQuantizer,
-    A2QWeightQuantizer,
     a2q_reference,
     local_error_gradients,
     nearest_pool_entry,
@@ -112,7 +110,7 @@ def test_local_gradients_of_mostly_zero_rows_skip_the_zeros_and_agree():
 
 
 def _error_terms_dense(x, step, bits):
-    from lorap_dist.quant.schemes.a2q import _error_terms
+    from lorap_dist.quant.schemes.a2q_functional import _error_terms
 
     ds, db = _error_terms(x, step.unsqueeze(1), bits.unsqueeze(1))
     return ds.sum(dim=1), db.sum(dim=1)
