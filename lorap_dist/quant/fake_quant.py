@@ -156,17 +156,53 @@ class _FakeQuantizeSTE(torch.autograd.Function):
         qmax: int,
         axis: int | None,
     ) -> Tensor:
-        q, mask = quantize_codes(x, scale, zero_point, qmin, qmax, axis)
-        dtype = compute_dtype(x)
-        s = _broadcast(scale.to(x.device, torch.float32), x, axis).to(dtype)
-        z = _broadcast(zero_point.to(x.device, dtype), x, axis)
+        out, mask = _fake_quantize_codes(x, scale, zero_point, qmin, qmax, axis)
         ctx.save_for_backward(mask)
-        return ((torch.clamp(q, qmin, qmax) - z) * s).to(x.dtype)
+        return out
 
     @staticmethod
     def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> tuple:
         (mask,) = ctx.saved_tensors
         return grad * mask, None, None, None, None, None
+
+
+def _fake_quantize_codes(
+    x: Tensor, scale: Tensor, zero_point: Tensor, qmin: int, qmax: int, axis: int | None
+) -> tuple[Tensor, Tensor]:
+    """The fake-quantized ``x`` and its in-range mask, by the formulas (any dtype, device)."""
+    q, mask = quantize_codes(x, scale, zero_point, qmin, qmax, axis)
+    dtype = compute_dtype(x)
+    s = _broadcast(scale.to(x.device, torch.float32), x, axis).to(dtype)
+    z = _broadcast(zero_point.to(x.device, dtype), x, axis)
+    return ((torch.clamp(q, qmin, qmax) - z) * s).to(x.dtype), mask
+
+
+def fake_quantize_with_mask(
+    x: Tensor,
+    scale: Tensor | float,
+    zero_point: Tensor | int,
+    qmin: int,
+    qmax: int,
+    axis: int | None = None,
+) -> tuple[Tensor, Tensor]:
+    """``(fake_quantize(x, ...), mask)`` without autograd, ``mask`` the boolean in-range
+    mask through which :func:`fake_quantize` passes its gradient: for autograd functions
+    that combine several quantizations of one tensor (MixQ's mixture). Same values, in one
+    pass of PyTorch's fused kernels where :func:`fake_quantize` uses them."""
+    x = x.detach()
+    scale, zero_point = _parameters(x, scale, zero_point, qmin, qmax, axis)
+    if not _uses_torch_kernel(x, zero_point, qmin, qmax):
+        return _fake_quantize_codes(x, scale, zero_point, qmin, qmax, axis)
+    if axis is None:
+        return torch._fake_quantize_per_tensor_affine_cachemask_tensor_qparams(
+            x, scale.reshape(1), zero_point.reshape(1).to(torch.int32), _ENABLED, qmin, qmax
+        )
+    return torch.ops.aten.fake_quantize_per_channel_affine_cachemask(
+        x, scale, zero_point.to(torch.int32), axis % x.dim(), qmin, qmax
+    )
+
+
+_ENABLED = torch.tensor([1], dtype=torch.uint8)  # the cachemask op's fake_quant_enabled flag
 
 
 def fake_quantize(
@@ -193,33 +229,44 @@ def fake_quantize(
         (``axis=None``) or :func:`torch.fake_quantize_per_channel_affine` (but see the
         module docstring for float64 per tensor).
     """
-    if qmin > qmax:
-        raise ValueError(f"qmin={qmin} must not exceed qmax={qmax}.")
-    scale = torch.as_tensor(scale, dtype=torch.float32, device=x.device).detach()
-    zero_point = torch.as_tensor(zero_point, device=x.device).detach()
-    if (
-        x.dtype == torch.float32
-        and x.device.type == "cpu"
-        and _torch_kernel_applies(zero_point, qmin, qmax)
-    ):
+    scale, zero_point = _parameters(x, scale, zero_point, qmin, qmax, axis)
+    if _uses_torch_kernel(x, zero_point, qmin, qmax):
         # PyTorch's fused CPU kernels: the same values and gradients in one pass (1.6x faster
-        # forward + backward on a 12 M-element input, one thread). Not on GPUs, where
-        # checking the parameters would wait on the device at every call.
+        # forward + backward on a 12 M-element input, one thread).
         if axis is None:
-            _broadcast(scale, x, None)  # the same shape errors as below
             return torch.fake_quantize_per_tensor_affine(
                 x, scale.reshape(1), zero_point.reshape(1).to(torch.int32), qmin, qmax
             )
-        _broadcast(scale, x, axis)
         return torch.fake_quantize_per_channel_affine(
             x, scale, zero_point.to(torch.int32), axis % x.dim(), qmin, qmax
         )
     return _FakeQuantizeSTE.apply(x, scale, zero_point, qmin, qmax, axis)
 
 
-def _torch_kernel_applies(zero_point: Tensor, qmin: int, qmax: int) -> bool:
-    """Whether PyTorch's kernels accept these parameters: integer zero points inside the
-    grid (they check it), and a grid that contains 0."""
+def _parameters(
+    x: Tensor,
+    scale: Tensor | float,
+    zero_point: Tensor | int,
+    qmin: int,
+    qmax: int,
+    axis: int | None,
+) -> tuple[Tensor, Tensor]:
+    """``scale`` (float32) and ``zero_point`` as detached tensors on ``x``'s device, checked
+    against the grid and against ``x`` along ``axis``."""
+    if qmin > qmax:
+        raise ValueError(f"qmin={qmin} must not exceed qmax={qmax}.")
+    scale = torch.as_tensor(scale, dtype=torch.float32, device=x.device).detach()
+    zero_point = torch.as_tensor(zero_point, device=x.device).detach()
+    _broadcast(scale, x, axis)  # the shape errors, before any kernel sees them
+    return scale, zero_point
+
+
+def _uses_torch_kernel(x: Tensor, zero_point: Tensor, qmin: int, qmax: int) -> bool:
+    """Whether PyTorch's fused kernels compute this fake quantization: float32 on the CPU
+    (on GPUs checking the parameters would wait on the device at every call), integer zero
+    points inside the grid (the kernels check it), and a grid that contains 0."""
+    if x.dtype != torch.float32 or x.device.type != "cpu":
+        return False
     if zero_point.is_floating_point() and not bool((zero_point == zero_point.round()).all()):
         return False
     return qmin <= 0 <= qmax and bool(((zero_point >= qmin) & (zero_point <= qmax)).all())

@@ -17,7 +17,13 @@ from lorap_dist.quant import (
     quantizers_of,
 )
 from lorap_dist.quant.observers import MinMaxObserver
-from lorap_dist.quant.schemes.mixq import MixQConfig, MixQQuantizer, freeze_mixq, mixq_bits
+from lorap_dist.quant.schemes.mixq import (
+    MixQConfig,
+    MixQQuantizer,
+    _Mixture,
+    freeze_mixq,
+    mixq_bits,
+)
 
 
 @pytest.mark.parametrize(
@@ -86,6 +92,40 @@ def test_mixture_value_and_the_gradient_of_the_mixing_logits():
     inner = torch.stack([(upstream * c).sum() for c in candidates])
     expected = weights * (inner - (weights * inner).sum())  # softmax Jacobian
     torch.testing.assert_close(quantizer.logits.grad, expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])  # fused kernels / formulas
+@pytest.mark.parametrize("axis", [None, 0])
+def test_mixture_node_has_autograds_values_and_gradients(dtype, axis):
+    """One autograd node against autograd through ``sum(w_i * fake_quantize_i(x))``, with a
+    range narrower than ``x`` so that every candidate clips some values (and their masks
+    differ)."""
+    torch.manual_seed(0)
+    x = (3 * torch.randn(40, 7, dtype=dtype)).requires_grad_()
+    logits = torch.tensor([0.3, -0.2, 0.5], requires_grad=True)
+    lo, hi = (torch.full((40,), -1.0), torch.full((40,), 1.5)) if axis == 0 else (-1.0, 1.5)
+    grids = []
+    for bits in (2, 4, 8):
+        scale, zero_point = calculate_qparams(torch.as_tensor(lo), torch.as_tensor(hi), bits, False)
+        grids.append((scale, zero_point, *quant_range(bits, False)))
+    upstream = torch.randn(40, 7, dtype=dtype)
+
+    weights = torch.softmax(logits, 0)
+    mixed = _Mixture.apply(x, weights, grids, axis)
+    (mixed * upstream).sum().backward()
+    got = mixed.detach(), x.grad.clone(), logits.grad.clone()
+    x.grad = logits.grad = None
+    weights = torch.softmax(logits, 0)
+    expected = sum(w * fake_quantize(x, *g, axis=axis) for w, g in zip(weights, grids, strict=True))
+    (expected * upstream).sum().backward()
+
+    assert expected.dtype == got[0].dtype == dtype
+    torch.testing.assert_close(got[0], expected.detach())
+    torch.testing.assert_close(got[1], x.grad)
+    torch.testing.assert_close(got[2], logits.grad)
+    passed = x.grad / upstream  # sum_i w_i m_i: 1 inside every grid, 0 outside all
+    assert (passed == 0).any() and torch.isclose(passed, torch.ones_like(passed)).any()
+    assert ((passed > 1e-3) & (passed < 1 - 1e-3)).any()  # clipped by some candidates only
 
 
 def test_penalty_alone_lowers_the_expected_bits():

@@ -47,6 +47,7 @@ from lorap_dist.quant.fake_quant import (
     NonzeroIndex,
     calculate_qparams,
     fake_quantize,
+    fake_quantize_with_mask,
     on_nonzeros,
     quant_range,
 )
@@ -209,18 +210,16 @@ class MixQQuantizer(Quantizer):
         return on_nonzeros(x, index, lambda values: self._mixture(values, lo, hi))
 
     def _mixture(self, x: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
+        grids = [self._grid(lo, hi, bits) for bits in self.candidate_bits]
+        axis = 0 if self.per_row else None
         if self.frozen:
-            return self._fake_quantize(x, lo, hi, self.candidate_bits[int(self.selected)])
-        weights = self.mixing_weights()
-        return sum(
-            w * self._fake_quantize(x, lo, hi, bits)
-            for w, bits in zip(weights, self.candidate_bits, strict=True)
-        )
+            return fake_quantize(x, *grids[int(self.selected)], axis=axis)
+        return _Mixture.apply(x, self.mixing_weights(), grids, axis)
 
-    def _fake_quantize(self, x: Tensor, lo: Tensor, hi: Tensor, bits: int) -> Tensor:
-        qmin, qmax = quant_range(bits, self.symmetric)
+    def _grid(self, lo: Tensor, hi: Tensor, bits: int) -> tuple[Tensor, Tensor, int, int]:
+        """``(scale, zero_point, qmin, qmax)`` of candidate ``bits`` over ``[lo, hi]``."""
         scale, zero_point = calculate_qparams(lo, hi, bits, self.symmetric)
-        return fake_quantize(x, scale, zero_point, qmin, qmax, axis=0 if self.per_row else None)
+        return (scale, zero_point, *quant_range(bits, self.symmetric))
 
     def mixing_weights(self) -> Tensor:
         """:math:`\\operatorname{softmax}(\\mathbf c / T)` over the candidates."""
@@ -276,6 +275,54 @@ class MixQQuantizer(Quantizer):
     def extra_repr(self) -> str:
         state = f"selected={self.chosen_bits()}" if self.frozen else "mixing"
         return f"candidate_bits={list(self.candidate_bits)}, per_row={self.per_row}, {state}"
+
+
+class _Mixture(torch.autograd.Function):
+    r""":math:`\hat x = \sum_i w_i \operatorname{fakequant}_i(x)` as one autograd node.
+
+    Backward, with :math:`m_i` the in-range mask of candidate :math:`i` (its
+    straight-through gradient) and :math:`g` the upstream gradient:
+
+    .. math::
+
+        \frac{\partial L}{\partial x} = g \odot \sum_i w_i m_i, \qquad
+        \frac{\partial L}{\partial w_i} = \langle g, \operatorname{fakequant}_i(x) \rangle
+
+    the gradients autograd takes through ``sum(w_i * fake_quantize_i(x))``, in fewer passes
+    over ``x``'s size (the sums are ordered differently, so they agree to rounding). Each
+    grid is ``(scale, zero_point, qmin, qmax)``.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: torch.autograd.function.FunctionCtx,
+        x: Tensor,
+        weights: Tensor,
+        grids: list[tuple[Tensor, Tensor, int, int]],
+        axis: int | None,
+    ) -> Tensor:
+        pairs = [fake_quantize_with_mask(x, *grid, axis=axis) for grid in grids]
+        outs, masks = [out for out, _ in pairs], [mask for _, mask in pairs]
+        mixed = outs[0] * weights[0]
+        for out, weight in zip(outs[1:], weights[1:], strict=True):
+            mixed.addcmul_(out, weight)
+        ctx.save_for_backward(weights, *outs, *masks)
+        return mixed
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> tuple:
+        weights, *saved = ctx.saved_tensors
+        outs, masks = saved[: len(saved) // 2], saved[len(saved) // 2 :]
+        grad_x = grad_weights = None
+        if ctx.needs_input_grad[0]:
+            passed = masks[0] * weights[0]  # sum_i w_i m_i
+            for mask, weight in zip(masks[1:], weights[1:], strict=True):
+                passed.addcmul_(mask, weight)
+            grad_x = grad * passed
+        if ctx.needs_input_grad[1]:
+            flat = grad.reshape(-1)
+            grad_weights = torch.stack([torch.dot(flat, out.reshape(-1)) for out in outs])
+        return grad_x, grad_weights, None, None
 
 
 def freeze_mixq(model: nn.Module) -> dict[str, int]:
