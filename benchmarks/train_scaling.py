@@ -14,7 +14,9 @@ parts (metis), with the ogbn-products GraphSAGE recipe (3 layers, hidden 256, fa
   fanouts and batch size, 2 threads), run by ``--pyg-python`` (a venv with torch-sparse).
 
 Each run trains ``--epochs`` epochs of ``--steps`` steps per worker; throughput is that of the
-last epoch (the first warms up). Bytes are per step, and scaled to a full epoch.
+last epoch (the first warms up). Every run is repeated ``--repeats`` times, the repeats of all
+runs interleaved (so a slow spell of the machine hits every variant alike), and the median
+repeat is reported. Bytes are per step, and scaled to a full epoch.
 Writes ``benchmarks/results/train_scaling.{json,md}``. Run it alone on the machine:
 
     .venv/bin/python benchmarks/train_scaling.py \\
@@ -121,6 +123,8 @@ def run_pyg(python: str, dataset: Path, work: Path, warmup: int, steps: int) -> 
 
     from lorap_dist.graph.storage import open_dataset
 
+    if not Path(python).is_file():
+        return {"available": False, "reason": f"{python} does not exist (see --pyg-python)"}
     probe = subprocess.run(
         [python, "-c", "import torch_sparse, torch_geometric"], capture_output=True, text=True
     )
@@ -200,7 +204,12 @@ def prepared(args: argparse.Namespace, parts: int) -> Path:
 
 
 def run_ours(
-    dataset: Path, variant: str, workers: int, args: argparse.Namespace, storage: Path
+    dataset: Path,
+    variant: str,
+    workers: int,
+    args: argparse.Namespace,
+    storage: Path,
+    repeat: int = 0,
 ) -> dict[str, Any]:
     from lorap_dist.config import ExperimentConfig
     from lorap_dist.distributed.trainer import run_distributed
@@ -224,7 +233,7 @@ def run_ours(
                 "num_workers": workers,
                 "cpus_per_worker": 1,
                 "storage_path": str(storage),
-                "name": f"{variant}-{workers}w",
+                "name": f"{variant}-{workers}w-r{repeat}",
                 "checkpoint_every": args.epochs,
                 "keep_checkpoints": 1,
                 "eval_every": None,
@@ -237,12 +246,22 @@ def run_ours(
     summary = run_distributed(experiment, experiment.dist)
     summary["run_s"] = time.perf_counter() - started
     print(
-        f"{variant} x{workers}: {summary['seeds_per_s']:.1f} seeds/s, "
+        f"{variant} x{workers} (repeat {repeat}): {summary['seeds_per_s']:.1f} seeds/s, "
         f"{summary['bytes_exchanged']} B/epoch, peak RSS {summary['peak_rss_gib']:.2f} GiB, "
         f"run {summary['run_s']:.0f} s",
         flush=True,
     )
     return summary
+
+
+def median_run(repeats: list[dict[str, Any]]) -> dict[str, Any]:
+    """The repeat with the median throughput (the lower middle one for an even count), with
+    every repeat's throughput and the largest peak RSS of all repeats."""
+    ordered = sorted(repeats, key=lambda run: run["seeds_per_s"])
+    middle = dict(ordered[(len(ordered) - 1) // 2])
+    middle["seeds_per_s_repeats"] = [run["seeds_per_s"] for run in repeats]
+    middle["peak_rss_gib"] = max(run["peak_rss_gib"] for run in repeats)
+    return middle
 
 
 def _size_note(nodes: int, undirected_edges: int) -> str:
@@ -264,6 +283,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2, help="steps per epoch and worker")
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--warmup", type=int, default=2, help="PyG warm-up batches")
+    parser.add_argument("--repeats", type=int, default=3, help="repeats of every run (median)")
     parser.add_argument("--data", default=str(REPO / "data" / "bench-train-scaling"))
     parser.add_argument(
         "--pyg-python", default="/tmp/lorap-bench/pyg-venv/bin/python", help="PyG venv python"
@@ -286,14 +306,16 @@ def main() -> None:
     offline_defaults()
     work = Path(tempfile.mkdtemp(prefix="train-scaling-"))
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    runs: dict[str, dict[str, Any]] = {}
+    repeats: dict[str, list[dict[str, Any]]] = {f"{v}@{w}": [] for v, w in RUNS}
     try:
-        for variant, workers in RUNS:
-            runs[f"{variant}@{workers}"] = run_ours(
-                datasets[workers], variant, workers, args, work / "runs"
-            )
+        for repeat in range(args.repeats):
+            for variant, workers in RUNS:
+                repeats[f"{variant}@{workers}"].append(
+                    run_ours(datasets[workers], variant, workers, args, work / "runs", repeat)
+                )
     finally:
         ray.shutdown()
+    runs = {key: median_run(done) for key, done in repeats.items()}
     pyg = run_pyg(args.pyg_python, datasets[1], work, args.warmup, args.steps)
     print(f"pyg: {pyg}", flush=True)
 
@@ -347,6 +369,7 @@ def main() -> None:
             "batch_size": BATCH,
             "epochs": args.epochs,
             "steps_per_epoch": args.steps,
+            "repeats": args.repeats,
         },
         "pyg_seeds_per_s": pyg_rate,
         "pyg": pyg,
@@ -354,6 +377,14 @@ def main() -> None:
         "ours_int4_lorap_seeds_per_s": int4_lorap,
         "ours_int4_seeds_per_s": {2: runs["int4@2"]["seeds_per_s"]},
         "lorap_overhead": overhead,
+        "lorap_overhead_repeats": [
+            alone / prompted - 1
+            for alone, prompted in zip(
+                runs["int4@2"]["seeds_per_s_repeats"],
+                runs["int4_lorap@2"]["seeds_per_s_repeats"],
+                strict=True,
+            )
+        ],
         "bytes_fp32": bytes_fp32,
         "bytes_int8": bytes_int8,
         "bytes_per_step_fp32": runs["fp32@2"]["bytes_exchanged"] / measured_steps,
@@ -434,9 +465,10 @@ Graph: generated, {g["num_nodes"]:,} nodes, {g["num_undirected_edges"]:,} undire
 metis into 2 parts (edge cut {g["edge_cut_2p"]}). {g["note"]}.
 Recipe: GraphSAGE {p["recipe"]["layers"]} layers, hidden {p["recipe"]["hidden"]}, fanout
 {p["recipe"]["fanout"]}, batch {p["recipe"]["batch_size"]}; each run {p["recipe"]["epochs"]}
-epochs of {p["recipe"]["steps_per_epoch"]} steps per worker, throughput of the last epoch.
-Workers have 1 CPU each (gloo); the machine has {p["machine"]["cpus"]} cores, shared with
-other jobs, so figures are noisy.{reason}
+epochs of {p["recipe"]["steps_per_epoch"]} steps per worker, throughput of the last epoch;
+every run repeated {p["recipe"]["repeats"]} times (repeats of all runs interleaved), the median
+repeat shown. Workers have 1 CPU each (gloo); the machine has {p["machine"]["cpus"]} cores,
+shared with other jobs, so figures are noisy.{reason}
 
 {markdown_table(["run", "precision", "seeds/s", "exchange MB/epoch", "peak RSS GiB/worker"], rows)}
 
@@ -450,6 +482,8 @@ other jobs, so figures are noisy.{reason}
 Exchange bytes are all ranks' sends per epoch, measured over {p["recipe"]["steps_per_epoch"]}
 steps and scaled to a full epoch ({p["full_epoch_steps_2w"]} steps):
 {p["bytes_per_step_fp32"]:,.0f} B/step FP32, {p["bytes_per_step_int8"]:,.0f} B/step INT8.
+LoRAP's overhead in each repeat (INT4 alone / INT4 + LoRAP - 1, 2 workers):
+{", ".join(f"{v:.3f}" for v in p["lorap_overhead_repeats"])}.
 Peak RSS is `ru_maxrss` of the largest worker and includes the memory-mapped dataset pages it
 touched. Total wall time {p["wall_s"]} s.
 
