@@ -126,6 +126,50 @@ def median_ms(fn: Callable[[], object], repeats: int, warmup: int, cuda: bool) -
     return statistics.median(times)
 
 
+def median_times(
+    steps: dict[str, Callable[[], object]], repeats: int, warmup: int, cuda: bool
+) -> dict[str, float]:
+    """:func:`median_ms` of each step, collecting garbage between them."""
+    timings = {}
+    for name, step in steps.items():
+        timings[name] = median_ms(step, repeats, warmup, cuda)
+        gc.collect()
+    return timings
+
+
+def timing_row(n: int, d: int, pass_: str, timings: dict[str, float], moved: int | None) -> dict:
+    """One result row: each variant's median milliseconds, in the order timed, and with the
+    bytes ``moved`` by the fused op, the fraction of the peak bandwidth it reached."""
+    row = {"n": n, "d": d, "pass": pass_}
+    row.update({f"{name}_ms": round(ms, 3) for name, ms in timings.items()})
+    if moved is not None:
+        row["bandwidth_fraction"] = round(moved / (timings["fused"] / 1e3) / peak_bandwidth(), 3)
+    return row
+
+
+def _lorap_bytes(n: int, d: int, pass_: str) -> int:
+    """Bytes the fused LoRAP op moves: it reads h and writes out (fp32) and codes (int8); the
+    backward reads grad_out and h and writes grad_h. Weights are negligible."""
+    elements = n * d
+    moved = elements * (4 + 4 + 1)
+    if pass_ != "fwd":
+        moved += elements * (4 + 4 + 4)
+    if pass_ == "train":
+        moved += elements * 4  # the range pass reads h once more
+    return moved
+
+
+def _aggregate_lorap_bytes(n: int, d: int, pass_: str) -> int:
+    """Bytes the fused aggregation + LoRAP op moves: in the forward, per edge an int8 row, its
+    index and scale, per row the fp32 output and the int8 codes. Training gathers twice more
+    (range pass, backward) and reads grad_out."""
+    gather = n * DEGREE * (d + 8 + 4)
+    moved = gather + n * d * (4 + 1)
+    if pass_ == "train":
+        moved += 2 * gather + n * d * 4
+    return moved
+
+
 def lorap_rows(device: str, sizes, dims, repeats_for, compiled: bool = False) -> list[dict]:
     """Fused vs unfused LoRAP per (N, d, pass); with ``compiled``, also ``torch.compile``
     of the unfused ops (fwd and fwd_bwd; inductor on CUDA, the eager backend on CPU, where
@@ -148,39 +192,23 @@ def lorap_rows(device: str, sizes, dims, repeats_for, compiled: bool = False) ->
             leaves = [t.requires_grad_(True) for t in (h, w_phi, p_a, p_b)]
             repeats, warmup = repeats_for(n)
             for pass_ in ("fwd", "fwd_bwd", "train"):
-                timings = {}
-                variants = [("fused", lorap_forward), ("unfused", unfused_lorap)]
-                if compiled_fn is not None and pass_ != "train":
-                    variants.append(("compiled", compiled_fn))
-                for name, fn in variants:
-                    if pass_ == "train":
-                        step = _train_step(name == "fused", leaves, grad)
-                    else:
-                        step = functools.partial(
-                            _step, fn, leaves, grad if pass_ == "fwd_bwd" else None
-                        )
-                    timings[name] = median_ms(step, repeats, warmup, cuda)
-                    gc.collect()
-                row = {
-                    "n": n,
-                    "d": d,
-                    "pass": pass_,
-                    "fused_ms": round(timings["fused"], 3),
-                    "unfused_ms": round(timings["unfused"], 3),
-                }
-                if "compiled" in timings:
-                    row["compiled_ms"] = round(timings["compiled"], 3)
-                if cuda:
-                    # Fused bytes: read h, write out (fp32) and codes (int8); the backward reads
-                    # grad_out and h and writes grad_h. Weights are negligible.
-                    elements = n * d
-                    moved = elements * (4 + 4 + 1)
-                    if pass_ != "fwd":
-                        moved += elements * (4 + 4 + 4)
-                    if pass_ == "train":
-                        moved += elements * 4  # the range pass reads h once more
-                    seconds = timings["fused"] / 1e3
-                    row["bandwidth_fraction"] = round(moved / seconds / peak_bandwidth(), 3)
+                if pass_ == "train":
+                    steps = {
+                        name: _train_step(name == "fused", leaves, grad)
+                        for name in ("fused", "unfused")
+                    }
+                else:
+                    variants = {"fused": lorap_forward, "unfused": unfused_lorap}
+                    if compiled_fn is not None:
+                        variants["compiled"] = compiled_fn
+                    backward = grad if pass_ == "fwd_bwd" else None
+                    steps = {
+                        name: functools.partial(_step, fn, leaves, backward)
+                        for name, fn in variants.items()
+                    }
+                timings = median_times(steps, repeats, warmup, cuda)
+                moved = _lorap_bytes(n, d, pass_) if cuda else None
+                row = timing_row(n, d, pass_, timings, moved)
                 rows.append(row)
                 print(row, flush=True)
             del h, w_phi, p_a, p_b, grad, leaves
@@ -215,16 +243,8 @@ def aggregate_rows(sizes, dims, degree: int = 10) -> list[dict]:
             fused_ms = median_ms(fused, 20, 3, True)
             unfused_ms = median_ms(unfused, 20, 3, True)
             moved = n * degree * (d + 8 + 4) + n * d * 4  # codes, index + scale per edge, out
-            rows.append(
-                {
-                    "n": n,
-                    "d": d,
-                    "pass": "fwd",
-                    "fused_ms": round(fused_ms, 3),
-                    "unfused_ms": round(unfused_ms, 3),
-                    "bandwidth_fraction": round(moved / (fused_ms / 1e3) / peak_bandwidth(), 3),
-                }
-            )
+            timings = {"fused": fused_ms, "unfused": unfused_ms}
+            rows.append(timing_row(n, d, "fwd", timings, moved))
             print(rows[-1], flush=True)
     return rows
 
@@ -311,31 +331,9 @@ def aggregate_lorap_rows(device: str, sizes, dims, repeats_for) -> list[dict]:
             repeats, warmup = repeats_for(n)
             for pass_ in ("fwd", "train"):
                 steps = _agg_lorap_steps(block, prompt, grad, d, pass_ == "train")
-                timings = {}
-                for name, step in steps.items():
-                    timings[name] = median_ms(step, repeats, warmup, cuda)
-                    gc.collect()
-                row = {
-                    "n": n,
-                    "d": d,
-                    "pass": pass_,
-                    "fused_ms": round(timings["fused"], 3),
-                    "two_ops_ms": round(timings["two_ops"], 3),
-                    "unfused_ms": round(timings["unfused"], 3),
-                }
-                if "compiled" in timings:
-                    row["compiled_ms"] = round(timings["compiled"], 3)
-                if cuda:
-                    # Fused forward: per edge an int8 row, its index and scale; per row the
-                    # fp32 output and the int8 codes. Training gathers twice more (range pass,
-                    # backward) and reads grad_out.
-                    gather = n * DEGREE * (d + 8 + 4)
-                    moved = gather + n * d * (4 + 1)
-                    if pass_ == "train":
-                        moved += 2 * gather + n * d * 4
-                    row["bandwidth_fraction"] = round(
-                        moved / (timings["fused"] / 1e3) / peak_bandwidth(), 3
-                    )
+                timings = median_times(steps, repeats, warmup, cuda)
+                moved = _aggregate_lorap_bytes(n, d, pass_) if cuda else None
+                row = timing_row(n, d, pass_, timings, moved)
                 rows.append(row)
                 print(row, flush=True)
             del block, prompt, grad

@@ -129,8 +129,19 @@ def load(path: Path) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Te
 # 2. Ours -----------------------------------------------------------------------------
 
 
-def rate(items: list[int], seconds: list[float]) -> float:
-    return sum(items) / sum(seconds)
+def throughput(
+    edges: list[int], nodes: list[int], secs: list[float], step_secs: list[float]
+) -> dict:
+    """What both loaders report: sampled edges and nodes per second of sampling, the mean
+    batch time and size, and the mean training step."""
+    return {
+        "edges_per_s": sum(edges) / sum(secs),
+        "nodes_per_s": sum(nodes) / sum(secs),
+        "batch_s": sum(secs) / len(secs),
+        "mean_edges_per_batch": sum(edges) / len(edges),
+        "mean_nodes_per_batch": sum(nodes) / len(nodes),
+        "step_s": sum(step_secs) / len(step_secs),
+    }
 
 
 def make_convs(args: argparse.Namespace, num_classes: int) -> torch.nn.ModuleList:
@@ -183,12 +194,7 @@ def run_ours(args: argparse.Namespace, path: Path) -> dict:
 
     draw = measure_draws(sampler, batches[0], gen)
     return {
-        "edges_per_s": rate(edges, secs),
-        "nodes_per_s": rate(nodes, secs),
-        "batch_s": sum(secs) / len(secs),
-        "mean_edges_per_batch": sum(edges) / len(edges),
-        "mean_nodes_per_batch": sum(nodes) / len(nodes),
-        "step_s": sum(step_secs) / len(step_secs),
+        **throughput(edges, nodes, secs, step_secs),
         "step_blocks_src_dst_edges": block_sizes,
         "draw_strategy": draw,
     }
@@ -270,12 +276,7 @@ def run_pyg(args: argparse.Namespace, path: Path) -> dict:
             step_secs.append(time.perf_counter() - t0)
         del h, loss, batch
     return {
-        "edges_per_s": rate(edges, secs),
-        "nodes_per_s": rate(nodes, secs),
-        "batch_s": sum(secs) / len(secs),
-        "mean_edges_per_batch": sum(edges) / len(edges),
-        "mean_nodes_per_batch": sum(nodes) / len(nodes),
-        "step_s": sum(step_secs) / len(step_secs),
+        **throughput(edges, nodes, secs, step_secs),
         "backend": "torch-sparse" if torch_geometric.typing.WITH_TORCH_SPARSE else "pyg-lib",
         "torch_sparse_version": __import__("torch_sparse").__version__,
     }

@@ -43,7 +43,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from .lorap_checks import check_prompt
+from .lorap_checks import Prompt, check_prompt
 from .lorap_cpu import (
     has_rows,
     lorap_backward_cpu,
@@ -232,16 +232,12 @@ def aggregate_lorap(
     _check(block, w_phi, p_a, p_b, agg)
     check_grid(scale, zero_point, qmin, qmax, src_codes.device)
     d = w_phi.shape[0]
+    prompt, grid = Prompt(w_phi, p_a, p_b), QuantGrid(scale, zero_point, qmin, qmax)
     if takes_triton(src_codes, d):
-        grid = QuantGrid(scale, zero_point, qmin, qmax)
-        codes, out = launch_forward(
-            src_codes, w_phi, p_a, p_b, src_scale, grid, gather=block.gather(agg)
-        )
+        codes, out = launch_forward(src_codes, prompt, src_scale, grid, gather=block.gather(agg))
         return out, codes, _no_rows(src_codes, d), *no_residuals(out, w_phi)
     h = saved_h if has_rows(saved_h) else block.aggregate(d, agg)
-    codes, out, w, mask = lorap_forward_cpu(
-        h, w_phi, p_a, p_b, None, scale, zero_point, qmin, qmax, saved_y, saved_w, keep_residuals
-    )
+    codes, out, w, mask = lorap_forward_cpu(h, prompt, None, grid, saved_y, saved_w, keep_residuals)
     # Outputs may not alias inputs: a reused saved_h is handed on as a copy.
     h = h.clone() if h is saved_h else h
     return out, codes, h if keep_residuals else _no_rows(src_codes, d), w, mask
@@ -299,17 +295,16 @@ def aggregate_lorap_backward(
         raise ValueError(
             f"grad_out must be [num_dst, d] = [{num_dst}, {d}]; got {tuple(grad_out.shape)}."
         )
+    prompt, grid = Prompt(w_phi, p_a, p_b), QuantGrid(scale, zero_point, qmin, qmax)
     if takes_triton(src_codes, d):
-        grid = QuantGrid(scale, zero_point, qmin, qmax)
         _, *grads = launch_backward(
-            grad_out, src_codes, w_phi, p_a, p_b, src_scale, grid, gather=block.gather(agg)
+            grad_out, src_codes, prompt, src_scale, grid, gather=block.gather(agg)
         )
         return tuple(grads)
     h = saved_h if has_rows(saved_h) else block.aggregate(d, agg)
     _, *grads = lorap_backward_cpu(
-        grad_out, h, w_phi, p_a, p_b, None, scale, zero_point, qmin, qmax, saved_w, saved_mask,
-        need_grad_h=False,
-    )  # fmt: skip
+        grad_out, h, prompt, None, grid, saved_w, saved_mask, need_grad_h=False
+    )
     return tuple(grads)
 
 
@@ -408,11 +403,12 @@ def aggregate_lorap_range(
     d, k = w_phi.shape
     if block.num_dst == 0:
         raise ValueError("the block has no destination rows, so the range of y is undefined.")
+    prompt = Prompt(w_phi, p_a, p_b)
     if takes_triton(src_codes, d):
-        y_range = launch_range(src_codes, w_phi, p_a, p_b, src_scale, gather=block.gather(agg))
+        y_range = launch_range(src_codes, prompt, src_scale, gather=block.gather(agg))
         return y_range, _no_rows(src_codes, d), _no_rows(src_codes, d), _no_rows(src_codes, k)
     h = block.aggregate(d, agg)
-    y, w = prompted_reference(h, w_phi, p_a, p_b, None, with_weights=True)
+    y, w = prompted_reference(h, prompt, None, with_weights=True)
     return torch.stack(torch.aminmax(y)), h, y, w
 
 

@@ -2,12 +2,15 @@
 
 ``h`` is ``[N, d]`` float32 / float16 / bfloat16, or int8 codes with an fp32 ``in_scale`` of
 shape ``[1]`` (per tensor) or ``[N]`` (per row); the prompt is ``W_phi`` ``[d, k]``, ``P_A``
-``[k, r]``, ``P_B`` ``[r, d]`` in a float dtype, on ``h``'s device; the output grid is checked
-by :func:`~.quant_grid.check_grid`. Both paths of :mod:`.lorap_fused` and the CPU path
+``[k, r]``, ``P_B`` ``[r, d]`` in a float dtype, on ``h``'s device (the kernels' launchers
+and the CPU path take the three as one :class:`Prompt`); the output grid is checked by
+:func:`~.quant_grid.check_grid`. Both paths of :mod:`.lorap_fused` and the CPU path
 (:mod:`.lorap_cpu`) run these checks; :mod:`.aggregate_lorap` runs :func:`check_prompt`.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -15,6 +18,7 @@ from torch import Tensor
 from .quant_grid import check_grid
 
 __all__ = [
+    "Prompt",
     "check_inputs",
     "check_operands",
     "check_prompt",
@@ -29,6 +33,15 @@ def out_dtype(h: Tensor) -> torch.dtype:
 
 
 _FLOATS = (torch.float32, torch.float16, torch.bfloat16)
+
+
+class Prompt(NamedTuple):
+    """LoRAP's parameters, as the launchers of :mod:`.lorap_kernels` and the CPU path of
+    :mod:`.lorap_cpu` take them: ``w_phi`` ``[d, k]``, ``p_a`` ``[k, r]``, ``p_b`` ``[r, d]``."""
+
+    w_phi: Tensor
+    p_a: Tensor
+    p_b: Tensor
 
 
 def check_inputs(

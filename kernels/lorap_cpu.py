@@ -14,8 +14,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .lorap_checks import check_inputs, out_dtype
-from .quant_grid import codes_dtype, grid_values
+from .lorap_checks import Prompt, check_inputs, out_dtype
+from .quant_grid import QuantGrid, codes_dtype
 
 __all__ = [
     "has_rows",
@@ -34,45 +34,36 @@ def _dequantize(h: Tensor, in_scale: Tensor | None) -> Tensor:
 
 
 def prompted_reference(
-    h: Tensor,
-    w_phi: Tensor,
-    p_a: Tensor,
-    p_b: Tensor,
-    in_scale: Tensor | None,
-    with_weights: bool = False,
+    h: Tensor, prompt: Prompt, in_scale: Tensor | None, with_weights: bool = False
 ) -> Tensor | tuple[Tensor, Tensor]:
     """``y = h + softmax(h W_phi) P_A P_B`` in fp32, with the operations (and so the values)
     of :func:`lorap_dist.prompt.lorap_prompt` on fp32 inputs; ``(y, w)`` with the softmax
     weights ``w`` when ``with_weights``."""
     hf = _dequantize(h, in_scale)
-    w = torch.softmax(hf @ w_phi.float(), dim=1)
-    y = hf + (w @ p_a.float()) @ p_b.float()
+    w = torch.softmax(hf @ prompt.w_phi.float(), dim=1)
+    y = hf + (w @ prompt.p_a.float()) @ prompt.p_b.float()
     return (y, w) if with_weights else y
 
 
 def lorap_backward_cpu(
     grad_out: Tensor,
     h: Tensor,
-    w_phi: Tensor,
-    p_a: Tensor,
-    p_b: Tensor,
+    prompt: Prompt,
     in_scale: Tensor | None,
-    scale: float | Tensor,
-    zero_point: int | Tensor,
-    qmin: int,
-    qmax: int,
+    grid: QuantGrid,
     saved_w: Tensor | None = None,
     saved_mask: Tensor | None = None,
     need_grad_h: bool = True,
 ) -> tuple[Tensor | None, Tensor, Tensor, Tensor]:
     """Closed-form backward of :mod:`.lorap_kernels`' docstring, in pure torch (the CPU
-    backward).
+    backward), for the output ``grid``.
 
     With the forward's softmax weights ``saved_w`` and straight-through mask ``saved_mask``
     (what :func:`lorap_forward_cpu` keeps) the forward is not recomputed; without them it is.
     ``grad_h`` is ``None`` when not ``need_grad_h``.
     """
     hf = _dequantize(h, in_scale)
+    w_phi, p_a, p_b = prompt
     wf, af, bf = w_phi.float(), p_a.float(), p_b.float()
     if has_rows(saved_w) and has_rows(saved_mask):
         w, mask = saved_w, saved_mask
@@ -81,9 +72,9 @@ def lorap_backward_cpu(
         w = torch.softmax(hf @ wf, dim=1)
         t = w @ af
         y = hf + t @ bf
-        _, inv, zp = grid_values(scale, zero_point, h.device)
+        _, inv, zp = grid.values(h.device)
         c = torch.round(y * inv) + zp
-        mask = (c >= qmin) & (c <= qmax)
+        mask = (c >= grid.qmin) & (c <= grid.qmax)
     g_y = grad_out.float() * mask
     g_t = g_y @ bf.T
     g_w = g_t @ af.T
@@ -116,20 +107,15 @@ def no_residuals(h: Tensor, w_phi: Tensor) -> tuple[Tensor, Tensor]:
 @torch.no_grad()
 def lorap_forward_cpu(
     h: Tensor,
-    w_phi: Tensor,
-    p_a: Tensor,
-    p_b: Tensor,
+    prompt: Prompt,
     in_scale: Tensor | None,
-    scale: float | Tensor,
-    zero_point: int | Tensor,
-    qmin: int,
-    qmax: int,
+    grid: QuantGrid,
     saved_y: Tensor | None = None,
     saved_w: Tensor | None = None,
     keep_residuals: bool = True,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """The values of :func:`~.lorap_fused.lorap_reference` without its autograd graph: the
-    CPU forward.
+    CPU forward, on the output ``grid``.
 
     Returns ``(codes, out, w, mask)``: the softmax weights and the straight-through mask are
     kept for the backward. ``saved_y`` and ``saved_w`` from the CPU range pass
@@ -139,10 +125,11 @@ def lorap_forward_cpu(
     rounding pass is not done twice (fake-quantizing ``y`` and then rounding it again for the
     codes cost 1.6x the forward on a 100k x 64 aggregate).
     """
-    check_inputs(h, w_phi, p_a, p_b, in_scale, scale, zero_point, qmin, qmax)
-    grid_scale, inv, zp = grid_values(scale, zero_point, h.device)
+    check_inputs(h, *prompt, in_scale, *grid)
+    qmin, qmax = grid.qmin, grid.qmax
+    grid_scale, inv, zp = grid.values(h.device)
     if has_rows(saved_y) and has_rows(saved_w):
-        n, k = h.shape[0], w_phi.shape[1]
+        n, k = h.shape[0], prompt.w_phi.shape[1]
         if saved_y.shape != h.shape or tuple(saved_w.shape) != (n, k):
             raise ValueError(
                 f"saved_y {tuple(saved_y.shape)} and saved_w {tuple(saved_w.shape)} must be "
@@ -151,7 +138,7 @@ def lorap_forward_cpu(
             )
         y, w = saved_y * inv, saved_w.clone()  # outputs may not alias inputs
     else:
-        y, w = prompted_reference(h, w_phi, p_a, p_b, in_scale, with_weights=True)
+        y, w = prompted_reference(h, prompt, in_scale, with_weights=True)
         y.mul_(inv)
     codes = torch.round(y).add_(zp)
     if keep_residuals:
@@ -160,6 +147,6 @@ def lorap_forward_cpu(
         codes = clamped
     else:  # no backward follows: clamp in place, keep nothing
         codes.clamp_(qmin, qmax)
-        w, mask = no_residuals(h, w_phi)
+        w, mask = no_residuals(h, prompt.w_phi)
     out = (codes - zp).mul_(grid_scale)
     return codes.to(codes_dtype(qmin, qmax)), out.to(out_dtype(h)), w, mask

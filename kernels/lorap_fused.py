@@ -47,7 +47,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .lorap_checks import check_inputs, check_operands, check_range_inputs, out_dtype
+from .lorap_checks import Prompt, check_inputs, check_operands, check_range_inputs, out_dtype
 from .lorap_cpu import lorap_backward_cpu, lorap_forward_cpu, no_residuals, prompted_reference
 from .lorap_kernels import launch_backward, launch_forward, launch_range, takes_triton
 from .quant_grid import QuantGrid, codes_dtype, grid_tensors, inv_scale
@@ -98,7 +98,7 @@ def lorap_reference(
         values in ``h``'s float dtype (``float32`` for ``int8`` ``h``).
     """
     check_inputs(h, w_phi, p_a, p_b, in_scale, scale, zero_point, qmin, qmax)
-    y = prompted_reference(h, w_phi, p_a, p_b, in_scale)
+    y = prompted_reference(h, Prompt(w_phi, p_a, p_b), in_scale)
     out = torch.fake_quantize_per_tensor_affine(y, scale, zero_point, qmin, qmax)
     with torch.no_grad():
         codes = torch.clamp(torch.round(y * inv_scale(scale)) + zero_point, qmin, qmax)
@@ -111,7 +111,7 @@ def lorap_range_reference(
     """``[min(y), max(y)]`` (fp32, shape ``[2]``) of the prompted sum: the test oracle of
     :func:`lorap_range` (whose CPU path takes the extremes of the same prompted sum)."""
     check_range_inputs(h, w_phi, p_a, p_b, in_scale)
-    return torch.stack(torch.aminmax(prompted_reference(h, w_phi, p_a, p_b, in_scale)))
+    return torch.stack(torch.aminmax(prompted_reference(h, Prompt(w_phi, p_a, p_b), in_scale)))
 
 
 # ----------------------------------------------------------------------------------------
@@ -139,9 +139,8 @@ def lorap_fused_triton(
     """
     check_inputs(h, w_phi, p_a, p_b, in_scale, scale, zero_point, qmin, qmax)
     grid = QuantGrid(scale, zero_point, qmin, qmax)
-    return launch_forward(
-        h, w_phi, p_a, p_b, in_scale, grid, block_n=block_n, out_dtype=out_dtype(h)
-    )
+    prompt = Prompt(w_phi, p_a, p_b)
+    return launch_forward(h, prompt, in_scale, grid, block_n=block_n, out_dtype=out_dtype(h))
 
 
 def lorap_range_triton(
@@ -155,7 +154,7 @@ def lorap_range_triton(
 ) -> Tensor:
     """Launch the forward kernel's range pass directly: ``[min(y), max(y)]``, fp32 ``[2]``."""
     check_range_inputs(h, w_phi, p_a, p_b, in_scale)
-    return launch_range(h, w_phi, p_a, p_b, in_scale, block_n=block_n)
+    return launch_range(h, Prompt(w_phi, p_a, p_b), in_scale, block_n=block_n)
 
 
 def lorap_fused_backward_triton(
@@ -184,7 +183,7 @@ def lorap_fused_backward_triton(
             f"grad_out must have h's shape {tuple(h.shape)}; got {tuple(grad_out.shape)}."
         )
     return launch_backward(
-        grad_out, h, w_phi, p_a, p_b, in_scale, QuantGrid(scale, zero_point, qmin, qmax),
+        grad_out, h, Prompt(w_phi, p_a, p_b), in_scale, QuantGrid(scale, zero_point, qmin, qmax),
         block_n=block_n, num_programs=num_programs, grad_h_dtype=out_dtype(h),
     )  # fmt: skip
 
@@ -229,14 +228,14 @@ def lorap_fused(
     which costs less GPU memory traffic than writing and reading them. So does the CPU path
     with ``keep_residuals=False``, for a forward no backward will follow (inference).
     """
+    prompt, grid = Prompt(w_phi, p_a, p_b), QuantGrid(scale, zero_point, qmin, qmax)
     if takes_triton(h, h.shape[1]):
-        codes, out = lorap_fused_triton(h, w_phi, p_a, p_b, in_scale, scale, zero_point, qmin, qmax)
+        codes, out = lorap_fused_triton(h, *prompt, in_scale, *grid)
         saved_w, saved_mask = no_residuals(h, w_phi)
     else:
         codes, out, saved_w, saved_mask = lorap_forward_cpu(
-            h, w_phi, p_a, p_b, in_scale, scale, zero_point, qmin, qmax, saved_y, saved_w,
-            keep_residuals,
-        )  # fmt: skip
+            h, prompt, in_scale, grid, saved_y, saved_w, keep_residuals
+        )
     return out, codes, saved_w, saved_mask
 
 
@@ -272,11 +271,11 @@ def lorap_fused_backward(
     ``saved_w`` and ``saved_mask`` are the forward's residuals (see :func:`lorap_fused`);
     when absent or empty the backward recomputes them.
     """
-    args = (grad_out, h, w_phi, p_a, p_b, in_scale, scale, zero_point, qmin, qmax)
+    prompt, grid = Prompt(w_phi, p_a, p_b), QuantGrid(scale, zero_point, qmin, qmax)
     if takes_triton(h, h.shape[1]):
-        return lorap_fused_backward_triton(*args)
-    check_inputs(h, w_phi, p_a, p_b, in_scale, scale, zero_point, qmin, qmax)
-    return lorap_backward_cpu(*args, saved_w, saved_mask)
+        return lorap_fused_backward_triton(grad_out, h, *prompt, in_scale, *grid)
+    check_inputs(h, *prompt, in_scale, *grid)
+    return lorap_backward_cpu(grad_out, h, prompt, in_scale, grid, saved_w, saved_mask)
 
 
 @lorap_fused_backward.register_fake
@@ -331,7 +330,7 @@ def lorap_range(
     if takes_triton(h, h.shape[1]):
         return lorap_range_triton(h, w_phi, p_a, p_b, in_scale), *_no_saved_prompt(h, w_phi)
     check_range_inputs(h, w_phi, p_a, p_b, in_scale)
-    y, w = prompted_reference(h, w_phi, p_a, p_b, in_scale, with_weights=True)
+    y, w = prompted_reference(h, Prompt(w_phi, p_a, p_b), in_scale, with_weights=True)
     return torch.stack(torch.aminmax(y)), y, w
 
 

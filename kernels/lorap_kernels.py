@@ -63,6 +63,7 @@ from torch import Tensor
 
 from ._triton import cdiv, next_power_of_2, use_triton
 from .device_functions import fake_quantize, jit, load_h, load_prompt, prompted, round_code, tl
+from .lorap_checks import Prompt
 from .quant_grid import QuantGrid, codes_dtype
 
 __all__ = [
@@ -366,9 +367,7 @@ def _prompt_blocks(w_phi: Tensor, p_a: Tensor) -> dict[str, int]:
 
 def launch_forward(
     h: Tensor,
-    w_phi: Tensor,
-    p_a: Tensor,
-    p_b: Tensor,
+    prompt: Prompt,
     in_scale: Tensor | None,
     grid: QuantGrid | None,
     *,
@@ -388,7 +387,7 @@ def launch_forward(
     buffer (padding masked with ``+inf``/``-inf``), reduced afterwards with ``amin``/``amax``:
     deterministic, no atomics.
     """
-    w_phi, p_a, p_b = (t.contiguous() for t in (w_phi, p_a, p_b))
+    w_phi, p_a, p_b = (t.contiguous() for t in prompt)
     h = h.contiguous()
     n = h.shape[0] if gather is None else gather.num_rows
     d = w_phi.shape[0]
@@ -422,24 +421,20 @@ def launch_forward(
 
 def launch_range(
     h: Tensor,
-    w_phi: Tensor,
-    p_a: Tensor,
-    p_b: Tensor,
+    prompt: Prompt,
     in_scale: Tensor | None,
     *,
     gather: Gather | None = None,
     block_n: int | None = None,
 ) -> Tensor:
     """The range pass of :func:`launch_forward`, unchecked: ``[min(y), max(y)]``, fp32."""
-    return launch_forward(h, w_phi, p_a, p_b, in_scale, None, gather=gather, block_n=block_n)
+    return launch_forward(h, prompt, in_scale, None, gather=gather, block_n=block_n)
 
 
 def launch_backward(
     grad_out: Tensor,
     h: Tensor,
-    w_phi: Tensor,
-    p_a: Tensor,
-    p_b: Tensor,
+    prompt: Prompt,
     in_scale: Tensor | None,
     grid: QuantGrid,
     *,
@@ -455,7 +450,7 @@ def launch_backward(
     overrides the persistent grid (default: 4 per SM on CUDA, at most 8 under the
     interpreter); each program loops over every ``num_programs``-th row block.
     """
-    grad_out, h, w_phi, p_a, p_b = (t.contiguous() for t in (grad_out, h, w_phi, p_a, p_b))
+    grad_out, h, w_phi, p_a, p_b = (t.contiguous() for t in (grad_out, h, *prompt))
     n, d = grad_out.shape
     k, r = p_a.shape
     grad_h = None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -202,6 +203,10 @@ def _prepare(args: argparse.Namespace) -> int:
 
 # --- lorap prepare ----------------------------------------------------------------------
 
+#: The :class:`~lorap_dist.config.SyntheticConfig` fields ``lorap prepare`` takes as flags
+#: (``--num-nodes`` ...); the generator's seed is ``--seed``.
+SYNTHETIC_FLAGS = ("num_nodes", "avg_degree", "num_features", "num_classes", "homophily")
+
 
 def add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``lorap prepare`` flags to ``parser``."""
@@ -265,41 +270,21 @@ def add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", dest="progress", action="store_false")
     synthetic = parser.add_argument_group("synthetic source")
     defaults = SyntheticConfig()
-    synthetic.add_argument("--num-nodes", type=int, default=defaults.num_nodes)
-    synthetic.add_argument("--avg-degree", type=float, default=defaults.avg_degree)
-    synthetic.add_argument("--num-features", type=int, default=defaults.num_features)
-    synthetic.add_argument("--num-classes", type=int, default=defaults.num_classes)
-    synthetic.add_argument("--homophily", type=float, default=defaults.homophily)
+    for name in SYNTHETIC_FLAGS:
+        default = getattr(defaults, name)
+        synthetic.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default)
 
 
 def options_from_args(args: argparse.Namespace) -> PrepareOptions:
-    """:class:`PrepareOptions` from parsed ``lorap prepare`` arguments."""
-    return PrepareOptions(
-        out=args.out,
-        source=args.source,
-        parts=args.parts,
-        partitioner=args.partitioner,
-        features=args.features,
-        root=args.root,
-        transform=args.transform,
-        split_type=args.split_type,
-        symmetrize=args.symmetrize,
-        drop_self_loops=args.drop_self_loops,
-        overwrite=args.overwrite,
-        synthetic=SyntheticConfig(
-            num_nodes=args.num_nodes,
-            avg_degree=args.avg_degree,
-            num_features=args.num_features,
-            num_classes=args.num_classes,
-            homophily=args.homophily,
-            seed=args.seed,
-        ),
-        seed=args.seed,
-        workers=args.workers,
-        use_ray=args.use_ray,
-        address=args.address,
-        progress=args.progress,
+    """:class:`PrepareOptions` from parsed ``lorap prepare`` arguments: each field from the
+    flag of its name, ``synthetic`` from :data:`SYNTHETIC_FLAGS` and ``--seed``."""
+    options = {
+        f.name: getattr(args, f.name) for f in fields(PrepareOptions) if f.name != "synthetic"
+    }
+    synthetic = SyntheticConfig(
+        seed=args.seed, **{name: getattr(args, name) for name in SYNTHETIC_FLAGS}
     )
+    return PrepareOptions(**options, synthetic=synthetic)
 
 
 def run_prepare(args: argparse.Namespace) -> Path:
@@ -413,21 +398,19 @@ def main(argv: list[str] | None = None) -> None:
     from lorap_dist.distributed.trainer import DistributedRunError
     from lorap_dist.graph.errors import DatasetError
 
+    # The errors a command reports in one line: how the line names each, and the exit code.
+    reported = {
+        ConfigError: ("config error: ", 2),
+        DatasetError: ("dataset error: ", 2),
+        CheckpointError: ("checkpoint error: ", 2),
+        DistributedRunError: ("", 1),
+    }
     args = build_parser().parse_args(argv)
     try:
         code = args.func(args)
-    except ConfigError as exc:
-        print(f"lorap {args.command}: config error: {exc}", file=sys.stderr)
-        code = 2
-    except DatasetError as exc:
-        print(f"lorap {args.command}: dataset error: {exc}", file=sys.stderr)
-        code = 2
-    except CheckpointError as exc:
-        print(f"lorap {args.command}: checkpoint error: {exc}", file=sys.stderr)
-        code = 2
-    except DistributedRunError as exc:
-        print(f"lorap {args.command}: {exc}", file=sys.stderr)
-        code = 1
+    except tuple(reported) as exc:
+        label, code = next(reported[kind] for kind in reported if isinstance(exc, kind))
+        print(f"lorap {args.command}: {label}{exc}", file=sys.stderr)
     raise SystemExit(code)
 
 

@@ -81,7 +81,8 @@ class MiniBatch:
 
 @dataclass
 class HopSample:
-    """The sample as flat hop-ordered tensors (the :class:`SamplerOutput` form)."""
+    """The sample as flat hop-ordered tensors, in the fields of :class:`SamplerOutput` of the
+    same names."""
 
     node: Tensor  # [N_K] global IDs, seeds first, then in the order reached
     row: Tensor  # [E] local source of each edge
@@ -333,15 +334,7 @@ class NeighborSampler(BaseSampler):
                 "input_time / time_attr."
             )
         out = self.sample(index.node)
-        return SamplerOutput(
-            node=out.node,
-            row=out.row,
-            col=out.col,
-            edge=out.edge,
-            num_sampled_nodes=out.num_sampled_nodes,
-            num_sampled_edges=out.num_sampled_edges,
-            metadata=(index.input_id, index.time),
-        )
+        return SamplerOutput(**vars(out), metadata=(index.input_id, index.time))
 
     def sample_from_edges(self, index: EdgeSamplerInput, neg_sampling=None) -> SamplerOutput:
         raise NotImplementedError(

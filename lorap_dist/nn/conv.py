@@ -298,8 +298,9 @@ class QuantizedConv(MessagePassing):
     """Base of the quantized layers: holds the quantization points and the optional LoRAP.
 
     A subclass calls :meth:`init_quantization` once its own points and the width of its
-    aggregate are known. ``QUANT_POINTS`` is an instance attribute because the ``"prompt"``
-    point exists only when LoRAP is on.
+    aggregate are known, reads its forward's arguments with :meth:`read_input`, and resets
+    its own parameters before calling :meth:`reset_parameters`. ``QUANT_POINTS`` is an
+    instance attribute because the ``"prompt"`` point exists only when LoRAP is on.
     """
 
     QUANT_POINTS: dict[str, str]
@@ -323,6 +324,34 @@ class QuantizedConv(MessagePassing):
         self.QUANT_POINTS = dict.fromkeys(names, NODE)
         self.quantizers = identity_quantizers(self.QUANT_POINTS)
         self.csr_aggregation = CSRAggregation()
+
+    def reset_parameters(self) -> None:
+        """Reset PyG's aggregation and the LoRAP prompt; a subclass resets its own
+        parameters first, so they draw from the random stream before the prompt does."""
+        super().reset_parameters()
+        if self.lorap is not None:
+            self.lorap.reset_parameters()
+
+    def read_input(
+        self,
+        x: Features,
+        graph: Graph,
+        nodes: NodeFacts,
+        *,
+        size: Any = None,
+        edge_weight: Any = None,
+        **options: Any,
+    ) -> LayerInput:
+        """:func:`layer_input` of the forward's arguments, under this layer's name.
+
+        ``size`` or ``edge_weight`` is the forward's third positional argument, PyG's; node
+        facts given there instead are read as ``nodes`` (:func:`positional_nodes`).
+        ``options`` are :func:`layer_input`'s ``pairs`` and ``sparse_values``.
+        """
+        layer = type(self).__name__
+        size, nodes = positional_nodes(layer, size, nodes)
+        edge_weight, nodes = positional_nodes(layer, edge_weight, nodes)
+        return layer_input(layer, x, graph, nodes, size=size, edge_weight=edge_weight, **options)
 
     def aggregate_rows(self, x: Tensor, g: LayerInput, reduce: str) -> Tensor:
         """``propagate``'s sum or mean of ``x``'s rows over ``g``'s edges (messages

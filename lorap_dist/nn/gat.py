@@ -9,14 +9,7 @@ from torch_geometric.nn.inits import glorot
 from torch_geometric.utils import add_self_loops, remove_self_loops, softmax
 
 from lorap_dist.config import PromptConfig
-from lorap_dist.nn.conv import (
-    Features,
-    Graph,
-    NodeFacts,
-    QuantizedConv,
-    layer_input,
-    positional_nodes,
-)
+from lorap_dist.nn.conv import Features, Graph, NodeFacts, QuantizedConv
 from lorap_dist.nn.linear import QLinear
 
 
@@ -112,14 +105,12 @@ class QGATConv(QuantizedConv):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        super().reset_parameters()
         self.lin.reset_parameters()
         glorot(self.att_src)
         glorot(self.att_dst)
         if self.bias is not None:
             nn.init.zeros_(self.bias)
-        if self.lorap is not None:
-            self.lorap.reset_parameters()
+        super().reset_parameters()
 
     def forward(
         self,
@@ -147,10 +138,7 @@ class QGATConv(QuantizedConv):
                 ``x``'s rows, or ``(nodes_src, nodes_dst)`` with a pair (default ``None``);
                 a ``NodeInfo`` given third is read as ``nodes``.
         """
-        size, nodes = positional_nodes(type(self).__name__, size, nodes)
-        g = layer_input(
-            type(self).__name__, x, edge_index, nodes, size=size, sparse_values="ignored"
-        )
+        g = self.read_input(x, edge_index, nodes, size=size, sparse_values="ignored")
         H, C = self.heads, self.out_channels
         edge_index = g.edge_index
         if self.add_self_loops:  # node i's loop joins source i and destination i

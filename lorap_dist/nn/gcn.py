@@ -8,14 +8,7 @@ from torch_geometric.nn.conv.gcn_conv import gcn_norm
 from torch_geometric.utils import add_self_loops, remove_self_loops
 
 from lorap_dist.config import PromptConfig
-from lorap_dist.nn.conv import (
-    Graph,
-    LayerInput,
-    NodeFacts,
-    QuantizedConv,
-    layer_input,
-    positional_nodes,
-)
+from lorap_dist.nn.conv import Graph, LayerInput, NodeFacts, QuantizedConv
 from lorap_dist.nn.linear import QLinear
 
 
@@ -121,12 +114,10 @@ class QGCNConv(QuantizedConv):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        super().reset_parameters()
         self.lin.reset_parameters()
         if self.bias is not None:
             nn.init.zeros_(self.bias)
-        if self.lorap is not None:
-            self.lorap.reset_parameters()
+        super().reset_parameters()
 
     def forward(
         self,
@@ -151,15 +142,8 @@ class QGCNConv(QuantizedConv):
                 quantizers (default ``None``); a ``NodeInfo`` given third is read as
                 ``nodes``.
         """
-        edge_weight, nodes = positional_nodes(type(self).__name__, edge_weight, nodes)
-        g = layer_input(
-            type(self).__name__,
-            x,
-            edge_index,
-            nodes,
-            edge_weight=edge_weight,
-            pairs=False,
-            sparse_values="weights",
+        g = self.read_input(
+            x, edge_index, nodes, edge_weight=edge_weight, pairs=False, sparse_values="weights"
         )
         edge_index, weight = normalised_edges(g)
         x, _ = self.quantize_input(g)

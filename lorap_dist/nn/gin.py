@@ -6,14 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from lorap_dist.config import PromptConfig
-from lorap_dist.nn.conv import (
-    Features,
-    Graph,
-    NodeFacts,
-    QuantizedConv,
-    layer_input,
-    positional_nodes,
-)
+from lorap_dist.nn.conv import Features, Graph, NodeFacts, QuantizedConv
 from lorap_dist.nn.linear import QLinear
 
 
@@ -89,12 +82,10 @@ class QGINConv(QuantizedConv):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        super().reset_parameters()
         self.lin1.reset_parameters()
         self.lin2.reset_parameters()
         self.eps.data.fill_(self.initial_eps)
-        if self.lorap is not None:
-            self.lorap.reset_parameters()
+        super().reset_parameters()
 
     def forward(
         self,
@@ -120,8 +111,7 @@ class QGINConv(QuantizedConv):
                 ``x``'s rows, or ``(nodes_src, nodes_dst)`` with a pair (default ``None``);
                 a ``NodeInfo`` given third is read as ``nodes``.
         """
-        size, nodes = positional_nodes(type(self).__name__, size, nodes)
-        g = layer_input(type(self).__name__, x, edge_index, nodes, size=size)
+        g = self.read_input(x, edge_index, nodes, size=size)
         x_src, x_dst = self.quantize_input(g)
         h = self.aggregate_rows(x_src, g, "sum")
         h = self.quantize_aggregate(h, g.nodes_dst)  # [N_dst, in]

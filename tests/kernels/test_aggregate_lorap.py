@@ -16,6 +16,7 @@ from lorap_dist.kernels import lorap_cpu as lc
 from lorap_dist.kernels import lorap_fused as lf
 from lorap_dist.kernels import lorap_kernels as lk
 from lorap_dist.kernels import quant_aggregate as qa
+from lorap_dist.kernels.lorap_checks import Prompt
 from lorap_dist.kernels.quant_grid import QuantGrid, inv_scale
 from test_lorap_fused import CPU, DEVICE, QPARAMS, assert_close_rel, assert_codes_equal, op_grid
 from test_quant_aggregate import make_block
@@ -133,7 +134,7 @@ def test_backward_is_deterministic_over_persistent_programs():
             lk.launch_backward,
             grad_out,
             block[0],
-            *prompt,
+            Prompt(*prompt),
             block[1],
             QuantGrid(*qp),
             gather=gather,
@@ -173,7 +174,7 @@ def test_range_pass_and_reuse(triton_path):
     qp, agg_grid = QPARAMS["int8"], AGG_GRIDS["agg_int8"]
     block, prompt = make_case(30, 40, 20, 3, 2, 8, seed=9)
     h = reference_h(block, 20, 8, "mean", agg_grid)
-    y = lc.prompted_reference(h, *prompt, None)
+    y = lc.prompted_reference(h, Prompt(*prompt), None)
     device = DEVICE if triton_path else CPU
     context = triton_on(device) if triton_path else contextlib.nullcontext()
     with context:

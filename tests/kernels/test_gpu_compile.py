@@ -60,6 +60,7 @@ def _compile_all() -> list[dict]:
     from lorap_dist.kernels import lorap_fused as lf
     from lorap_dist.kernels import lorap_kernels as lk
     from lorap_dist.kernels import quant_aggregate as qa
+    from lorap_dist.kernels.lorap_checks import Prompt
     from lorap_dist.kernels.quant_grid import QuantGrid
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -138,11 +139,10 @@ def _compile_all() -> list[dict]:
             qa.quant_aggregate_triton(*block, 24, bits, "mean")
             agg = QuantGrid(torch.tensor([0.1]), torch.tensor([0]), -128, 127)
             gather = al.CsrBlock(*block, bits, "mean").gather(agg)
-            grid = QuantGrid(*qp)
-            lk.launch_forward(packed, w_phi, p_a, p_b, block[1], grid, gather=gather)
-            lk.launch_range(packed, w_phi, p_a, p_b, block[1], gather=gather)
-            lk.launch_backward(torch.randn(40, 24), packed, w_phi, p_a, p_b, block[1], grid,
-                               gather=gather)  # fmt: skip
+            prompt, grid = Prompt(w_phi, p_a, p_b), QuantGrid(*qp)
+            lk.launch_forward(packed, prompt, block[1], grid, gather=gather)
+            lk.launch_range(packed, prompt, block[1], gather=gather)
+            lk.launch_backward(torch.randn(40, 24), packed, prompt, block[1], grid, gather=gather)
     return compiled
 
 

@@ -13,7 +13,8 @@ import torch
 from lorap_dist.kernels import lorap_cpu as lc
 from lorap_dist.kernels import lorap_fused as lf
 from lorap_dist.kernels import lorap_kernels as lk
-from lorap_dist.kernels.quant_grid import inv_scale
+from lorap_dist.kernels.lorap_checks import Prompt
+from lorap_dist.kernels.quant_grid import QuantGrid, inv_scale
 
 from lorap_dist.testing.kernel_device import kernel_test_device, run_on, triton_on
 
@@ -154,7 +155,7 @@ def test_backward_matches_autograd(shape, qname):
         DEVICE, lf.lorap_fused_backward_triton, grad_out, h, w_phi, p_a, p_b, None, *qp,
         block_n=16, num_programs=2,
     )  # fmt: skip
-    closed_form = lc.lorap_backward_cpu(grad_out, h, w_phi, p_a, p_b, None, *qp)
+    closed_form = lc.lorap_backward_cpu(grad_out, h, Prompt(w_phi, p_a, p_b), None, QuantGrid(*qp))
     for name, g, c, e in zip(("h", "w_phi", "p_a", "p_b"), got, closed_form, expected, strict=True):
         assert g.dtype == e.dtype, name
         assert_close_rel(g, e)

@@ -124,26 +124,28 @@ class DegreeQuantConfig(QuantConfig):
             "(0.01 averages over about 100 batches; 1 keeps only the latest).",
         )
 
+    def _paper_recipe(self, value: float | None, above_4_bits: float, at_4_bits: float) -> float:
+        """``value``, or the paper's recipe for ``bits``: ``above_4_bits`` for more than 4
+        bits, ``at_4_bits`` for 4 bits or fewer."""
+        if value is not None:
+            return value
+        return above_4_bits if self.bits > 4 else at_4_bits
+
     @property
     def resolved_percentile(self) -> float:
-        """``percentile``, or the paper's default for ``bits``."""
-        if self.percentile is not None:
-            return self.percentile
-        return 0.001 if self.bits > 4 else 0.01
+        """``percentile``, or the paper's default for ``bits`` (0.001 above 4 bits, 0.01 at 4
+        or fewer)."""
+        return self._paper_recipe(self.percentile, 0.001, 0.01)
 
     @property
     def resolved_low(self) -> float:
         """``low``, or the paper's recipe for ``bits`` (0 above 4 bits, 0.1 at 4 or fewer)."""
-        if self.low is not None:
-            return self.low
-        return 0.0 if self.bits > 4 else 0.1
+        return self._paper_recipe(self.low, 0.0, 0.1)
 
     @property
     def resolved_high(self) -> float:
         """``high``, or the paper's recipe for ``bits`` (0.1 above 4 bits, 0.2 at 4 or fewer)."""
-        if self.high is not None:
-            return self.high
-        return 0.1 if self.bits > 4 else 0.2
+        return self._paper_recipe(self.high, 0.1, 0.2)
 
     @property
     def resolved_weight_bits(self) -> int:
