@@ -27,7 +27,7 @@ from typing import Any
 
 from torch import nn
 
-from lorap_dist.quant.base import Quantizer, quantizable_modules
+from lorap_dist.quant.base import NODE, WEIGHT, Quantizer, quantizable_modules
 from lorap_dist.validation import ConfigError
 
 Handler = Callable[[Any, nn.Module, str, str, "QuantizeContext"], Quantizer]
@@ -55,6 +55,15 @@ class Scheme:
 
 
 _SCHEMES: dict[str, Scheme] = {}
+
+
+def unsupported_role(scheme: str, module: nn.Module, point: str, role: str) -> ConfigError:
+    """The error a scheme's handler raises for a quantization point whose role it does not
+    quantize (every built-in scheme quantizes the node and weight roles)."""
+    return ConfigError(
+        f"{type(module).__name__}.QUANT_POINTS[{point!r}] has role {role!r}; the {scheme} "
+        f"scheme quantizes the roles {[NODE, WEIGHT]}."
+    )
 
 
 @dataclass

@@ -61,7 +61,7 @@ import torch
 from torch import Tensor, nn
 
 from lorap_dist.graph.block import NodeInfo
-from lorap_dist.quant.api import QuantConfig, QuantizeContext, register_scheme
+from lorap_dist.quant.api import QuantConfig, QuantizeContext, register_scheme, unsupported_role
 from lorap_dist.quant.base import NODE, WEIGHT, Quantizer
 from lorap_dist.quant.fake_quant import NonzeroIndex, on_nonzeros
 from lorap_dist.quant.schemes.a2q_functional import (
@@ -434,26 +434,14 @@ def _build_a2q_quantizer(
                 f"{type(module).__name__}.{point} is not a tensor; name the weight's "
                 "quantization point after the weight attribute."
             )
-        if config.weight_bits is not None:
-            return A2QWeightQuantizer(
-                weight,
-                init_bits=config.weight_bits,
-                min_bits=config.weight_bits,
-                max_bits=config.weight_bits,
-                memory_budget=config.memory_budget,
-                penalty=0.0,
-                fixed_bits=True,
-            )
+        fixed = config.weight_bits is not None  # fixed bits: no penalty, nothing to learn
         return A2QWeightQuantizer(
             weight,
-            init_bits=config.init_bits,
-            min_bits=config.min_bits,
-            max_bits=config.max_bits,
+            init_bits=config.weight_bits if fixed else config.init_bits,
+            min_bits=config.weight_bits if fixed else config.min_bits,
+            max_bits=config.weight_bits if fixed else config.max_bits,
             memory_budget=config.memory_budget,
-            penalty=config.penalty,
-            fixed_bits=False,
+            penalty=0.0 if fixed else config.penalty,
+            fixed_bits=fixed,
         )
-    raise ConfigError(
-        f"{type(module).__name__}.QUANT_POINTS[{point!r}] has role {role!r}; the a2q scheme "
-        f"quantizes the roles {[NODE, WEIGHT]}."
-    )
+    raise unsupported_role("a2q", module, point, role)

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from lorap_dist.graph.block import NodeInfo
-from lorap_dist.quant.api import QuantConfig, QuantizeContext, register_scheme
+from lorap_dist.quant.api import QuantConfig, QuantizeContext, register_scheme, unsupported_role
 from lorap_dist.quant.base import NODE, WEIGHT, Quantizer
 from lorap_dist.quant.observers import EMAObserver, PercentileObserver, RangeObserver
 from lorap_dist.quant.quantizer import FakeQuantizer
@@ -341,7 +341,4 @@ def _build_degree_quant_quantizer(
             observer=EMAObserver(momentum=1.0, per_row=True),
             grad_clip=config.grad_clip,
         )
-    raise ConfigError(
-        f"{type(module).__name__}.QUANT_POINTS[{point!r}] has role {role!r}; the degree_quant "
-        f"scheme quantizes the roles {[NODE, WEIGHT]}."
-    )
+    raise unsupported_role("degree_quant", module, point, role)

@@ -41,7 +41,7 @@ import torch
 from torch import Tensor, nn
 
 from lorap_dist.graph.block import NodeInfo
-from lorap_dist.quant.api import QuantConfig, QuantizeContext, register_scheme
+from lorap_dist.quant.api import QuantConfig, QuantizeContext, register_scheme, unsupported_role
 from lorap_dist.quant.base import NODE, WEIGHT, Quantizer, quantizable_modules, quantizers_of
 from lorap_dist.quant.fake_quant import (
     NonzeroIndex,
@@ -52,7 +52,7 @@ from lorap_dist.quant.fake_quant import (
     quant_range,
 )
 from lorap_dist.quant.observers import EMAObserver, MinMaxObserver, RangeObserver
-from lorap_dist.validation import ConfigError, check, check_bits, check_choice, is_number
+from lorap_dist.validation import check, check_bits, check_choice, is_number
 
 OBSERVERS = ("minmax", "ema")
 
@@ -387,7 +387,4 @@ def _build_mixq_quantizer(
             search_fraction=config.search_fraction,
             final_temperature=config.final_temperature,
         )
-    raise ConfigError(
-        f"{type(module).__name__}.QUANT_POINTS[{point!r}] has role {role!r}; the mixq scheme "
-        f"quantizes the roles {[NODE, WEIGHT]}."
-    )
+    raise unsupported_role("mixq", module, point, role)

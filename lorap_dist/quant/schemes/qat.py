@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from lorap_dist.quant.api import QuantConfig, QuantizeContext, register_scheme
+from lorap_dist.quant.api import QuantConfig, QuantizeContext, register_scheme, unsupported_role
 from lorap_dist.quant.base import NODE, WEIGHT, Quantizer
 from lorap_dist.quant.observers import (
     EMAObserver,
@@ -29,7 +29,7 @@ from lorap_dist.quant.observers import (
     RangeObserver,
 )
 from lorap_dist.quant.quantizer import FakeQuantizer
-from lorap_dist.validation import ConfigError, check, check_bits, check_choice, is_number
+from lorap_dist.validation import check, check_bits, check_choice, is_number
 
 OBSERVERS = ("minmax", "ema", "percentile")
 
@@ -123,7 +123,4 @@ def _build_qat_quantizer(
             per_row=config.weight_per_row,
             observer=EMAObserver(momentum=1.0, per_row=config.weight_per_row),
         )
-    raise ConfigError(
-        f"{type(module).__name__}.QUANT_POINTS[{point!r}] has role {role!r}; the qat scheme "
-        f"quantizes the roles {[NODE, WEIGHT]}."
-    )
+    raise unsupported_role("qat", module, point, role)
