@@ -7,7 +7,9 @@ features), fanouts [15, 10, 5], batch 1024, on the same seed batches:
    nodes/s for ``NeighborSampler.sample_blocks``, DGL's ``NeighborSampler`` and PyG's
    ``NeighborLoader``;
 2. one FP32 training step of a 3-layer GraphSAGE (hidden 256, mean aggregation): ours runs
-   PyG's ``SAGEConv`` on the trimmed blocks (layer l computes only what layer l+1 reads),
+   the project's own ``QSAGEConv`` with quantization off (what ``lorap train`` runs in FP32;
+   mean aggregation by one CSR matmul on the CPU) on the trimmed blocks (layer l computes
+   only what layer l+1 reads),
    DGL runs ``dgl.nn.SAGEConv`` on its message-flow-graph blocks (trimmed by construction),
    PyG runs the standard ``NeighborLoader`` + ``SAGEConv`` loop on the whole sampled
    subgraph at every layer;
@@ -166,6 +168,15 @@ def make_convs(args: argparse.Namespace, num_classes: int) -> torch.nn.ModuleLis
     return torch.nn.ModuleList(SAGEConv(a, b, aggr="mean") for a, b in dims)
 
 
+def make_our_convs(args: argparse.Namespace, num_classes: int) -> torch.nn.ModuleList:
+    """The project's own SAGE layers, quantization off: what ``lorap train`` runs in FP32
+    (on the CPU their mean aggregation is one CSR matmul, :mod:`lorap_dist.nn.aggregate`)."""
+    from lorap_dist.nn.sage import QSAGEConv
+
+    dims = layer_dims(args, num_classes)
+    return torch.nn.ModuleList(QSAGEConv(a, b) for a, b in dims)
+
+
 def run_ours(args: argparse.Namespace, path: Path, measure_draw: bool = True) -> dict:
     from lorap_dist.graph.sampler import NeighborSampler
 
@@ -185,7 +196,7 @@ def run_ours(args: argparse.Namespace, path: Path, measure_draw: bool = True) ->
             nodes.append(feats.size(0))
             secs.append(dt)
 
-    convs = make_convs(args, int(y.max()) + 1)
+    convs = make_our_convs(args, int(y.max()) + 1)
     opt = torch.optim.Adam(convs.parameters(), lr=1e-3)
     step_secs, block_sizes = [], None
     for i, seeds in enumerate(batches[: 1 + args.step_batches]):
@@ -194,7 +205,7 @@ def run_ours(args: argparse.Namespace, path: Path, measure_draw: bool = True) ->
         t0 = time.perf_counter()
         h = feats
         for layer, (conv, block) in enumerate(zip(convs, batch.blocks, strict=True)):
-            h = conv((h, h[: block.num_dst]), block.edge_index, size=(block.num_src, block.num_dst))
+            h = conv(h, block)  # [num_dst, out]: the destinations are the first num_dst rows
             h = h.relu() if layer + 1 < len(convs) else h
         loss = torch.nn.functional.cross_entropy(h, labels)
         opt.zero_grad()
@@ -289,12 +300,7 @@ def run_dgl(args: argparse.Namespace, path: Path) -> dict:
             step_secs.append(time.perf_counter() - t0)
         block_sizes = [(b.num_src_nodes(), b.num_dst_nodes(), b.num_edges()) for b in blocks]
     return {
-        "edges_per_s": rate(edges, secs),
-        "nodes_per_s": rate(nodes, secs),
-        "batch_s": sum(secs) / len(secs),
-        "mean_edges_per_batch": sum(edges) / len(edges),
-        "mean_nodes_per_batch": sum(nodes) / len(nodes),
-        "step_s": sum(step_secs) / len(step_secs),
+        **throughput(edges, nodes, secs, step_secs),
         "step_blocks_src_dst_edges": block_sizes,
         "dgl_version": dgl.__version__,
         "torch_version": torch.__version__,
@@ -621,7 +627,8 @@ def main() -> None:
             runs[name].append(figures)
             print(f"round {r} {name}", json.dumps(figures), flush=True)
     note = (
-        "ours: plain PyG SAGEConv on trimmed blocks (the lab's quantized layers are not used), "
+        "ours: the project's QSAGEConv, quantization off (CSR-matmul mean aggregation on the "
+        "CPU), on trimmed blocks; "
         "each node's neighbourhood drawn once and shared by the layers; "
         "DGL: dgl.dataloading.NeighborSampler (fused CPU path, sample_blocks called directly) "
         "+ dgl.nn.SAGEConv on its MFG blocks, every block drawn afresh; "
