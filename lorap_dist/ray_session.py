@@ -30,7 +30,7 @@ def ray_session(
     address: str | None = None,
     join: bool = True,
     object_store_memory: int | None = None,
-    who: str = "lorap",
+    who: str = "lorap:",
 ) -> Iterator[None]:
     """Ray for the duration of the block.
 
@@ -38,7 +38,7 @@ def ray_session(
     joins the cluster the user names (``address``, else ``RAY_ADDRESS``); without one (or
     without ``join``) it starts a private local instance with ``num_cpus`` CPUs, never
     another user's cluster found through Ray's default session file. It says which on
-    stdout, prefixed with ``who``, and disconnects at the end if it connected.
+    stdout after ``who`` (the caller's log prefix), and disconnects at the end if it connected.
     """
     import ray
 
@@ -48,10 +48,10 @@ def ray_session(
     offline_defaults()
     address = (address or os.environ.get("RAY_ADDRESS")) if join else None
     if address:
-        print(f"{who}: joining the Ray cluster at {address}", flush=True)
+        print(f"{who} joining the Ray cluster at {address}", flush=True)
         ray.init(address=address, log_to_driver=False)
     else:
-        print(f"{who}: starting a private local Ray instance ({num_cpus} CPUs)", flush=True)
+        print(f"{who} starting a private local Ray instance ({num_cpus} CPUs)", flush=True)
         ray.init(
             address="local",
             num_cpus=num_cpus,

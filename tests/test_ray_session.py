@@ -15,7 +15,7 @@ def test_ray_is_private_unless_a_cluster_is_named(monkeypatch, capsys):
     monkeypatch.setattr(ray, "init", lambda **kwargs: calls.append(kwargs))
     monkeypatch.setattr(ray, "shutdown", lambda: shutdowns.append(1))
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    with ray_session(2, who="prepare"):
+    with ray_session(2, who="prepare:"):
         pass
     monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
     with ray_session(2):

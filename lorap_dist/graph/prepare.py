@@ -451,7 +451,7 @@ def _write_in_parallel(
         options.workers,
         address=options.address,
         object_store_memory=256 * 1024**2,
-        who="prepare",
+        who="prepare:",
     ):
         # The scratch files live on this node's disk: run every task here.
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
