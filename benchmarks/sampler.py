@@ -161,6 +161,22 @@ def layer_dims(args: argparse.Namespace, num_classes: int) -> list[tuple[int, in
     return list(zip(dims[:-1], dims[1:], strict=True))
 
 
+def timed_step(convs, blocks, apply, feats, labels, opt) -> float:
+    """Seconds for one SAGE training step (forward with ReLU between layers, cross-entropy,
+    backward, Adam) over ``blocks``, input layer first; ``apply(conv, block, h)`` calls a
+    layer in its library's convention. The same step for every side."""
+    t0 = time.perf_counter()
+    h = feats
+    for layer, (conv, block) in enumerate(zip(convs, blocks, strict=True)):
+        h = apply(conv, block, h)
+        h = h.relu() if layer + 1 < len(convs) else h
+    loss = torch.nn.functional.cross_entropy(h, labels)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    return time.perf_counter() - t0
+
+
 def make_convs(args: argparse.Namespace, num_classes: int) -> torch.nn.ModuleList:
     from torch_geometric.nn import SAGEConv
 
@@ -202,17 +218,10 @@ def run_ours(args: argparse.Namespace, path: Path, measure_draw: bool = True) ->
     for i, seeds in enumerate(batches[: 1 + args.step_batches]):
         batch = sampler.sample_blocks(seeds, gen)
         feats, labels = x[batch.node_ids], y[seeds]
-        t0 = time.perf_counter()
-        h = feats
-        for layer, (conv, block) in enumerate(zip(convs, batch.blocks, strict=True)):
-            h = conv(h, block)  # [num_dst, out]: the destinations are the first num_dst rows
-            h = h.relu() if layer + 1 < len(convs) else h
-        loss = torch.nn.functional.cross_entropy(h, labels)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+        # [num_dst, out]: the destinations are the first num_dst rows of a block's sources
+        elapsed = timed_step(convs, batch.blocks, lambda conv, b, h: conv(h, b), feats, labels, opt)
         if i:
-            step_secs.append(time.perf_counter() - t0)
+            step_secs.append(elapsed)
         block_sizes = [(b.num_src, b.num_dst, b.edge_index.size(1)) for b in batch.blocks]
 
     draw = measure_draws(sampler, batches[0], gen) if measure_draw else None
@@ -287,17 +296,10 @@ def run_dgl(args: argparse.Namespace, path: Path) -> dict:
     for i, seeds in enumerate(batches[: 1 + args.step_batches]):
         input_nodes, output_nodes, blocks = sampler.sample_blocks(g, seeds)
         feats, labels = x[input_nodes], y[output_nodes]
-        t0 = time.perf_counter()
-        h = feats
-        for layer, (conv, block) in enumerate(zip(convs, blocks, strict=True)):
-            h = conv(block, h)  # destinations are the first num_dst_nodes() sources
-            h = h.relu() if layer + 1 < len(convs) else h
-        loss = torch.nn.functional.cross_entropy(h, labels)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+        # destinations are the first num_dst_nodes() sources
+        elapsed = timed_step(convs, blocks, lambda conv, b, h: conv(b, h), feats, labels, opt)
         if i:
-            step_secs.append(time.perf_counter() - t0)
+            step_secs.append(elapsed)
         block_sizes = [(b.num_src_nodes(), b.num_dst_nodes(), b.num_edges()) for b in blocks]
     return {
         **throughput(edges, nodes, secs, step_secs),

@@ -210,10 +210,11 @@ class MixQQuantizer(Quantizer):
         return on_nonzeros(x, index, lambda values: self._mixture(values, lo, hi))
 
     def _mixture(self, x: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
-        grids = [self._grid(lo, hi, bits) for bits in self.candidate_bits]
         axis = 0 if self.per_row else None
-        if self.frozen:
-            return fake_quantize(x, *grids[int(self.selected)], axis=axis)
+        if self.frozen:  # one candidate: only its grid
+            bits = self.candidate_bits[int(self.selected)]
+            return fake_quantize(x, *self._grid(lo, hi, bits), axis=axis)
+        grids = [self._grid(lo, hi, bits) for bits in self.candidate_bits]
         return _Mixture.apply(x, self.mixing_weights(), grids, axis)
 
     def _grid(self, lo: Tensor, hi: Tensor, bits: int) -> tuple[Tensor, Tensor, int, int]:
