@@ -13,7 +13,16 @@ class GPFPlus(nn.Module):
     <https://arxiv.org/abs/2209.15240>`_: each node adds its own mix of ``k`` learned bases.
 
     .. math::
-        \mathbf{x}_i' = \mathbf{x}_i + \mathrm{softmax}(\mathbf{x}_i \mathbf{W}) \, \mathbf{P}
+        \mathbf{x}_i' = \mathbf{x}_i + s \, \mathrm{softmax}(\mathbf{x}_i \mathbf{W}) \, \mathbf{P},
+        \qquad s = \mathrm{RMS}(\mathbf{X})
+
+    The prompt is counted in units of the input's scale ``s``, the root mean square of the
+    whole input (held constant for the gradient). GPF-plus was designed for a frozen
+    backbone; trained jointly, each entry of ``P`` moves about one learning rate per Adam
+    step whatever the features' size, and on sparse, row-normalised features (bag-of-words
+    entries of 0.01-0.1) a prompt in absolute units outgrew the features themselves
+    (``|p| / |x|`` 0.8-4.8 within 100 epochs on Cora and CiteSeer) and collapsed quantized
+    runs to 47-50% accuracy. In units of ``s`` it stays a perturbation of the features.
 
     ``P`` starts at exactly zero so that an untrained prompted model equals its backbone:
     adding the prompt to a trained (or quantized) model does not move its predictions until
@@ -44,7 +53,10 @@ class GPFPlus(nn.Module):
         nn.init.zeros_(self.bases)
 
     def forward(self, x: Tensor) -> Tensor:
-        return x + torch.softmax(x @ self.weight, dim=-1) @ self.bases
+        if x.numel() == 0:
+            return x
+        scale = x.detach().pow(2).mean().sqrt()
+        return x + scale * (torch.softmax(x @ self.weight, dim=-1) @ self.bases)
 
     def __repr__(self) -> str:
         return f"{self.__class__.__name__}({self.channels}, k={self.k})"

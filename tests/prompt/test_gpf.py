@@ -18,8 +18,38 @@ def test_matches_hand_formula(shape) -> None:
     torch.nn.init.normal_(gpf.bases)
     x = torch.randn(n, d)
     scores = torch.exp(x @ gpf.weight)
-    expected = x + (scores / scores.sum(dim=1, keepdim=True)) @ gpf.bases
+    rms = (x**2).mean().sqrt()
+    expected = x + rms * (scores / scores.sum(dim=1, keepdim=True)) @ gpf.bases
     torch.testing.assert_close(gpf(x), expected)
+
+
+def test_prompt_is_counted_in_units_of_the_input_scale() -> None:
+    # The same scores on features 1000x smaller give a prompt 1000x smaller: the bases'
+    # Adam steps move the prompt relative to the features, not by a fixed amount.
+    gpf = GPFPlus(6, k=4)
+    torch.nn.init.normal_(gpf.bases)
+    x = torch.randn(5, 6)
+    small = GPFPlus(6, k=4)
+    small.load_state_dict({"weight": gpf.weight * 1000, "bases": gpf.bases})
+    torch.testing.assert_close(small(x / 1000) - x / 1000, (gpf(x) - x) / 1000)
+
+
+def test_scale_takes_no_gradient() -> None:
+    gpf = GPFPlus(3, k=2)
+    torch.nn.init.normal_(gpf.bases)
+    x = torch.randn(4, 3, requires_grad=True)
+    gpf(x).sum().backward()
+    rms = (x.detach() ** 2).mean().sqrt()
+    expected = torch.autograd.functional.jacobian(
+        lambda v: (v + rms * torch.softmax(v @ gpf.weight, dim=-1) @ gpf.bases).sum(), x.detach()
+    )
+    torch.testing.assert_close(x.grad, expected)
+
+
+def test_empty_input_passes_through() -> None:
+    gpf = GPFPlus(3, k=2)
+    x = torch.empty(0, 3)
+    assert gpf(x).shape == (0, 3)
 
 
 def test_gradient_reaches_the_bases_at_init() -> None:
