@@ -14,7 +14,10 @@ without a better validation accuracy, features row-normalised):
   taken from the aggregate alone, prompt weights scored from the RMS-normalised aggregate,
   and Degree-Quant's range momentum; with :func:`lorap_dist.prompt.diagnostics.
   lorap_diagnostics` of every prompted run;
-- ``diagnosis``: the same measures for the shipped LoRAP and the earlier one on Cora GIN.
+- ``diagnosis``: the same measures for the shipped LoRAP and the earlier one on Cora GIN;
+- ``points``: Cora GIN with plain QAT INT4 quantized at some of its points only (weights,
+  input, aggregate, hidden and output), with and without LoRAP: which rounding costs the
+  accuracy, and whether LoRAP recovers the aggregate's.
 
 The scheme options per bit width: ``qat`` ``{bits}``; ``degree_quant`` ``{bits}`` (the
 paper's protection recipe and percentile follow the bit width); ``a2q``
@@ -26,7 +29,7 @@ bits, acc_mean, acc_std, avg_bits, n_seeds), ``accuracy_planetoid_ablation.json`
 ``accuracy_planetoid.md``. Rows are written as settings finish; ``--resume`` keeps finished
 rows with the same seed count. The raw files are Planetoid's own (see BENCHMARKS.md):
 
-    python benchmarks/accuracy_planetoid.py --part main|ablation|diagnosis \\
+    python benchmarks/accuracy_planetoid.py --part main|ablation|diagnosis|points \\
         [--seeds 10] [--jobs 2] [--root data/planetoid] [--models gcn,gin,gat] [--bits 4,8]
 """
 
@@ -35,6 +38,7 @@ from __future__ import annotations
 import argparse
 import copy
 import fcntl
+import functools
 import json
 import multiprocessing
 import statistics
@@ -142,6 +146,22 @@ OBSERVER_VARIANTS = {
 }
 
 
+def _only_points(build: Any, points: frozenset[str], config: Any, graph: Any) -> Any:
+    """The configured model with every quantization point outside ``points`` (names such
+    as ``input``, ``aggregate``, ``prompt``, ``hidden``, ``output``, ``weight``) left at
+    full precision."""
+    from lorap_dist.quant.base import IdentityQuantizer
+
+    model = build(config, graph)
+    for module in model.modules():
+        quantizers = getattr(module, "quantizers", None)
+        if isinstance(quantizers, torch.nn.ModuleDict):
+            for point in list(quantizers):
+                if point not in points:
+                    quantizers[point] = IdentityQuantizer()
+    return model
+
+
 # ---------------------------------------------------------------------------------------
 # One run per (setting, seed), in a pool of single-threaded processes.
 
@@ -179,6 +199,9 @@ def _run(task: tuple[dict[str, Any], str | None, int, bool]) -> dict[str, Any]:
     batch_range = PercentileObserver.batch_range
     if variant in LORAP_VARIANTS:
         training.build_quantized_model = build_variant
+    elif variant is not None and variant.startswith("points:"):
+        points = frozenset(filter(None, variant.removeprefix("points:").split(",")))
+        training.build_quantized_model = functools.partial(_only_points, build, points)
     elif variant is not None:
         PercentileObserver.batch_range = OBSERVER_VARIANTS[variant]
     try:
@@ -362,6 +385,36 @@ def diagnosis_settings(args: Any) -> list[dict[str, Any]]:
     return [s for s in ablation_settings(args, "gin") if s["key"]["variant"] in chosen]
 
 
+POINTS: list[tuple[str, str, tuple[str, ...] | None]] = [
+    # (label, prompt, the quantization points at INT4; None: every point)
+    ("every point (QAT INT4 alone)", "none", None),
+    ("every point + LoRAP", "lorap", None),
+    ("no point (full precision, same training path)", "none", ()),
+    ("weights only", "none", ("weight",)),
+    ("input only", "none", ("input",)),
+    ("aggregate only", "none", ("aggregate",)),
+    ("aggregate only + LoRAP (its one rounding after the prompt)", "lorap", ("prompt",)),
+    ("hidden and output only", "none", ("hidden", "output")),
+    ("every point but the aggregate", "none", ("weight", "input", "hidden", "output")),
+]
+
+
+def points_settings(args: Any) -> list[dict[str, Any]]:
+    """GIN with plain QAT INT4, quantized at some of its points only: which rounding costs
+    the accuracy, and does LoRAP recover the aggregate's (the error it is built for)."""
+    settings = []
+    for dataset in args.datasets or ["Cora"]:
+        for label, prompt, points in POINTS:
+            key = {"dataset": dataset, "model": "gin", "variant": label}
+            settings.append({
+                "key": key,
+                "config": experiment(dataset, "gin", "qat", 4, prompt, args.root),
+                "variant": None if points is None else "points:" + ",".join(points),
+                "label": f"{dataset} gin {label}",
+            })  # fmt: skip
+    return settings
+
+
 # ---------------------------------------------------------------------------------------
 # Results
 
@@ -521,11 +574,17 @@ def ablation_reference(variant: str) -> str:
     return "QAT INT4 alone"
 
 
-def ablation_table(rows: list[dict[str, Any]]) -> str:
+def points_reference(variant: str) -> str:
+    """A points row is compared with every point quantized; the aggregate with LoRAP with
+    the aggregate alone."""
+    return "aggregate only" if variant.startswith("aggregate only +") else POINTS[0][0]
+
+
+def ablation_table(rows: list[dict[str, Any]], reference: Any = ablation_reference) -> str:
     index = {(r["dataset"], r["model"], r["variant"]): r for r in rows}
     body = [
         [r["dataset"], r["model"], r["variant"], _cell(r),
-         paired(r, index.get((r["dataset"], r["model"], ablation_reference(r["variant"])))),
+         paired(r, index.get((r["dataset"], r["model"], reference(r["variant"])))),
          f"{r['valid_mean']:.1f}", " ".join(f"{a:.0f}" for a in r["accs"])]
         for r in rows
     ]  # fmt: skip
@@ -570,9 +629,10 @@ def write_report(args: Any) -> None:
     main_rows = load_rows("accuracy_planetoid")
     ablation_rows = load_rows("accuracy_planetoid_ablation")
     diagnosis_rows = load_rows("accuracy_planetoid_diagnosis")
+    points_rows = load_rows("accuracy_planetoid_points")
     command = (
         "python benchmarks/accuracy_planetoid.py "
-        f"--part {{main,ablation,diagnosis}} --seeds {args.seeds} --jobs {args.jobs} "
+        f"--part {{main,ablation,diagnosis,points}} --seeds {args.seeds} --jobs {args.jobs} "
         f"--root {args.root}"
     )
     parts = [
@@ -588,6 +648,11 @@ def write_report(args: Any) -> None:
         parts.append("## Targets\n\n" + "\n".join(f"- {line}" for line in targets(main_rows)))
     if ablation_rows:
         parts.append("## Ablation (GCN, INT4)\n\n" + ablation_table(ablation_rows))
+    if points_rows:
+        parts.append(
+            "## Which rounding breaks GIN at INT4 (plain QAT, the other points at full "
+            "precision)\n\n" + ablation_table(points_rows, points_reference)
+        )
     if ablation_rows or diagnosis_rows:
         table = diagnosis_table(ablation_rows + diagnosis_rows)
         parts.append("## Diagnosis (per layer, mean over seeds)\n\n" + table)
@@ -598,7 +663,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--part",
-        choices=("main", "ablation", "diagnosis", "report"),
+        choices=("main", "ablation", "diagnosis", "points", "report"),
         required=True,
         help="report: rewrite accuracy_planetoid.md from the JSON files without running",
     )
@@ -633,6 +698,8 @@ def main() -> None:
         run_part("accuracy_planetoid_ablation", ablation_settings(args), args, diagnose=True)
     elif args.part == "diagnosis":
         run_part("accuracy_planetoid_diagnosis", diagnosis_settings(args), args, diagnose=True)
+    elif args.part == "points":
+        run_part("accuracy_planetoid_points", points_settings(args), args, diagnose=False)
     write_report(args)
     print((RESULTS / "accuracy_planetoid.md").read_text())
 
