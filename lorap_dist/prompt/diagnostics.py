@@ -20,7 +20,11 @@ Per layer it reports:
 - ``prompt_range_to_aggregate_range``: the width of the prompt point's range over the
   width of ``h``'s range (above 1: the prompt widened the grid);
 - ``error_with_prompt`` / ``error_without_prompt``: the aggregation error
-  ``||f(Q(X), A) - f(X, A)||_F / ||f(X, A)||_F`` with and without the prompt.
+  ``||f(Q(X), A) - f(X, A)||_F / ||f(X, A)||_F`` with and without the prompt;
+- ``error_of_exact_rounding``: the same error of ``Q(h_fp)``, the prompt point's grid
+  applied to the float aggregate: what is left if the prompt made ``h + p`` equal to
+  ``f(X, A)`` exactly. The prompt can remove error down to about this level, never the
+  rounding that comes after it.
 """
 
 from __future__ import annotations
@@ -126,6 +130,20 @@ def lorap_diagnostics(model: nn.Module, graph: GraphData) -> list[dict[str, floa
                 "prompt_range_to_aggregate_range": _ratio(prompt_width, float(h.max() - h.min())),
                 "error_with_prompt": _relative_error(ours["out"], exact["h"]),
                 "error_without_prompt": _relative_error(plain["out"], exact["h"]),
+                "error_of_exact_rounding": _relative_error(
+                    _rounded(ours["quantizer"], exact["h"], nodes), exact["h"]
+                ),
             }
         )
     return rows
+
+
+@torch.no_grad()
+def _rounded(quantizer: nn.Module, h: Tensor, nodes: NodeInfo) -> Tensor:
+    """``h`` on ``quantizer``'s grid, in evaluation mode (no observer moves)."""
+    training = quantizer.training
+    quantizer.eval()
+    try:
+        return quantizer(h, nodes)
+    finally:
+        quantizer.train(training)

@@ -70,3 +70,26 @@ def test_prompt_size_is_measured_in_rounding_steps_of_the_prompt_point():
     assert row["prompt_to_step"] == pytest.approx(1.0 / step, rel=1e-5)
     assert not math.isnan(row["prompt_range_to_aggregate_range"])
     assert [p.sum().item() for p in conv.lorap.p_b] == [1.5, 1.5]  # the model is untouched
+
+
+def test_rounding_of_the_exact_aggregate_is_the_prompt_points_grid_on_the_float_aggregate():
+    from lorap_dist.quant.fake_quant import fake_quantize
+
+    net = model(4)
+    float_net = model(None)
+    float_net.load_state_dict(net.state_dict(), strict=False)
+    captured = []
+    hook = float_net.convs[1].lorap.register_forward_hook(lambda m, a, o: captured.append(a[0]))
+    float_net.eval()
+    with torch.no_grad():
+        float_net(graph().x, graph().edge_index)
+    hook.remove()
+    exact = captured[0]  # the float aggregate of layer 1 with the trained weights
+    quantizer = net.convs[1].quantizers["prompt"]
+    scale, zero_point, qmin, qmax = quantizer.qparams()
+    rounded = fake_quantize(exact, scale, zero_point, qmin, qmax)
+    expected = float(torch.linalg.norm(rounded - exact) / torch.linalg.norm(exact))
+    row = lorap_diagnostics(net, graph())[1]
+    assert row["error_of_exact_rounding"] == pytest.approx(expected, rel=1e-5)
+    assert 0.0 < row["error_of_exact_rounding"] <= row["error_without_prompt"]
+    assert quantizer.training  # left as it was
