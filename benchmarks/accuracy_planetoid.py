@@ -420,6 +420,8 @@ ABLATIONS: list[tuple[str, str, dict[str, Any], str | None]] = [
     ("+ LoRAP, prompt point's range from the aggregate", "lorap", {}, "range_from_aggregate"),
     ("+ LoRAP, weights from the RMS-normalised aggregate", "lorap", {}, "rms_scores"),
     ("+ LoRAP, also trained on the aggregation error (weight 1)", "lorap", {}, "objective:1"),
+    ("QAT INT4 alone, range momentum 0.1", "none", {"momentum": 0.1}, None),
+    ("+ LoRAP, range momentum 0.1", "lorap", {"momentum": 0.1}, None),
     ("QAT INT4 alone, min/max observer (earlier default)", "none", {"observer": "minmax"}, None),
     ("+ LoRAP, min/max observer", "lorap", {"observer": "minmax"}, None),
     (
@@ -656,12 +658,15 @@ def paired(row: dict[str, Any], reference: dict[str, Any] | None) -> str:
 
 def ablation_reference(variant: str) -> str:
     """The row an ablation is compared with: its scheme and observer without the change."""
-    if "momentum" in variant:
+    if variant == "+ LoRAP, range momentum 0.1":
+        return "QAT INT4 alone, range momentum 0.1"
+    if "momentum 0.01" in variant:
         return "Degree-Quant INT4 alone, momentum 0.01 (earlier default)"
     if variant.startswith("Degree-Quant") and variant != "Degree-Quant INT4 alone":
         return "Degree-Quant INT4 alone"
     if variant.startswith("+ LoRAP, min/max"):
         return "QAT INT4 alone, min/max observer (earlier default)"
+
     return "QAT INT4 alone"
 
 
