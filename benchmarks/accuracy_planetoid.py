@@ -666,7 +666,6 @@ def ablation_reference(variant: str) -> str:
         return "Degree-Quant INT4 alone"
     if variant.startswith("+ LoRAP, min/max"):
         return "QAT INT4 alone, min/max observer (earlier default)"
-
     return "QAT INT4 alone"
 
 
