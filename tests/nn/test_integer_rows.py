@@ -1,6 +1,7 @@
 """SAGE and GIN on integer feature rows: the fused ``quant_aggregate`` over the codes gives
 the float path's result on ``rows.dequantize()`` with the ``input`` point bypassed, with the
-same weight and prompt gradients; the layers that cannot take integer rows say so."""
+same weight and prompt gradients, in a layer and in the model stack; the layers and stacks
+that cannot take integer rows say so."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ import torch
 from torch import Tensor, nn
 
 import lorap_dist.nn.conv as conv_module
-from lorap_dist.config import PromptConfig
-from lorap_dist.nn import QGATConv, QGCNConv, QGINConv, QSAGEConv
+from lorap_dist.config import ModelConfig, PromptConfig
+from lorap_dist.nn import QGATConv, QGCNConv, QGINConv, QSAGEConv, build_model
 from lorap_dist.nn.aggregate import MIN_WIDTH
 from lorap_dist.nn.conv import QuantizedConv
 from lorap_dist.quant import IdentityQuantizer, QuantizedRows, quantize_
@@ -164,3 +165,70 @@ def test_malformed_rows_are_named():
         QGINConv(4, 3)(QuantizedRows(rows.codes, rows.scales[:3]), random_graph(N, 40))
     with pytest.raises(ValueError, match="QSAGEConv got x with 14 rows"):
         QSAGEConv(4, 3)(rows, random_graph(N, 40), size=(13, 13))
+
+
+# -- the model stack ---------------------------------------------------------------------
+
+
+def make_models(arch: str, width: int, kind: str, qat: bool) -> tuple[nn.Module, nn.Module]:
+    """A 2-layer stack and its reference, whose first layer's ``input`` point is bypassed."""
+    torch.manual_seed(0)
+    model = build_model(
+        width, OUT, ModelConfig(arch=arch, hidden=8, layers=2, dropout=0.3), PromptConfig(kind)
+    )
+    for module in model.modules():
+        if hasattr(module, "p_b"):
+            nn.init.normal_(module.p_b)
+        if hasattr(module, "bases"):
+            nn.init.normal_(module.bases)
+    if qat:
+        quantize_(model, QATConfig(bits=4))
+    reference = copy.deepcopy(model)
+    reference.convs[0].quantizers["input"] = IdentityQuantizer()
+    return model, reference
+
+
+def stack_graph(graph_kind: str, rows: QuantizedRows) -> tuple[object, QuantizedRows]:
+    edge_index = random_graph(N, 40, seed=7)
+    if graph_kind == "edge_index":
+        return edge_index, rows
+    outer, hop1 = in_neighbour_block(edge_index, torch.tensor([2, 11, 7]))
+    inner, hop2 = in_neighbour_block(edge_index, hop1)
+    return [inner, outer], rows.rows(hop2)
+
+
+@pytest.mark.parametrize("arch", ["sage", "gin"])
+@pytest.mark.parametrize("width", WIDTHS)
+@pytest.mark.parametrize("kind", ["none", "lorap"])
+@pytest.mark.parametrize("qat", [False, True], ids=["fp32", "qat4"])
+@pytest.mark.parametrize("graph_kind", ["edge_index", "blocks"])
+def test_model_on_integer_rows_matches_the_float_path(arch, width, kind, qat, graph_kind):
+    model, reference = make_models(arch, width, kind, qat)
+    graph, rows = stack_graph(graph_kind, features(width, 8, seed=3))
+    exact = width >= MIN_WIDTH
+    torch.manual_seed(5)  # dropout between the layers draws the same masks on both
+    out = model.train()(rows, graph)
+    torch.manual_seed(5)
+    expected = reference.train()(rows.dequantize(), graph)
+    assert_same(out, expected, exact)
+    out.sum().backward(), expected.sum().backward()
+    assert_same_grads(model, reference, exact)
+    assert_same(model.eval()(rows, graph), reference.eval()(rows.dequantize(), graph), exact)
+
+
+@pytest.mark.parametrize("arch", ["sage", "gin"])
+@pytest.mark.parametrize("kind", ["gpf", "gpf_lorap"])
+def test_gpf_dequantizes_the_rows_first(arch, kind, fused_calls):
+    """GPF-plus prompts float features: the rows are dequantized and take the input point."""
+    model, _ = make_models(arch, 40, kind, qat=True)
+    rows, graph = features(40, 8), random_graph(N, 40, seed=7)
+    model.eval()(rows.dequantize(), graph)  # a first pass sets the observers' ranges
+    assert torch.equal(model(rows, graph), model(rows.dequantize(), graph))
+    assert fused_calls == []
+
+
+@pytest.mark.parametrize("arch", ["gcn", "gat"])
+def test_stacks_without_integer_rows_say_what_to_pass(arch):
+    model = build_model(4, OUT, ModelConfig(arch=arch, hidden=8, heads=2), PromptConfig())
+    with pytest.raises(TypeError, match=rf"arch={arch} got QuantizedRows as x; only SAGE"):
+        model(features(4, 8), random_graph(N, 40))
