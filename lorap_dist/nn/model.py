@@ -84,7 +84,10 @@ class GNN(PromptedStack):
     dropout to its input (dropout acts between layers only), so the codes reach the first
     layer as they are. GPF-plus adds a float prompt to the input features, so with it on
     the rows are dequantized first and the first layer takes floats through its ``input``
-    point, as for float features. GCN and GAT stacks refuse integer rows.
+    point, as for float features. GCN and GAT stacks refuse integer rows. Feed a model the
+    same form in training and evaluation: on integer rows the first layer's ``input`` point
+    is never called, so it never observes a range (nor, with A2Q or MixQ, learns its
+    parameters), and float features given later would be rounded on an untrained grid.
 
     Args:
         in_channels: input feature width.
