@@ -47,9 +47,10 @@ class QGINConv(QuantizedConv):
     adds error. The result equals the layer on ``rows.dequantize()`` with :math:`Q_\text{in}`
     bypassed: bit for bit on the CPU for rows of at least 32 values (the op adds the same fp32
     products in the same order as the float path's CSR matmul), to fp32 rounding of the sums
-    otherwise (narrower rows, which the float path scatters through PyG, and the CUDA kernel).
-    The codes take no gradient; the weights and LoRAP's parameters get theirs as on the float
-    path. A pair of integer rows is refused.
+    otherwise (narrower rows, which the float path scatters through PyG, and the CUDA kernel; a
+    later quantization point can turn such a difference at one of its rounding boundaries into
+    one step of its grid). The codes take no gradient; the weights and LoRAP's parameters get
+    theirs as on the float path. A pair of integer rows is refused.
 
     Quantization points (all node role): ``input`` (source rows; a pair's ``x_dst`` passes
     through it in a second call with the destination facts), ``aggregate``, ``prompt``

@@ -18,7 +18,7 @@ from lorap_dist.nn.aggregate import MIN_WIDTH
 from lorap_dist.nn.conv import QuantizedConv
 from lorap_dist.quant import IdentityQuantizer, QuantizedRows, quantize_
 from lorap_dist.quant.schemes.qat import QATConfig
-from lorap_dist.testing.graphs import in_neighbour_block, random_graph
+from lorap_dist.testing.graphs import GRAPH_FORMS, graph_form, in_neighbour_block, random_graph
 
 N, OUT = 14, 6
 #: Below MIN_WIDTH the float path scatters through PyG (another summation order); from it
@@ -117,6 +117,16 @@ def test_integer_rows_match_the_float_path(arch, width, bits, lorap, qat, graph_
     assert_same_grads(layer, reference, exact)
     if lorap:
         assert layer.lorap.p_b.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("arch", ["sage", "gin"])
+@pytest.mark.parametrize("form", GRAPH_FORMS)
+def test_integer_rows_on_each_graph_form(arch, form):
+    layer, reference = make_layers(arch, 40, lorap=True, qat=False)
+    graph = graph_form(form, random_graph(N, 40, seed=2, duplicates=0), N, N)
+    out, expected = run_both(layer, reference, features(40, 8), graph)
+    assert_same(out, expected, exact=False)
+    assert_same_grads(layer, reference, exact=False)
 
 
 @pytest.mark.parametrize("arch", ["sage", "gin"])
