@@ -12,6 +12,11 @@ it together, each with its own list of IDs, and each gets back its rows in order
    ``all_to_all_single`` returns them; the receiver decodes and scatters back to the
    original (possibly repeated) order.
 
+:meth:`FeatureExchange.fetch` decodes the rows to float32; :meth:`FeatureExchange.fetch_rows`
+hands an int8 or int4 payload through as :class:`~lorap_dist.quant.integer.QuantizedRows`
+(codes and per-row scales, INT4 unpacked to one ``int8`` code per value), for layers that
+aggregate the codes themselves.
+
 Row payloads (``F`` features):
 
 ===================  =====================================  ====================
@@ -47,7 +52,13 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from lorap_dist.quant.integer import dequantize_rows, pack_int4, quantize_rows, unpack_int4
+from lorap_dist.quant.integer import (
+    QuantizedRows,
+    dequantize_rows,
+    pack_int4,
+    quantize_rows,
+    unpack_int4,
+)
 
 PAYLOADS = ("fp32", "int8", "int4")
 
@@ -67,7 +78,8 @@ class FeatureExchange:
         device: where the collectives run and results land (``cuda`` for NCCL).
 
     Attributes:
-        bytes_sent: bytes this rank has sent to other ranks, over every :meth:`fetch`.
+        bytes_sent: bytes this rank has sent to other ranks, over every :meth:`fetch` and
+            :meth:`fetch_rows`.
         bytes_received: bytes this rank has received from other ranks.
         rows_fetched: rows returned to callers (repeats included).
     """
@@ -143,10 +155,41 @@ class FeatureExchange:
         IDs may repeat and may be empty. With an fp32 payload the rows are exact; with int8
         or int4 they are the dequantized codes.
         """
+        received, inverse = self._fetch_payload(global_ids, "fetch")
+        rows = self._decode(received)  # [len(unique), F] float32
+        return rows[inverse.to(rows.device)]
+
+    def fetch_rows(self, global_ids: Tensor) -> QuantizedRows:
+        """The rows of ``global_ids`` as they travelled, integer codes with per-row scales,
+        not dequantized; every rank must call it.
+
+        ``fetch_rows(ids).dequantize()`` equals ``fetch(ids)`` bit for bit. INT4 codes come
+        unpacked, one ``int8`` code per value (``bits=4``). IDs may repeat and may be empty.
+
+        Raises:
+            ValueError: the payload is fp32 (float rows have no codes): call :meth:`fetch`,
+                or send codes (an int8 shard, or ``payload_bits=8`` or ``4``). Every rank
+                of an exchange has the same payload, so all raise before any collective.
+        """
+        if self.payload == "fp32":
+            raise ValueError(
+                "fetch_rows returns integer codes, but this exchange sends fp32 rows (a float "
+                "shard with payload_bits=None); call fetch for float rows, or build the "
+                "exchange with payload_bits=8 or 4 (or an int8 shard) to receive codes."
+            )
+        received, inverse = self._fetch_payload(global_ids, "fetch_rows")
+        codes, scales = self._decode_codes(received)  # [len(unique), F] int8, [len(unique)]
+        inverse = inverse.to(codes.device)
+        return QuantizedRows(codes[inverse], scales[inverse], 8 if self.payload == "int8" else 4)
+
+    def _fetch_payload(self, global_ids: Tensor, caller: str) -> tuple[Tensor, Tensor]:
+        """``(received, inverse)``: the encoded rows of the sorted unique IDs, ``[unique,
+        row_bytes]`` uint8, and the position of each requested ID among them; the three
+        collective rounds, and the byte counters."""
         ids = global_ids.to(torch.int64).reshape(-1).cpu()
         if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= int(self.ends[-1])):
             raise ValueError(
-                f"fetch got global IDs in [{int(ids.min())}, {int(ids.max())}] but the "
+                f"{caller} got global IDs in [{int(ids.min())}, {int(ids.max())}] but the "
                 f"partition book covers [0, {int(self.ends[-1])})."
             )
         unique, inverse = torch.unique(ids, sorted=True, return_inverse=True)
@@ -158,7 +201,6 @@ class FeatureExchange:
         local = requested.to(torch.int64).cpu() - self.start
         payload = self._encode(local)  # [sum(recv_counts), row_bytes] uint8
         received = self._all_to_all(payload, recv_counts.tolist(), send_counts.tolist())
-        rows = self._decode(received)  # [len(unique), F] float32
 
         others = torch.arange(self.world_size) != self.rank
         id_bytes = 4 if self.id_dtype == torch.int32 else 8
@@ -173,7 +215,7 @@ class FeatureExchange:
             + self.row_bytes * int(send_counts[others].sum())
         )
         self.rows_fetched += ids.numel()
-        return rows[inverse.to(rows.device)]
+        return received, inverse
 
     def _exchange_counts(self, send_counts: Tensor) -> Tensor:
         send = send_counts.to(torch.int64).to(self.device)
@@ -207,14 +249,19 @@ class FeatureExchange:
         return torch.cat([codes.contiguous().view(torch.uint8), scale_bytes], dim=1)
 
     def _decode(self, payload: Tensor) -> Tensor:
-        f = self.num_features
         if self.payload == "fp32":
             return payload.contiguous().view(torch.float32)
+        return dequantize_rows(*self._decode_codes(payload))
+
+    def _decode_codes(self, payload: Tensor) -> tuple[Tensor, Tensor]:
+        """``(codes, scales)`` of an int8 or int4 payload: ``int8 [n, F]`` (INT4 unpacked)
+        and ``float32 [n]``."""
         width = payload.size(1) - 4
         scales = _fresh(payload[:, width:]).view(torch.float32).reshape(-1)
         body = _fresh(payload[:, :width])
-        codes = unpack_int4(body, f) if self.payload == "int4" else body.view(torch.int8)
-        return dequantize_rows(codes, scales)
+        if self.payload == "int4":
+            return unpack_int4(body, self.num_features), scales
+        return body.view(torch.int8), scales
 
 
 def _fresh(t: Tensor) -> Tensor:

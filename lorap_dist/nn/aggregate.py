@@ -89,7 +89,9 @@ class CSRAggregation:
 
     Calling it returns ``[num_dst, d]``, or ``None`` where the matmul does not apply (a
     tensor off the CPU, not floating point, narrower than :data:`MIN_WIDTH`, or without
-    edges): the caller then aggregates as before. Not saved or copied with its module.
+    edges): the caller then aggregates as before. :meth:`csr` hands out the remembered
+    adjacency's CSR arrays, on any device, for aggregations of their own (the fused
+    aggregation of integer rows). Not saved or copied with its module.
     """
 
     def __init__(self) -> None:
@@ -109,6 +111,12 @@ class CSRAggregation:
         adjacency = self._adjacency(edge_index, x.size(0), num_dst, x.dtype)
         out = _Matmul.apply(x.contiguous(), adjacency)
         return out if reduce == "sum" else out / adjacency.degree
+
+    def csr(self, edge_index: Tensor, num_src: int, num_dst: int) -> tuple[Tensor, Tensor]:
+        """``(indptr [num_dst + 1], indices [E])``, int64: the sources of each destination's
+        in-edges, in edge order (the adjacency :meth:`__call__` multiplies by)."""
+        adjacency = self._adjacency(edge_index, num_src, num_dst, torch.float32)
+        return adjacency.forward.crow_indices(), adjacency.forward.col_indices()
 
     def _adjacency(
         self, edge_index: Tensor, num_src: int, num_dst: int, dtype: torch.dtype

@@ -1,6 +1,7 @@
 """What the quantized message-passing layers share: their quantization points, how they
 read their graph input (any form PyG's layers take, or a :class:`~lorap_dist.graph.Block`),
-and the optional LoRAP step."""
+the aggregation of integer feature rows (:class:`~lorap_dist.quant.integer.QuantizedRows`)
+by the fused ``quant_aggregate`` op, and the optional LoRAP step."""
 
 from __future__ import annotations
 
@@ -17,12 +18,16 @@ from torch_geometric.utils import is_torch_sparse_tensor, to_edge_index
 
 from lorap_dist.config import PromptConfig
 from lorap_dist.graph.block import Block, NodeInfo
+from lorap_dist.kernels.quant_aggregate import quant_aggregate
 from lorap_dist.nn.aggregate import CSRAggregation
 from lorap_dist.prompt.lorap import LoRAP
 from lorap_dist.quant.base import NODE, identity_quantizers
+from lorap_dist.quant.integer import QuantizedRows
 
 #: Node features: one ``[N, F]`` tensor, or PyG's bipartite ``(x_src, x_dst)`` pair.
 Features = Tensor | tuple[Tensor, Tensor | None]
+#: What SAGE and GIN also take: integer rows with per-row scales, one set of rows.
+RowFeatures = Features | QuantizedRows
 #: Node facts: of ``x``'s rows, or ``(nodes_src, nodes_dst)`` with a pair of features.
 NodeFacts = NodeInfo | tuple[NodeInfo | None, NodeInfo | None] | None
 #: The graph forms a layer reads (a ``SparseTensor`` only where torch_sparse is installed).
@@ -200,6 +205,19 @@ def positional_nodes(layer: str, argument: Any, nodes: NodeFacts) -> tuple[Any, 
 
 def _features(layer: str, x: Any, pairs: bool) -> tuple[Tensor, Tensor | None, bool]:
     """``(x_src, x_dst, pair)`` from one tensor or an ``(x_src, x_dst)`` pair."""
+    if isinstance(x, QuantizedRows):  # a layer that takes them reads them before this
+        raise TypeError(
+            f"{layer} takes float node features, got QuantizedRows (integer codes with "
+            "per-row scales); only QSAGEConv and QGINConv aggregate integer rows directly "
+            "(GCN and GAT transform or weigh each message before aggregating it). Pass "
+            "rows.dequantize()."
+        )
+    if isinstance(x, (tuple, list)) and any(isinstance(a, QuantizedRows) for a in x):
+        raise TypeError(
+            f"{layer} got QuantizedRows inside an (x_src, x_dst) pair; pass integer rows as "
+            "one QuantizedRows with an edge_index or a Block (whose destinations are its "
+            "first num_dst rows), or pass the pair dequantized."
+        )
     if isinstance(x, Tensor) and x.dim() == 2:
         return x, None, False
     if pairs and isinstance(x, (tuple, list)) and len(x) == 2:
@@ -352,6 +370,48 @@ class QuantizedConv(MessagePassing):
         size, nodes = positional_nodes(layer, size, nodes)
         edge_weight, nodes = positional_nodes(layer, edge_weight, nodes)
         return layer_input(layer, x, graph, nodes, size=size, edge_weight=edge_weight, **options)
+
+    def aggregate_input(
+        self,
+        x: RowFeatures,
+        graph: Graph,
+        nodes: NodeFacts,
+        size: Any,
+        reduce: str,
+    ) -> tuple[LayerInput, Tensor, Tensor | None]:
+        """``(g, h, x_dst)``: the forward's arguments read (:meth:`read_input`), the sum or
+        mean ``h [num_dst, F]`` of the source rows over ``g``'s edges, and the destination
+        rows for the root term (``None`` for a pair without ``x_dst``). For SAGE and GIN.
+
+        Float features pass through the ``input`` point first (:meth:`quantize_input`) and
+        are aggregated by :meth:`aggregate_rows`. :class:`QuantizedRows` are aggregated as
+        they are, by the fused ``quant_aggregate`` op over the CSR form of ``g``'s edges
+        (:meth:`aggregate_codes`), and the root term is the dequantized destination rows:
+        the ``input`` point is not applied to them. Their per-row grid is already integer,
+        and rounding the rows a second time on the point's per-tensor grid would only add
+        error. ``g``'s ``x_src`` and ``x_dst`` then hold the codes.
+        """
+        if not isinstance(x, QuantizedRows):
+            g = self.read_input(x, graph, nodes, size=size)
+            x_src, x_dst = self.quantize_input(g)
+            return g, self.aggregate_rows(x_src, g, reduce), x_dst
+        rows = x.check(f"{type(self).__name__}'s x")
+        g = self.read_input(rows.codes, graph, nodes, size=size)
+        x_dst = rows.rows(slice(0, g.num_dst)).dequantize()  # [num_dst, F]
+        return g, self.aggregate_codes(rows, g, reduce), x_dst
+
+    def aggregate_codes(self, rows: QuantizedRows, g: LayerInput, reduce: str) -> Tensor:
+        """``[num_dst, F]`` fp32 sum or mean of the dequantized source ``rows`` over ``g``'s
+        edges, in one pass over the codes
+        (:func:`~lorap_dist.kernels.quant_aggregate.quant_aggregate`; INT4 rows travel
+        unpacked, as ``int8`` codes). On the CPU the op adds the same fp32 products
+        ``code * scale`` in the same edge order as :meth:`aggregate_rows`'s CSR matmul of
+        ``rows.dequantize()``. No gradient flows to the rows.
+        """
+        indptr, indices = self.csr_aggregation.csr(g.edge_index, g.num_src, g.num_dst)
+        return quant_aggregate(
+            rows.codes, rows.scales, indptr, indices, rows.num_features, 8, reduce
+        )
 
     def aggregate_rows(self, x: Tensor, g: LayerInput, reduce: str) -> Tensor:
         """``propagate``'s sum or mean of ``x``'s rows over ``g``'s edges (messages

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from lorap_dist.config import PromptConfig
-from lorap_dist.nn.conv import Features, Graph, NodeFacts, QuantizedConv
+from lorap_dist.nn.conv import Graph, NodeFacts, QuantizedConv, RowFeatures
 from lorap_dist.nn.linear import QLinear
 
 
@@ -36,6 +36,22 @@ class QGINConv(QuantizedConv):
     ``x[:num_dst]``, so a block holding every in-neighbour of its destinations gives them
     their full-graph outputs; with a pair it uses ``x_dst``.
 
+    **Integer rows.** ``x`` may also be a :class:`~lorap_dist.quant.integer.QuantizedRows`
+    (codes ``c`` with per-row scales ``s``, e.g. INT8 features as the dataset stores them, from
+    :meth:`~lorap_dist.distributed.exchange.FeatureExchange.fetch_rows`), with any graph form
+    the layer takes. The neighbour sum is then computed from the codes by the fused
+    ``quant_aggregate`` op over the CSR form of the edges, :math:`\mathbf{h}_i = \sum_{j \in
+    \mathcal{N}(i)} c_j s_j`, and the root term uses the dequantized destination rows :math:`c_i
+    s_i`. The stored per-row grid wins: :math:`Q_\text{in}` is not applied to integer rows,
+    because a second, per-tensor rounding of values that already lie on an integer grid only
+    adds error. The result equals the layer on ``rows.dequantize()`` with :math:`Q_\text{in}`
+    bypassed: bit for bit on the CPU for rows of at least 32 values (the op adds the same fp32
+    products in the same order as the float path's CSR matmul), to fp32 rounding of the sums
+    otherwise (narrower rows, which the float path scatters through PyG, and the CUDA kernel; a
+    later quantization point can turn such a difference at one of its rounding boundaries into
+    one step of its grid). The codes take no gradient; the weights and LoRAP's parameters get
+    theirs as on the float path. A pair of integer rows is refused.
+
     Quantization points (all node role): ``input`` (source rows; a pair's ``x_dst`` passes
     through it in a second call with the destination facts), ``aggregate``, ``prompt``
     (LoRAP only), ``hidden`` (the MLP's inner activation) and ``output`` (destination
@@ -51,8 +67,9 @@ class QGINConv(QuantizedConv):
             is ``lorap`` or ``gpf_lorap``, sized by its ``k`` and ``r`` (default ``None``: off).
 
     Shapes:
-        - input: ``x [N, in_channels]`` or ``(x_src [N_src, in_channels], x_dst [N_dst,
-          in_channels] or None)``; ``edge_index [2, E]`` (tensor or ``EdgeIndex``), a sparse
+        - input: ``x [N, in_channels]``, ``(x_src [N_src, in_channels], x_dst [N_dst,
+          in_channels] or None)`` or ``QuantizedRows`` (codes ``int8 [N, in_channels]``,
+          scales ``[N]``); ``edge_index [2, E]`` (tensor or ``EdgeIndex``), a sparse
           adjacency ``[N_dst, N_src]`` or a ``Block``; optional ``size (N_src, N_dst)``;
           optional ``NodeInfo`` of the rows (a pair of them with a pair)
         - output: ``[N_dst, out_channels]`` (``N_dst = N`` on a full graph)
@@ -89,7 +106,7 @@ class QGINConv(QuantizedConv):
 
     def forward(
         self,
-        x: Features,
+        x: RowFeatures,
         edge_index: Graph,
         size: tuple[int, int] | None = None,
         nodes: NodeFacts = None,
@@ -97,8 +114,10 @@ class QGINConv(QuantizedConv):
         """Convolve ``x`` over the graph.
 
         Args:
-            x: ``[N, in_channels]`` node features, or PyG's bipartite pair ``(x_src
-                [N_src, in_channels], x_dst [N_dst, in_channels])``; without ``x_dst``
+            x: ``[N, in_channels]`` node features, PyG's bipartite pair ``(x_src
+                [N_src, in_channels], x_dst [N_dst, in_channels])``, or integer rows
+                (:class:`~lorap_dist.quant.integer.QuantizedRows` of ``N`` rows, not
+                passed through the ``input`` point; see the class docstring); without ``x_dst``
                 (``None``) the ``(1 + eps)`` root term is left out, as in GINConv.
             edge_index: the graph in any form PyG's GINConv takes: an ``edge_index [2, E]``
                 (a tensor or a :class:`torch_geometric.EdgeIndex`), a ``torch.sparse``
@@ -111,9 +130,7 @@ class QGINConv(QuantizedConv):
                 ``x``'s rows, or ``(nodes_src, nodes_dst)`` with a pair (default ``None``);
                 a ``NodeInfo`` given third is read as ``nodes``.
         """
-        g = self.read_input(x, edge_index, nodes, size=size)
-        x_src, x_dst = self.quantize_input(g)
-        h = self.aggregate_rows(x_src, g, "sum")
+        g, h, x_dst = self.aggregate_input(x, edge_index, nodes, size, "sum")
         h = self.quantize_aggregate(h, g.nodes_dst)  # [N_dst, in]
         if x_dst is not None:
             h = (1 + self.eps) * x_dst + h

@@ -18,6 +18,7 @@ from lorap_dist.nn.sage import QSAGEConv
 from lorap_dist.prompt.gpf import GPFPlus
 from lorap_dist.prompt.lorap import LoRAP
 from lorap_dist.quant.base import Quantizer
+from lorap_dist.quant.integer import QuantizedRows
 
 
 class PromptedStack(nn.Module):
@@ -74,6 +75,20 @@ class GNN(PromptedStack):
     the start of every forward pass, with the ``nodes`` given (possibly ``None``);
     Degree-Quant sets it to draw the protection mask once per pass.
 
+    **Integer input rows.** With SAGE or GIN layers ``x`` may be a
+    :class:`~lorap_dist.quant.integer.QuantizedRows` (INT8 or INT4 codes with per-row
+    scales, e.g. from :meth:`~lorap_dist.distributed.exchange.FeatureExchange.fetch_rows`):
+    the first layer aggregates the codes with the fused op and does not round them again
+    at its ``input`` point (:class:`~lorap_dist.nn.QSAGEConv` says why), so the output is
+    the stack's on ``x.dequantize()`` with that point bypassed. The stack applies no
+    dropout to its input (dropout acts between layers only), so the codes reach the first
+    layer as they are. GPF-plus adds a float prompt to the input features, so with it on
+    the rows are dequantized first and the first layer takes floats through its ``input``
+    point, as for float features. GCN and GAT stacks refuse integer rows. Feed a model the
+    same form in training and evaluation: on integer rows the first layer's ``input`` point
+    is never called, so it never observes a range (nor, with A2Q or MixQ, learns its
+    parameters), and float features given later would be rounded on an untrained grid.
+
     Args:
         in_channels: input feature width.
         out_channels: output width (number of classes).
@@ -81,8 +96,9 @@ class GNN(PromptedStack):
         prompt: the :class:`~lorap_dist.config.PromptConfig` (default: no prompt).
 
     Shapes:
-        - input: ``x [N, in_channels]`` with one graph every layer runs on, in any form the
-          layers take (``edge_index [2, E]``, a :class:`torch_geometric.EdgeIndex`, a
+        - input: ``x [N, in_channels]`` (or ``QuantizedRows`` of ``N`` rows, SAGE and GIN
+          only) with one graph every layer runs on, in any form the layers take
+          (``edge_index [2, E]``, a :class:`torch_geometric.EdgeIndex`, a
           ``torch.sparse`` adjacency ``[N, N]``), or ``x [blocks[0].num_src, in_channels]``
           with one ``Block`` per layer, where ``blocks[l + 1].num_src ==
           blocks[l].num_dst``; optional ``NodeInfo`` of ``x``'s rows
@@ -109,12 +125,22 @@ class GNN(PromptedStack):
         self.dropout = model.dropout
 
     def forward(
-        self, x: Tensor, graph: Graph | Sequence[Block], nodes: NodeInfo | None = None
+        self,
+        x: Tensor | QuantizedRows,
+        graph: Graph | Sequence[Block],
+        nodes: NodeInfo | None = None,
     ) -> Tensor:
+        if isinstance(x, QuantizedRows) and self.config.arch not in ("sage", "gin"):
+            raise TypeError(
+                f"GNN with arch={self.config.arch} got QuantizedRows as x; only SAGE and GIN "
+                "layers aggregate integer rows directly. Pass x.dequantize()."
+            )
         if self.node_transform is not None:
             nodes = self.node_transform(nodes)
         graphs = self._per_layer(graph)
         if self.gpf is not None:
+            if isinstance(x, QuantizedRows):  # GPF-plus prompts float features
+                x = x.dequantize()
             x = self.gpf(x)
         for l, (conv, layer_graph) in enumerate(zip(self.convs, graphs, strict=True)):
             x = conv(x, layer_graph, nodes=nodes)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from lorap_dist.config import PromptConfig
-from lorap_dist.nn.conv import Features, Graph, NodeFacts, QuantizedConv
+from lorap_dist.nn.conv import Graph, NodeFacts, QuantizedConv, RowFeatures
 from lorap_dist.nn.linear import QLinear
 
 
@@ -34,6 +34,23 @@ class QSAGEConv(QuantizedConv):
     A ``torch.sparse`` adjacency must hold ones: SAGEConv would scale the messages by other
     values, which this layer does not do.
 
+    **Integer rows.** ``x`` may also be a :class:`~lorap_dist.quant.integer.QuantizedRows`
+    (codes ``c`` with per-row scales ``s``, e.g. INT8 features as the dataset stores them, from
+    :meth:`~lorap_dist.distributed.exchange.FeatureExchange.fetch_rows`), with any graph form
+    the layer takes. The neighbour mean is then computed from the codes by the fused
+    ``quant_aggregate`` op over the CSR form of the edges, :math:`\mathbf{h}_i =
+    \frac{1}{|\mathcal{N}(i)|} \sum_{j \in \mathcal{N}(i)} c_j s_j`, and the root term uses the
+    dequantized destination rows :math:`c_i s_i`. The stored per-row grid wins:
+    :math:`Q_\text{in}` is not applied to integer rows, because a second, per-tensor rounding of
+    values that already lie on an integer grid only adds error. The result equals the layer on
+    ``rows.dequantize()`` with :math:`Q_\text{in}` bypassed: bit for bit on the CPU for rows of
+    at least 32 values (the op adds the same fp32 products in the same order as the float path's
+    CSR matmul), to fp32 rounding of the sums otherwise (narrower rows, which the float path
+    scatters through PyG, and the CUDA kernel; a later quantization point can turn such a
+    difference at one of its rounding boundaries into one step of its grid). The codes take no
+    gradient; the weights and LoRAP's parameters get theirs as on the float path. A pair of
+    integer rows is refused.
+
     Quantization points (all node role): ``input`` (source rows; a pair's ``x_dst`` passes
     through it in a second call with the destination facts), ``aggregate``, ``prompt``
     (LoRAP only) and ``output`` (destination rows); weights live in ``lin_l`` (with bias)
@@ -46,8 +63,9 @@ class QSAGEConv(QuantizedConv):
             is ``lorap`` or ``gpf_lorap``, sized by its ``k`` and ``r`` (default ``None``: off).
 
     Shapes:
-        - input: ``x [N, in_channels]`` or ``(x_src [N_src, in_channels], x_dst [N_dst,
-          in_channels] or None)``; ``edge_index [2, E]`` (tensor or ``EdgeIndex``), a sparse
+        - input: ``x [N, in_channels]``, ``(x_src [N_src, in_channels], x_dst [N_dst,
+          in_channels] or None)`` or ``QuantizedRows`` (codes ``int8 [N, in_channels]``,
+          scales ``[N]``); ``edge_index [2, E]`` (tensor or ``EdgeIndex``), a sparse
           adjacency ``[N_dst, N_src]`` or a ``Block``; optional ``size (N_src, N_dst)``;
           optional ``NodeInfo`` of the rows (a pair of them with a pair)
         - output: ``[N_dst, out_channels]`` (``N_dst = N`` on a full graph)
@@ -74,7 +92,7 @@ class QSAGEConv(QuantizedConv):
 
     def forward(
         self,
-        x: Features,
+        x: RowFeatures,
         edge_index: Graph,
         size: tuple[int, int] | None = None,
         nodes: NodeFacts = None,
@@ -82,8 +100,10 @@ class QSAGEConv(QuantizedConv):
         """Convolve ``x`` over the graph.
 
         Args:
-            x: ``[N, in_channels]`` node features, or PyG's bipartite pair ``(x_src
-                [N_src, in_channels], x_dst [N_dst, in_channels])``; without ``x_dst``
+            x: ``[N, in_channels]`` node features, PyG's bipartite pair ``(x_src
+                [N_src, in_channels], x_dst [N_dst, in_channels])``, or integer rows
+                (:class:`~lorap_dist.quant.integer.QuantizedRows` of ``N`` rows, not
+                passed through the ``input`` point; see the class docstring); without ``x_dst``
                 (``None``) the root term is left out, as in SAGEConv.
             edge_index: the graph in any form PyG's SAGEConv takes: an ``edge_index [2, E]``
                 (a tensor or a :class:`torch_geometric.EdgeIndex`), a ``torch.sparse``
@@ -96,9 +116,7 @@ class QSAGEConv(QuantizedConv):
                 ``x``'s rows, or ``(nodes_src, nodes_dst)`` with a pair (default ``None``);
                 a ``NodeInfo`` given third is read as ``nodes``.
         """
-        g = self.read_input(x, edge_index, nodes, size=size)
-        x_src, x_dst = self.quantize_input(g)
-        h = self.aggregate_rows(x_src, g, "mean")
+        g, h, x_dst = self.aggregate_input(x, edge_index, nodes, size, "mean")
         h = self.quantize_aggregate(h, g.nodes_dst)  # [N_dst, in]
         out = self.lin_l(h)
         if x_dst is not None:

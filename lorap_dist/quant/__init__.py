@@ -21,6 +21,7 @@ from lorap_dist.quant.base import (
 )
 from lorap_dist.quant.fake_quant import calculate_qparams, fake_quantize, quant_range
 from lorap_dist.quant.integer import (
+    QuantizedRows,
     dequantize,
     dequantize_rows,
     pack_int4,
@@ -54,6 +55,7 @@ __all__ = [
     "QATConfig",
     "QuantConfig",
     "QuantizeContext",
+    "QuantizedRows",
     "Quantizer",
     "RangeObserver",
     "average_bits",

@@ -20,11 +20,16 @@ normal float32 as its scale (and codes 0), never a division by zero.
 
 :func:`pack_int4` stores two 4-bit codes per byte (element ``2i`` in the low nibble,
 ``2i+1`` in the high nibble), halving the bytes of an INT4 payload.
+
+:class:`QuantizedRows` carries such rows as one value (codes, scales and their bit width):
+what :meth:`~lorap_dist.distributed.exchange.FeatureExchange.fetch_rows` returns and what
+the SAGE and GIN layers aggregate without dequantizing first.
 """
 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -166,3 +171,88 @@ def unpack_int4(packed: Tensor, n: int, signed: bool = True) -> Tensor:
     if signed:
         return (nibbles - ((nibbles & 0x8) << 1)).to(torch.int8)  # sign-extend bit 3
     return nibbles.to(torch.uint8)
+
+
+class QuantizedRows(NamedTuple):
+    r"""Node feature rows as integer codes with one float32 scale per row: row ``i`` is
+    ``codes[i] * scales[i]`` (the grid of :func:`quantize_rows`).
+
+    A layer that takes this form (:class:`~lorap_dist.nn.QSAGEConv`,
+    :class:`~lorap_dist.nn.QGINConv`) aggregates the codes directly; the codes and scales
+    are data and take no gradient. INT4 rows are held unpacked, one ``int8`` code per value.
+
+    Args:
+        codes: ``int8 [N, F]`` codes, ``|codes| <= 2^(bits-1) - 1``.
+        scales: ``float32 [N]`` per-row scales.
+        bits: the bit width the codes were rounded to, 2 to 8 (default 8).
+
+    Shapes:
+        - :meth:`dequantize`: ``[N, F]`` float32
+    """
+
+    codes: Tensor
+    scales: Tensor
+    bits: int = 8
+
+    @classmethod
+    def from_float(cls, x: Tensor, bits: int = 8) -> QuantizedRows:
+        """``x [N, F]`` quantized by :func:`quantize_rows` at ``bits``."""
+        if x.dim() != 2:
+            raise ValueError(
+                f"QuantizedRows.from_float needs x as [N, F] rows, got shape {list(x.shape)}."
+            )
+        codes, scales = quantize_rows(x, bits)
+        return cls(codes, scales, bits)
+
+    @property
+    def num_rows(self) -> int:
+        return self.codes.size(0)
+
+    @property
+    def num_features(self) -> int:
+        return self.codes.size(1)
+
+    def dequantize(self) -> Tensor:
+        """``[N, F]`` float32 ``codes * scales``, bit for bit :func:`dequantize_rows`."""
+        return dequantize_rows(self.codes, self.scales)
+
+    def rows(self, index: Tensor | slice) -> QuantizedRows:
+        """The rows at ``index`` (IDs or a slice), with their scales."""
+        return QuantizedRows(self.codes[index], self.scales[index], self.bits)
+
+    def to(self, device: torch.device | str) -> QuantizedRows:
+        return QuantizedRows(self.codes.to(device), self.scales.to(device), self.bits)
+
+    def check(self, name: str = "rows") -> QuantizedRows:
+        """Raise a ValueError naming ``name`` unless the dtypes, shapes, devices and ``bits``
+        fit together (the codes' values are not scanned); return the rows with their scales
+        detached (they take no gradient)."""
+        codes, scales, bits = self
+        if not (isinstance(codes, Tensor) and codes.dtype == torch.int8 and codes.dim() == 2):
+            raise ValueError(
+                f"{name}.codes must be an int8 [N, F] tensor, got {_describe(codes)}; "
+                "build the rows with QuantizedRows.from_float or quantize_rows."
+            )
+        if not (
+            isinstance(scales, Tensor)
+            and scales.dtype == torch.float32
+            and tuple(scales.shape) == (codes.size(0),)
+        ):
+            raise ValueError(
+                f"{name}.scales must be float32 [N] = [{codes.size(0)}] (one per row of "
+                f"codes), got {_describe(scales)}."
+            )
+        if scales.device != codes.device:
+            raise ValueError(
+                f"{name}.scales is on {scales.device} but {name}.codes on {codes.device}; "
+                "move both with rows.to(device)."
+            )
+        if not (isinstance(bits, int) and 2 <= bits <= 8):
+            raise ValueError(f"{name}.bits={bits!r} is not supported; use an integer 2 to 8.")
+        return QuantizedRows(codes, scales.detach(), bits)
+
+
+def _describe(value: object) -> str:
+    if isinstance(value, Tensor):
+        return f"{value.dtype} of shape {list(value.shape)}"
+    return type(value).__name__

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.distributed as dist
 
 from lorap_dist.distributed.exchange import FeatureExchange
-from lorap_dist.quant.integer import dequantize_rows, quantize_rows
+from lorap_dist.quant.integer import QuantizedRows, dequantize_rows, quantize_rows
 from lorap_dist.testing.multiprocess import run_multiprocess
 
 NUM_FEATURES = 5
@@ -31,6 +32,7 @@ def requests(rank: int) -> list[torch.Tensor]:
 
 def _body(rank: int, world_size: int, variants: list[tuple[str, int | None]]) -> list[dict]:
     results: list = [_one_variant(rank, world_size, *variant) for variant in variants]
+    results.append([_codes_variant(rank, world_size, *variant) for variant in CODE_VARIANTS])
     exchange = FeatureExchange(
         torch.tensor(BOOKS[world_size]), full_matrix()[slice(*BOOKS[world_size][rank])]
     )
@@ -42,23 +44,34 @@ def _body(rank: int, world_size: int, variants: list[tuple[str, int | None]]) ->
     return results
 
 
-def _one_variant(rank: int, world_size: int, encoding: str, payload_bits: int | None) -> dict:
+def make_exchange(
+    rank: int, world_size: int, encoding: str, payload_bits: int | None
+) -> FeatureExchange:
     book = torch.tensor(BOOKS[world_size])
     start, end = BOOKS[world_size][rank]
     full = full_matrix()
     if encoding == "int8":
         codes, scales = quantize_rows(full, bits=8)
-        exchange = FeatureExchange(
-            book, codes[start:end], scales[start:end], payload_bits=payload_bits
-        )
-    else:
-        exchange = FeatureExchange(book, full[start:end], payload_bits=payload_bits)
+        return FeatureExchange(book, codes[start:end], scales[start:end], payload_bits=payload_bits)
+    return FeatureExchange(book, full[start:end], payload_bits=payload_bits)
+
+
+def _one_variant(rank: int, world_size: int, encoding: str, payload_bits: int | None) -> dict:
+    exchange = make_exchange(rank, world_size, encoding, payload_bits)
     outputs, sent, received = [], [], []
     for ids in requests(rank):
         outputs.append(exchange.fetch(ids))
         sent.append(exchange.bytes_sent)
         received.append(exchange.bytes_received)
     return {"outputs": outputs, "sent": sent, "received": received, "row_bytes": exchange.row_bytes}
+
+
+def _codes_variant(
+    rank: int, world_size: int, encoding: str, payload_bits: int | None
+) -> list[tuple[QuantizedRows, torch.Tensor]]:
+    """``(fetch_rows(ids), fetch(ids))`` of every request round."""
+    exchange = make_exchange(rank, world_size, encoding, payload_bits)
+    return [(exchange.fetch_rows(ids), exchange.fetch(ids)) for ids in requests(rank)]
 
 
 def expected_rows(encoding: str, payload_bits: int | None) -> torch.Tensor:
@@ -91,6 +104,7 @@ def expected_bytes(world_size: int, row_bytes: int) -> list[list[int]]:
 
 
 VARIANTS = [("fp32", None), ("int8", None), ("int8", 4), ("fp32", 8), ("fp32", 4)]
+CODE_VARIANTS = [v for v in VARIANTS if v != ("fp32", None)]
 
 
 @pytest.fixture(scope="module", params=[2, 3], ids=["2ranks", "3ranks"])
@@ -125,6 +139,75 @@ def test_fetch_matches_full_matrix(group_results, variant):
     assert total_sent == sum(r["received"][-1] for r in results)
 
 
+def assert_rows_are_the_fetched_codes(
+    rows: QuantizedRows, fetched: torch.Tensor, ids: torch.Tensor, bits: int
+) -> None:
+    """``rows`` are codes of ``bits`` whose dequantization is ``fetched`` bit for bit."""
+    assert rows.codes.dtype == torch.int8 and rows.codes.shape == (len(ids), NUM_FEATURES)
+    assert rows.scales.dtype == torch.float32 and rows.scales.shape == (len(ids),)
+    assert rows.bits == bits
+    if len(ids):
+        assert int(rows.codes.abs().max()) <= (1 << (bits - 1)) - 1
+    assert torch.equal(rows.dequantize(), fetched)
+
+
+@pytest.mark.parametrize(
+    "variant", range(len(CODE_VARIANTS)), ids=[f"{e}-{b}" for e, b in CODE_VARIANTS]
+)
+def test_fetch_rows_dequantize_to_fetch(group_results, variant):
+    _, per_rank = group_results
+    encoding, payload_bits = CODE_VARIANTS[variant]
+    for rank, result in enumerate(per_rank):
+        for ids, (rows, fetched) in zip(requests(rank), result[-2][variant], strict=True):
+            assert_rows_are_the_fetched_codes(rows, fetched, ids, payload_bits or 8)
+            assert torch.equal(fetched, expected_rows(encoding, payload_bits)[ids])
+
+
 def test_out_of_range_ids_are_refused(group_results):
     world_size, per_rank = group_results
     assert all("partition book covers [0, 20)" in r[-1] for r in per_rank)
+
+
+@pytest.fixture
+def one_rank_group():
+    """A one-process gloo group in this process (every row is local, the collectives run)."""
+    if dist.is_initialized():
+        pytest.skip("a process group is already initialized in this process")
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize(
+    "variant", range(len(CODE_VARIANTS)), ids=[f"{e}-{b}" for e, b in CODE_VARIANTS]
+)
+def test_fetch_rows_on_one_rank(one_rank_group, variant):
+    encoding, payload_bits = CODE_VARIANTS[variant]
+    book = torch.tensor([[0, 20]])
+    full = full_matrix()
+    if encoding == "int8":
+        exchange = FeatureExchange(book, *quantize_rows(full, bits=8), payload_bits=payload_bits)
+    else:
+        exchange = FeatureExchange(book, full, payload_bits=payload_bits)
+    for ids in requests(0):
+        rows = exchange.fetch_rows(ids)
+        assert_rows_are_the_fetched_codes(rows, exchange.fetch(ids), ids, payload_bits or 8)
+    assert exchange.rows_fetched == 2 * sum(len(ids) for ids in requests(0))
+    if payload_bits == 4:  # the codes are the sender's INT4 re-quantization, unpacked
+        x = full if encoding == "fp32" else dequantize_rows(*quantize_rows(full, bits=8))
+        codes, scales = quantize_rows(x, bits=4)
+        ids = torch.tensor([5, 0, 5])
+        assert torch.equal(exchange.fetch_rows(ids).codes, codes[ids])
+        assert torch.equal(exchange.fetch_rows(ids).scales, scales[ids])
+
+
+def test_fetch_rows_of_an_fp32_payload_is_refused(one_rank_group):
+    exchange = FeatureExchange(torch.tensor([[0, 20]]), full_matrix())
+    with pytest.raises(ValueError, match="call fetch for float rows, or build the exchange"):
+        exchange.fetch_rows(torch.tensor([1, 2]))
+    with pytest.raises(ValueError, match=r"fetch_rows got global IDs in \[3, 20\]"):
+        FeatureExchange(torch.tensor([[0, 20]]), full_matrix(), payload_bits=8).fetch_rows(
+            torch.tensor([3, 20])
+        )

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from lorap_dist.quant import (
+    QuantizedRows,
     dequantize,
     dequantize_rows,
     fake_quantize,
@@ -143,3 +144,33 @@ def test_pack_int4_rejects_codes_outside_four_bits():
 def test_unpack_int4_checks_the_byte_count():
     with pytest.raises(ValueError, match="needs 3 bytes"):
         unpack_int4(torch.zeros(2, dtype=torch.uint8), 5)
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_quantized_rows_dequantize_is_dequantize_rows(bits):
+    x = torch.randn(9, 6, generator=torch.Generator().manual_seed(bits))
+    rows = QuantizedRows.from_float(x, bits)
+    codes, scales = quantize_rows(x, bits)
+    assert rows.bits == bits and (rows.num_rows, rows.num_features) == (9, 6)
+    assert torch.equal(rows.codes, codes) and torch.equal(rows.scales, scales)
+    assert torch.equal(rows.dequantize(), dequantize_rows(codes, scales))
+    picked = rows.rows(torch.tensor([4, 4, 0]))
+    assert torch.equal(picked.dequantize(), rows.dequantize()[[4, 4, 0]])
+    assert torch.equal(rows.rows(slice(0, 3)).scales, scales[:3])
+
+
+def test_quantized_rows_check_names_what_is_wrong():
+    rows = QuantizedRows.from_float(torch.randn(4, 3))
+    checked = rows.check()
+    assert checked.codes is rows.codes and checked.bits == 8
+    assert torch.equal(checked.scales, rows.scales)
+    scales = rows.scales.clone().requires_grad_()
+    assert not QuantizedRows(rows.codes, scales).check().scales.requires_grad
+    with pytest.raises(ValueError, match=r"x.codes must be an int8 \[N, F\] tensor"):
+        QuantizedRows(rows.codes.float(), rows.scales).check("x")
+    with pytest.raises(ValueError, match=r"rows.scales must be float32 \[N\] = \[4\]"):
+        QuantizedRows(rows.codes, rows.scales[:3]).check()
+    with pytest.raises(ValueError, match="rows.bits=9 is not supported"):
+        QuantizedRows(rows.codes, rows.scales, 9).check()
+    with pytest.raises(ValueError, match=r"needs x as \[N, F\] rows"):
+        QuantizedRows.from_float(torch.randn(4))
