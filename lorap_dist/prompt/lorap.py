@@ -9,6 +9,11 @@ import torch
 from torch import Tensor, nn
 
 from lorap_dist.graph.block import NodeInfo
+from lorap_dist.kernels.aggregate_lorap import (
+    CsrBlock,
+    aggregate_lorap_forward,
+    aggregate_lorap_forward_range,
+)
 from lorap_dist.kernels.lorap_fused import lorap_forward, lorap_range
 from lorap_dist.quant.base import Quantizer
 from lorap_dist.quant.quantizer import FakeQuantizer
@@ -100,13 +105,22 @@ class LoRAP(nn.Module):
             return self._fused_forward(h, quantizer)
         return quantizer(lorap_prompt(h, self.w_phi, self.p_a, self.p_b), nodes)
 
-    def _fused_path(self, h: Tensor, quantizer: Quantizer, nodes: NodeInfo | None) -> bool:
+    def takes_grid(self, quantizer: Quantizer, nodes: NodeInfo | None = None) -> bool:
+        """Whether a fused op may prompt and re-quantize on ``quantizer``'s grid: a per-tensor
+        :class:`FakeQuantizer` that can hand its grid to a kernel
+        (:meth:`FakeQuantizer.fused_grid_available`), and float32 parameters."""
         return (
             isinstance(quantizer, FakeQuantizer)
             and quantizer.fused_grid_available(nodes)
+            and all(p.dtype == torch.float32 for p in (self.w_phi, self.p_a, self.p_b))
+        )
+
+    def _fused_path(self, h: Tensor, quantizer: Quantizer, nodes: NodeInfo | None) -> bool:
+        return (
+            self.takes_grid(quantizer, nodes)
             and h.dim() == 2
             and h.shape[0] > 0
-            and all(t.dtype == torch.float32 for t in (h, self.w_phi, self.p_a, self.p_b))
+            and h.dtype == torch.float32
         )
 
     def _fused_forward(self, h: Tensor, quantizer: FakeQuantizer) -> Tensor:
@@ -120,6 +134,39 @@ class LoRAP(nn.Module):
         scale, zero_point, qmin, qmax = quantizer.grid()  # tensors: no host sync
         return lorap_forward(
             h, self.w_phi, self.p_a, self.p_b, scale, zero_point, qmin, qmax, saved=saved
+        )
+
+    def forward_codes(
+        self,
+        block: CsrBlock,
+        quantizer: FakeQuantizer,
+        agg_grid: tuple[Tensor, Tensor, int, int] | None = None,
+    ) -> Tensor:
+        """``quantizer(h + p)`` for the sum or mean ``h`` of integer source rows over a CSR
+        block, computed by one fused op
+        (:func:`~lorap_dist.kernels.aggregate_lorap.aggregate_lorap_forward`): gather,
+        reduce, optionally fake-quantize ``h`` on ``agg_grid`` (``(scale, zero_point, qmin,
+        qmax)``, the aggregate point's grid), prompt and re-quantize. On CUDA ``h`` never
+        reaches memory.
+
+        The caller has checked :meth:`takes_grid` and that the block has destination rows.
+        In training a range pass
+        (:func:`~lorap_dist.kernels.aggregate_lorap.aggregate_lorap_forward_range`) first
+        feeds ``[min, max]`` of ``h + p`` to the observer, as :meth:`forward` does; on CPU the
+        forward reuses what it computed. The result, the observed range and the gradients of
+        ``W_phi``, ``P_A`` and ``P_B`` are those of aggregating first and calling
+        :meth:`forward` on the aggregate.
+        """
+        sources = (block.src_codes, block.src_scale, block.indptr, block.indices)
+        params = (self.w_phi, self.p_a, self.p_b)
+        options = dict(bits=block.bits, reduce=block.reduce, agg_grid=agg_grid)
+        saved = None
+        if quantizer.observing:  # the range pass detaches the parameters: it takes no gradient
+            y_range, saved = aggregate_lorap_forward_range(*sources, *params, **options)
+            quantizer.observe_range(y_range[0], y_range[1])
+        scale, zero_point, qmin, qmax = quantizer.grid()  # tensors: no host sync
+        return aggregate_lorap_forward(
+            *sources, *params, scale, zero_point, qmin, qmax, saved=saved, **options
         )
 
     def __repr__(self) -> str:
