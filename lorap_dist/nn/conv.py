@@ -1,7 +1,8 @@
 """What the quantized message-passing layers share: their quantization points, how they
 read their graph input (any form PyG's layers take, or a :class:`~lorap_dist.graph.Block`),
 the aggregation of integer feature rows (:class:`~lorap_dist.quant.integer.QuantizedRows`)
-by the fused ``quant_aggregate`` op, and the optional LoRAP step."""
+by the fused ``quant_aggregate`` op (or, with LoRAP on, ``aggregate_lorap``), and the optional
+LoRAP step."""
 
 from __future__ import annotations
 
@@ -18,11 +19,13 @@ from torch_geometric.utils import is_torch_sparse_tensor, to_edge_index
 
 from lorap_dist.config import PromptConfig
 from lorap_dist.graph.block import Block, NodeInfo
+from lorap_dist.kernels.aggregate_lorap import CsrBlock
 from lorap_dist.kernels.quant_aggregate import quant_aggregate
 from lorap_dist.nn.aggregate import CSRAggregation
 from lorap_dist.prompt.lorap import LoRAP
 from lorap_dist.quant.base import NODE, identity_quantizers
 from lorap_dist.quant.integer import QuantizedRows
+from lorap_dist.quant.quantizer import FakeQuantizer
 
 #: Node features: one ``[N, F]`` tensor, or PyG's bipartite ``(x_src, x_dst)`` pair.
 Features = Tensor | tuple[Tensor, Tensor | None]
@@ -380,25 +383,68 @@ class QuantizedConv(MessagePassing):
         reduce: str,
     ) -> tuple[LayerInput, Tensor, Tensor | None]:
         """``(g, h, x_dst)``: the forward's arguments read (:meth:`read_input`), the sum or
-        mean ``h [num_dst, F]`` of the source rows over ``g``'s edges, and the destination
-        rows for the root term (``None`` for a pair without ``x_dst``). For SAGE and GIN.
+        mean ``h [num_dst, F]`` of the source rows over ``g``'s edges as the update step sees
+        it (:meth:`quantize_aggregate`), and the destination rows for the root term (``None``
+        for a pair without ``x_dst``). For SAGE and GIN.
 
         Float features pass through the ``input`` point first (:meth:`quantize_input`) and
         are aggregated by :meth:`aggregate_rows`. :class:`QuantizedRows` are aggregated as
-        they are, by the fused ``quant_aggregate`` op over the CSR form of ``g``'s edges
-        (:meth:`aggregate_codes`), and the root term is the dequantized destination rows:
-        the ``input`` point is not applied to them. Their per-row grid is already integer,
-        and rounding the rows a second time on the point's per-tensor grid would only add
-        error. ``g``'s ``x_src`` and ``x_dst`` then hold the codes.
+        they are, by a fused op over the CSR form of ``g``'s edges (:meth:`quantize_codes`),
+        and the root term is the dequantized destination rows: the ``input`` point is not
+        applied to them. Their per-row grid is already integer, and rounding the rows a
+        second time on the point's per-tensor grid would only add error. ``g``'s ``x_src``
+        and ``x_dst`` then hold the codes.
         """
         if not isinstance(x, QuantizedRows):
             g = self.read_input(x, graph, nodes, size=size)
             x_src, x_dst = self.quantize_input(g)
-            return g, self.aggregate_rows(x_src, g, reduce), x_dst
+            h = self.aggregate_rows(x_src, g, reduce)
+            return g, self.quantize_aggregate(h, g.nodes_dst), x_dst
         rows = x.check(f"{type(self).__name__}'s x")
         g = self.read_input(rows.codes, graph, nodes, size=size)
         x_dst = rows.rows(slice(0, g.num_dst)).dequantize()  # [num_dst, F]
-        return g, self.aggregate_codes(rows, g, reduce), x_dst
+        return g, self.quantize_codes(rows, g, reduce), x_dst
+
+    def quantize_codes(self, rows: QuantizedRows, g: LayerInput, reduce: str) -> Tensor:
+        """:meth:`quantize_aggregate` of :meth:`aggregate_codes`: the ``[num_dst, F]``
+        aggregate of the integer source ``rows`` as the update step sees it.
+
+        Where :meth:`fuses_prompt` allows, aggregation, prompt and re-quantization run as one
+        ``aggregate_lorap`` op (:meth:`LoRAP.forward_codes
+        <lorap_dist.prompt.lorap.LoRAP.forward_codes>`), with the ``aggregate`` point's grid
+        where ``prompt.rounding="twice"`` keeps one. On the CPU the op performs the fp32
+        operations of the two steps, so the result, the ``prompt`` point's observed range and
+        the gradients are bit for bit theirs. Otherwise the steps run one after the other.
+        """
+        if g.num_dst == 0 or not self.fuses_prompt(g.nodes_dst):
+            return self.quantize_aggregate(self.aggregate_codes(rows, g, reduce), g.nodes_dst)
+        indptr, indices = self.csr_aggregation.csr(g.edge_index, g.num_src, g.num_dst)
+        block = CsrBlock(rows.codes, rows.scales, indptr, indices, 8, reduce)  # INT4 unpacked
+        agg_grid = self.quantizers["aggregate"].grid() if "aggregate" in self.quantizers else None
+        return self.lorap.forward_codes(block, self.quantizers["prompt"], agg_grid)
+
+    def fuses_prompt(self, nodes_dst: NodeInfo | None) -> bool:
+        """Whether one fused op can stand in for :meth:`quantize_aggregate` on integer rows:
+        LoRAP is on, its ``prompt`` point can hand its grid to a kernel
+        (:meth:`LoRAP.takes_grid <lorap_dist.prompt.lorap.LoRAP.takes_grid>`: a per-tensor
+        :class:`~lorap_dist.quant.quantizer.FakeQuantizer` with min/max ranges, no protected
+        rows, float32 parameters), and the ``aggregate`` point, where
+        ``prompt.rounding="twice"`` keeps one, can too without observing: in evaluation. In
+        training it would have to see the aggregate's range before the op runs.
+
+        Degree-Quant (protected rows, percentile ranges), A2Q and MixQ quantizers, per-row
+        grids and float64 parameters keep the two steps.
+        """
+        if self.lorap is None or not self.lorap.takes_grid(self.quantizers["prompt"], nodes_dst):
+            return False
+        if "aggregate" not in self.quantizers:
+            return True
+        aggregate = self.quantizers["aggregate"]
+        return (
+            isinstance(aggregate, FakeQuantizer)
+            and not aggregate.observing
+            and aggregate.fused_grid_available(nodes_dst)
+        )
 
     def aggregate_codes(self, rows: QuantizedRows, g: LayerInput, reduce: str) -> Tensor:
         """``[num_dst, F]`` fp32 sum or mean of the dequantized source ``rows`` over ``g``'s

@@ -130,8 +130,7 @@ class QGINConv(QuantizedConv):
                 ``x``'s rows, or ``(nodes_src, nodes_dst)`` with a pair (default ``None``);
                 a ``NodeInfo`` given third is read as ``nodes``.
         """
-        g, h, x_dst = self.aggregate_input(x, edge_index, nodes, size, "sum")
-        h = self.quantize_aggregate(h, g.nodes_dst)  # [N_dst, in]
+        g, h, x_dst = self.aggregate_input(x, edge_index, nodes, size, "sum")  # [N_dst, in]
         if x_dst is not None:
             h = (1 + self.eps) * x_dst + h
         z = torch.relu(self.lin1(h))

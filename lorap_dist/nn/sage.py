@@ -116,8 +116,7 @@ class QSAGEConv(QuantizedConv):
                 ``x``'s rows, or ``(nodes_src, nodes_dst)`` with a pair (default ``None``);
                 a ``NodeInfo`` given third is read as ``nodes``.
         """
-        g, h, x_dst = self.aggregate_input(x, edge_index, nodes, size, "mean")
-        h = self.quantize_aggregate(h, g.nodes_dst)  # [N_dst, in]
+        g, h, x_dst = self.aggregate_input(x, edge_index, nodes, size, "mean")  # [N_dst, in]
         out = self.lin_l(h)
         if x_dst is not None:
             out = out + self.lin_r(x_dst)

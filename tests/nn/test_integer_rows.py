@@ -6,12 +6,14 @@ that cannot take integer rows say so."""
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import pytest
 import torch
 from torch import Tensor, nn
 
 import lorap_dist.nn.conv as conv_module
+import lorap_dist.prompt.lorap as lorap_module
 from lorap_dist.config import ModelConfig, PromptConfig
 from lorap_dist.nn import QGATConv, QGCNConv, QGINConv, QSAGEConv, build_model
 from lorap_dist.nn.aggregate import MIN_WIDTH
@@ -80,15 +82,22 @@ def assert_same_grads(layer: nn.Module, reference: nn.Module, exact: bool) -> No
 
 @pytest.fixture
 def fused_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The ``reduce`` of every call the layers make to the fused op."""
+    """``"<op> <reduce>"`` for every call the layers make to an op over the codes:
+    ``quant_aggregate``, or ``aggregate_lorap`` (its range pass and its forward)."""
     calls: list[str] = []
-    op = conv_module.quant_aggregate
 
-    def counting(*args, **kwargs):
-        calls.append(args[6])
-        return op(*args, **kwargs)
+    def spy(module: object, name: str, reduce_of: Callable) -> None:
+        op = getattr(module, name)
 
-    monkeypatch.setattr(conv_module, "quant_aggregate", counting)
+        def counting(*args, **kwargs):
+            calls.append(f"{name} {reduce_of(args, kwargs)}")
+            return op(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, counting)
+
+    spy(conv_module, "quant_aggregate", lambda args, kwargs: args[6])
+    for name in ("aggregate_lorap_forward_range", "aggregate_lorap_forward"):
+        spy(lorap_module, name, lambda args, kwargs: kwargs["reduce"])
     return calls
 
 
@@ -110,7 +119,12 @@ def test_integer_rows_match_the_float_path(arch, width, bits, lorap, qat, graph_
     else:
         graph = edge_index
     out, expected = run_both(layer.train(), reference.train(), rows, graph)
-    assert fused_calls == ["mean" if arch == "sage" else "sum"]
+    reduce = "mean" if arch == "sage" else "sum"
+    if lorap and qat:  # the prompt point's grid goes to aggregate_lorap (tested below)
+        ops = ["aggregate_lorap_forward_range", "aggregate_lorap_forward"]
+    else:
+        ops = ["quant_aggregate"]
+    assert fused_calls == [f"{op} {reduce}" for op in ops]
     # From MIN_WIDTH on the op adds the same products in the same order as the float path.
     exact = width >= MIN_WIDTH or graph_kind == "no_edges"
     assert_same(out, expected, exact)
