@@ -1,24 +1,36 @@
 """SAGE and GIN on integer feature rows: the fused ``quant_aggregate`` over the codes gives
 the float path's result on ``rows.dequantize()`` with the ``input`` point bypassed, with the
-same weight and prompt gradients, in a layer and in the model stack; the layers and stacks
-that cannot take integer rows say so."""
+same weight and prompt gradients, in a layer and in the model stack; with LoRAP on a grid a
+kernel can take, one ``aggregate_lorap`` op gives what ``quant_aggregate`` then
+``LoRAP.forward`` give, and other schemes keep those two steps; the layers and stacks that
+cannot take integer rows say so."""
 
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Callable
 
 import pytest
 import torch
+from lorap_dist.kernels._triton import triton_on_cpu
 from torch import Tensor, nn
 
 import lorap_dist.nn.conv as conv_module
 import lorap_dist.prompt.lorap as lorap_module
 from lorap_dist.config import ModelConfig, PromptConfig
+from lorap_dist.graph import NodeInfo
 from lorap_dist.nn import QGATConv, QGCNConv, QGINConv, QSAGEConv, build_model
 from lorap_dist.nn.aggregate import MIN_WIDTH
 from lorap_dist.nn.conv import QuantizedConv
-from lorap_dist.quant import IdentityQuantizer, QuantizedRows, quantize_
+from lorap_dist.quant import (
+    A2QConfig,
+    DegreeQuantConfig,
+    IdentityQuantizer,
+    MixQConfig,
+    QuantizedRows,
+    quantize_,
+)
 from lorap_dist.quant.schemes.qat import QATConfig
 from lorap_dist.testing.graphs import GRAPH_FORMS, graph_form, in_neighbour_block, random_graph
 
@@ -189,6 +201,189 @@ def test_malformed_rows_are_named():
         QGINConv(4, 3)(QuantizedRows(rows.codes, rows.scales[:3]), random_graph(N, 40))
     with pytest.raises(ValueError, match="QSAGEConv got x with 14 rows"):
         QSAGEConv(4, 3)(rows, random_graph(N, 40), size=(13, 13))
+
+
+# -- LoRAP fused into the aggregation ----------------------------------------------------
+
+
+def make_prompted(
+    arch: str, width: int, bits: int, rounding: str = "once"
+) -> tuple[QuantizedConv, QuantizedConv]:
+    """A QAT layer with LoRAP, and a copy that runs today's two steps on integer rows
+    (``quant_aggregate``, then ``quantize_aggregate`` with :meth:`LoRAP.forward`)."""
+    torch.manual_seed(0)
+    prompt = PromptConfig(kind="lorap", k=4, r=2, rounding=rounding)
+    if arch == "sage":
+        layer = QSAGEConv(width, OUT, prompt=prompt)
+    else:
+        layer = QGINConv(width, OUT, hidden_channels=7, eps=0.3, train_eps=True, prompt=prompt)
+    nn.init.normal_(layer.lorap.p_b)  # a non-zero prompt
+    quantize_(layer, QATConfig(bits=bits))
+    unfused = copy.deepcopy(layer)
+    unfused.fuses_prompt = lambda nodes_dst: False
+    return layer, unfused
+
+
+def rows_and_graph(graph_kind: str, width: int, bits: int) -> tuple[QuantizedRows, object]:
+    rows, edge_index = features(width, bits, seed=width + bits), random_graph(N, 40, seed=width)
+    if graph_kind == "block":
+        block, src_ids = in_neighbour_block(edge_index, torch.tensor([3, 9, 0, 12, 5]))
+        return rows.rows(src_ids), block
+    return rows, edge_index
+
+
+def step(layer: nn.Module, rows: QuantizedRows, graph: object, training: bool) -> Tensor:
+    """The output of one forward in the mode asked for, after a backward of a fixed
+    cotangent through it."""
+    out = layer.train(training)(rows, graph)
+    cotangent = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+    (out * cotangent).sum().backward()
+    return out.detach()
+
+
+def assert_same_state(layer: nn.Module, reference: nn.Module) -> None:
+    """Every parameter and buffer bit for bit: the observers' ranges among them."""
+    theirs = reference.state_dict()
+    for name, value in layer.state_dict().items():
+        assert torch.equal(value, theirs[name]), name
+
+
+@pytest.mark.parametrize("arch", ["sage", "gin"])
+@pytest.mark.parametrize("width", WIDTHS)
+@pytest.mark.parametrize("bits", [8, 4])
+@pytest.mark.parametrize("graph_kind", ["edge_index", "block"])
+def test_lorap_on_integer_rows_is_one_fused_op(arch, width, bits, graph_kind, fused_calls):
+    """One ``aggregate_lorap`` op where ``quant_aggregate`` and ``LoRAP.forward`` ran. On the
+    CPU it runs the same fp32 operations in the same order (the aggregate of
+    ``quant_aggregate``'s CPU path, the range pass and forward of ``lorap_fused``'s), so
+    outputs, observed ranges and gradients equal the two steps' bit for bit."""
+    layer, unfused = make_prompted(arch, width, bits)
+    reduce = "mean" if arch == "sage" else "sum"
+    fused_ops = [f"aggregate_lorap_forward_range {reduce}", f"aggregate_lorap_forward {reduce}"]
+    rows, graph = rows_and_graph(graph_kind, width, bits)
+    for growth, training in ((1, True), (2, True), (3, False)):  # the range folds in over steps
+        rows = QuantizedRows.from_float(rows.dequantize() * growth, bits)
+        fused_calls.clear()
+        out = step(layer, rows, graph, training)
+        assert fused_calls == (fused_ops if training else fused_ops[1:])
+        expected = step(unfused, rows, graph, training)
+        assert fused_calls[-1] == f"quant_aggregate {reduce}"
+        assert torch.equal(out, expected), (out - expected).abs().max()
+        prompt, theirs = layer.quantizers["prompt"].observer, unfused.quantizers["prompt"].observer
+        assert torch.equal(prompt.min_val, theirs.min_val)
+        assert torch.equal(prompt.max_val, theirs.max_val)
+        assert_same_state(layer, unfused)
+        assert_same_grads(layer, unfused, exact=True)
+    assert layer.lorap.p_b.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("arch", ["sage", "gin"])
+@pytest.mark.parametrize("bits", [8, 4])
+def test_twice_rounding_fuses_in_evaluation(arch, bits, fused_calls):
+    """With ``rounding="twice"`` the ``aggregate`` point observes the aggregate in training,
+    before any op could take its grid: two steps. In evaluation its stored grid goes to the
+    op, which rounds the aggregate on it with the same fake quantization."""
+    layer, unfused = make_prompted(arch, 40, bits, rounding="twice")
+    rows, graph = rows_and_graph("edge_index", 40, bits)
+    reduce = "mean" if arch == "sage" else "sum"
+    assert torch.equal(step(layer, rows, graph, True), step(unfused, rows, graph, True))
+    assert fused_calls == [f"quant_aggregate {reduce}"] * 2
+    fused_calls.clear()
+    assert torch.equal(step(layer, rows, graph, False), step(unfused, rows, graph, False))
+    assert fused_calls == [f"aggregate_lorap_forward {reduce}", f"quant_aggregate {reduce}"]
+    assert_same_state(layer, unfused)
+    assert_same_grads(layer, unfused, exact=True)
+
+
+def test_twice_rounding_passes_the_aggregate_grid(monkeypatch):
+    """The aggregate point's grid reaches the op: without it the result would differ."""
+    layer, _ = make_prompted("sage", 40, 4, rounding="twice")
+    rows, graph = rows_and_graph("edge_index", 40, 4)
+    step(layer, rows, graph, True)  # the aggregate point observes a range
+    grids = []
+    forward = lorap_module.aggregate_lorap_forward
+
+    def recording(*args, **kwargs):
+        grids.append(kwargs["agg_grid"])
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(lorap_module, "aggregate_lorap_forward", recording)
+    out = layer.eval()(rows, graph)
+    scale, zero_point, qmin, qmax = layer.quantizers["aggregate"].grid()
+    assert len(grids) == 1 and grids[0][2:] == (qmin, qmax) == (0, 15)
+    assert torch.equal(grids[0][0], scale) and torch.equal(grids[0][1], zero_point)
+    layer.quantizers["aggregate"] = IdentityQuantizer()  # a layer that does not round h
+    assert not torch.equal(layer.eval()(rows, graph), out)
+
+
+def scheme_layer(arch: str, scheme: str) -> tuple[QuantizedConv, NodeInfo]:
+    """A LoRAP layer under a scheme whose prompt point cannot hand its grid to a kernel,
+    and the node facts it reads."""
+    layer, _ = make_prompted(arch, 40, 4)
+    nodes = NodeInfo(ids=torch.arange(N), degree=torch.arange(N) % 5 + 1)
+    if scheme == "degree_quant":  # percentile ranges and protected rows
+        layer.node_transform = None  # the hook a GNN has; its mask is drawn here instead
+        quantize_(layer, DegreeQuantConfig(bits=4))
+        nodes.protect = torch.arange(N) % 4 == 0
+    elif scheme == "a2q":  # learned per-node steps
+        quantize_(layer, A2QConfig(bits=4), num_nodes=N)
+    elif scheme == "mixq":  # a learned mixture of bit widths
+        quantize_(layer, MixQConfig(bits=4))
+    elif scheme == "qat_protect":  # min/max per tensor, but with protected rows
+        nodes.protect = torch.arange(N) % 4 == 0
+    else:  # one range per row
+        quantize_(layer, QATConfig(bits=4, per_row=True))
+    return layer, nodes
+
+
+@pytest.mark.parametrize("arch", ["sage", "gin"])
+@pytest.mark.parametrize("scheme", ["degree_quant", "a2q", "mixq", "qat_protect", "qat_per_row"])
+def test_other_schemes_keep_the_two_steps(arch, scheme, fused_calls):
+    layer, nodes = scheme_layer(arch, scheme)
+    rows, graph = features(40, 4), random_graph(N, 40)
+    out = layer.train()(rows, graph, nodes=nodes)
+    out.sum().backward()
+    assert fused_calls == [f"quant_aggregate {'mean' if arch == 'sage' else 'sum'}"]
+    assert bool(out.isfinite().all()) and layer.lorap.p_b.grad is not None
+
+
+@pytest.mark.skipif(
+    os.environ.get("TRITON_INTERPRET") != "1",
+    reason="runs the Triton kernels on CPU tensors, in Triton's interpreter",
+)
+@pytest.mark.parametrize("arch", ["sage", "gin"])
+def test_fused_lorap_through_the_triton_kernels_on_cpu(arch, fused_calls):
+    """The layer's fused path through the Triton kernels under the interpreter, against the
+    two steps on the CPU path. The kernels sum the aggregate in registers and the prompt's
+    dot products in other orders, so ``y = h + p`` may move by ulps: the observed range by a
+    relative 1e-6, a code by one step of the prompt grid where ``y`` sits at a rounding tie.
+    The gradients of the prompt are the closed form's (another summation order than
+    autograd's): within the kernel contract's 1e-5 of each tensor's largest entry (here
+    3e-6 at most, against entries up to 11; the range and the codes came out equal)."""
+    layer, unfused = make_prompted(arch, 24, 8)
+    rows, graph = rows_and_graph("edge_index", 24, 8)
+    reduce = "mean" if arch == "sage" else "sum"
+    cotangent = torch.randn(N, 24, generator=torch.Generator().manual_seed(1))
+    with triton_on_cpu():
+        _, h, _ = layer.train().aggregate_input(rows, graph, None, None, reduce)
+        (h * cotangent).sum().backward()
+    _, expected, _ = unfused.train().aggregate_input(rows, graph, None, None, reduce)
+    (expected * cotangent).sum().backward()
+    assert fused_calls == [
+        f"aggregate_lorap_forward_range {reduce}",
+        f"aggregate_lorap_forward {reduce}",
+        f"quant_aggregate {reduce}",
+    ]
+    prompt, theirs = layer.quantizers["prompt"].observer, unfused.quantizers["prompt"].observer
+    torch.testing.assert_close(prompt.min_val, theirs.min_val, rtol=1e-6, atol=0)
+    torch.testing.assert_close(prompt.max_val, theirs.max_val, rtol=1e-6, atol=0)
+    grid_step = layer.quantizers["prompt"].qparams()[0]
+    h, expected = h.detach(), expected.detach()
+    assert float((h - expected).abs().max()) <= grid_step * 1.0001
+    assert float((h != expected).float().mean()) < 0.01
+    for name in ("w_phi", "p_a", "p_b"):
+        a, b = getattr(layer.lorap, name).grad, getattr(unfused.lorap, name).grad
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * float(b.abs().max()))
 
 
 # -- the model stack ---------------------------------------------------------------------
