@@ -50,7 +50,14 @@ class QGINConv(QuantizedConv):
     otherwise (narrower rows, which the float path scatters through PyG, and the CUDA kernel; a
     later quantization point can turn such a difference at one of its rounding boundaries into
     one step of its grid). The codes take no gradient; the weights and LoRAP's parameters get
-    theirs as on the float path. A pair of integer rows is refused.
+    theirs as on the float path. With LoRAP on, where the ``prompt`` point can hand its grid to
+    a kernel (a per-tensor min/max fake quantizer without protected rows, as plain QAT makes,
+    and float32 parameters), aggregation, prompt and re-quantization run as one
+    ``aggregate_lorap`` op instead of ``quant_aggregate`` followed by LoRAP (on CUDA the
+    aggregate is never written out); with ``prompt.rounding="twice"`` only in evaluation, when
+    the ``aggregate`` point's stored grid can go to the op too. On the CPU the op gives the two
+    steps' output, observed range and gradients bit for bit. Other schemes (Degree-Quant, A2Q,
+    MixQ, per-row ranges) keep the two steps. A pair of integer rows is refused.
 
     Quantization points (all node role): ``input`` (source rows; a pair's ``x_dst`` passes
     through it in a second call with the destination facts), ``aggregate``, ``prompt``
