@@ -427,8 +427,8 @@ class QuantizedConv(MessagePassing):
         """Whether one fused op can stand in for :meth:`quantize_aggregate` on integer rows:
         LoRAP is on, its ``prompt`` point can hand its grid to a kernel
         (:meth:`LoRAP.takes_grid <lorap_dist.prompt.lorap.LoRAP.takes_grid>`: a per-tensor
-        :class:`~lorap_dist.quant.quantizer.FakeQuantizer` with min/max ranges, no protected
-        rows, float32 parameters), and the ``aggregate`` point, where
+        :class:`~lorap_dist.quant.quantizer.FakeQuantizer` whose observer keeps extremes,
+        no protected rows, float32 parameters), and the ``aggregate`` point, where
         ``prompt.rounding="twice"`` keeps one, can too without observing: in evaluation. In
         training it would have to see the aggregate's range before the op runs.
 

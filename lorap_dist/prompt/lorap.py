@@ -146,8 +146,8 @@ class LoRAP(nn.Module):
         block, computed by one fused op
         (:func:`~lorap_dist.kernels.aggregate_lorap.aggregate_lorap_forward`): gather,
         reduce, optionally fake-quantize ``h`` on ``agg_grid`` (``(scale, zero_point, qmin,
-        qmax)``, the aggregate point's grid), prompt and re-quantize. On CUDA ``h`` never
-        reaches memory.
+        qmax)``, the aggregate point's grid), prompt and re-quantize. On CUDA (rows up to
+        512 wide) ``h`` never reaches memory.
 
         The caller has checked :meth:`takes_grid` and that the block has destination rows.
         In training a range pass
