@@ -407,6 +407,7 @@ class QuantSettings:
 
 
 SEED_POLICIES = ("pad", "cap")  # lorap_dist.distributed.seeds
+FEATURE_ROWS = ("float", "codes")  # what the first layer of a node-level run is given
 
 
 @dataclass
@@ -436,6 +437,18 @@ class DistConfig:
             (:mod:`lorap_dist.distributed.seeds`).
         exchange_bits: ``None`` sends features as stored; ``8`` or ``4`` re-quantizes rows
             for the all_to_all (:mod:`lorap_dist.distributed.exchange`).
+        feature_rows: what the first layer of a node-level run is given, in training and in
+            evaluation alike: ``float`` (default) the fetched rows dequantized to float32,
+            through the first layer's ``input`` quantization point; ``codes`` the integer
+            rows as they travelled (:class:`~lorap_dist.quant.integer.QuantizedRows`, from
+            :meth:`~lorap_dist.distributed.exchange.FeatureExchange.fetch_rows`), which SAGE
+            and GIN aggregate with the fused ``quant_aggregate`` op without that point (the
+            stored per-row grid wins; :class:`~lorap_dist.nn.model.GNN` says why). ``codes``
+            needs rows that travel as codes (an INT8-stored dataset, or ``exchange_bits`` 8
+            or 4; the driver checks the dataset before any worker starts), ``model.arch``
+            ``sage`` or ``gin``, no GPF-plus (``prompt.kind`` ``none`` or ``lorap``: GPF-plus
+            prompts float features, so the codes would be dequantized before the first layer
+            and ``codes`` would only mean ``float``) and a node-level run.
         eval_every: epochs between full-graph evaluations (``0``: only after the last;
             ``null``: never, e.g. for throughput benchmarks).
         max_steps_per_epoch: cap on the steps of an epoch (``null``: a full pass over the
@@ -453,6 +466,7 @@ class DistConfig:
     keep_checkpoints: int | None = None
     seed_policy: str = "pad"
     exchange_bits: int | None = None
+    feature_rows: str = "float"
     eval_every: int | None = 1
     max_steps_per_epoch: int | None = None
     eval_batch_size: int = 4096
@@ -468,6 +482,7 @@ class DistConfig:
         )
         check_choice("dist.seed_policy", self.seed_policy, SEED_POLICIES)
         check_choice("dist.exchange_bits", self.exchange_bits, (None, 8, 4))
+        check_choice("dist.feature_rows", self.feature_rows, FEATURE_ROWS)
         check(
             self.eval_every is None or self.eval_every >= 0,
             "dist.eval_every must be >= 0 (0: after the last epoch only), or null (never).",
@@ -488,6 +503,33 @@ class DistConfig:
         return from_dict(cls, data, "dist")
 
 
+def check_feature_rows(experiment: ExperimentConfig, settings: DistConfig) -> None:
+    """Raise :class:`ConfigError` unless ``settings.feature_rows`` fits ``experiment``'s data,
+    model and prompt sections. Whether the rows travel as codes at all (an INT8-stored
+    dataset, or ``exchange_bits``) is checked by the driver, which reads the dataset."""
+    if settings.feature_rows != "codes":
+        return
+    check(
+        not experiment.data.graph_level,
+        f"dist.feature_rows='codes' with data.source={experiment.data.source!r}: integer rows "
+        "come from the feature exchange of a node-level run, and a dataset of many graphs "
+        "has none; set dist.feature_rows: float.",
+    )
+    check(
+        experiment.model.arch in ("sage", "gin"),
+        f"dist.feature_rows='codes' with model.arch={experiment.model.arch!r}: only SAGE and "
+        "GIN layers aggregate integer rows (GCN and GAT transform or weigh each message "
+        "first); set model.arch: sage or gin, or dist.feature_rows: float.",
+    )
+    check(
+        not experiment.prompt.gpf,
+        f"dist.feature_rows='codes' with prompt.kind={experiment.prompt.kind!r}: GPF-plus "
+        "prompts float features, so the rows would be dequantized before the first layer "
+        "and never reach it as codes; set prompt.kind: none or lorap, or dist.feature_rows: "
+        "float (dist.exchange_bits still sends 8- or 4-bit rows).",
+    )
+
+
 @dataclass
 class ExperimentConfig:
     """Everything a run needs; the file ``lorap train --config FILE`` reads.
@@ -499,7 +541,8 @@ class ExperimentConfig:
     ``prompt`` sections trains INT4 QAT with LoRAP, ``quant: {scheme: none}`` in FP32.
 
     ``dist`` (a :class:`DistConfig`) makes the run distributed on Ray Train workers.
-    Without it, training runs in this process.
+    Without it, training runs in this process. With ``dist.feature_rows: codes`` the other
+    sections must suit integer rows (:func:`check_feature_rows`).
     """
 
     data: DataConfig = field(default_factory=DataConfig)
@@ -510,6 +553,10 @@ class ExperimentConfig:
     )
     train: TrainConfig = field(default_factory=TrainConfig)
     dist: DistConfig | None = None
+
+    def __post_init__(self) -> None:
+        if self.dist is not None:
+            check_feature_rows(self, self.dist)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> ExperimentConfig:

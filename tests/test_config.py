@@ -204,6 +204,48 @@ def test_nested_optional_sections_round_trip():
         ExperimentConfig.from_dict({"dist": {"num_workers": "two"}})
 
 
+def test_feature_rows_defaults_to_float_and_codes_round_trip():
+    from lorap_dist.config import DistConfig
+
+    assert DistConfig().feature_rows == "float"
+    config = load_config(
+        None, ["model.arch=gin", "dist.feature_rows=codes", "dist.exchange_bits=4"]
+    )
+    assert (config.dist.feature_rows, config.prompt.kind) == ("codes", "lorap")
+    assert ExperimentConfig.from_dict(to_dict(config)) == config
+    with pytest.raises(ConfigError, match=r"dist.feature_rows='ints' is not allowed; choose one"):
+        load_config(None, ["dist.feature_rows=ints"])
+
+
+@pytest.mark.parametrize(
+    ("sets", "message"),
+    [
+        (
+            ["model.arch=gcn"],
+            "dist.feature_rows='codes' with model.arch='gcn': only SAGE and GIN layers "
+            "aggregate integer rows",
+        ),
+        (["model.arch=gat"], "set model.arch: sage or gin, or dist.feature_rows: float."),
+        (
+            ["model.arch=sage", "prompt.kind=gpf_lorap"],
+            "dist.feature_rows='codes' with prompt.kind='gpf_lorap': GPF-plus prompts float "
+            "features",
+        ),
+        (["model.arch=gin", "prompt.kind=gpf"], "set prompt.kind: none or lorap, or dist."),
+        (
+            ["model.arch=gin", "data.source=tu", "data.name=PROTEINS"],
+            "dist.feature_rows='codes' with data.source='tu': integer rows come from the "
+            "feature exchange of a node-level run",
+        ),
+    ],
+)
+def test_codes_with_a_model_that_cannot_take_them_is_a_config_error(sets, message):
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [*sets, "dist.feature_rows=codes"])
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
 def test_every_shipped_config_file_loads():
     from pathlib import Path
 

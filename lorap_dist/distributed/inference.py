@@ -12,6 +12,12 @@ layer ``l`` for the nodes it owns over their *full* in-neighbourhood, reading th
 so each layer costs one exchange of ``|N(V_r) \\ V_r|`` rows instead of the
 ``L``-hop neighbourhood a whole-model forward per seed would need.
 
+The first layer reads its input in the form training gave it: float rows, or, when training
+fetched integer rows (``dist.feature_rows: codes``), the same
+:class:`~lorap_dist.quant.integer.QuantizedRows` from the training exchange. On integer
+rows the first layer's ``input`` point is never called, so it never observed a range:
+float rows here would be rounded on an untrained grid. Later layers read float rows.
+
 GCN normalises an edge ``j -> i`` by ``1 / sqrt(d_i d_j)`` and its block form takes ``d_j``
 from the block, where a source that is not a destination has no in-edges. To keep the
 numbers exact, GCN layers make every source of the one-hop block a destination too (its own
@@ -65,7 +71,7 @@ def full_block(dst: Tensor, indptr: Tensor, indices: Tensor) -> tuple[Block, Ten
 @torch.no_grad()
 def layerwise_inference(
     model: nn.Module,
-    features: Tensor,
+    features: Tensor | FeatureExchange,
     partition_book: Tensor,
     indptr: Tensor,
     indices: Tensor,
@@ -78,13 +84,23 @@ def layerwise_inference(
 
     Args:
         model: a :class:`lorap_dist.nn.model.GNN` (unwrapped from DDP); run in eval mode.
-        features: ``[n_r, F]`` float32 input features of this rank's nodes.
+        features: ``[n_r, F]`` float32 input features of this rank's nodes, or the
+            :class:`FeatureExchange` of the input rows whose
+            :meth:`~FeatureExchange.fetch_rows` the first layer reads (integer rows, as
+            training with ``dist.feature_rows: codes`` reads them; a SAGE or GIN model
+            without GPF-plus).
         partition_book: ``[P, 2]`` owned global ID ranges, rank ``r`` owns row ``r``.
         indptr, indices: in-edge CSR of the whole graph over global IDs.
         degree: ``[N]`` in-degree of every node (for the quantizers' ``NodeInfo``).
         batch_size: destination nodes per chunk (bounds memory).
         device: where the layers run.
     """
+    codes = isinstance(features, FeatureExchange)
+    if codes and getattr(model, "gpf", None) is not None:
+        raise ValueError(
+            "layerwise_inference got a FeatureExchange of integer rows for a model with "
+            "GPF-plus, which prompts float features; pass the float features instead."
+        )
     was_training = model.training
     model.eval()
     book = torch.as_tensor(partition_book, dtype=torch.int64)
@@ -93,19 +109,22 @@ def layerwise_inference(
     # Every rank must make the same number of (collective) fetches per layer.
     chunks = max(1, -(-int((book[:, 1] - book[:, 0]).max()) // batch_size))
     pieces = [own[i * batch_size : (i + 1) * batch_size] for i in range(chunks)]
-    h = features.to(torch.float32)
+    h = None if codes else features.to(torch.float32)
     if getattr(model, "gpf", None) is not None:
         h = model.gpf(h.to(device)).cpu()  # a per-node prompt: no neighbours needed
     num_layers = len(model.convs)
     for l, conv in enumerate(model.convs):
-        exchange = FeatureExchange(book, h, device=device)
+        if l == 0 and codes:
+            fetch = features.fetch_rows  # the training exchange's integer rows
+        else:
+            fetch = FeatureExchange(book, h, device=device).fetch
         out = []
         for piece in pieces:
             dst = piece
             if isinstance(conv, QGCNConv):
                 dst = ordered_unique(torch.cat([piece, in_edges(piece, indptr, indices)[0]]))[0]
             block, src_ids = full_block(dst, indptr, indices)
-            x_src = exchange.fetch(src_ids).to(device)
+            x_src = fetch(src_ids).to(device)  # [num_src, F] rows, or QuantizedRows
             nodes = NodeInfo(ids=src_ids.to(device), degree=degree[src_ids].to(device))
             if model.node_transform is not None:
                 nodes = model.node_transform(nodes)

@@ -27,6 +27,8 @@ def train_batch(
     degree: Tensor,
     generator: torch.Generator,
     device: torch.device,
+    *,
+    feature_rows: str = "float",
 ) -> Tensor:
     """Sample ``seeds``' blocks, fetch their features from their owners (a collective),
     run forward and backward through ``ddp`` (gradients all-reduced) and step.
@@ -36,14 +38,22 @@ def train_batch(
         model: the model itself (its quantizers' loss terms are read from it).
         labels: ``[len(seeds)]`` labels of the seeds.
         degree: ``[N]`` full-graph in-degree, indexed by global ID.
+        feature_rows: ``float`` gives the model the fetched rows as float32
+            (:meth:`FeatureExchange.fetch`); ``codes`` as integer rows
+            (:meth:`FeatureExchange.fetch_rows`, a SAGE or GIN model; ``dist.feature_rows``).
 
     Returns:
         ``[loss * seeds, correct, seeds]`` (float64, on the CPU) for the epoch's totals;
         ``loss`` is the cross-entropy, without the quantizers' penalties (as ``lorap train``
         reports it).
     """
+    if feature_rows not in ("float", "codes"):
+        raise ValueError(f"feature_rows={feature_rows!r} is not known; use 'float' or 'codes'.")
     batch = sampler.sample_blocks(seeds, generator)
-    x = exchange.fetch(batch.node_ids)  # [num_src, F]
+    if feature_rows == "codes":
+        x = exchange.fetch_rows(batch.node_ids).to(device)  # QuantizedRows of num_src rows
+    else:
+        x = exchange.fetch(batch.node_ids)  # [num_src, F]
     nodes = NodeInfo(ids=batch.node_ids.to(device), degree=degree[batch.node_ids].to(device))
     logits = ddp(x, [b.to(device) for b in batch.blocks], nodes)  # [seeds, classes]
     y = labels.to(device)

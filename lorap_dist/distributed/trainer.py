@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from lorap_dist.config import ConfigError, DistConfig, ExperimentConfig
+from lorap_dist.config import ConfigError, DistConfig, ExperimentConfig, check_feature_rows
 from lorap_dist.graph.errors import DatasetError
 from lorap_dist.locks import LockHeld, try_lock
 from lorap_dist.ray_session import offline_defaults
@@ -185,7 +185,8 @@ def _local_run_dir(settings: DistConfig, name: str) -> Path | None:
 
 def check_node_level_run(experiment: ExperimentConfig, settings: DistConfig) -> None:
     """What a node-level run needs before any worker starts: a prepared dataset directory
-    with one partition per worker, prepared with the configured transform."""
+    with one partition per worker, prepared with the configured transform, whose rows
+    travel as integer codes when ``dist.feature_rows`` is ``codes``."""
     if experiment.data.source != "dir":
         raise ConfigError(
             f"data.source={experiment.data.source!r}: distributed training reads a prepared "
@@ -199,7 +200,16 @@ def check_node_level_run(experiment: ExperimentConfig, settings: DistConfig) -> 
     from lorap_dist.graph.storage import read_meta
     from lorap_dist.train import check_prepared_transform
 
-    check_prepared_transform(experiment.data.transform, read_meta(directory), directory)
+    meta = read_meta(directory)
+    check_prepared_transform(experiment.data.transform, meta, directory)
+    encoding = meta.get("feature_encoding", "fp32")
+    if settings.feature_rows == "codes" and settings.exchange_bits is None and encoding != "int8":
+        raise ConfigError(
+            f"dist.feature_rows='codes' needs rows that travel as integer codes, but "
+            f"{directory} stores {encoding} features and dist.exchange_bits is null (rows "
+            "are sent as stored); set dist.exchange_bits: 8 or 4, prepare the dataset with "
+            "--features int8, or set dist.feature_rows: float."
+        )
 
 
 def check_graph_level_run(experiment: ExperimentConfig) -> ExperimentConfig:
@@ -248,6 +258,7 @@ def run_distributed(
         DistributedRunError: training failed after ``settings.max_failures`` restarts; the
             message names the last good checkpoint and how to resume from it.
     """
+    check_feature_rows(experiment, settings)  # settings need not be experiment.dist
     if experiment.data.graph_level:
         experiment = check_graph_level_run(experiment)
     else:

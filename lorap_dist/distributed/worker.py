@@ -45,7 +45,7 @@ from lorap_dist.graph.sampler import NeighborSampler
 from lorap_dist.graph.storage import Dataset, open_dataset
 from lorap_dist.nn.model import build_model
 from lorap_dist.optim import build_optimizer, schedule_lr
-from lorap_dist.quant import end_epoch, quantize_
+from lorap_dist.quant import QuantizedRows, end_epoch, quantize_
 from lorap_dist.tracking import BestEpoch
 from lorap_dist.train import backward_loss
 
@@ -100,7 +100,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         model,
         device_ids=[device.index] if device.type == "cuda" else None,
         find_unused_parameters=_has_unused_parameters(
-            model, sampler, exchange, part, own_seeds, degree, device
+            model, sampler, exchange, part, own_seeds, degree, device, settings.feature_rows
         ),
     )
     if restored_rng is not None:
@@ -121,7 +121,17 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 step_hook(rank, epoch, index)
             labels = part.labels[seeds - part.start]
             totals += train_batch(
-                ddp, model, optimizer, sampler, exchange, seeds, labels, degree, generator, device
+                ddp,
+                model,
+                optimizer,
+                sampler,
+                exchange,
+                seeds,
+                labels,
+                degree,
+                generator,
+                device,
+                feature_rows=settings.feature_rows,
             )
             step += 1
         elapsed = time.perf_counter() - started
@@ -133,7 +143,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         last = epoch + 1 == train_cfg.epochs
         every = settings.eval_every
         if every is not None and (last or (every and (epoch + 1) % every == 0)):
-            metrics |= evaluate(model, dataset, part, degree, settings, device)
+            metrics |= evaluate(model, dataset, part, degree, exchange, settings, device)
             best.update(epoch, metrics["valid_acc"], metrics["test_acc"])
         metrics |= {"best_valid_acc": best.valid, "best_test_acc": best.test}
 
@@ -244,13 +254,17 @@ def evaluate(
     dataset: Dataset,
     part: Any,
     degree: Tensor,
+    exchange: FeatureExchange,
     settings: DistConfig,
     device: torch.device,
 ) -> dict[str, float]:
-    """Exact train/valid/test accuracy over all partitions (a collective)."""
+    """Exact train/valid/test accuracy over all partitions (a collective); the first layer
+    reads its input as training does (``dist.feature_rows``: float rows, or ``exchange``'s
+    integer rows)."""
+    features = exchange if settings.feature_rows == "codes" else part.features_fp32()
     logits = layerwise_inference(
         model,
-        part.features_fp32(),
+        features,
         dataset.partition_book,
         dataset.indptr,
         dataset.indices,
@@ -362,12 +376,16 @@ def _has_unused_parameters(
     own_seeds: Tensor,
     degree: Tensor,
     device: torch.device,
+    feature_rows: str = "float",
 ) -> bool:
     """Whether a training step leaves some parameter without a gradient, found on a copy
-    of the model with one local batch (own rows only, so no collective), RNG untouched.
+    of the model with one local batch (own rows only, so no collective), RNG untouched,
+    its rows in the form training gives them (``feature_rows``, as in :func:`train_batch`).
 
     DDP needs ``find_unused_parameters=True`` exactly then, and it costs a graph traversal
-    per step otherwise.
+    per step otherwise. On integer rows the first layer's ``input`` point is never called:
+    its parameters (A2Q's) get no gradient, unless a penalty gives them one (MixQ's
+    expected bits, while it searches).
     """
     probe = copy.deepcopy(model).train()
     seeds = own_seeds[: min(len(own_seeds), 8)]
@@ -377,6 +395,8 @@ def _has_unused_parameters(
         owned = (local >= part.start) & (local < part.end)
         x = torch.zeros(len(local), exchange.num_features)
         x[owned] = part.features_fp32(local[owned] - part.start)
+        if feature_rows == "codes":
+            x = QuantizedRows.from_float(x, 8 if exchange.payload == "int8" else 4)
         nodes = NodeInfo(ids=local.to(device), degree=degree[local].to(device))
         logits = probe(x.to(device), [b.to(device) for b in batch.blocks], nodes)
         backward_loss(probe, logits, part.labels[seeds - part.start].to(device))

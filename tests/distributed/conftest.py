@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import ray
 import torch
+import torch.distributed as dist
 
 from lorap_dist.config import SyntheticConfig
 from lorap_dist.graph.data import GraphData
@@ -89,6 +90,36 @@ def tiny_graph() -> GraphData:
 def tiny_dataset(tiny_graph, tmp_path_factory) -> Path:
     """200 nodes, 2 parts, fp32 features."""
     return write_dataset(tiny_graph, tmp_path_factory.mktemp("tiny") / "ds", 2)
+
+
+@pytest.fixture(scope="session")
+def tiny_int8_dataset(tiny_graph, tmp_path_factory) -> Path:
+    """200 nodes, 2 parts, INT8 features (codes and per-row scales)."""
+    return write_dataset(tiny_graph, tmp_path_factory.mktemp("tiny8") / "ds", 2, "int8")
+
+
+#: At least MIN_WIDTH features, so integer rows give the float path's sums bit for bit.
+WIDE = SyntheticConfig(num_nodes=120, avg_degree=6, num_classes=4, num_features=40, seed=1)
+
+
+@pytest.fixture(scope="session")
+def wide_datasets(tmp_path_factory) -> dict[str, Path]:
+    """120 nodes with 40 features in one part, by feature encoding (``fp32``, ``int8``)."""
+    graph = generate_synthetic(WIDE)
+    root = tmp_path_factory.mktemp("wide")
+    return {e: write_dataset(graph, root / e, 1, e) for e in ("fp32", "int8")}
+
+
+@pytest.fixture
+def one_rank_group():
+    """A one-process gloo group in this process (every row is local, the collectives run)."""
+    if dist.is_initialized():
+        pytest.skip("a process group is already initialized in this process")
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
 
 
 @pytest.fixture(scope="module")

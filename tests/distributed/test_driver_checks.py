@@ -66,6 +66,42 @@ def test_a_truncated_checkpoint_named_in_resume_fails_in_the_driver(tiny_dataset
         )
 
 
+def codes_experiment(path, arch: str = "sage") -> ExperimentConfig:
+    data = experiment(path, [4, 4]).to_dict()
+    data["model"]["arch"] = arch
+    return ExperimentConfig.from_dict(data)
+
+
+def test_codes_without_an_integer_payload_fail_in_the_driver(
+    tiny_dataset, tiny_int8_dataset, tmp_path, no_ray
+):
+    settings = DistConfig(num_workers=2, storage_path=str(tmp_path), feature_rows="codes")
+    with pytest.raises(
+        ConfigError,
+        match=r"dist.feature_rows='codes' needs rows that travel as integer codes, but .* "
+        r"stores fp32 features and dist.exchange_bits is null .*; set dist.exchange_bits: 8 "
+        r"or 4, prepare the dataset with --features int8, or set dist.feature_rows: float.",
+    ):
+        trainer.run_distributed(codes_experiment(tiny_dataset), settings)
+    settings.exchange_bits = 4  # rows re-quantized at the sender: codes
+    for path in (tiny_dataset, tiny_int8_dataset):
+        with pytest.raises(AssertionError, match="the driver started Ray"):
+            trainer.run_distributed(codes_experiment(path), settings)
+    settings.exchange_bits = None  # codes as stored
+    with pytest.raises(AssertionError, match="the driver started Ray"):
+        trainer.run_distributed(codes_experiment(tiny_int8_dataset), settings)
+
+
+def test_codes_with_a_gcn_fail_in_the_driver_when_dist_is_given_apart(
+    tiny_int8_dataset, tmp_path, no_ray
+):
+    with pytest.raises(ConfigError, match="dist.feature_rows='codes' with model.arch='gcn'"):
+        trainer.run_distributed(
+            codes_experiment(tiny_int8_dataset, "gcn"),
+            DistConfig(num_workers=2, storage_path=str(tmp_path), feature_rows="codes"),
+        )
+
+
 HOLD_LOCK = """
 import fcntl, sys, time
 handle = open(sys.argv[1], "a+")

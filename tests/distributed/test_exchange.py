@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.distributed as dist
 
 from lorap_dist.distributed.exchange import FeatureExchange
 from lorap_dist.quant.integer import QuantizedRows, dequantize_rows, quantize_rows
@@ -166,18 +165,6 @@ def test_fetch_rows_dequantize_to_fetch(group_results, variant):
 def test_out_of_range_ids_are_refused(group_results):
     world_size, per_rank = group_results
     assert all("partition book covers [0, 20)" in r[-1] for r in per_rank)
-
-
-@pytest.fixture
-def one_rank_group():
-    """A one-process gloo group in this process (every row is local, the collectives run)."""
-    if dist.is_initialized():
-        pytest.skip("a process group is already initialized in this process")
-    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
-    try:
-        yield
-    finally:
-        dist.destroy_process_group()
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,5 @@
-"""Ray Train end to end on 2 CPU workers: bit-identical resume, a killed worker, bad datasets.
+"""Ray Train end to end on 2 CPU workers: bit-identical resume, a killed worker, bad datasets,
+training and evaluation on integer rows.
 
 One local Ray instance (2 CPUs, ``ray_cluster`` in conftest.py) serves the whole module.
 """
@@ -83,6 +84,20 @@ def test_step_cap_no_evaluation_and_memory_report(ray_cluster, tiny_dataset, tmp
     assert capped["test_acc"] is None and capped["valid_acc"] is None
     assert capped["peak_rss_gib"] > 0
     assert capped["seeds_per_s"] > 0
+
+
+def test_sage_on_int8_codes_trains_and_evaluates(ray_cluster, tiny_int8_dataset, tmp_path):
+    """``dist.feature_rows: codes``: steps and layer-wise evaluation on the stored INT8 rows,
+    with A2Q, whose idle first ``input`` point leaves DDP unused parameters every step."""
+    data = experiment(tiny_int8_dataset, 4).to_dict()
+    data["model"]["arch"] = "sage"
+    data["quant"] = {"scheme": "a2q", "options": {"bits": 4}}
+    result = run_distributed(
+        ExperimentConfig.from_dict(data), settings(tmp_path, "codes", feature_rows="codes")
+    )
+    assert (result["epochs"], result["steps"]) == (4, 16)
+    assert result["bytes_exchanged"] > 0
+    assert result["best_valid_acc"] > 0.4  # 4 planted classes: chance is 0.25
 
 
 def test_dist_config_rejects_bad_caps():
