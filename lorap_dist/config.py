@@ -205,6 +205,7 @@ ARCHS = ("gcn", "sage", "gin", "gat")
 NORMS = ("none", "batch", "layer")
 READOUTS = ("sum", "mean", "max")
 PROMPTS = ("none", "lorap", "gpf", "gpf_lorap")
+GPF_SUPPORTS = ("nonzero", "all")
 ROUNDINGS = ("once", "twice")
 
 
@@ -220,16 +221,23 @@ class PromptConfig:
         rounding: where LoRAP's layers round the aggregate: ``once`` (the prompt is added
             to the exact aggregate, then one quantization point, ``prompt``) or ``twice``
             (the aggregate is quantized, prompted, and quantized again).
+        gpf_support: where GPF-plus adds its prompt: ``nonzero`` (default), only to the
+            input's non-zero entries, so a sparse input stays sparse; ``all``, to every entry
+            as in the GPF-plus paper. On sparse bag-of-words features a prompt on every
+            entry turns the zeros into small dense values that then set the input point's
+            range (:class:`~lorap_dist.prompt.GPFPlus` gives the measurements).
     """
 
     kind: str = "none"
     k: int = 8
     r: int = 4
     rounding: str = "once"
+    gpf_support: str = "nonzero"
 
     def __post_init__(self) -> None:
         check_choice("prompt.kind", self.kind, PROMPTS)
         check_choice("prompt.rounding", self.rounding, ROUNDINGS)
+        check_choice("prompt.gpf_support", self.gpf_support, GPF_SUPPORTS)
         check(
             isinstance(self.k, int) and self.k >= 1,
             f"prompt.k={self.k!r} must be an integer >= 1 (the paper uses 4 to 16).",

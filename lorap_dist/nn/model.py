@@ -49,7 +49,7 @@ class PromptedStack(nn.Module):
         self.config = model
         self.prompt_config = prompt
         self.node_transform: Callable[[NodeInfo | None], NodeInfo | None] | None = None
-        self.gpf = GPFPlus(in_channels, prompt.k) if prompt.gpf else None
+        self.gpf = GPFPlus(in_channels, prompt.k, prompt.gpf_support) if prompt.gpf else None
 
     def reset_parameters(self) -> None:
         for module in self.modules():

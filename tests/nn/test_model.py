@@ -225,3 +225,10 @@ def test_parameter_counts(arch: str, kind: str) -> None:
 def test_repr_names_the_stack() -> None:
     model = build_model(IN, OUT, model_config("gin"), PromptConfig("lorap", k=6, r=3))
     assert repr(model) == "GNN(arch=gin, layers=2, hidden=8, prompt=lorap, k=6, r=3)"
+
+
+def test_gpf_support_reaches_the_input_prompt() -> None:
+    for support in ("nonzero", "all"):
+        prompt = PromptConfig(kind="gpf", gpf_support=support)
+        model = build_model(5, 3, ModelConfig(arch="gcn", hidden=8), prompt)
+        assert model.gpf.support == support

@@ -69,3 +69,23 @@ def test_parameter_count_and_repr(d: int, k: int) -> None:
 def test_invalid_sizes_are_rejected() -> None:
     with pytest.raises(ValueError, match="k=0"):
         GPFPlus(4, k=0)
+
+
+def test_default_prompt_keeps_the_inputs_zeros() -> None:
+    # A sparse input stays sparse: the prompt goes only to the non-zero entries.
+    torch.manual_seed(0)
+    x = torch.randn(6, 8) * (torch.rand(6, 8) < 0.3)
+    nonzero, everywhere = GPFPlus(8, k=3), GPFPlus(8, k=3, support="all")
+    torch.nn.init.normal_(nonzero.bases)
+    everywhere.load_state_dict(nonzero.state_dict())
+    full = everywhere(x)
+    assert torch.all(full[x == 0] != 0)  # the paper's form fills the zeros
+    kept = nonzero(x)
+    assert torch.all(kept[x == 0] == 0)
+    torch.testing.assert_close(kept[x != 0], full[x != 0])
+
+
+def test_unknown_support_is_rejected() -> None:
+    with pytest.raises(ValueError, match="support='dense'.*'nonzero'.*'all'"):
+        GPFPlus(4, support="dense")
+    assert repr(GPFPlus(4, k=2, support="all")) == "GPFPlus(4, k=2, support='all')"
