@@ -96,13 +96,17 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     start_epoch, step, restored_rng = restore_training(
         config, experiment, dataset_facts, model, optimizer, best, rank
     )
-    ddp = DistributedDataParallel(
-        model,
-        device_ids=[device.index] if device.type == "cuda" else None,
-        find_unused_parameters=_has_unused_parameters(
+
+    def data_parallel() -> DistributedDataParallel:
+        # Asked again whenever a scheme changes the model: after MixQ freezes, its logits
+        # take no gradient, and a DDP told otherwise fails at the next step.
+        unused = _has_unused_parameters(
             model, sampler, exchange, part, own_seeds, degree, device, settings.feature_rows
-        ),
-    )
+        )
+        device_ids = [device.index] if device.type == "cuda" else None
+        return DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=unused)
+
+    ddp = data_parallel()
     if restored_rng is not None:
         restore_rng(restored_rng)  # last: nothing above may draw from the restored streams
 
@@ -137,6 +141,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         elapsed = time.perf_counter() - started
         if end_epoch(model, epoch, train_cfg.epochs):  # e.g. MixQ froze: a different model
             best.restart()
+            del ddp  # its reducer's hooks go with it
+            ddp = data_parallel()
         metrics = epoch_metrics(epoch, step, totals, elapsed, exchange.bytes_sent - bytes_before)
 
         # 5. Evaluate exactly (full neighbourhoods, layer by layer) on every partition.

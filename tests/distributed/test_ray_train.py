@@ -100,6 +100,17 @@ def test_sage_on_int8_codes_trains_and_evaluates(ray_cluster, tiny_int8_dataset,
     assert result["best_valid_acc"] > 0.4  # 4 planted classes: chance is 0.25
 
 
+def test_mixq_freezing_mid_run_rewraps_ddp(ray_cluster, tiny_dataset, tmp_path):
+    """MixQ searches for the first epoch and then freezes: its logits take no gradient from
+    the second epoch on. DDP was set up while every parameter had one; unless it is set up
+    again, the second epoch's steps fail inside DDP ("Expected to have finished reduction")."""
+    data = experiment(tiny_dataset, 2).to_dict()
+    data["quant"] = {"scheme": "mixq", "options": {"bits": 4, "search_fraction": 0.5}}
+    result = run_distributed(ExperimentConfig.from_dict(data), settings(tmp_path, "mixq"))
+    assert result["epochs"] == 2 and result["steps"] > 0
+    assert 0 < result["best_valid_acc"] <= 1
+
+
 def test_dist_config_rejects_bad_caps():
     with pytest.raises(ConfigError, match="max_steps_per_epoch must be >= 1"):
         DistConfig(max_steps_per_epoch=0)
