@@ -401,6 +401,13 @@ class QuantizedConv(MessagePassing):
             h = self.aggregate_rows(x_src, g, reduce)
             return g, self.quantize_aggregate(h, g.nodes_dst), x_dst
         rows = x.check(f"{type(self).__name__}'s x")
+        dtypes = {p.dtype for p in self.parameters() if p.is_floating_point()}
+        if dtypes - {torch.float32}:
+            raise TypeError(
+                f"{type(self).__name__} has {', '.join(sorted(map(str, dtypes)))} parameters "
+                "and got QuantizedRows, whose codes aggregate to float32: keep the layer in "
+                "float32 (.float()), or pass rows.dequantize() cast to the layer's dtype."
+            )
         g = self.read_input(rows.codes, graph, nodes, size=size)
         x_dst = rows.rows(slice(0, g.num_dst)).dequantize()  # [num_dst, F]
         return g, self.quantize_codes(rows, g, reduce), x_dst

@@ -195,6 +195,12 @@ def test_a_pair_of_integer_rows_is_refused():
         QSAGEConv(4, 3)((rows, None), random_graph(N, 40))
 
 
+def test_a_float64_layer_says_how_to_take_integer_rows():
+    rows = features(4, 8)
+    with pytest.raises(TypeError, match=r"torch.float64 parameters .*\.float\(\)"):
+        QGINConv(4, 3).double()(rows, random_graph(N, 40))
+
+
 def test_malformed_rows_are_named():
     rows = features(4, 8)
     with pytest.raises(ValueError, match=r"QGINConv's x.scales must be float32 \[N\] = \[14\]"):
