@@ -8,6 +8,9 @@ parts (metis), with the ogbn-products GraphSAGE recipe (3 layers, hidden 256, fa
 * training throughput (seeds/s) with 1 and 2 Ray Train workers (1 CPU each), FP32 and
   INT4 QAT + LoRAP; INT4 QAT alone, for LoRAP's overhead;
 * feature-exchange bytes with FP32 and INT8 payloads (``dist.exchange_bits: 8``);
+* INT4 QAT with and without LoRAP on integer rows (``dist.feature_rows: codes`` over an INT8
+  exchange: the first layer aggregates the codes with the fused ops), for LoRAP's overhead
+  on that path and its throughput against float rows;
 * the largest worker's peak resident set (``ru_maxrss``; memory-mapped dataset pages a worker
   touched count too);
 * the single-process PyG baseline (``NeighborLoader`` + ``SAGEConv``, FP32, the same graph,
@@ -45,11 +48,13 @@ FANOUT = [15, 10, 5]
 BATCH = 1024
 HIDDEN = 256
 LAYERS = 3
-VARIANTS = {  # name: (prompt, quant bits or None, exchange bits)
-    "fp32": ("none", None, None),
-    "int4": ("none", 4, None),
-    "int4_lorap": ("lorap", 4, None),
-    "fp32_x8": ("none", None, 8),
+VARIANTS = {  # name: (prompt, quant bits or None, exchange bits, first layer's rows)
+    "fp32": ("none", None, None, "float"),
+    "int4": ("none", 4, None, "float"),
+    "int4_lorap": ("lorap", 4, None, "float"),
+    "fp32_x8": ("none", None, 8, "float"),
+    "int4_codes": ("none", 4, 8, "codes"),
+    "int4_lorap_codes": ("lorap", 4, 8, "codes"),
 }
 RUNS = [  # (variant, workers)
     ("fp32", 1),
@@ -58,6 +63,8 @@ RUNS = [  # (variant, workers)
     ("int4_lorap", 2),
     ("int4", 2),
     ("fp32_x8", 2),
+    ("int4_codes", 2),
+    ("int4_lorap_codes", 2),
 ]
 TARGETS = {
     "fp32_vs_pyg": 3.0,
@@ -214,7 +221,7 @@ def run_ours(
     from lorap_dist.config import ExperimentConfig
     from lorap_dist.distributed.trainer import run_distributed
 
-    prompt, bits, exchange_bits = VARIANTS[variant]
+    prompt, bits, exchange_bits, feature_rows = VARIANTS[variant]
     quant = {"scheme": "none"} if bits is None else {"scheme": "qat", "options": {"bits": bits}}
     experiment = ExperimentConfig.from_dict(
         {
@@ -239,6 +246,7 @@ def run_ours(
                 "eval_every": None,
                 "max_steps_per_epoch": args.steps,
                 "exchange_bits": exchange_bits,
+                "feature_rows": feature_rows,
             },
         }
     )
@@ -329,6 +337,9 @@ def main() -> None:
     fp32 = {w: runs[f"fp32@{w}"]["seeds_per_s"] for w in (1, 2)}
     int4_lorap = {w: runs[f"int4_lorap@{w}"]["seeds_per_s"] for w in (1, 2)}
     overhead = runs["int4@2"]["seeds_per_s"] / runs["int4_lorap@2"]["seeds_per_s"] - 1
+    overhead_codes = (
+        runs["int4_codes@2"]["seeds_per_s"] / runs["int4_lorap_codes@2"]["seeds_per_s"] - 1
+    )
     bytes_fp32, bytes_int8 = per_epoch("fp32@2"), per_epoch("fp32_x8@2")
     pyg_rate = pyg.get("seeds_per_s")
     checks = {
@@ -385,6 +396,11 @@ def main() -> None:
                 strict=True,
             )
         ],
+        "ours_int4_codes_seeds_per_s": {2: runs["int4_codes@2"]["seeds_per_s"]},
+        "ours_int4_lorap_codes_seeds_per_s": {2: runs["int4_lorap_codes@2"]["seeds_per_s"]},
+        "lorap_overhead_codes": overhead_codes,
+        "codes_vs_float_int4_lorap": runs["int4_lorap_codes@2"]["seeds_per_s"]
+        / runs["int4_lorap@2"]["seeds_per_s"],
         "bytes_fp32": bytes_fp32,
         "bytes_int8": bytes_int8,
         "bytes_per_step_fp32": runs["fp32@2"]["bytes_exchanged"] / measured_steps,
@@ -456,6 +472,20 @@ def write_markdown(name: str, p: dict[str, Any]) -> None:
             "",
             f"{rss['int4@2']:.2f}",
         ],
+        [
+            "ours, 2 workers, INT8 rows as codes into the first layer",
+            "INT4 QAT + LoRAP",
+            rate(p["ours_int4_lorap_codes_seeds_per_s"][2]),
+            "",
+            f"{rss['int4_lorap_codes@2']:.2f}",
+        ],
+        [
+            "ours, 2 workers, INT8 rows as codes into the first layer",
+            "INT4 QAT",
+            rate(p["ours_int4_codes_seeds_per_s"][2]),
+            "",
+            f"{rss['int4_codes@2']:.2f}",
+        ],
     ]
     reason = "" if p["pyg"].get("available") else f" PyG baseline unavailable: {p['pyg']['reason']}"
     text = f"""# Distributed training throughput (issue 7, item 8)
@@ -478,6 +508,8 @@ shared with other jobs, so figures are noisy.{reason}
 | INT4 + LoRAP, 2 workers vs PyG | {ratio("int4_lorap_vs_pyg", ">=")} |
 | LoRAP overhead (INT4 vs INT4 + LoRAP, 2 workers) | {ratio("lorap_overhead", "<=")} |
 | INT8 / FP32 exchange bytes | {ratio("int8_bytes_ratio", "<=")} |
+| LoRAP overhead, integer rows (codes, 2 workers) | {p["lorap_overhead_codes"]:.2f} |
+| INT4 + LoRAP, integer / float rows (2 workers) | {p["codes_vs_float_int4_lorap"]:.2f} |
 
 Exchange bytes are all ranks' sends per epoch, measured over {p["recipe"]["steps_per_epoch"]}
 steps and scaled to a full epoch ({p["full_epoch_steps_2w"]} steps):
