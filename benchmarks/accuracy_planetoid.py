@@ -478,10 +478,10 @@ def diagnosis_settings(args: Any) -> list[dict[str, Any]]:
     return [s for s in ablation_settings(args, "gin") if s["key"]["variant"] in chosen]
 
 
-POINTS: list[tuple[str, str, tuple[str, ...] | None]] = [
-    # (label, prompt, the quantization points at INT4; None: every point)
-    ("every point (QAT INT4 alone)", "none", None),
-    ("every point + LoRAP", "lorap", None),
+#: The points part's reference rows, taken from the main part (the same configs and seeds).
+EVERY_POINT = {"none": "every point (QAT INT4 alone)", "lorap": "every point + LoRAP"}
+POINTS: list[tuple[str, str, tuple[str, ...]]] = [
+    # (label, prompt, the quantization points at INT4)
     ("no point (full precision, same training path)", "none", ()),
     ("weights only", "none", ("weight",)),
     ("input only", "none", ("input",)),
@@ -502,7 +502,7 @@ def points_settings(args: Any) -> list[dict[str, Any]]:
             settings.append({
                 "key": key,
                 "config": experiment(dataset, "gin", "qat", 4, prompt, args.root),
-                "variant": None if points is None else "points:" + ",".join(points),
+                "variant": "points:" + ",".join(points),
                 "label": f"{dataset} gin {label}",
             })  # fmt: skip
     return settings
@@ -672,7 +672,20 @@ def ablation_reference(variant: str) -> str:
 def points_reference(variant: str) -> str:
     """A points row is compared with every point quantized; the aggregate with LoRAP with
     the aggregate alone."""
-    return "aggregate only" if variant.startswith("aggregate only +") else POINTS[0][0]
+    return "aggregate only" if variant.startswith("aggregate only +") else EVERY_POINT["none"]
+
+
+def with_every_point(points_rows: list[dict[str, Any]], main_rows: list[dict[str, Any]]) -> list:
+    """The points rows after their references, plain QAT INT4 GIN with and without LoRAP
+    from the main part."""
+    references = [
+        {**row, "variant": EVERY_POINT[row["prompt"]]}
+        for row in main_rows
+        if row["model"] == "gin" and row["scheme"] == "qat" and row["bits"] == 4
+        and row["prompt"] in EVERY_POINT
+        and any(r["dataset"] == row["dataset"] for r in points_rows)
+    ]  # fmt: skip
+    return references + points_rows
 
 
 def ablation_table(rows: list[dict[str, Any]], reference: Any = ablation_reference) -> str:
@@ -752,7 +765,8 @@ def write_report(args: Any) -> None:
     if points_rows:
         parts.append(
             "## Which rounding breaks GIN at INT4 (plain QAT, the other points at full "
-            "precision)\n\n" + ablation_table(points_rows, points_reference)
+            "precision)\n\n"
+            + ablation_table(with_every_point(points_rows, main_rows), points_reference)
         )
     if ablation_rows or diagnosis_rows:
         table = diagnosis_table(ablation_rows + diagnosis_rows)
