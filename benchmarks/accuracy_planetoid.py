@@ -481,14 +481,14 @@ def diagnosis_settings(args: Any) -> list[dict[str, Any]]:
 #: The points part's reference rows, taken from the main part (the same configs and seeds).
 EVERY_POINT = {"none": "every point (QAT INT4 alone)", "lorap": "every point + LoRAP"}
 POINTS: list[tuple[str, str, tuple[str, ...]]] = [
-    # (label, prompt, the quantization points at INT4)
-    ("no point (full precision, same training path)", "none", ()),
-    ("weights only", "none", ("weight",)),
-    ("input only", "none", ("input",)),
+    # (label, prompt, the quantization points at INT4), the most telling first
     ("aggregate only", "none", ("aggregate",)),
     ("aggregate only + LoRAP (its one rounding after the prompt)", "lorap", ("prompt",)),
-    ("hidden and output only", "none", ("hidden", "output")),
     ("every point but the aggregate", "none", ("weight", "input", "hidden", "output")),
+    ("no point (full precision, same training path)", "none", ()),
+    ("input only", "none", ("input",)),
+    ("hidden and output only", "none", ("hidden", "output")),
+    ("weights only", "none", ("weight",)),
 ]
 
 
