@@ -128,13 +128,20 @@ def layer_rows(name: str, edge_index: torch.Tensor, width: int, args: Any) -> li
     return rows
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def timing_args(doc: str) -> argparse.Namespace:
+    """``--root`` (Planetoid's raw files), ``--repeats`` and ``--threads`` (set here) of a
+    CPU timing script whose docstring is ``doc``."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     parser.add_argument("--root", default="data/planetoid", help="ROOT/<Name>/raw/ind.*")
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    return args
+
+
+def main() -> None:
+    args = timing_args(__doc__)
     rows = []
     for name, edge_index in graphs(args.root).items():
         for width in (1433, 64) if name == "Cora" else (128,):

@@ -26,7 +26,6 @@ float_ms, codes_ms, speedup) and ``benchmarks/results/integer_rows.md``.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 from typing import Any
@@ -34,7 +33,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-from aggregation import graphs, paired_ms  # noqa: E402
+from aggregation import graphs, paired_ms, timing_args  # noqa: E402
 from common import RESULTS, machine, markdown_table, write_result  # noqa: E402
 
 from lorap_dist.config import PromptConfig  # noqa: E402
@@ -74,12 +73,7 @@ def layer_rows(name: str, edge_index: torch.Tensor, width: int, args: Any) -> li
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--root", default="data/planetoid", help="ROOT/<Name>/raw/ind.*")
-    parser.add_argument("--repeats", type=int, default=9)
-    parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    args = timing_args(__doc__)
     rows = []
     for name, edge_index in graphs(args.root).items():
         rows += layer_rows(name, edge_index, 1433 if name == "Cora" else 128, args)

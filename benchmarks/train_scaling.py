@@ -434,58 +434,23 @@ def write_markdown(name: str, p: dict[str, Any]) -> None:
         return f"{value:.2f} (target {op} {p['targets'][key]}: {'met' if met else 'NOT met'})"
 
     rss = p["peak_rss_gib_per_worker"]
+
+    def line(label: str, precision: str, run: str, megabytes: str = "") -> list[str]:
+        seeds = rate(p["runs"][run]["seeds_per_s"])
+        return [label, precision, seeds, megabytes, f"{rss[run]:.2f}"]
+
+    codes = "ours, 2 workers, INT8 rows as codes into the first layer"
+    megabytes_int8 = f"{p['bytes_int8'] / 1e6:,.1f}"
     rows = [
         ["PyG NeighborLoader + SAGEConv, 1 process, 2 threads", "FP32", rate(pyg), "", ""],
-        ["ours, 1 worker", "FP32", rate(p["ours_fp32_seeds_per_s"][1]), "", f"{rss['fp32@1']:.2f}"],
-        [
-            "ours, 2 workers",
-            "FP32",
-            rate(p["ours_fp32_seeds_per_s"][2]),
-            f"{p['bytes_fp32'] / 1e6:,.1f}",
-            f"{rss['fp32@2']:.2f}",
-        ],
-        [
-            "ours, 2 workers, INT8 exchange",
-            "FP32",
-            rate(p["runs"]["fp32_x8@2"]["seeds_per_s"]),
-            f"{p['bytes_int8'] / 1e6:,.1f}",
-            f"{rss['fp32_x8@2']:.2f}",
-        ],
-        [
-            "ours, 1 worker",
-            "INT4 QAT + LoRAP",
-            rate(p["ours_int4_lorap_seeds_per_s"][1]),
-            "",
-            f"{rss['int4_lorap@1']:.2f}",
-        ],
-        [
-            "ours, 2 workers",
-            "INT4 QAT + LoRAP",
-            rate(p["ours_int4_lorap_seeds_per_s"][2]),
-            "",
-            f"{rss['int4_lorap@2']:.2f}",
-        ],
-        [
-            "ours, 2 workers",
-            "INT4 QAT",
-            rate(p["ours_int4_seeds_per_s"][2]),
-            "",
-            f"{rss['int4@2']:.2f}",
-        ],
-        [
-            "ours, 2 workers, INT8 rows as codes into the first layer",
-            "INT4 QAT + LoRAP",
-            rate(p["ours_int4_lorap_codes_seeds_per_s"][2]),
-            "",
-            f"{rss['int4_lorap_codes@2']:.2f}",
-        ],
-        [
-            "ours, 2 workers, INT8 rows as codes into the first layer",
-            "INT4 QAT",
-            rate(p["ours_int4_codes_seeds_per_s"][2]),
-            "",
-            f"{rss['int4_codes@2']:.2f}",
-        ],
+        line("ours, 1 worker", "FP32", "fp32@1"),
+        line("ours, 2 workers", "FP32", "fp32@2", f"{p['bytes_fp32'] / 1e6:,.1f}"),
+        line("ours, 2 workers, INT8 exchange", "FP32", "fp32_x8@2", megabytes_int8),
+        line("ours, 1 worker", "INT4 QAT + LoRAP", "int4_lorap@1"),
+        line("ours, 2 workers", "INT4 QAT + LoRAP", "int4_lorap@2"),
+        line("ours, 2 workers", "INT4 QAT", "int4@2"),
+        line(codes, "INT4 QAT + LoRAP", "int4_lorap_codes@2"),
+        line(codes, "INT4 QAT", "int4_codes@2"),
     ]
     reason = "" if p["pyg"].get("available") else f" PyG baseline unavailable: {p['pyg']['reason']}"
     text = f"""# Distributed training throughput (issue 7, item 8)
