@@ -58,6 +58,11 @@ _ARCH_FIELDS = (
 )
 
 
+#: The GPF-plus fact of a checkpoint written before ``prompt.gpf_support`` existed: every
+#: entry prompted, prompt not scaled by the input's RMS.
+OLD_GPF = "all entries, unscaled (written before prompt.gpf_support existed)"
+
+
 class CheckpointError(RuntimeError):
     """A checkpoint is damaged or does not fit the run; the message says which file or field."""
 
@@ -221,6 +226,11 @@ def architecture(config: dict[str, Any], dataset: dict[str, int] | None = None) 
     facts["model.norm"] = norm
     if facts["prompt.kind"] in ("lorap", "gpf_lorap"):
         facts["prompt.rounding"] = config.get("prompt", {}).get("rounding", "twice")
+    # GPF-plus's prompt changed form when ``gpf_support`` was added: it is now counted in
+    # units of the input's RMS. A checkpoint without the field holds a prompt of the old
+    # form, which no current setting reproduces.
+    if facts["prompt.kind"] in ("gpf", "gpf_lorap"):
+        facts["prompt.gpf_support"] = config.get("prompt", {}).get("gpf_support", OLD_GPF)
     options = config.get("quant", {}).get("options", {}) or {}
     for key in sorted(options):
         if "bits" in key:

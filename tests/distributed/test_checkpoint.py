@@ -12,12 +12,14 @@ import torch
 from torch import nn
 
 from lorap_dist.distributed.checkpoint import (
+    OLD_GPF,
     STATE_FILE,
     TENSORS_FILE,
     CheckpointError,
     TrainingState,
     architecture,
     capture_rng,
+    check_architecture,
     checkpoint_name,
     latest_good_checkpoint,
     load_checkpoint,
@@ -255,3 +257,18 @@ def test_rounding_and_norm_are_architecture_fields():
     assert once["prompt.rounding"] == "once"
     assert architecture({"model": {"arch": "gcn", "norm": None}})["model.norm"] == "none"
     assert "prompt.rounding" not in architecture({"prompt": {"kind": "none"}})
+
+
+def test_gpf_form_is_an_architecture_field(tmp_path):
+    """A GPF checkpoint from before ``gpf_support`` (unscaled, every entry) is refused."""
+    new = {"model": {"arch": "gcn"}, "prompt": {"kind": "gpf_lorap", "gpf_support": "nonzero"}}
+    old = {"model": {"arch": "gcn"}, "prompt": {"kind": "gpf_lorap"}}
+    assert architecture(old)["prompt.gpf_support"] == OLD_GPF
+    for setting in ("nonzero", "all"):
+        expected = architecture(new | {"prompt": new["prompt"] | {"gpf_support": setting}})
+        with pytest.raises(CheckpointError, match="prompt.gpf_support"):
+            check_architecture(architecture(old), expected, tmp_path)
+    with pytest.raises(CheckpointError, match="expected 'all', checkpoint has 'nonzero'"):
+        all_entries = architecture(new | {"prompt": new["prompt"] | {"gpf_support": "all"}})
+        check_architecture(architecture(new), all_entries, tmp_path)
+    assert "prompt.gpf_support" not in architecture({"prompt": {"kind": "lorap"}})
