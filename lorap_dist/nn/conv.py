@@ -325,6 +325,16 @@ class QuantizedConv(MessagePassing):
     """
 
     QUANT_POINTS: dict[str, str]
+    #: The points whose values are the layer's output up to a bias (at the last layer: the
+    #: model's logits). A layer that transforms before it aggregates (GCN, GAT) aggregates
+    #: its output channels; one that aggregates first (GIN, SAGE) does not.
+    TRANSFORMS_FIRST: bool = False
+
+    @property
+    def output_points(self) -> tuple[str, ...]:
+        if self.TRANSFORMS_FIRST:
+            return tuple(p for p in ("aggregate", "prompt", "output") if p in self.QUANT_POINTS)
+        return ("output",)
 
     def init_quantization(
         self,

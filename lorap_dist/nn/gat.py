@@ -76,6 +76,8 @@ class QGATConv(QuantizedConv):
           (``N_dst = N`` on a full graph)
     """
 
+    TRANSFORMS_FIRST = True
+
     def __init__(
         self,
         in_channels: int,

@@ -98,6 +98,8 @@ class QGCNConv(QuantizedConv):
         - output: ``[N_dst, out_channels]`` (``N_dst = N_src`` except on a block)
     """
 
+    TRANSFORMS_FIRST = True
+
     def __init__(
         self,
         in_channels: int,

@@ -236,3 +236,30 @@ def test_only_the_logits_skip_the_search_unless_asked(search_logits):
     logits = candidates.pop("convs.2.output")
     assert logits == ((2, 4) if search_logits else (4,))
     assert candidates and all(bits == (2, 4) for bits in candidates.values())
+
+
+@pytest.mark.parametrize(
+    ("arch", "rounding", "logit_points"),
+    [
+        ("gcn", "once", {"prompt", "output"}),
+        ("gat", "once", {"prompt", "output"}),
+        ("gcn", "twice", {"aggregate", "prompt", "output"}),
+        ("gin", "once", {"output"}),
+        ("sage", "once", {"output"}),
+    ],
+)
+def test_a_layer_that_transforms_first_keeps_its_aggregated_logits_unsearched(
+    arch, rounding, logit_points
+):
+    """GCN and GAT aggregate the last layer's logits: those points keep the widest width."""
+    prompt = PromptConfig(kind="lorap", k=2, r=1, rounding=rounding)
+    model = build_model(5, 3, ModelConfig(arch=arch, hidden=6, layers=2), prompt)
+    quantize_(model, MixQConfig(candidate_bits=(2, 4)))
+    fixed = {
+        name.removeprefix("convs.1.")
+        for name, q in quantizers_of(model)
+        if q.candidate_bits == (4,)
+    }
+    assert fixed == logit_points
+    searched = [q.candidate_bits for name, q in quantizers_of(model) if name.startswith("convs.0")]
+    assert searched and all(bits == (2, 4) for bits in searched)

@@ -65,7 +65,8 @@ def _check_scheme_parameters_learn(scheme: str, model) -> None:
     if scheme == "mixq":
         mixq = [q for q in quantizers if isinstance(q, MixQQuantizer)]
         searched = [q for q in mixq if len(q.candidate_bits) > 1]  # the logits are not
-        assert len(searched) == len(mixq) - 1
+        last = model.convs[-1]
+        assert len(searched) == len(mixq) - len(last.output_points)
         assert all(q.logits.grad.abs().sum() > 0 for q in searched)
 
 
