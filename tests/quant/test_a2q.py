@@ -301,3 +301,32 @@ def test_a_row_with_a_few_clipped_values_keeps_its_learned_step():
         quantizer.log_step[0] = math.log(0.001)  # everything clips, but in evaluation
     quantizer.eval()(row, ids)
     torch.testing.assert_close(quantizer.log_step.detach()[0].exp(), torch.tensor(0.001))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_one_pass_gradients_equal_the_reference_for_the_pair_and_the_probe(dtype):
+    """The forward's per-row sums equal :func:`local_error_gradients`, for both pairs."""
+    g = torch.Generator().manual_seed(5)
+    x = 3 * torch.randn(30, 17, generator=g, dtype=dtype)
+    x[4] = 0.0
+    pairs = []
+    for _ in range(2):
+        step = (torch.rand(30, generator=g, dtype=dtype) * 0.4 + 0.02).requires_grad_()
+        bits = torch.randint(2, 7, (30,), generator=g).to(dtype).requires_grad_()
+        pairs.append((step, bits))
+    (step, bits), (probe_step, probe_bits) = pairs
+    x.requires_grad_()
+    out = A2QFakeQuantize.apply(x, step, bits, probe_step, probe_bits)
+    torch.testing.assert_close(out, a2q_reference(x.detach(), step.detach(), bits.detach()))
+    upstream = torch.randn(out.shape, generator=g, dtype=dtype)
+    (out * upstream).sum().backward()
+    for s, b in pairs:
+        ds, db = local_error_gradients(x.detach(), s.detach(), b.detach())
+        torch.testing.assert_close(s.grad, ds)
+        torch.testing.assert_close(b.grad, db)
+        assert (ds != 0).sum() > 20 and (db != 0).any()
+    clipped = a2q_reference(x.detach(), step.detach(), bits.detach()).ne(
+        a2q_reference(x.detach(), step.detach(), torch.full_like(bits, 16.0).detach())
+    )
+    torch.testing.assert_close(x.grad, upstream.masked_fill(clipped, 0.0))
+    assert clipped.any() and (~clipped).any()

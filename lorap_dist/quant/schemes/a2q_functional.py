@@ -96,6 +96,37 @@ def _error_terms(x: Tensor, s: Tensor, bits: Tensor) -> tuple[Tensor, Tensor]:
     return ds, db
 
 
+def row_error_gradients(
+    x: Tensor, step: Tensor, bits: Tensor
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(output, clipped, dE/ds, dE/db)`` of quantizing each row of ``x`` with its
+    ``(step, bits)``: the output, the mask of the entries outside the grid, and the local
+    gradients, in one pass.
+
+    The same values as :func:`a2q_reference` and :func:`local_error_gradients` (their sums
+    in another order): inside the grid an entry adds ``|u - k|`` to ``dE/ds`` and nothing to
+    ``dE/db``; every entry above adds ``-qmax`` and every one below ``qmin`` to ``dE/ds``,
+    and each of them ``-2^(b-1) s ln 2`` to ``dE/db``, so the outside counts per row give
+    both sums.
+
+    Shapes:
+        ``x [n, c]``, ``step [n]``, ``bits [n]`` -> ``[n, c]``, ``[n, c]``, ``[n]``, ``[n]``.
+    """
+    b = torch.round(bits)
+    qmin, qmax = signed_grid(b.unsqueeze(1))
+    s = step.unsqueeze(1)
+    u = x / s
+    k = torch.round(u)
+    above, below = k > qmax, k < qmin
+    clipped = above | below
+    out = torch.clamp(k, qmin, qmax).mul_(s)
+    inside_error = u.sub_(k).abs_().masked_fill_(clipped, 0.0).sum(dim=1)
+    n_above, n_below = above.sum(dim=1, dtype=x.dtype), below.sum(dim=1, dtype=x.dtype)
+    ds = inside_error - qmax.squeeze(1) * n_above + qmin.squeeze(1) * n_below
+    db = (n_above + n_below) * (-_LN2 * step * torch.exp2(b - 1))
+    return out, clipped, ds, db
+
+
 class A2QFakeQuantize(torch.autograd.Function):
     r"""Row-wise A2Q fake quantization whose step and bits get the local L1-error gradient.
 
@@ -104,6 +135,10 @@ class A2QFakeQuantize(torch.autograd.Function):
     :func:`local_error_gradients` (the upstream gradient is not used for them); the optional
     probe pair ``(probe_step, probe_bits)`` gets the local gradient of quantizing each row
     with it, without taking part in the output (this is how the NNS pool learns).
+
+    The local gradients do not depend on the upstream gradient, so the forward takes them
+    as per-row sums (:func:`row_error_gradients`) while it has ``x / s`` at hand, and only
+    those and the clip mask are kept for the backward, not ``x``.
     """
 
     @staticmethod
@@ -115,23 +150,23 @@ class A2QFakeQuantize(torch.autograd.Function):
         probe_step: Tensor | None,
         probe_bits: Tensor | None,
     ) -> Tensor:
-        qmin, qmax = signed_grid(torch.round(bits).unsqueeze(1))
-        s = step.unsqueeze(1)
-        k = torch.round(x / s)
-        ctx.save_for_backward(x, step, bits, probe_step, probe_bits, (k >= qmin) & (k <= qmax))
-        return torch.minimum(torch.maximum(k, qmin), qmax) * s  # as a2q_reference
+        needs = ctx.needs_input_grad
+        clipped, local, probe = None, (None, None), (None, None)
+        if needs[0] or needs[1] or needs[2]:
+            out, clipped, *local = row_error_gradients(x, step, bits)
+        else:
+            out = a2q_reference(x, step, bits)
+        if probe_step is not None and (needs[3] or needs[4]):
+            _, _, *probe = row_error_gradients(x, probe_step, probe_bits)
+        ctx.save_for_backward(clipped, *local, *probe)
+        return out
 
     @staticmethod
     def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> tuple:
-        x, step, bits, probe_step, probe_bits, inside = ctx.saved_tensors
-        grad_x = grad_step = grad_bits = grad_probe_step = grad_probe_bits = None
-        if ctx.needs_input_grad[0]:
-            grad_x = grad * inside
-        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
-            grad_step, grad_bits = local_error_gradients(x, step, bits)
-        if probe_step is not None and (ctx.needs_input_grad[3] or ctx.needs_input_grad[4]):
-            grad_probe_step, grad_probe_bits = local_error_gradients(x, probe_step, probe_bits)
-        return grad_x, grad_step, grad_bits, grad_probe_step, grad_probe_bits
+        clipped, *local = ctx.saved_tensors
+        grad_x = grad.masked_fill(clipped, 0.0) if ctx.needs_input_grad[0] else None
+        needed = ctx.needs_input_grad[1:]
+        return grad_x, *(g if need else None for g, need in zip(local, needed, strict=True))
 
 
 def nearest_pool_entry(max_abs: Tensor, step: Tensor, bits: Tensor) -> Tensor:
