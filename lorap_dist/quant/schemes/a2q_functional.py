@@ -99,15 +99,16 @@ def _error_terms(x: Tensor, s: Tensor, bits: Tensor) -> tuple[Tensor, Tensor]:
 def row_error_gradients(
     x: Tensor, step: Tensor, bits: Tensor
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """``(output, clipped, dE/ds, dE/db)`` of quantizing each row of ``x`` with its
-    ``(step, bits)``: the output, the mask of the entries outside the grid, and the local
-    gradients, in one pass.
+    """``(output, inside, dE/ds, dE/db)`` of quantizing each row of ``x`` with its
+    ``(step, bits)``: the output, ``1.0`` where an entry is inside the grid and ``0.0`` where
+    it clips, and the local gradients, in one pass.
 
     The same values as :func:`a2q_reference` and :func:`local_error_gradients` (their sums
     in another order): inside the grid an entry adds ``|u - k|`` to ``dE/ds`` and nothing to
     ``dE/db``; every entry above adds ``-qmax`` and every one below ``qmin`` to ``dE/ds``,
     and each of them ``-2^(b-1) s ln 2`` to ``dE/db``, so the outside counts per row give
-    both sums.
+    both sums. The masks are floats: on the CPU, comparisons into a float tensor and
+    multiplying by it are several times faster than boolean masks and ``masked_fill``.
 
     Shapes:
         ``x [n, c]``, ``step [n]``, ``bits [n]`` -> ``[n, c]``, ``[n, c]``, ``[n]``, ``[n]``.
@@ -117,14 +118,16 @@ def row_error_gradients(
     s = step.unsqueeze(1)
     u = x / s
     k = torch.round(u)
-    above, below = k > qmax, k < qmin
-    clipped = above | below
-    out = torch.clamp(k, qmin, qmax).mul_(s)
-    inside_error = u.sub_(k).abs_().masked_fill_(clipped, 0.0).sum(dim=1)
-    n_above, n_below = above.sum(dim=1, dtype=x.dtype), below.sum(dim=1, dtype=x.dtype)
+    clipped_k = torch.minimum(k, qmax).clamp_(min=qmin)  # a broadcast clamp is slower
+    out = clipped_k * s
+    inside = torch.eq(k, clipped_k, out=torch.empty_like(u))
+    inside_error = u.sub_(k).abs_().mul_(inside).sum(dim=1)
+    n_outside = x.shape[1] - inside.sum(dim=1)
+    n_above = torch.gt(k, qmax, out=clipped_k).sum(dim=1)
+    n_below = n_outside - n_above
     ds = inside_error - qmax.squeeze(1) * n_above + qmin.squeeze(1) * n_below
-    db = (n_above + n_below) * (-_LN2 * step * torch.exp2(b - 1))
-    return out, clipped, ds, db
+    db = n_outside * (-_LN2 * step * torch.exp2(b - 1))
+    return out, inside, ds, db
 
 
 class A2QFakeQuantize(torch.autograd.Function):
@@ -151,20 +154,20 @@ class A2QFakeQuantize(torch.autograd.Function):
         probe_bits: Tensor | None,
     ) -> Tensor:
         needs = ctx.needs_input_grad
-        clipped, local, probe = None, (None, None), (None, None)
+        inside, local, probe = None, (None, None), (None, None)
         if needs[0] or needs[1] or needs[2]:
-            out, clipped, *local = row_error_gradients(x, step, bits)
+            out, inside, *local = row_error_gradients(x, step, bits)
         else:
             out = a2q_reference(x, step, bits)
         if probe_step is not None and (needs[3] or needs[4]):
             _, _, *probe = row_error_gradients(x, probe_step, probe_bits)
-        ctx.save_for_backward(clipped, *local, *probe)
+        ctx.save_for_backward(inside, *local, *probe)
         return out
 
     @staticmethod
     def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> tuple:
-        clipped, *local = ctx.saved_tensors
-        grad_x = grad.masked_fill(clipped, 0.0) if ctx.needs_input_grad[0] else None
+        inside, *local = ctx.saved_tensors
+        grad_x = grad * inside if ctx.needs_input_grad[0] else None
         needed = ctx.needs_input_grad[1:]
         return grad_x, *(g if need else None for g, need in zip(local, needed, strict=True))
 
