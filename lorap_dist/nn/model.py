@@ -93,7 +93,8 @@ class GNN(PromptedStack):
     :class:`~lorap_dist.quant.integer.QuantizedRows` (INT8 or INT4 codes with per-row
     scales, e.g. from :meth:`~lorap_dist.distributed.exchange.FeatureExchange.fetch_rows`):
     the first layer aggregates the codes with the fused op and does not round them again
-    at its ``input`` point (:class:`~lorap_dist.nn.QSAGEConv` says why), so the output is
+    at its ``input`` point
+    (:meth:`~lorap_dist.nn.conv.QuantizedConv.aggregate_input` says why), so the output is
     the stack's on ``x.dequantize()`` with that point bypassed. The stack applies no
     dropout to its input (dropout acts between layers only), so the codes reach the first
     layer as they are. GPF-plus adds a float prompt to the input features, so with it on
