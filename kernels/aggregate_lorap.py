@@ -14,7 +14,7 @@ Unfused this is :mod:`.quant_aggregate` writing the ``N x d`` fp32 aggregate and
 Fused, the LoRAP kernels of :mod:`.lorap_kernels` (launched through
 :func:`~.lorap_kernels.launch_forward` / :func:`~.lorap_kernels.launch_backward` with a
 :class:`~.lorap_kernels.Gather`) build each row block's ``h`` in registers from the gathered
-codes (:func:`~.device_functions.gather_aggregate`), so the aggregate never reaches memory;
+codes (:func:`~.device_functions.load_h`), so the aggregate never reaches memory;
 the backward kernel gathers it again rather than storing it.
 
 The aggregation (order of the sum, the division by the degree, the optional fake

@@ -36,7 +36,6 @@ except ImportError:  # no triton: CPU tensors take the pure-torch references
 
 __all__ = [
     "fake_quantize",
-    "gather_aggregate",
     "jit",
     "load_codes",
     "load_h",
@@ -95,57 +94,13 @@ def load_codes(codes_ptr, src, row_bytes, offs_d, mask, BITS: tl.constexpr):
 
 
 @jit
-def gather_aggregate(
-    codes_ptr,  # [num_src, row_bytes] int8 (BITS=8) or packed uint8 (BITS=4)
-    scale_ptr,  # [num_src] or [1] fp32, read with stride scale_stride
-    scale_stride,
-    indptr_ptr,  # [num_dst + 1] CSR offsets over the destination rows
-    indices_ptr,  # [E] source row of each edge
-    row_bytes,
-    agg_grid_ptr,  # [3] fp32 grid of the aggregate's quantizer (QUANT_AGG only)
-    agg_qmin,
-    agg_qmax,
-    rows,
-    row_mask,
-    offs_d,
-    d_mask,
-    BITS: tl.constexpr,
-    MEAN: tl.constexpr,
-    QUANT_AGG: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    BLOCK_D: tl.constexpr,
-):
-    """The fp32 ``[BLOCK_N, BLOCK_D]`` aggregate of ``rows`` (0 outside the block), built in
-    registers: every row walks its CSR edges in order (the block loops to its largest
-    degree, shorter rows masked), gathers the source codes with their scales, sums in fp32
-    and divides by the degree for ``MEAN``; ``QUANT_AGG`` then fake-quantizes the aggregate
-    on the grid at ``agg_grid_ptr``."""
-    rows64 = rows.to(tl.int64)
-    start = tl.load(indptr_ptr + rows64, mask=row_mask, other=0).to(tl.int64)
-    deg = tl.load(indptr_ptr + rows64 + 1, mask=row_mask, other=0).to(tl.int64) - start
-    h = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
-    for j in range(0, tl.max(deg, axis=0)):
-        e_mask = j < deg
-        # int64 before the stride multiply: src * row_bytes overflows int32 on big graphs.
-        src = tl.load(indices_ptr + start + j, mask=e_mask, other=0).to(tl.int64)
-        s = tl.load(scale_ptr + src * scale_stride, mask=e_mask, other=0.0)
-        q = load_codes(codes_ptr, src, row_bytes, offs_d, e_mask[:, None] & d_mask[None, :], BITS)
-        h += q * s[:, None]
-    if MEAN:
-        h = h / tl.maximum(deg, 1).to(tl.float32)[:, None]
-    if QUANT_AGG:
-        _, h = fake_quantize(h, agg_grid_ptr, agg_qmin, agg_qmax)
-    return h
-
-
-@jit
 def load_h(
     h_ptr,  # [N, d] float / int8 codes; with GATHER the source codes [num_src, row_bytes]
     in_scale_ptr,  # [N] or [1] fp32; with GATHER [num_src] or [1]
     in_scale_stride,
     indptr_ptr,  # [N + 1] CSR offsets over the rows (GATHER only)
     indices_ptr,  # [E] source row of each edge (GATHER only)
-    row_bytes,
+    row_bytes,  # int8 (BITS=8) or packed uint8 (BITS=4) bytes of a source row (GATHER only)
     agg_grid_ptr,  # [3] fp32 grid of the aggregate's quantizer (QUANT_AGG only)
     agg_qmin,
     agg_qmax,
@@ -165,15 +120,29 @@ def load_h(
     """The fp32 ``[BLOCK_N, BLOCK_D]`` tile of ``h`` for ``rows`` (0 outside the tensor).
 
     Without ``GATHER`` it is read from ``h`` (dequantized with ``in_scale`` for int8 codes).
-    With ``GATHER`` it is the quantized aggregation of :mod:`.quant_aggregate`, done in
-    registers by :func:`gather_aggregate`: no ``h`` is written.
+    With ``GATHER`` it is the quantized aggregation of :mod:`.quant_aggregate`, built in
+    registers (no ``h`` is written): every row walks its CSR edges in order (the block loops
+    to its largest degree, shorter rows masked), gathers the source codes with their scales,
+    sums in fp32 and divides by the degree for ``MEAN``; ``QUANT_AGG`` then fake-quantizes
+    the aggregate on the grid at ``agg_grid_ptr``.
     """
     if GATHER:
-        h = gather_aggregate(
-            h_ptr, in_scale_ptr, in_scale_stride, indptr_ptr, indices_ptr, row_bytes,
-            agg_grid_ptr, agg_qmin, agg_qmax, rows, row_mask, offs_d, d_mask,
-            BITS, MEAN, QUANT_AGG, BLOCK_N, BLOCK_D,
-        )  # fmt: skip
+        rows64 = rows.to(tl.int64)
+        start = tl.load(indptr_ptr + rows64, mask=row_mask, other=0).to(tl.int64)
+        deg = tl.load(indptr_ptr + rows64 + 1, mask=row_mask, other=0).to(tl.int64) - start
+        h = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+        for j in range(0, tl.max(deg, axis=0)):
+            e_mask = j < deg
+            # int64 before the stride multiply: src * row_bytes overflows int32 on big graphs.
+            src = tl.load(indices_ptr + start + j, mask=e_mask, other=0).to(tl.int64)
+            s = tl.load(in_scale_ptr + src * in_scale_stride, mask=e_mask, other=0.0)
+            q_mask = e_mask[:, None] & d_mask[None, :]
+            q = load_codes(h_ptr, src, row_bytes, offs_d, q_mask, BITS)
+            h += q * s[:, None]
+        if MEAN:
+            h = h / tl.maximum(deg, 1).to(tl.float32)[:, None]
+        if QUANT_AGG:
+            _, h = fake_quantize(h, agg_grid_ptr, agg_qmin, agg_qmax)
     else:
         tile = rows.to(tl.int64)[:, None] * d + offs_d[None, :]
         h = tl.load(h_ptr + tile, mask=row_mask[:, None] & d_mask[None, :], other=0)

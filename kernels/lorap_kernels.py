@@ -6,7 +6,7 @@ Forward, per row block (all arithmetic in fp32, whatever the storage dtype)::
 
     h      = h                      (float input)
            = codes_in * s_in        (int8 input, s_in per tensor [1] or per row [N])
-           = gathered aggregate     (GATHER, see :func:`~.device_functions.gather_aggregate`)
+           = gathered aggregate     (GATHER, see :func:`~.device_functions.load_h`)
     logits = h @ W_phi              # N x k
     w      = softmax(logits, dim=1)  # N x k
     t      = w @ P_A                 # N x r
@@ -296,7 +296,7 @@ def takes_triton(t: Tensor, d: int) -> bool:
 
 class Gather(NamedTuple):
     """Where the kernels' ``h`` comes from when it is aggregated in registers (see
-    :func:`~.device_functions.gather_aggregate`): the CSR block over the ``h`` rows, the
+    :func:`~.device_functions.load_h`): the CSR block over the ``h`` rows, the
     source codes' width, the reduction, and the aggregate's quantizer (``None``: the fp32
     aggregate is prompted)."""
 

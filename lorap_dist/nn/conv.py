@@ -392,18 +392,39 @@ class QuantizedConv(MessagePassing):
         size: Any,
         reduce: str,
     ) -> tuple[LayerInput, Tensor, Tensor | None]:
-        """``(g, h, x_dst)``: the forward's arguments read (:meth:`read_input`), the sum or
+        r"""``(g, h, x_dst)``: the forward's arguments read (:meth:`read_input`), the sum or
         mean ``h [num_dst, F]`` of the source rows over ``g``'s edges as the update step sees
         it (:meth:`quantize_aggregate`), and the destination rows for the root term (``None``
         for a pair without ``x_dst``). For SAGE and GIN.
 
         Float features pass through the ``input`` point first (:meth:`quantize_input`) and
-        are aggregated by :meth:`aggregate_rows`. :class:`QuantizedRows` are aggregated as
-        they are, by a fused op over the CSR form of ``g``'s edges (:meth:`quantize_codes`),
-        and the root term is the dequantized destination rows: the ``input`` point is not
-        applied to them. Their per-row grid is already integer, and rounding the rows a
-        second time on the point's per-tensor grid would only add error. ``g``'s ``x_src``
-        and ``x_dst`` then hold the codes.
+        are aggregated by :meth:`aggregate_rows`.
+
+        **Integer rows.** :class:`QuantizedRows` (codes ``c`` with per-row scales ``s``, e.g.
+        INT8 features as the dataset stores them, from
+        :meth:`~lorap_dist.distributed.exchange.FeatureExchange.fetch_rows`), with any graph
+        form the layer takes, are aggregated as they are, by the fused ``quant_aggregate`` op
+        over the CSR form of ``g``'s edges (:meth:`quantize_codes`): :math:`\mathbf{h}_i =
+        \sum_{j \in \mathcal{N}(i)} c_j s_j`, divided by :math:`|\mathcal{N}(i)|` for the mean.
+        The root term is the dequantized destination rows :math:`c_i s_i`; ``g``'s ``x_src``
+        and ``x_dst`` then hold the codes. The stored per-row grid wins: the ``input`` point is
+        not applied to integer rows, because a second, per-tensor rounding of values that
+        already lie on an integer grid only adds error. The result equals the layer on
+        ``rows.dequantize()`` with the ``input`` point bypassed: bit for bit on the CPU for rows
+        of at least 32 values (the op adds the same fp32 products in the same order as the
+        float path's CSR matmul), to fp32 rounding of the sums otherwise (narrower rows, which
+        the float path scatters through PyG, and the CUDA kernel; a later quantization point
+        can turn such a difference at one of its rounding boundaries into one step of its
+        grid). The codes take no gradient; the weights and LoRAP's parameters get theirs as on
+        the float path. With LoRAP on, where the ``prompt`` point can hand its grid to a kernel
+        (a per-tensor min/max fake quantizer without protected rows, as plain QAT makes, and
+        float32 parameters), aggregation, prompt and re-quantization run as one
+        ``aggregate_lorap`` op instead of ``quant_aggregate`` followed by LoRAP (on CUDA the
+        aggregate is never written out); with ``prompt.rounding="twice"`` only in evaluation,
+        when the ``aggregate`` point's stored grid can go to the op too (:meth:`fuses_prompt`).
+        On the CPU the op gives the two steps' output, observed range and gradients bit for
+        bit. Other schemes (Degree-Quant, A2Q, MixQ, per-row ranges) keep the two steps. A pair
+        of integer rows is refused.
         """
         if not isinstance(x, QuantizedRows):
             g = self.read_input(x, graph, nodes, size=size)

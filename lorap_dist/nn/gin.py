@@ -37,27 +37,14 @@ class QGINConv(QuantizedConv):
     their full-graph outputs; with a pair it uses ``x_dst``.
 
     **Integer rows.** ``x`` may also be a :class:`~lorap_dist.quant.integer.QuantizedRows`
-    (codes ``c`` with per-row scales ``s``, e.g. INT8 features as the dataset stores them, from
-    :meth:`~lorap_dist.distributed.exchange.FeatureExchange.fetch_rows`), with any graph form
-    the layer takes. The neighbour sum is then computed from the codes by the fused
-    ``quant_aggregate`` op over the CSR form of the edges, :math:`\mathbf{h}_i = \sum_{j \in
-    \mathcal{N}(i)} c_j s_j`, and the root term uses the dequantized destination rows :math:`c_i
-    s_i`. The stored per-row grid wins: :math:`Q_\text{in}` is not applied to integer rows,
-    because a second, per-tensor rounding of values that already lie on an integer grid only
-    adds error. The result equals the layer on ``rows.dequantize()`` with :math:`Q_\text{in}`
-    bypassed: bit for bit on the CPU for rows of at least 32 values (the op adds the same fp32
-    products in the same order as the float path's CSR matmul), to fp32 rounding of the sums
-    otherwise (narrower rows, which the float path scatters through PyG, and the CUDA kernel; a
-    later quantization point can turn such a difference at one of its rounding boundaries into
-    one step of its grid). The codes take no gradient; the weights and LoRAP's parameters get
-    theirs as on the float path. With LoRAP on, where the ``prompt`` point can hand its grid to
-    a kernel (a per-tensor min/max fake quantizer without protected rows, as plain QAT makes,
-    and float32 parameters), aggregation, prompt and re-quantization run as one
-    ``aggregate_lorap`` op instead of ``quant_aggregate`` followed by LoRAP (on CUDA the
-    aggregate is never written out); with ``prompt.rounding="twice"`` only in evaluation, when
-    the ``aggregate`` point's stored grid can go to the op too. On the CPU the op gives the two
-    steps' output, observed range and gradients bit for bit. Other schemes (Degree-Quant, A2Q,
-    MixQ, per-row ranges) keep the two steps. A pair of integer rows is refused.
+    (codes ``c`` with per-row scales ``s``), with any graph form the layer takes. The neighbour
+    sum is then computed from the codes by a fused op, :math:`\mathbf{h}_i = \sum_{j \in
+    \mathcal{N}(i)} c_j s_j`, the root term uses :math:`c_i s_i`, and :math:`Q_\text{in}` is
+    not applied: the result equals the layer on ``rows.dequantize()`` with :math:`Q_\text{in}`
+    bypassed, bit for bit on the CPU for rows of at least 32 values. How close it is otherwise,
+    why :math:`Q_\text{in}` is skipped and when LoRAP runs fused with the aggregation:
+    :meth:`~lorap_dist.nn.conv.QuantizedConv.aggregate_input`. A pair of integer rows is
+    refused.
 
     Quantization points (all node role): ``input`` (source rows; a pair's ``x_dst`` passes
     through it in a second call with the destination facts), ``aggregate``, ``prompt``
@@ -126,12 +113,9 @@ class QGINConv(QuantizedConv):
                 (:class:`~lorap_dist.quant.integer.QuantizedRows` of ``N`` rows, not
                 passed through the ``input`` point; see the class docstring); without ``x_dst``
                 (``None``) the ``(1 + eps)`` root term is left out, as in GINConv.
-            edge_index: the graph in any form PyG's GINConv takes: an ``edge_index [2, E]``
-                (a tensor or a :class:`torch_geometric.EdgeIndex`), a ``torch.sparse``
-                adjacency ``adj_t [N_dst, N_src]`` of ones (COO, CSR or CSC; entry
-                ``(i, j)`` is the edge ``j -> i``), or a ``torch_sparse.SparseTensor`` where
-                torch_sparse is installed; or a :class:`~lorap_dist.graph.Block` with ``x``
-                its source rows.
+            edge_index: the graph in any form PyG's GINConv takes (a sparse adjacency of
+                ones; :func:`~lorap_dist.nn.conv.layer_input` lists the forms), or a
+                :class:`~lorap_dist.graph.Block` with ``x`` its source rows.
             size: ``(N_src, N_dst)`` where the graph and ``x`` do not tell (default ``None``).
             nodes: node facts for the quantizers: a :class:`~lorap_dist.graph.NodeInfo` of
                 ``x``'s rows, or ``(nodes_src, nodes_dst)`` with a pair (default ``None``);

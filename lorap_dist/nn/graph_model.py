@@ -9,7 +9,7 @@ from torch_geometric.utils import scatter
 from lorap_dist.config import ModelConfig, PromptConfig
 from lorap_dist.graph.block import NodeInfo
 from lorap_dist.nn.linear import QLinear
-from lorap_dist.nn.model import PromptedStack, build_conv, build_norm
+from lorap_dist.nn.model import PromptedStack
 from lorap_dist.quant.base import NODE, identity_quantizers
 
 
@@ -84,16 +84,7 @@ class GraphGNN(PromptedStack):
         model: ModelConfig,
         prompt: PromptConfig | None = None,
     ) -> None:
-        super().__init__(in_channels, model, prompt, split_heads=True)
-        prompt = self.prompt_config
-        widths = [in_channels] + [model.hidden] * model.layers
-        self.convs = nn.ModuleList(
-            build_conv(model, prompt, widths[l], widths[l + 1], last=False)
-            for l in range(model.layers)
-        )
-        self.norms = nn.ModuleList(
-            build_norm(model.resolved_norm, model.hidden) for _ in self.convs
-        )
+        super().__init__(in_channels, model, prompt, out_channels=None)
         self.readout = model.readout
         self.head = GraphHead(model.hidden, model.hidden, out_channels, model.dropout)
 

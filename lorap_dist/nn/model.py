@@ -23,13 +23,16 @@ from lorap_dist.quant.integer import QuantizedRows
 
 class PromptedStack(nn.Module):
     """What the node-level and graph-level stacks share: their configs, the GPF-plus input
-    prompt, the ``node_transform`` hook and the check of GAT's head split.
+    prompt, the ``node_transform`` hook, the layers (``convs``) with the norms of the hidden
+    ones (``norms``), and the check of GAT's head split.
 
     Args:
         in_channels: input feature width.
         model: the stack's :class:`~lorap_dist.config.ModelConfig`.
         prompt: the :class:`~lorap_dist.config.PromptConfig` (default: no prompt).
-        split_heads: whether some GAT layer splits ``model.hidden`` across the heads.
+        out_channels: width of the last layer when it is the output layer (a bare
+            convolution; GAT averages its heads); ``None`` when every layer is a hidden layer
+            of width ``model.hidden``, followed by a norm.
     """
 
     def __init__(
@@ -37,11 +40,12 @@ class PromptedStack(nn.Module):
         in_channels: int,
         model: ModelConfig,
         prompt: PromptConfig | None,
-        split_heads: bool,
+        out_channels: int | None,
     ) -> None:
         super().__init__()
         prompt = prompt or PromptConfig()
-        if model.arch == "gat" and model.hidden % model.heads != 0 and split_heads:
+        hidden_layers = model.layers if out_channels is None else model.layers - 1
+        if model.arch == "gat" and model.hidden % model.heads != 0 and hidden_layers > 0:
             raise ValueError(
                 f"model.hidden={model.hidden} is not divisible by model.heads={model.heads}; "
                 "GAT's hidden layers split the hidden width across the heads."
@@ -50,6 +54,16 @@ class PromptedStack(nn.Module):
         self.prompt_config = prompt
         self.node_transform: Callable[[NodeInfo | None], NodeInfo | None] | None = None
         self.gpf = GPFPlus(in_channels, prompt.k, prompt.gpf_support) if prompt.gpf else None
+        widths = [in_channels] + [model.hidden] * hidden_layers
+        if out_channels is not None:
+            widths.append(out_channels)
+        self.convs = nn.ModuleList(
+            build_conv(model, prompt, widths[l], widths[l + 1], last=l >= hidden_layers)
+            for l in range(model.layers)
+        )
+        self.norms = nn.ModuleList(
+            build_norm(model.resolved_norm, model.hidden) for _ in range(hidden_layers)
+        )
 
     def reset_parameters(self) -> None:
         for module in self.modules():
@@ -79,7 +93,8 @@ class GNN(PromptedStack):
     :class:`~lorap_dist.quant.integer.QuantizedRows` (INT8 or INT4 codes with per-row
     scales, e.g. from :meth:`~lorap_dist.distributed.exchange.FeatureExchange.fetch_rows`):
     the first layer aggregates the codes with the fused op and does not round them again
-    at its ``input`` point (:class:`~lorap_dist.nn.QSAGEConv` says why), so the output is
+    at its ``input`` point
+    (:meth:`~lorap_dist.nn.conv.QuantizedConv.aggregate_input` says why), so the output is
     the stack's on ``x.dequantize()`` with that point bypassed. The stack applies no
     dropout to its input (dropout acts between layers only), so the codes reach the first
     layer as they are. GPF-plus adds a float prompt to the input features, so with it on
@@ -112,16 +127,7 @@ class GNN(PromptedStack):
         model: ModelConfig,
         prompt: PromptConfig | None = None,
     ) -> None:
-        super().__init__(in_channels, model, prompt, split_heads=model.layers > 1)
-        prompt = self.prompt_config
-        widths = [in_channels] + [model.hidden] * (model.layers - 1) + [out_channels]
-        self.convs = nn.ModuleList(
-            build_conv(model, prompt, widths[l], widths[l + 1], last=l == model.layers - 1)
-            for l in range(model.layers)
-        )
-        self.norms = nn.ModuleList(
-            build_norm(model.resolved_norm, model.hidden) for _ in widths[1:-1]
-        )
+        super().__init__(in_channels, model, prompt, out_channels)
         self.dropout = model.dropout
 
     def forward(
