@@ -258,6 +258,41 @@ def check_architecture(found: dict[str, Any], expected: dict[str, Any], where: P
         )
 
 
+def load_optimizer_state(
+    optimizer: torch.optim.Optimizer, saved: dict[str, Any], where: Path | str
+) -> None:
+    """Load ``saved`` into ``optimizer`` after checking that its parameter groups are the
+    ones this version builds (:func:`lorap_dist.optim.parameter_groups`: the same names
+    and sizes, in order); raise :class:`CheckpointError` naming both otherwise.
+
+    A checkpoint written when the optimizer was one Adam group over every parameter
+    has a single unnamed group; loading it would put the backbone's moments on the prompt
+    and quantizer parameters, or fail inside PyTorch with no word about the checkpoint.
+    """
+
+    def layout(groups: list[dict[str, Any]]) -> list[tuple[Any, int]]:
+        return [(group.get("name"), len(group["params"])) for group in groups]
+
+    found, expected = layout(saved.get("param_groups", [])), layout(optimizer.param_groups)
+    if found != expected:
+
+        def spell(groups: list[tuple[Any, int]]) -> str:
+            return ", ".join(f"{name or 'unnamed'} ({n} tensors)" for name, n in groups)
+
+        raise CheckpointError(
+            f"checkpoint {where} holds optimizer state for the parameter groups "
+            f"[{spell(found)}], but this run's optimizer has [{spell(expected)}]. "
+            + (
+                "It was written before the optimizer split its parameters into backbone, "
+                "prompt and quantizer groups; "
+                if len(found) == 1 and found[0][0] is None
+                else ""
+            )
+            + "resume it with the version that wrote it, or start a new run without --resume."
+        )
+    optimizer.load_state_dict(saved)
+
+
 # ---------------------------------------------------------------------------------------
 # Save / load
 # ---------------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ from lorap_dist.distributed.checkpoint import (
     checkpoint_name,
     latest_good_checkpoint,
     load_checkpoint,
+    load_optimizer_state,
     restore_rng,
     save_checkpoint,
 )
@@ -250,7 +251,7 @@ def restore_training(
             directory, expected_architecture=architecture(experiment.to_dict(), dataset_facts)
         )
     model.load_state_dict(state.model)
-    optimizer.load_state_dict(state.optimizer)
+    load_optimizer_state(optimizer, state.optimizer, directory)
     best.load_state_dict(state.extra.get("best", {}))
     return state.epoch, state.step, state.rng[rank]
 

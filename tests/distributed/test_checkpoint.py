@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 
+from lorap_dist.config import ModelConfig, PromptConfig, TrainConfig
 from lorap_dist.distributed.checkpoint import (
     OLD_GPF,
     STATE_FILE,
@@ -23,9 +24,12 @@ from lorap_dist.distributed.checkpoint import (
     checkpoint_name,
     latest_good_checkpoint,
     load_checkpoint,
+    load_optimizer_state,
     restore_rng,
     save_checkpoint,
 )
+from lorap_dist.nn import build_model
+from lorap_dist.optim import build_optimizer
 
 CONFIG = {
     "model": {"arch": "gcn", "hidden": 8, "layers": 2, "heads": 2},
@@ -272,3 +276,22 @@ def test_gpf_form_is_an_architecture_field(tmp_path):
         all_entries = architecture(new | {"prompt": new["prompt"] | {"gpf_support": "all"}})
         check_architecture(architecture(new), all_entries, tmp_path)
     assert "prompt.gpf_support" not in architecture({"prompt": {"kind": "lorap"}})
+
+
+def test_optimizer_state_of_another_group_layout_is_refused_with_both_named(tmp_path):
+    """A checkpoint from the one-group optimizer does not load into the three groups."""
+    model = build_model(
+        5, 3, ModelConfig(arch="gcn", hidden=4), PromptConfig(kind="lorap", k=2, r=1)
+    )
+    optimizer = build_optimizer(model, TrainConfig())
+    old = torch.optim.Adam(model.parameters(), lr=0.01)
+    model(torch.randn(6, 5), torch.tensor([[0, 1, 2], [1, 2, 0]])).sum().backward()
+    old.step()
+    with pytest.raises(CheckpointError, match=r"unnamed \(\d+ tensors\).*backbone.*prompt"):
+        load_optimizer_state(optimizer, old.state_dict(), tmp_path)
+    assert optimizer.state_dict()["state"] == {}  # nothing half-loaded
+    optimizer.step()
+    again = build_optimizer(model, TrainConfig())
+    load_optimizer_state(again, optimizer.state_dict(), tmp_path)
+    first = next(iter(optimizer.state.values()))["exp_avg"]
+    torch.testing.assert_close(next(iter(again.state.values()))["exp_avg"], first)
