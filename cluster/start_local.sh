@@ -7,7 +7,7 @@
 #
 # Then:  export RAY_AUTH_MODE=token
 #        ray job submit --address http://127.0.0.1:8275 --working-dir . \
-#            --runtime-env cluster/runtime_env.local.yaml -- \
+#            --runtime-env cluster/runtime_env.yaml -- \
 #            python jobs/train.py --config jobs/configs/distributed-default.yaml
 # Stop it with cluster/stop_local.sh (same RAY_TEMP_DIR).
 #
