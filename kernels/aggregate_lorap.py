@@ -33,7 +33,9 @@ CPU tensors the pure-torch path, unless :func:`~._triton.triton_on_cpu` is activ
 
 The registered ops keep their flat schemas (21 inputs for the forward); inside, the CSR block
 is a :class:`CsrBlock`, each grid a :class:`~.quant_grid.QuantGrid`, and the autograd reads
-the inputs by name (:class:`_ForwardInputs`).
+the inputs by name (:class:`_ForwardInputs`). The module is one op (reference, CPU path,
+launchers, registration and autograd beside each other, as the other ops' files are); its
+length is the three registered schemas written out.
 """
 
 from __future__ import annotations
