@@ -390,9 +390,11 @@ def test_a_mixq_trial_reports_its_frozen_models_accuracy(monkeypatch):
     monkeypatch.setattr(ray.tune, "report", lambda metrics: reports.append(metrics))
     graph = load_graph(experiment)
     result, _ = train(experiment, graph, progress=False, on_epoch=_EpochReporter(300))
-    freeze = 6  # search_fraction 0.5 of 12 epochs: the points freeze after epoch 6
-    assert result.best_epoch >= freeze
-    assert len(reports) >= freeze  # patience 1 did not stop the search early
+    # search_fraction 0.5 of 12 epochs: six epochs search (indices 0-5) and the points freeze
+    # at the end of epoch 5, before it is evaluated, so epoch 5 is the first frozen model's
+    first_frozen = 5
+    assert result.best_epoch >= first_frozen
+    assert len(reports) >= first_frozen + 1  # patience 1 did not stop the search early
     assert reports[-1]["trial_done"] and not any(r["trial_done"] for r in reports[:-1])
     assert reports[-1]["best_test_acc"] == result.test_acc
     assert reports[-1]["best_epoch"] == result.best_epoch + 1
