@@ -163,18 +163,31 @@ class _FakeQuantizeSTE(torch.autograd.Function):
     @staticmethod
     def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> tuple:
         (mask,) = ctx.saved_tensors
-        return grad * mask, None, None, None, None, None
+        return grad * mask.to(grad.dtype), None, None, None, None, None
 
 
 def _fake_quantize_codes(
     x: Tensor, scale: Tensor, zero_point: Tensor, qmin: int, qmax: int, axis: int | None
 ) -> tuple[Tensor, Tensor]:
-    """The fake-quantized ``x`` and its in-range mask, by the formulas (any dtype, device)."""
-    q, mask = quantize_codes(x, scale, zero_point, qmin, qmax, axis)
+    """The fake-quantized ``x`` and its in-range mask, by the formulas (any dtype, device).
+
+    The same operations as :func:`quantize_codes` and then ``(clamp(q) - z) * s``, done in
+    place on one buffer. On the CPU the mask is a float tensor (1 inside the grid, 0
+    outside): comparing into a float tensor, and multiplying a gradient by it, are several
+    times faster there than boolean masks, and the whole forward and backward is about five
+    times faster than PyTorch's fused ``fake_quantize_per_tensor_affine`` CPU kernel
+    (``benchmarks/scheme_speed.py``). Elsewhere the mask is boolean, a quarter of the memory.
+    """
     dtype = compute_dtype(x)
-    s = _broadcast(scale.to(x.device, torch.float32), x, axis).to(dtype)
+    scale32 = _broadcast(scale.to(x.device, torch.float32), x, axis)
     z = _broadcast(zero_point.to(x.device, dtype), x, axis)
-    return ((torch.clamp(q, qmin, qmax) - z) * s).to(x.dtype), mask
+    q = torch.mul(x.to(dtype), torch.reciprocal(scale32).to(dtype)).round_().add_(z)
+    clamped = torch.clamp(q, qmin, qmax)
+    if x.device.type == "cpu":
+        mask = torch.eq(q, clamped, out=q)  # q is not needed any more: reuse its memory
+    else:
+        mask = q == clamped
+    return clamped.sub_(z).mul_(scale32.to(dtype)).to(x.dtype), mask
 
 
 def fake_quantize_with_mask(
@@ -185,24 +198,13 @@ def fake_quantize_with_mask(
     qmax: int,
     axis: int | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """``(fake_quantize(x, ...), mask)`` without autograd, ``mask`` the boolean in-range
-    mask through which :func:`fake_quantize` passes its gradient: for autograd functions
-    that combine several quantizations of one tensor (MixQ's mixture). Same values, in one
-    pass of PyTorch's fused kernels where :func:`fake_quantize` uses them."""
+    """``(fake_quantize(x, ...), mask)`` without autograd, ``mask`` the in-range mask (1
+    inside the grid, 0 outside; float on the CPU, boolean elsewhere) through which
+    :func:`fake_quantize` passes its gradient: for autograd functions that combine several
+    quantizations of one tensor (MixQ's mixture). The same values as :func:`fake_quantize`."""
     x = x.detach()
     scale, zero_point = _parameters(x, scale, zero_point, qmin, qmax, axis)
-    if not _uses_torch_kernel(x, zero_point, qmin, qmax):
-        return _fake_quantize_codes(x, scale, zero_point, qmin, qmax, axis)
-    if axis is None:
-        return torch._fake_quantize_per_tensor_affine_cachemask_tensor_qparams(
-            x, scale.reshape(1), zero_point.reshape(1).to(torch.int32), _ENABLED, qmin, qmax
-        )
-    return torch.ops.aten.fake_quantize_per_channel_affine_cachemask(
-        x, scale, zero_point.to(torch.int32), axis % x.dim(), qmin, qmax
-    )
-
-
-_ENABLED = torch.tensor([1], dtype=torch.uint8)  # the cachemask op's fake_quant_enabled flag
+    return _fake_quantize_codes(x, scale, zero_point, qmin, qmax, axis)
 
 
 def fake_quantize(
@@ -230,16 +232,6 @@ def fake_quantize(
         module docstring for float64 per tensor).
     """
     scale, zero_point = _parameters(x, scale, zero_point, qmin, qmax, axis)
-    if _uses_torch_kernel(x, zero_point, qmin, qmax):
-        # PyTorch's fused CPU kernels: the same values and gradients in one pass (1.6x faster
-        # forward + backward on a 12 M-element input, one thread).
-        if axis is None:
-            return torch.fake_quantize_per_tensor_affine(
-                x, scale.reshape(1), zero_point.reshape(1).to(torch.int32), qmin, qmax
-            )
-        return torch.fake_quantize_per_channel_affine(
-            x, scale, zero_point.to(torch.int32), axis % x.dim(), qmin, qmax
-        )
     return _FakeQuantizeSTE.apply(x, scale, zero_point, qmin, qmax, axis)
 
 
@@ -259,17 +251,6 @@ def _parameters(
     zero_point = torch.as_tensor(zero_point, device=x.device).detach()
     _broadcast(scale, x, axis)  # the shape errors, before any kernel sees them
     return scale, zero_point
-
-
-def _uses_torch_kernel(x: Tensor, zero_point: Tensor, qmin: int, qmax: int) -> bool:
-    """Whether PyTorch's fused kernels compute this fake quantization: float32 on the CPU
-    (on GPUs checking the parameters would wait on the device at every call), integer zero
-    points inside the grid (the kernels check it), and a grid that contains 0."""
-    if x.dtype != torch.float32 or x.device.type != "cpu":
-        return False
-    if zero_point.is_floating_point() and not bool((zero_point == zero_point.round()).all()):
-        return False
-    return qmin <= 0 <= qmax and bool(((zero_point >= qmin) & (zero_point <= qmax)).all())
 
 
 class NonzeroIndex:
