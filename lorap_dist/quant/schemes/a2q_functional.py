@@ -97,8 +97,8 @@ def _error_terms(x: Tensor, s: Tensor, bits: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def row_error_gradients(
-    x: Tensor, step: Tensor, bits: Tensor
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    x: Tensor, step: Tensor, bits: Tensor, with_output: bool = True
+) -> tuple[Tensor | None, Tensor, Tensor, Tensor]:
     """``(output, inside, dE/ds, dE/db)`` of quantizing each row of ``x`` with its
     ``(step, bits)``: the output, ``1.0`` where an entry is inside the grid and ``0.0`` where
     it clips, and the local gradients, in one pass.
@@ -119,7 +119,7 @@ def row_error_gradients(
     u = x / s
     k = torch.round(u)
     clipped_k = torch.minimum(k, qmax).clamp_(min=qmin)  # a broadcast clamp is slower
-    out = clipped_k * s
+    out = clipped_k * s if with_output else None  # the probe's output is not used
     inside = torch.eq(k, clipped_k, out=torch.empty_like(u))
     inside_error = u.sub_(k).abs_().mul_(inside).sum(dim=1)
     n_outside = x.shape[1] - inside.sum(dim=1)
@@ -160,7 +160,7 @@ class A2QFakeQuantize(torch.autograd.Function):
         else:
             out = a2q_reference(x, step, bits)
         if probe_step is not None and (needs[3] or needs[4]):
-            _, _, *probe = row_error_gradients(x, probe_step, probe_bits)
+            _, _, *probe = row_error_gradients(x, probe_step, probe_bits, with_output=False)
         ctx.save_for_backward(inside, *local, *probe)
         return out
 
