@@ -40,10 +40,11 @@ RowFeatures = Features | QuantizedRows
 NodeFacts = NodeInfo | tuple[NodeInfo | None, NodeInfo | None] | None
 #: The graph forms a layer reads (a ``SparseTensor`` only where torch_sparse is installed).
 Graph = Tensor | Block | SparseTensor
-#: What a layer does with the values of a ``torch.sparse`` adjacency, as its PyG layer does:
-#: weigh the edges (GCN), ignore them (GAT), or sum or average unweighted (SAGE, GIN; any
-#: value other than 1 is refused rather than silently dropped).
-SparseValues = Literal["weights", "ignored", "ones"]
+#: What a layer does with the values of a sparse adjacency, as its PyG layer does: take them
+#: as the edges' weights for its normalisation (GCN), ignore them (GAT), or scale each
+#: message by its edge's value before the sum or mean (SAGE, GIN: PyG's ``spmm``, the mean
+#: dividing by the edge count); an adjacency of ones then reads as an unweighted graph.
+SparseValues = Literal["weights", "ignored", "scale"]
 
 _GRAPH_SIZE_NAMES = {
     "block": "the Block",
@@ -68,8 +69,9 @@ class LayerInput:
             first ``num_dst`` rows of ``x_src`` (all of them on a full graph).
         nodes_src: facts of the source rows, or ``None``.
         nodes_dst: facts of the destination rows, or ``None``.
-        edge_weight: ``[E]`` weights of the edges (the ``edge_weight`` argument, or a weighted
-            adjacency's values where the layer weighs edges), or ``None``.
+        edge_weight: ``[E]`` weights of the edges (the ``edge_weight`` argument, or a sparse
+            adjacency's values where the layer uses them: GCN always, SAGE and GIN unless all
+            are 1), or ``None``.
         form: what ``graph`` was: ``"edge_index"`` (a tensor or ``EdgeIndex``), ``"block"``,
             ``"sparse"`` (a ``torch.sparse`` adjacency) or ``"SparseTensor"``; PyG's GCN adds
             self loops differently to each.
@@ -96,7 +98,7 @@ def layer_input(
     size: tuple[int | None, int | None] | None = None,
     edge_weight: Tensor | None = None,
     pairs: bool = True,
-    sparse_values: SparseValues = "ones",
+    sparse_values: SparseValues = "scale",
 ) -> LayerInput:
     """Read a layer's arguments into a :class:`LayerInput`, checking that they fit together.
 
@@ -171,13 +173,14 @@ def layer_input(
             )
     if values is not None and sparse_values == "weights":
         edge_weight = values
-    elif values is not None and sparse_values == "ones" and form == "sparse":
-        if not bool((values == 1).all()):
+    elif values is not None and sparse_values == "scale" and not bool((values == 1).all()):
+        if values.dim() != 1 or not values.is_floating_point():
             raise ValueError(
-                f"{layer} reads a torch.sparse adjacency as an unweighted graph, but its values "
-                "are not all 1 (PyG's layer would scale the messages by them); pass an "
-                "adjacency of ones, or an edge_index with a repeated edge once per repeat."
+                f"{layer} scales each message by its edge's value in the sparse adjacency, so "
+                f"the values must be one float per edge, got {values.dtype} "
+                f"{list(values.shape)}; pass an adjacency of float edge weights."
             )
+        edge_weight = values
     nodes_src, nodes_dst = _node_facts(layer, nodes, pair, num_dst)
     return LayerInput(
         edge_index=edge_index,
@@ -445,6 +448,12 @@ class QuantizedConv(MessagePassing):
                 "float32 (.float()), or pass rows.dequantize() cast to the layer's dtype."
             )
         g = self.read_input(rows.codes, graph, nodes, size=size)
+        if g.edge_weight is not None:
+            raise ValueError(
+                f"{type(self).__name__} aggregates integer rows over unweighted edges, but the "
+                "sparse adjacency's values are not all 1; pass rows.dequantize() to scale the "
+                "messages by them, or an adjacency of ones."
+            )
         x_dst = rows.rows(slice(0, g.num_dst)).dequantize()  # [num_dst, F]
         return g, self.quantize_codes(rows, g, reduce), x_dst
 
@@ -504,12 +513,20 @@ class QuantizedConv(MessagePassing):
 
     def aggregate_rows(self, x: Tensor, g: LayerInput, reduce: str) -> Tensor:
         """``propagate``'s sum or mean of ``x``'s rows over ``g``'s edges (messages
-        ``x_j``): on the CPU as one CSR matmul (:mod:`lorap_dist.nn.aggregate`, the same
-        values and gradients), elsewhere through PyG."""
-        out = self.csr_aggregation(x, g.edge_index, g.num_dst, reduce)
+        ``x_j``, or ``w_ji x_j`` with ``g``'s edge weights, the mean still dividing by the
+        edge count as PyG's ``spmm`` does): unweighted on the CPU as one CSR matmul
+        (:mod:`lorap_dist.nn.aggregate`, the same values and gradients), otherwise through
+        PyG."""
+        out = None
+        if g.edge_weight is None:
+            out = self.csr_aggregation(x, g.edge_index, g.num_dst, reduce)
         if out is None:
-            out = self.propagate(g.edge_index, x=x, size=(g.num_src, g.num_dst))
+            size = (g.num_src, g.num_dst)
+            out = self.propagate(g.edge_index, x=x, edge_weight=g.edge_weight, size=size)
         return out
+
+    def message(self, x_j: Tensor, edge_weight: Tensor | None = None) -> Tensor:
+        return x_j if edge_weight is None else edge_weight.unsqueeze(-1) * x_j
 
     def quantize(self, point: str, x: Tensor, nodes: NodeInfo | None) -> Tensor:
         return self.quantizers[point](x, nodes)

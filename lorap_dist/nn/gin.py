@@ -30,11 +30,11 @@ class QGINConv(QuantizedConv):
 
     With identity quantizers and no LoRAP this is :class:`torch_geometric.nn.GINConv`
     whose ``nn`` is ``Sequential(Linear, ReLU, Linear)``, on every graph form GINConv takes
-    and with its bipartite ``(x_src, x_dst)`` pairs (like GINConv it takes no edge weights;
-    a ``torch.sparse`` adjacency must hold ones, where GINConv would scale the messages by
-    other values). On a :class:`~lorap_dist.graph.Block` the root term uses
-    ``x[:num_dst]``, so a block holding every in-neighbour of its destinations gives them
-    their full-graph outputs; with a pair it uses ``x_dst``.
+    and with its bipartite ``(x_src, x_dst)`` pairs (like GINConv it takes no
+    ``edge_weight``; a sparse adjacency's values scale the messages, :math:`\sum_j w_{j,i}
+    Q_\text{in}(\mathbf{x}_j)`, as in GINConv). On a :class:`~lorap_dist.graph.Block` the
+    root term uses ``x[:num_dst]``, so a block holding every in-neighbour of its
+    destinations gives them their full-graph outputs; with a pair it uses ``x_dst``.
 
     **Integer rows.** ``x`` may also be a :class:`~lorap_dist.quant.integer.QuantizedRows`
     (codes ``c`` with per-row scales ``s``), with any graph form the layer takes. The neighbour
@@ -44,7 +44,8 @@ class QGINConv(QuantizedConv):
     bypassed, bit for bit on the CPU for rows of at least 32 values. How close it is otherwise,
     why :math:`Q_\text{in}` is skipped and when LoRAP runs fused with the aggregation:
     :meth:`~lorap_dist.nn.conv.QuantizedConv.aggregate_input`. A pair of integer rows is
-    refused.
+    refused, and so is a weighted adjacency with them (the op sums unweighted; pass
+    ``rows.dequantize()``).
 
     Quantization points (all node role): ``input`` (source rows; a pair's ``x_dst`` passes
     through it in a second call with the destination facts), ``aggregate``, ``prompt``
@@ -113,9 +114,9 @@ class QGINConv(QuantizedConv):
                 (:class:`~lorap_dist.quant.integer.QuantizedRows` of ``N`` rows, not
                 passed through the ``input`` point; see the class docstring); without ``x_dst``
                 (``None``) the ``(1 + eps)`` root term is left out, as in GINConv.
-            edge_index: the graph in any form PyG's GINConv takes (a sparse adjacency of
-                ones; :func:`~lorap_dist.nn.conv.layer_input` lists the forms), or a
-                :class:`~lorap_dist.graph.Block` with ``x`` its source rows.
+            edge_index: the graph in any form PyG's GINConv takes (a sparse adjacency's
+                values scale the messages; :func:`~lorap_dist.nn.conv.layer_input` lists the
+                forms), or a :class:`~lorap_dist.graph.Block` with ``x`` its source rows.
             size: ``(N_src, N_dst)`` where the graph and ``x`` do not tell (default ``None``).
             nodes: node facts for the quantizers: a :class:`~lorap_dist.graph.NodeInfo` of
                 ``x``'s rows, or ``(nodes_src, nodes_dst)`` with a pair (default ``None``);

@@ -31,8 +31,10 @@ class QSAGEConv(QuantizedConv):
     bipartite ``(x_src, x_dst)`` pairs. On a :class:`~lorap_dist.graph.Block` the root term
     uses the destination's own row, ``x[:num_dst]``, so a block holding every in-neighbour
     of its destinations gives them their full-graph outputs; with a pair it uses ``x_dst``.
-    A ``torch.sparse`` adjacency must hold ones: SAGEConv would scale the messages by other
-    values, which this layer does not do.
+    A sparse adjacency's values scale the messages, as in SAGEConv: :math:`\mathbf{h}_i =
+    \frac{1}{|\mathcal{N}(i)|} \sum_j w_{j,i} Q_\text{in}(\mathbf{x}_j)` (the sum of the
+    scaled messages over the edge count, PyG's ``spmm`` mean); an adjacency of ones is the
+    unweighted mean.
 
     **Integer rows.** ``x`` may also be a :class:`~lorap_dist.quant.integer.QuantizedRows`
     (codes ``c`` with per-row scales ``s``), with any graph form the layer takes. The neighbour
@@ -43,7 +45,8 @@ class QSAGEConv(QuantizedConv):
     :math:`Q_\text{in}` bypassed, bit for bit on the CPU for rows of at least 32 values. How
     close it is otherwise, why :math:`Q_\text{in}` is skipped and when LoRAP runs fused with the
     aggregation: :meth:`~lorap_dist.nn.conv.QuantizedConv.aggregate_input`. A pair of integer
-    rows is refused.
+    rows is refused, and so is a weighted adjacency with them (the op sums unweighted; pass
+    ``rows.dequantize()``).
 
     Quantization points (all node role): ``input`` (source rows; a pair's ``x_dst`` passes
     through it in a second call with the destination facts), ``aggregate``, ``prompt``
@@ -99,9 +102,9 @@ class QSAGEConv(QuantizedConv):
                 (:class:`~lorap_dist.quant.integer.QuantizedRows` of ``N`` rows, not
                 passed through the ``input`` point; see the class docstring); without ``x_dst``
                 (``None``) the root term is left out, as in SAGEConv.
-            edge_index: the graph in any form PyG's SAGEConv takes (a sparse adjacency of
-                ones; :func:`~lorap_dist.nn.conv.layer_input` lists the forms), or a
-                :class:`~lorap_dist.graph.Block` with ``x`` its source rows.
+            edge_index: the graph in any form PyG's SAGEConv takes (a sparse adjacency's
+                values scale the messages; :func:`~lorap_dist.nn.conv.layer_input` lists the
+                forms), or a :class:`~lorap_dist.graph.Block` with ``x`` its source rows.
             size: ``(N_src, N_dst)`` where the graph and ``x`` do not tell (default ``None``).
             nodes: node facts for the quantizers: a :class:`~lorap_dist.graph.NodeInfo` of
                 ``x``'s rows, or ``(nodes_src, nodes_dst)`` with a pair (default ``None``);

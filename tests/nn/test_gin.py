@@ -82,6 +82,26 @@ def test_matches_pyg_ginconv_on_bipartite_pairs(form: str, dst: str) -> None:
     assert_same_outputs_and_grads(ours, theirs, NAMES, torch.randn(9, 40), run, run)
 
 
+@pytest.mark.parametrize("form", ["coo", "csr"])
+@pytest.mark.parametrize("pair", [False, True])
+def test_weighted_sparse_adjacency_matches_pyg(form: str, pair: bool) -> None:
+    """GINConv sums the messages scaled by their edges' values."""
+    ours, theirs = pyg_pair(seed=9)
+    num_src, num_dst = (9, 5) if pair else (13, 13)
+    edges = random_bipartite(9, 5, 20, seed=9) if pair else random_graph(13, 30, 9, duplicates=0)
+    weights = torch.rand(edges.size(1)) * 2 + 0.25
+    graph = graph_form(form, edges, num_src, num_dst, weights)
+
+    def run(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return module((x, x[:num_dst] * 0.5) if pair else x, graph)
+
+    assert_same_outputs_and_grads(ours, theirs, NAMES, torch.randn(num_src, 40), run, run)
+    x = torch.randn(num_src, 40)
+    inputs = (x, x[:num_dst]) if pair else x
+    unweighted = graph_form(form, edges, num_src, num_dst)
+    assert not torch.allclose(ours(inputs, graph), ours(inputs, unweighted))
+
+
 @pytest.mark.parametrize("seed", [0, 3])
 def test_full_block_equals_full_graph(seed: int) -> None:
     layer = QGINConv(6, 4, prompt=PromptConfig(kind="lorap", k=3, r=2))

@@ -195,6 +195,20 @@ def test_a_pair_of_integer_rows_is_refused():
         QSAGEConv(4, 3)((rows, None), random_graph(N, 40))
 
 
+@pytest.mark.parametrize("arch", [QSAGEConv, QGINConv])
+def test_integer_rows_over_a_weighted_adjacency_are_refused(arch):
+    """The fused op sums codes unweighted; scaling by the adjacency's values is the float
+    path's, so the layer says to dequantize rather than drop the weights."""
+    rows = features(4, 8)
+    edges = random_graph(N, 40).unique(dim=1)  # one entry per edge
+    e = edges.size(1)
+    weighted = torch.sparse_coo_tensor(edges.flip(0), torch.full((e,), 2.0), (N, N)).coalesce()
+    with pytest.raises(ValueError, match=r"values are not all 1; pass rows.dequantize\(\)"):
+        arch(4, 3)(rows, weighted)
+    ones = torch.sparse_coo_tensor(edges.flip(0), torch.ones(e), (N, N)).coalesce()
+    assert arch(4, 3)(rows, ones).shape == (N, 3)
+
+
 def test_a_float64_layer_says_how_to_take_integer_rows():
     rows = features(4, 8)
     with pytest.raises(TypeError, match=r"torch.float64 parameters .*\.float\(\)"):

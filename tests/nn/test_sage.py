@@ -88,8 +88,43 @@ def test_pair_errors_name_the_input() -> None:
         layer((x_src, x_dst), edge_index, nodes=NodeInfo())
     with pytest.raises(TypeError, match=r"size as \(num_src, num_dst\)"):
         layer((x_src, x_dst), edge_index, size=torch.ones(4))
-    with pytest.raises(ValueError, match="values are not all 1"):
-        layer((x_src, x_dst), graph_form("coo", edge_index, 6, 4, torch.full((10,), 2.0)))
+    with pytest.raises(ValueError, match="values must be one float per edge, got torch.int64"):
+        layer((x_src, x_dst), graph_form("coo", edge_index, 6, 4, torch.full((10,), 2)))
+
+
+@pytest.mark.parametrize("form", ["coo", "csr"])
+@pytest.mark.parametrize("pair", [False, True])
+@pytest.mark.parametrize("width", [6, 40])
+def test_weighted_sparse_adjacency_matches_pyg(form: str, pair: bool, width: int) -> None:
+    """SAGEConv scales each message by its edge's value and divides the sum by the edge
+    count (PyG's ``spmm`` mean), not by the summed weights."""
+    torch.manual_seed(7)
+    ours, theirs = QSAGEConv(width, 5), SAGEConv(width, 5)
+    copy_parameters(ours, theirs, NAMES)
+    num_src, num_dst = (9, 5) if pair else (13, 13)
+    edges = random_bipartite(9, 5, 20, seed=7) if pair else random_graph(13, 30, 7, duplicates=0)
+    weights = torch.rand(edges.size(1)) * 2 + 0.25
+    graph = graph_form(form, edges, num_src, num_dst, weights)
+
+    def run(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return module((x, x[:num_dst] * 0.5) if pair else x, graph)
+
+    assert_same_outputs_and_grads(ours, theirs, NAMES, torch.randn(num_src, width), run, run)
+    unweighted = graph_form(form, edges, num_src, num_dst)
+    x = torch.randn(num_src, width)
+    inputs = (x, x[:num_dst]) if pair else x
+    assert not torch.allclose(ours(inputs, graph), ours(inputs, unweighted))
+
+
+def test_an_adjacency_of_ones_reads_as_unweighted() -> None:
+    """Ones take the unweighted path (the CPU's CSR matmul), not per-edge scaling."""
+    edges = random_graph(13, 30, 8, duplicates=0).unique(dim=1)  # no entry merges two edges
+    layer = QSAGEConv(40, 3)
+    g = layer.read_input(torch.randn(13, 40), graph_form("csr", edges, 13, 13), None)
+    assert g.edge_weight is None
+    weighted = graph_form("csr", edges, 13, 13, torch.full((edges.size(1),), 0.5))
+    g = layer.read_input(torch.randn(13, 40), weighted, None)
+    assert g.edge_weight is not None and torch.all(g.edge_weight == 0.5)
 
 
 @pytest.mark.parametrize("seed", [0, 3])
