@@ -435,7 +435,9 @@ class DistConfig:
         num_workers: training workers, one per dataset partition.
         use_gpu: one GPU per worker and NCCL (else CPU and gloo).
         cpus_per_worker: CPUs Ray reserves per worker.
-        storage_path: where Ray Train keeps results and checkpoints (made absolute).
+        storage_path: where Ray Train keeps results and checkpoints: a local or mounted
+            path (made absolute), or a URI Ray's storage takes (``s3://...``, ``gs://...``),
+            passed on as given.
         name: run name (a directory under ``storage_path``); default ``lorap-<timestamp>``.
         max_failures: worker failures to recover from, each by a restart from the last
             checkpoint (``FailureConfig``); ``-1`` retries forever.
@@ -502,9 +504,24 @@ class DistConfig:
         check(self.eval_batch_size >= 1, "dist.eval_batch_size must be >= 1.")
 
     @property
+    def remote_storage(self) -> bool:
+        """Whether ``storage_path`` is a URI (``scheme://...``) rather than a path here."""
+        return "://" in self.storage_path
+
+    @property
     def storage_dir(self) -> Path:
         """``storage_path`` as an absolute path (Ray Train needs one for local storage)."""
+        if self.remote_storage:
+            raise ValueError(
+                f"dist.storage_path={self.storage_path!r} is a URI, not a path on this "
+                "machine; use storage_uri."
+            )
         return Path(self.storage_path).expanduser().resolve()
+
+    @property
+    def storage_uri(self) -> str:
+        """What Ray Train stores under: a URI as given, else :attr:`storage_dir`."""
+        return self.storage_path if self.remote_storage else str(self.storage_dir)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> DistConfig:

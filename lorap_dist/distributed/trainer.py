@@ -120,7 +120,7 @@ def build_trainer(
         ),
         run_config=RunConfig(
             name=name,
-            storage_path=str(settings.storage_dir),
+            storage_path=settings.storage_uri,
             failure_config=FailureConfig(max_failures=settings.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=settings.keep_checkpoints),
             worker_runtime_env={
@@ -178,7 +178,7 @@ def run_lock(run_dir: Path | None) -> Iterator[None]:
 
 def _local_run_dir(settings: DistConfig, name: str) -> Path | None:
     """The run directory when the storage is a local (or mounted) path, else ``None``."""
-    if "://" in str(settings.storage_path):
+    if settings.remote_storage:
         return None
     return settings.storage_dir / name
 

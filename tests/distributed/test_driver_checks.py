@@ -167,3 +167,30 @@ def test_a_full_disk_while_checkpointing_leaves_nothing_half_written(tmp_path, m
         save_checkpoint(state, tmp_path / "run" / checkpoint_name(2))
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [checkpoint_name(1)]
     assert checkpoint.latest_good_checkpoint(tmp_path / "run") == good
+
+
+def test_remote_storage_goes_to_ray_as_given(tiny_dataset, tmp_path, monkeypatch):
+    """An ``s3://`` storage path must reach Ray Train as the URI, not as a local folder named
+    ``s3:`` under the working directory; a local path is made absolute; a URI has no local
+    run directory to lock."""
+    from ray.train import RunConfig
+
+    seen = {}
+
+    def capture(*args, run_config: RunConfig, **kwargs):
+        seen["storage_path"] = run_config.storage_path
+
+    import ray.train.torch
+
+    monkeypatch.setattr(ray.train.torch, "TorchTrainer", capture)
+    monkeypatch.chdir(tmp_path)
+    remote = DistConfig(num_workers=2, storage_path="s3://bucket/runs")
+    trainer.build_trainer(experiment(tiny_dataset, [4, 4]), remote, name="r")
+    assert seen["storage_path"] == "s3://bucket/runs"
+    assert remote.remote_storage and trainer._local_run_dir(remote, "r") is None
+    with pytest.raises(ValueError, match="is a URI, not a path on this machine"):
+        _ = remote.storage_dir
+    local = DistConfig(num_workers=2, storage_path="runs")
+    trainer.build_trainer(experiment(tiny_dataset, [4, 4]), local, name="r")
+    assert seen["storage_path"] == str(tmp_path.resolve() / "runs")
+    assert trainer._local_run_dir(local, "r") == tmp_path.resolve() / "runs" / "r"
