@@ -437,7 +437,10 @@ class QuantizedConv(MessagePassing):
         if not isinstance(x, QuantizedRows):
             g = self.read_input(x, graph, nodes, size=size)
             x_src, x_dst = self.quantize_input(g)
-            h = self.aggregate_rows(x_src, g, reduce)
+            both = None
+            if not g.pair and g.edge_weight is None:  # the root rows are x_src's first rows
+                both = self.csr_aggregation.with_root(x_src, g.edge_index, g.num_dst, reduce)
+            h, x_dst = both if both is not None else (self.aggregate_rows(x_src, g, reduce), x_dst)
             return g, self.quantize_aggregate(h, g.nodes_dst), x_dst
         rows = x.check(f"{type(self).__name__}'s x")
         dtypes = {p.dtype for p in self.parameters() if p.is_floating_point()}

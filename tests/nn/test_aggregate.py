@@ -11,7 +11,7 @@ from torch_geometric.utils import scatter
 
 from lorap_dist.nn import QGINConv, QSAGEConv
 from lorap_dist.nn.aggregate import MIN_WIDTH, CSRAggregation
-from lorap_dist.testing.graphs import random_graph
+from lorap_dist.testing.graphs import random_bipartite, random_graph
 
 
 def pyg_aggregate(x: torch.Tensor, edge_index: torch.Tensor, num_dst: int, reduce: str):
@@ -113,6 +113,39 @@ def test_the_remembered_adjacency_is_neither_saved_nor_copied():
         assert clone.csr_aggregation._seen is None
 
 
+class _Propagate:
+    """Stands in for a layer's CSRAggregation where the matmul never applies."""
+
+    def __call__(self, *args):
+        return None
+
+    def with_root(self, *args):
+        return None
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("reduce", ["sum", "mean"])
+@pytest.mark.parametrize("use", ["both", "aggregate", "root"])
+def test_with_root_equals_matmul_and_slice_bit_for_bit(reduce, use):
+    """One backward for the aggregate and the root rows gives the gradient autograd sums
+    from the matmul and the slice, to the bit, whichever of the two the loss uses."""
+    edge_index = random_bipartite(30, 12, 90, seed=2)  # destinations: the first 12 sources
+    x = torch.randn(30, MIN_WIDTH)
+    a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+    agg_a, root_a = CSRAggregation().with_root(a, edge_index, 12, reduce)
+    agg_b, root_b = CSRAggregation()(b, edge_index, 12, reduce), b[:12]
+    assert torch.equal(agg_a, agg_b) and torch.equal(root_a, root_b)
+    c1, c2 = torch.randn(12, MIN_WIDTH), torch.randn(12, MIN_WIDTH)
+    for agg, root, leaf in ((agg_a, root_a, a), (agg_b, root_b, b)):
+        loss = {"both": (agg * c1).sum() + (root * c2).sum(), "aggregate": (agg * c1).sum()}
+        loss["root"] = (root * c2).sum()
+        loss[use].backward()
+        assert leaf.grad is not None
+    assert torch.equal(a.grad, b.grad)
+    x.add_(1)  # the root rows are a copy, not a view of x
+    assert not torch.equal(root_a, x[:12])
+
+
 @pytest.mark.usefixtures("one_thread")
 @pytest.mark.parametrize(
     "make", [lambda: QGINConv(MIN_WIDTH, 5, 8), lambda: QSAGEConv(MIN_WIDTH + 7, 5)]
@@ -122,7 +155,7 @@ def test_gin_and_sage_aggregate_through_it_with_their_earlier_results(make):
     torch.manual_seed(0)
     ours = make()
     theirs = copy.deepcopy(ours)
-    theirs.csr_aggregation = lambda *args: None  # propagate, as before
+    theirs.csr_aggregation = _Propagate()  # propagate and slice, as before
     edge_index = random_graph(20, 70, 1)
     x = torch.randn(20, ours.in_channels)
     a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
