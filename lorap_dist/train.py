@@ -251,7 +251,7 @@ class MiniBatchRunner(FullBatchRunner):
         batches = iter_minibatches(self.sampler, g.train_idx, self.batch_size, self.generator)
         for batch in batches:
             ids = batch.node_ids
-            x = self._to_device(g.x[ids])  # [num_src, F]
+            x = self._to_device(g.x.index_select(0, ids))  # [num_src, F]
             y = self._to_device(g.y[ids[: batch.seed_count]])
             nodes = NodeInfo(ids=self._to_device(ids), degree=self._to_device(self.degree[ids]))
             blocks = [

@@ -157,7 +157,7 @@ class FeatureExchange:
         """
         received, inverse = self._fetch_payload(global_ids, "fetch")
         rows = self._decode(received)  # [len(unique), F] float32
-        return rows[inverse.to(rows.device)]
+        return rows.index_select(0, inverse.to(rows.device))  # faster than rows[inverse]
 
     def fetch_rows(self, global_ids: Tensor) -> QuantizedRows:
         """The rows of ``global_ids`` as they travelled, integer codes with per-row scales,
@@ -180,7 +180,8 @@ class FeatureExchange:
         received, inverse = self._fetch_payload(global_ids, "fetch_rows")
         codes, scales = self._decode_codes(received)  # [len(unique), F] int8, [len(unique)]
         inverse = inverse.to(codes.device)
-        return QuantizedRows(codes[inverse], scales[inverse], 8 if self.payload == "int8" else 4)
+        bits = 8 if self.payload == "int8" else 4
+        return QuantizedRows(codes.index_select(0, inverse), scales.index_select(0, inverse), bits)
 
     def _fetch_payload(self, global_ids: Tensor, caller: str) -> tuple[Tensor, Tensor]:
         """``(received, inverse)``: the encoded rows of the sorted unique IDs, ``[unique,
@@ -234,8 +235,8 @@ class FeatureExchange:
     # -- payload encoding ------------------------------------------------------------------
 
     def _encode(self, local: Tensor) -> Tensor:
-        rows = self.features[local]
-        scales = None if self.scales is None else self.scales[local]
+        rows = self.features.index_select(0, local)
+        scales = None if self.scales is None else self.scales.index_select(0, local)
         if self.payload == "fp32":
             return rows.to(torch.float32).contiguous().view(torch.uint8)
         if self.payload == "int8" and scales is not None:
