@@ -239,8 +239,8 @@ class NeighborSampler(BaseSampler):
         Returns ``(seg, pos)``: for each drawn edge the index into ``frontier`` of its
         destination (non-decreasing) and its CSR position.
         """
-        start = self.indptr[frontier]
-        deg = self.indptr[frontier + 1] - start
+        start = self.indptr.index_select(0, frontier)
+        deg = self.indptr.index_select(0, frontier + 1) - start
         if fanout < 0:
             count = deg
         elif self.replace:
@@ -251,16 +251,19 @@ class NeighborSampler(BaseSampler):
         seg = torch.repeat_interleave(
             torch.arange(frontier.numel(), device=self.device), count, output_size=total
         )
-        offset = torch.arange(total, device=self.device) - (torch.cumsum(count, 0) - count)[seg]
+        first = torch.cumsum(count, 0) - count
+        offset = torch.arange(total, device=self.device) - first.index_select(0, seg)
         if fanout >= 0 and self.replace:
-            offset = (_uniform(total, generator, self.device) * deg[seg]).long()
-            offset = torch.minimum(offset, deg[seg] - 1)
+            edge_deg = deg.index_select(0, seg)
+            offset = (_uniform(total, generator, self.device) * edge_deg).long()
+            offset = torch.minimum(offset, edge_deg - 1)
         elif fanout >= 0:
             over_full = deg > fanout
             if bool(over_full.any()):
                 draw = _floyd_offsets if fanout <= FLOYD_MAX_FANOUT else _sorted_key_offsets
-                offset[over_full[seg]] = draw(deg[over_full], fanout, generator).view(-1)
-        return seg, start[seg] + offset
+                drawn = draw(deg[over_full], fanout, generator).view(-1)
+                offset[over_full.index_select(0, seg)] = drawn
+        return seg, start.index_select(0, seg) + offset
 
     def sample(self, seeds: Tensor, generator: torch.Generator | None = None) -> HopSample:
         """Sample the multi-hop neighbourhood of ``seeds`` as flat hop-ordered tensors."""
@@ -274,15 +277,18 @@ class NeighborSampler(BaseSampler):
         frontier, frontier_start, total = seeds, 0, seeds.numel()
         for hop, fanout in enumerate(self.fanouts):
             seg, pos = self._sample_neighbors(frontier, fanout, generator)
-            neighbor = self.indices[pos].long()
+            neighbor = self.indices.index_select(0, pos)
+            if self.num_nodes <= torch.iinfo(torch.int32).max:  # int32 sorts 1.7x faster
+                neighbor = neighbor.to(torch.int32)
             unique, inverse = torch.unique(neighbor, return_inverse=True)
+            unique = unique.long()
             at = torch.searchsorted(sorted_ids, unique).clamp_(max=sorted_ids.numel() - 1)
-            seen = sorted_ids[at] == unique
-            new = unique[~seen]  # sorted, so feature gathers of a hop walk x forwards
-            local = torch.empty_like(unique)
-            local[seen] = sorted_local[at[seen]]
-            local[~seen] = torch.arange(total, total + new.numel(), device=self.device)
-            rows.append(local[inverse])
+            unseen = sorted_ids.index_select(0, at) != unique
+            new = unique[unseen]  # sorted, so feature gathers of a hop walk x forwards
+            # Seen nodes keep their index; the new ones take total, total + 1, ... in order.
+            fresh = torch.cumsum(unseen, 0).add_(total - 1)
+            local = torch.where(unseen, fresh, sorted_local.index_select(0, at))
+            rows.append(local.index_select(0, inverse))
             cols.append(seg + frontier_start)
             edges.append(pos)
             nodes.append(new)
@@ -291,7 +297,8 @@ class NeighborSampler(BaseSampler):
             frontier, frontier_start, total = new, total, total + new.numel()
             if hop + 1 < len(self.fanouts):
                 sorted_ids, order = torch.sort(torch.cat([sorted_ids, new]))
-                sorted_local = torch.cat([sorted_local, local[~seen]])[order]
+                added = torch.arange(total - new.numel(), total, device=self.device)
+                sorted_local = torch.cat([sorted_local, added]).index_select(0, order)
         return HopSample(
             node=torch.cat(nodes),
             row=torch.cat(rows),
