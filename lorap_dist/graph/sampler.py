@@ -282,12 +282,17 @@ class NeighborSampler(BaseSampler):
                 neighbor = neighbor.to(torch.int32)
             unique, inverse = torch.unique(neighbor, return_inverse=True)
             unique = unique.long()
-            at = torch.searchsorted(sorted_ids, unique).clamp_(max=sorted_ids.numel() - 1)
-            unseen = sorted_ids.index_select(0, at) != unique
+            # Which of them the sample holds: look its (fewer) sorted IDs up among them.
+            at = torch.searchsorted(unique, sorted_ids).clamp_(max=max(unique.numel() - 1, 0))
+            hit = unique.index_select(0, at) == sorted_ids if unique.numel() else at < 0
+            unseen = torch.ones_like(unique, dtype=torch.bool)
+            known = torch.empty_like(unique)
+            unseen[at[hit]] = False
+            known[at[hit]] = sorted_local[hit]
             new = unique[unseen]  # sorted, so feature gathers of a hop walk x forwards
             # Seen nodes keep their index; the new ones take total, total + 1, ... in order.
             fresh = torch.cumsum(unseen, 0).add_(total - 1)
-            local = torch.where(unseen, fresh, sorted_local.index_select(0, at))
+            local = torch.where(unseen, fresh, known)
             rows.append(local.index_select(0, inverse))
             cols.append(seg + frontier_start)
             edges.append(pos)
