@@ -42,6 +42,16 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
+def write_report(name: str, intro: str, header: Sequence[str], rows: Sequence[Sequence[Any]],
+                 after: str = "") -> str:  # fmt: skip
+    """Write ``benchmarks/results/<name>.md``, ``intro``, the table and ``after``, and print
+    it; returns the text."""
+    text = f"{intro}\n\n{markdown_table(header, rows)}\n{after}"
+    (RESULTS / f"{name}.md").write_text(text)
+    print(text)
+    return text
+
+
 def scheme_options(scheme: str, bits: int) -> dict[str, Any]:
     """The options that make ``scheme`` an INT``bits`` run in the accuracy benchmarks: the
     bit width for qat and degree_quant; A2Q learned bits from ``bits`` with that memory

@@ -26,7 +26,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-from common import RESULTS, machine, markdown_table, write_result  # noqa: E402
+from common import machine, write_report, write_result  # noqa: E402
 
 from lorap_dist.quant.fake_quant import calculate_qparams, fake_quantize  # noqa: E402
 
@@ -90,7 +90,10 @@ def main() -> None:
         rows.append(measure(shape, args.repeats))
         print(rows[-1], flush=True)
     write_result("fake_quant", {"machine": machine(), "repeats": args.repeats, "rows": rows})
-    table = markdown_table(
+    write_report(
+        "fake_quant",
+        f"Forward + backward of INT4 per-tensor fake quantization, float32, median of "
+        f"{args.repeats} repeats, {args.threads} thread(s).",
         ["shape", "ours, ms", "PyTorch kernel, ms", "speedup", "bit-equal"],
         [
             [
@@ -103,12 +106,6 @@ def main() -> None:
             for r in rows
         ],  # fmt: skip
     )
-    text = (
-        f"Forward + backward of INT4 per-tensor fake quantization, float32, median of "
-        f"{args.repeats} repeats, {args.threads} thread(s).\n\n{table}\n"
-    )
-    (RESULTS / "fake_quant.md").write_text(text)
-    print(text)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from common import RESULTS, machine, markdown_table, write_result  # noqa: E402
+from common import machine, write_report, write_result  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
@@ -93,16 +93,13 @@ def main() -> None:
         },
     )
     keys = ["storage", "dtype", "indexing_ms", "index_select_ms", "speedup", "equal"]
-    table = markdown_table(
+    write_report(
+        "gather",
+        f"{args.rows:,} sorted random rows of {args.nodes:,} x {args.features}, median of "
+        f"{args.repeats} repeats, {args.threads} thread(s).",
         ["storage", "dtype", "x[ids] (ms)", "x.index_select(0, ids) (ms)", "speedup", "equal"],
         [[r[k] for k in keys] for r in rows],
     )
-    text = (
-        f"{args.rows:,} sorted random rows of {args.nodes:,} x {args.features}, median of "
-        f"{args.repeats} repeats, {args.threads} thread(s).\n\n{table}\n"
-    )
-    (RESULTS / "gather.md").write_text(text)
-    print(text)
 
 
 if __name__ == "__main__":

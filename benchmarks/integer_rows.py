@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 from aggregation import graphs, paired_ms, timing_args  # noqa: E402
-from common import RESULTS, machine, markdown_table, write_result  # noqa: E402
+from common import machine, write_report, write_result  # noqa: E402
 
 from lorap_dist.config import PromptConfig  # noqa: E402
 from lorap_dist.nn import QGINConv, QSAGEConv  # noqa: E402
@@ -78,19 +78,16 @@ def main() -> None:
     for name, edge_index in graphs(args.root).items():
         rows += layer_rows(name, edge_index, 1433 if name == "Cora" else 128, args)
     write_result("integer_rows", {"machine": machine(), "args": vars(args), "rows": rows})
-    table = markdown_table(
+    write_report(
+        "integer_rows",
+        f"Forward + backward of one layer (output width 64), median of {args.repeats}, "
+        f"{args.threads} thread(s), {machine()['torch']}.",
         ["graph", "width", "layer", "QAT", "prompt", "float rows (ms)", "INT8 codes (ms)",
          "speed-up"],
         [[r["graph"], r["width"], r["layer"], f"INT{r['bits']}", r["prompt"],
           f"{r['float_ms']:.1f}", f"{r['codes_ms']:.1f}", f"{r['speedup']:.2f}x"]
          for r in rows],
     )  # fmt: skip
-    text = (
-        f"Forward + backward of one layer (output width 64), median of {args.repeats}, "
-        f"{args.threads} thread(s), {machine()['torch']}.\n\n{table}\n"
-    )
-    (RESULTS / "integer_rows.md").write_text(text)
-    print(text)
 
 
 if __name__ == "__main__":

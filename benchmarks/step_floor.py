@@ -44,7 +44,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-from common import RESULTS, machine, markdown_table, write_result  # noqa: E402
+from common import RESULTS, machine, write_report, write_result  # noqa: E402
 
 from lorap_dist.graph.block import Block  # noqa: E402
 from lorap_dist.nn.aggregate import CSRAggregation  # noqa: E402
@@ -209,23 +209,25 @@ def main() -> None:
         ["aggregations alone (spmm)", f"{med['spmm']:.3f}", f"{med['spmm'] / med['ours']:.2f}"],
         ["floor: gemm + spmm", f"{floor:.3f}", f"{floor / med['ours']:.2f}"],
     ]
-    table = markdown_table(["", "seconds (median)", "share of our step"], rows)
-    text = (
-        f"Blocks (src, dst, edges), input layer first: {sizes}; layers (in, out): {layers}; "
-        f"{args.threads} thread(s), {args.repeats} repeats taking turns. The dense matmuls do "
-        f"{flops / 1e9:.1f} GFLOP ({flops / 1e9 / med['gemm']:.0f} GFLOP/s).\n\n{table}\n"
-    )
+    after = ""
     if target_share is not None:
         share = floor / med["ours"]
         verdict = "below" if target_share < share else "above"
-        text += (
+        after = (
             f"\nIn `sampler.json`'s run DGL's step took {dgl_step:.3f} s and ours "
             f"{recorded_ours:.3f} s, so 1.5x faster than DGL is {target:.3f} s, "
             f"{target_share:.2f} of our step: {verdict} the share the step's matmuls alone take "
             f"in this run ({share:.2f}).\n"
         )
-    (RESULTS / "step_floor.md").write_text(text)
-    print(text)
+    write_report(
+        "step_floor",
+        f"Blocks (src, dst, edges), input layer first: {sizes}; layers (in, out): {layers}; "
+        f"{args.threads} thread(s), {args.repeats} repeats taking turns. The dense matmuls do "
+        f"{flops / 1e9:.1f} GFLOP ({flops / 1e9 / med['gemm']:.0f} GFLOP/s).",
+        ["", "seconds (median)", "share of our step"],
+        rows,
+        after,
+    )
 
 
 if __name__ == "__main__":
