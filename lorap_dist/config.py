@@ -506,7 +506,7 @@ class DistConfig:
     @property
     def remote_storage(self) -> bool:
         """Whether ``storage_path`` is a URI (``scheme://...``) rather than a path here."""
-        return "://" in self.storage_path
+        return "://" in str(self.storage_path)
 
     @property
     def storage_dir(self) -> Path:
@@ -521,7 +521,7 @@ class DistConfig:
     @property
     def storage_uri(self) -> str:
         """What Ray Train stores under: a URI as given, else :attr:`storage_dir`."""
-        return self.storage_path if self.remote_storage else str(self.storage_dir)
+        return str(self.storage_path) if self.remote_storage else str(self.storage_dir)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> DistConfig:

@@ -226,6 +226,18 @@ def test_sweep_file_reads_base_relative_to_itself(tmp_path):
         load_sweep(path)
 
 
+def test_relative_paths_are_made_absolute_but_uris_are_kept(tmp_path, monkeypatch):
+    from lorap_dist.tune.space import resolve_paths
+
+    monkeypatch.chdir(tmp_path)
+    config = {"data": {"root": "data"}, "dist": {"storage_path": "s3://bucket/runs"}}
+    resolved = resolve_paths(config, nested=True)
+    assert resolved["dist"]["storage_path"] == "s3://bucket/runs"
+    assert resolved["data"]["root"] == str(tmp_path.resolve() / "data")
+    flat = resolve_paths({"dist.storage_path": "gs://b/r", "data.root": "d"})
+    assert flat == {"dist.storage_path": "gs://b/r", "data.root": str(tmp_path.resolve() / "d")}
+
+
 def test_concurrency_follows_resources_per_trial():
     base = SweepConfig(name="s", base=BASE).base
     single = trial_resources(experiment_config(base, {}, 0), cpus_per_trial=1)

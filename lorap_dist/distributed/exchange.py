@@ -235,6 +235,7 @@ class FeatureExchange:
     # -- payload encoding ------------------------------------------------------------------
 
     def _encode(self, local: Tensor) -> Tensor:
+        local = local.to(self.features.device)
         rows = self.features.index_select(0, local)
         scales = None if self.scales is None else self.scales.index_select(0, local)
         if self.payload == "fp32":

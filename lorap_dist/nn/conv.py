@@ -42,8 +42,10 @@ NodeFacts = NodeInfo | tuple[NodeInfo | None, NodeInfo | None] | None
 Graph = Tensor | Block | SparseTensor
 #: What a layer does with the values of a sparse adjacency, as its PyG layer does: take them
 #: as the edges' weights for its normalisation (GCN), ignore them (GAT), or scale each
-#: message by its edge's value before the sum or mean (SAGE, GIN: PyG's ``spmm``, the mean
-#: dividing by the edge count); an adjacency of ones then reads as an unweighted graph.
+#: message by its edge's value before the sum or mean (SAGE, GIN: PyG's ``spmm`` on a
+#: ``torch.sparse`` adjacency, repeated entries merged and the mean dividing by the edge
+#: count; an adjacency of ones reads as an unweighted graph, and a ``SparseTensor``'s values
+#: are dropped, as SAGEConv and GINConv drop them).
 SparseValues = Literal["weights", "ignored", "scale"]
 
 _GRAPH_SIZE_NAMES = {
@@ -113,6 +115,8 @@ def layer_input(
     """
     x_src, x_dst, pair = _features(layer, x, pairs)
     num_src = x_src.size(0)
+    if sparse_values == "scale" and isinstance(graph, Tensor) and graph.layout == torch.sparse_coo:
+        graph = graph.coalesce()  # PyG's spmm merges repeated entries, weights summed
     edge_index, implied, form, values = _adjacency(layer, graph)
     if pair and form == "block":
         raise TypeError(
@@ -173,7 +177,12 @@ def layer_input(
             )
     if values is not None and sparse_values == "weights":
         edge_weight = values
-    elif values is not None and sparse_values == "scale" and not bool((values == 1).all()):
+    elif (
+        values is not None
+        and sparse_values == "scale"
+        and form == "sparse"
+        and not bool((values == 1).all())
+    ):
         if values.dim() != 1 or not values.is_floating_point():
             raise ValueError(
                 f"{layer} scales each message by its edge's value in the sparse adjacency, so "
@@ -406,7 +415,10 @@ class QuantizedConv(MessagePassing):
         for a pair without ``x_dst``). For SAGE and GIN.
 
         Float features pass through the ``input`` point first (:meth:`quantize_input`) and
-        are aggregated by :meth:`aggregate_rows`.
+        are aggregated by :meth:`aggregate_rows`; where the destinations are the first
+        source rows and the CSR matmul applies, the aggregate and the root rows come from
+        one op whose backward sums both gradients in one pass
+        (:meth:`~lorap_dist.nn.aggregate.CSRAggregation.with_root`).
 
         **Integer rows.** :class:`QuantizedRows` (codes ``c`` with per-row scales ``s``, e.g.
         INT8 features as the dataset stores them, from

@@ -31,10 +31,11 @@ class QGINConv(QuantizedConv):
     With identity quantizers and no LoRAP this is :class:`torch_geometric.nn.GINConv`
     whose ``nn`` is ``Sequential(Linear, ReLU, Linear)``, on every graph form GINConv takes
     and with its bipartite ``(x_src, x_dst)`` pairs (like GINConv it takes no
-    ``edge_weight``; a sparse adjacency's values scale the messages, :math:`\sum_j w_{j,i}
-    Q_\text{in}(\mathbf{x}_j)`, as in GINConv). On a :class:`~lorap_dist.graph.Block` the
-    root term uses ``x[:num_dst]``, so a block holding every in-neighbour of its
-    destinations gives them their full-graph outputs; with a pair it uses ``x_dst``.
+    ``edge_weight``; a ``torch.sparse`` adjacency's values scale the messages, :math:`\sum_j
+    w_{j,i} Q_\text{in}(\mathbf{x}_j)`, and a ``SparseTensor``'s are dropped, as in GINConv).
+    On a :class:`~lorap_dist.graph.Block` the root term uses ``x[:num_dst]``, so a block
+    holding every in-neighbour of its destinations gives them their full-graph outputs; with
+    a pair it uses ``x_dst``.
 
     **Integer rows.** ``x`` may also be a :class:`~lorap_dist.quant.integer.QuantizedRows`
     (codes ``c`` with per-row scales ``s``), with any graph form the layer takes. The neighbour

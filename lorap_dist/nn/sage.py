@@ -31,10 +31,11 @@ class QSAGEConv(QuantizedConv):
     bipartite ``(x_src, x_dst)`` pairs. On a :class:`~lorap_dist.graph.Block` the root term
     uses the destination's own row, ``x[:num_dst]``, so a block holding every in-neighbour
     of its destinations gives them their full-graph outputs; with a pair it uses ``x_dst``.
-    A sparse adjacency's values scale the messages, as in SAGEConv: :math:`\mathbf{h}_i =
-    \frac{1}{|\mathcal{N}(i)|} \sum_j w_{j,i} Q_\text{in}(\mathbf{x}_j)` (the sum of the
-    scaled messages over the edge count, PyG's ``spmm`` mean); an adjacency of ones is the
-    unweighted mean.
+    A ``torch.sparse`` adjacency's values scale the messages, as in SAGEConv:
+    :math:`\mathbf{h}_i = \frac{1}{|\mathcal{N}(i)|} \sum_j w_{j,i} Q_\text{in}(\mathbf{x}_j)`
+    (the sum of the scaled messages over the edge count, PyG's ``spmm`` mean, repeated entries
+    merged); an adjacency of ones is the unweighted mean, and a ``SparseTensor``'s values are
+    dropped, as SAGEConv drops them.
 
     **Integer rows.** ``x`` may also be a :class:`~lorap_dist.quant.integer.QuantizedRows`
     (codes ``c`` with per-row scales ``s``), with any graph form the layer takes. The neighbour

@@ -377,8 +377,9 @@ def resolve_paths(data: dict[str, Any], nested: bool = False) -> dict[str, Any]:
 
 
 def _absolute(path: str, value: Any) -> Any:
-    """``value`` made an absolute path when ``path`` is one of :data:`PATH_FIELDS`."""
-    if path in PATH_FIELDS and isinstance(value, str):
+    """``value`` made an absolute path when ``path`` is one of :data:`PATH_FIELDS` (a URI
+    such as ``s3://...`` stays as it is)."""
+    if path in PATH_FIELDS and isinstance(value, str) and "://" not in value:
         return str(Path(value).expanduser().resolve())
     return value
 

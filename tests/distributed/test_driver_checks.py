@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -190,6 +192,7 @@ def test_remote_storage_goes_to_ray_as_given(tiny_dataset, tmp_path, monkeypatch
     assert remote.remote_storage and trainer._local_run_dir(remote, "r") is None
     with pytest.raises(ValueError, match="is a URI, not a path on this machine"):
         _ = remote.storage_dir
+    assert DistConfig(storage_path=Path("runs")).storage_uri == str(tmp_path.resolve() / "runs")
     local = DistConfig(num_workers=2, storage_path="runs")
     trainer.build_trainer(experiment(tiny_dataset, [4, 4]), local, name="r")
     assert seen["storage_path"] == str(tmp_path.resolve() / "runs")

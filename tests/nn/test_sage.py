@@ -116,6 +116,21 @@ def test_weighted_sparse_adjacency_matches_pyg(form: str, pair: bool, width: int
     assert not torch.allclose(ours(inputs, graph), ours(inputs, unweighted))
 
 
+@pytest.mark.parametrize("weighted", [False, True])
+def test_repeated_entries_of_an_uncoalesced_adjacency_merge_as_in_pyg(weighted: bool) -> None:
+    """PyG's spmm sums a repeated entry's weights and counts it once in the mean; the
+    caller's tensor is left as it was."""
+    torch.manual_seed(10)
+    ours, theirs = QSAGEConv(40, 3), SAGEConv(40, 3)
+    copy_parameters(ours, theirs, NAMES)
+    index = torch.tensor([[0, 0, 1, 2, 0], [1, 1, 0, 0, 2]])  # (dst, src); (0, 1) twice
+    values = torch.tensor([0.5, 2.0, 1.0, 3.0, 1.5]) if weighted else torch.ones(5)
+    adj = torch.sparse_coo_tensor(index, values, (3, 3))
+    x = torch.randn(3, 40)
+    torch.testing.assert_close(ours(x, adj), theirs(x, adj))
+    assert not adj.is_coalesced()
+
+
 def test_an_adjacency_of_ones_reads_as_unweighted() -> None:
     """Ones take the unweighted path (the CPU's CSR matmul), not per-edge scaling."""
     edges = random_graph(13, 30, 8, duplicates=0).unique(dim=1)  # no entry merges two edges
