@@ -21,11 +21,12 @@ little anyway, so they go through PyG. The two CSR matrices are
 built once per ``edge_index`` tensor and remembered while it is alive and unchanged (a
 full-graph run passes the same one every step).
 
-SAGE and GIN also read their destinations' own rows ``x[:num_dst]`` (the root term).
-:meth:`CSRAggregation.with_root` hands them out with the aggregate and adds their gradient
-into the matmul's in place, where autograd would fill a zero ``[num_src, d]`` gradient for
-the slice and add the two: the same sums, two fewer passes over the step's largest tensor
-(about 10% of a sampled 3-layer SAGE step on one core, ``benchmarks/step_floor.py``).
+SAGE and GIN also read their destinations' own rows ``x[:num_dst]`` (the root term). On a
+sampled block, :meth:`CSRAggregation.with_root` hands them out with the aggregate (a copy;
+on a full graph, where they are all of ``x``, the layer slices as before) and adds their
+gradient into the matmul's in place, where autograd would fill a zero ``[num_src, d]``
+gradient for the slice and add the two: the same sums, two fewer passes over the step's
+largest tensor (5-10% of a sampled 3-layer SAGE step on one core, ``step_floor``).
 """
 
 from __future__ import annotations
@@ -139,8 +140,10 @@ class CSRAggregation:
     ) -> tuple[Tensor, Tensor] | None:
         """``(aggregate, x[:num_dst])`` as :meth:`__call__` and slicing give them (the root
         rows a copy), with the two gradients into ``x`` summed in one pass
-        (:class:`_MatmulWithRoot`); ``None`` where the matmul does not apply."""
-        if not self.applies(x, edge_index, reduce):
+        (:class:`_MatmulWithRoot`); ``None`` where the matmul does not apply, or where the
+        root is all of ``x`` (a full graph), whose copy would cost more memory than the pass
+        saves."""
+        if num_dst >= x.size(0) or not self.applies(x, edge_index, reduce):
             return None
         adjacency = self._adjacency(edge_index, x.size(0), num_dst, x.dtype)
         out, root = _MatmulWithRoot.apply(x.contiguous(), adjacency, num_dst)

@@ -144,6 +144,8 @@ def test_with_root_equals_matmul_and_slice_bit_for_bit(reduce, use):
     assert torch.equal(a.grad, b.grad)
     x.add_(1)  # the root rows are a copy, not a view of x
     assert not torch.equal(root_a, x[:12])
+    # A full graph's root is all of x: no copy, the caller slices as before.
+    assert CSRAggregation().with_root(x, random_graph(30, 90, 2), 30, reduce) is None
 
 
 @pytest.mark.usefixtures("one_thread")
