@@ -287,8 +287,9 @@ class NeighborSampler(BaseSampler):
             hit = unique.index_select(0, at) == sorted_ids if unique.numel() else at < 0
             unseen = torch.ones_like(unique, dtype=torch.bool)
             known = torch.empty_like(unique)
-            unseen[at[hit]] = False
-            known[at[hit]] = sorted_local[hit]
+            found = at[hit]  # their positions among the unique neighbours
+            unseen[found] = False
+            known[found] = sorted_local[hit]
             new = unique[unseen]  # sorted, so feature gathers of a hop walk x forwards
             # Seen nodes keep their index; the new ones take total, total + 1, ... in order.
             fresh = torch.cumsum(unseen, 0).add_(total - 1)
