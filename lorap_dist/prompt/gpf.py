@@ -7,6 +7,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+from lorap_dist.prompt.streams import forked_stream
+
 
 class GPFPlus(nn.Module):
     r"""GPF-plus, from `"Universal Prompt Tuning for Graph Neural Networks"
@@ -38,7 +40,9 @@ class GPFPlus(nn.Module):
     ``P`` starts at exactly zero so that an untrained prompted model equals its backbone:
     adding the prompt to a trained (or quantized) model does not move its predictions until
     the prompt learns something. ``W`` starts Glorot-uniform so the gradient of ``P`` is
-    non-zero from the first step. Parameters: ``2 * d * k``.
+    non-zero from the first step, drawn from a fork of the random stream so that the
+    backbone's initial weights do not depend on whether the prompt is there. Parameters:
+    ``2 * d * k``.
 
     Args:
         channels: feature width ``d``.
@@ -65,8 +69,10 @@ class GPFPlus(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        bound = math.sqrt(6.0 / (self.channels + self.k))
-        nn.init.uniform_(self.weight, -bound, bound)
+        """Glorot-uniform ``W`` (from a fork of the random stream, as LoRAP's), zero ``P``."""
+        with forked_stream(self.weight):
+            bound = math.sqrt(6.0 / (self.channels + self.k))
+            nn.init.uniform_(self.weight, -bound, bound)
         nn.init.zeros_(self.bases)
 
     def forward(self, x: Tensor) -> Tensor:

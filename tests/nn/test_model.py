@@ -51,6 +51,33 @@ def test_untrained_prompt_equals_the_backbone(arch: str, kind: str) -> None:
 
 
 @pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("kind", ["lorap", "gpf", "gpf_lorap"])
+def test_a_prompt_leaves_the_backbone_and_the_training_draws_as_they_are(
+    arch: str, kind: str
+) -> None:
+    """Built from the same seed, the prompted model's backbone starts with the unprompted
+    one's weights, and a training-mode forward (dropout) draws the same masks: a run with
+    the prompt and one without differ only by what the prompt learns."""
+    edge_index, x = random_graph(N, 40, seed=1), torch.randn(N, IN)
+
+    def build_and_run(prompt: PromptConfig) -> tuple[nn.Module, Tensor, Tensor]:
+        torch.manual_seed(0)
+        model = build_model(IN, OUT, model_config(arch, norm="layer", layers=3), prompt).train()
+        return model, model(x, edge_index), torch.rand(4)
+
+    backbone, out, after = build_and_run(PromptConfig())
+    prompted, prompted_out, prompted_after = build_and_run(PromptConfig(kind=kind))
+    theirs = dict(prompted.named_parameters())
+    for name, value in backbone.named_parameters():
+        assert torch.equal(theirs[name], value), name
+    torch.testing.assert_close(prompted_out, out, rtol=0, atol=0)
+    assert torch.equal(prompted_after, after)  # the stream is where it was
+    lorap = [m.w_phi for m in prompted.modules() if isinstance(m, LoRAP)]
+    pairs = zip(lorap, lorap[1:], strict=False)
+    assert not any(torch.equal(a, b) for a, b in pairs if a.shape == b.shape)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
 def test_lorap_gradient_reaches_every_layer_and_one_step_moves_the_output(arch: str) -> None:
     torch.manual_seed(0)
     model = build_model(IN, OUT, model_config(arch), PromptConfig(kind="lorap", k=4, r=2))
