@@ -45,7 +45,17 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-from common import RESULTS, markdown_table, mean_std, scheme_options, write_result  # noqa: E402
+from common import (  # noqa: E402
+    OLD_START,
+    OLD_START_NOTE,
+    RESULTS,
+    markdown_table,
+    mean_std,
+    prompt_start,
+    same_start,
+    scheme_options,
+    write_result,
+)
 
 NAME = "accuracy_graph_level"
 PAPER = {  # Degree-Quant, GIN on REDDIT-BINARY (paper; public code's rerun in brackets)
@@ -145,7 +155,10 @@ def run(args: Any) -> None:
         s
         for s in settings(args)
         if not any(
-            same(r, s["key"]) and r["folds"] == args.folds and r["epochs"] == args.epochs
+            same(r, s["key"])
+            and r["folds"] == args.folds
+            and r["epochs"] == args.epochs
+            and same_start(r)
             for r in rows
         )
     ]
@@ -178,6 +191,7 @@ def run(args: Any) -> None:
                 "accs": [round(a, 1) for a in accs],
                 "best_epochs": [o["best_epoch"] for o in outcomes],
                 "wall_s_per_fold": round(statistics.fmean(o["wall_s"] for o in outcomes), 1),
+                **prompt_start(setting["key"]["prompt"]),
             }
             RESULTS.mkdir(parents=True, exist_ok=True)
             with open(RESULTS / f".{NAME}.lock", "w") as lock:  # other processes may write
@@ -203,10 +217,11 @@ def paired(row: dict[str, Any], alone: dict[str, Any] | None) -> str:
     if row["prompt"] == "none" or alone is None or alone["folds"] != row["folds"]:
         return ""
     diffs = [b - a for a, b in zip(alone["accs"], row["accs"], strict=True)]
+    mark = "" if same_start(row) else f" {OLD_START}"
     if len(diffs) < 2:
-        return f"{diffs[0]:+.1f} (one fold)"
+        return f"{diffs[0]:+.1f} (one fold){mark}"
     error = statistics.stdev(diffs) / len(diffs) ** 0.5
-    return f"{statistics.fmean(diffs):+.2f} ± {error:.2f}"
+    return f"{statistics.fmean(diffs):+.2f} ± {error:.2f}{mark}"
 
 
 def targets(rows: list[dict[str, Any]]) -> list[str]:
@@ -287,6 +302,8 @@ def write_report() -> None:
             "per fold",
         ]
         lines += [f"### {dataset}, GIN", "", markdown_table(header, table), ""]
+    if not all(same_start(r) for r in rows):
+        lines += [OLD_START_NOTE, ""]
     lines += ["### Targets", "", *targets(rows), ""]
     (RESULTS / f"{NAME}.md").write_text("\n".join(lines))
 

@@ -51,7 +51,18 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-from common import RESULTS, machine, markdown_table, mean_std, scheme_options, write_result  # noqa: E402
+from common import (  # noqa: E402
+    OLD_START,
+    OLD_START_NOTE,
+    RESULTS,
+    machine,
+    markdown_table,
+    mean_std,
+    prompt_start,
+    same_start,
+    scheme_options,
+    write_result,
+)
 
 from lorap_dist.config import ExperimentConfig  # noqa: E402
 from lorap_dist.graph.pyg_source import planetoid_raw_files  # noqa: E402
@@ -524,7 +535,9 @@ def key_of(row: dict[str, Any], key: dict[str, Any]) -> bool:
 def run_part(name: str, settings: list[dict[str, Any]], args: Any, diagnose: bool) -> None:
     rows = load_rows(name) if args.resume else []
     done = [
-        s for s in settings if any(key_of(r, s["key"]) and r["n_seeds"] == args.seeds for r in rows)
+        s
+        for s in settings
+        if any(key_of(r, s["key"]) and r["n_seeds"] == args.seeds and same_start(r) for r in rows)
     ]
     todo = [s for s in settings if s not in done or args.redo]
     if args.only:
@@ -533,6 +546,8 @@ def run_part(name: str, settings: list[dict[str, Any]], args: Any, diagnose: boo
 
     def on_row(setting: dict[str, Any], outcomes: list[dict[str, Any]]) -> None:
         row = {**setting["key"], **summary(outcomes)}
+        if "prompt" in setting["key"]:
+            row.update(prompt_start(setting["key"]["prompt"]))
         if diagnose:
             row["diagnostics"] = mean_diagnostics(outcomes)
         # Runs of other settings (other models, datasets) may write the same file meanwhile:
@@ -552,7 +567,8 @@ def run_part(name: str, settings: list[dict[str, Any]], args: Any, diagnose: boo
 def _cell(row: dict[str, Any] | None) -> str:
     if row is None:
         return "-"
-    return f"{row['acc_mean']:.1f} ± {row['acc_std']:.1f}"
+    mark = "" if same_start(row) else f" {OLD_START}"
+    return f"{row['acc_mean']:.1f} ± {row['acc_std']:.1f}{mark}"
 
 
 def main_tables(rows: list[dict[str, Any]]) -> str:
@@ -754,7 +770,10 @@ def write_report(args: Any) -> None:
         f"Command:\n\n```\n{command}\n```\n\nMachine: {machine()}.\n",
     ]
     if main_rows:
-        parts.append("## Reproduction (test %, mean ± std over seeds)\n\n" + main_tables(main_rows))
+        note = "" if all(same_start(r) for r in main_rows) else f"\n\n{OLD_START_NOTE}"
+        parts.append(
+            "## Reproduction (test %, mean ± std over seeds)\n\n" + main_tables(main_rows) + note
+        )
         parts.append(
             "## The prompt's effect (mean ± standard error of the per-seed differences)\n\n"
             + prompt_effect_table(main_rows)
