@@ -69,9 +69,16 @@ RECIPE = {8: {"lr": 0.005, "weight_decay": 2e-4}, 4: {"lr": 0.001, "weight_decay
 
 
 def experiment(
-    dataset: str, root: str, scheme: str | None, bits: int, prompt: str, epochs: int
+    dataset: str,
+    root: str,
+    scheme: str | None,
+    bits: int,
+    prompt: str,
+    epochs: int,
+    prompt_lr_scale: float | None = None,
 ) -> dict[str, Any]:
-    """The run's config as a plain dict (scheme ``None``: FP32, with INT8's recipe)."""
+    """The run's config as a plain dict (scheme ``None``: FP32, with INT8's recipe;
+    ``prompt_lr_scale`` ``None``: the package's default)."""
     quant = (
         {"scheme": "none"}
         if scheme is None
@@ -90,6 +97,7 @@ def experiment(
             "lr_decay_every": 50,
             "lr_decay": 0.5,
             "device": "cpu",
+            **({} if prompt_lr_scale is None else {"prompt_lr_scale": prompt_lr_scale}),
         },
     }
 
@@ -133,11 +141,20 @@ def settings(args: Any) -> list[dict[str, Any]]:
                 "prompt": prompt,
                 "bits": 32 if scheme is None else bits,
             }
+            scale = args.prompt_lr_scale if prompt != "none" else None
+            if scale is not None:
+                key["prompt_lr_scale"] = scale
             width = "FP32" if scheme is None else f"INT{bits}"
-            label = f"{dataset} {key['scheme']} {width} {prompt}"
-            config = experiment(dataset, args.root, scheme, bits, prompt, args.epochs)
+            label = f"{dataset} {key['scheme']} {width} {prompt_label(key)}"
+            config = experiment(dataset, args.root, scheme, bits, prompt, args.epochs, scale)
             out.append({"key": key, "label": label, "config": config})
     return out
+
+
+def prompt_label(row: dict[str, Any]) -> str:
+    """The prompt, and its learning rate where a row sets one."""
+    scale = row.get("prompt_lr_scale")
+    return row["prompt"] if scale is None else f"{row['prompt']}, prompt lr {scale:g} x lr"
 
 
 def load_rows() -> list[dict[str, Any]]:
@@ -146,7 +163,9 @@ def load_rows() -> list[dict[str, Any]]:
 
 
 def same(row: dict[str, Any], key: dict[str, Any]) -> bool:
-    return all(row.get(k) == v for k, v in key.items())
+    return all(row.get(k) == v for k, v in key.items()) and row.get("prompt_lr_scale") == key.get(
+        "prompt_lr_scale"
+    )
 
 
 def run(args: Any) -> None:
@@ -227,6 +246,7 @@ def paired(row: dict[str, Any], alone: dict[str, Any] | None) -> str:
 def targets(rows: list[dict[str, Any]]) -> list[str]:
     """The issue's two targets, as far as the rows measure them."""
     lines = []
+    rows = [r for r in rows if "prompt_lr_scale" not in r]  # the defaults
     for dataset in dict.fromkeys(r["dataset"] for r in rows):
         get = {(r["scheme"], r["prompt"], r["bits"]): r for r in rows if r["dataset"] == dataset}
         qat, dq = get.get(("qat", "none", 4)), get.get(("degree_quant", "none", 4))
@@ -262,7 +282,14 @@ def write_report() -> None:
     lines = []
     for dataset in dict.fromkeys(r["dataset"] for r in rows):
         subset = [r for r in rows if r["dataset"] == dataset]
-        subset.sort(key=lambda r: (-r["bits"], order.get(r["scheme"], 9), prompts[r["prompt"]]))
+        subset.sort(
+            key=lambda r: (
+                -r["bits"],
+                order.get(r["scheme"], 9),
+                prompts[r["prompt"]],
+                r.get("prompt_lr_scale", 0),
+            )
+        )
         alone = {(r["scheme"], r["bits"]): r for r in subset if r["prompt"] == "none"}
         table = []
         for r in subset:
@@ -279,7 +306,7 @@ def write_report() -> None:
                 [
                     "FP32" if r["bits"] == 32 else f"INT{r['bits']}",
                     r["scheme"],
-                    r["prompt"],
+                    prompt_label(r),
                     _cell(r),
                     paired(r, alone.get((r["scheme"], r["bits"]))),
                     paper,
@@ -322,6 +349,13 @@ def main() -> None:
     parser.add_argument("--bits", default="4,8")
     parser.add_argument("--schemes", default="qat,degree_quant,a2q,mixq")
     parser.add_argument("--prompts", default="none,lorap")
+    parser.add_argument(
+        "--prompt-lr-scale",
+        type=float,
+        default=None,
+        help="the prompts' learning rate as a fraction of lr (default: the package's, 0.1); "
+        "rows that set it are kept apart from the default's",
+    )
     parser.add_argument("--folds", default="0-9", help="which of the 10 folds to run")
     parser.add_argument("--epochs", type=int, default=200)
     parser.add_argument("--jobs", type=int, default=1, help="runs in parallel, one thread each")
