@@ -42,6 +42,7 @@ def test_nested_fields_and_tuples_round_trip():
         (lambda: PromptConfig(r=0), ["prompt.r", ">= 1"]),
         (lambda: PromptConfig(kind="lora"), ["prompt.kind", "'lorap'"]),
         (lambda: PromptConfig(gpf_support="dense"), ["prompt.gpf_support", "'nonzero'"]),
+        (lambda: PromptConfig(unit="bits"), ["prompt.unit", "'value'", "'step'"]),
         (lambda: ModelConfig(arch="mlp"), ["model.arch", "'gcn'"]),
         (lambda: ModelConfig(dropout=1.0), ["model.dropout"]),
         (lambda: TrainConfig(fanout=(10, 0)), ["train.fanout", "-1"]),

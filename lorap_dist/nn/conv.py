@@ -360,7 +360,7 @@ class QuantizedConv(MessagePassing):
         prompt: PromptConfig | None,
     ) -> None:
         on = prompt is not None and prompt.lorap
-        self.lorap = LoRAP(aggregate_channels, prompt.k, prompt.r) if on else None
+        self.lorap = LoRAP(aggregate_channels, prompt.k, prompt.r, prompt.unit) if on else None
         rounding = (prompt or PromptConfig()).rounding
         names = list(points)
         if self.lorap is not None:

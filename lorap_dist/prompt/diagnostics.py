@@ -59,7 +59,7 @@ def _capture(model: nn.Module, graph: GraphData, nodes: NodeInfo) -> list[dict[s
         def hook(lorap: LoRAP, args: tuple, output: Tensor) -> None:
             h = args[0]
             weights = torch.softmax(h @ lorap.w_phi, dim=-1)  # [N, k]
-            prompt = (weights @ lorap.p_a) @ lorap.p_b  # [N, d]
+            prompt = (weights @ lorap.p_a) @ lorap.scaled_p_b(args[1], h)  # [N, d]
             seen.append(
                 {"h": h, "p": prompt, "out": output, "weights": weights, "quantizer": args[1]}
             )

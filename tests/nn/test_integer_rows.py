@@ -227,12 +227,12 @@ def test_malformed_rows_are_named():
 
 
 def make_prompted(
-    arch: str, width: int, bits: int, rounding: str = "once"
+    arch: str, width: int, bits: int, rounding: str = "once", unit: str = "value"
 ) -> tuple[QuantizedConv, QuantizedConv]:
     """A QAT layer with LoRAP, and a copy that runs today's two steps on integer rows
     (``quant_aggregate``, then ``quantize_aggregate`` with :meth:`LoRAP.forward`)."""
     torch.manual_seed(0)
-    prompt = PromptConfig(kind="lorap", k=4, r=2, rounding=rounding)
+    prompt = PromptConfig(kind="lorap", k=4, r=2, rounding=rounding, unit=unit)
     if arch == "sage":
         layer = QSAGEConv(width, OUT, prompt=prompt)
     else:
@@ -272,12 +272,14 @@ def assert_same_state(layer: nn.Module, reference: nn.Module) -> None:
 @pytest.mark.parametrize("width", WIDTHS)
 @pytest.mark.parametrize("bits", [8, 4])
 @pytest.mark.parametrize("graph_kind", ["edge_index", "block"])
-def test_lorap_on_integer_rows_is_one_fused_op(arch, width, bits, graph_kind, fused_calls):
+@pytest.mark.parametrize("unit", ["value", "step"])
+def test_lorap_on_integer_rows_is_one_fused_op(arch, width, bits, graph_kind, unit, fused_calls):
     """One ``aggregate_lorap`` op where ``quant_aggregate`` and ``LoRAP.forward`` ran. On the
     CPU it runs the same fp32 operations in the same order (the aggregate of
     ``quant_aggregate``'s CPU path, the range pass and forward of ``lorap_fused``'s), so
-    outputs, observed ranges and gradients equal the two steps' bit for bit."""
-    layer, unfused = make_prompted(arch, width, bits)
+    outputs, observed ranges and gradients equal the two steps' bit for bit; with the
+    prompt counted in steps, both take the step of the grid held before the call."""
+    layer, unfused = make_prompted(arch, width, bits, unit=unit)
     reduce = "mean" if arch == "sage" else "sum"
     fused_ops = [f"aggregate_lorap_forward_range {reduce}", f"aggregate_lorap_forward {reduce}"]
     rows, graph = rows_and_graph(graph_kind, width, bits)

@@ -50,6 +50,12 @@ def test_untrained_prompt_equals_the_backbone(arch: str, kind: str) -> None:
     assert not torch.allclose(prompted(x, edge_index), backbone(x, edge_index))
 
 
+def test_the_prompt_unit_reaches_every_layers_lorap() -> None:
+    model = build_model(IN, OUT, model_config("gin"), PromptConfig(kind="lorap", unit="step"))
+    units = [m.unit for m in model.modules() if isinstance(m, LoRAP)]
+    assert units == ["step", "step"]
+
+
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("kind", ["lorap", "gpf", "gpf_lorap"])
 def test_a_prompt_leaves_the_backbone_and_the_training_draws_as_they_are(

@@ -114,15 +114,19 @@ def test_invalid_sizes_are_rejected(bad: dict) -> None:
         LoRAP(**args)
 
 
-def _trained_lorap(d: int = 12, k: int = 4, r: int = 3, seed: int = 0) -> LoRAP:
+def _trained_lorap(
+    d: int = 12, k: int = 4, r: int = 3, seed: int = 0, unit: str = "value"
+) -> LoRAP:
     torch.manual_seed(seed)
-    lorap = LoRAP(d, k, r)
+    lorap = LoRAP(d, k, r, unit=unit)
     torch.nn.init.normal_(lorap.p_b, std=0.5)
     return lorap
 
 
 def _unfused(lorap: LoRAP, h, quantizer, nodes=None):
-    return quantizer(lorap_prompt(h, lorap.w_phi, lorap.p_a, lorap.p_b), nodes)
+    """The prompt by autograd; in step units on the step held before ``quantizer``
+    observes (the arguments are evaluated before the call)."""
+    return quantizer(lorap_prompt(h, lorap.w_phi, lorap.p_a, lorap.scaled_p_b(quantizer, h)), nodes)
 
 
 @pytest.fixture
@@ -153,12 +157,13 @@ def _step(lorap, quantizer, fused: bool, h, target):
 
 @pytest.mark.parametrize("bits", [4, 8])
 @pytest.mark.parametrize("observer", ["minmax", "ema"])
-def test_fused_path_equals_the_unfused_path_in_training_and_eval(bits, observer, range_calls):
+@pytest.mark.parametrize("unit", ["value", "step"])
+def test_fused_path_equals_the_unfused_path_in_training_and_eval(bits, observer, unit, range_calls):
     def make_quantizer():
         return FakeQuantizer(bits=bits, observer=EMAObserver(0.3) if observer == "ema" else None)
 
-    fused_lorap, fused_q = _trained_lorap(), make_quantizer()
-    plain_lorap, plain_q = _trained_lorap(), make_quantizer()
+    fused_lorap, fused_q = _trained_lorap(unit=unit), make_quantizer()
+    plain_lorap, plain_q = _trained_lorap(unit=unit), make_quantizer()
     gen = torch.Generator().manual_seed(1)
     for _ in range(3):
         # Each step starts both paths from the same state (the gradients agree to rounding,
@@ -272,3 +277,51 @@ def test_torch_compile_fullgraph_traces_the_fused_op(training) -> None:
     ops = _ops_in(graphs)
     assert torch.ops.lorap_dist.lorap_fused.default in ops
     assert (torch.ops.lorap_dist.lorap_range.default in ops) == training
+
+
+def test_in_step_units_the_prompt_moves_in_steps_of_the_grid_held_before_the_call() -> None:
+    lorap = _trained_lorap(d=6, k=3, r=2, unit="step")
+    quantizer = FakeQuantizer(bits=4, observer=EMAObserver(0.5))
+    gen = torch.Generator().manual_seed(2)
+    first, second = torch.randn(9, 6, generator=gen), 3 * torch.randn(9, 6, generator=gen)
+    # Nothing observed yet: no step, so no prompt; the output is the aggregate's rounding.
+    reference = copy.deepcopy(quantizer)
+    assert torch.equal(lorap(first, quantizer), reference(first))
+    # Then the prompt is P_B times the step of the range held before this call.
+    lo, hi = quantizer.observer.min_val.clone(), quantizer.observer.max_val.clone()
+    step = (hi - lo).item() / 15
+    reference = copy.deepcopy(quantizer)
+    prompted = lorap_prompt(second, lorap.w_phi, lorap.p_a, lorap.p_b * step)
+    torch.testing.assert_close(lorap(second, quantizer), reference(prompted))
+    assert not torch.allclose(reference(prompted), copy.deepcopy(reference)(second))
+
+
+def test_in_step_units_quantizers_without_one_grid_count_in_the_aggregates_rms() -> None:
+    lorap = _trained_lorap(d=5, k=3, r=2, unit="step")
+    h = torch.randn(7, 5, generator=torch.Generator().manual_seed(3)) * 4
+    rms = h.pow(2).mean().sqrt()
+    for quantizer in (IdentityQuantizer(), FakeQuantizer(per_row=True)):
+        reference = copy.deepcopy(quantizer)
+        expected = reference(lorap_prompt(h, lorap.w_phi, lorap.p_a, lorap.p_b * rms))
+        torch.testing.assert_close(lorap(h, quantizer), expected)
+    with pytest.raises(ValueError, match="needs the aggregate h"):
+        lorap.scaled_p_b(IdentityQuantizer())
+
+
+def test_the_step_takes_no_gradient_and_p_b_gets_the_steps_multiple() -> None:
+    value, step = _trained_lorap(d=5, k=3, r=2), _trained_lorap(d=5, k=3, r=2, unit="step")
+    h = torch.randn(7, 5, generator=torch.Generator().manual_seed(4))
+    rms = float(h.pow(2).mean().sqrt())
+    with torch.no_grad():
+        value.p_b.mul_(rms)  # the same prompt in value units
+    cotangent = torch.randn(7, 5, generator=torch.Generator().manual_seed(5))
+    (value(h, IdentityQuantizer()) * cotangent).sum().backward()
+    (step(h, IdentityQuantizer()) * cotangent).sum().backward()
+    # d/dP_B (P_B * s) = s, the chain rule through a constant step
+    torch.testing.assert_close(step.p_b.grad, value.p_b.grad * rms)
+    torch.testing.assert_close(step.w_phi.grad, value.w_phi.grad)
+
+
+def test_an_unknown_unit_is_refused() -> None:
+    with pytest.raises(ValueError, match="unit='bits'.*'value'.*'step'"):
+        LoRAP(4, unit="bits")
