@@ -76,9 +76,10 @@ def experiment(
     prompt: str,
     epochs: int,
     prompt_lr_scale: float | None = None,
+    prompt_unit: str | None = None,
 ) -> dict[str, Any]:
     """The run's config as a plain dict (scheme ``None``: FP32, with INT8's recipe;
-    ``prompt_lr_scale`` ``None``: the package's default)."""
+    ``prompt_lr_scale`` and ``prompt_unit`` ``None``: the package's defaults)."""
     quant = (
         {"scheme": "none"}
         if scheme is None
@@ -87,7 +88,7 @@ def experiment(
     return {
         "data": {"source": "tu", "name": dataset, "root": root, "folds": 10},
         "model": {"arch": "gin", "layers": 5, "hidden": 64, "readout": "mean", "dropout": 0.5},
-        "prompt": {"kind": prompt},
+        "prompt": {"kind": prompt, **({} if prompt_unit is None else {"unit": prompt_unit})},
         "quant": quant,
         "train": {
             **RECIPE[bits],
@@ -142,19 +143,27 @@ def settings(args: Any) -> list[dict[str, Any]]:
                 "bits": 32 if scheme is None else bits,
             }
             scale = args.prompt_lr_scale if prompt != "none" else None
-            if scale is not None:
-                key["prompt_lr_scale"] = scale
+            unit = args.prompt_unit if prompt != "none" else None
+            key |= {k: v for k, v in (("prompt_lr_scale", scale), ("prompt_unit", unit)) if v}
             width = "FP32" if scheme is None else f"INT{bits}"
             label = f"{dataset} {key['scheme']} {width} {prompt_label(key)}"
-            config = experiment(dataset, args.root, scheme, bits, prompt, args.epochs, scale)
+            config = experiment(dataset, args.root, scheme, bits, prompt, args.epochs, scale, unit)
             out.append({"key": key, "label": label, "config": config})
     return out
 
 
+#: Row keys that set a prompt option away from the package's default.
+VARIANTS = ("prompt_lr_scale", "prompt_unit")
+
+
 def prompt_label(row: dict[str, Any]) -> str:
-    """The prompt, and its learning rate where a row sets one."""
-    scale = row.get("prompt_lr_scale")
-    return row["prompt"] if scale is None else f"{row['prompt']}, prompt lr {scale:g} x lr"
+    """The prompt, with its unit and learning rate where a row sets them."""
+    parts = [row["prompt"]]
+    if row.get("prompt_unit"):
+        parts.append(f"in {row['prompt_unit']} units")
+    if row.get("prompt_lr_scale") is not None:
+        parts.append(f"prompt lr {row['prompt_lr_scale']:g} x lr")
+    return ", ".join(parts)
 
 
 def load_rows() -> list[dict[str, Any]]:
@@ -163,8 +172,8 @@ def load_rows() -> list[dict[str, Any]]:
 
 
 def same(row: dict[str, Any], key: dict[str, Any]) -> bool:
-    return all(row.get(k) == v for k, v in key.items()) and row.get("prompt_lr_scale") == key.get(
-        "prompt_lr_scale"
+    return all(row.get(k) == v for k, v in key.items()) and all(
+        row.get(k) == key.get(k) for k in VARIANTS
     )
 
 
@@ -246,7 +255,7 @@ def paired(row: dict[str, Any], alone: dict[str, Any] | None) -> str:
 def targets(rows: list[dict[str, Any]]) -> list[str]:
     """The issue's two targets, as far as the rows measure them."""
     lines = []
-    rows = [r for r in rows if "prompt_lr_scale" not in r]  # the defaults
+    rows = [r for r in rows if not any(k in r for k in VARIANTS)]  # the defaults
     for dataset in dict.fromkeys(r["dataset"] for r in rows):
         get = {(r["scheme"], r["prompt"], r["bits"]): r for r in rows if r["dataset"] == dataset}
         qat, dq = get.get(("qat", "none", 4)), get.get(("degree_quant", "none", 4))
@@ -287,6 +296,7 @@ def write_report() -> None:
                 -r["bits"],
                 order.get(r["scheme"], 9),
                 prompts[r["prompt"]],
+                r.get("prompt_unit", ""),
                 r.get("prompt_lr_scale", 0),
             )
         )
@@ -354,6 +364,13 @@ def main() -> None:
         type=float,
         default=None,
         help="the prompts' learning rate as a fraction of lr (default: the package's, 0.1); "
+        "rows that set it are kept apart from the default's",
+    )
+    parser.add_argument(
+        "--prompt-unit",
+        choices=("value", "step"),
+        default=None,
+        help="what LoRAP's bases count in (prompt.unit; default: the package's, value); "
         "rows that set it are kept apart from the default's",
     )
     parser.add_argument("--folds", default="0-9", help="which of the 10 folds to run")
