@@ -14,14 +14,14 @@ import torch
 RESULTS = Path(__file__).resolve().parent / "results"
 
 #: How a prompted row's model started: ``"forked"`` since prompts draw their initial values
-#: from a fork of the random stream, so the row's backbone weights and training draws equal
-#: its scheme row's seed by seed. Prompted rows without the key were measured before, when
-#: the prompt's draws shifted the backbone's initial weights: their pairing with the scheme
-#: row compares two backbones as well as the prompt.
+#: from a stream of their own (``lorap_dist.prompt.streams``), so the row's backbone weights
+#: and training draws equal its scheme row's seed by seed. Prompted rows without the key
+#: were measured before, when the prompt's draws shifted the backbone's initial weights:
+#: their pairing with the scheme row compares two backbones as well as the prompt.
 PROMPT_INIT = "forked"
 OLD_START = "†"
 OLD_START_NOTE = (
-    f"{OLD_START}: measured before prompts drew from a fork of the random stream; the "
+    f"{OLD_START}: measured before prompts drew from a stream of their own; the "
     "prompted model started from other backbone weights than its scheme's row, so the "
     "difference also carries the initialisation's noise."
 )

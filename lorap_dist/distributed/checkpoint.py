@@ -226,6 +226,9 @@ def architecture(config: dict[str, Any], dataset: dict[str, int] | None = None) 
     facts["model.norm"] = norm
     if facts["prompt.kind"] in ("lorap", "gpf_lorap"):
         facts["prompt.rounding"] = config.get("prompt", {}).get("rounding", "twice")
+        # The unit fixes what the saved P_B means (values or quantization steps); every
+        # checkpoint from before the field counted in values.
+        facts["prompt.unit"] = config.get("prompt", {}).get("unit", "value")
     # GPF-plus's prompt changed form when ``gpf_support`` was added: it is now counted in
     # units of the input's RMS. A checkpoint without the field holds a prompt of the old
     # form, which no current setting reproduces.

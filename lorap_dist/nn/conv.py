@@ -586,4 +586,5 @@ class QuantizedConv(MessagePassing):
     def lorap_repr(self) -> str:
         if self.lorap is None:
             return ""
-        return f", lorap=(k={self.lorap.k}, r={self.lorap.r})"
+        unit = "" if self.lorap.unit == "value" else f", unit={self.lorap.unit}"
+        return f", lorap=(k={self.lorap.k}, r={self.lorap.r}{unit})"

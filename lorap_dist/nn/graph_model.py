@@ -9,7 +9,7 @@ from torch_geometric.utils import scatter
 from lorap_dist.config import ModelConfig, PromptConfig
 from lorap_dist.graph.block import NodeInfo
 from lorap_dist.nn.linear import QLinear
-from lorap_dist.nn.model import PromptedStack
+from lorap_dist.nn.model import PromptedStack, unit_repr
 from lorap_dist.quant.base import NODE, identity_quantizers
 
 
@@ -110,5 +110,5 @@ class GraphGNN(PromptedStack):
         return (
             f"{self.__class__.__name__}(arch={self.config.arch}, layers={len(self.convs)}, "
             f"hidden={self.config.hidden}, readout={self.readout}, prompt={prompt.kind}, "
-            f"k={prompt.k}, r={prompt.r})"
+            f"k={prompt.k}, r={prompt.r}{unit_repr(prompt)})"
         )

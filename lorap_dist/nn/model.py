@@ -21,6 +21,11 @@ from lorap_dist.quant.base import Quantizer
 from lorap_dist.quant.integer import QuantizedRows
 
 
+def unit_repr(prompt: PromptConfig) -> str:
+    """``", unit=step"`` where LoRAP counts in steps (the default prints nothing)."""
+    return f", unit={prompt.unit}" if prompt.lorap and prompt.unit != "value" else ""
+
+
 class PromptedStack(nn.Module):
     """What the node-level and graph-level stacks share: their configs, the GPF-plus input
     prompt, the ``node_transform`` hook, the layers (``convs``) with the norms of the hidden
@@ -182,7 +187,8 @@ class GNN(PromptedStack):
         prompt = self.prompt_config
         return (
             f"{self.__class__.__name__}(arch={self.config.arch}, layers={len(self.convs)}, "
-            f"hidden={self.config.hidden}, prompt={prompt.kind}, k={prompt.k}, r={prompt.r})"
+            f"hidden={self.config.hidden}, prompt={prompt.kind}, k={prompt.k}, r={prompt.r}"
+            f"{unit_repr(prompt)})"
         )
 
 

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from lorap_dist.prompt.streams import forked_stream
+from lorap_dist.prompt.streams import prompt_generator
 
 
 class GPFPlus(nn.Module):
@@ -40,7 +40,7 @@ class GPFPlus(nn.Module):
     ``P`` starts at exactly zero so that an untrained prompted model equals its backbone:
     adding the prompt to a trained (or quantized) model does not move its predictions until
     the prompt learns something. ``W`` starts Glorot-uniform so the gradient of ``P`` is
-    non-zero from the first step, drawn from a fork of the random stream so that the
+    non-zero from the first step, drawn from a stream of its own so that the
     backbone's initial weights do not depend on whether the prompt is there. Parameters:
     ``2 * d * k``.
 
@@ -69,10 +69,9 @@ class GPFPlus(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Glorot-uniform ``W`` (from a fork of the random stream, as LoRAP's), zero ``P``."""
-        with forked_stream(self.weight):
-            bound = math.sqrt(6.0 / (self.channels + self.k))
-            nn.init.uniform_(self.weight, -bound, bound)
+        """Glorot-uniform ``W`` (from a stream of its own, as LoRAP's), zero ``P``."""
+        bound = math.sqrt(6.0 / (self.channels + self.k))
+        nn.init.uniform_(self.weight, -bound, bound, generator=prompt_generator(self.weight))
         nn.init.zeros_(self.bases)
 
     def forward(self, x: Tensor) -> Tensor:

@@ -15,7 +15,7 @@ from lorap_dist.kernels.aggregate_lorap import (
     aggregate_lorap_forward_range,
 )
 from lorap_dist.kernels.lorap_fused import lorap_forward, lorap_range
-from lorap_dist.prompt.streams import forked_stream
+from lorap_dist.prompt.streams import prompt_generator
 from lorap_dist.quant.base import Quantizer
 from lorap_dist.quant.quantizer import FakeQuantizer
 
@@ -59,8 +59,8 @@ class LoRAP(nn.Module):
 
     ``P_B`` starts at exactly zero, so an untrained prompted layer equals its backbone and
     training starts from the backbone's function; ``W_phi`` and ``P_A`` start Glorot-uniform
-    so that the gradient of ``P_B`` is non-zero from the first step, drawn from a fork of
-    the random stream: a model with LoRAP starts from the same backbone weights, and trains
+    so that the gradient of ``P_B`` is non-zero from the first step, drawn from a stream of
+    their own: a model with LoRAP starts from the same backbone weights, and trains
     with the same dropout draws, as the model without it. Parameters:
     ``d*k + r*(k + d)``.
 
@@ -105,13 +105,13 @@ class LoRAP(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Glorot-uniform ``W_phi`` and ``P_A``, zero ``P_B``; drawn from a fork of the random
-        stream (:func:`~lorap_dist.prompt.streams.forked_stream`), so the prompt leaves the
-        backbone's initial weights and the training's random draws as they are."""
-        with forked_stream(self.w_phi, self.p_a):
-            for weight in (self.w_phi, self.p_a):
-                bound = math.sqrt(6.0 / sum(weight.shape))
-                nn.init.uniform_(weight, -bound, bound)
+        """Glorot-uniform ``W_phi`` and ``P_A``, zero ``P_B``; drawn from a stream of the
+        prompt's own (:func:`~lorap_dist.prompt.streams.prompt_generator`), so the prompt
+        leaves the backbone's initial weights and the training's random draws as they are."""
+        generator = prompt_generator(self.w_phi)
+        for weight in (self.w_phi, self.p_a):
+            bound = math.sqrt(6.0 / sum(weight.shape))
+            nn.init.uniform_(weight, -bound, bound, generator=generator)
         nn.init.zeros_(self.p_b)
 
     def forward(self, h: Tensor, quantizer: Quantizer, nodes: NodeInfo | None = None) -> Tensor:
@@ -160,7 +160,7 @@ class LoRAP(nn.Module):
                 "LoRAP with unit='step' needs the aggregate h to count the prompt in its "
                 f"RMS: {type(quantizer).__name__} has no per-tensor grid."
             )
-        return h.detach().pow(2).mean().sqrt().to(self.p_b.dtype)
+        return h.detach().float().pow(2).mean().sqrt().to(self.p_b.dtype)
 
     def takes_grid(self, quantizer: Quantizer, nodes: NodeInfo | None = None) -> bool:
         """Whether a fused op may prompt and re-quantize on ``quantizer``'s grid: a per-tensor

@@ -263,6 +263,17 @@ def test_rounding_and_norm_are_architecture_fields():
     assert "prompt.rounding" not in architecture({"prompt": {"kind": "none"}})
 
 
+def test_the_prompt_unit_is_an_architecture_field(tmp_path):
+    """A P_B saved in steps read as values (or back) would be off by the step: refused."""
+    value = {"model": {"arch": "gcn"}, "prompt": {"kind": "lorap"}}  # also: before the field
+    step = {"model": {"arch": "gcn"}, "prompt": {"kind": "lorap", "unit": "step"}}
+    assert architecture(value)["prompt.unit"] == "value"
+    with pytest.raises(CheckpointError, match="expected 'step', checkpoint has 'value'"):
+        check_architecture(architecture(value), architecture(step), tmp_path)
+    check_architecture(architecture(step), architecture(step), tmp_path)
+    assert "prompt.unit" not in architecture({"prompt": {"kind": "gpf"}})
+
+
 def test_gpf_form_is_an_architecture_field(tmp_path):
     """A GPF checkpoint from before ``gpf_support`` (unscaled, every entry) is refused."""
     new = {"model": {"arch": "gcn"}, "prompt": {"kind": "gpf_lorap", "gpf_support": "nonzero"}}

@@ -50,6 +50,18 @@ def test_untrained_prompt_equals_the_backbone(arch: str, kind: str) -> None:
     assert not torch.allclose(prompted(x, edge_index), backbone(x, edge_index))
 
 
+def test_a_prompts_values_are_not_the_draws_that_follow_it() -> None:
+    """The prompt's generator is seeded from the global stream, not a copy of it: the
+    values are not the next layer's (or training's) draws rescaled."""
+    torch.manual_seed(0)
+    model = build_model(IN, OUT, model_config("gcn"), PromptConfig(kind="lorap"))
+    last = [m for m in model.modules() if isinstance(m, LoRAP)][-1]
+    bound = float(last.w_phi.abs().max()) + 1e-3
+    following = torch.empty_like(last.w_phi).uniform_(-1.0, 1.0)
+    ratio = last.w_phi / following
+    assert float(ratio.std()) > 0.1 * bound
+
+
 def test_the_prompt_unit_reaches_every_layers_lorap() -> None:
     model = build_model(IN, OUT, model_config("gin"), PromptConfig(kind="lorap", unit="step"))
     units = [m.unit for m in model.modules() if isinstance(m, LoRAP)]

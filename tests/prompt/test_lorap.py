@@ -279,9 +279,12 @@ def test_torch_compile_fullgraph_traces_the_fused_op(training) -> None:
     assert (torch.ops.lorap_dist.lorap_range.default in ops) == training
 
 
-def test_in_step_units_the_prompt_moves_in_steps_of_the_grid_held_before_the_call() -> None:
+@pytest.mark.parametrize(
+    "observer", [EMAObserver(0.5), PercentileObserver(0.01)], ids=["fused", "unfused"]
+)
+def test_in_step_units_the_prompt_moves_in_steps_of_the_grid_held_before_the_call(observer):
     lorap = _trained_lorap(d=6, k=3, r=2, unit="step")
-    quantizer = FakeQuantizer(bits=4, observer=EMAObserver(0.5))
+    quantizer = FakeQuantizer(bits=4, observer=copy.deepcopy(observer))
     gen = torch.Generator().manual_seed(2)
     first, second = torch.randn(9, 6, generator=gen), 3 * torch.randn(9, 6, generator=gen)
     # Nothing observed yet: no step, so no prompt; the output is the aggregate's rounding.
