@@ -393,7 +393,7 @@ def main_settings(args: Any) -> list[dict[str, Any]]:
     settings = []
     for cells in [int4] * (4 in args.bits) + [int8] * (8 in args.bits):
         for dataset in args.datasets or datasets(args.root):
-            for model in args.models:
+            for model in args.models or list(MODELS):
                 for scheme, bits, prompt in cells:
                     key = {
                         "dataset": dataset,
@@ -710,11 +710,40 @@ def with_every_point(points_rows: list[dict[str, Any]], main_rows: list[dict[str
     return references + points_rows
 
 
+def with_main_references(rows: list[dict[str, Any]], main_rows: list[dict[str, Any]]) -> list:
+    """The ablation rows, after the references a model's ablation did not run itself (``QAT
+    INT4 alone``, ``Degree-Quant INT4 alone``), taken from the main part's cell of the same
+    config and seeds."""
+    have = {(r["dataset"], r["model"], r["variant"]) for r in rows}
+    extra = []
+    for dataset, model in dict.fromkeys((r["dataset"], r["model"]) for r in rows):
+        for label, scheme in (
+            ("QAT INT4 alone", "qat"),
+            ("Degree-Quant INT4 alone", "degree_quant"),
+        ):
+            cell = (dataset, model, scheme, "none", 4)
+            main = [
+                m
+                for m in main_rows
+                if (m["dataset"], m["model"], m["scheme"], m["prompt"], m["bits"]) == cell
+            ]
+            if (dataset, model, label) not in have and main:
+                extra.append({**main[0], "variant": f"{label} (main part)"})
+    return extra + rows
+
+
 def ablation_table(rows: list[dict[str, Any]], reference: Any = ablation_reference) -> str:
+    """One row per setting, each against its reference row (or that row's copy from the
+    main part, :func:`with_main_references`)."""
     index = {(r["dataset"], r["model"], r["variant"]): r for r in rows}
+
+    def reference_row(r: dict[str, Any]) -> dict[str, Any] | None:
+        label = reference(r["variant"])
+        own = index.get((r["dataset"], r["model"], label))
+        return own or index.get((r["dataset"], r["model"], f"{label} (main part)"))
+
     body = [
-        [r["dataset"], r["model"], r["variant"], _cell(r),
-         paired(r, index.get((r["dataset"], r["model"], reference(r["variant"])))),
+        [r["dataset"], r["model"], r["variant"], _cell(r), paired(r, reference_row(r)),
          f"{r['valid_mean']:.1f}", " ".join(f"{a:.0f}" for a in r["accs"])]
         for r in rows
     ]  # fmt: skip
@@ -786,7 +815,8 @@ def write_report(args: Any) -> None:
         )
         parts.append("## Targets\n\n" + "\n".join(f"- {line}" for line in targets(main_rows)))
     if ablation_rows:
-        parts.append("## Ablation (GCN, INT4)\n\n" + ablation_table(ablation_rows))
+        rows = with_main_references(ablation_rows, main_rows)
+        parts.append("## Ablation (INT4)\n\n" + ablation_table(rows))
     if points_rows:
         parts.append(
             "## Which rounding breaks GIN at INT4 (plain QAT, the other points at full "
@@ -811,7 +841,13 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2, help="runs in parallel, one thread each")
     parser.add_argument("--root", default="data/planetoid", help="ROOT/<Name>/raw/ind.*")
     parser.add_argument("--datasets", type=lambda s: s.split(","), default=None)
-    parser.add_argument("--models", type=lambda s: s.split(","), default=list(MODELS))
+    parser.add_argument(
+        "--models",
+        type=lambda s: s.split(","),
+        default=None,
+        help="main part: the models to run (default: all); ablation part: the models to "
+        "ablate (default: gcn)",
+    )
     parser.add_argument("--resume", action="store_true", help="keep finished rows")
     parser.add_argument(
         "--only",
@@ -835,7 +871,8 @@ def main() -> None:
     if args.part == "main":
         run_part("accuracy_planetoid", main_settings(args), args, diagnose=False)
     elif args.part == "ablation":
-        run_part("accuracy_planetoid_ablation", ablation_settings(args), args, diagnose=True)
+        settings = [s for m in args.models or ["gcn"] for s in ablation_settings(args, m)]
+        run_part("accuracy_planetoid_ablation", settings, args, diagnose=True)
     elif args.part == "diagnosis":
         run_part("accuracy_planetoid_diagnosis", diagnosis_settings(args), args, diagnose=True)
     elif args.part == "points":
