@@ -44,18 +44,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import common  # noqa: E402
 import torch  # noqa: E402
-from common import (  # noqa: E402
-    OLD_START,
-    OLD_START_NOTE,
-    RESULTS,
-    markdown_table,
-    mean_std,
-    prompt_start,
-    same_start,
-    scheme_options,
-    write_result,
-)
+from common import RESULTS, markdown_table, mean_std, scheme_options, write_result  # noqa: E402
 
 NAME = "accuracy_graph_level"
 PAPER = {  # Degree-Quant, GIN on REDDIT-BINARY (paper; public code's rerun in brackets)
@@ -186,7 +177,7 @@ def run(args: Any) -> None:
             same(r, s["key"])
             and r["folds"] == args.folds
             and r["epochs"] == args.epochs
-            and same_start(r)
+            and common.same_start(r)
             for r in rows
         )
     ]
@@ -219,7 +210,7 @@ def run(args: Any) -> None:
                 "accs": [round(a, 1) for a in accs],
                 "best_epochs": [o["best_epoch"] for o in outcomes],
                 "wall_s_per_fold": round(statistics.fmean(o["wall_s"] for o in outcomes), 1),
-                **prompt_start(setting["key"]["prompt"]),
+                **common.prompt_start(setting["key"]["prompt"]),
             }
             RESULTS.mkdir(parents=True, exist_ok=True)
             with open(RESULTS / f".{NAME}.lock", "w") as lock:  # other processes may write
@@ -245,7 +236,7 @@ def paired(row: dict[str, Any], alone: dict[str, Any] | None) -> str:
     if row["prompt"] == "none" or alone is None or alone["folds"] != row["folds"]:
         return ""
     diffs = [b - a for a, b in zip(alone["accs"], row["accs"], strict=True)]
-    mark = "" if same_start(row) else f" {OLD_START}"
+    mark = "" if common.same_start(row) else f" {common.OLD_START}"
     if len(diffs) < 2:
         return f"{diffs[0]:+.1f} (one fold){mark}"
     error = statistics.stdev(diffs) / len(diffs) ** 0.5
@@ -339,8 +330,8 @@ def write_report() -> None:
             "per fold",
         ]
         lines += [f"### {dataset}, GIN", "", markdown_table(header, table), ""]
-    if not all(same_start(r) for r in rows):
-        lines += [OLD_START_NOTE, ""]
+    if not all(common.same_start(r) for r in rows):
+        lines += [common.OLD_START_NOTE, ""]
     lines += ["### Targets", "", *targets(rows), ""]
     (RESULTS / f"{NAME}.md").write_text("\n".join(lines))
 
