@@ -8,6 +8,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from lorap_dist.config import PROMPT_UNITS
 from lorap_dist.graph.block import NodeInfo
 from lorap_dist.kernels.aggregate_lorap import (
     CsrBlock,
@@ -43,10 +44,6 @@ def lorap_prompt(h: Tensor, w_phi: Tensor, p_a: Tensor, p_b: Tensor) -> Tensor:
     return h + (weights @ p_a) @ p_b
 
 
-#: What LoRAP's bases may be counted in (:class:`LoRAP`'s ``unit``).
-UNITS = ("value", "step")
-
-
 class LoRAP(nn.Module):
     r"""Low-Rank Aggregation Prompting, from `"LoRAP" <https://arxiv.org/abs/2601.15079>`_.
 
@@ -75,8 +72,8 @@ class LoRAP(nn.Module):
     rate per step whatever the gradient's size, so in value units the prompt's reach is
     fixed in the aggregate's units; where a few large sums (hubs) set a coarse grid, that is
     a small fraction of a step and the prompt changes no rounding. In step units it moves
-    in steps: on IMDB-BINARY (GIN, plain QAT INT4, 10 folds) the same prompt learning rate
-    gained 7.4 points over QAT alone in step units and lost 3.4 in value units.
+    in steps: on IMDB-BINARY (GIN, plain QAT INT4, 10 folds, prompt lr 0.05) LoRAP gained
+    4.8 points over QAT alone in step units and 0.8 in value units.
 
     Args:
         channels: width ``d`` of the aggregate.
@@ -93,7 +90,7 @@ class LoRAP(nn.Module):
         for name, value in (("channels", channels), ("k", k), ("r", r)):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"LoRAP got {name}={value!r}; it must be an integer >= 1.")
-        if unit not in UNITS:
+        if unit not in PROMPT_UNITS:
             raise ValueError(
                 f"LoRAP got unit={unit!r}; use 'value' (the aggregate's units) or 'step' (the "
                 "prompt point's quantization step)."
