@@ -453,3 +453,64 @@ def test_folds_are_averaged_like_seeds_in_the_summary():
     assert "data.fold" not in table.columns
     assert list(table["n_seeds"]) == [3, 3]
     assert table["acc_mean"].round(6).tolist() == [0.6, 0.8]
+
+
+def test_accuracy_vs_bits_draws_a_curve_per_prompt_unit_not_their_average():
+    from lorap_dist.tune.report import bits_series, curves
+
+    rows = []
+    for bits, unit, acc in [
+        (4, "value", 0.5),
+        (4, "step", 0.7),
+        (8, "value", 0.8),
+        (8, "step", 0.9),
+    ]:
+        for seed in range(2):
+            rows.append(
+                {
+                    "status": "completed",
+                    "quant.scheme": "qat",
+                    "quant.options.bits": bits,
+                    "prompt.kind": "lorap",
+                    "prompt.unit": unit,
+                    "train.seed": seed,
+                    "avg_bits": float(bits),
+                    "best_test_acc": acc + 0.01 * seed,
+                }
+            )
+    done = pd.DataFrame(rows).assign(bits=lambda f: f["avg_bits"])
+    swept = {"quant.options.bits", "prompt.unit"}
+    # the unit varies at one bit width: a curve of its own; the bit width is the x axis
+    assert bits_series(done, swept) == ["quant.scheme", "prompt.kind", "prompt.unit"]
+    drawn = {
+        values["prompt.unit"]: stats
+        for values, stats in curves(done, "bits", "best_test_acc", bits_series(done, swept))
+    }
+    assert set(drawn) == {"value", "step"}
+    assert drawn["step"]["mean"].round(3).tolist() == [0.705, 0.905]
+    assert drawn["value"]["mean"].round(3).tolist() == [0.505, 0.805]
+
+
+def test_render_plots_draws_every_plot_the_sweep_varies(tmp_path):
+    from lorap_dist.tune.report import render_plots
+
+    rows = [
+        {
+            "status": "completed",
+            "quant.scheme": "qat",
+            "prompt.kind": kind,
+            "prompt.r": r,
+            "quant.options.bits": bits,
+            "train.seed": 0,
+            "avg_bits": float(bits),
+            "best_test_acc": 0.5 + 0.01 * r,
+            "seeds_per_s": 1.0,
+        }
+        for kind in ("none", "lorap")
+        for r in (1, 2)
+        for bits in (4, 8)
+    ]
+    files, notes = render_plots(pd.DataFrame(rows), tmp_path)
+    assert set(files) == {"accuracy_vs_rank", "accuracy_vs_bits"}
+    assert all(path.read_bytes()[:4] == b"\x89PNG" for path in files.values())
+    assert notes == ["throughput_vs_workers skipped: the sweep does not vary dist.num_workers."]

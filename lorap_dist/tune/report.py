@@ -250,6 +250,35 @@ def _lorap(kind: str) -> bool:
     return kind in ("lorap", "gpf_lorap")
 
 
+def curves(frame: Any, x: str, y: str, series: list[str]) -> list[tuple[dict[str, str], Any]]:
+    """One curve per combination of the ``series`` columns' values: ``(values, stats)``,
+    ``values`` the combination (column -> text) and ``stats`` the mean and standard
+    deviation of ``y`` indexed by ``x``, sorted."""
+    others = [c for c in series if c in frame.columns]
+    keyed = frame.assign(**{c: frame[c].map(_label) for c in others})
+    groups = keyed.groupby(others, sort=True) if others else [((), keyed)]
+    out = []
+    for key, group in groups:
+        key = key if isinstance(key, tuple) else (key,)
+        stats = group.groupby(x)[y].agg(["mean", "std"]).sort_index()
+        out.append((dict(zip(others, key, strict=True)), stats))
+    return out
+
+
+def bits_series(done: Any, swept: set[str]) -> list[str]:
+    """The curves of accuracy against average bits: one per scheme and prompt kind, and one
+    per value of every other swept setting that varies among trials of the same bit width
+    (a prompt's unit, rounding or rank, a learning rate), so that no curve averages over
+    them. A setting that only moves the bit width (``quant.options.bits``, A2Q's memory
+    budget) is the x axis, not a curve."""
+    series = ["quant.scheme", "prompt.kind"]
+    for column in sorted(swept - set(series)):
+        per_width = done.assign(_v=done[column].map(_label)).groupby("bits")["_v"].nunique()
+        if (per_width > 1).any():
+            series.append(column)
+    return series
+
+
 def render_plots(trials: Any, out_dir: Path, prefix: str = "") -> tuple[dict[str, Path], list[str]]:
     """Accuracy vs rank, accuracy vs bits per scheme, throughput vs workers (PNG).
 
@@ -267,32 +296,23 @@ def render_plots(trials: Any, out_dir: Path, prefix: str = "") -> tuple[dict[str
 
     def plot(frame: Any, name: str, x: str, y: str, series: list[str], labels: tuple) -> None:
         fig, ax = plt.subplots(figsize=(6, 4))
-        others = [c for c in series if c in frame.columns]
-        groups = frame.groupby(others, dropna=False) if others else [((), frame)]
-        for key, group in groups:
-            stats = group.groupby(x)[y].agg(["mean", "std"]).sort_index()
-            key = key if isinstance(key, tuple) else (key,)
-            label = ", ".join(f"{c.split('.')[-1]}={v}" for c, v in zip(others, key, strict=True))
-            style = (
-                "-"
-                if "prompt.kind" not in others
-                else (
-                    "-" if _lorap(str(dict(zip(others, key, strict=True))["prompt.kind"])) else "--"
-                )
-            )
+        drawn = curves(frame, x, y, series)
+        for values, stats in drawn:
+            label = ", ".join(f"{c.split('.')[-1]}={v}" for c, v in values.items())
+            dashed = "prompt.kind" in values and not _lorap(values["prompt.kind"])
             ax.errorbar(
                 stats.index,
                 stats["mean"],
                 yerr=stats["std"].fillna(0),
                 marker="o",
-                linestyle=style,
+                linestyle="--" if dashed else "-",
                 capsize=3,
                 label=label or None,
             )
         ax.set_xlabel(labels[0])
         ax.set_ylabel(labels[1])
         ax.grid(alpha=0.3)
-        if others:
+        if any(values for values, _ in drawn):
             ax.legend(fontsize=7)
         fig.tight_layout()
         files[name] = out_dir / f"{prefix}{name}.png"
@@ -307,7 +327,7 @@ def render_plots(trials: Any, out_dir: Path, prefix: str = "") -> tuple[dict[str
     if len(done) and done["avg_bits"].round(2).nunique() > 1:
         bits = done.assign(bits=done["avg_bits"].round(2))
         bits = bits[bits["quant.scheme"] != "none"]
-        series = ["quant.scheme", "prompt.kind"]
+        series = bits_series(bits, swept)
         plot(bits, "accuracy_vs_bits", "bits", "best_test_acc", series, ("avg bits", "test acc"))
     else:
         notes.append("accuracy_vs_bits skipped: every completed trial has the same bit width.")
