@@ -79,8 +79,7 @@ def prompt_sizes(model: torch.nn.Module, graphs: Any) -> list[dict[str, float]]:
 
     def hook(lorap: LoRAP, inputs: tuple, _output: torch.Tensor) -> None:
         h, quantizer = inputs[0], inputs[1]
-        weights = torch.softmax(h @ lorap.w_phi, dim=-1)
-        p = (weights @ lorap.p_a) @ lorap.scaled_p_b(quantizer, h)
+        _, p = lorap.weights_and_prompt(h, quantizer)
         grid = quantizer.grid()
         step = float(grid[0]) if grid is not None else float("nan")
         mean_p, mean_h = float(p.abs().mean()), float(h.abs().mean())

@@ -58,8 +58,7 @@ def _capture(model: nn.Module, graph: GraphData, nodes: NodeInfo) -> list[dict[s
 
         def hook(lorap: LoRAP, args: tuple, output: Tensor) -> None:
             h = args[0]
-            weights = torch.softmax(h @ lorap.w_phi, dim=-1)  # [N, k]
-            prompt = (weights @ lorap.p_a) @ lorap.scaled_p_b(args[1], h)  # [N, d]
+            weights, prompt = lorap.weights_and_prompt(h, args[1])  # [N, k], [N, d]
             seen.append(
                 {"h": h, "p": prompt, "out": output, "weights": weights, "quantizer": args[1]}
             )

@@ -135,6 +135,14 @@ class LoRAP(nn.Module):
             lorap_prompt(h, self.w_phi, self.p_a, self.scaled_p_b(quantizer, h)), nodes
         )
 
+    @torch.no_grad()
+    def weights_and_prompt(self, h: Tensor, quantizer: Quantizer) -> tuple[Tensor, Tensor]:
+        """``(w, p)`` of :meth:`forward` for ``h`` without re-quantizing: the softmax weights
+        ``[N, k]`` and the prompt ``[N, d]`` in the aggregate's units, for diagnostics. Read
+        in a forward hook (before the call, ``quantizer`` holds the grid it used)."""
+        weights = torch.softmax(h @ self.w_phi, dim=-1)
+        return weights, (weights @ self.p_a) @ self.scaled_p_b(quantizer, h)
+
     def scaled_p_b(self, quantizer: Quantizer, h: Tensor | None = None) -> Tensor:
         """``P_B`` in the aggregate's units: itself with ``unit="value"``, times the step
         :meth:`step_unit` with ``unit="step"`` (computed before ``quantizer`` observes this
