@@ -1,4 +1,5 @@
-"""Feature rows by ``index_select`` or by indexing: which gathers a sampled batch faster?
+"""Feature rows by indexing, by ``index_select``, or by ``index_select`` into a buffer kept
+across batches: which gathers a sampled batch faster?
 
 Every training step gathers the feature rows of its sampled nodes: ``Partition.
 features_fp32``, the feature exchange's payload and its received rows, and the single-process
@@ -7,10 +8,14 @@ than advanced indexing ``x[ids]`` for the same rows. This script measures both o
 one sampled batch of the sampler benchmark's size (447,000 sorted random IDs out of 2.4 M
 nodes, 100 features): float32 and int8 codes, in memory and memory-mapped from a ``.npy``
 file as a prepared dataset is; both in turn in one process, medians of the repeats, results
-checked equal first.
+checked equal first. The third way is :class:`~lorap_dist.graph.gather.RowGather`, which the
+trainers and workers now use: ``index_select`` into one buffer that every batch overwrites,
+instead of a new ~100 MB tensor that the allocator takes from ``mmap`` and page-faults in on
+every batch.
 
 Writes ``benchmarks/results/gather.json`` (rows: storage, dtype, indexing_ms,
-index_select_ms, speedup, equal) and ``benchmarks/results/gather.md``.
+index_select_ms, speedup, reused_buffer_ms, reused_vs_index_select, equal) and
+``benchmarks/results/gather.md``.
 
     .venv/bin/python benchmarks/gather.py [--repeats 9] [--threads 1]
 """
@@ -29,6 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from common import machine, write_report, write_result  # noqa: E402
+
+from lorap_dist.graph.gather import RowGather  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
@@ -66,9 +73,13 @@ def main() -> None:
             np.save(path, table.numpy())
             mapped = torch.from_numpy(np.load(path, mmap_mode="r+"))
             for storage, x in (("in memory", table), ("memory-mapped", mapped)):
-                equal = torch.equal(x[ids], x.index_select(0, ids))
+                rows_of = RowGather()
+                equal = torch.equal(x[ids], x.index_select(0, ids)) and torch.equal(
+                    x[ids], rows_of(x, ids)
+                )
                 indexing = median_ms(lambda x=x: x[ids], args.repeats)
                 selecting = median_ms(lambda x=x: x.index_select(0, ids), args.repeats)
+                reused = median_ms(lambda x=x, g=rows_of: g(x, ids), args.repeats)
                 rows.append(
                     {
                         "storage": storage,
@@ -76,6 +87,8 @@ def main() -> None:
                         "indexing_ms": round(indexing, 1),
                         "index_select_ms": round(selecting, 1),
                         "speedup": round(indexing / selecting, 2),
+                        "reused_buffer_ms": round(reused, 1),
+                        "reused_vs_index_select": round(selecting / reused, 2),
                         "equal": equal,
                     }
                 )
@@ -92,12 +105,24 @@ def main() -> None:
             "results": rows,
         },
     )
-    keys = ["storage", "dtype", "indexing_ms", "index_select_ms", "speedup", "equal"]
+    keys = [
+        "storage", "dtype", "indexing_ms", "index_select_ms", "speedup", "reused_buffer_ms",
+        "reused_vs_index_select", "equal",
+    ]  # fmt: skip
     write_report(
         "gather",
         f"{args.rows:,} sorted random rows of {args.nodes:,} x {args.features}, median of "
         f"{args.repeats} repeats, {args.threads} thread(s).",
-        ["storage", "dtype", "x[ids] (ms)", "x.index_select(0, ids) (ms)", "speedup", "equal"],
+        [
+            "storage",
+            "dtype",
+            "x[ids] (ms)",
+            "x.index_select(0, ids) (ms)",
+            "speedup",
+            "RowGather, reused buffer (ms)",
+            "vs index_select",
+            "equal",
+        ],
         [[r[k] for k in keys] for r in rows],
     )
 

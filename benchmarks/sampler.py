@@ -3,10 +3,12 @@
 On an ogbn-products-sized generated graph (2.4 M nodes, ~122 M directed edges, 100-dim
 features), fanouts [15, 10, 5], batch 1024, on the same seed batches:
 
-1. sampling throughput *including the feature gather* ``x.index_select(0, node_ids)``
-   (ours and DGL gather the same way, as the project's workers and DGL's loader do):
-   sampled edges/s and nodes/s for ``NeighborSampler.sample_blocks``, DGL's
-   ``NeighborSampler`` and PyG's ``NeighborLoader``;
+1. sampling throughput *including the feature gather*, each side as its trainer gathers:
+   ours ``index_select`` into one buffer kept across batches (``RowGather``, as the project's
+   trainers and workers do; ``--fresh-rows``: a new tensor per batch), DGL
+   ``x.index_select(0, input_nodes)`` into a new tensor, as its loader does: sampled edges/s
+   and nodes/s and the time per batch, with and without the gather, for
+   ``NeighborSampler.sample_blocks``, DGL's ``NeighborSampler`` and PyG's ``NeighborLoader``;
 2. one FP32 training step of a 3-layer GraphSAGE (hidden 256, mean aggregation): ours runs
    the project's own ``QSAGEConv`` with quantization off (what ``lorap train`` runs in FP32;
    mean aggregation by one CSR matmul on the CPU) on the trimmed blocks (layer l computes
@@ -58,6 +60,11 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache", type=Path, default=Path("/tmp/lorap-bench"))
+    p.add_argument(
+        "--fresh-rows",
+        action="store_true",
+        help="ours gathers each batch's rows into a new tensor (as before RowGather)",
+    )
     p.add_argument("--dgl-python", default="/tmp/lorap-bench/dgl-venv/bin/python")
     p.add_argument("--pyg-python", default="/tmp/lorap-bench/pyg-venv/bin/python")
     p.add_argument("--rounds", type=int, default=1, help="turns per side; the fastest is kept")
@@ -141,14 +148,20 @@ def load(path: Path) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Te
 
 
 def throughput(
-    edges: list[int], nodes: list[int], secs: list[float], step_secs: list[float]
+    edges: list[int],
+    nodes: list[int],
+    secs: list[float],
+    step_secs: list[float],
+    sample_secs: list[float] | None = None,
 ) -> dict:
     """What both loaders report: sampled edges and nodes per second of sampling, the mean
-    batch time and size, and the mean training step."""
+    batch time (and of its sampling alone, without the feature gather) and size, and the
+    mean training step."""
     return {
         "edges_per_s": sum(edges) / sum(secs),
         "nodes_per_s": sum(nodes) / sum(secs),
         "batch_s": sum(secs) / len(secs),
+        "sample_only_s": None if not sample_secs else sum(sample_secs) / len(sample_secs),
         "mean_edges_per_batch": sum(edges) / len(edges),
         "mean_nodes_per_batch": sum(nodes) / len(nodes),
         "step_s": sum(step_secs) / len(step_secs),
@@ -195,30 +208,38 @@ def make_our_convs(args: argparse.Namespace, num_classes: int) -> torch.nn.Modul
 
 
 def run_ours(args: argparse.Namespace, path: Path, measure_draw: bool = True) -> dict:
+    """Our sampler, and the feature gather as the project's trainers do it: into one buffer
+    kept across batches (:class:`~lorap_dist.graph.gather.RowGather`; ``--fresh-rows``
+    gathers into a new tensor per batch, as DGL's loader does)."""
+    from lorap_dist.graph.gather import RowGather
     from lorap_dist.graph.sampler import NeighborSampler
 
     indptr, indices, x, y = load(path)
     sampler = NeighborSampler(indptr, indices, args.fanouts)
     batches = seed_batches(args, 1 + max(args.sample_batches, args.step_batches))
     gen = torch.Generator().manual_seed(args.seed)
+    rows = RowGather()
+    gather = (lambda x, ids: x.index_select(0, ids)) if args.fresh_rows else rows
 
-    edges, nodes, secs = [], [], []
+    edges, nodes, secs, sample_secs = [], [], [], []
     for i, seeds in enumerate(batches[: 1 + args.sample_batches]):
         t0 = time.perf_counter()
         batch = sampler.sample_blocks(seeds, gen)
-        feats = x.index_select(0, batch.node_ids)
+        t1 = time.perf_counter()
+        feats = gather(x, batch.node_ids)
         dt = time.perf_counter() - t0
         if i:
             edges.append(batch.blocks[0].edge_index.size(1))
             nodes.append(feats.size(0))
             secs.append(dt)
+            sample_secs.append(t1 - t0)
 
     convs = make_our_convs(args, int(y.max()) + 1)
     opt = torch.optim.Adam(convs.parameters(), lr=1e-3)
     step_secs, block_sizes = [], None
     for i, seeds in enumerate(batches[: 1 + args.step_batches]):
         batch = sampler.sample_blocks(seeds, gen)
-        feats, labels = x.index_select(0, batch.node_ids), y[seeds]
+        feats, labels = gather(x, batch.node_ids), y[seeds]
         # [num_dst, out]: the destinations are the first num_dst rows of a block's sources
         elapsed = timed_step(convs, batch.blocks, lambda conv, b, h: conv(h, b), feats, labels, opt)
         if i:
@@ -227,7 +248,8 @@ def run_ours(args: argparse.Namespace, path: Path, measure_draw: bool = True) ->
 
     draw = measure_draws(sampler, batches[0], gen) if measure_draw else None
     return {
-        **throughput(edges, nodes, secs, step_secs),
+        **throughput(edges, nodes, secs, step_secs, sample_secs),
+        "rows": "fresh tensor per batch" if args.fresh_rows else "RowGather (reused buffer)",
         "step_blocks_src_dst_edges": block_sizes,
         "draw_strategy": draw,
     }
@@ -279,16 +301,18 @@ def run_dgl(args: argparse.Namespace, path: Path) -> dict:
     sampler = dgl.dataloading.NeighborSampler(args.fanouts[::-1])
     batches = seed_batches(args, 1 + max(args.sample_batches, args.step_batches))
 
-    edges, nodes, secs = [], [], []
+    edges, nodes, secs, sample_secs = [], [], [], []
     for i, seeds in enumerate(batches[: 1 + args.sample_batches]):
         t0 = time.perf_counter()
         input_nodes, _, blocks = sampler.sample_blocks(g, seeds)
+        t1 = time.perf_counter()
         feats = x.index_select(0, input_nodes)
         dt = time.perf_counter() - t0
         if i:
             edges.append(sum(block.num_edges() for block in blocks))
             nodes.append(feats.size(0))
             secs.append(dt)
+            sample_secs.append(t1 - t0)
 
     dims = layer_dims(args, int(y.max()) + 1)
     convs = torch.nn.ModuleList(SAGEConv(a, b, "mean") for a, b in dims)
@@ -303,7 +327,7 @@ def run_dgl(args: argparse.Namespace, path: Path) -> dict:
             step_secs.append(elapsed)
         block_sizes = [(b.num_src_nodes(), b.num_dst_nodes(), b.num_edges()) for b in blocks]
     return {
-        **throughput(edges, nodes, secs, step_secs),
+        **throughput(edges, nodes, secs, step_secs, sample_secs),
         "step_blocks_src_dst_edges": block_sizes,
         "dgl_version": dgl.__version__,
         "torch_version": torch.__version__,
@@ -378,6 +402,7 @@ SAMPLING_KEYS = (
     "edges_per_s",
     "nodes_per_s",
     "batch_s",
+    "sample_only_s",
     "mean_edges_per_batch",
     "mean_nodes_per_batch",
 )
@@ -458,6 +483,8 @@ def write_results(
         "sampling_vs_dgl": ratio(ours["edges_per_s"], dgl and dgl["edges_per_s"]),
         "sampling_nodes_vs_dgl": ratio(ours["nodes_per_s"], dgl and dgl["nodes_per_s"]),
         "batch_time_vs_dgl": ratio(dgl and dgl["batch_s"], ours["batch_s"]),
+        "sample_only_vs_dgl": ratio(dgl and dgl.get("sample_only_s"), ours["sample_only_s"]),
+        "ours_rows": ours["rows"],
         "step_vs_dgl": ratio(dgl and dgl["step_s"], ours["step_s"]),
         "ours": ours,
         "dgl": dgl,
@@ -556,6 +583,13 @@ def markdown(r: dict) -> str:
             None,
         ),
         row("seconds per sampled batch", "batch_s", ".3f", "batch_time_vs_dgl", None),
+        row(
+            "of which sampling alone (without the feature gather)",
+            "sample_only_s",
+            ".3f",
+            "sample_only_vs_dgl",
+            None,
+        ),
         row("edges per batch", "mean_edges_per_batch", ",.0f", None, None),
         row("nodes per batch", "mean_nodes_per_batch", ",.0f", None, None),
         row(
@@ -637,8 +671,14 @@ def main() -> None:
         "+ dgl.nn.SAGEConv on its MFG blocks, every block drawn afresh; "
         "PyG: NeighborLoader (torch-sparse backend) + SAGEConv over the whole sampled subgraph "
         "at every layer (torch-sparse returns no per-hop counts, so PyG's trim_to_layer "
-        "cannot be used without pyg-lib). Sampling times include the feature gather, "
-        "x.index_select(0, input nodes), on both sides."
+        "cannot be used without pyg-lib). Sampling times include the feature gather: "
+        + (
+            "x.index_select(0, input nodes) into a new tensor per batch on every side."
+            if args.fresh_rows
+            else "ours index_select into one buffer kept across batches (RowGather, as the "
+            "project's trainers gather), DGL's and PyG's x.index_select(0, input nodes) "
+            "into a new tensor per batch, as their loaders do."
+        )
     )
     for name, why in why_not.items():
         note += f" {name} baseline unavailable: {why}."

@@ -38,6 +38,7 @@ from lorap_dist.fit import (  # noqa: F401  (re-exported: the names users import
 from lorap_dist.graph.block import NodeInfo
 from lorap_dist.graph.csr import csr_from_edge_index
 from lorap_dist.graph.data import GraphData
+from lorap_dist.graph.gather import RowGather
 from lorap_dist.graph.sampler import NeighborSampler, iter_minibatches
 from lorap_dist.graph.tu_source import GraphSet
 from lorap_dist.nn import build_model
@@ -236,6 +237,7 @@ class MiniBatchRunner(FullBatchRunner):
         self.generator = torch.Generator().manual_seed(config.train.seed)
         self.device = graph.x.device
         self.pinned = not on_device and self.device.type == "cuda"
+        self.rows = RowGather()  # each batch's feature rows, in one buffer across batches
 
     def _to_device(self, tensor: Tensor) -> Tensor:
         if tensor.device == self.device:
@@ -251,7 +253,7 @@ class MiniBatchRunner(FullBatchRunner):
         batches = iter_minibatches(self.sampler, g.train_idx, self.batch_size, self.generator)
         for batch in batches:
             ids = batch.node_ids
-            x = self._to_device(g.x.index_select(0, ids))  # [num_src, F]
+            x = self._to_device(self.rows(g.x, ids))  # [num_src, F]
             y = self._to_device(g.y[ids[: batch.seed_count]])
             nodes = NodeInfo(ids=self._to_device(ids), degree=self._to_device(self.degree[ids]))
             blocks = [

@@ -52,6 +52,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from lorap_dist.graph.gather import RowGather
 from lorap_dist.quant.integer import (
     QuantizedRows,
     dequantize_rows,
@@ -149,15 +150,18 @@ class FeatureExchange:
 
     # -- collective ------------------------------------------------------------------------
 
-    def fetch(self, global_ids: Tensor) -> Tensor:
+    def fetch(self, global_ids: Tensor, into: RowGather | None = None) -> Tensor:
         """``[len(global_ids), F]`` float32 rows of ``global_ids``; every rank must call it.
 
         IDs may repeat and may be empty. With an fp32 payload the rows are exact; with int8
-        or int4 they are the dequantized codes.
+        or int4 they are the dequantized codes. With ``into`` the rows are written into its
+        buffer (a view that its next call overwrites: :class:`~lorap_dist.graph.gather.
+        RowGather`), else into a new tensor.
         """
         received, inverse = self._fetch_payload(global_ids, "fetch")
         rows = self._decode(received)  # [len(unique), F] float32
-        return rows.index_select(0, inverse.to(rows.device))  # faster than rows[inverse]
+        inverse = inverse.to(rows.device)
+        return rows.index_select(0, inverse) if into is None else into(rows, inverse)
 
     def fetch_rows(self, global_ids: Tensor) -> QuantizedRows:
         """The rows of ``global_ids`` as they travelled, integer codes with per-row scales,

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from lorap_dist.distributed.exchange import FeatureExchange
 from lorap_dist.graph.block import NodeInfo
+from lorap_dist.graph.gather import RowGather
 from lorap_dist.graph.sampler import NeighborSampler
 from lorap_dist.train import backward_loss
 
@@ -29,6 +30,7 @@ def train_batch(
     device: torch.device,
     *,
     feature_rows: str = "float",
+    rows: RowGather | None = None,
 ) -> Tensor:
     """Sample ``seeds``' blocks, fetch their features from their owners (a collective),
     run forward and backward through ``ddp`` (gradients all-reduced) and step.
@@ -41,6 +43,8 @@ def train_batch(
         feature_rows: ``float`` gives the model the fetched rows as float32
             (:meth:`FeatureExchange.fetch`); ``codes`` as integer rows
             (:meth:`FeatureExchange.fetch_rows`, a SAGE or GIN model; ``dist.feature_rows``).
+        rows: the buffer float rows are fetched into, kept by the caller across batches
+            (:class:`~lorap_dist.graph.gather.RowGather`); ``None`` fetches into new tensors.
 
     Returns:
         ``[loss * seeds, correct, seeds]`` (float64, on the CPU) for the epoch's totals;
@@ -53,7 +57,7 @@ def train_batch(
     if feature_rows == "codes":
         x = exchange.fetch_rows(batch.node_ids).to(device)  # QuantizedRows of num_src rows
     else:
-        x = exchange.fetch(batch.node_ids)  # [num_src, F]
+        x = exchange.fetch(batch.node_ids, into=rows)  # [num_src, F]
     nodes = NodeInfo(ids=batch.node_ids.to(device), degree=degree[batch.node_ids].to(device))
     logits = ddp(x, [b.to(device) for b in batch.blocks], nodes)  # [seeds, classes]
     y = labels.to(device)

@@ -42,6 +42,7 @@ from lorap_dist.distributed.inference import layerwise_inference
 from lorap_dist.distributed.seeds import SeedSchedule, epoch_generator
 from lorap_dist.distributed.step import train_batch
 from lorap_dist.graph.block import NodeInfo
+from lorap_dist.graph.gather import RowGather
 from lorap_dist.graph.sampler import NeighborSampler
 from lorap_dist.graph.storage import Dataset, open_dataset
 from lorap_dist.nn.model import build_model
@@ -112,6 +113,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         restore_rng(restored_rng)  # last: nothing above may draw from the restored streams
 
     # 4. Train: the same number of steps on every rank.
+    rows = RowGather()  # each batch's feature rows, in one buffer kept across batches
     for epoch in range(start_epoch, train_cfg.epochs):
         schedule_lr(optimizer, epoch, train_cfg)
         ddp.train()
@@ -137,6 +139,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 generator,
                 device,
                 feature_rows=settings.feature_rows,
+                rows=rows,
             )
             step += 1
         elapsed = time.perf_counter() - started

@@ -16,6 +16,7 @@ from lorap_dist.config import ModelConfig, PromptConfig, TrainConfig
 from lorap_dist.distributed.exchange import FeatureExchange
 from lorap_dist.distributed.step import train_batch
 from lorap_dist.distributed.worker import _has_unused_parameters
+from lorap_dist.graph.gather import RowGather
 from lorap_dist.graph.sampler import NeighborSampler
 from lorap_dist.graph.storage import open_dataset
 from lorap_dist.nn import build_model
@@ -65,7 +66,12 @@ class Setup:
         return model
 
     def train(
-        self, model: nn.Module, feature_rows: str, steps: int = 1, find_unused: bool = False
+        self,
+        model: nn.Module,
+        feature_rows: str,
+        steps: int = 1,
+        find_unused: bool = False,
+        rows: RowGather | None = None,
     ) -> torch.Tensor:
         """The totals of ``steps`` steps of one DDP wrapper and optimizer, summed."""
         ddp = DistributedDataParallel(model, find_unused_parameters=find_unused)
@@ -86,6 +92,7 @@ class Setup:
                 generator,
                 CPU,
                 feature_rows=feature_rows,
+                rows=rows,
             )
         return totals
 
@@ -145,3 +152,20 @@ def test_ddp_is_told_what_a_step_on_codes_leaves_unused(
     assert torch.isfinite(totals).all() and totals[2] == 3 * len(setup.seeds)
     if unused_on_codes:
         assert all(p.grad is None for p in model.convs[0].quantizers["input"].parameters())
+
+
+def test_steps_on_rows_fetched_into_one_buffer_equal_steps_on_fresh_rows(
+    one_rank_group, wide_datasets
+):
+    """``train_batch(rows=RowGather())``, as the worker runs it: every batch's rows are written
+    over the last batch's; three steps end with the same totals and weights, bit for bit."""
+    setup = Setup(wide_datasets["fp32"], None)
+    fresh = setup.model("sage", QATConfig(bits=4))
+    reused = copy.deepcopy(fresh)
+    rows = RowGather()
+    expected = setup.train(fresh, "float", steps=3)
+    got = setup.train(reused, "float", steps=3, rows=rows)
+    assert rows.buffer is not None  # the buffer was used
+    assert torch.equal(got, expected)
+    for (name, a), b in zip(fresh.state_dict().items(), reused.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
