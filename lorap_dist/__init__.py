@@ -9,10 +9,18 @@ higher ones.
 import importlib.abc
 import importlib.machinery
 import importlib.util
+import os
 import sys
 from pathlib import Path
 
 __version__ = "0.1.0"
+
+# Idle OpenMP threads sleep instead of spinning. PyTorch's CPU ops meet all their threads at
+# the end of every parallel region; threads that spin there while other work holds the cores
+# made `lorap train` 2-3x slower on a busy machine (README, "Using it"). The OpenMP runtime
+# reads this once, when torch loads it, so it takes effect where this package is imported
+# before torch (the `lorap` command and the jobs); a value already set is kept.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 # ``lorap_dist.kernels`` is the top-level ``kernels/`` folder. An installed build carries it
 # inside the package (pyproject's package-dir), and then nothing below applies. Imported from a

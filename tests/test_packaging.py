@@ -70,3 +70,21 @@ def test_source_tree_kernels_win_over_every_installed_build(installed_build, tmp
     mark, package, module = where_kernels(tree, [tree, installed_build])
     assert mark == "uploaded"
     assert package.is_relative_to(tree) and module.is_relative_to(tree / "kernels")
+
+
+@pytest.mark.parametrize(("preset", "expected"), [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
+def test_the_package_makes_idle_openmp_threads_sleep_unless_told_otherwise(preset, expected):
+    """Imported before torch (as the ``lorap`` command does), the package sets
+    ``OMP_WAIT_POLICY=PASSIVE`` for the OpenMP runtime torch loads; a user's value is kept."""
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if preset is not None:
+        env["OMP_WAIT_POLICY"] = preset
+    code = (
+        "import os, sys; import lorap_dist; assert 'torch' not in sys.modules; import torch; "
+        "print(os.environ['OMP_WAIT_POLICY'])"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == expected

@@ -8,6 +8,7 @@ it checks the dataset directory before any worker starts, builds the trainer
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -90,6 +91,16 @@ def _plain(settings: DistConfig) -> dict[str, Any]:
     return to_dict(settings)
 
 
+def worker_env(settings: DistConfig) -> dict[str, str]:
+    """The environment every worker starts with: one OpenMP thread per CPU it holds, and idle
+    OpenMP threads that sleep (``OMP_WAIT_POLICY=PASSIVE``, as the package sets where it is
+    imported first; a value set in the driver's environment is passed on instead)."""
+    return {
+        "OMP_NUM_THREADS": str(int(settings.cpus_per_worker) or 1),
+        "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE"),
+    }
+
+
 def build_trainer(
     experiment: ExperimentConfig,
     settings: DistConfig,
@@ -123,9 +134,7 @@ def build_trainer(
             storage_path=settings.storage_uri,
             failure_config=FailureConfig(max_failures=settings.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=settings.keep_checkpoints),
-            worker_runtime_env={
-                "env_vars": {"OMP_NUM_THREADS": str(int(settings.cpus_per_worker) or 1)}
-            },
+            worker_runtime_env={"env_vars": worker_env(settings)},
         ),
     )
 

@@ -197,3 +197,23 @@ def test_remote_storage_goes_to_ray_as_given(tiny_dataset, tmp_path, monkeypatch
     trainer.build_trainer(experiment(tiny_dataset, [4, 4]), local, name="r")
     assert seen["storage_path"] == str(tmp_path.resolve() / "runs")
     assert trainer._local_run_dir(local, "r") == tmp_path.resolve() / "runs" / "r"
+
+
+def test_workers_start_with_a_thread_per_cpu_and_sleeping_idle_threads(monkeypatch, tiny_dataset):
+    from ray.train import RunConfig
+
+    seen = {}
+
+    def capture(*args, run_config: RunConfig, **kwargs):
+        seen["env"] = run_config.worker_runtime_env["env_vars"]
+
+    import ray.train.torch
+
+    monkeypatch.setattr(ray.train.torch, "TorchTrainer", capture)
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    settings = DistConfig(num_workers=2, cpus_per_worker=3, storage_path="s3://bucket/runs")
+    trainer.build_trainer(experiment(tiny_dataset, [4, 4]), settings, name="r")
+    assert seen["env"] == {"OMP_NUM_THREADS": "3", "OMP_WAIT_POLICY": "PASSIVE"}
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")  # the user's choice is passed on
+    trainer.build_trainer(experiment(tiny_dataset, [4, 4]), settings, name="r")
+    assert seen["env"]["OMP_WAIT_POLICY"] == "ACTIVE"
