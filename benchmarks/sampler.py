@@ -218,8 +218,7 @@ def run_ours(args: argparse.Namespace, path: Path, measure_draw: bool = True) ->
     sampler = NeighborSampler(indptr, indices, args.fanouts)
     batches = seed_batches(args, 1 + max(args.sample_batches, args.step_batches))
     gen = torch.Generator().manual_seed(args.seed)
-    rows = RowGather()
-    gather = (lambda x, ids: x.index_select(0, ids)) if args.fresh_rows else rows
+    gather = (lambda x, ids: x.index_select(0, ids)) if args.fresh_rows else RowGather()
 
     edges, nodes, secs, sample_secs = [], [], [], []
     for i, seeds in enumerate(batches[: 1 + args.sample_batches]):

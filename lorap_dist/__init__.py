@@ -17,7 +17,7 @@ __version__ = "0.1.0"
 
 # Idle OpenMP threads sleep instead of spinning. PyTorch's CPU ops meet all their threads at
 # the end of every parallel region; threads that spin there while other work holds the cores
-# made `lorap train` 2-3x slower on a busy machine (README, "Using it"). The OpenMP runtime
+# made `lorap train` about 2x slower on a busy machine (README, "Using it"). The OpenMP runtime
 # reads this once, when torch loads it, so it takes effect where this package is imported
 # before torch (the `lorap` command and the jobs); a value already set is kept.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

@@ -19,7 +19,7 @@ class RowGather:
     that the next call overwrites.
 
     The result is a view of that buffer: use it within one training step, whose backward
-    runs before the next gather (as in :class:`~lorap_dist.train.MinibatchTrainer` and
+    runs before the next gather (as in :class:`~lorap_dist.train.MiniBatchRunner` and
     :func:`~lorap_dist.distributed.step.train_batch`). Anything kept longer must be cloned.
     Should a graph that saved the rows for backward outlive the next gather, autograd refuses
     its backward ("modified by an inplace operation") instead of using the new rows.
