@@ -433,6 +433,7 @@ ABLATIONS: list[tuple[str, str, dict[str, Any], str | None]] = [
     ("+ LoRAP, also trained on the aggregation error (weight 1)", "lorap", {}, "objective:1"),
     ("QAT INT4 alone, range momentum 0.1", "none", {"momentum": 0.1}, None),
     ("+ LoRAP, range momentum 0.1", "lorap", {"momentum": 0.1}, None),
+    ("+ GPF + LoRAP, range momentum 0.1", "gpf_lorap", {"momentum": 0.1}, None),
     ("QAT INT4 alone, min/max observer (earlier default)", "none", {"observer": "minmax"}, None),
     ("+ LoRAP, min/max observer", "lorap", {"observer": "minmax"}, None),
     (
@@ -680,7 +681,7 @@ def paired(row: dict[str, Any], reference: dict[str, Any] | None) -> str:
 
 def ablation_reference(variant: str) -> str:
     """The row an ablation is compared with: its scheme and observer without the change."""
-    if variant == "+ LoRAP, range momentum 0.1":
+    if variant in ("+ LoRAP, range momentum 0.1", "+ GPF + LoRAP, range momentum 0.1"):
         return "QAT INT4 alone, range momentum 0.1"
     if "momentum 0.01" in variant:
         return "Degree-Quant INT4 alone, momentum 0.01 (earlier default)"
