@@ -24,7 +24,7 @@ from lorap_dist.config_dicts import (  # noqa: F401  (re-exported: part of the c
     set_field,
     to_dict,
 )
-from lorap_dist.quant.api import scheme_config_type
+from lorap_dist.quant.api import quantize_, scheme_config_type
 from lorap_dist.validation import (  # noqa: F401  (re-exported: part of the config API)
     ConfigError,
     check,
@@ -399,14 +399,21 @@ class QuantSettings:
 
     ``scheme`` is ``none`` (float) or a registered scheme name (``qat``, and the schemes
     added under ``lorap_dist/quant/schemes``); ``options`` are the scheme config's fields,
-    e.g. ``{bits: 4, observer: ema}``.
+    e.g. ``{bits: 4, observer: ema}``. ``float_logits`` (default ``False``) keeps a
+    node-level model's logits, its last layer's ``output`` point, at full precision
+    (:func:`~lorap_dist.quant.quantize_` says why one would).
     """
 
     scheme: str = "none"
     options: dict[str, Any] = field(default_factory=dict)
+    float_logits: bool = False
 
     def __post_init__(self) -> None:
         check(isinstance(self.options, dict), "quant.options must be a mapping of field: value.")
+        check(
+            isinstance(self.float_logits, bool),
+            f"quant.float_logits={self.float_logits!r} must be true or false.",
+        )
         check(
             self.scheme != "none" or not self.options,
             f"quant.options={self.options} are given but quant.scheme is 'none' (no "
@@ -423,6 +430,14 @@ class QuantSettings:
         return from_dict(
             scheme_config_type(self.scheme), self.options, f"quant.options ({self.scheme})"
         )
+
+    def apply(self, model: Any, num_nodes: int | None) -> Any:
+        """``model`` with the scheme applied in place (unchanged for ``scheme: none``);
+        ``num_nodes``: nodes of the full graph, for schemes with per-node parameters."""
+        scheme = self.build()
+        if scheme is not None:
+            quantize_(model, scheme, num_nodes=num_nodes, float_logits=self.float_logits)
+        return model
 
 
 SEED_POLICIES = ("pad", "cap")  # lorap_dist.distributed.seeds

@@ -44,7 +44,6 @@ from lorap_dist.graph.tu_source import GraphSet
 from lorap_dist.nn import build_model
 from lorap_dist.quant import (
     quantization_loss,
-    quantize_,
 )
 from lorap_dist.train_graphs import graph_splits, load_graph_set, train_graphs
 
@@ -112,10 +111,7 @@ def check_fanout(config: ExperimentConfig) -> None:
 def build_quantized_model(config: ExperimentConfig, graph: GraphData) -> nn.Module:
     """The configured model with its quantization scheme applied."""
     model = build_model(graph.x.size(1), graph.num_classes, config.model, config.prompt)
-    scheme = config.quant.build()
-    if scheme is not None:
-        quantize_(model, scheme, num_nodes=graph.num_nodes)
-    return model
+    return config.quant.apply(model, num_nodes=graph.num_nodes)
 
 
 def accuracy(logits: Tensor, y: Tensor) -> float:

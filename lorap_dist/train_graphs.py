@@ -32,7 +32,7 @@ from lorap_dist.fit import EpochReport, TrainResult, fit, resolve_device
 from lorap_dist.graph.block import NodeInfo
 from lorap_dist.graph.tu_source import GraphSet, tu_graph_set
 from lorap_dist.nn import GraphGNN
-from lorap_dist.quant import quantization_loss, quantize_
+from lorap_dist.quant import quantization_loss
 
 FOLD_SEED = 12345  # the folds are one fixed draw: every run of a fold sees the same graphs
 
@@ -92,10 +92,7 @@ def training_split_check(config: ExperimentConfig, graphs: GraphSet) -> dict[str
 def build_graph_model(config: ExperimentConfig, graphs: GraphSet) -> nn.Module:
     """The configured :class:`GraphGNN` with its quantization scheme applied."""
     model = GraphGNN(graphs.num_features, graphs.num_outputs, config.model, config.prompt)
-    scheme = config.quant.build()
-    if scheme is not None:
-        quantize_(model, scheme, num_nodes=0)  # no node is the same node in two graphs
-    return model
+    return config.quant.apply(model, num_nodes=0)  # no node is the same node in two graphs
 
 
 class GraphBatchRunner:

@@ -47,7 +47,7 @@ from lorap_dist.graph.sampler import NeighborSampler
 from lorap_dist.graph.storage import Dataset, open_dataset
 from lorap_dist.nn.model import build_model
 from lorap_dist.optim import build_optimizer, schedule_lr
-from lorap_dist.quant import QuantizedRows, end_epoch, quantize_
+from lorap_dist.quant import QuantizedRows, end_epoch
 from lorap_dist.tracking import BestEpoch
 from lorap_dist.train import backward_loss
 
@@ -82,9 +82,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     model = build_model(
         dataset.num_features, dataset.num_classes, experiment.model, experiment.prompt
     )
-    scheme = experiment.quant.build()
-    if scheme is not None:
-        quantize_(model, scheme, num_nodes=dataset.num_nodes)  # A2Q: per-node parameters
+    experiment.quant.apply(model, num_nodes=dataset.num_nodes)  # A2Q: per-node parameters
     model.to(device)
     optimizer = build_optimizer(model, train_cfg)
     dataset_facts = {

@@ -135,6 +135,12 @@ class GNN(PromptedStack):
         super().__init__(in_channels, model, prompt, out_channels)
         self.dropout = model.dropout
 
+    @property
+    def logits_layer(self) -> QuantizedConv:
+        """The layer whose ``output`` point holds the logits (``quantize_``'s
+        ``float_logits`` leaves that point at full precision)."""
+        return self.convs[-1]
+
     def forward(
         self,
         x: Tensor | QuantizedRows,

@@ -17,6 +17,12 @@ As in torchao's ``quantize_``, a ``filter_fn(module, fqn)`` picks what to quanti
 asked once for each quantizable layer (a module with quantization points that is not part
 of another one, e.g. ``convs.0``), and a layer it turns down keeps every point inside it,
 its linear weights included, at full precision.
+
+``float_logits=True`` keeps one point at full precision: the ``output`` point of the layer a
+node-level model names as ``model.logits_layer`` (its last layer), whose values are the
+class logits. Nothing integer reads them (the loss and the argmax do), and on an INT4 grid
+of 16 values classes tie. Graph-level models never quantize their logits (their head's
+last linear has no point after it).
 """
 
 from __future__ import annotations
@@ -133,6 +139,7 @@ def quantize_(
     *,
     filter_fn: FilterFn | None = None,
     num_nodes: int | None = None,
+    float_logits: bool = False,
 ) -> nn.Module:
     """Replace the quantization points of ``model`` in place with the scheme of ``config``.
 
@@ -146,6 +153,9 @@ def quantize_(
             E.g. first and last layers in FP32: ``lambda layer, fqn: fqn not in {"convs.0",
             "convs.2"}``.
         num_nodes: nodes in the full graph; required by schemes with per-node parameters.
+        float_logits: leave the ``output`` point of ``model.logits_layer`` (a node-level
+            model's last layer: its output is the logits) at full precision; a model
+            without ``logits_layer`` has no quantized logits and is quantized as without.
 
     Returns:
         ``model``, for chaining.
@@ -153,11 +163,14 @@ def quantize_(
     _load_schemes()
     scheme = _scheme_of(config)
     context = QuantizeContext(model=model, num_nodes=num_nodes)
+    logits = getattr(model, "logits_layer", None) if float_logits else None
     for fqn, layer in quantizable_layers(model):
         if filter_fn is not None and not filter_fn(layer, fqn):
             continue
         for _, module in quantizable_modules(layer):
             for point, role in module.QUANT_POINTS.items():
+                if module is logits and point == "output":
+                    continue  # stays the float model's IdentityQuantizer
                 module.quantizers[point] = scheme.handler(config, module, point, role, context)
     finalize = getattr(config, "finalize_model", None)
     if callable(finalize):

@@ -160,14 +160,12 @@ def _static_facts(experiment: ExperimentConfig) -> dict[str, Any]:
     """Parameter counts and configured average bits of a distributed trial's model."""
     from lorap_dist.graph.storage import read_meta
     from lorap_dist.nn import build_model, parameter_counts
-    from lorap_dist.quant import average_bits, quantize_
+    from lorap_dist.quant import average_bits
 
     meta = read_meta(Path(experiment.data.path))
     model = build_model(
         int(meta["num_features"]), int(meta["num_classes"]), experiment.model, experiment.prompt
     )
-    scheme = experiment.quant.build()
-    if scheme is not None:
-        quantize_(model, scheme, num_nodes=int(meta["num_nodes"]))
+    experiment.quant.apply(model, num_nodes=int(meta["num_nodes"]))
     counts = parameter_counts(model)
     return {**{f"params_{k}": n for k, n in counts.items()}, "avg_bits": average_bits(model)}
