@@ -233,16 +233,6 @@ def _loss_with_aggregation_objective(quantization_loss: Any, model: Any) -> Any:
     return torch.stack([t.reshape(()) for t in terms]).sum() if terms else None
 
 
-def _float_logits(build: Any, config: Any, graph: Any) -> Any:
-    """The configured model with its last layer's output point (the logits) at full
-    precision: nothing integer reads the logits, and on an INT4 grid classes tie."""
-    from lorap_dist.quant.base import IdentityQuantizer
-
-    model = build(config, graph)
-    model.convs[-1].quantizers["output"] = IdentityQuantizer()
-    return model
-
-
 def _only_points(build: Any, points: frozenset[str], config: Any, graph: Any) -> Any:
     """The configured model with every quantization point outside ``points`` (names such
     as ``input``, ``aggregate``, ``prompt``, ``hidden``, ``output``, ``weight``) left at
@@ -305,8 +295,6 @@ def _run(task: tuple[dict[str, Any], str | None, int, bool]) -> dict[str, Any]:
         training.quantization_loss = functools.partial(
             _loss_with_aggregation_objective, quantization_loss
         )
-    elif variant == "float_logits":
-        training.build_quantized_model = functools.partial(_float_logits, build)
     elif variant is not None and variant.startswith("points:"):
         points = frozenset(filter(None, variant.removeprefix("points:").split(",")))
         training.build_quantized_model = functools.partial(_only_points, build, points)
@@ -446,9 +434,9 @@ ABLATIONS: list[tuple[str, str, dict[str, Any], str | None]] = [
     ("QAT INT4 alone, range momentum 0.1", "none", {"momentum": 0.1}, None),
     ("+ LoRAP, range momentum 0.1", "lorap", {"momentum": 0.1}, None),
     ("+ GPF + LoRAP, range momentum 0.1", "gpf_lorap", {"momentum": 0.1}, None),
-    ("QAT INT4 alone, logits in float", "none", {}, "float_logits"),
-    ("+ LoRAP, logits in float", "lorap", {}, "float_logits"),
-    ("+ GPF + LoRAP, logits in float", "gpf_lorap", {}, "float_logits"),
+    ("QAT INT4 alone, logits in float", "none", {"quant": {"float_logits": True}}, None),
+    ("+ LoRAP, logits in float", "lorap", {"quant": {"float_logits": True}}, None),
+    ("+ GPF + LoRAP, logits in float", "gpf_lorap", {"quant": {"float_logits": True}}, None),
     ("QAT INT4 alone, min/max observer (earlier default)", "none", {"observer": "minmax"}, None),
     ("+ LoRAP, min/max observer", "lorap", {"observer": "minmax"}, None),
     (
