@@ -311,6 +311,7 @@ def _run(task: tuple[dict[str, Any], str | None, int, bool]) -> dict[str, Any]:
         "valid": 100 * result.valid_acc,
         "best_epoch": result.best_epoch,
         "avg_bits": result.avg_bits,
+        "tied": 100 * tied_share(model, graph),
     }
     for module in model.modules():  # the objective's wrappers, gone before diagnostics copy
         for name in ("forward", "quantize_aggregate"):
@@ -318,6 +319,19 @@ def _run(task: tuple[dict[str, Any], str | None, int, bool]) -> dict[str, Any]:
     if diagnose and config.prompt.lorap:
         out["diagnostics"] = lorap_diagnostics(model, graph)
     return out
+
+
+@torch.no_grad()
+def tied_share(model: Any, graph: Any) -> float:
+    """Share of test nodes whose largest logit is shared by another class (on a grid of
+    few values classes tie, and ``argmax`` then takes the first of them)."""
+    from lorap_dist.graph import NodeInfo
+
+    model.eval()
+    nodes = NodeInfo(ids=torch.arange(graph.num_nodes), degree=graph.in_degree())
+    logits = model(graph.x, graph.edge_index, nodes)[graph.test_idx]
+    top = logits.max(dim=-1, keepdim=True).values
+    return (logits == top).sum(dim=-1).gt(1).float().mean().item()
 
 
 def run_settings(
@@ -356,7 +370,9 @@ def summary(outcomes: list[dict[str, Any]]) -> dict[str, Any]:
         "avg_bits": round(statistics.fmean(bits), 2) if bits else 32.0,
         "n_seeds": len(outcomes),
         "accs": [round(a, 1) for a in accs],
-    }
+        **({"tied_mean": round(statistics.fmean(o["tied"] for o in outcomes), 2)}
+           if all("tied" in o for o in outcomes) else {}),
+    }  # fmt: skip
 
 
 def mean_diagnostics(outcomes: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -750,11 +766,12 @@ def ablation_table(rows: list[dict[str, Any]], reference: Any = ablation_referen
 
     body = [
         [r["dataset"], r["model"], r["variant"], _cell(r), paired(r, reference_row(r)),
-         f"{r['valid_mean']:.1f}", " ".join(f"{a:.0f}" for a in r["accs"])]
+         f"{r['valid_mean']:.1f}", _number(r.get("tied_mean"), 1),
+         " ".join(f"{a:.0f}" for a in r["accs"])]
         for r in rows
     ]  # fmt: skip
     header = ["dataset", "model", "setting", "test %", "minus its reference, paired",
-              "valid %", "seeds"]  # fmt: skip
+              "valid %", "test nodes tied %", "seeds"]  # fmt: skip
     return markdown_table(header, body)
 
 
