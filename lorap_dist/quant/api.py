@@ -33,7 +33,13 @@ from typing import Any
 
 from torch import nn
 
-from lorap_dist.quant.base import NODE, WEIGHT, Quantizer, quantizable_modules
+from lorap_dist.quant.base import (
+    NODE,
+    WEIGHT,
+    IdentityQuantizer,
+    Quantizer,
+    quantizable_modules,
+)
 from lorap_dist.validation import ConfigError
 
 Handler = Callable[[Any, nn.Module, str, str, "QuantizeContext"], Quantizer]
@@ -170,7 +176,8 @@ def quantize_(
         for _, module in quantizable_modules(layer):
             for point, role in module.QUANT_POINTS.items():
                 if module is logits and point == "output":
-                    continue  # stays the float model's IdentityQuantizer
+                    module.quantizers[point] = IdentityQuantizer()
+                    continue
                 module.quantizers[point] = scheme.handler(config, module, point, role, context)
     finalize = getattr(config, "finalize_model", None)
     if callable(finalize):
