@@ -370,9 +370,8 @@ def summary(outcomes: list[dict[str, Any]]) -> dict[str, Any]:
         "avg_bits": round(statistics.fmean(bits), 2) if bits else 32.0,
         "n_seeds": len(outcomes),
         "accs": [round(a, 1) for a in accs],
-        **({"tied_mean": round(statistics.fmean(o["tied"] for o in outcomes), 2)}
-           if all("tied" in o for o in outcomes) else {}),
-    }  # fmt: skip
+        "tied_mean": round(statistics.fmean(o["tied"] for o in outcomes), 2),
+    }
 
 
 def mean_diagnostics(outcomes: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -700,10 +699,9 @@ def paired(row: dict[str, Any], reference: dict[str, Any] | None) -> str:
 
 def ablation_reference(variant: str) -> str:
     """The row an ablation is compared with: its scheme and observer without the change."""
-    if variant in ("+ LoRAP, range momentum 0.1", "+ GPF + LoRAP, range momentum 0.1"):
-        return "QAT INT4 alone, range momentum 0.1"
-    if variant.endswith(", logits in float") and variant.startswith("+"):
-        return "QAT INT4 alone, logits in float"
+    for change in ("range momentum 0.1", "logits in float"):  # prompts on a changed backbone
+        if variant.startswith("+") and variant.endswith(f", {change}"):
+            return f"QAT INT4 alone, {change}"
     if "momentum 0.01" in variant:
         return "Degree-Quant INT4 alone, momentum 0.01 (earlier default)"
     if variant.startswith("Degree-Quant") and variant != "Degree-Quant INT4 alone":

@@ -42,9 +42,7 @@ from lorap_dist.graph.gather import RowGather
 from lorap_dist.graph.sampler import NeighborSampler, iter_minibatches
 from lorap_dist.graph.tu_source import GraphSet
 from lorap_dist.nn import build_model
-from lorap_dist.quant import (
-    quantization_loss,
-)
+from lorap_dist.quant import quantization_loss
 from lorap_dist.train_graphs import graph_splits, load_graph_set, train_graphs
 
 
