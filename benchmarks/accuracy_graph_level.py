@@ -168,33 +168,89 @@ def same(row: dict[str, Any], key: dict[str, Any]) -> bool:
     )
 
 
-def run(args: Any) -> None:
-    rows = load_rows() if args.resume else []
-    todo = [
-        s
-        for s in settings(args)
-        if not any(
-            same(r, s["key"])
-            and r["folds"] == args.folds
+def plan(args: Any, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The settings still to run, each with the folds it lacks.
+
+    A kept row (same setting, epochs and prompt start) that holds every requested fold is
+    done; one that holds some of them is extended by the others, so ``--folds 0-4
+    --resume`` adds folds 1-4 to a row measured on fold 0 instead of re-running it.
+    """
+    out = []
+    for setting in settings(args):
+        kept = next(
+            (
+                r
+                for r in rows
+                if same(r, setting["key"])
+                and r["epochs"] == args.epochs
+                and common.same_start(r)
+                and set(r["folds"]) <= set(args.folds)
+            ),
+            None,
+        )
+        have = set(kept["folds"]) if kept else set()
+        if any(
+            same(r, setting["key"])
             and r["epochs"] == args.epochs
             and common.same_start(r)
+            and set(args.folds) <= set(r["folds"])
             for r in rows
-        )
-    ]
+        ):
+            continue
+        missing = [f for f in args.folds if f not in have]
+        out.append({**setting, "kept": kept, "folds": missing})
+    return out
+
+
+def merge_folds(kept: dict[str, Any] | None, row: dict[str, Any]) -> dict[str, Any]:
+    """``row`` (new folds) joined with ``kept`` (earlier folds of the same setting), in
+    fold order; means over folds weighted by how many folds each side holds."""
+    if kept is None:
+        return row
+    n_old, n_new = kept["n_folds"], row["n_folds"]
+
+    def weighted(key: str) -> float:
+        return round((kept[key] * n_old + row[key] * n_new) / (n_old + n_new), 2)
+
+    by_fold = {
+        f: (a, e)
+        for side in (kept, row)
+        for f, a, e in zip(side["folds"], side["accs"], side["best_epochs"], strict=True)
+    }
+    folds = sorted(by_fold)
+    accs = [by_fold[f][0] for f in folds]
+    mean, std = mean_std(accs)
+    return {
+        **row,
+        "acc_mean": round(mean, 2),
+        "acc_std": round(std, 2),
+        "valid_mean": weighted("valid_mean"),
+        "avg_bits": weighted("avg_bits"),
+        "n_folds": len(folds),
+        "folds": folds,
+        "accs": accs,
+        "best_epochs": [by_fold[f][1] for f in folds],
+        "wall_s_per_fold": weighted("wall_s_per_fold"),
+    }
+
+
+def run(args: Any) -> None:
+    rows = load_rows() if args.resume else []
+    todo = plan(args, rows)
     if args.only:
         todo = [s for s in todo if any(part in s["label"] for part in args.only)]
     print(f"{NAME}: {len(todo)} settings to run, folds {args.folds}", flush=True)
-    tasks = [(s["config"], fold) for s in todo for fold in args.folds]
-    per = len(args.folds)
+    tasks = [(s["config"], fold) for s in todo for fold in s["folds"]]
+    owner = [i for i, s in enumerate(todo) for _ in s["folds"]]
     start = time.perf_counter()
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(args.jobs, mp_context=context) as pool:
         outcomes: list[dict[str, Any]] = []
         for index, outcome in enumerate(pool.map(_run, tasks)):
             outcomes.append(outcome)
-            if len(outcomes) < per:
+            setting = todo[owner[index]]
+            if len(outcomes) < len(setting["folds"]):
                 continue
-            setting = todo[index // per]
             accs = [o["test"] for o in outcomes]
             mean, std = mean_std(accs)
             bits = [o["avg_bits"] for o in outcomes if o["avg_bits"] is not None]
@@ -204,14 +260,15 @@ def run(args: Any) -> None:
                 "acc_std": round(std, 2),
                 "valid_mean": round(statistics.fmean(o["valid"] for o in outcomes), 2),
                 "avg_bits": round(statistics.fmean(bits), 2) if bits else 32.0,
-                "n_folds": per,
-                "folds": list(args.folds),
+                "n_folds": len(outcomes),
+                "folds": list(setting["folds"]),
                 "epochs": args.epochs,
                 "accs": [round(a, 1) for a in accs],
                 "best_epochs": [o["best_epoch"] for o in outcomes],
                 "wall_s_per_fold": round(statistics.fmean(o["wall_s"] for o in outcomes), 1),
                 **common.prompt_start(setting["key"]["prompt"]),
             }
+            row = merge_folds(setting["kept"], row)
             RESULTS.mkdir(parents=True, exist_ok=True)
             with open(RESULTS / f".{NAME}.lock", "w") as lock:  # other processes may write
                 fcntl.flock(lock, fcntl.LOCK_EX)
@@ -219,7 +276,8 @@ def run(args: Any) -> None:
                 write_result(NAME, current)
                 write_report()
             print(
-                f"{setting['label']}: {mean:.2f} ± {std:.2f} [{time.perf_counter() - start:.0f} s]",
+                f"{setting['label']}: {row['acc_mean']:.2f} ± {row['acc_std']:.2f} over folds "
+                f"{row['folds']} [{time.perf_counter() - start:.0f} s]",
                 flush=True,
             )
             outcomes = []
@@ -367,7 +425,11 @@ def main() -> None:
     parser.add_argument("--folds", default="0-9", help="which of the 10 folds to run")
     parser.add_argument("--epochs", type=int, default=200)
     parser.add_argument("--jobs", type=int, default=1, help="runs in parallel, one thread each")
-    parser.add_argument("--resume", action="store_true", help="keep finished rows")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep finished rows; a row holding some of --folds gains the others",
+    )
     parser.add_argument("--only", default=None, help="labels containing one of these")
     parser.add_argument("--report", action="store_true", help="rewrite the table only")
     args = parser.parse_args()
