@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from lorap_dist.config import ConfigError, ModelConfig, PromptConfig, QuantSettings, to_dict
-from lorap_dist.nn import build_model
+from lorap_dist.nn import GraphGNN, build_model
 from lorap_dist.quant import (
     average_bits,
     calculate_qparams,
@@ -236,6 +236,16 @@ def test_only_the_logits_skip_the_search_unless_asked(search_logits):
     logits = candidates.pop("convs.2.output")
     assert logits == ((2, 4) if search_logits else (4,))
     assert candidates and all(bits == (2, 4) for bits in candidates.values())
+
+
+def test_a_graph_level_model_keeps_no_point_out_of_the_search():
+    """Its logits come from the head's last linear, which has no node point after it, so
+    every point (the last layer's output included) searches its bit width."""
+    model = GraphGNN(5, 3, ModelConfig(arch="gin", hidden=6, layers=3, readout="mean"))
+    quantize_(model, MixQConfig(candidate_bits=(2, 4)))
+    candidates = {name: q.candidate_bits for name, q in quantizers_of(model)}
+    assert "convs.2.output" in candidates
+    assert all(bits == (2, 4) for bits in candidates.values())
 
 
 @pytest.mark.parametrize(

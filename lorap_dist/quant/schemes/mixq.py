@@ -42,7 +42,7 @@ from torch import Tensor, nn
 
 from lorap_dist.graph.block import NodeInfo
 from lorap_dist.quant.api import QuantConfig, QuantizeContext, register_scheme, unsupported_role
-from lorap_dist.quant.base import NODE, WEIGHT, Quantizer, quantizable_modules, quantizers_of
+from lorap_dist.quant.base import NODE, WEIGHT, Quantizer, quantizers_of
 from lorap_dist.quant.fake_quant import (
     NonzeroIndex,
     calculate_qparams,
@@ -355,12 +355,11 @@ def mixq_bits(model: nn.Module) -> dict[str, int]:
     }
 
 
-def _last_layer(context: QuantizeContext) -> nn.Module | None:
-    """The last module with an ``output`` point: its output is the model's logits."""
-    if "mixq_last_layer" not in context.shared:
-        layers = [m for _, m in quantizable_modules(context.model) if "output" in m.QUANT_POINTS]
-        context.shared["mixq_last_layer"] = layers[-1] if layers else None
-    return context.shared["mixq_last_layer"]
+def _logits_layer(context: QuantizeContext) -> nn.Module | None:
+    """The layer whose output points hold the class logits: the model's ``logits_layer``
+    (node-level models name it; a graph-level model's logits come from an unquantized head,
+    so it has none and no point is kept out of the search)."""
+    return getattr(context.model, "logits_layer", None)
 
 
 @register_scheme("mixq", MixQConfig)
@@ -371,7 +370,7 @@ def _build_mixq_quantizer(
     the points that hold the logits keep the largest candidate unless ``search_logits``."""
     if role == NODE:
         candidates = config.candidate_bits
-        if not config.search_logits and module is _last_layer(context):
+        if not config.search_logits and module is _logits_layer(context):
             if point in getattr(module, "output_points", ("output",)):
                 candidates = (max(candidates),)
         return MixQQuantizer(
