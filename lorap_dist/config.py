@@ -400,8 +400,9 @@ class QuantSettings:
     ``scheme`` is ``none`` (float) or a registered scheme name (``qat``, and the schemes
     added under ``lorap_dist/quant/schemes``); ``options`` are the scheme config's fields,
     e.g. ``{bits: 4, observer: ema}``. ``float_logits`` (default ``False``) keeps a
-    node-level model's logits, its last layer's ``output`` point, at full precision
-    (:func:`~lorap_dist.quant.quantize_` says why one would).
+    node-level model's logits at full precision: its last layer's points that hold them
+    (``output``; in GCN and GAT also ``aggregate`` or ``prompt``, the logits less the bias;
+    :func:`~lorap_dist.quant.quantize_` says why one would).
     """
 
     scheme: str = "none"

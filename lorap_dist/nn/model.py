@@ -137,8 +137,8 @@ class GNN(PromptedStack):
 
     @property
     def logits_layer(self) -> QuantizedConv:
-        """The layer whose ``output`` point holds the logits (``quantize_``'s
-        ``float_logits`` leaves that point at full precision)."""
+        """The layer whose output points hold the logits (``quantize_``'s ``float_logits``
+        leaves them at full precision, MixQ keeps them at its widest width)."""
         return self.convs[-1]
 
     def forward(

@@ -18,11 +18,13 @@ asked once for each quantizable layer (a module with quantization points that is
 of another one, e.g. ``convs.0``), and a layer it turns down keeps every point inside it,
 its linear weights included, at full precision.
 
-``float_logits=True`` keeps one point at full precision: the ``output`` point of the layer a
-node-level model names as ``model.logits_layer`` (its last layer), whose values are the
-class logits. Nothing integer reads them (the loss and the argmax do), and on an INT4 grid
-of 16 values classes tie. Graph-level models never quantize their logits (their head's
-last linear has no point after it).
+``float_logits=True`` keeps the points that hold the class logits at full precision: the
+``output_points`` of the layer a node-level model names as ``model.logits_layer`` (its last
+layer), that is its ``output`` point, and in a layer that transforms before it aggregates
+(GCN, GAT) also its ``aggregate`` and ``prompt`` points, whose values are the logits less
+the bias. Nothing integer reads them (the loss and the argmax do), and on an INT4 grid of
+16 values classes tie. Graph-level models never quantize their logits (their head's last
+linear has no point after it).
 """
 
 from __future__ import annotations
@@ -159,8 +161,8 @@ def quantize_(
             E.g. first and last layers in FP32: ``lambda layer, fqn: fqn not in {"convs.0",
             "convs.2"}``.
         num_nodes: nodes in the full graph; required by schemes with per-node parameters.
-        float_logits: leave the ``output`` point of ``model.logits_layer`` (a node-level
-            model's last layer: its output is the logits) at full precision; a model
+        float_logits: leave the points of ``model.logits_layer`` (a node-level model's last
+            layer) that hold the logits, its ``output_points``, at full precision; a model
             without ``logits_layer`` has no quantized logits and is quantized as without.
 
     Returns:
@@ -170,12 +172,13 @@ def quantize_(
     scheme = _scheme_of(config)
     context = QuantizeContext(model=model, num_nodes=num_nodes)
     logits = getattr(model, "logits_layer", None) if float_logits else None
+    logit_points = logits.output_points if logits is not None else ()
     for fqn, layer in quantizable_layers(model):
         if filter_fn is not None and not filter_fn(layer, fqn):
             continue
         for _, module in quantizable_modules(layer):
             for point, role in module.QUANT_POINTS.items():
-                if module is logits and point == "output":
+                if module is logits and point in logit_points:
                     module.quantizers[point] = IdentityQuantizer()
                     continue
                 module.quantizers[point] = scheme.handler(config, module, point, role, context)

@@ -1,5 +1,6 @@
-"""``float_logits``: a node-level model's logits (its last layer's ``output`` point) stay at
-full precision while every other point is quantized."""
+"""``float_logits``: a node-level model's logits (the points of its last layer that hold them:
+``output``, and in GCN and GAT the aggregate or prompt before the bias) stay at full
+precision while every other point is quantized."""
 
 from __future__ import annotations
 
@@ -42,9 +43,17 @@ def kinds(model: torch.nn.Module) -> dict[str, type]:
     return {name: type(quantizer) for name, quantizer in quantizers_of(model)}
 
 
+LOGIT_POINTS = {  # the last layer's points that hold the logits, with LoRAP rounding once
+    "gcn": {"prompt", "output"},
+    "gat": {"prompt", "output"},
+    "sage": {"output"},
+    "gin": {"output"},
+}
+
+
 @pytest.mark.parametrize("arch", ["gcn", "sage", "gin", "gat"])
 @pytest.mark.parametrize("config", SCHEMES, ids=lambda c: type(c).__name__)
-def test_only_the_last_layers_output_point_stays_float(arch: str, config: QuantConfig) -> None:
+def test_only_the_points_holding_the_logits_stay_float(arch: str, config: QuantConfig) -> None:
     torch.manual_seed(0)
     model = build_model(IN, OUT, ModelConfig(arch=arch, hidden=8, layers=3, heads=2),
                         PromptConfig(kind="lorap"))  # fmt: skip
@@ -53,9 +62,32 @@ def test_only_the_last_layers_output_point_stays_float(arch: str, config: QuantC
 
     assert model.logits_layer is model.convs[2]
     expected = kinds(default)
-    assert expected["convs.2.output"] is not IdentityQuantizer
-    expected["convs.2.output"] = IdentityQuantizer
+    for point in LOGIT_POINTS[arch]:
+        assert expected[f"convs.2.{point}"] is not IdentityQuantizer
+        expected[f"convs.2.{point}"] = IdentityQuantizer
     assert kinds(floated) == expected
+
+
+@pytest.mark.parametrize("arch", ["gcn", "gat"])
+@pytest.mark.parametrize("prompt", ["none", "lorap"])
+def test_gcn_and_gat_logits_leave_the_grid_that_holds_them_before_the_bias(
+    arch: str, prompt: str
+) -> None:
+    """In a layer that aggregates its transformed rows, the aggregate (or the prompt) holds
+    the logits less the bias: with only ``output`` float, each class would still take at
+    most 16 values on an INT4 grid."""
+    torch.manual_seed(0)
+    model = build_model(IN, OUT, ModelConfig(arch=arch, hidden=8, layers=2, dropout=0.0),
+                        PromptConfig(kind=prompt))  # fmt: skip
+    default = quantize_(copy.deepcopy(model), QATConfig(bits=4), num_nodes=N)
+    floated = quantize_(model, QATConfig(bits=4), num_nodes=N, float_logits=True)
+    edge_index, x = random_graph(N, 60, seed=1), torch.randn(N, IN)
+    default(x, edge_index), floated(x, edge_index)
+    default.eval(), floated.eval()
+    with torch.no_grad():
+        rounded, logits = default(x, edge_index), floated(x, edge_index)
+    for c in range(OUT):
+        assert rounded[:, c].unique().numel() <= 16 < logits[:, c].unique().numel()
 
 
 def test_the_float_logits_are_what_the_quantized_model_rounds() -> None:
@@ -103,7 +135,9 @@ def test_training_with_float_logits_keeps_them_float_and_counts_only_quantized_p
         "train": {"epochs": 3},
     })  # fmt: skip
     result, model = train(config, progress=False)
-    assert isinstance(model.convs[-1].quantizers["output"], IdentityQuantizer)
-    others = [q for point, q in model.convs[-1].quantizers.items() if point != "output"]
+    last = model.convs[-1]
+    assert "output" in last.output_points
+    assert all(isinstance(last.quantizers[p], IdentityQuantizer) for p in last.output_points)
+    others = [q for point, q in last.quantizers.items() if point not in last.output_points]
     assert others and not any(isinstance(q, IdentityQuantizer) for q in others)
     assert result.avg_bits == 4.0
