@@ -53,11 +53,15 @@ class NodeInfo:
         ids: ``[N]`` global node IDs.
         degree: ``[N]`` in-degree of each node in the *full* graph (not the sample).
         protect: ``[N]`` bool, rows kept at full precision in this forward pass.
+        graph: ``[N]`` index of each row's graph in a batch of graphs (PyG's ``batch``):
+            prompts counted in a root mean square take it per graph, so a graph's output
+            does not depend on the other graphs of its batch.
     """
 
     ids: Tensor | None = None
     degree: Tensor | None = None
     protect: Tensor | None = None
+    graph: Tensor | None = None
 
     def prefix(self, n: int) -> NodeInfo:
         """The facts of the first ``n`` rows (the destination nodes of a block)."""
@@ -65,4 +69,5 @@ class NodeInfo:
             ids=None if self.ids is None else self.ids[:n],
             degree=None if self.degree is None else self.degree[:n],
             protect=None if self.protect is None else self.protect[:n],
+            graph=None if self.graph is None else self.graph[:n],
         )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch_geometric.utils import scatter
@@ -96,10 +98,11 @@ class GraphGNN(PromptedStack):
         num_graphs: int,
         nodes: NodeInfo | None = None,
     ) -> Tensor:
+        nodes = replace(nodes or NodeInfo(), graph=batch)
         if self.node_transform is not None:
             nodes = self.node_transform(nodes)
         if self.gpf is not None:
-            x = self.gpf(x)
+            x = self.gpf(x, batch)
         for conv, norm in zip(self.convs, self.norms, strict=True):
             x = F.relu(norm(conv(x, edge_index, nodes=nodes)))
         pooled = scatter(x, batch, dim=0, dim_size=num_graphs, reduce=self.readout)

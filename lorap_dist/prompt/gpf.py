@@ -7,6 +7,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from lorap_dist.prompt.scale import per_graph_rms
 from lorap_dist.prompt.streams import prompt_generator
 
 
@@ -23,7 +24,9 @@ class GPFPlus(nn.Module):
     ones (``support="all"``, the GPF-plus paper's form).
 
     The prompt is counted in units of the input's scale ``s``, the root mean square of the
-    whole input (held constant for the gradient). GPF-plus was designed for a frozen
+    whole input (held constant for the gradient), or of each row's graph where ``graph``
+    (PyG's ``batch``) is given, so that in a batch of graphs a graph's prompt does not
+    depend on the others. GPF-plus was designed for a frozen
     backbone; trained jointly, each entry of ``P`` moves about one learning rate per Adam
     step whatever the features' size, and on sparse, row-normalised features (bag-of-words
     entries of 0.01-0.1) a prompt in absolute units outgrew the features themselves
@@ -50,7 +53,7 @@ class GPFPlus(nn.Module):
         support: ``"nonzero"`` (default) or ``"all"``: the entries the prompt is added to.
 
     Shapes:
-        input ``[N, d]`` -> output ``[N, d]``.
+        input ``[N, d]``, optional ``graph [N]`` -> output ``[N, d]``.
     """
 
     def __init__(self, channels: int, k: int = 8, support: str = "nonzero") -> None:
@@ -74,10 +77,10 @@ class GPFPlus(nn.Module):
         nn.init.uniform_(self.weight, -bound, bound, generator=prompt_generator(self.weight))
         nn.init.zeros_(self.bases)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, graph: Tensor | None = None) -> Tensor:
         if x.numel() == 0:
             return x
-        scale = x.detach().pow(2).mean().sqrt()
+        scale = x.detach().pow(2).mean().sqrt() if graph is None else per_graph_rms(x, graph)
         prompt = scale * (torch.softmax(x @ self.weight, dim=-1) @ self.bases)  # [N, d]
         if self.support == "nonzero":
             prompt = prompt * (x != 0)

@@ -16,6 +16,7 @@ from lorap_dist.kernels.aggregate_lorap import (
     aggregate_lorap_forward_range,
 )
 from lorap_dist.kernels.lorap_fused import lorap_forward, lorap_range
+from lorap_dist.prompt.scale import per_graph_rms
 from lorap_dist.prompt.streams import prompt_generator
 from lorap_dist.quant.base import Quantizer
 from lorap_dist.quant.quantizer import FakeQuantizer
@@ -67,13 +68,15 @@ class LoRAP(nn.Module):
     step of the grid the point held before this call (a per-tensor
     :class:`~lorap_dist.quant.quantizer.FakeQuantizer`: plain QAT, Degree-Quant; ``0``, so
     no prompt, until the point has observed a range) or, for every other quantizer (A2Q's
-    per-node steps, MixQ's candidates, per-row grids, none), the root mean square of ``h``.
-    :math:`s` takes no gradient. Adam moves each entry of ``P_B`` by about one learning
-    rate per step whatever the gradient's size, so in value units the prompt's reach is
-    fixed in the aggregate's units; where a few large sums (hubs) set a coarse grid, that is
-    a small fraction of a step and the prompt changes no rounding. In step units it moves
-    in steps: on IMDB-BINARY (GIN, plain QAT INT4, 10 folds, prompt lr 0.05) LoRAP gained
-    4.8 points over QAT alone in step units and 0.8 in value units.
+    per-node steps, MixQ's candidates, per-row grids, none), the root mean square of ``h``
+    (of each row's graph in a batch of graphs, ``NodeInfo.graph``, so that a graph's prompt
+    does not depend on the others in its batch). :math:`s` takes no gradient. Adam moves
+    each entry of ``P_B`` by about one learning rate per step whatever the gradient's size,
+    so in value units the prompt's reach is fixed in the aggregate's units; where a few
+    large sums (hubs) set a coarse grid, that is a small fraction of a step and the prompt
+    changes no rounding. In step units it moves in steps: on IMDB-BINARY (GIN, plain QAT
+    INT4, 10 folds, prompt lr 0.05) LoRAP gained 4.8 points over QAT alone in step units and
+    0.8 in value units.
 
     Args:
         channels: width ``d`` of the aggregate.
@@ -131,6 +134,11 @@ class LoRAP(nn.Module):
         """
         if self._fused_path(h, quantizer, nodes):
             return self._fused_forward(h, quantizer)
+        graph = None if nodes is None else nodes.graph
+        if self.unit == "step" and graph is not None and not _has_step(quantizer):
+            weights = torch.softmax(h @ self.w_phi, dim=-1)
+            prompt = (weights @ self.p_a) @ self.p_b * per_graph_rms(h, graph)
+            return quantizer(h + prompt, nodes)
         return quantizer(
             lorap_prompt(h, self.w_phi, self.p_a, self.scaled_p_b(quantizer, h)), nodes
         )
@@ -155,7 +163,7 @@ class LoRAP(nn.Module):
     def step_unit(self, quantizer: Quantizer, h: Tensor | None = None) -> Tensor:
         """The 0-dim value of one unit of ``P_B`` with ``unit="step"`` (class docstring): the
         per-tensor grid's step (``0`` before a range is observed), else the RMS of ``h``."""
-        if isinstance(quantizer, FakeQuantizer) and not quantizer.per_row:
+        if _has_step(quantizer):
             grid = quantizer.grid()
             if grid is None:  # nothing observed yet: the prompt stays off for this call
                 return self.p_b.new_zeros(())
@@ -235,3 +243,8 @@ class LoRAP(nn.Module):
     def __repr__(self) -> str:
         unit = "" if self.unit == "value" else f", unit={self.unit!r}"
         return f"{self.__class__.__name__}({self.channels}, k={self.k}, r={self.r}{unit})"
+
+
+def _has_step(quantizer: Quantizer) -> bool:
+    """Whether ``quantizer`` has one step for the whole tensor (``unit="step"`` counts in it)."""
+    return isinstance(quantizer, FakeQuantizer) and not quantizer.per_row

@@ -10,6 +10,7 @@ from torch_geometric.nn import GCNConv, GINConv, global_add_pool, global_max_poo
 from lorap_dist.config import ModelConfig, PromptConfig
 from lorap_dist.nn import GraphGNN
 from lorap_dist.prompt import LoRAP
+from lorap_dist.quant import A2QConfig, MixQConfig, QATConfig, QuantConfig, quantize_
 from lorap_dist.testing.graphs import random_graph
 from lorap_dist.testing.layers import assert_same_outputs_and_grads
 
@@ -122,6 +123,45 @@ def test_each_graph_is_pooled_alone_and_lorap_is_on_every_layer() -> None:
         local = edge_index[:, keep] - nodes[0]
         alone = model(x[nodes], local, torch.zeros_like(nodes), 1)
         torch.testing.assert_close(alone[0], together[g], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("scheme", "prompt"),
+    [
+        (QATConfig(bits=4), PromptConfig(kind="gpf_lorap", k=2, r=2)),
+        (A2QConfig(init_bits=4, memory_budget=4.0), PromptConfig(kind="lorap", unit="step")),
+        (MixQConfig(candidate_bits=(2, 4, 8)), PromptConfig(kind="lorap", unit="step")),
+    ],
+    ids=["qat-gpf", "a2q-step-units", "mixq-step-units"],
+)  # fmt: skip
+def test_prompts_counted_in_an_rms_take_it_per_graph(
+    scheme: QuantConfig, prompt: PromptConfig
+) -> None:
+    """GPF-plus and LoRAP in step units on a quantizer without one step count their prompt
+    in a root mean square: taken over the whole batch, a graph's prediction would change
+    with the graphs batched beside it (here a star with 100x larger features)."""
+    torch.manual_seed(0)
+    config = ModelConfig(arch="gin", hidden=HIDDEN, layers=2, readout="sum", dropout=0.0)
+    model = quantize_(GraphGNN(IN, OUT, config, prompt), scheme, num_nodes=0)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith(("p_b", "bases")):
+                parameter.normal_()
+    edge_index, batch, num_graphs = batch_of_graphs(seed=3)
+    x = torch.randn(batch.numel(), IN)
+    model(x, edge_index, batch, num_graphs)  # training mode: the points observe ranges
+    model.eval()
+    n, hub = batch.numel(), 12
+    star = torch.stack([torch.full((hub,), n), torch.arange(n + 1, n + 1 + hub)])
+    with torch.no_grad():
+        alone = model(x, edge_index, batch, num_graphs)
+        beside = model(
+            torch.cat([x, 100 * torch.randn(hub + 1, IN)]),
+            torch.cat([edge_index, star, star.flip(0)], dim=1),
+            torch.cat([batch, torch.full((hub + 1,), num_graphs)]),
+            num_graphs + 1,
+        )
+    torch.testing.assert_close(beside[:num_graphs], alone)
 
 
 def test_gat_needs_hidden_divisible_by_heads() -> None:

@@ -89,3 +89,16 @@ def test_unknown_support_is_rejected() -> None:
     with pytest.raises(ValueError, match="support='dense'.*'nonzero'.*'all'"):
         GPFPlus(4, support="dense")
     assert repr(GPFPlus(4, k=2, support="all")) == "GPFPlus(4, k=2, support='all')"
+
+
+def test_in_a_batch_of_graphs_each_graph_is_scaled_by_its_own_rms() -> None:
+    torch.manual_seed(0)
+    prompt = GPFPlus(4, k=3)
+    with torch.no_grad():
+        prompt.bases.normal_()
+    small, large = torch.randn(5, 4), 100 * torch.randn(7, 4)
+    graph = torch.tensor([0] * 5 + [1] * 7)
+    together = prompt(torch.cat([small, large]), graph)
+    torch.testing.assert_close(together[:5], prompt(small))
+    torch.testing.assert_close(together[5:], prompt(large))
+    assert not torch.allclose(prompt(torch.cat([small, large]))[:5], prompt(small))

@@ -24,7 +24,7 @@ of the observed ranges; on a sampled block the destinations are a prefix of the 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -222,7 +222,7 @@ class DegreeProtection(nn.Module):
         cdf = self.cdf(degree, nodes.ids)
         probability = self.low + (self.high - self.low) * cdf
         protect = torch.rand(probability.shape, device=probability.device) < probability
-        return NodeInfo(ids=nodes.ids, degree=nodes.degree, protect=protect)
+        return replace(nodes, protect=protect)
 
     @torch.no_grad()
     def cdf(self, degree: Tensor, ids: Tensor | None = None) -> Tensor:
@@ -269,7 +269,7 @@ class DegreeProtection(nn.Module):
 
 
 def _unprotected(nodes: NodeInfo) -> NodeInfo:
-    return NodeInfo(ids=nodes.ids, degree=nodes.degree, protect=None)
+    return replace(nodes, protect=None)
 
 
 def _first_occurrence(values: Tensor) -> tuple[Tensor, Tensor]:
