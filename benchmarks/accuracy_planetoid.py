@@ -452,6 +452,10 @@ ABLATIONS: list[tuple[str, str, dict[str, Any], str | None]] = [
     ("QAT INT4 alone, logits in float", "none", {"quant": {"float_logits": True}}, None),
     ("+ LoRAP, logits in float", "lorap", {"quant": {"float_logits": True}}, None),
     ("+ GPF + LoRAP, logits in float", "gpf_lorap", {"quant": {"float_logits": True}}, None),
+    ("QAT INT4 alone, dropout after the input point", "none",
+     {"model": {"dropout_after_input": True}}, None),
+    ("+ LoRAP, dropout after the input point", "lorap",
+     {"model": {"dropout_after_input": True}}, None),
     ("QAT INT4 alone, min/max observer (earlier default)", "none", {"observer": "minmax"}, None),
     ("+ LoRAP, min/max observer", "lorap", {"observer": "minmax"}, None),
     (
@@ -699,7 +703,8 @@ def paired(row: dict[str, Any], reference: dict[str, Any] | None) -> str:
 
 def ablation_reference(variant: str) -> str:
     """The row an ablation is compared with: its scheme and observer without the change."""
-    for change in ("range momentum 0.1", "logits in float"):  # prompts on a changed backbone
+    changed_backbones = ("range momentum 0.1", "logits in float", "dropout after the input point")
+    for change in changed_backbones:  # prompts on a changed backbone
         if variant.startswith("+") and variant.endswith(f", {change}"):
             return f"QAT INT4 alone, {change}"
     if "momentum 0.01" in variant:

@@ -346,6 +346,10 @@ class QuantizedConv(MessagePassing):
     #: model's logits). A layer that transforms before it aggregates (GCN, GAT) aggregates
     #: its output channels; one that aggregates first (GIN, SAGE) does not.
     TRANSFORMS_FIRST: bool = False
+    #: Dropout applied to the rows after the ``input`` point (training only): set by
+    #: :class:`~lorap_dist.nn.model.GNN` with ``model.dropout_after_input``, so that the
+    #: point observes and rounds the values evaluation sees.
+    input_dropout: float = 0.0
 
     @property
     def output_points(self) -> tuple[str, ...]:
@@ -551,15 +555,21 @@ class QuantizedConv(MessagePassing):
         without ``x_dst``).
 
         On a graph or a block the destinations are the first ``num_dst`` quantized source
-        rows, so the ``input`` point sees one tensor. A pair's ``x_dst`` passes through the
+        rows, so the ``input`` point sees one tensor. ``input_dropout`` applies after the
+        point. A pair's ``x_dst`` passes through the
         same ``input`` quantizer in a call of its own, with the destination facts.
         """
-        x_src = self.quantize("input", g.x_src, g.nodes_src)
+        x_src = self._drop(self.quantize("input", g.x_src, g.nodes_src))
         if not g.pair:
             return x_src, x_src[: g.num_dst]
         if g.x_dst is None:
             return x_src, None
-        return x_src, self.quantize("input", g.x_dst, g.nodes_dst)
+        return x_src, self._drop(self.quantize("input", g.x_dst, g.nodes_dst))
+
+    def _drop(self, x: Tensor) -> Tensor:
+        if not self.input_dropout:
+            return x
+        return torch.nn.functional.dropout(x, p=self.input_dropout, training=self.training)
 
     def quantize_aggregate(self, h: Tensor, nodes_dst: NodeInfo | None) -> Tensor:
         """The aggregate as the update step sees it.

@@ -84,7 +84,9 @@ class GNN(PromptedStack):
         \mathbf{X}^{(l+1)} = \mathrm{Dropout}\big(\mathrm{ReLU}\big(\mathrm{Norm}\big(
         \mathrm{Conv}_l(\mathbf{X}^{(l)}, \mathcal{G}_l)\big)\big)\big)
 
-    The last layer is the bare convolution (no norm, activation or dropout). Hidden layers
+    The last layer is the bare convolution (no norm, activation or dropout). With
+    ``model.dropout_after_input`` each dropout applies after the next layer's ``input``
+    point instead (:class:`~lorap_dist.config.ModelConfig` says why). Hidden layers
     have width ``model.hidden``; GAT's hidden layers concatenate ``model.heads`` heads of
     ``hidden // heads`` channels and its last layer averages ``model.heads`` heads. With
     ``prompt.lorap`` every layer carries LoRAP, with ``prompt.gpf`` the input passes
@@ -134,6 +136,9 @@ class GNN(PromptedStack):
     ) -> None:
         super().__init__(in_channels, model, prompt, out_channels)
         self.dropout = model.dropout
+        if model.dropout_after_input:  # each hidden layer's dropout moves into the next conv
+            for conv in self.convs[1:]:
+                conv.input_dropout = model.dropout
 
     @property
     def logits_layer(self) -> QuantizedConv:
@@ -165,7 +170,8 @@ class GNN(PromptedStack):
                 nodes = nodes.prefix(layer_graph.num_dst)
             if l < len(self.norms):
                 x = F.relu(self.norms[l](x))
-                x = F.dropout(x, p=self.dropout, training=self.training)
+                if not self.config.dropout_after_input:
+                    x = F.dropout(x, p=self.dropout, training=self.training)
         return x
 
     def _per_layer(self, graph: Graph | Sequence[Block]) -> list[Graph]:

@@ -277,3 +277,39 @@ def test_gpf_support_reaches_the_input_prompt() -> None:
         prompt = PromptConfig(kind="gpf", gpf_support=support)
         model = build_model(5, 3, ModelConfig(arch="gcn", hidden=8), prompt)
         assert model.gpf.support == support
+
+
+@pytest.mark.parametrize("arch", ["gcn", "sage", "gin", "gat"])
+def test_dropout_after_the_input_point_is_the_same_model_at_full_precision(arch: str) -> None:
+    """Moving the dropout past an identity point changes no value and no random draw."""
+    graph = random_graph(30, 90, seed=2)
+    x = torch.randn(30, 5)
+    outputs = []
+    for after in (False, True):
+        torch.manual_seed(0)
+        config = ModelConfig(arch=arch, hidden=8, layers=3, dropout=0.5, dropout_after_input=after)
+        model = build_model(5, 3, config, PromptConfig())
+        torch.manual_seed(1)
+        outputs.append(model(x, graph))
+    torch.testing.assert_close(outputs[1], outputs[0], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("after", [False, True])
+def test_with_dropout_after_the_input_point_it_observes_the_undropped_rows(after: bool) -> None:
+    torch.manual_seed(0)
+    config = ModelConfig(arch="gcn", hidden=16, layers=2, dropout=0.5, dropout_after_input=after)
+    model = build_model(5, 3, config, PromptConfig())
+    seen: dict[str, Tensor] = {}
+    model.norms[0].register_forward_hook(lambda m, a, out: seen.update(hidden=out.relu()))
+    model.convs[1].quantizers["input"] = RecordingQuantizer()
+    model(torch.randn(40, 5), random_graph(40, 120, seed=3))
+    observed = model.convs[1].quantizers["input"].calls[0][0]
+    assert torch.equal(observed, seen["hidden"]) == after
+    assert (observed.max() > 1.5 * seen["hidden"].max()) != after  # kept rows scaled by 2
+
+
+def test_dropout_after_input_must_be_a_bool() -> None:
+    from lorap_dist.config import ConfigError
+
+    with pytest.raises(ConfigError, match="model.dropout_after_input='yes' must be true or"):
+        ModelConfig(dropout_after_input="yes")
