@@ -80,11 +80,18 @@ def graph_splits(config: ExperimentConfig, graphs: GraphSet) -> dict[str, Tensor
 
 def training_split_check(config: ExperimentConfig, graphs: GraphSet) -> dict[str, Tensor]:
     """The run's split (:func:`graph_splits`), after the checks every graph-level run makes
-    before training: no neighbour fanout, enough graphs for the folds."""
+    before training: no neighbour fanout, no per-row node ranges, enough graphs for the
+    folds."""
     if config.train.fanout is not None:
         raise ConfigError(
             "train.fanout samples neighbourhoods of one large graph; graph-level training "
             "batches whole graphs (train.batch_size graphs per step). Drop train.fanout."
+        )
+    if config.quant.options.get("per_row"):
+        raise ConfigError(
+            "quant.options.per_row keeps one range per node row, which needs the same nodes "
+            "in every forward pass; graph-level batches hold other graphs' nodes each time. "
+            "Drop quant.options.per_row (one range per tensor)."
         )
     return graph_splits(config, graphs)
 

@@ -112,6 +112,9 @@ def test_regression_learns_the_edge_count_below_the_mean_baseline(tu_root):
 def test_graph_level_refuses_a_fanout_and_a_node_graph(tu_root):
     with pytest.raises(ConfigError, match="graph-level training batches whole graphs"):
         train(config(tu_root, train={"fanout": [5, 5]}), progress=False)
+    per_row = {"scheme": "qat", "options": {"bits": 4, "per_row": True}}
+    with pytest.raises(ConfigError, match="quant.options.per_row keeps one range per node row"):
+        train(config(tu_root, quant=per_row), progress=False)
     node_level = ExperimentConfig.from_dict({"data": {"synthetic": {"num_nodes": 50}}})
     with pytest.raises(ConfigError, match="needs a dataset of many graphs"):
         train_graphs(config(tu_root), load_graph(node_level), progress=False)
