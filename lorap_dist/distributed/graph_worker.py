@@ -32,6 +32,7 @@ from torch.nn.parallel import DistributedDataParallel
 from lorap_dist.distributed.checkpoint import (
     restore_rng,
 )
+from lorap_dist.distributed.model_state import broadcast_buffers, share_quantizer_writes
 from lorap_dist.distributed.worker import (
     epoch_metrics,
     rank_context,
@@ -108,6 +109,7 @@ def graph_loop_per_worker(config: dict[str, Any]) -> None:
             if step_hook is not None:
                 step_hook(rank, epoch, index)
             totals += runner.step(ddp, optimizer, batch)
+            share_quantizer_writes(model)  # e.g. A2Q's pool, set from each rank's batch
             step += 1
         elapsed = time.perf_counter() - started
         if end_epoch(model, epoch, train_cfg.epochs):  # e.g. MixQ froze: a different model
@@ -131,8 +133,7 @@ def evaluate(
     """Validation and test score over every rank's share (a collective)."""
     from torch_geometric.loader import DataLoader
 
-    for buffer in model.buffers():  # batch-norm statistics, ranges: rank 0's, as saved
-        dist.broadcast(buffer, 0)
+    broadcast_buffers(model)  # batch-norm statistics, ranges: rank 0's, as saved
     model.eval()
     sums = []
     for split in ("valid", "test"):

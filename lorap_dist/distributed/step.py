@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from lorap_dist.distributed.exchange import FeatureExchange
+from lorap_dist.distributed.model_state import share_quantizer_writes
 from lorap_dist.graph.block import NodeInfo
 from lorap_dist.graph.gather import RowGather
 from lorap_dist.graph.sampler import NeighborSampler
@@ -33,7 +34,9 @@ def train_batch(
     rows: RowGather | None = None,
 ) -> Tensor:
     """Sample ``seeds``' blocks, fetch their features from their owners (a collective),
-    run forward and backward through ``ddp`` (gradients all-reduced) and step.
+    run forward and backward through ``ddp`` (gradients all-reduced), step, and share the
+    quantizers' in-place writes across the ranks (a collective,
+    :func:`~lorap_dist.distributed.model_state.share_quantizer_writes`).
 
     Args:
         ddp: ``model`` wrapped in ``DistributedDataParallel``.
@@ -64,6 +67,7 @@ def train_batch(
     optimizer.zero_grad()
     loss = backward_loss(model, logits, y)
     optimizer.step()
+    share_quantizer_writes(model)  # e.g. A2Q rows first seen on one rank: now on every rank
     return torch.tensor(
         [loss.item() * len(seeds), (logits.argmax(-1) == y).sum().item(), len(seeds)],
         dtype=torch.float64,

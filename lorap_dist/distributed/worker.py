@@ -39,6 +39,7 @@ from lorap_dist.distributed.checkpoint import (
 )
 from lorap_dist.distributed.exchange import FeatureExchange
 from lorap_dist.distributed.inference import layerwise_inference
+from lorap_dist.distributed.model_state import broadcast_buffers, count_full_graph
 from lorap_dist.distributed.seeds import SeedSchedule, epoch_generator
 from lorap_dist.distributed.step import train_batch
 from lorap_dist.graph.block import NodeInfo
@@ -83,6 +84,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         dataset.num_features, dataset.num_classes, experiment.model, experiment.prompt
     )
     experiment.quant.apply(model, num_nodes=dataset.num_nodes)  # A2Q: per-node parameters
+    count_full_graph(model, degree)  # Degree-Quant: the same histogram on every rank
     model.to(device)
     optimizer = build_optimizer(model, train_cfg)
     dataset_facts = {
@@ -266,9 +268,11 @@ def evaluate(
     settings: DistConfig,
     device: torch.device,
 ) -> dict[str, float]:
-    """Exact train/valid/test accuracy over all partitions (a collective); the first layer
+    """Exact train/valid/test accuracy over all partitions (a collective) of rank 0's model
+    (its buffers first broadcast: each rank's last pass left its own ranges); the first layer
     reads its input as training does (``dist.feature_rows``: float rows, or ``exchange``'s
     integer rows)."""
+    broadcast_buffers(model)  # one model: rank 0's ranges and statistics, as it saves them
     features = exchange if settings.feature_rows == "codes" else part.features_fp32()
     logits = layerwise_inference(
         model,

@@ -58,6 +58,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
 from lorap_dist.graph.block import NodeInfo
@@ -152,6 +153,11 @@ class A2QConfig(QuantConfig):
             )
 
 
+def _distributed() -> bool:
+    """Whether this process is one of several ranks of a process group."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
 def _round_ste(bits: Tensor) -> Tensor:
     return bits + (torch.round(bits) - bits).detach()
 
@@ -207,6 +213,8 @@ class A2QNodeQuantizer(Quantizer):
         self.register_buffer("initialized", torch.zeros(num_nodes, dtype=torch.bool))
         self.register_buffer("pool_initialized", torch.tensor(False))
         self.nonzeros = NonzeroIndex()
+        self._written: list[Tensor] = []  # table rows set here since the last share_writes
+        self._pool_set = False
 
     def forward(self, x: Tensor, nodes: NodeInfo | None = None) -> Tensor:
         rows = x.reshape(x.shape[0], -1) if x.dim() != 2 else x  # [n, c]
@@ -284,6 +292,50 @@ class A2QNodeQuantizer(Quantizer):
         if reset.numel():
             reach = qmax[reset].clamp(min=1.0)  # 1 bit: the grid {-s, 0}
             self.log_step[ids[reset]] = torch.log(max_abs[reset] / reach)
+            self._record(ids[reset])
+
+    def _record(self, ids: Tensor) -> None:
+        if _distributed():  # alone, nothing to share: keep nothing
+            self._written.append(ids)
+
+    @torch.no_grad()
+    def share_writes(self) -> None:
+        """Make every rank's writes since the last call every rank's (a collective: call it
+        on every rank of a distributed run, after each optimizer step).
+
+        Training sets table rows in place, outside the gradient: a row first seen (its
+        initial step and bits) and a row whose step is reset, each from the rank's own
+        batch; the pool from the first batch. DDP keeps parameters equal across ranks only
+        through their gradients, so without this the ranks' tables drift apart (a row one
+        rank set keeps its zero start on the others). The rows each rank set are applied on
+        every rank with their current values, in rank order (a row two ranks set takes the
+        last rank's), and the pool from the lowest rank that set it."""
+        ids = torch.cat(self._written) if self._written else self.log_step.new_zeros(0).long()
+        pool_set, self._written, self._pool_set = self._pool_set, [], False
+        if not _distributed():
+            return
+        world, device = dist.get_world_size(), self.log_step.device
+        ids = torch.unique(ids).to(device)
+        rows = torch.stack([ids.double(), self.log_step[ids].double(), self.bits[ids].double()], 1)
+        facts = torch.tensor([rows.shape[0], int(pool_set)], device=device)
+        every_facts = [torch.empty_like(facts) for _ in range(world)]
+        dist.all_gather(every_facts, facts)
+        longest = max(int(f[0]) for f in every_facts)
+        if longest:
+            padded = rows.new_zeros((longest, 3))
+            padded[: rows.shape[0]] = rows
+            every_rows = [torch.empty_like(padded) for _ in range(world)]
+            dist.all_gather(every_rows, padded)
+            for f, got in zip(every_facts, every_rows, strict=True):
+                got = got[: int(f[0])]
+                written = got[:, 0].long()
+                self.log_step[written] = got[:, 1].to(self.log_step.dtype)
+                self.bits[written] = got[:, 2].to(self.bits.dtype)
+                self.initialized[written] = True
+        setters = [r for r, f in enumerate(every_facts) if int(f[1])]
+        if setters:
+            for tensor in (self.pool_log_step, self.pool_bits, self.pool_initialized):
+                dist.broadcast(tensor.data, setters[0])
 
     @torch.no_grad()
     def _initialize(self, max_abs: Tensor, ids: Tensor) -> None:
@@ -296,6 +348,7 @@ class A2QNodeQuantizer(Quantizer):
             self.log_step[ids[new]] = torch.log(max_abs[new] / qmax)
             self.bits[ids[new]] = float(self.init_bits)
             self.initialized[ids[new]] = True
+            self._record(ids[new])
         positive = max_abs[max_abs > 0]
         if not bool(self.pool_initialized) and positive.numel() > 0:
             levels = torch.linspace(0.0, 1.0, self.pool_log_step.numel(), device=max_abs.device)
@@ -305,6 +358,7 @@ class A2QNodeQuantizer(Quantizer):
             self.pool_log_step.copy_(torch.log(reach / 2.0 ** (self.init_bits - 1)))
             self.pool_bits.fill_(float(self.init_bits))
             self.pool_initialized.fill_(True)
+            self._pool_set = _distributed()
 
     def _learned_bits(self) -> Tensor:
         """Rounded-with-STE bits of the rows with parameters of their own (``[0]`` if none);

@@ -225,6 +225,21 @@ class DegreeProtection(nn.Module):
         return replace(nodes, protect=protect)
 
     @torch.no_grad()
+    def count_graph(self, degree: Tensor) -> None:
+        """Count every node of the full graph now (``degree [num_nodes]``, each node's
+        in-degree): :math:`F` is the full graph's CDF from the first pass. A distributed
+        run does this on every rank: its ranks sample different nodes, and histograms
+        counted from them would differ in values and in length."""
+        if degree.dim() != 1 or degree.numel() != self.counted.numel():
+            raise ValueError(
+                f"count_graph needs one in-degree per node of the graph ({self.counted.numel()}"
+                f" nodes); got a tensor of shape {tuple(degree.shape)}."
+            )
+        counts = torch.bincount(degree.clamp(min=0).to(torch.long))
+        self.degree_counts = counts.to(self.counted.device)
+        self.counted.fill_(True)
+
+    @torch.no_grad()
     def cdf(self, degree: Tensor, ids: Tensor | None = None) -> Tensor:
         """:math:`F(d)` for each entry of ``degree``, after counting the new ``ids``."""
         if ids is None or self.counted.numel() == 0:
