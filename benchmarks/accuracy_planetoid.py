@@ -40,6 +40,7 @@ import copy
 import fcntl
 import functools
 import json
+import math
 import multiprocessing
 import statistics
 import sys
@@ -794,7 +795,8 @@ def prompt_effect_table(rows: list[dict[str, Any]]) -> str:
 
 
 def _number(value: float | None, digits: int) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
+    """A figure, or "-" where there is none (a float point has no step to compare with)."""
+    return "-" if value is None or math.isnan(value) else f"{value:.{digits}f}"
 
 
 def diagnosis_table(rows: list[dict[str, Any]]) -> str:
@@ -803,7 +805,7 @@ def diagnosis_table(rows: list[dict[str, Any]]) -> str:
         for d in r.get("diagnostics", []):
             body.append([
                 f"{r['dataset']} {r['model']}", r["variant"], d["layer"],
-                f"{d['prompt_to_aggregate']:.3f}", f"{d['prompt_to_step']:.3f}",
+                f"{d['prompt_to_aggregate']:.3f}", _number(d["prompt_to_step"], 3),
                 f"{d['weight_entropy']:.3f}", f"{d['prompt_range_to_aggregate_range']:.2f}",
                 f"{d['error_without_prompt']:.4f}", f"{d['error_with_prompt']:.4f}",
                 _number(d.get("error_of_exact_rounding"), 4),
