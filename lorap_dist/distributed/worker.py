@@ -39,7 +39,11 @@ from lorap_dist.distributed.checkpoint import (
 )
 from lorap_dist.distributed.exchange import FeatureExchange
 from lorap_dist.distributed.inference import layerwise_inference
-from lorap_dist.distributed.model_state import broadcast_buffers, count_full_graph
+from lorap_dist.distributed.model_state import (
+    broadcast_buffers,
+    check_same_resume_point,
+    count_full_graph,
+)
 from lorap_dist.distributed.seeds import SeedSchedule, epoch_generator
 from lorap_dist.distributed.step import train_batch
 from lorap_dist.graph.block import NodeInfo
@@ -245,9 +249,11 @@ def restore_training(
     """Load the checkpoint a (re)started run resumes from (:func:`resume_directory`) into
     ``model``, ``optimizer`` and ``best``; returns the epoch and step to continue from and
     this rank's saved RNG state (``(0, 0, None)`` for a fresh run). The RNG state is for the
-    caller to restore last, once nothing else draws from the streams."""
+    caller to restore last, once nothing else draws from the streams. A collective: it
+    raises on every rank when the ranks found different checkpoints."""
     checkpoint_dir = resume_directory(config.get("resume"), config.get("run_dir"))
     if checkpoint_dir is None:
+        check_same_resume_point(0, 0)
         return 0, 0, None
     with checkpoint_dir as directory:
         state = load_checkpoint(
@@ -256,6 +262,7 @@ def restore_training(
     model.load_state_dict(state.model)
     load_optimizer_state(optimizer, state.optimizer, directory)
     best.load_state_dict(state.extra.get("best", {}))
+    check_same_resume_point(state.epoch, state.step)
     return state.epoch, state.step, state.rng[rank]
 
 

@@ -109,3 +109,26 @@ def test_broadcast_buffers_gives_every_rank_rank_zeros_ranges():
     assert ranges and any(not torch.equal(before0[k], before1[k]) for k in ranges)
     for name in after0:
         assert torch.equal(after1[name], before0[name]) and torch.equal(after0[name], before0[name])
+
+
+def _resume_body(rank: int, world_size: int) -> list[str]:
+    """Every rank agreeing passes; then rank 1 claims another epoch, then another step."""
+    from lorap_dist.distributed.model_state import check_same_resume_point
+
+    outcomes = []
+    for epoch, step in [(3, 30), (3 + rank, 30), (3, 30 + rank)]:
+        try:
+            check_same_resume_point(epoch, step)
+            outcomes.append("ok")
+        except RuntimeError as error:
+            outcomes.append(str(error))
+    return outcomes
+
+
+def test_ranks_resuming_from_different_checkpoints_fail_on_every_rank():
+    outcomes = run_multiprocess(_resume_body, 2)
+    for rank_outcomes in outcomes:
+        assert rank_outcomes[0] == "ok"
+        assert "rank 0: epoch 3 step 30, rank 1: epoch 4 step 30" in rank_outcomes[1]
+        assert "storage_path" in rank_outcomes[1]
+        assert "rank 0: epoch 3 step 30, rank 1: epoch 3 step 31" in rank_outcomes[2]
