@@ -7,9 +7,11 @@ never blocks the next one, and a reused process ID means nothing.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TextIO
 
@@ -41,3 +43,14 @@ def try_lock(path: Path) -> TextIO:
     handle.write(f"process {os.getpid()} on {socket.gethostname()}")
     handle.flush()
     return handle
+
+
+@contextlib.contextmanager
+def waiting_lock(path: Path) -> Iterator[None]:
+    """Hold the lock on ``path`` (created if missing, with its folder) for the ``with``
+    block, waiting while another process holds it: for work that must happen once, such as
+    processing a dataset that several processes open at the same time."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file closes
+        yield

@@ -28,6 +28,7 @@ import torch
 
 from lorap_dist.graph.errors import DatasetError
 from lorap_dist.graph.graph_source import GraphSource
+from lorap_dist.locks import waiting_lock
 
 PLANETOID_NAMES = ("Cora", "CiteSeer", "PubMed")
 PLANETOID_RAW = ("x", "tx", "allx", "y", "ty", "ally", "graph", "test.index")
@@ -56,7 +57,8 @@ def planetoid_raw_files(root: str | Path, name: str) -> list[Path]:
 
 def offline_dataset_class(cls: type, where: str = f"for Planetoid, {PLANETOID_WHERE}") -> type:
     """PyG dataset class ``cls`` with its download replaced by an error that names the
-    missing raw files and ``where`` the public copies are kept."""
+    missing raw files and ``where`` the public copies are kept, and its processing done
+    under a lock, so processes that open a fresh dataset at once process it once."""
 
     def refuse_download(self) -> None:
         missing = [p for p in self.raw_paths if not Path(p).exists()]
@@ -66,7 +68,14 @@ def offline_dataset_class(cls: type, where: str = f"for Planetoid, {PLANETOID_WH
             f"time: copy the dataset's public raw files there ({where})."
         )
 
-    return type(cls.__name__, (cls,), {"download": refuse_download})
+    def process_once(self) -> None:
+        # Processes that open one dataset at once (a benchmark's worker pool, the workers of
+        # one node) would each write processed/ and read the others' half-written files:
+        # one processes it while the rest wait, then find it done.
+        with waiting_lock(Path(self.processed_dir).parent / ".processing.lock"):
+            cls._process(self)
+
+    return type(cls.__name__, (cls,), {"download": refuse_download, "_process": process_once})
 
 
 def load_pyg_dataset(class_name: str, name: str | None, root: str | Path):

@@ -149,3 +149,35 @@ def test_config_reads_tu_sources_and_checks_folds():
         DataConfig(source="tu", name="X", folds=2, fold=0)
     with pytest.raises(ConfigError, match="'one_hot_degree' makes node features from degrees"):
         DataConfig(source="planetoid", name="Cora", transform="one_hot_degree")
+
+
+def _load_after_barrier(args):
+    root, barrier, log = args
+    from torch_geometric.datasets import TUDataset
+
+    original = TUDataset.process
+
+    def counted(self):
+        with open(log, "a") as handle:
+            handle.write("processed\n")
+        original(self)
+
+    TUDataset.process = counted
+    barrier.wait()
+    return load_tu_dataset("RACE", root)._data.edge_index.tolist()
+
+
+def test_processes_opening_a_fresh_dataset_at_once_process_it_once(tmp_path):
+    """Four processes open one unprocessed dataset at the same moment (a benchmark's worker
+    pool): one processes it, the others wait and read what it wrote, and none fails on a
+    half-written file."""
+    import multiprocessing
+
+    write_tu_dataset(tmp_path, "RACE", two_shapes(40))
+    context = multiprocessing.get_context("fork")
+    barrier = context.Manager().Barrier(4)
+    log = tmp_path / "process_calls.txt"
+    with context.Pool(4) as pool:
+        edges = pool.map(_load_after_barrier, [(tmp_path, barrier, log)] * 4)
+    assert log.read_text().splitlines() == ["processed"]
+    assert all(e == edges[0] for e in edges) and edges[0]
