@@ -168,6 +168,12 @@ def same(row: dict[str, Any], key: dict[str, Any]) -> bool:
     )
 
 
+def replaced(row: dict[str, Any], key: dict[str, Any], epochs: int) -> bool:
+    """Whether a new run of setting ``key`` at ``epochs`` replaces the kept ``row``: the same
+    setting at the same epochs (rows of other epoch counts stay beside it)."""
+    return same(row, key) and row["epochs"] == epochs
+
+
 def plan(args: Any, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The settings still to run, each with the folds it lacks.
 
@@ -272,7 +278,9 @@ def run(args: Any) -> None:
             RESULTS.mkdir(parents=True, exist_ok=True)
             with open(RESULTS / f".{NAME}.lock", "w") as lock:  # other processes may write
                 fcntl.flock(lock, fcntl.LOCK_EX)
-                current = [r for r in load_rows() if not same(r, setting["key"])] + [row]
+                current = [
+                    r for r in load_rows() if not replaced(r, setting["key"], args.epochs)
+                ] + [row]
                 write_result(NAME, current)
                 write_report()
             print(
@@ -305,15 +313,33 @@ def targets(rows: list[dict[str, Any]]) -> list[str]:
     """The issue's two targets, as far as the rows measure them."""
     lines = []
     rows = [r for r in rows if not any(k in r for k in VARIANTS)]  # the defaults
-    for dataset in dict.fromkeys(r["dataset"] for r in rows):
-        get = {(r["scheme"], r["prompt"], r["bits"]): r for r in rows if r["dataset"] == dataset}
+    datasets = list(dict.fromkeys(r["dataset"] for r in rows))
+    runs = sorted(
+        {(r["dataset"], r["epochs"]) for r in rows}, key=lambda de: (datasets.index(de[0]), de[1])
+    )
+    for dataset, epochs in runs:
+        get = {
+            (r["scheme"], r["prompt"], r["bits"]): r
+            for r in rows
+            if r["dataset"] == dataset and r["epochs"] == epochs
+        }
         qat, dq = get.get(("qat", "none", 4)), get.get(("degree_quant", "none", 4))
-        fp32 = get.get(("fp32", "none", 32))
+        # FP32 at the same epochs, else the longest FP32 run (its epochs said).
+        fp32s = [r for r in rows if r["dataset"] == dataset and r["scheme"] == "fp32"]
+        fp32 = get.get(("fp32", "none", 32)) or max(fp32s, key=lambda r: r["epochs"], default=None)
+        name = dataset if len(epochs_of(rows, dataset)) == 1 else f"{dataset} ({epochs} epochs)"
         if qat and dq and fp32:
             gap = dq["acc_mean"] - qat["acc_mean"]
+            at = "" if fp32["epochs"] == epochs else f" at {fp32['epochs']} epochs"
+            over = (
+                f"folds {span(qat['folds'])}"
+                if qat["folds"] == dq["folds"]
+                else f"folds {span(qat['folds'])} and {span(dq['folds'])}"
+            )
             head = (
-                f"- {dataset}: Degree-Quant INT4 {dq['acc_mean']:.1f} vs plain QAT INT4 "
-                f"{qat['acc_mean']:.1f} ({gap:+.1f} points; FP32 {fp32['acc_mean']:.1f})"
+                f"- {name}: Degree-Quant INT4 {dq['acc_mean']:.1f} vs plain QAT INT4 "
+                f"{qat['acc_mean']:.1f} ({gap:+.1f} points, {over}; "
+                f"FP32 {fp32['acc_mean']:.1f}{at})"
             )
             if qat["acc_mean"] > fp32["acc_mean"] - COLLAPSE:
                 lines.append(f"{head}: QAT does not collapse here, the +20 target does not apply")
@@ -326,11 +352,24 @@ def targets(rows: list[dict[str, Any]]) -> list[str]:
             if prompt != "none" and alone is not None:
                 if row["acc_mean"] < alone["acc_mean"]:
                     worse.append(f"{scheme} INT{bits} ({row['acc_mean'] - alone['acc_mean']:+.1f})")
+        if not any(prompt != "none" for _, prompt, _ in get):
+            continue
         lines.append(
-            f"- {dataset}: LoRAP at least as good as its scheme alone (mean): "
+            f"- {name}: LoRAP at least as good as its scheme alone (mean): "
             + ("met in every cell" if not worse else "NOT met: " + ", ".join(worse))
         )
     return lines
+
+
+def epochs_of(rows: list[dict[str, Any]], dataset: str) -> set[int]:
+    return {r["epochs"] for r in rows if r["dataset"] == dataset}
+
+
+def span(folds: list[int]) -> str:
+    """``0-9`` for a run of folds, else the list."""
+    if folds == list(range(folds[0], folds[-1] + 1)):
+        return f"{folds[0]}-{folds[-1]}"
+    return ",".join(str(f) for f in folds)
 
 
 def write_report() -> None:
@@ -347,19 +386,14 @@ def write_report() -> None:
                 prompts[r["prompt"]],
                 r.get("prompt_unit", ""),
                 r.get("prompt_lr_scale", 0),
+                r["epochs"],
             )
         )
-        alone = {(r["scheme"], r["bits"]): r for r in subset if r["prompt"] == "none"}
+        alone = {(r["scheme"], r["bits"], r["epochs"]): r for r in subset if r["prompt"] == "none"}
         table = []
         for r in subset:
             paper = (
                 PAPER.get((dataset, r["scheme"], r["bits"]), "") if r["prompt"] == "none" else ""
-            )
-            folds = r["folds"]
-            span = (
-                f"{folds[0]}-{folds[-1]}"
-                if folds == list(range(folds[0], folds[-1] + 1))
-                else folds
             )
             table.append(
                 [
@@ -367,10 +401,10 @@ def write_report() -> None:
                     r["scheme"],
                     prompt_label(r),
                     _cell(r),
-                    paired(r, alone.get((r["scheme"], r["bits"]))),
+                    paired(r, alone.get((r["scheme"], r["bits"], r["epochs"]))),
                     paper,
                     f"{r['avg_bits']:.2f}",
-                    f"{r['n_folds']} ({span})",
+                    f"{r['n_folds']} ({span(r['folds'])})",
                     r["epochs"],
                     " ".join(f"{a:.1f}" for a in r["accs"]),
                 ]
