@@ -188,12 +188,12 @@ def step_correctness(device: Any, dry_run: bool, save: Callable[[str, Any], None
         p_b = torch.randn(4, d, generator=g) * 0.5
         grad = torch.randn(n, d, generator=g)
         leaves_ref = [t.clone().requires_grad_(True) for t in (h, w_phi, p_a, p_b)]
-        _, ref = lf.lorap_reference(*leaves_ref, scale, zp, qmin, qmax)
+        _, ref = lf.lorap_reference(leaves_ref[0], leaves_ref[1:], (scale, zp, qmin, qmax))
         ref_grads = torch.autograd.grad(ref, leaves_ref, grad)
         leaves = [t.to(device).requires_grad_(True) for t in (h, w_phi, p_a, p_b)]
         grid = (torch.tensor([scale], device=device), torch.tensor([zp], dtype=torch.int32,
                 device=device), qmin, qmax)  # fmt: skip
-        out = lf.lorap_forward(*leaves, *grid)
+        out = lf.lorap_forward(leaves[0], leaves[1:], grid)
         grads = torch.autograd.grad(out, leaves, grad.to(device))
         steps_off = ((out.detach().cpu() - ref.detach()) / scale).abs()
         checks.append(
@@ -218,7 +218,9 @@ def step_correctness(device: Any, dry_run: bool, save: Callable[[str, Any], None
     indices = torch.randint(0, n, (n * degree,), generator=g)
     indptr = torch.arange(0, n * degree + 1, degree)
     block = [t.to(device) for t in (codes, src_scale, indptr, indices)]
-    ref_agg = qa.quant_aggregate_reference(codes, src_scale, indptr, indices, d, 8, "mean")
+    ref_agg = qa.quant_aggregate_reference(
+        qa.CsrBlock(codes, src_scale, indptr, indices, 8, "mean"), d
+    )
     agg = qa.quant_aggregate(*block, d, 8, "mean")
     checks.append(
         {"op": "quant_aggregate", "n": n, "d": d,
@@ -227,8 +229,9 @@ def step_correctness(device: Any, dry_run: bool, save: Callable[[str, Any], None
     w_phi, p_a = torch.randn(d, 8, generator=g) / d**0.5, torch.randn(8, 4, generator=g)
     p_b = torch.randn(4, d, generator=g) * 0.5
     prompt = [t.to(device) for t in (w_phi, p_a, p_b)]
-    fused = al.aggregate_lorap_forward(*block, *prompt, 0.05, 0, -128, 127, reduce="mean")
-    two_ops = lf.lorap_forward(agg, *prompt, 0.05, 0, -128, 127)
+    grid = (0.05, 0, -128, 127)
+    fused = al.aggregate_lorap_forward(qa.CsrBlock(*block, 8, "mean"), prompt, grid)
+    two_ops = lf.lorap_forward(agg, prompt, grid)
     checks.append(
         {"op": "aggregate_lorap", "n": n, "d": d,
          "max_steps_off_two_ops": float(((fused - two_ops) / 0.05).abs().max())}

@@ -42,7 +42,7 @@ from lorap_dist.kernels.aggregate_lorap import (
     aggregate_lorap_forward_range,
 )
 from lorap_dist.kernels.lorap_fused import lorap_forward, lorap_range
-from lorap_dist.kernels.quant_aggregate import quant_aggregate
+from lorap_dist.kernels.quant_aggregate import CsrBlock, quant_aggregate
 
 from lorap_dist.prompt.lorap import LoRAP, lorap_prompt
 from lorap_dist.quant.quantizer import FakeQuantizer
@@ -69,6 +69,11 @@ PEAK_BANDWIDTH = {
     "L40S": 0.864e12,
     "A10G": 0.6e12,
 }
+
+
+def fused_lorap(h, w_phi, p_a, p_b, scale, zero_point, qmin, qmax):
+    """The op (``lorap_forward``) with the arguments of :func:`unfused_lorap`."""
+    return lorap_forward(h, (w_phi, p_a, p_b), (scale, zero_point, qmin, qmax))
 
 
 def unfused_lorap(h, w_phi, p_a, p_b, scale, zero_point, qmin, qmax):
@@ -198,7 +203,7 @@ def lorap_rows(device: str, sizes, dims, repeats_for, compiled: bool = False) ->
                         for name in ("fused", "unfused")
                     }
                 else:
-                    variants = {"fused": lorap_forward, "unfused": unfused_lorap}
+                    variants = {"fused": fused_lorap, "unfused": unfused_lorap}
                     if compiled_fn is not None:
                         variants["compiled"] = compiled_fn
                     backward = grad if pass_ == "fwd_bwd" else None
@@ -277,25 +282,26 @@ def _observed_grid(y_range: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def _agg_lorap_steps(block, prompt, grad, d: int, train: bool) -> dict[str, Callable]:
     """The three ways to run aggregation + LoRAP: one step each (see the module docstring)."""
     codes, scale, indptr, indices = block
+    csr = CsrBlock(*block, 8, "mean")
     dst = torch.arange(codes.shape[0], device=codes.device).repeat_interleave(DEGREE)
 
     def fused() -> object:
         if not train:
             with torch.no_grad():
-                return aggregate_lorap_forward(*block, *prompt, *QPARAMS)
-        y_range, saved = aggregate_lorap_forward_range(*block, *prompt)
-        grid = _observed_grid(y_range)
-        out = aggregate_lorap_forward(*block, *prompt, *grid, -128, 127, saved=saved)
+                return aggregate_lorap_forward(csr, prompt, QPARAMS)
+        y_range, saved = aggregate_lorap_forward_range(csr, prompt)
+        grid = (*_observed_grid(y_range), -128, 127)
+        out = aggregate_lorap_forward(csr, prompt, grid, saved=saved)
         return torch.autograd.grad(out, prompt, grad)
 
     def two_ops() -> object:
         h = quant_aggregate(*block, d, 8, "mean")
         if not train:
             with torch.no_grad():
-                return lorap_forward(h, *prompt, *QPARAMS)
+                return lorap_forward(h, prompt, QPARAMS)
         y_range, *saved = lorap_range(h, *(t.detach() for t in prompt))
-        grid = _observed_grid(y_range)
-        out = lorap_forward(h, *prompt, *grid, -128, 127, saved=tuple(saved))
+        grid = (*_observed_grid(y_range), -128, 127)
+        out = lorap_forward(h, prompt, grid, saved=tuple(saved))
         return torch.autograd.grad(out, prompt, grad)
 
     def unfused() -> object:

@@ -25,17 +25,19 @@ composition, and everything after it is :mod:`.lorap_fused`'s forward and backwa
 Gradients flow to ``W_phi``, ``P_A`` and ``P_B``. The sources are integer codes, which take
 no gradient, and their scales come from an observer, not from the loss.
 
-Entry points: :func:`aggregate_lorap_forward` and :func:`aggregate_lorap_forward_range`
-(Python numbers or tensors for the grids), the ops ``torch.ops.lorap_dist.aggregate_lorap``,
+Entry points: :func:`aggregate_lorap_forward` and :func:`aggregate_lorap_forward_range`,
+which take the sources as one :class:`~.quant_aggregate.CsrBlock`, the prompt as one
+:class:`~.lorap_checks.Prompt` and each grid as one :class:`~.quant_grid.QuantGrid` (of
+Python numbers or tensors), the ops ``torch.ops.lorap_dist.aggregate_lorap``,
 ``aggregate_lorap_backward`` and ``aggregate_lorap_range``, and the pure-torch
-:func:`aggregate_lorap_reference` (the test oracle). CUDA tensors take the Triton kernels,
-CPU tensors the pure-torch path, unless :func:`~._triton.triton_on_cpu` is active.
+:func:`aggregate_lorap_reference` (the test oracle), which takes what the entry points take.
+CUDA tensors take the Triton kernels, CPU tensors the pure-torch path, unless
+:func:`~._triton.triton_on_cpu` is active.
 
-The registered ops keep their flat schemas (21 inputs for the forward); inside, the CSR block
-is a :class:`CsrBlock`, each grid a :class:`~.quant_grid.QuantGrid`, and the autograd reads
+The registered ops keep flat schemas (``torch.library`` schemas hold tensors and scalars, not
+tuples; 21 inputs for the forward) and rebuild the three tuples at once; the autograd reads
 the inputs by name (:class:`_ForwardInputs`). The module is one op (reference, CPU path,
-launchers, registration and autograd beside each other, as the other ops' files are); its
-length is the three registered schemas written out.
+launchers, registration and autograd beside each other, as the other ops' files are).
 """
 
 from __future__ import annotations
@@ -55,11 +57,10 @@ from .lorap_cpu import (
 )
 from .lorap_fused import lorap_reference
 from .lorap_kernels import Gather, launch_backward, launch_forward, launch_range, takes_triton
-from .quant_aggregate import check_block, quant_aggregate_cpu, quant_aggregate_reference
-from .quant_grid import QuantGrid, check_grid, codes_dtype, grid_tensors
+from .quant_aggregate import CsrBlock, quant_aggregate_cpu, quant_aggregate_reference
+from .quant_grid import QuantGrid, codes_dtype, grid_tensors
 
 __all__ = [
-    "CsrBlock",
     "aggregate_lorap",
     "aggregate_lorap_backward",
     "aggregate_lorap_forward",
@@ -73,48 +74,25 @@ _AGG_PAIR = (
 )
 
 
-class CsrBlock(NamedTuple):
-    """The sources and the CSR block they are aggregated over, as
-    :func:`~.quant_aggregate.quant_aggregate` takes them: ``src_codes`` (int8 ``[num_src, d]``
-    or packed uint8 ``[num_src, ceil(d / 2)]``), ``src_scale`` (fp32 ``[num_src]``), ``indptr``
-    (``[num_dst + 1]``), ``indices`` (``[E]``), ``bits`` (8 or 4), ``reduce`` (sum or mean)."""
+def _aggregate(block: CsrBlock, d: int, agg: QuantGrid | None, oracle: bool = False) -> Tensor:
+    """The ``[num_dst, d]`` fp32 aggregate ``h``, fake-quantized on ``agg`` when given: the
+    CPU path (``oracle=False``, :func:`~.quant_aggregate.quant_aggregate_cpu`) or the test
+    oracle (:func:`~.quant_aggregate.quant_aggregate_reference`), equal bit for bit."""
+    h = (quant_aggregate_reference if oracle else quant_aggregate_cpu)(block, d)
+    if agg is None:
+        return h
+    if isinstance(agg.scale, Tensor) or isinstance(agg.zero_point, Tensor):
+        scale = torch.as_tensor(agg.scale, dtype=torch.float32, device=h.device).reshape(1)
+        zp = torch.as_tensor(agg.zero_point, device=h.device).reshape(1).to(torch.int32)
+        return torch.fake_quantize_per_tensor_affine(h, scale, zp, agg.qmin, agg.qmax)
+    return torch.fake_quantize_per_tensor_affine(
+        h, float(agg.scale), int(agg.zero_point), agg.qmin, agg.qmax
+    )
 
-    src_codes: Tensor
-    src_scale: Tensor
-    indptr: Tensor
-    indices: Tensor
-    bits: int
-    reduce: str
 
-    @property
-    def num_dst(self) -> int:
-        return self.indptr.shape[0] - 1
-
-    def check(self, d: int) -> None:
-        """:func:`~.quant_aggregate.check_block` for rows of width ``d``."""
-        block = (self.src_codes, self.src_scale, self.indptr, self.indices)
-        check_block(*block, d, self.bits, self.reduce)
-
-    def aggregate(self, d: int, agg: QuantGrid | None, oracle: bool = False) -> Tensor:
-        """The ``[num_dst, d]`` fp32 aggregate ``h``, fake-quantized on ``agg`` when given: the
-        CPU path (``oracle=False``, :func:`~.quant_aggregate.quant_aggregate_cpu`) or the test
-        oracle (:func:`~.quant_aggregate.quant_aggregate_reference`), equal bit for bit."""
-        aggregate = quant_aggregate_reference if oracle else quant_aggregate_cpu
-        block = (self.src_codes, self.src_scale, self.indptr, self.indices)
-        h = aggregate(*block, d, self.bits, self.reduce)
-        if agg is None:
-            return h
-        if isinstance(agg.scale, Tensor) or isinstance(agg.zero_point, Tensor):
-            scale = torch.as_tensor(agg.scale, dtype=torch.float32, device=h.device).reshape(1)
-            zp = torch.as_tensor(agg.zero_point, device=h.device).reshape(1).to(torch.int32)
-            return torch.fake_quantize_per_tensor_affine(h, scale, zp, agg.qmin, agg.qmax)
-        return torch.fake_quantize_per_tensor_affine(
-            h, float(agg.scale), int(agg.zero_point), agg.qmin, agg.qmax
-        )
-
-    def gather(self, agg: QuantGrid | None) -> Gather:
-        """The block as the kernels of :mod:`.lorap_kernels` aggregate it in registers."""
-        return Gather(self.indptr, self.indices, self.bits, self.reduce == "mean", agg)
+def _gather(block: CsrBlock, agg: QuantGrid | None) -> Gather:
+    """The block as the kernels of :mod:`.lorap_kernels` aggregate it in registers."""
+    return Gather(block.indptr, block.indices, block.bits, block.reduce == "mean", agg)
 
 
 def _agg_grid(
@@ -131,20 +109,16 @@ def _agg_grid(
 
 
 def _check(
-    block: CsrBlock,
-    w_phi: Tensor,
-    p_a: Tensor,
-    p_b: Tensor,
-    agg: QuantGrid | None,
-    check_values: bool = True,
+    block: CsrBlock, prompt: Prompt, agg: QuantGrid | None, check_values: bool = True
 ) -> None:
     """Raise a ValueError naming the argument when the block, the prompt or the aggregate's
     grid is malformed (the output grid is checked by the callers that have one)."""
+    w_phi = prompt.w_phi
     if w_phi.dim() != 2:
         raise ValueError(f"w_phi must be a 2-D [d, k] tensor; got shape {tuple(w_phi.shape)}.")
     d = w_phi.shape[0]
     block.check(d)
-    check_prompt(w_phi, p_a, p_b, d, block.src_codes.device)
+    check_prompt(prompt, d, block.src_codes.device)
     if agg is not None:
         if agg.scale is None or agg.zero_point is None:
             raise ValueError(_AGG_PAIR)
@@ -152,29 +126,17 @@ def _check(
 
 
 def aggregate_lorap_reference(
-    src_codes: Tensor,
-    src_scale: Tensor,
-    indptr: Tensor,
-    indices: Tensor,
-    w_phi: Tensor,
-    p_a: Tensor,
-    p_b: Tensor,
-    scale: float,
-    zero_point: int,
-    qmin: int,
-    qmax: int,
-    bits: int = 8,
-    reduce: str = "mean",
-    agg_grid: tuple[float, int, int, int] | None = None,
+    block: CsrBlock, prompt: Prompt, grid: QuantGrid, agg_grid: QuantGrid | None = None
 ) -> tuple[Tensor, Tensor]:
-    """Pure-torch aggregation then LoRAP: ``(codes, out)``, differentiable in ``w_phi``,
-    ``p_a`` and ``p_b``; the test oracle. ``agg_grid`` is the aggregate's
+    """Pure-torch aggregation then LoRAP: ``(codes, out)``, differentiable in the prompt's
+    ``w_phi``, ``p_a`` and ``p_b``; the test oracle. ``block``, ``prompt`` and the output
+    ``grid`` as :func:`aggregate_lorap_forward` takes them; ``agg_grid`` is the aggregate's
     ``(scale, zero_point, qmin, qmax)``, or ``None`` to leave it in fp32."""
-    block = CsrBlock(src_codes, src_scale, indptr, indices, bits, reduce)
+    block, prompt = CsrBlock(*block), Prompt(*prompt)
     agg = None if agg_grid is None else _agg_grid(*agg_grid)
-    _check(block, w_phi, p_a, p_b, agg)
-    h = block.aggregate(w_phi.shape[0], agg, oracle=True)
-    return lorap_reference(h, w_phi, p_a, p_b, scale, zero_point, qmin, qmax)
+    _check(block, prompt, agg)
+    h = _aggregate(block, prompt.w_phi.shape[0], agg, oracle=True)
+    return lorap_reference(h, prompt, grid)
 
 
 def _no_rows(src_codes: Tensor, cols: int, dtype: torch.dtype = torch.float32) -> Tensor:
@@ -214,7 +176,7 @@ def aggregate_lorap(
 
     Args:
         src_codes, src_scale, indptr, indices, bits, reduce: the CSR block and its sources
-            (:class:`CsrBlock`; ``d`` is ``w_phi``'s row count).
+            (:class:`~.quant_aggregate.CsrBlock`; ``d`` is ``w_phi``'s row count).
         w_phi, p_a, p_b: the prompt, ``[d, k]``, ``[k, r]``, ``[r, d]``.
         scale, zero_point, qmin, qmax: the output grid (one-element tensors, no host sync).
         agg_scale, agg_zero_point, agg_qmin, agg_qmax: the aggregate's grid, or ``None`` to
@@ -231,14 +193,14 @@ def aggregate_lorap(
     """
     block = CsrBlock(src_codes, src_scale, indptr, indices, bits, reduce)
     agg = _agg_grid(agg_scale, agg_zero_point, agg_qmin, agg_qmax)
-    _check(block, w_phi, p_a, p_b, agg)
-    check_grid(scale, zero_point, qmin, qmax, src_codes.device)
-    d = w_phi.shape[0]
     prompt, grid = Prompt(w_phi, p_a, p_b), QuantGrid(scale, zero_point, qmin, qmax)
+    _check(block, prompt, agg)
+    grid.check(src_codes.device)
+    d = w_phi.shape[0]
     if takes_triton(src_codes, d):
-        codes, out = launch_forward(src_codes, prompt, src_scale, grid, gather=block.gather(agg))
+        codes, out = launch_forward(src_codes, prompt, src_scale, grid, gather=_gather(block, agg))
         return out, codes, _no_rows(src_codes, d), *no_residuals(out, w_phi)
-    h = saved_h if has_rows(saved_h) else block.aggregate(d, agg)
+    h = saved_h if has_rows(saved_h) else _aggregate(block, d, agg)
     codes, out, w, mask = lorap_forward_cpu(h, prompt, None, grid, saved_y, saved_w, keep_residuals)
     # Outputs may not alias inputs: a reused saved_h is handed on as a copy.
     h = h.clone() if h is saved_h else h
@@ -251,7 +213,7 @@ def _(src_codes, src_scale, indptr, indices, bits, reduce, w_phi, p_a, p_b, scal
       saved_y=None, saved_w=None, keep_residuals=True):  # fmt: skip
     block = CsrBlock(src_codes, src_scale, indptr, indices, bits, reduce)
     agg = _agg_grid(agg_scale, agg_zero_point, agg_qmin, agg_qmax)
-    _check(block, w_phi, p_a, p_b, agg, check_values=False)
+    _check(block, Prompt(w_phi, p_a, p_b), agg, check_values=False)
     n, d, k = block.num_dst, w_phi.shape[0], w_phi.shape[1]
     out = src_codes.new_empty((n, d), dtype=torch.float32)
     codes = src_codes.new_empty((n, d), dtype=codes_dtype(qmin, qmax))
@@ -291,19 +253,19 @@ def aggregate_lorap_backward(
     its outputs, and with none (0 rows) the backward gathers ``h`` and recomputes the rest."""
     block = CsrBlock(src_codes, src_scale, indptr, indices, bits, reduce)
     agg = _agg_grid(agg_scale, agg_zero_point, agg_qmin, agg_qmax)
-    _check(block, w_phi, p_a, p_b, agg)
+    prompt, grid = Prompt(w_phi, p_a, p_b), QuantGrid(scale, zero_point, qmin, qmax)
+    _check(block, prompt, agg)
     num_dst, d = block.num_dst, w_phi.shape[0]
     if tuple(grad_out.shape) != (num_dst, d):
         raise ValueError(
             f"grad_out must be [num_dst, d] = [{num_dst}, {d}]; got {tuple(grad_out.shape)}."
         )
-    prompt, grid = Prompt(w_phi, p_a, p_b), QuantGrid(scale, zero_point, qmin, qmax)
     if takes_triton(src_codes, d):
         _, *grads = launch_backward(
-            grad_out, src_codes, prompt, src_scale, grid, gather=block.gather(agg)
+            grad_out, src_codes, prompt, src_scale, grid, gather=_gather(block, agg)
         )
         return tuple(grads)
-    h = saved_h if has_rows(saved_h) else block.aggregate(d, agg)
+    h = saved_h if has_rows(saved_h) else _aggregate(block, d, agg)
     _, *grads = lorap_backward_cpu(
         grad_out, h, prompt, None, grid, saved_w, saved_mask, need_grad_h=False
     )
@@ -401,15 +363,15 @@ def aggregate_lorap_range(
     """
     block = CsrBlock(src_codes, src_scale, indptr, indices, bits, reduce)
     agg = _agg_grid(agg_scale, agg_zero_point, agg_qmin, agg_qmax)
-    _check(block, w_phi, p_a, p_b, agg)
+    prompt = Prompt(w_phi, p_a, p_b)
+    _check(block, prompt, agg)
     d, k = w_phi.shape
     if block.num_dst == 0:
         raise ValueError("the block has no destination rows, so the range of y is undefined.")
-    prompt = Prompt(w_phi, p_a, p_b)
     if takes_triton(src_codes, d):
-        y_range = launch_range(src_codes, prompt, src_scale, gather=block.gather(agg))
+        y_range = launch_range(src_codes, prompt, src_scale, gather=_gather(block, agg))
         return y_range, _no_rows(src_codes, d), _no_rows(src_codes, d), _no_rows(src_codes, k)
-    h = block.aggregate(d, agg)
+    h = _aggregate(block, d, agg)
     y, w = prompted_reference(h, prompt, None, with_weights=True)
     return torch.stack(torch.aminmax(y)), h, y, w
 
@@ -419,7 +381,7 @@ def _(src_codes, src_scale, indptr, indices, bits, reduce, w_phi, p_a, p_b, agg_
       agg_zero_point=None, agg_qmin=0, agg_qmax=1):  # fmt: skip
     block = CsrBlock(src_codes, src_scale, indptr, indices, bits, reduce)
     agg = _agg_grid(agg_scale, agg_zero_point, agg_qmin, agg_qmax)
-    _check(block, w_phi, p_a, p_b, agg, check_values=False)
+    _check(block, Prompt(w_phi, p_a, p_b), agg, check_values=False)
     n, (d, k) = block.num_dst, w_phi.shape
     y_range = src_codes.new_empty((2,), dtype=torch.float32)
     if takes_triton(src_codes, d):
@@ -438,11 +400,9 @@ def _(src_codes, src_scale, indptr, indices, bits, reduce, w_phi, p_a, p_b, agg_
 # ----------------------------------------------------------------------------------------
 
 
-def _agg_args(
-    agg_grid: tuple[float | Tensor, int | Tensor, int, int] | None, device: torch.device
-) -> tuple:
+def _agg_args(agg_grid: QuantGrid | None, device: torch.device) -> tuple:
     """The ops' four aggregate-grid inputs ``(agg_scale, agg_zero_point, agg_qmin, agg_qmax)``
-    for an ``agg_grid`` of Python numbers or tensors."""
+    for an ``agg_grid`` of Python numbers or tensors (a 4-tuple is accepted)."""
     if agg_grid is None:
         return None, None, 0, 1
     agg = QuantGrid(*agg_grid)
@@ -452,62 +412,48 @@ def _agg_args(
 
 
 def aggregate_lorap_forward_range(
-    src_codes: Tensor,
-    src_scale: Tensor,
-    indptr: Tensor,
-    indices: Tensor,
-    w_phi: Tensor,
-    p_a: Tensor,
-    p_b: Tensor,
-    *,
-    bits: int = 8,
-    reduce: str = "mean",
-    agg_grid: tuple[float | Tensor, int | Tensor, int, int] | None = None,
+    block: CsrBlock, prompt: Prompt, *, agg_grid: QuantGrid | None = None
 ) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor]]:
     """``(y_range, saved)``: the range pass of :func:`aggregate_lorap_forward`, on detached
     prompt parameters; pass ``saved`` to the forward on the same inputs."""
-    agg = _agg_args(agg_grid, src_codes.device)
-    params = (w_phi.detach(), p_a.detach(), p_b.detach())
-    y_range, *saved = torch.ops.lorap_dist.aggregate_lorap_range(
-        src_codes, src_scale, indptr, indices, bits, reduce, *params, *agg
-    )
+    block = CsrBlock(*block)
+    agg = _agg_args(agg_grid, block.src_codes.device)
+    params = tuple(t.detach() for t in prompt)
+    y_range, *saved = torch.ops.lorap_dist.aggregate_lorap_range(*block, *params, *agg)
     return y_range, tuple(saved)
 
 
 def aggregate_lorap_forward(
-    src_codes: Tensor,
-    src_scale: Tensor,
-    indptr: Tensor,
-    indices: Tensor,
-    w_phi: Tensor,
-    p_a: Tensor,
-    p_b: Tensor,
-    scale: float | Tensor,
-    zero_point: int | Tensor,
-    qmin: int,
-    qmax: int,
+    block: CsrBlock,
+    prompt: Prompt,
+    grid: QuantGrid,
     *,
-    bits: int = 8,
-    reduce: str = "mean",
-    agg_grid: tuple[float | Tensor, int | Tensor, int, int] | None = None,
+    agg_grid: QuantGrid | None = None,
     saved: tuple[Tensor, Tensor, Tensor] | None = None,
 ) -> Tensor:
     """Aggregate the integer sources over the CSR block, add the LoRAP prompt, re-quantize:
-    the dequantized ``[num_dst, d]`` output, differentiable in ``w_phi``, ``p_a`` and ``p_b``.
+    the dequantized ``[num_dst, d]`` output, differentiable in the prompt's ``w_phi``,
+    ``p_a`` and ``p_b``.
 
-    ``agg_grid`` is the aggregate's ``(scale, zero_point, qmin, qmax)`` (``None``: no
-    quantization between aggregation and prompt); ``saved`` is what
-    :func:`aggregate_lorap_forward_range` returned for the same inputs (reused on CPU). Grids
-    may be Python numbers or one-element tensors.
+    Args:
+        block: the sources and the CSR block (:class:`~.quant_aggregate.CsrBlock`; ``d`` is
+            ``w_phi``'s row count).
+        prompt: ``(w_phi [d, k], p_a [k, r], p_b [r, d])``.
+        grid: the output grid ``(scale, zero_point, qmin, qmax)``.
+        agg_grid: the aggregate's grid (``None``: no quantization between aggregation and
+            prompt).
+        saved: what :func:`aggregate_lorap_forward_range` returned for the same inputs
+            (reused on CPU).
+
+    Grids may hold Python numbers or one-element tensors; tuples are accepted for all three.
     """
-    device = src_codes.device
+    block, (w_phi, p_a, p_b), (scale, zero_point, qmin, qmax) = CsrBlock(*block), prompt, grid
+    device = block.src_codes.device
     scale, zero_point = grid_tensors(scale, zero_point, device)
-    agg_scale, agg_zero_point, agg_qmin, agg_qmax = _agg_args(agg_grid, device)
     saved_h, saved_y, saved_w = saved if saved is not None else (None, None, None)
     keep = torch.is_grad_enabled() and any(t.requires_grad for t in (w_phi, p_a, p_b))
     inputs = _ForwardInputs(
-        src_codes, src_scale, indptr, indices, bits, reduce, w_phi, p_a, p_b, scale, zero_point,
-        int(qmin), int(qmax), agg_scale, agg_zero_point, agg_qmin, agg_qmax, saved_h, saved_y,
-        saved_w, keep,
+        *block, w_phi, p_a, p_b, scale, zero_point, int(qmin), int(qmax),
+        *_agg_args(agg_grid, device), saved_h, saved_y, saved_w, keep,
     )  # fmt: skip
     return aggregate_lorap(*inputs)[0]

@@ -2,8 +2,8 @@
 
 ``h`` is ``[N, d]`` float32 / float16 / bfloat16, or int8 codes with an fp32 ``in_scale`` of
 shape ``[1]`` (per tensor) or ``[N]`` (per row); the prompt is ``W_phi`` ``[d, k]``, ``P_A``
-``[k, r]``, ``P_B`` ``[r, d]`` in a float dtype, on ``h``'s device (the kernels' launchers
-and the CPU path take the three as one :class:`Prompt`); the output grid is checked by
+``[k, r]``, ``P_B`` ``[r, d]`` in a float dtype, on ``h``'s device (taken as one
+:class:`Prompt`); the output grid (a :class:`~.quant_grid.QuantGrid`) is checked by
 :func:`~.quant_grid.check_grid`. Both paths of :mod:`.lorap_fused` and the CPU path
 (:mod:`.lorap_cpu`) run these checks; :mod:`.aggregate_lorap` runs :func:`check_prompt`.
 """
@@ -15,7 +15,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from .quant_grid import check_grid
+from .quant_grid import QuantGrid, check_grid
 
 __all__ = [
     "Prompt",
@@ -36,8 +36,9 @@ _FLOATS = (torch.float32, torch.float16, torch.bfloat16)
 
 
 class Prompt(NamedTuple):
-    """LoRAP's parameters, as the launchers of :mod:`.lorap_kernels` and the CPU path of
-    :mod:`.lorap_cpu` take them: ``w_phi`` ``[d, k]``, ``p_a`` ``[k, r]``, ``p_b`` ``[r, d]``."""
+    """LoRAP's parameters, as every launcher, reference and Python entry point of the LoRAP
+    ops takes them: ``w_phi`` ``[d, k]``, ``p_a`` ``[k, r]``, ``p_b`` ``[r, d]`` (a plain
+    3-tuple is accepted where a function says so)."""
 
     w_phi: Tensor
     p_a: Tensor
@@ -46,25 +47,18 @@ class Prompt(NamedTuple):
 
 def check_inputs(
     h: Tensor,
-    w_phi: Tensor,
-    p_a: Tensor,
-    p_b: Tensor,
+    prompt: Prompt,
     in_scale: Tensor | None,
-    scale: float,
-    zero_point: int,
-    qmin: int,
-    qmax: int,
+    grid: QuantGrid,
     check_values: bool = True,
 ) -> None:
     """Raise a ValueError that names the argument when shapes, dtypes or ranges are wrong
     (the grid's checks are those of :func:`~.quant_grid.check_grid`)."""
-    check_operands(h, w_phi, p_a, p_b, in_scale)
-    check_grid(scale, zero_point, qmin, qmax, h.device, check_values)
+    check_operands(h, prompt, in_scale)
+    check_grid(*grid, h.device, check_values)
 
 
-def check_operands(
-    h: Tensor, w_phi: Tensor, p_a: Tensor, p_b: Tensor, in_scale: Tensor | None
-) -> None:
+def check_operands(h: Tensor, prompt: Prompt, in_scale: Tensor | None) -> None:
     """The shape, dtype and device checks of :func:`check_inputs`, without the grid."""
     if h.dim() != 2:
         raise ValueError(f"h must be a 2-D [N, d] tensor; got shape {tuple(h.shape)}.")
@@ -89,11 +83,12 @@ def check_operands(
             )
         if in_scale.device != h.device:
             raise ValueError(f"in_scale is on {in_scale.device} but h is on {h.device}.")
-    check_prompt(w_phi, p_a, p_b, d, h.device)
+    check_prompt(prompt, d, h.device)
 
 
-def check_prompt(w_phi: Tensor, p_a: Tensor, p_b: Tensor, d: int, device: torch.device) -> None:
+def check_prompt(prompt: Prompt, d: int, device: torch.device) -> None:
     """The prompt parameters' checks of :func:`check_operands` for an ``h`` of width ``d``."""
+    w_phi, p_a, p_b = prompt
     for name, t in (("w_phi", w_phi), ("p_a", p_a), ("p_b", p_b)):
         if t.dim() != 2:
             raise ValueError(f"{name} must be a 2-D tensor; got shape {tuple(t.shape)}.")
@@ -113,10 +108,8 @@ def check_prompt(w_phi: Tensor, p_a: Tensor, p_b: Tensor, d: int, device: torch.
         raise ValueError(f"p_b must be [r, d] = [{r}, {d}]; got {tuple(p_b.shape)}.")
 
 
-def check_range_inputs(
-    h: Tensor, w_phi: Tensor, p_a: Tensor, p_b: Tensor, in_scale: Tensor | None
-) -> None:
+def check_range_inputs(h: Tensor, prompt: Prompt, in_scale: Tensor | None) -> None:
     """:func:`check_operands` for the range pass, which also needs at least one row."""
-    check_operands(h, w_phi, p_a, p_b, in_scale)
+    check_operands(h, prompt, in_scale)
     if h.shape[0] == 0:
         raise ValueError("h has no rows, so the range of y is undefined; skip the range pass.")

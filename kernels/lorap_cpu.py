@@ -125,7 +125,7 @@ def lorap_forward_cpu(
     rounding pass is not done twice (fake-quantizing ``y`` and then rounding it again for the
     codes cost 1.6x the forward on a 100k x 64 aggregate).
     """
-    check_inputs(h, *prompt, in_scale, *grid)
+    check_inputs(h, prompt, in_scale, grid)
     qmin, qmax = grid.qmin, grid.qmax
     grid_scale, inv, zp = grid.values(h.device)
     if has_rows(saved_y) and has_rows(saved_w):

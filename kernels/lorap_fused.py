@@ -71,15 +71,7 @@ __all__ = [
 
 
 def lorap_reference(
-    h: Tensor,
-    w_phi: Tensor,
-    p_a: Tensor,
-    p_b: Tensor,
-    scale: float,
-    zero_point: int,
-    qmin: int,
-    qmax: int,
-    in_scale: Tensor | None = None,
+    h: Tensor, prompt: Prompt, grid: QuantGrid, in_scale: Tensor | None = None
 ) -> tuple[Tensor, Tensor]:
     """Pure-torch LoRAP forward, the test oracle (the op's CPU path is the tuned
     :func:`~lorap_dist.kernels.lorap_cpu.lorap_forward_cpu`, checked against it).
@@ -89,46 +81,43 @@ def lorap_reference(
 
     Args:
         h: ``[N, d]`` float aggregate, or ``int8`` codes dequantized with ``in_scale``.
-        w_phi: ``[d, k]``; p_a: ``[k, r]``; p_b: ``[r, d]``.
-        scale, zero_point, qmin, qmax: the output quantizer (per-tensor affine).
+        prompt: ``(w_phi [d, k], p_a [k, r], p_b [r, d])``, a :class:`Prompt` or a 3-tuple.
+        grid: the output quantizer ``(scale, zero_point, qmin, qmax)`` (per-tensor affine), a
+            :class:`~.quant_grid.QuantGrid` or a 4-tuple.
         in_scale: ``[1]`` or ``[N]`` fp32 scale of an ``int8`` ``h``; ``None`` for float ``h``.
 
     Returns:
         ``(codes, out)``: ``[N, d]`` codes in :func:`codes_dtype` and ``[N, d]`` dequantized
         values in ``h``'s float dtype (``float32`` for ``int8`` ``h``).
     """
-    check_inputs(h, w_phi, p_a, p_b, in_scale, scale, zero_point, qmin, qmax)
-    y = prompted_reference(h, Prompt(w_phi, p_a, p_b), in_scale)
-    out = torch.fake_quantize_per_tensor_affine(y, scale, zero_point, qmin, qmax)
+    prompt, grid = Prompt(*prompt), QuantGrid(*grid)
+    check_inputs(h, prompt, in_scale, grid)
+    y = prompted_reference(h, prompt, in_scale)
+    out = torch.fake_quantize_per_tensor_affine(y, *grid)
     with torch.no_grad():
-        codes = torch.clamp(torch.round(y * inv_scale(scale)) + zero_point, qmin, qmax)
-    return codes.to(codes_dtype(qmin, qmax)), out.to(out_dtype(h))
+        codes = torch.round(y * inv_scale(grid.scale)) + grid.zero_point
+        codes = torch.clamp(codes, grid.qmin, grid.qmax)
+    return codes.to(codes_dtype(grid.qmin, grid.qmax)), out.to(out_dtype(h))
 
 
-def lorap_range_reference(
-    h: Tensor, w_phi: Tensor, p_a: Tensor, p_b: Tensor, in_scale: Tensor | None = None
-) -> Tensor:
+def lorap_range_reference(h: Tensor, prompt: Prompt, in_scale: Tensor | None = None) -> Tensor:
     """``[min(y), max(y)]`` (fp32, shape ``[2]``) of the prompted sum: the test oracle of
     :func:`lorap_range` (whose CPU path takes the extremes of the same prompted sum)."""
-    check_range_inputs(h, w_phi, p_a, p_b, in_scale)
-    return torch.stack(torch.aminmax(prompted_reference(h, Prompt(w_phi, p_a, p_b), in_scale)))
+    prompt = Prompt(*prompt)
+    check_range_inputs(h, prompt, in_scale)
+    return torch.stack(torch.aminmax(prompted_reference(h, prompt, in_scale)))
 
 
 # ----------------------------------------------------------------------------------------
-# The checked Triton launchers: the ops' Triton path.
+# The checked Triton launchers: the ops' Triton path. They take what the references take.
 # ----------------------------------------------------------------------------------------
 
 
 def lorap_fused_triton(
     h: Tensor,
-    w_phi: Tensor,
-    p_a: Tensor,
-    p_b: Tensor,
-    in_scale: Tensor | None,
-    scale: float | Tensor,
-    zero_point: int | Tensor,
-    qmin: int,
-    qmax: int,
+    prompt: Prompt,
+    grid: QuantGrid,
+    in_scale: Tensor | None = None,
     *,
     block_n: int | None = None,
 ) -> tuple[Tensor, Tensor]:
@@ -137,37 +126,26 @@ def lorap_fused_triton(
     Runs on CUDA tensors, or on CPU tensors when ``TRITON_INTERPRET=1`` was set before
     triton was imported. ``block_n`` overrides the rows per program (a power of two, >= 16).
     """
-    check_inputs(h, w_phi, p_a, p_b, in_scale, scale, zero_point, qmin, qmax)
-    grid = QuantGrid(scale, zero_point, qmin, qmax)
-    prompt = Prompt(w_phi, p_a, p_b)
+    prompt, grid = Prompt(*prompt), QuantGrid(*grid)
+    check_inputs(h, prompt, in_scale, grid)
     return launch_forward(h, prompt, in_scale, grid, block_n=block_n, out_dtype=out_dtype(h))
 
 
 def lorap_range_triton(
-    h: Tensor,
-    w_phi: Tensor,
-    p_a: Tensor,
-    p_b: Tensor,
-    in_scale: Tensor | None,
-    *,
-    block_n: int | None = None,
+    h: Tensor, prompt: Prompt, in_scale: Tensor | None = None, *, block_n: int | None = None
 ) -> Tensor:
     """Launch the forward kernel's range pass directly: ``[min(y), max(y)]``, fp32 ``[2]``."""
-    check_range_inputs(h, w_phi, p_a, p_b, in_scale)
-    return launch_range(h, Prompt(w_phi, p_a, p_b), in_scale, block_n=block_n)
+    prompt = Prompt(*prompt)
+    check_range_inputs(h, prompt, in_scale)
+    return launch_range(h, prompt, in_scale, block_n=block_n)
 
 
 def lorap_fused_backward_triton(
     grad_out: Tensor,
     h: Tensor,
-    w_phi: Tensor,
-    p_a: Tensor,
-    p_b: Tensor,
-    in_scale: Tensor | None,
-    scale: float | Tensor,
-    zero_point: int | Tensor,
-    qmin: int,
-    qmax: int,
+    prompt: Prompt,
+    grid: QuantGrid,
+    in_scale: Tensor | None = None,
     *,
     block_n: int | None = None,
     num_programs: int | None = None,
@@ -177,13 +155,14 @@ def lorap_fused_backward_triton(
     ``num_programs`` overrides the persistent grid (default: 4 per SM on CUDA, at most 8 under
     the interpreter); each program loops over every ``num_programs``-th row block.
     """
-    check_inputs(h, w_phi, p_a, p_b, in_scale, scale, zero_point, qmin, qmax)
+    prompt, grid = Prompt(*prompt), QuantGrid(*grid)
+    check_inputs(h, prompt, in_scale, grid)
     if tuple(grad_out.shape) != tuple(h.shape):
         raise ValueError(
             f"grad_out must have h's shape {tuple(h.shape)}; got {tuple(grad_out.shape)}."
         )
     return launch_backward(
-        grad_out, h, Prompt(w_phi, p_a, p_b), in_scale, QuantGrid(scale, zero_point, qmin, qmax),
+        grad_out, h, prompt, in_scale, grid,
         block_n=block_n, num_programs=num_programs, grad_h_dtype=out_dtype(h),
     )  # fmt: skip
 
@@ -230,7 +209,7 @@ def lorap_fused(
     """
     prompt, grid = Prompt(w_phi, p_a, p_b), QuantGrid(scale, zero_point, qmin, qmax)
     if takes_triton(h, h.shape[1]):
-        codes, out = lorap_fused_triton(h, *prompt, in_scale, *grid)
+        codes, out = lorap_fused_triton(h, prompt, grid, in_scale)
         saved_w, saved_mask = no_residuals(h, w_phi)
     else:
         codes, out, saved_w, saved_mask = lorap_forward_cpu(
@@ -242,7 +221,8 @@ def lorap_fused(
 @lorap_fused.register_fake
 def _(h, w_phi, p_a, p_b, in_scale, scale, zero_point, qmin, qmax, saved_y=None, saved_w=None,
       keep_residuals=True):  # fmt: skip
-    check_inputs(h, w_phi, p_a, p_b, in_scale, scale, zero_point, qmin, qmax, check_values=False)
+    prompt, grid = Prompt(w_phi, p_a, p_b), QuantGrid(scale, zero_point, qmin, qmax)
+    check_inputs(h, prompt, in_scale, grid, check_values=False)
     out = h.new_empty(h.shape, dtype=out_dtype(h))
     codes = h.new_empty(h.shape, dtype=codes_dtype(qmin, qmax))
     if takes_triton(h, h.shape[1]) or not keep_residuals:
@@ -273,8 +253,8 @@ def lorap_fused_backward(
     """
     prompt, grid = Prompt(w_phi, p_a, p_b), QuantGrid(scale, zero_point, qmin, qmax)
     if takes_triton(h, h.shape[1]):
-        return lorap_fused_backward_triton(grad_out, h, *prompt, in_scale, *grid)
-    check_inputs(h, *prompt, in_scale, *grid)
+        return lorap_fused_backward_triton(grad_out, h, prompt, grid, in_scale)
+    check_inputs(h, prompt, in_scale, grid)
     return lorap_backward_cpu(grad_out, h, prompt, in_scale, grid, saved_w, saved_mask)
 
 
@@ -327,16 +307,17 @@ def lorap_range(
     :func:`lorap_forward` does not compute them a second time. Not differentiable: call it
     on detached inputs (an observed range takes no gradient).
     """
+    prompt = Prompt(w_phi, p_a, p_b)
     if takes_triton(h, h.shape[1]):
-        return lorap_range_triton(h, w_phi, p_a, p_b, in_scale), *_no_saved_prompt(h, w_phi)
-    check_range_inputs(h, w_phi, p_a, p_b, in_scale)
-    y, w = prompted_reference(h, Prompt(w_phi, p_a, p_b), in_scale, with_weights=True)
+        return lorap_range_triton(h, prompt, in_scale), *_no_saved_prompt(h, w_phi)
+    check_range_inputs(h, prompt, in_scale)
+    y, w = prompted_reference(h, prompt, in_scale, with_weights=True)
     return torch.stack(torch.aminmax(y)), y, w
 
 
 @lorap_range.register_fake
 def _(h, w_phi, p_a, p_b, in_scale=None):
-    check_operands(h, w_phi, p_a, p_b, in_scale)
+    check_operands(h, Prompt(w_phi, p_a, p_b), in_scale)
     y_range = h.new_empty((2,), dtype=torch.float32)
     if takes_triton(h, h.shape[1]):
         return y_range, *_no_saved_prompt(h, w_phi)
@@ -352,28 +333,24 @@ def _no_saved_prompt(h: Tensor, w_phi: Tensor) -> tuple[Tensor, Tensor]:
 
 def lorap_forward(
     h: Tensor,
-    w_phi: Tensor,
-    p_a: Tensor,
-    p_b: Tensor,
-    scale: float | Tensor,
-    zero_point: int | Tensor,
-    qmin: int,
-    qmax: int,
+    prompt: Prompt,
+    grid: QuantGrid,
     in_scale: Tensor | None = None,
     saved: tuple[Tensor, Tensor] | None = None,
 ) -> Tensor:
     """LoRAP prompt injection and re-quantization: the dequantized ``[N, d]`` output.
 
-    Differentiable in ``h`` (float), ``w_phi``, ``p_a`` and ``p_b``; the Triton kernels run
-    for CUDA tensors, the pure-torch reference for CPU tensors. ``saved`` is
-    ``(saved_y, saved_w)`` from :func:`lorap_range` on the same inputs, reused on CPU.
-    ``scale`` and ``zero_point`` may be Python numbers or one-element tensors (kept on the
-    device: no host sync).
+    Differentiable in ``h`` (float) and the ``prompt``'s ``w_phi``, ``p_a`` and ``p_b``; the
+    Triton kernels run for CUDA tensors, the pure-torch reference for CPU tensors. ``saved``
+    is ``(saved_y, saved_w)`` from :func:`lorap_range` on the same inputs, reused on CPU.
+    ``grid``'s ``scale`` and ``zero_point`` may be Python numbers or one-element tensors (kept
+    on the device: no host sync).
     """
+    w_phi, p_a, p_b = prompt
+    scale, zero_point, qmin, qmax = grid
     saved_y, saved_w = saved if saved is not None else (None, None)
     scale, zero_point = grid_tensors(scale, zero_point, h.device)
-    differentiable = (h, w_phi, p_a, p_b)
-    keep = torch.is_grad_enabled() and any(t.requires_grad for t in differentiable)
+    keep = torch.is_grad_enabled() and any(t.requires_grad for t in (h, w_phi, p_a, p_b))
     return lorap_fused(
         h, w_phi, p_a, p_b, in_scale, scale, zero_point, int(qmin), int(qmax), saved_y, saved_w,
         keep,

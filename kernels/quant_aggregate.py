@@ -35,6 +35,7 @@ form of :mod:`.lorap_kernels`' kernels.
 from __future__ import annotations
 
 import warnings
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -46,6 +47,7 @@ from .device_functions import jit, load_codes, tl
 
 __all__ = [
     "REDUCTIONS",
+    "CsrBlock",
     "check_block",
     "pack_int4",
     "quant_aggregate",
@@ -91,17 +93,33 @@ def _quant_aggregate_fwd_kernel(
     tl.store(out_ptr + row * d + offs_d, acc, mask=d_mask)
 
 
-def check_block(
-    src_codes: Tensor,
-    src_scale: Tensor,
-    indptr: Tensor,
-    indices: Tensor,
-    d: int,
-    bits: int,
-    reduce: str,
-) -> None:
+class CsrBlock(NamedTuple):
+    """Source rows and the CSR block they are aggregated over: ``src_codes`` (int8
+    ``[num_src, d]`` or packed uint8 ``[num_src, ceil(d / 2)]``), ``src_scale`` (fp32
+    ``[num_src]``), ``indptr`` (int32 / int64 ``[num_dst + 1]``), ``indices`` (``[E]``),
+    ``bits`` (8 or 4) and ``reduce`` (``"sum"`` or ``"mean"``). The row width ``d`` travels
+    beside it (an odd ``d`` cannot be told from the packed width)."""
+
+    src_codes: Tensor
+    src_scale: Tensor
+    indptr: Tensor
+    indices: Tensor
+    bits: int = 8
+    reduce: str = "sum"
+
+    @property
+    def num_dst(self) -> int:
+        return self.indptr.shape[0] - 1
+
+    def check(self, d: int) -> None:
+        """:func:`check_block` for rows of width ``d``."""
+        check_block(self, d)
+
+
+def check_block(block: CsrBlock, d: int) -> None:
     """Raise a ValueError that names the argument when the CSR block, its sources or the
     options are malformed."""
+    src_codes, src_scale, indptr, indices, bits, reduce = block
     if bits not in (4, 8):
         raise ValueError(f"bits must be 8 (int8 rows) or 4 (packed uint8 rows); got {bits}.")
     if reduce not in REDUCTIONS:
@@ -132,18 +150,11 @@ def check_block(
             raise ValueError(f"{name} is on {t.device} but src_codes is on {src_codes.device}.")
 
 
-def quant_aggregate_reference(
-    src_codes: Tensor,
-    src_scale: Tensor,
-    indptr: Tensor,
-    indices: Tensor,
-    d: int,
-    bits: int = 8,
-    reduce: str = "sum",
-) -> Tensor:
+def quant_aggregate_reference(block: CsrBlock, d: int) -> Tensor:
     """Pure-torch quantized aggregation (gather, dequantize, ``index_add_``): the test oracle.
-    Arguments and result as :func:`quant_aggregate`."""
-    check_block(src_codes, src_scale, indptr, indices, d, bits, reduce)
+    Result as :func:`quant_aggregate`'s."""
+    check_block(block, d)
+    src_codes, src_scale, indptr, indices, bits, reduce = block
     num_dst = indptr.numel() - 1
     deg = (indptr[1:] - indptr[:-1]).long()
     dst = torch.repeat_interleave(torch.arange(num_dst, device=indptr.device), deg)
@@ -157,15 +168,7 @@ def quant_aggregate_reference(
     return out
 
 
-def quant_aggregate_cpu(
-    src_codes: Tensor,
-    src_scale: Tensor,
-    indptr: Tensor,
-    indices: Tensor,
-    d: int,
-    bits: int = 8,
-    reduce: str = "sum",
-) -> Tensor:
+def quant_aggregate_cpu(block: CsrBlock, d: int) -> Tensor:
     """The op's CPU path: dequantize each source row once, then one CSR sparse-dense matmul.
 
     Equal to :func:`quant_aggregate_reference` bit for bit (each edge adds the same fp32
@@ -173,7 +176,8 @@ def quant_aggregate_cpu(
     materialising the ``E x d`` messages: 6-8x faster on one core at 100k rows, 10 edges
     each.
     """
-    check_block(src_codes, src_scale, indptr, indices, d, bits, reduce)
+    check_block(block, d)
+    src_codes, src_scale, indptr, indices, bits, reduce = block
     num_dst, num_src = indptr.numel() - 1, src_codes.shape[0]
     if indices.numel() == 0 or num_src == 0:
         return torch.zeros(num_dst, d, dtype=torch.float32, device=src_codes.device)
@@ -194,25 +198,14 @@ def quant_aggregate_cpu(
     return out
 
 
-def quant_aggregate_triton(
-    src_codes: Tensor,
-    src_scale: Tensor,
-    indptr: Tensor,
-    indices: Tensor,
-    d: int,
-    bits: int = 8,
-    reduce: str = "sum",
-    *,
-    block_e: int | None = None,
-) -> Tensor:
+def quant_aggregate_triton(block: CsrBlock, d: int, *, block_e: int | None = None) -> Tensor:
     """Launch the aggregation kernel directly (CUDA, or CPU under ``TRITON_INTERPRET=1``).
 
     One program per destination row walks its edges ``block_e`` at a time (default 16).
     """
-    check_block(src_codes, src_scale, indptr, indices, d, bits, reduce)
-    src_codes, src_scale, indptr, indices = (
-        t.contiguous() for t in (src_codes, src_scale, indptr, indices)
-    )
+    check_block(block, d)
+    src_codes, src_scale, indptr, indices = (t.contiguous() for t in block[:4])
+    bits, reduce = block.bits, block.reduce
     num_dst = indptr.numel() - 1
     out = torch.empty(num_dst, d, dtype=torch.float32, device=src_codes.device)
     if num_dst == 0 or d == 0:
@@ -257,12 +250,13 @@ def quant_aggregate(
         bits: 8 or 4.
         reduce: ``"sum"`` or ``"mean"`` (a row without edges gives zeros either way).
     """
+    block = CsrBlock(src_codes, src_scale, indptr, indices, bits, reduce)
     if use_triton(src_codes):
-        return quant_aggregate_triton(src_codes, src_scale, indptr, indices, d, bits, reduce)
-    return quant_aggregate_cpu(src_codes, src_scale, indptr, indices, d, bits, reduce)
+        return quant_aggregate_triton(block, d)
+    return quant_aggregate_cpu(block, d)
 
 
 @quant_aggregate.register_fake
 def _(src_codes, src_scale, indptr, indices, d, bits=8, reduce="sum"):
-    check_block(src_codes, src_scale, indptr, indices, d, bits, reduce)
+    check_block(CsrBlock(src_codes, src_scale, indptr, indices, bits, reduce), d)
     return src_codes.new_empty((indptr.shape[0] - 1, d), dtype=torch.float32)

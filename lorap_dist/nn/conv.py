@@ -24,8 +24,7 @@ from torch_geometric.utils import is_torch_sparse_tensor, to_edge_index
 
 from lorap_dist.config import PromptConfig
 from lorap_dist.graph.block import Block, NodeInfo
-from lorap_dist.kernels.aggregate_lorap import CsrBlock
-from lorap_dist.kernels.quant_aggregate import quant_aggregate
+from lorap_dist.kernels.quant_aggregate import CsrBlock, quant_aggregate
 from lorap_dist.nn.aggregate import CSRAggregation
 from lorap_dist.prompt.lorap import LoRAP
 from lorap_dist.quant.base import NODE, identity_quantizers

@@ -11,11 +11,13 @@ from torch import Tensor, nn
 from lorap_dist.config import PROMPT_UNITS
 from lorap_dist.graph.block import NodeInfo
 from lorap_dist.kernels.aggregate_lorap import (
-    CsrBlock,
     aggregate_lorap_forward,
     aggregate_lorap_forward_range,
 )
+from lorap_dist.kernels.lorap_checks import Prompt
 from lorap_dist.kernels.lorap_fused import lorap_forward, lorap_range
+from lorap_dist.kernels.quant_aggregate import CsrBlock
+from lorap_dist.kernels.quant_grid import QuantGrid
 from lorap_dist.prompt.scale import per_graph_rms
 from lorap_dist.prompt.streams import prompt_generator
 from lorap_dist.quant.base import Quantizer
@@ -203,9 +205,8 @@ class LoRAP(nn.Module):
                 y_range, *saved = lorap_range(h, self.w_phi, self.p_a, p_b)
             quantizer.observe_range(y_range[0], y_range[1])
         scale, zero_point, qmin, qmax = quantizer.grid()  # tensors: no host sync
-        return lorap_forward(
-            h, self.w_phi, self.p_a, p_b, scale, zero_point, qmin, qmax, saved=saved
-        )
+        prompt = Prompt(self.w_phi, self.p_a, p_b)
+        return lorap_forward(h, prompt, QuantGrid(scale, zero_point, qmin, qmax), saved=saved)
 
     def forward_codes(
         self,
@@ -228,17 +229,13 @@ class LoRAP(nn.Module):
         ``W_phi``, ``P_A`` and ``P_B`` are those of aggregating first and calling
         :meth:`forward` on the aggregate.
         """
-        sources = (block.src_codes, block.src_scale, block.indptr, block.indices)
-        params = (self.w_phi, self.p_a, self.scaled_p_b(quantizer))
-        options = dict(bits=block.bits, reduce=block.reduce, agg_grid=agg_grid)
+        prompt = Prompt(self.w_phi, self.p_a, self.scaled_p_b(quantizer))
         saved = None
         if quantizer.observing:  # the range pass detaches the parameters: it takes no gradient
-            y_range, saved = aggregate_lorap_forward_range(*sources, *params, **options)
+            y_range, saved = aggregate_lorap_forward_range(block, prompt, agg_grid=agg_grid)
             quantizer.observe_range(y_range[0], y_range[1])
-        scale, zero_point, qmin, qmax = quantizer.grid()  # tensors: no host sync
-        return aggregate_lorap_forward(
-            *sources, *params, scale, zero_point, qmin, qmax, saved=saved, **options
-        )
+        grid = QuantGrid(*quantizer.grid())  # tensors: no host sync
+        return aggregate_lorap_forward(block, prompt, grid, agg_grid=agg_grid, saved=saved)
 
     def __repr__(self) -> str:
         unit = "" if self.unit == "value" else f", unit={self.unit!r}"

@@ -50,13 +50,13 @@ def make_case(num_src, num_dst, d, k, r, bits, seed=0, max_degree=12):
 
 def reference_h(block, d, bits, reduce, agg_grid):
     agg = None if agg_grid is None else QuantGrid(*agg_grid)
-    return al.CsrBlock(*block, bits, reduce).aggregate(d, agg, oracle=True)
+    return al._aggregate(qa.CsrBlock(*block, bits, reduce), d, agg, oracle=True)
 
 
 def reference_grads(block, prompt, grad_out, qp, bits, reduce, agg_grid):
     leaves = [t.detach().clone().requires_grad_(True) for t in prompt]
     _, out = al.aggregate_lorap_reference(
-        *block, *leaves, *qp, bits=bits, reduce=reduce, agg_grid=agg_grid
+        qa.CsrBlock(*block, bits, reduce), leaves, qp, agg_grid=agg_grid
     )
     return torch.autograd.grad(out, leaves, grad_out)
 
@@ -80,7 +80,7 @@ def test_forward_matches_reference(shape, bits, agg):
     block, prompt = make_case(*shape, bits, seed=shape[2])
     codes, out = triton_forward(block, prompt, qp, bits, reduce, agg_grid)
     ref_codes, ref_out = al.aggregate_lorap_reference(
-        *block, *prompt, *qp, bits=bits, reduce=reduce, agg_grid=agg_grid
+        qa.CsrBlock(*block, bits, reduce), prompt, qp, agg_grid=agg_grid
     )
     h = reference_h(block, shape[2], bits, reduce, agg_grid)
     v = (h + torch.softmax(h @ prompt[0], 1) @ prompt[1] @ prompt[2]) * inv_scale(qp[0])
@@ -126,7 +126,7 @@ def test_backward_is_deterministic_over_persistent_programs():
     """100 rows in blocks of 16 on 3 programs: partial sums reduced in a fixed order."""
     qp = QPARAMS["int8"]
     block, prompt = make_case(50, 100, 24, 4, 4, 8, seed=5)
-    gather = al.CsrBlock(*block, 8, "mean").gather(None)
+    gather = al._gather(qa.CsrBlock(*block, 8, "mean"), None)
     grad_out = torch.randn(100, 24, generator=torch.Generator().manual_seed(6))
     runs = [
         run_on(
@@ -157,15 +157,13 @@ def test_cpu_path_is_the_unfused_composition(bits, agg):
     """On CPU the op is exactly quant_aggregate then (fake-quantize then) lorap_forward."""
     qp, agg_grid = QPARAMS["uint8"], AGG_GRIDS[agg]
     block, prompt = make_case(30, 25, 18, 4, 4, bits, seed=8)
-    out = al.aggregate_lorap_forward(
-        *block, *prompt, *qp, bits=bits, reduce="mean", agg_grid=agg_grid
-    )
+    csr = qa.CsrBlock(*block, bits, "mean")
+    out = al.aggregate_lorap_forward(csr, prompt, qp, agg_grid=agg_grid)
     h = qa.quant_aggregate(*block, 18, bits, "mean")
     if agg_grid is not None:
         h = torch.fake_quantize_per_tensor_affine(h, *agg_grid)
-    assert torch.equal(out, lf.lorap_forward(h, *prompt, *qp))
-    assert torch.equal(out, al.aggregate_lorap_reference(*block, *prompt, *qp, bits=bits,
-                                                         agg_grid=agg_grid)[1])  # fmt: skip
+    assert torch.equal(out, lf.lorap_forward(h, prompt, qp))
+    assert torch.equal(out, al.aggregate_lorap_reference(csr, prompt, qp, agg_grid=agg_grid)[1])
 
 
 @pytest.mark.parametrize("triton_path", [False, True], ids=["reference", "triton"])
@@ -178,14 +176,14 @@ def test_range_pass_and_reuse(triton_path):
     device = DEVICE if triton_path else CPU
     context = triton_on(device) if triton_path else contextlib.nullcontext()
     with context:
+        csr = qa.CsrBlock(*block, 8, "mean")
         y_range, saved = run_on(
-            device, al.aggregate_lorap_forward_range, *block, *prompt, agg_grid=agg_grid
+            device, al.aggregate_lorap_forward_range, csr, prompt, agg_grid=agg_grid
         )
         reused = run_on(
-            device, al.aggregate_lorap_forward, *block, *prompt, *qp, agg_grid=agg_grid,
-            saved=saved,
-        )  # fmt: skip
-        fresh = run_on(device, al.aggregate_lorap_forward, *block, *prompt, *qp, agg_grid=agg_grid)
+            device, al.aggregate_lorap_forward, csr, prompt, qp, agg_grid=agg_grid, saved=saved
+        )
+        fresh = run_on(device, al.aggregate_lorap_forward, csr, prompt, qp, agg_grid=agg_grid)
     assert_close_rel(y_range, torch.stack(torch.aminmax(y)))
     assert [t.shape[0] for t in saved] == ([0, 0, 0] if triton_path else [40, 40, 40])
     assert torch.equal(reused, fresh)
@@ -201,10 +199,10 @@ def test_op_autograd_keeps_residuals_only_for_a_backward():
     )
     assert (saved_h.shape, saved_w.shape, saved_mask.shape) == ((30, 16), (30, 4), (30, 16))
     with torch.no_grad():
-        out = al.aggregate_lorap_forward(*block, *leaves, *qp)
+        out = al.aggregate_lorap_forward(qa.CsrBlock(*block, 8, "mean"), leaves, qp)
     assert not out.requires_grad
     grad_out = torch.randn(30, 16, generator=torch.Generator().manual_seed(12))
-    al.aggregate_lorap_forward(*block, *leaves, *qp).backward(grad_out)
+    al.aggregate_lorap_forward(qa.CsrBlock(*block, 8, "mean"), leaves, qp).backward(grad_out)
     expected = reference_grads(block, prompt, grad_out, qp, 8, "mean", None)
     for leaf, e in zip(leaves, expected, strict=True):
         assert_close_rel(leaf.grad, e)
@@ -245,9 +243,8 @@ def test_torch_compile_fullgraph():
             self.params = torch.nn.ParameterList(torch.nn.Parameter(t) for t in prompt)
 
         def forward(self, src_codes, src_scale, indptr, indices):
-            out = al.aggregate_lorap_forward(
-                src_codes, src_scale, indptr, indices, *self.params, *QPARAMS["int4"], bits=4
-            )
+            csr = qa.CsrBlock(src_codes, src_scale, indptr, indices, bits=4, reduce="mean")
+            out = al.aggregate_lorap_forward(csr, tuple(self.params), QPARAMS["int4"])
             return out.relu()
 
     block = [t.to(DEVICE) for t in block]
@@ -285,5 +282,8 @@ def test_bad_inputs_raise_value_error(change, message):
         scale=0.1, zero_point=0, qmin=-128, qmax=127, bits=8, reduce="mean", agg_grid=None,
     )  # fmt: skip
     args.update(change)
+    block = qa.CsrBlock(*(args[k] for k in qa.CsrBlock._fields))
+    prompt = (args["w_phi"], args["p_a"], args["p_b"])
+    grid = (args["scale"], args["zero_point"], args["qmin"], args["qmax"])
     with pytest.raises(ValueError, match=message):
-        al.aggregate_lorap_forward(**args)
+        al.aggregate_lorap_forward(block, prompt, grid, agg_grid=args["agg_grid"])

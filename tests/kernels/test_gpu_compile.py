@@ -123,22 +123,20 @@ def _compile_all() -> list[dict]:
             w_phi, p_a, p_b = (
                 torch.randn(*s, generator=g).to(dtype) for s in ((d, k), (k, r), (r, d))
             )
-            lf.lorap_fused_triton(h, w_phi, p_a, p_b, None, *qp)
-            lf.lorap_range_triton(h, w_phi, p_a, p_b, None)
-            lf.lorap_fused_backward_triton(
-                torch.randn(n, d).to(dtype), h, w_phi, p_a, p_b, None, *qp
-            )
+            lf.lorap_fused_triton(h, (w_phi, p_a, p_b), qp)
+            lf.lorap_range_triton(h, (w_phi, p_a, p_b))
+            lf.lorap_fused_backward_triton(torch.randn(n, d).to(dtype), h, (w_phi, p_a, p_b), qp)
         codes = torch.randint(-128, 128, (40, 24), dtype=torch.int8)
         w_phi, p_a, p_b = torch.randn(24, 4), torch.randn(4, 2), torch.randn(2, 24)
-        lf.lorap_fused_triton(codes, w_phi, p_a, p_b, torch.rand(40), *qp)
+        lf.lorap_fused_triton(codes, (w_phi, p_a, p_b), qp, torch.rand(40))
         for bits in (8, 4):
             packed = codes if bits == 8 else qa.pack_int4(codes.clamp(-8, 7))
             indptr = torch.arange(0, 41 * 3, 3)[:41]
             indices = torch.randint(0, 40, (int(indptr[-1]),), generator=g)
-            block = (packed, torch.rand(40), indptr, indices)
-            qa.quant_aggregate_triton(*block, 24, bits, "mean")
+            block = qa.CsrBlock(packed, torch.rand(40), indptr, indices, bits, "mean")
+            qa.quant_aggregate_triton(block, 24)
             agg = QuantGrid(torch.tensor([0.1]), torch.tensor([0]), -128, 127)
-            gather = al.CsrBlock(*block, bits, "mean").gather(agg)
+            gather = al._gather(block, agg)
             prompt, grid = Prompt(w_phi, p_a, p_b), QuantGrid(*qp)
             lk.launch_forward(packed, prompt, block[1], grid, gather=gather)
             lk.launch_range(packed, prompt, block[1], gather=gather)

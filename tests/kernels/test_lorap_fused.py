@@ -88,7 +88,7 @@ def reference_grads(h, w_phi, p_a, p_b, grad_out, qp, in_scale=None):
         args = leaves
     else:
         args = [h, *leaves]
-    _, out = lf.lorap_reference(*args, *qp, in_scale=in_scale)
+    _, out = lf.lorap_reference(args[0], args[1:], qp, in_scale=in_scale)
     grads = torch.autograd.grad(out, leaves, grad_out)
     return grads if h.is_floating_point() else (None, *grads)
 
@@ -98,8 +98,8 @@ def reference_grads(h, w_phi, p_a, p_b, grad_out, qp, in_scale=None):
 def test_forward_matches_reference(shape, qname):
     qp = QPARAMS[qname]
     h, w_phi, p_a, p_b = make_inputs(*shape)
-    codes, out = run_on(DEVICE, lf.lorap_fused_triton, h, w_phi, p_a, p_b, None, *qp, block_n=16)
-    ref_codes, ref_out = lf.lorap_reference(h, w_phi, p_a, p_b, *qp)
+    codes, out = run_on(DEVICE, lf.lorap_fused_triton, h, (w_phi, p_a, p_b), qp, block_n=16)
+    ref_codes, ref_out = lf.lorap_reference(h, (w_phi, p_a, p_b), qp)
     assert codes.dtype == lf.codes_dtype(qp[2], qp[3])
     assert_codes_equal(codes, ref_codes, reference_prequant(h, w_phi, p_a, p_b, qp[0]))
     scale, zp = qp[0], qp[1]
@@ -111,7 +111,7 @@ def test_forward_matches_reference(shape, qname):
 def test_reference_matches_fake_quantize_exactly():
     h, w_phi, p_a, p_b = make_inputs(40, 24, 4, 4)
     qp = QPARAMS["int8"]
-    codes, out = lf.lorap_reference(h, w_phi, p_a, p_b, *qp)
+    codes, out = lf.lorap_reference(h, (w_phi, p_a, p_b), qp)
     y = h + torch.softmax(h @ w_phi, 1) @ p_a @ p_b
     assert torch.equal(out, torch.fake_quantize_per_tensor_affine(y, *qp))
     assert torch.equal(out, (codes.int() - qp[1]).float() * torch.tensor(qp[0]))
@@ -130,9 +130,9 @@ def test_rounding_ties_bit_exact(qname):
     _, w_phi, p_a, _ = make_inputs(n, d, k, r)
     p_b = torch.zeros(r, d)
     codes, out = run_on(
-        DEVICE, lf.lorap_fused_triton, h, w_phi, p_a, p_b, None, scale, zp, qmin, qmax
+        DEVICE, lf.lorap_fused_triton, h, (w_phi, p_a, p_b), (scale, zp, qmin, qmax)
     )
-    ref_codes, ref_out = lf.lorap_reference(h, w_phi, p_a, p_b, scale, zp, qmin, qmax)
+    ref_codes, ref_out = lf.lorap_reference(h, (w_phi, p_a, p_b), (scale, zp, qmin, qmax))
     assert torch.equal(codes, ref_codes)
     assert torch.equal(out, ref_out)
     assert torch.equal(out, torch.fake_quantize_per_tensor_affine(h, scale, zp, qmin, qmax))
@@ -152,7 +152,7 @@ def test_backward_matches_autograd(shape, qname):
     grad_out = torch.randn(h.shape, generator=torch.Generator().manual_seed(2))
     expected = reference_grads(h, w_phi, p_a, p_b, grad_out, qp)
     got = run_on(
-        DEVICE, lf.lorap_fused_backward_triton, grad_out, h, w_phi, p_a, p_b, None, *qp,
+        DEVICE, lf.lorap_fused_backward_triton, grad_out, h, (w_phi, p_a, p_b), qp,
         block_n=16, num_programs=2,
     )  # fmt: skip
     closed_form = lc.lorap_backward_cpu(grad_out, h, Prompt(w_phi, p_a, p_b), None, QuantGrid(*qp))
@@ -173,11 +173,8 @@ def test_backward_is_deterministic_and_loops_over_blocks():
             lf.lorap_fused_backward_triton,
             grad_out,
             h,
-            w_phi,
-            p_a,
-            p_b,
-            None,
-            *qp,
+            (w_phi, p_a, p_b),
+            qp,
             block_n=16,
             num_programs=3,
         )  # fmt: skip
@@ -198,16 +195,16 @@ def test_int8_input_dequantized_in_kernel(per_row):
     _, w_phi, p_a, p_b = make_inputs(n, d, k, r)
     qp = QPARAMS["int4"]
     codes, out = run_on(
-        DEVICE, lf.lorap_fused_triton, h, w_phi, p_a, p_b, in_scale, *qp, block_n=32
+        DEVICE, lf.lorap_fused_triton, h, (w_phi, p_a, p_b), qp, in_scale, block_n=32
     )
-    ref_codes, ref_out = lf.lorap_reference(h, w_phi, p_a, p_b, *qp, in_scale=in_scale)
+    ref_codes, ref_out = lf.lorap_reference(h, (w_phi, p_a, p_b), qp, in_scale=in_scale)
     assert out.dtype == torch.float32
     assert_codes_equal(codes, ref_codes, reference_prequant(h, w_phi, p_a, p_b, qp[0], in_scale))
     assert_close_rel(out, ref_out)
 
     grad_out = torch.randn(n, d, generator=g)
     got = run_on(
-        DEVICE, lf.lorap_fused_backward_triton, grad_out, h, w_phi, p_a, p_b, in_scale, *qp
+        DEVICE, lf.lorap_fused_backward_triton, grad_out, h, (w_phi, p_a, p_b), qp, in_scale
     )
     expected = reference_grads(h, w_phi, p_a, p_b, grad_out, qp, in_scale=in_scale)
     for g_got, g_ref in zip(got[1:], expected[1:], strict=True):
@@ -218,8 +215,8 @@ def test_int8_input_dequantized_in_kernel(per_row):
 def test_half_inputs(dtype):
     qp = QPARAMS["int8"]
     h, w_phi, p_a, p_b = make_inputs(30, 24, 8, 4, dtype=dtype, seed=6)
-    codes, out = run_on(DEVICE, lf.lorap_fused_triton, h, w_phi, p_a, p_b, None, *qp)
-    ref_codes, ref_out = lf.lorap_reference(h, w_phi, p_a, p_b, *qp)
+    codes, out = run_on(DEVICE, lf.lorap_fused_triton, h, (w_phi, p_a, p_b), qp)
+    ref_codes, ref_out = lf.lorap_reference(h, (w_phi, p_a, p_b), qp)
     assert out.dtype == dtype
     assert_codes_equal(codes, ref_codes, reference_prequant(h, w_phi, p_a, p_b, qp[0]))
     same = codes == ref_codes
@@ -231,7 +228,7 @@ def test_half_inputs(dtype):
         assert_close_rel(out[same].float(), ref_out[same].float(), rtol=2**-7)
 
     grad_out = torch.randn(h.shape, generator=torch.Generator().manual_seed(7)).to(dtype)
-    got = run_on(DEVICE, lf.lorap_fused_backward_triton, grad_out, h, w_phi, p_a, p_b, None, *qp)
+    got = run_on(DEVICE, lf.lorap_fused_backward_triton, grad_out, h, (w_phi, p_a, p_b), qp)
     expected = reference_grads(h, w_phi, p_a, p_b, grad_out, qp)
     for g_got, g_ref in zip(got, expected, strict=True):
         assert g_got.dtype == dtype
@@ -244,7 +241,7 @@ def test_op_autograd_through_triton():
     grad_out = torch.randn(h.shape, generator=torch.Generator().manual_seed(9))
     leaves = [t.to(DEVICE, copy=True).requires_grad_(True) for t in (h, w_phi, p_a, p_b)]
     with triton_on(DEVICE):
-        out = lf.lorap_forward(*leaves, *qp)
+        out = lf.lorap_forward(leaves[0], leaves[1:], qp)
         got = torch.autograd.grad(out, leaves, grad_out.to(DEVICE))
     for g_got, g_ref in zip(got, reference_grads(h, w_phi, p_a, p_b, grad_out, qp), strict=True):
         assert_close_rel(g_got.cpu(), g_ref)
@@ -265,7 +262,7 @@ def test_cpu_path_keeps_its_residuals_and_its_backward_reads_them(qname):
     # The CPU op's autograd (residuals kept) equals autograd of the reference.
     grad_out = torch.randn(h.shape, generator=torch.Generator().manual_seed(12))
     leaves = [t.clone().requires_grad_(True) for t in (h, w_phi, p_a, p_b)]
-    got = torch.autograd.grad(lf.lorap_forward(*leaves, *qp), leaves, grad_out)
+    got = torch.autograd.grad(lf.lorap_forward(leaves[0], leaves[1:], qp), leaves, grad_out)
     for g_got, g_ref in zip(got, reference_grads(h, w_phi, p_a, p_b, grad_out, qp), strict=True):
         assert_close_rel(g_got, g_ref)
     # The backward uses what it is handed: with an all-false mask g_y = 0, so every
@@ -296,11 +293,11 @@ def test_residuals_are_kept_only_when_a_backward_can_follow(monkeypatch):
         return original(*op_args)
 
     monkeypatch.setattr(lf, "lorap_fused", spy)
-    lf.lorap_forward(h, w_phi, p_a, p_b, *qp)
+    lf.lorap_forward(h, (w_phi, p_a, p_b), qp)
     leaves = [t.clone().requires_grad_(True) for t in (h, w_phi, p_a, p_b)]
     with torch.no_grad():
-        lf.lorap_forward(*leaves, *qp)
-    out = lf.lorap_forward(*leaves, *qp)
+        lf.lorap_forward(leaves[0], leaves[1:], qp)
+    out = lf.lorap_forward(leaves[0], leaves[1:], qp)
     assert seen == [False, False, True]
     grad_out = torch.randn(h.shape, generator=torch.Generator().manual_seed(16))
     got = torch.autograd.grad(out, leaves, grad_out)
@@ -312,7 +309,7 @@ def test_lorap_forward_cpu_path_is_the_reference():
     qp = QPARAMS["int4"]
     h, w_phi, p_a, p_b = make_inputs(20, 12, 4, 4)
     assert torch.equal(
-        lf.lorap_forward(h, w_phi, p_a, p_b, *qp), lf.lorap_reference(h, w_phi, p_a, p_b, *qp)[1]
+        lf.lorap_forward(h, (w_phi, p_a, p_b), qp), lf.lorap_reference(h, (w_phi, p_a, p_b), qp)[1]
     )
 
 
@@ -367,7 +364,7 @@ def test_range_pass_matches_reference(shape):
     # shifted up by 20, so an unmasked pad would show; the last, partial block holds the max.
     h = h + 20.0
     h[-1] += 5.0
-    got = run_on(DEVICE, lf.lorap_range_triton, h, w_phi, p_a, p_b, None, block_n=16)
+    got = run_on(DEVICE, lf.lorap_range_triton, h, (w_phi, p_a, p_b), block_n=16)
     y = reference_prequant(h, w_phi, p_a, p_b, 1.0)
     expected = torch.stack(torch.aminmax(y))
     assert got.dtype == torch.float32 and got.shape == (2,)
@@ -400,7 +397,7 @@ def test_forward_reusing_the_range_pass_is_bit_identical(qname):
     assert not torch.equal(stale[1], fresh[1])
     # ... and a residual of the wrong shape is refused, naming both.
     with pytest.raises(ValueError, match=r"saved_y \(29, 20\) and saved_w"):
-        lf.lorap_forward(h, w_phi, p_a, p_b, *qp, saved=(saved_y[:29], saved_w))
+        lf.lorap_forward(h, (w_phi, p_a, p_b), qp, saved=(saved_y[:29], saved_w))
 
 
 @pytest.mark.parametrize("per_row", [False, True], ids=["per_tensor", "per_row"])
@@ -410,8 +407,8 @@ def test_range_pass_int8_input(per_row):
     h = torch.randint(-128, 128, (n, d), generator=g, dtype=torch.int8)
     in_scale = torch.rand(n if per_row else 1, generator=g) * 0.02 + 0.005
     _, w_phi, p_a, p_b = make_inputs(n, d, k, r)
-    got = run_on(DEVICE, lf.lorap_range_triton, h, w_phi, p_a, p_b, in_scale, block_n=16)
-    expected = lf.lorap_range_reference(h, w_phi, p_a, p_b, in_scale)
+    got = run_on(DEVICE, lf.lorap_range_triton, h, (w_phi, p_a, p_b), in_scale, block_n=16)
+    expected = lf.lorap_range_reference(h, (w_phi, p_a, p_b), in_scale)
     torch.testing.assert_close(got, expected, rtol=1e-6, atol=0)
 
 
@@ -446,7 +443,7 @@ def test_torch_compile_fullgraph():
             self.w_phi, self.p_a, self.p_b = (torch.nn.Parameter(t) for t in (w_phi, p_a, p_b))
 
         def forward(self, h):
-            return lf.lorap_forward(h.relu(), self.w_phi, self.p_a, self.p_b, *QPARAMS["int8"])
+            return lf.lorap_forward(h.relu(), (self.w_phi, self.p_a, self.p_b), QPARAMS["int8"])
 
     module = Prompt(16, 4, 2).to(DEVICE)
     compiled = torch.compile(module, fullgraph=True)
@@ -481,8 +478,10 @@ def test_bad_inputs_raise_value_error(change, message):
         scale=0.1, zero_point=0, qmin=-128, qmax=127,
     )  # fmt: skip
     args.update(change)
+    prompt = (args["w_phi"], args["p_a"], args["p_b"])
+    grid = (args["scale"], args["zero_point"], args["qmin"], args["qmax"])
     with pytest.raises(ValueError, match=message):
-        lf.lorap_forward(**args)
+        lf.lorap_forward(args["h"], prompt, grid)
 
 
 def test_rows_wider_than_the_kernels_take_run_the_torch_path():
@@ -498,4 +497,4 @@ def test_rows_wider_than_the_kernels_take_run_the_torch_path():
         out, _, saved_w, _ = torch.ops.lorap_dist.lorap_fused(*args)
         torch.library.opcheck(torch.ops.lorap_dist.lorap_fused, args)
     assert saved_w.shape == (6, 2)  # residuals kept: the torch path ran
-    assert torch.equal(out, lf.lorap_reference(h, w_phi, p_a, p_b, *qp)[1])
+    assert torch.equal(out, lf.lorap_reference(h, (w_phi, p_a, p_b), qp)[1])

@@ -51,11 +51,9 @@ def test_int4_pack_roundtrip_low_nibble_first(d):
 @pytest.mark.parametrize("d", [7, 33, 64])
 def test_matches_reference(bits, reduce, d):
     codes, scale, indptr, indices = make_block(30, 12, d, bits, seed=d)
-    out = run_on(
-        DEVICE, qa.quant_aggregate_triton, codes, scale, indptr, indices, d, bits, reduce,
-        block_e=8,
-    )  # fmt: skip
-    expected = qa.quant_aggregate_reference(codes, scale, indptr, indices, d, bits, reduce)
+    block = qa.CsrBlock(codes, scale, indptr, indices, bits, reduce)
+    out = run_on(DEVICE, qa.quant_aggregate_triton, block, d, block_e=8)
+    expected = qa.quant_aggregate_reference(block, d)
     assert out.dtype == torch.float32 and out.shape == (12, d)
     assert_close_rel(out, expected)
     assert torch.equal(out[1], torch.zeros(d))
@@ -67,7 +65,7 @@ def test_reference_equals_dequantize_then_index_add():
     deg = indptr.diff()
     dst = torch.repeat_interleave(torch.arange(6), deg)
     expected = torch.zeros(6, 10).index_add_(0, dst, dense[indices])
-    out = qa.quant_aggregate_reference(codes, scale, indptr, indices, 10, 8, "sum")
+    out = qa.quant_aggregate_reference(qa.CsrBlock(codes, scale, indptr, indices), 10)
     assert torch.equal(out, expected)
 
 
@@ -81,7 +79,9 @@ def test_cpu_path_is_the_reference_bit_for_bit(bits, reduce, index_dtypes):
     codes, scale, indptr, indices = make_block(300, 120, 37, bits, seed=3)
     indptr, indices = indptr.to(index_dtypes[0]), indices.to(index_dtypes[1])
     out = qa.quant_aggregate(codes, scale, indptr, indices, 37, bits, reduce)
-    expected = qa.quant_aggregate_reference(codes, scale, indptr, indices, 37, bits, reduce)
+    expected = qa.quant_aggregate_reference(
+        qa.CsrBlock(codes, scale, indptr, indices, bits, reduce), 37
+    )
     assert torch.equal(out, expected)
     assert torch.equal(out[1], torch.zeros(37))
 
@@ -100,10 +100,11 @@ def test_cpu_path_without_edges_or_rows():
 def test_int32_indices_and_no_edges(index_dtype):
     codes, scale, indptr, indices = make_block(10, 5, 9, 8, index_dtype=index_dtype)
     indptr = indptr.to(index_dtype)
-    out = run_on(DEVICE, qa.quant_aggregate_triton, codes, scale, indptr, indices, 9)
-    assert_close_rel(out, qa.quant_aggregate_reference(codes, scale, indptr, indices, 9))
-    empty = torch.zeros(6, dtype=index_dtype)
-    none = run_on(DEVICE, qa.quant_aggregate_triton, codes, scale, empty, indices[:0], 9, 8, "mean")
+    block = qa.CsrBlock(codes, scale, indptr, indices)
+    out = run_on(DEVICE, qa.quant_aggregate_triton, block, 9)
+    assert_close_rel(out, qa.quant_aggregate_reference(block, 9))
+    empty = qa.CsrBlock(codes, scale, torch.zeros(6, dtype=index_dtype), indices[:0], 8, "mean")
+    none = run_on(DEVICE, qa.quant_aggregate_triton, empty, 9)
     assert torch.equal(none, torch.zeros(5, 9))
 
 

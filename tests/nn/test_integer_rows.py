@@ -109,7 +109,7 @@ def fused_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
     spy(conv_module, "quant_aggregate", lambda args, kwargs: args[6])
     for name in ("aggregate_lorap_forward_range", "aggregate_lorap_forward"):
-        spy(lorap_module, name, lambda args, kwargs: kwargs["reduce"])
+        spy(lorap_module, name, lambda args, kwargs: args[0].reduce)
     return calls
 
 
