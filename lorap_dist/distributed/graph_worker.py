@@ -33,6 +33,7 @@ from lorap_dist.distributed.checkpoint import (
     restore_rng,
 )
 from lorap_dist.distributed.model_state import broadcast_buffers, share_quantizer_writes
+from lorap_dist.distributed.seeds import seed_rank
 from lorap_dist.distributed.worker import (
     epoch_metrics,
     rank_context,
@@ -92,6 +93,7 @@ def graph_loop_per_worker(config: dict[str, Any]) -> None:
         device_ids=[device.index] if device.type == "cuda" else None,
         find_unused_parameters=True,  # e.g. MixQ's frozen logits; the models are small
     )
+    seed_rank(train_cfg.seed, rank)  # each rank's own dropout draws from here on
     if restored_rng is not None:
         restore_rng(restored_rng)  # last: nothing above may draw from the restored streams
     shares = {

@@ -34,14 +34,34 @@ from lorap_dist.config import SEED_POLICIES
 POLICIES = SEED_POLICIES  # how ranks get equal step counts (validated in DistConfig)
 
 
-def epoch_generator(seed: int, epoch: int, rank: int, stream: int = 0) -> torch.Generator:
-    """A CPU generator determined by ``(seed, epoch, rank, stream)`` alone.
+#: The :func:`stream_seed` stream of a rank's global torch generator in training.
+TRAINING_STREAM = 3
+
+
+def stream_seed(seed: int, epoch: int, rank: int, stream: int = 0) -> int:
+    """A 63-bit seed determined by ``(seed, epoch, rank, stream)`` alone.
 
     The four numbers are mixed with NumPy's ``SeedSequence``, so neighbouring epochs or
     ranks get unrelated streams (``stream`` separates uses, e.g. seed order vs sampling).
     """
     state = np.random.SeedSequence([seed, epoch, rank, stream]).generate_state(2, np.uint64)
-    return torch.Generator().manual_seed(int(state[0] >> np.uint64(1)))
+    return int(state[0] >> np.uint64(1))
+
+
+def epoch_generator(seed: int, epoch: int, rank: int, stream: int = 0) -> torch.Generator:
+    """A CPU generator seeded by :func:`stream_seed`."""
+    return torch.Generator().manual_seed(stream_seed(seed, epoch, rank, stream))
+
+
+def seed_rank(seed: int, rank: int) -> None:
+    """Seed this rank's global torch generators (CPU and CUDA) for training.
+
+    The model is built from ``torch.manual_seed(seed)`` on every rank, so the ranks start
+    from the same weights; training then draws dropout masks (and any other global draws)
+    from here. Each rank gets its own stream: with one shared seed every rank would draw the
+    same masks by position on different batches, correlating the ranks' gradients.
+    """
+    torch.manual_seed(stream_seed(seed, 0, rank, TRAINING_STREAM))
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,7 @@ from lorap_dist.distributed.model_state import (
     check_same_resume_point,
     count_full_graph,
 )
-from lorap_dist.distributed.seeds import SeedSchedule, epoch_generator
+from lorap_dist.distributed.seeds import SeedSchedule, epoch_generator, seed_rank
 from lorap_dist.distributed.step import train_batch
 from lorap_dist.graph.block import NodeInfo
 from lorap_dist.graph.gather import RowGather
@@ -113,6 +113,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         return DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=unused)
 
     ddp = data_parallel()
+    seed_rank(train_cfg.seed, rank)  # each rank's own dropout draws from here on
     if restored_rng is not None:
         restore_rng(restored_rng)  # last: nothing above may draw from the restored streams
 

@@ -14,6 +14,7 @@ from lorap_dist.distributed.checkpoint import checkpoint_name, load_checkpoint
 from lorap_dist.distributed.graph_worker import rank_share
 from lorap_dist.distributed.trainer import run_distributed
 from lorap_dist.graph.errors import DatasetError
+from lorap_dist.testing.probes import RecordRngState
 from lorap_dist.testing.tu_layout import two_shapes, write_tu_dataset
 
 
@@ -63,6 +64,14 @@ def test_graph_level_resumed_run_equals_the_uninterrupted_one(
     assert 0.0 <= straight["test_acc"] <= 1.0 and straight["seeds_per_s"] > 0
     facts = load_checkpoint(straight["checkpoint"]).dataset
     assert facts == {"num_features": 2, "num_classes": 2, "num_graphs": 40}
+
+
+def test_graph_level_ranks_draw_their_own_dropout_masks(ray_cluster, tu_root, tmp_path):
+    """As node-level runs do: one seed builds the model, each rank's own stream trains it."""
+    probe = RecordRngState(str(tmp_path))
+    run_distributed(experiment(tu_root, 1), settings(tmp_path, "rng"), step_hook=probe)
+    assert probe.read(0, 0, 0) != probe.read(1, 0, 0)
+    assert probe.read(0, 0, 1) != probe.read(0, 0, 0)
 
 
 @pytest.mark.slow

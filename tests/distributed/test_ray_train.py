@@ -13,6 +13,7 @@ from lorap_dist.distributed.checkpoint import checkpoint_name, load_checkpoint
 from lorap_dist.distributed.trainer import run_distributed, validate_dataset
 from lorap_dist.graph.errors import DatasetError
 from lorap_dist.testing.faults import KillOnce
+from lorap_dist.testing.probes import RecordRngState
 
 pytestmark = pytest.mark.slow
 
@@ -49,6 +50,16 @@ def test_resumed_run_is_bit_identical(ray_cluster, tiny_dataset, tmp_path, strai
         assert straight[key] == resumed[key], key
     assert straight["bytes_exchanged"] > 0
     assert 0.0 <= straight["test_acc"] <= 1.0
+
+
+def test_ranks_draw_their_own_dropout_masks(ray_cluster, tiny_dataset, tmp_path):
+    """The model is built from one seed on every rank, but training draws (dropout) from a
+    generator of each rank's own: with one shared seed both ranks would hold the same
+    generator state before every step and draw the same masks by position."""
+    probe = RecordRngState(str(tmp_path))
+    run_distributed(experiment(tiny_dataset, 1), settings(tmp_path, "rng"), step_hook=probe)
+    assert probe.read(0, 0, 0) != probe.read(1, 0, 0)  # the ranks' streams differ ...
+    assert probe.read(0, 0, 1) != probe.read(0, 0, 0)  # ... and a step draws from them
 
 
 def test_killed_worker_resumes_from_last_checkpoint(
