@@ -116,13 +116,16 @@ def accuracy(logits: Tensor, y: Tensor) -> float:
     return (logits.argmax(dim=-1) == y).float().mean().item() if y.numel() else float("nan")
 
 
-def backward_loss(model: nn.Module, logits: Tensor, y: Tensor) -> Tensor:
-    """Back-propagate the cross-entropy plus every quantizer's regularization term (A2Q,
-    MixQ penalties) and return the cross-entropy alone, the loss that is reported (the
-    penalties are no measure of learning)."""
+def backward_loss(model: nn.Module, logits: Tensor, y: Tensor, task_weight: float = 1.0) -> Tensor:
+    """Back-propagate the cross-entropy (times ``task_weight``) plus every quantizer's
+    regularization term (A2Q, MixQ penalties) and return the cross-entropy alone, the loss
+    that is reported (the penalties are no measure of learning). ``task_weight`` lets a
+    data-parallel rank weigh its batch by its share of the step's seeds
+    (:meth:`~lorap_dist.distributed.seeds.SeedSchedule.loss_weight`)."""
     task = F.cross_entropy(logits, y)
     extra = quantization_loss(model)
-    (task if extra is None else task + extra).backward()
+    weighted = task if task_weight == 1.0 else task * task_weight
+    (weighted if extra is None else weighted + extra).backward()
     return task.detach()
 
 

@@ -15,9 +15,14 @@ every part's seed count before training starts:
   Cheaper per epoch, and no seed is weighted twice; the smallest part's last batch may be
   short.
 
-``B`` is the per-rank batch size (the global batch is ``P * B``). The permutations come from
-:func:`epoch_generator` seeded by ``(seed, epoch, rank)``: an epoch's order depends on nothing
-but those three numbers, so a run resumed at an epoch boundary replays it exactly.
+``B`` is the per-rank batch size (the global batch is at most ``P * B``). Where the ranks'
+batches of a step differ in size (a short last batch, or a small part's padding), each rank
+weighs its mean loss by its share of the step's seeds (:meth:`SeedSchedule.loss_weight`), so
+that DDP's mean of the ranks' gradients is the gradient of the mean loss over every seed.
+
+The permutations come from :func:`epoch_generator` seeded by ``(seed, epoch, rank)``: an
+epoch's order depends on nothing but those three numbers, so a run resumed at an epoch
+boundary replays it exactly.
 """
 
 from __future__ import annotations
@@ -96,6 +101,23 @@ class SeedSchedule:
     def steps_per_epoch(self) -> int:
         per_rank = [math.ceil(c / self.batch_size) for c in self.counts]
         return max(per_rank) if self.policy == "pad" else min(per_rank)
+
+    def batch_sizes(self, rank: int) -> list[int]:
+        """The seed count of each of ``rank``'s batches; the same in every epoch (what
+        :meth:`batches` returns, without drawing the seeds)."""
+        n, steps, b = self.counts[rank], self.steps_per_epoch, self.batch_size
+        first_pass = min(n, steps * b)
+        sizes = [b] * (first_pass // b) + ([first_pass % b] if first_pass % b else [])
+        return sizes + [min(n, b)] * (steps - len(sizes))
+
+    def loss_weight(self, rank: int, step: int) -> float:
+        """``world_size * n_rank / sum_r n_r`` for the ranks' batch sizes ``n_r`` at
+        ``step``: the factor on ``rank``'s mean loss under which DDP's mean of the ranks'
+        gradients is the gradient of the mean loss over every seed of the step. Without it
+        a rank's short last batch would count as much as a full one, each of its seeds
+        several times over."""
+        sizes = [self.batch_sizes(r)[step] for r in range(len(self.counts))]
+        return len(sizes) * sizes[rank] / sum(sizes)
 
     def batches(self, own_seeds: Tensor, rank: int, epoch: int, seed: int) -> list[Tensor]:
         """Exactly :attr:`steps_per_epoch` batches of this rank's seeds for ``epoch``, none

@@ -32,6 +32,7 @@ def train_batch(
     *,
     feature_rows: str = "float",
     rows: RowGather | None = None,
+    loss_weight: float = 1.0,
 ) -> Tensor:
     """Sample ``seeds``' blocks, fetch their features from their owners (a collective),
     run forward and backward through ``ddp`` (gradients all-reduced), step, and share the
@@ -48,6 +49,10 @@ def train_batch(
             (:meth:`FeatureExchange.fetch_rows`, a SAGE or GIN model; ``dist.feature_rows``).
         rows: the buffer float rows are fetched into, kept by the caller across batches
             (:class:`~lorap_dist.graph.gather.RowGather`); ``None`` fetches into new tensors.
+        loss_weight: this rank's cross-entropy factor, so that DDP's mean of the ranks'
+            gradients is the gradient of the mean over every seed of the step, whatever the
+            ranks' batch sizes (:meth:`~lorap_dist.distributed.seeds.SeedSchedule.loss_weight`;
+            1 when they are equal).
 
     Returns:
         ``[loss * seeds, correct, seeds]`` (float64, on the CPU) for the epoch's totals;
@@ -65,7 +70,7 @@ def train_batch(
     logits = ddp(x, [b.to(device) for b in batch.blocks], nodes)  # [seeds, classes]
     y = labels.to(device)
     optimizer.zero_grad()
-    loss = backward_loss(model, logits, y)
+    loss = backward_loss(model, logits, y, loss_weight)
     optimizer.step()
     share_quantizer_writes(model)  # e.g. A2Q rows first seen on one rank: now on every rank
     return torch.tensor(

@@ -117,8 +117,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if restored_rng is not None:
         restore_rng(restored_rng)  # last: nothing above may draw from the restored streams
 
-    # 4. Train: the same number of steps on every rank.
+    # 4. Train: the same number of steps on every rank, each rank's loss weighted by its
+    # share of the step's seeds (a short last batch would otherwise count as a full one).
     rows = RowGather()  # each batch's feature rows, in one buffer kept across batches
+    weights = [schedule.loss_weight(rank, i) for i in range(schedule.steps_per_epoch)]
     for epoch in range(start_epoch, train_cfg.epochs):
         schedule_lr(optimizer, epoch, train_cfg)
         ddp.train()
@@ -145,6 +147,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 device,
                 feature_rows=settings.feature_rows,
                 rows=rows,
+                loss_weight=weights[index],
             )
             step += 1
         elapsed = time.perf_counter() - started
