@@ -6,6 +6,8 @@ One local Ray instance (2 CPUs, ``ray_cluster`` in conftest.py) serves the whole
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from lorap_dist.config import ConfigError, DistConfig, ExperimentConfig
@@ -100,19 +102,23 @@ def test_step_cap_no_evaluation_and_memory_report(ray_cluster, tiny_dataset, tmp
 def test_sage_on_int8_codes_trains_and_evaluates(ray_cluster, tiny_int8_dataset, tmp_path):
     """``dist.feature_rows: codes``: steps and layer-wise evaluation on the stored INT8 rows,
     with A2Q, whose idle first ``input`` point leaves DDP unused parameters every step."""
-    data = experiment(tiny_int8_dataset, 4).to_dict()
+    data = experiment(tiny_int8_dataset, 8).to_dict()
     data["model"]["arch"] = "sage"
-    # No prompt: the check is that training on codes learns. On these 200 nodes LoRAP on A2Q
-    # INT4 ends at 0.38 on seed 0 and above 0.4 on seeds 1 and 2 (noise-sized); LoRAP on
-    # integer rows is checked bit for bit in tests/nn/test_integer_rows.py.
+    # No prompt: the check is that training on codes learns; LoRAP on integer rows is checked
+    # bit for bit in tests/nn/test_integer_rows.py. At lr 0.01 and 4 epochs A2Q INT4 had not
+    # learned yet (training loss 2.0-2.8 against ln 4 = 1.39, best validation 0.20-0.46 over
+    # seeds 0-3); at lr 0.05 and 8 epochs seeds 0-3 reach losses of 0.99-1.17 and best
+    # validation accuracies of 0.50-0.68.
     data["prompt"] = {"kind": "none"}
     data["quant"] = {"scheme": "a2q", "options": {"bits": 4}}
+    data["train"]["lr"] = 0.05
     result = run_distributed(
         ExperimentConfig.from_dict(data), settings(tmp_path, "codes", feature_rows="codes")
     )
-    assert (result["epochs"], result["steps"]) == (4, 16)
+    assert (result["epochs"], result["steps"]) == (8, 32)
     assert result["bytes_exchanged"] > 0
-    assert result["best_valid_acc"] > 0.4  # 4 planted classes: chance is 0.25
+    assert result["loss"] < math.log(4)  # below guessing among 4 planted classes
+    assert result["best_valid_acc"] > 0.4  # chance is 0.25
 
 
 def test_mixq_freezing_mid_run_rewraps_ddp(ray_cluster, tiny_dataset, tmp_path):
