@@ -168,9 +168,9 @@ def same(row: dict[str, Any], key: dict[str, Any]) -> bool:
     )
 
 
-def replaced(row: dict[str, Any], key: dict[str, Any], epochs: int) -> bool:
-    """Whether a new run of setting ``key`` at ``epochs`` replaces the kept ``row``: the same
-    setting at the same epochs (rows of other epoch counts stay beside it)."""
+def same_run(row: dict[str, Any], key: dict[str, Any], epochs: int) -> bool:
+    """Whether ``row`` measured setting ``key`` at ``epochs`` (a new run of it replaces the
+    row; rows of other epoch counts stay beside it)."""
     return same(row, key) and row["epochs"] == epochs
 
 
@@ -187,8 +187,7 @@ def plan(args: Any, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             (
                 r
                 for r in rows
-                if same(r, setting["key"])
-                and r["epochs"] == args.epochs
+                if same_run(r, setting["key"], args.epochs)
                 and common.same_start(r)
                 and set(r["folds"]) <= set(args.folds)
             ),
@@ -196,8 +195,7 @@ def plan(args: Any, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         )
         have = set(kept["folds"]) if kept else set()
         if any(
-            same(r, setting["key"])
-            and r["epochs"] == args.epochs
+            same_run(r, setting["key"], args.epochs)
             and common.same_start(r)
             and set(args.folds) <= set(r["folds"])
             for r in rows
@@ -279,7 +277,7 @@ def run(args: Any) -> None:
             with open(RESULTS / f".{NAME}.lock", "w") as lock:  # other processes may write
                 fcntl.flock(lock, fcntl.LOCK_EX)
                 current = [
-                    r for r in load_rows() if not replaced(r, setting["key"], args.epochs)
+                    r for r in load_rows() if not same_run(r, setting["key"], args.epochs)
                 ] + [row]
                 write_result(NAME, current)
                 write_report()
@@ -327,7 +325,8 @@ def targets(rows: list[dict[str, Any]]) -> list[str]:
         # FP32 at the same epochs, else the longest FP32 run (its epochs said).
         fp32s = [r for r in rows if r["dataset"] == dataset and r["scheme"] == "fp32"]
         fp32 = get.get(("fp32", "none", 32)) or max(fp32s, key=lambda r: r["epochs"], default=None)
-        name = dataset if len(epochs_of(rows, dataset)) == 1 else f"{dataset} ({epochs} epochs)"
+        several = sum(d == dataset for d, _ in runs) > 1  # say which epoch count this is
+        name = f"{dataset} ({epochs} epochs)" if several else dataset
         if qat and dq and fp32:
             gap = dq["acc_mean"] - qat["acc_mean"]
             at = "" if fp32["epochs"] == epochs else f" at {fp32['epochs']} epochs"
@@ -359,10 +358,6 @@ def targets(rows: list[dict[str, Any]]) -> list[str]:
             + ("met in every cell" if not worse else "NOT met: " + ", ".join(worse))
         )
     return lines
-
-
-def epochs_of(rows: list[dict[str, Any]], dataset: str) -> set[int]:
-    return {r["epochs"] for r in rows if r["dataset"] == dataset}
 
 
 def span(folds: list[int]) -> str:

@@ -121,7 +121,7 @@ def backward_loss(model: nn.Module, logits: Tensor, y: Tensor, task_weight: floa
     regularization term (A2Q, MixQ penalties) and return the cross-entropy alone, the loss
     that is reported (the penalties are no measure of learning). ``task_weight`` lets a
     data-parallel rank weigh its batch by its share of the step's seeds
-    (:meth:`~lorap_dist.distributed.seeds.SeedSchedule.loss_weight`)."""
+    (:meth:`~lorap_dist.distributed.seeds.SeedSchedule.loss_weights`)."""
     task = F.cross_entropy(logits, y)
     extra = quantization_loss(model)
     weighted = task if task_weight == 1.0 else task * task_weight

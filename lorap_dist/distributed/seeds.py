@@ -17,7 +17,7 @@ every part's seed count before training starts:
 
 ``B`` is the per-rank batch size (the global batch is at most ``P * B``). Where the ranks'
 batches of a step differ in size (a short last batch, or a small part's padding), each rank
-weighs its mean loss by its share of the step's seeds (:meth:`SeedSchedule.loss_weight`), so
+weighs its mean loss by its share of the step's seeds (:meth:`SeedSchedule.loss_weights`), so
 that DDP's mean of the ranks' gradients is the gradient of the mean loss over every seed.
 
 The permutations come from :func:`epoch_generator` seeded by ``(seed, epoch, rank)``: an
@@ -110,14 +110,13 @@ class SeedSchedule:
         sizes = [b] * (first_pass // b) + ([first_pass % b] if first_pass % b else [])
         return sizes + [min(n, b)] * (steps - len(sizes))
 
-    def loss_weight(self, rank: int, step: int) -> float:
-        """``world_size * n_rank / sum_r n_r`` for the ranks' batch sizes ``n_r`` at
-        ``step``: the factor on ``rank``'s mean loss under which DDP's mean of the ranks'
-        gradients is the gradient of the mean loss over every seed of the step. Without it
-        a rank's short last batch would count as much as a full one, each of its seeds
-        several times over."""
-        sizes = [self.batch_sizes(r)[step] for r in range(len(self.counts))]
-        return len(sizes) * sizes[rank] / sum(sizes)
+    def loss_weights(self, rank: int) -> list[float]:
+        """Per step, ``world_size * n_rank / sum_r n_r`` for the ranks' batch sizes ``n_r``:
+        the factor on ``rank``'s mean loss under which DDP's mean of the ranks' gradients is
+        the gradient of the mean loss over every seed of the step. Without it a rank's short
+        last batch would count as much as a full one, each of its seeds several times over."""
+        per_rank = [self.batch_sizes(r) for r in range(len(self.counts))]
+        return [len(sizes) * sizes[rank] / sum(sizes) for sizes in zip(*per_rank, strict=True)]
 
     def batches(self, own_seeds: Tensor, rank: int, epoch: int, seed: int) -> list[Tensor]:
         """Exactly :attr:`steps_per_epoch` batches of this rank's seeds for ``epoch``, none

@@ -51,7 +51,7 @@ def train_batch(
             (:class:`~lorap_dist.graph.gather.RowGather`); ``None`` fetches into new tensors.
         loss_weight: this rank's cross-entropy factor, so that DDP's mean of the ranks'
             gradients is the gradient of the mean over every seed of the step, whatever the
-            ranks' batch sizes (:meth:`~lorap_dist.distributed.seeds.SeedSchedule.loss_weight`;
+            ranks' batch sizes (:meth:`~lorap_dist.distributed.seeds.SeedSchedule.loss_weights`;
             1 when they are equal).
 
     Returns:

@@ -120,7 +120,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     # 4. Train: the same number of steps on every rank, each rank's loss weighted by its
     # share of the step's seeds (a short last batch would otherwise count as a full one).
     rows = RowGather()  # each batch's feature rows, in one buffer kept across batches
-    weights = [schedule.loss_weight(rank, i) for i in range(schedule.steps_per_epoch)]
+    weights = schedule.loss_weights(rank)
     for epoch in range(start_epoch, train_cfg.epochs):
         schedule_lr(optimizer, epoch, train_cfg)
         ddp.train()

@@ -49,10 +49,10 @@ def test_loss_weights_are_each_ranks_share_of_the_step():
     schedule = SeedSchedule(COUNTS, batch_size=8)  # 23, 5, 41 seeds: 6 steps
     sizes = [schedule.batch_sizes(r) for r in range(3)]
     assert [s[2] for s in sizes] == [7, 5, 8]  # rank 0's short last batch, rank 1's padding
-    weights = [schedule.loss_weight(r, 2) for r in range(3)]
+    weights = [schedule.loss_weights(r)[2] for r in range(3)]
     assert weights == pytest.approx([3 * 7 / 20, 3 * 5 / 20, 3 * 8 / 20])
     assert sum(weights) == pytest.approx(3)
-    first = [schedule.loss_weight(r, 0) for r in range(3)]  # 8, 5, 8 seeds
+    first = [schedule.loss_weights(r)[0] for r in range(3)]  # 8, 5, 8 seeds
     assert first == pytest.approx([3 * 8 / 21, 3 * 5 / 21, 3 * 8 / 21])
 
 
