@@ -35,10 +35,13 @@ from lorap_dist.distributed.checkpoint import (
 from lorap_dist.distributed.model_state import broadcast_buffers, share_quantizer_writes
 from lorap_dist.distributed.seeds import seed_rank
 from lorap_dist.distributed.worker import (
+    best_metrics,
     epoch_metrics,
+    evaluation_due,
     rank_context,
     report_epoch,
     restore_training,
+    stop_early,
 )
 from lorap_dist.optim import build_optimizer, schedule_lr
 from lorap_dist.quant import end_epoch
@@ -84,7 +87,7 @@ def graph_loop_per_worker(config: dict[str, Any]) -> None:
         "num_graphs": len(graphs),
     }
 
-    best = BestEpoch(higher_is_better=runner.higher_is_better)
+    best = BestEpoch(patience=train_cfg.patience, higher_is_better=runner.higher_is_better)
     start_epoch, step, restored_rng = restore_training(
         config, experiment, facts, model, optimizer, best, rank
     )
@@ -119,13 +122,16 @@ def graph_loop_per_worker(config: dict[str, Any]) -> None:
         metrics = epoch_metrics(epoch, step, totals, elapsed, bytes_sent=0)
         # seeds_per_s: training graphs per second here
         last = epoch + 1 == train_cfg.epochs
-        every = settings.eval_every
-        if every is not None and (last or (every and (epoch + 1) % every == 0)):
+        evaluated = evaluation_due(epoch, last, settings.eval_every)
+        if evaluated:
             metrics |= evaluate(model, graphs, shares, runner)
             best.update(epoch, metrics["valid_acc"], metrics["test_acc"])
-        metrics |= {"best_valid_acc": best.valid, "best_test_acc": best.test}
-        due = last or (epoch + 1) % settings.checkpoint_every == 0
+        stop = not last and stop_early(model, best, epoch, evaluated)
+        metrics |= best_metrics(best, stop)
+        due = last or stop or (epoch + 1) % settings.checkpoint_every == 0
         report_epoch(metrics, due, rank, world_size, model, optimizer, experiment, facts, best)
+        if stop:  # every rank: the same all-reduced scores decided it
+            break
 
 
 @torch.no_grad()

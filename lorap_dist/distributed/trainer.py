@@ -256,10 +256,13 @@ def run_distributed(
             :class:`lorap_dist.testing.faults.KillOnce` kills a worker there).
 
     Returns:
-        ``valid_acc``/``test_acc`` (last evaluation), ``best_valid_acc``/``best_test_acc``,
-        ``seeds_per_s``, ``bytes_exchanged``, ``epoch_s`` and ``peak_rss_gib`` (the largest
-        worker's peak resident set so far) of the last epoch, ``epochs``, ``steps``,
-        ``checkpoint`` (path of the last checkpoint) and ``run_dir``.
+        ``valid_acc``/``test_acc`` (last evaluation), ``best_valid_acc``/``best_test_acc``
+        and ``best_epoch`` (0-based) of the best validation epoch, ``seeds_per_s``,
+        ``bytes_exchanged``, ``epoch_s`` and ``peak_rss_gib`` (the largest worker's peak
+        resident set so far) of the last epoch, ``epochs`` (trained), ``stopped_early``
+        (``train.patience`` epochs passed without a better validation score, the rule of
+        ``lorap train``), ``steps``, ``checkpoint`` (path of the last checkpoint) and
+        ``run_dir``.
 
     Raises:
         DatasetError: the dataset directory is unusable (before any worker starts).
@@ -296,6 +299,8 @@ def run_distributed(
         "train_acc": metrics.get("train_acc"),
         "best_valid_acc": metrics.get("best_valid_acc"),
         "best_test_acc": metrics.get("best_test_acc"),
+        "best_epoch": metrics.get("best_epoch"),
+        "stopped_early": metrics.get("stopped_early"),
         "loss": metrics.get("loss"),
         "seeds_per_s": metrics.get("seeds_per_s"),
         "bytes_exchanged": metrics.get("bytes_exchanged"),

@@ -52,7 +52,7 @@ from lorap_dist.graph.sampler import NeighborSampler
 from lorap_dist.graph.storage import Dataset, open_dataset
 from lorap_dist.nn.model import build_model
 from lorap_dist.optim import build_optimizer, schedule_lr
-from lorap_dist.quant import QuantizedRows, end_epoch
+from lorap_dist.quant import QuantizedRows, end_epoch, quantization_settled
 from lorap_dist.tracking import BestEpoch
 from lorap_dist.train import backward_loss
 
@@ -98,7 +98,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     }
 
     # 3. Resume: Ray Train's checkpoint after a restart, else the --resume path.
-    best = BestEpoch()  # the best-validation epoch; distributed runs run every epoch
+    best = BestEpoch(patience=train_cfg.patience)  # the best-validation epoch
     start_epoch, step, restored_rng = restore_training(
         config, experiment, dataset_facts, model, optimizer, best, rank
     )
@@ -159,17 +159,46 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
         # 5. Evaluate exactly (full neighbourhoods, layer by layer) on every partition.
         last = epoch + 1 == train_cfg.epochs
-        every = settings.eval_every
-        if every is not None and (last or (every and (epoch + 1) % every == 0)):
+        evaluated = evaluation_due(epoch, last, settings.eval_every)
+        if evaluated:
             metrics |= evaluate(model, dataset, part, degree, exchange, settings, device)
             best.update(epoch, metrics["valid_acc"], metrics["test_acc"])
-        metrics |= {"best_valid_acc": best.valid, "best_test_acc": best.test}
+        stop = not last and stop_early(model, best, epoch, evaluated)
+        metrics |= best_metrics(best, stop)
 
         # 6. Rank 0 writes the checkpoint; every rank reports once per epoch.
-        due = last or (epoch + 1) % settings.checkpoint_every == 0
+        due = last or stop or (epoch + 1) % settings.checkpoint_every == 0
         report_epoch(
             metrics, due, rank, world_size, model, optimizer, experiment, dataset_facts, best
         )
+        if stop:  # every rank: the same all-reduced scores decided it
+            break
+
+
+def evaluation_due(epoch: int, last: bool, every: int | None) -> bool:
+    """Whether the full-graph evaluation runs after epoch ``epoch`` (0-based):
+    ``dist.eval_every`` epochs apart and after the last, ``0`` only after the last, ``None``
+    never."""
+    return every is not None and (last or (every > 0 and (epoch + 1) % every == 0))
+
+
+def stop_early(model: nn.Module, best: BestEpoch, epoch: int, evaluated: bool) -> bool:
+    """Whether the run stops after epoch ``epoch`` on ``train.patience``, the rule of
+    ``lorap train`` (:meth:`BestEpoch.should_stop`): only after an evaluation, and never
+    while a quantization schedule (MixQ's freeze) is still to change the model. Every rank
+    decides alike: ``best`` holds scores all-reduced over the ranks."""
+    return evaluated and best.should_stop(epoch, quantization_settled(model))
+
+
+def best_metrics(best: BestEpoch, stopped_early: bool) -> dict[str, Any]:
+    """An epoch report's view of the best-validation epoch so far (``best_epoch``
+    0-based, ``-1`` before any evaluation) and whether the run stops early here."""
+    return {
+        "best_valid_acc": best.valid,
+        "best_test_acc": best.test,
+        "best_epoch": best.epoch,
+        "stopped_early": stopped_early,
+    }
 
 
 def epoch_metrics(

@@ -74,6 +74,18 @@ def test_graph_level_ranks_draw_their_own_dropout_masks(ray_cluster, tu_root, tm
     assert probe.read(0, 0, 1) != probe.read(0, 0, 0)
 
 
+def test_graph_level_patience_stops_the_run(ray_cluster, tu_root, tmp_path):
+    """Graph-level runs stop on ``train.patience`` too: a float model that does not move
+    (learning rate 1e-9) keeps its first epoch as the best and stops after epoch 1."""
+    data = experiment(tu_root, 10, lr=1e-9, patience=1).to_dict()
+    data["prompt"] = {"kind": "none"}
+    data["quant"] = {"scheme": "none"}
+    result = run_distributed(ExperimentConfig.from_dict(data), settings(tmp_path, "patience"))
+    assert result["stopped_early"] is True
+    assert (result["epochs"], result["best_epoch"]) == (2, 0)
+    assert load_checkpoint(result["checkpoint"]).epoch == 2
+
+
 @pytest.mark.slow
 def test_graph_level_killed_worker_resumes_from_its_checkpoint(
     ray_cluster, tu_root, tmp_path, run_with_a_killed_worker

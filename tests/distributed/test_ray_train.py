@@ -132,6 +132,28 @@ def test_mixq_freezing_mid_run_rewraps_ddp(ray_cluster, tiny_dataset, tmp_path):
     assert 0 < result["best_valid_acc"] <= 1
 
 
+def test_patience_stops_every_rank_after_the_same_epoch(ray_cluster, tiny_dataset, tmp_path):
+    """``train.patience`` stops a distributed run as it stops ``lorap train``. A float model
+    at a learning rate of 1e-9 scores the same every epoch, so its best epoch is the first
+    and with patience 2 the run ends after epoch 2 (0-based) of 10, with a checkpoint there;
+    a rank that went on alone would hang its peer's next collective."""
+    data = experiment(tiny_dataset, 10).to_dict()
+    data["prompt"] = {"kind": "none"}
+    data["quant"] = {"scheme": "none"}
+    data["train"] |= {"lr": 1e-9, "patience": 2}
+    result = run_distributed(ExperimentConfig.from_dict(data), settings(tmp_path, "patience"))
+    assert result["stopped_early"] is True
+    assert (result["epochs"], result["best_epoch"]) == (3, 0)
+    assert result["best_valid_acc"] == result["valid_acc"]  # nothing changed since epoch 0
+    assert load_checkpoint(result["checkpoint"]).epoch == 3
+
+    data["train"]["patience"] = 0  # never stops early
+    data["train"]["epochs"] = 4
+    result = run_distributed(ExperimentConfig.from_dict(data), settings(tmp_path, "no-patience"))
+    assert result["stopped_early"] is False
+    assert (result["epochs"], result["best_epoch"]) == (4, 0)
+
+
 def test_dist_config_rejects_bad_caps():
     with pytest.raises(ConfigError, match="max_steps_per_epoch must be >= 1"):
         DistConfig(max_steps_per_epoch=0)
