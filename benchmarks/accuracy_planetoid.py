@@ -779,16 +779,48 @@ def ablation_table(rows: list[dict[str, Any]], reference: Any = ablation_referen
     return markdown_table(header, body)
 
 
+def prompted_cells(rows: list[dict[str, Any]]) -> list[tuple[tuple, dict, dict]]:
+    """``(key, prompted row, its scheme alone)`` for every prompted cell whose scheme alone
+    ran, ``key`` = ``(dataset, model, scheme, prompt, bits)``."""
+    index = {(r["dataset"], r["model"], r["scheme"], r["prompt"], r["bits"]): r for r in rows}
+    cells = []
+    for key, row in index.items():
+        alone = index.get((*key[:3], "none", key[4]))
+        if key[3] != "none" and alone is not None:
+            cells.append((key, row, alone))
+    return cells
+
+
+def pooled_effect(rows: list[dict[str, Any]]) -> list[str]:
+    """The prompt's effect over every measured cell, one line per (prompt, bits): the mean
+    of the cells' paired differences ± its standard error over the cells (cells share
+    datasets and seeds, so this is a summary, not an independent test), how many cells are
+    above their scheme alone, and the range."""
+    effects: dict[tuple[str, int], list[float]] = {}
+    for (_, _, _, prompt, bits), row, alone in prompted_cells(rows):
+        if len(row["accs"]) == len(alone["accs"]):
+            diffs = [a - b for a, b in zip(row["accs"], alone["accs"], strict=True)]
+            effects.setdefault((prompt, bits), []).append(statistics.fmean(diffs))
+    lines = []
+    for (prompt, bits), cell_means in sorted(effects.items()):
+        n = len(cell_means)
+        sem = statistics.stdev(cell_means) / n**0.5 if n > 1 else float("nan")
+        above = sum(m > 0 for m in cell_means)
+        lines.append(
+            f"{prompt} at INT{bits}: {statistics.fmean(cell_means):+.2f} ± {sem:.2f} points "
+            f"over {n} cells, {above} of {n} above their scheme alone, from "
+            f"{min(cell_means):+.2f} to {max(cell_means):+.2f}"
+        )
+    return lines
+
+
 def prompt_effect_table(rows: list[dict[str, Any]]) -> str:
     """Every prompted cell minus its scheme alone, paired by seed."""
-    index = {(r["dataset"], r["model"], r["scheme"], r["prompt"], r["bits"]): r for r in rows}
     body = []
-    for (dataset, model, scheme, prompt, bits), row in index.items():
-        alone = index.get((dataset, model, scheme, "none", bits))
-        if prompt != "none" and alone is not None:
-            worst = min(a - alone["acc_mean"] for a in row["accs"])
-            body.append([dataset, model, f"INT{bits}", scheme, prompt, _cell(alone), _cell(row),
-                         paired(row, alone), f"{worst:+.1f}"])  # fmt: skip
+    for (dataset, model, scheme, prompt, bits), row, alone in prompted_cells(rows):
+        worst = min(a - alone["acc_mean"] for a in row["accs"])
+        body.append([dataset, model, f"INT{bits}", scheme, prompt, _cell(alone), _cell(row),
+                     paired(row, alone), f"{worst:+.1f}"])  # fmt: skip
     header = ["dataset", "model", "bits", "scheme", "prompt", "alone", "prompted",
               "prompted minus alone, paired", "worst seed minus alone's mean"]  # fmt: skip
     return markdown_table(header, body)
@@ -840,6 +872,8 @@ def write_report(args: Any) -> None:
         parts.append(
             "## The prompt's effect (mean ± standard error of the per-seed differences)\n\n"
             + prompt_effect_table(main_rows)
+            + "\n\nPooled over the cells (each cell's paired mean difference):\n\n"
+            + "\n".join(f"- {line}" for line in pooled_effect(main_rows))
         )
         parts.append("## Targets\n\n" + "\n".join(f"- {line}" for line in targets(main_rows)))
     if ablation_rows:
