@@ -485,6 +485,8 @@ ABLATIONS: list[tuple[str, str, dict[str, Any], str | None]] = [
      {"scheme": "degree_quant", "momentum": 0.01}, None),
     ("Degree-Quant INT4 + LoRAP, momentum 0.01", "lorap",
      {"scheme": "degree_quant", "momentum": 0.01}, None),
+    ("MixQ INT4 + LoRAP, warm start (prompt still for 50 epochs)", "lorap",
+     {"scheme": "mixq", "train": {"prompt_warmup": 50}}, None),
 ]  # fmt: skip
 
 
@@ -712,6 +714,8 @@ def ablation_reference(variant: str) -> str:
         return "Degree-Quant INT4 alone, momentum 0.01 (earlier default)"
     if variant.startswith("Degree-Quant") and variant != "Degree-Quant INT4 alone":
         return "Degree-Quant INT4 alone"
+    if variant.startswith("MixQ") and variant != "MixQ INT4 alone":
+        return "MixQ INT4 alone"
     if variant.startswith("+ LoRAP, min/max"):
         return "QAT INT4 alone, min/max observer (earlier default)"
     return "QAT INT4 alone"
@@ -746,6 +750,7 @@ def with_main_references(rows: list[dict[str, Any]], main_rows: list[dict[str, A
         for label, scheme in (
             ("QAT INT4 alone", "qat"),
             ("Degree-Quant INT4 alone", "degree_quant"),
+            ("MixQ INT4 alone", "mixq"),
         ):
             cell = (dataset, model, scheme, "none", 4)
             main = [
@@ -753,7 +758,12 @@ def with_main_references(rows: list[dict[str, Any]], main_rows: list[dict[str, A
                 for m in main_rows
                 if (m["dataset"], m["model"], m["scheme"], m["prompt"], m["bits"]) == cell
             ]
-            if (dataset, model, label) not in have and main:
+            needed = any(
+                (r["dataset"], r["model"]) == (dataset, model)
+                and ablation_reference(r["variant"]) == label
+                for r in rows
+            )
+            if needed and (dataset, model, label) not in have and main:
                 extra.append({**main[0], "variant": f"{label} (main part)"})
     return extra + rows
 
