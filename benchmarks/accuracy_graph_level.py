@@ -300,7 +300,8 @@ def paired(row: dict[str, Any], alone: dict[str, Any] | None) -> str:
     if row["prompt"] == "none" or alone is None or alone["folds"] != row["folds"]:
         return ""
     diffs = [b - a for a, b in zip(alone["accs"], row["accs"], strict=True)]
-    mark = "" if common.same_start(row) else f" {common.OLD_START}"
+    mark = common.start_mark(row)
+    mark = f" {mark}" if mark else ""
     if len(diffs) < 2:
         return f"{diffs[0]:+.1f} (one fold){mark}"
     error = statistics.stdev(diffs) / len(diffs) ** 0.5
@@ -417,8 +418,8 @@ def write_report() -> None:
             "per fold",
         ]
         lines += [f"### {dataset}, GIN", "", markdown_table(header, table), ""]
-    if not all(common.same_start(r) for r in rows):
-        lines += [common.OLD_START_NOTE, ""]
+    for note in common.start_notes(rows):
+        lines += [note, ""]
     lines += ["### Targets", "", *targets(rows), ""]
     (RESULTS / f"{NAME}.md").write_text("\n".join(lines))
 

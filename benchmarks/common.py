@@ -25,16 +25,45 @@ OLD_START_NOTE = (
     "prompted model started from other backbone weights than its scheme's row, so the "
     "difference also carries the initialisation's noise."
 )
+#: When a prompted row's prompt started to train: ``"quarter"`` since ``train.prompt_warmup``
+#: holds the prompts still for the first quarter of the epochs by default. Prompted rows
+#: without the key trained the prompt from the first step, the earlier default.
+PROMPT_WARMUP = "quarter"
+NO_WARMUP = "‡"
+NO_WARMUP_NOTE = (
+    f"{NO_WARMUP}: measured before the prompt's warm start became the default: the prompt "
+    "trained from the first step (`train.prompt_warmup: 0`), not after the first quarter "
+    "of the epochs. Not what the shipped defaults do; a run with `--resume` measures it again."
+)
 
 
 def prompt_start(prompt: str) -> dict[str, str]:
-    """The row key that records how a prompted run's model started (empty without one)."""
-    return {} if prompt == "none" else {"prompt_init": PROMPT_INIT}
+    """The row keys that record how a prompted run's prompt started (empty without one)."""
+    return {} if prompt == "none" else {"prompt_init": PROMPT_INIT, "prompt_warmup": PROMPT_WARMUP}
+
+
+def start_mark(row: dict[str, Any]) -> str:
+    """``""`` for a row measured as the benchmarks run today, else the mark of the first
+    way it differs: :data:`OLD_START` (another backbone start) or :data:`NO_WARMUP` (the
+    prompt trained from the first step)."""
+    if row.get("prompt", "none") == "none":
+        return ""
+    if row.get("prompt_init") != PROMPT_INIT:
+        return OLD_START
+    return "" if row.get("prompt_warmup") == PROMPT_WARMUP else NO_WARMUP
 
 
 def same_start(row: dict[str, Any]) -> bool:
-    """Whether ``row`` started from its scheme row's backbone (or has no prompt)."""
-    return row.get("prompt", "none") == "none" or row.get("prompt_init") == PROMPT_INIT
+    """Whether ``row`` was measured as the benchmarks run today: from its scheme row's
+    backbone, with the prompt's default warm start (or it has no prompt)."""
+    return start_mark(row) == ""
+
+
+def start_notes(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """The notes of the marks :func:`start_mark` gives any of ``rows``."""
+    marks = {start_mark(r) for r in rows}
+    notes = {OLD_START: OLD_START_NOTE, NO_WARMUP: NO_WARMUP_NOTE}
+    return [note for mark, note in notes.items() if mark in marks]
 
 
 def machine() -> dict[str, Any]:

@@ -70,15 +70,16 @@ def schedule_lr(optimizer: torch.optim.Optimizer, epoch: int, train: TrainConfig
     - step decay: every rate times ``train.lr_decay ** (epoch // train.lr_decay_every)``
       (off when ``lr_decay_every`` is 0; Degree-Quant's graph-level recipe halves it every
       50 epochs);
-    - warm start: the prompt group trains at rate 0 for the first ``train.prompt_warmup``
-      epochs (the backbone and its quantizers settle first), then at its own rate.
+    - warm start: the prompt group trains at rate 0 for the first
+      ``train.prompt_warmup_epochs`` (a quarter of the epochs by default: the backbone and
+      its quantizers settle first), then at its own rate.
     """
     every = train.lr_decay_every
     factor = train.lr_decay ** (epoch // every) if every else 1.0
     rates = {
         "backbone": train.lr,
         "quantizer": train.lr,
-        "prompt": 0.0 if epoch < train.prompt_warmup else train.lr * train.prompt_lr_scale,
+        "prompt": 0.0 if epoch < train.prompt_warmup_epochs else train.lr * train.prompt_lr_scale,
     }
     for group in optimizer.param_groups:
         group["lr"] = rates.get(group.get("name"), train.lr) * factor
