@@ -80,11 +80,41 @@ def test_a_warm_start_keeps_the_prompt_still_then_trains_it():
         assert prompt["lr"] == (0.0 if epoch < 2 else 0.05)
 
 
+@pytest.mark.parametrize(("epochs", "still"), [(200, 50), (10, 2), (3, 0), (1, 0)])
+def test_by_default_the_prompt_is_still_for_the_first_quarter_of_the_epochs(epochs, still):
+    from lorap_dist.optim import schedule_lr
+
+    train = TrainConfig(lr=0.1, prompt_lr_scale=0.5, epochs=epochs)
+    assert train.prompt_warmup is None and train.prompt_warmup_epochs == still
+    optimizer = build_optimizer(model_with_every_kind(), train)
+    prompt = next(g for g in optimizer.param_groups if g["name"] == "prompt")
+    rates = []
+    for epoch in range(epochs):
+        schedule_lr(optimizer, epoch, train)
+        rates.append(prompt["lr"])
+    assert rates == [0.0] * still + [0.05] * (epochs - still)
+
+
+def test_an_explicit_warm_start_replaces_the_default():
+    assert TrainConfig(epochs=200, prompt_warmup=0).prompt_warmup_epochs == 0
+    assert TrainConfig(epochs=200, prompt_warmup=120).prompt_warmup_epochs == 120
+
+
+@pytest.mark.parametrize("bad", [-1, 10, 11, 2.5, True, "5"])
+def test_a_bad_warm_start_is_a_config_error_naming_the_field(bad):
+    from lorap_dist.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"train.prompt_warmup=.*train.epochs=10"):
+        TrainConfig(epochs=10, prompt_warmup=bad)
+
+
 def test_step_decay_scales_every_group_by_the_epoch_alone():
     from lorap_dist.optim import schedule_lr
 
     model = model_with_every_kind()
-    train = TrainConfig(lr=0.1, prompt_lr_scale=0.5, lr_decay_every=3, lr_decay=0.5, epochs=10)
+    train = TrainConfig(
+        lr=0.1, prompt_lr_scale=0.5, prompt_warmup=0, lr_decay_every=3, lr_decay=0.5, epochs=10
+    )
     optimizer = build_optimizer(model, train)
     rates = {}
     for epoch in (7, 0, 3, 6):  # out of order: a resumed run starts mid-schedule

@@ -45,6 +45,35 @@ def test_int4_lorap_run_reports_bits_and_prompt_parameters():
     assert result.params["prompt"] == sum(per_layer)
 
 
+@pytest.mark.parametrize("scheme", ["qat", "mixq"])
+def test_by_default_a_prompted_run_trains_as_its_scheme_alone_for_the_first_quarter(scheme):
+    """The default warm start: while the prompt is held still (``P_B`` stays zero) the
+    prompted model is its scheme's model, step for step; from epoch ``epochs // 4`` on the
+    prompt trains."""
+    options = {"bits": 4} if scheme == "qat" else {"candidate_bits": [2, 4, 8]}
+    sections = {"quant": {"scheme": scheme, "options": options}, "train": {"epochs": 12}}
+    config = small_config(**sections)
+    graph = generate_synthetic(config.data.synthetic)
+    alone, _ = train(config, graph, progress=False)
+    moved = []
+
+    def prompt_moved(report, model):
+        moved.append(any(bool(m.p_b.abs().sum() > 0) for m in model.modules() if hasattr(m, "p_b")))
+
+    prompted_config = small_config(prompt={"kind": "lorap"}, **sections)
+    prompted, _ = train(prompted_config, graph, progress=False, on_epoch=prompt_moved)
+    still = prompted_config.train.prompt_warmup_epochs
+    assert still == 3
+    assert moved == [False] * still + [True] * (12 - still)
+    # epoch e's loss is taken before its step: up to epoch `still` the prompt is zero
+    assert [h["loss"] for h in prompted.history[: still + 1]] == [
+        h["loss"] for h in alone.history[: still + 1]
+    ]
+    assert [h["valid"] for h in prompted.history[:still]] == [
+        h["valid"] for h in alone.history[:still]
+    ]
+
+
 def test_early_stopping_stops_and_keeps_the_best_epoch():
     config = small_config(train={"epochs": 300, "patience": 5, "lr": 0.05})
     result, _ = train(config, progress=False)
