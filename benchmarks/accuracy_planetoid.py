@@ -11,11 +11,11 @@ without a better validation accuracy, features row-normalised):
 - ``ablation``: GCN at INT4 on Cora and CiteSeer, one cause at a time away from LoRAP as
   shipped before the warm start became the default (the prompt trained from the first
   step; every row of this part and the next two keeps that base unless it says otherwise):
-  the warm start itself, rounding twice, the prompt at the backbone's learning rate, the prompt decayed,
-  all three (the earlier LoRAP), k and r, the range observer, the prompt point's range
-  taken from the aggregate alone, prompt weights scored from the RMS-normalised aggregate,
-  and Degree-Quant's range momentum; with :func:`lorap_dist.prompt.diagnostics.
-  lorap_diagnostics` of every prompted run;
+  the warm start itself, rounding twice, the prompt at the backbone's learning rate, the
+  prompt decayed, all three (the earlier LoRAP), k and r, the range observer, the prompt
+  point's range taken from the aggregate alone, prompt weights scored from the
+  RMS-normalised aggregate, and Degree-Quant's range momentum; with
+  :func:`lorap_dist.prompt.diagnostics.lorap_diagnostics` of every prompted run;
 - ``diagnosis``: the same measures for that LoRAP and the earlier one on Cora GIN;
 - ``points``: Cora GIN with plain QAT INT4 quantized at some of its points only (weights,
   input, aggregate, hidden and output), with and without LoRAP: which rounding costs the
@@ -810,23 +810,26 @@ def prompted_cells(rows: list[dict[str, Any]]) -> list[tuple[tuple, dict, dict]]
 
 
 def pooled_effect(rows: list[dict[str, Any]]) -> list[str]:
-    """The prompt's effect over every measured cell, one line per (prompt, bits): the mean
-    of the cells' paired differences ± its standard error over the cells (cells share
-    datasets and seeds, so this is a summary, not an independent test), how many cells are
-    above their scheme alone, and the range."""
-    effects: dict[tuple[str, int], list[float]] = {}
+    """The prompt's effect over every measured cell, one line per (prompt, bits, start
+    mark): the mean of the cells' paired differences ± its standard error over the cells
+    (cells share datasets and seeds, so this is a summary, not an independent test), how
+    many cells are above their scheme alone, and the range. Rows measured another way than
+    today's defaults (:func:`start_mark`) are pooled apart, under their mark."""
+    effects: dict[tuple[str, int, str], list[float]] = {}
     for (_, _, _, prompt, bits), row, alone in prompted_cells(rows):
         if len(row["accs"]) == len(alone["accs"]):
             diffs = [a - b for a, b in zip(row["accs"], alone["accs"], strict=True)]
-            effects.setdefault((prompt, bits), []).append(statistics.fmean(diffs))
+            key = (prompt, bits, start_mark(row))
+            effects.setdefault(key, []).append(statistics.fmean(diffs))
     lines = []
-    for (prompt, bits), cell_means in sorted(effects.items()):
+    for (prompt, bits, mark), cell_means in sorted(effects.items()):
         n = len(cell_means)
         sem = statistics.stdev(cell_means) / n**0.5 if n > 1 else float("nan")
         above = sum(m > 0 for m in cell_means)
+        how = f" {mark}" if mark else " (the defaults)"
         lines.append(
-            f"{prompt} at INT{bits}: {statistics.fmean(cell_means):+.2f} ± {sem:.2f} points "
-            f"over {n} cells, {above} of {n} above their scheme alone, from "
+            f"{prompt} at INT{bits}{how}: {statistics.fmean(cell_means):+.2f} ± {sem:.2f} "
+            f"points over {n} cells, {above} of {n} above their scheme alone, from "
             f"{min(cell_means):+.2f} to {max(cell_means):+.2f}"
         )
     return lines
