@@ -1,10 +1,10 @@
 """What a LoRAP prompt trained from the first step does to a graph with tiny activations.
 
 One Planetoid run (CiteSeer GAT, MixQ INT4 + LoRAP, seed 3 by default: the seed that
-collapsed with the prompt trained from the first step) traced epoch by epoch, twice side by
-side: with ``train.prompt_warmup: 0`` and with the default warm start (the prompt held still
-for the first quarter of the epochs). Per epoch and per LoRAP layer, in the training
-forward:
+collapsed with the prompt trained from the first step) traced epoch by epoch three times
+side by side: with ``train.prompt_warmup: 0``, with the default warm start (the prompt held
+still for the first quarter of the epochs), and the scheme alone for reference. Per epoch
+and per LoRAP layer, in the training forward:
 
 - ``ratio``: the prompt's mean magnitude over the aggregate's, ``mean|p| / mean|h|``;
 - ``shared``: how much of the prompt every node shares, ``mean|mean_i p_i| / mean|p|``
@@ -88,8 +88,12 @@ def main() -> None:
     base = merged(base, {"train": {"seed": args.seed}})
     runs = {}
     graph = None
-    for label, warmup in (("from the first step", 0), ("default warm start", None)):
-        config = ExperimentConfig.from_dict(merged(base, {"train": {"prompt_warmup": warmup}}))
+    for label, changes in (
+        ("from the first step", {"train": {"prompt_warmup": 0}}),
+        ("default warm start", {}),
+        (f"{args.scheme} alone", {"prompt": {"kind": "none"}}),
+    ):
+        config = ExperimentConfig.from_dict(merged(base, changes))
         graph = graph if graph is not None else training.load_graph(config)
         runs[label] = {"prompt_warmup": config.train.prompt_warmup_epochs, **trace(config, graph)}
         print(f"{label}: test {runs[label]['test']:.1f}", flush=True)
@@ -115,8 +119,9 @@ def main() -> None:
         "node gets the same prompt)."
     )
     after = "\n" + "\n".join(
-        f"- {label} (prompt still for {run['prompt_warmup']} epochs): test {run['test']:.1f} "
-        f"at best epoch {run['best_epoch']}"
+        f"- {label}"
+        + (f" (prompt still for {run['prompt_warmup']} epochs)" if "alone" not in label else "")
+        + f": test {run['test']:.1f} at best epoch {run['best_epoch']}"
         for label, run in runs.items()
     )
     write_report("prompt_first_steps", intro, header, body, after + "\n")
