@@ -300,8 +300,7 @@ def paired(row: dict[str, Any], alone: dict[str, Any] | None) -> str:
     if row["prompt"] == "none" or alone is None or alone["folds"] != row["folds"]:
         return ""
     diffs = [b - a for a, b in zip(alone["accs"], row["accs"], strict=True)]
-    mark = common.start_mark(row)
-    mark = f" {mark}" if mark else ""
+    mark = common.start_suffix(row)
     if len(diffs) < 2:
         return f"{diffs[0]:+.1f} (one fold){mark}"
     error = statistics.stdev(diffs) / len(diffs) ** 0.5

@@ -64,6 +64,7 @@ from common import (  # noqa: E402
     scheme_options,
     start_mark,
     start_notes,
+    start_suffix,
     write_result,
 )
 
@@ -607,8 +608,7 @@ def run_part(name: str, settings: list[dict[str, Any]], args: Any, diagnose: boo
 def _cell(row: dict[str, Any] | None) -> str:
     if row is None:
         return "-"
-    mark = start_mark(row)
-    return f"{row['acc_mean']:.1f} ± {row['acc_std']:.1f}{' ' + mark if mark else ''}"
+    return f"{row['acc_mean']:.1f} ± {row['acc_std']:.1f}{start_suffix(row)}"
 
 
 def main_tables(rows: list[dict[str, Any]]) -> str:

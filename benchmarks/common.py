@@ -53,6 +53,12 @@ def start_mark(row: dict[str, Any]) -> str:
     return "" if row.get("prompt_warmup") == PROMPT_WARMUP else NO_WARMUP
 
 
+def start_suffix(row: dict[str, Any]) -> str:
+    """``row``'s :func:`start_mark` as a suffix for a table cell: ``" ‡"``, or ``""``."""
+    mark = start_mark(row)
+    return f" {mark}" if mark else ""
+
+
 def same_start(row: dict[str, Any]) -> bool:
     """Whether ``row`` was measured as the benchmarks run today: from its scheme row's
     backbone, with the prompt's default warm start (or it has no prompt)."""

@@ -86,15 +86,14 @@ def main() -> None:
     torch.set_num_threads(1)
     base = experiment(args.dataset, args.model, args.scheme, 4, "lorap", args.root)
     base = merged(base, {"train": {"seed": args.seed}})
+    graph = training.load_graph(ExperimentConfig.from_dict(base))
     runs = {}
-    graph = None
     for label, changes in (
         ("from the first step", {"train": {"prompt_warmup": 0}}),
         ("default warm start", {}),
         (f"{args.scheme} alone", {"prompt": {"kind": "none"}}),
     ):
         config = ExperimentConfig.from_dict(merged(base, changes))
-        graph = graph if graph is not None else training.load_graph(config)
         runs[label] = {"prompt_warmup": config.train.prompt_warmup_epochs, **trace(config, graph)}
         print(f"{label}: test {runs[label]['test']:.1f}", flush=True)
     write_result("prompt_first_steps", {"args": vars(args), "machine": machine(), "runs": runs})

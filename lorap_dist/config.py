@@ -388,11 +388,7 @@ class TrainConfig:
         )
         check(
             self.prompt_warmup is None
-            or (
-                isinstance(self.prompt_warmup, int)
-                and not isinstance(self.prompt_warmup, bool)
-                and 0 <= self.prompt_warmup < self.epochs
-            ),
+            or (is_int(self.prompt_warmup) and 0 <= self.prompt_warmup < self.epochs),
             f"train.prompt_warmup={self.prompt_warmup!r} must be a whole number of epochs in "
             f"[0, train.epochs={self.epochs}), or null for the default (a quarter of the "
             "epochs).",
