@@ -38,6 +38,7 @@ import torch
 from torch import Tensor
 
 from lorap_dist.checksums import checksum_entry, checksum_matches
+from lorap_dist.config import TrainConfig
 
 FORMAT_VERSION = 1
 TENSORS_FILE = "tensors.arrow"
@@ -259,6 +260,46 @@ def check_architecture(found: dict[str, Any], expected: dict[str, Any], where: P
             + "). Resume with the config the checkpoint was trained with, or start a new run "
             "without --resume."
         )
+
+
+def saved_prompt_warmup(config: dict[str, Any]) -> int:
+    """The epochs a checkpoint's run held its prompts still (``train.prompt_warmup``,
+    resolved): its explicit value, a quarter of its ``train.epochs`` where it was ``None``
+    (the default), and ``0`` where the field is missing (written before the warm start
+    existed, when prompts trained from the first step)."""
+    train = config.get("train", {})
+    if "prompt_warmup" not in train:
+        return 0
+    if train["prompt_warmup"] is None:
+        return int(train.get("epochs", 200)) // 4
+    return int(train["prompt_warmup"])
+
+
+def keep_prompt_warmup(train: TrainConfig, saved: dict[str, Any], where: Path | str) -> None:
+    """Resume under the warm start the checkpoint's run began with.
+
+    ``train.prompt_warmup: null`` holds the prompts still for a quarter of ``train.epochs``,
+    so a run resumed with more epochs would otherwise move its warm start after the fact
+    (the prompts of a 200-epoch run, released at epoch 50, would freeze again until 100 when
+    resumed with 400) and no longer be the run it continues. Where ``train`` leaves the field
+    to the default, it is set in place to the checkpoint's resolved value
+    (:func:`saved_prompt_warmup`); an explicit value is the user's choice and is kept.
+
+    Raises:
+        CheckpointError: the kept warm start does not fit ``train.epochs`` (a resume with
+            fewer epochs than the checkpoint's warm start); the message says what to set.
+    """
+    if train.prompt_warmup is not None:
+        return
+    kept = saved_prompt_warmup(saved)
+    if kept >= train.epochs:
+        raise CheckpointError(
+            f"checkpoint {where} was trained with its prompts held still for {kept} epochs "
+            f"(train.prompt_warmup), but this run has train.epochs={train.epochs}, so they "
+            "would never train again. Set train.prompt_warmup explicitly (below "
+            "train.epochs), or resume with more epochs."
+        )
+    train.prompt_warmup = kept
 
 
 def load_optimizer_state(

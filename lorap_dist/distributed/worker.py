@@ -31,6 +31,7 @@ from lorap_dist.distributed.checkpoint import (
     architecture,
     capture_rng,
     checkpoint_name,
+    keep_prompt_warmup,
     latest_good_checkpoint,
     load_checkpoint,
     load_optimizer_state,
@@ -280,10 +281,13 @@ def restore_training(
     rank: int,
 ) -> tuple[int, int, Any]:
     """Load the checkpoint a (re)started run resumes from (:func:`resume_directory`) into
-    ``model``, ``optimizer`` and ``best``; returns the epoch and step to continue from and
-    this rank's saved RNG state (``(0, 0, None)`` for a fresh run). The RNG state is for the
-    caller to restore last, once nothing else draws from the streams. A collective: it
-    raises on every rank when the ranks found different checkpoints."""
+    ``model``, ``optimizer`` and ``best`` (and the checkpoint's warm start into
+    ``experiment.train`` where it leaves ``prompt_warmup`` to the default:
+    :func:`~lorap_dist.distributed.checkpoint.keep_prompt_warmup`); returns the epoch and
+    step to continue from and this rank's saved RNG state (``(0, 0, None)`` for a fresh
+    run). The RNG state is for the caller to restore last, once nothing else draws from the
+    streams. A collective: it raises on every rank when the ranks found different
+    checkpoints."""
     checkpoint_dir = resume_directory(config.get("resume"), config.get("run_dir"))
     if checkpoint_dir is None:
         check_same_resume_point(0, 0)
@@ -292,6 +296,7 @@ def restore_training(
         state = load_checkpoint(
             directory, expected_architecture=architecture(experiment.to_dict(), dataset_facts)
         )
+    keep_prompt_warmup(experiment.train, state.config, directory)
     model.load_state_dict(state.model)
     load_optimizer_state(optimizer, state.optimizer, directory)
     best.load_state_dict(state.extra.get("best", {}))

@@ -168,10 +168,12 @@ def straight_and_resumed():
     return _straight_and_resumed
 
 
-def _straight_and_resumed(experiment_of, tmp_path) -> tuple[dict, dict]:
+def _straight_and_resumed(experiment_of, tmp_path, straight_of=None) -> tuple[dict, dict]:
     """Two runs on 2 workers of ``experiment_of(epochs)``: 4 epochs straight, and 2 epochs
     then resumed from their last checkpoint to 4; returns both summaries, checking that
-    each trained 4 epochs in the same number of steps and ended with the same weights."""
+    each trained 4 epochs in the same number of steps and ended with the same weights.
+    ``straight_of`` (default ``experiment_of``) builds the straight run's config, for a
+    setting the resumed run takes from its checkpoint rather than from its own config."""
     from lorap_dist.config import DistConfig
     from lorap_dist.distributed.checkpoint import load_checkpoint
     from lorap_dist.distributed.trainer import run_distributed
@@ -179,7 +181,7 @@ def _straight_and_resumed(experiment_of, tmp_path) -> tuple[dict, dict]:
     def settings(name: str) -> DistConfig:
         return DistConfig(num_workers=2, storage_path=str(tmp_path / "runs"), name=name)
 
-    straight = run_distributed(experiment_of(4), settings("straight"))
+    straight = run_distributed((straight_of or experiment_of)(4), settings("straight"))
     first = run_distributed(experiment_of(2), settings("first"))
     resumed = run_distributed(experiment_of(4), settings("resumed"), resume=first["checkpoint"])
     assert straight["epochs"] == resumed["epochs"] == 4

@@ -22,11 +22,13 @@ from lorap_dist.distributed.checkpoint import (
     capture_rng,
     check_architecture,
     checkpoint_name,
+    keep_prompt_warmup,
     latest_good_checkpoint,
     load_checkpoint,
     load_optimizer_state,
     restore_rng,
     save_checkpoint,
+    saved_prompt_warmup,
 )
 from lorap_dist.nn import build_model
 from lorap_dist.optim import build_optimizer
@@ -306,3 +308,33 @@ def test_optimizer_state_of_another_group_layout_is_refused_with_both_named(tmp_
     load_optimizer_state(again, optimizer.state_dict(), tmp_path)
     first = next(iter(optimizer.state.values()))["exp_avg"]
     torch.testing.assert_close(next(iter(again.state.values()))["exp_avg"], first)
+
+
+@pytest.mark.parametrize(
+    "saved, warmup",
+    [
+        ({"epochs": 200, "prompt_warmup": None}, 50),  # the default, resolved
+        ({"epochs": 10, "prompt_warmup": None}, 2),
+        ({"epochs": 200, "prompt_warmup": 7}, 7),  # explicit
+        ({"epochs": 200}, 0),  # written before the warm start: prompts trained from step 0
+    ],
+)
+def test_the_saved_warm_start_is_resolved_as_its_run_trained(saved, warmup):
+    assert saved_prompt_warmup({"train": saved}) == warmup
+
+
+def test_a_resume_with_more_epochs_keeps_the_checkpoints_warm_start():
+    saved = {"train": {"epochs": 200, "prompt_warmup": None}}
+    extended = TrainConfig(epochs=400)
+    assert extended.prompt_warmup_epochs == 100  # what the default alone would do
+    keep_prompt_warmup(extended, saved, "ckpt")
+    assert extended.prompt_warmup_epochs == 50
+    explicit = TrainConfig(epochs=400, prompt_warmup=80)  # the user's choice is kept
+    keep_prompt_warmup(explicit, saved, "ckpt")
+    assert explicit.prompt_warmup_epochs == 80
+
+
+def test_a_resume_too_short_for_the_saved_warm_start_says_what_to_set():
+    saved = {"train": {"epochs": 200, "prompt_warmup": None}}
+    with pytest.raises(CheckpointError, match=r"held still for 50 epochs.*train.epochs=40"):
+        keep_prompt_warmup(TrainConfig(epochs=40), saved, "ckpt")

@@ -55,10 +55,14 @@ def test_ranks_share_each_epochs_graphs_without_overlap():
 def test_graph_level_resumed_run_equals_the_uninterrupted_one(
     ray_cluster, tu_root, tmp_path, straight_and_resumed
 ):
-    # the resumed leg extends `epochs`: the warm start is fixed in epochs (see test_ray_train)
+    # the resumed leg extends `epochs` and keeps its checkpoint's warm start (see
+    # test_ray_train): 0, the default for the 2-epoch first leg
     straight, resumed = straight_and_resumed(
-        lambda epochs: experiment(tu_root, epochs, prompt_warmup=1), tmp_path
+        lambda epochs: experiment(tu_root, epochs),
+        tmp_path,
+        straight_of=lambda epochs: experiment(tu_root, epochs, prompt_warmup=0),
     )
+    assert load_checkpoint(resumed["checkpoint"]).config["train"]["prompt_warmup"] == 0
     # 20 training graphs of 40 (4 folds: test, valid, 2 train), 10 per rank, batches of
     # 8 / 2 = 4 graphs per rank: 3 steps per epoch
     assert straight["steps"] == 12

@@ -41,12 +41,17 @@ def final_state(result: dict):
 
 
 def test_resumed_run_is_bit_identical(ray_cluster, tiny_dataset, tmp_path, straight_and_resumed):
-    # the resumed leg extends `epochs`: the default warm start (a quarter of them) would
-    # move with it, so the run fixes its warm start in epochs, as a user extending a run must
+    # Both legs leave the prompts' warm start to the default, a quarter of train.epochs: 0
+    # for the 2-epoch first leg. The resumed leg extends the run to 4 epochs, where the
+    # default would be 1; it keeps the checkpoint's 0 (and records it), so it equals a
+    # straight run told 0, whose prompt trains in epoch 0 as the first leg's did.
     straight, resumed = straight_and_resumed(
-        lambda epochs: experiment(tiny_dataset, epochs, prompt_warmup=1), tmp_path
+        lambda epochs: experiment(tiny_dataset, epochs),
+        tmp_path,
+        straight_of=lambda epochs: experiment(tiny_dataset, epochs, prompt_warmup=0),
     )
     a, b = final_state(straight), final_state(resumed)
+    assert b.config["train"]["prompt_warmup"] == 0  # recorded, for the next resume
     # Torch's generator drives dropout and sampling; Ray's own code in the worker draws from
     # python's and numpy's global RNGs, so those are restored but not compared.
     assert [r["torch"] for r in a.rng] == [r["torch"] for r in b.rng]
