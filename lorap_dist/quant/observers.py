@@ -55,6 +55,12 @@ class RangeObserver(nn.Module):
         """Whether a range has been observed (or loaded)."""
         return self.min_val.numel() > 0
 
+    @torch.no_grad()
+    def reset(self) -> None:
+        """Forget the stored range: the next batch observed sets it afresh, as the first did."""
+        self.min_val = self.min_val.new_empty(0)
+        self.max_val = self.max_val.new_empty(0)
+
     def forward(self, x: Tensor) -> Tensor:
         """Fold the range of ``x`` into the stored range when training; return ``x``."""
         if self.training and x.numel() > 0:

@@ -16,7 +16,7 @@ from lorap_dist.quant import (
     quantize_,
     quantizers_of,
 )
-from lorap_dist.quant.observers import MinMaxObserver
+from lorap_dist.quant.observers import EMAObserver, MinMaxObserver
 from lorap_dist.quant.schemes.mixq import (
     MixQConfig,
     MixQQuantizer,
@@ -150,6 +150,27 @@ def test_freeze_selects_the_argmax_and_quantizes_with_it_alone():
     assert quantizer.freeze() == 4
     torch.testing.assert_close(quantizer.eval()(x), _fq(x, 4))
     assert quantizer.regularization() is None and quantizer.average_bits() == 4.0
+
+
+def test_a_frozen_point_ranges_its_values_afresh_and_passes_every_gradient():
+    """Freezing changes what a point sees at once (a coarse choice upstream); a range still
+    following the mixture's values would clamp the new ones and pass them no gradient."""
+    quantizer = MixQQuantizer(
+        (2, 4, 8), symmetric=False, per_row=False, observer=EMAObserver(momentum=0.01),
+        penalty=0.0,
+    ).train()  # fmt: skip
+    for _ in range(50):  # the search: values in [0, 1]
+        quantizer(torch.linspace(0.0, 1.0, 64))
+    quantizer.freeze()
+    after = torch.linspace(0.0, 3.0, 64, requires_grad=True)  # what the frozen model sends
+    quantizer(after).sum().backward()
+    assert torch.equal(after.grad, torch.ones(64))  # no value clamped by a stale range
+    assert float(quantizer.observer.max_val) == 3.0
+    kept = EMAObserver(momentum=0.01).train()  # the same range, not forgotten: clamps
+    for _ in range(50):
+        kept(torch.linspace(0.0, 1.0, 64))
+    kept(after.detach())
+    assert float(kept.max_val) < 1.1
 
 
 def test_model_level_selection_and_reported_bits():

@@ -263,8 +263,18 @@ class MixQQuantizer(Quantizer):
 
     @torch.no_grad()
     def freeze(self) -> int:
-        """Fix this point to its top-1 candidate; returns its bit width."""
+        """Fix this point to its top-1 candidate and forget its range; returns its bit width.
+
+        The range was tracked on values shaped by every point's mixture; once the points
+        freeze, a coarse choice upstream changes what this point sees at once (after a 2-bit
+        output grid and a ReLU, one positive level plus the bias), while a moving average
+        of momentum 0.01 follows over about a hundred steps. Meanwhile every value above the
+        stale range is clamped and passes no gradient: on CiteSeer GAT (MixQ INT4, seed 3)
+        the first layer's gradient was exactly zero from the first frozen step, weight decay
+        alone moved it, and training fell to chance within 30 epochs. The next batch sets the
+        range afresh instead."""
         self.selected.fill_(int(torch.argmax(self.logits)))
+        self.observer.reset()
         return self.chosen_bits()
 
     def regularization(self) -> Tensor | None:
