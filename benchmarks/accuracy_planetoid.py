@@ -61,6 +61,7 @@ from common import (  # noqa: E402
     mean_std,
     prompt_start,
     same_start,
+    scheme_facts,
     scheme_options,
     start_mark,
     start_notes,
@@ -589,6 +590,7 @@ def run_part(name: str, settings: list[dict[str, Any]], args: Any, diagnose: boo
         row = {**setting["key"], **summary(outcomes)}
         if "prompt" in setting["key"]:
             row.update(prompt_start(setting["key"]["prompt"]))
+        row.update(scheme_facts(setting["key"].get("scheme")))
         if diagnose:
             row["diagnostics"] = mean_diagnostics(outcomes)
         # Runs of other settings (other models, datasets) may write the same file meanwhile:

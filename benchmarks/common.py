@@ -37,6 +37,24 @@ NO_WARMUP_NOTE = (
 )
 
 
+#: How a MixQ row's points froze: ``"reranged"`` since a point forgets its range when it
+#: freezes (``MixQQuantizer.freeze``). MixQ rows without the key kept the range tracked on
+#: the mixture, which could clamp the frozen model's values and stop its fine-tuning.
+MIXQ_FREEZE = "reranged"
+OLD_MIXQ = "§"
+OLD_MIXQ_NOTE = (
+    f"{OLD_MIXQ}: MixQ measured before its points forgot their ranges at the freeze: a "
+    "range still following the mixture's values could clamp the frozen model's and pass "
+    "them no gradient, so the fine-tuning after the freeze could fall to chance (the "
+    "reported model is then the one at the freeze). A run with `--resume` measures it again."
+)
+
+
+def scheme_facts(scheme: str | None) -> dict[str, str]:
+    """The row keys that record how the scheme's code ran (empty but for MixQ)."""
+    return {"mixq_freeze": MIXQ_FREEZE} if scheme == "mixq" else {}
+
+
 def prompt_start(prompt: str) -> dict[str, str]:
     """The row keys that record how a prompted run's prompt started (empty without one)."""
     return {} if prompt == "none" else {"prompt_init": PROMPT_INIT, "prompt_warmup": PROMPT_WARMUP}
@@ -44,13 +62,17 @@ def prompt_start(prompt: str) -> dict[str, str]:
 
 def start_mark(row: dict[str, Any]) -> str:
     """``""`` for a row measured as the benchmarks run today, else the mark of the first
-    way it differs: :data:`OLD_START` (another backbone start) or :data:`NO_WARMUP` (the
-    prompt trained from the first step)."""
-    if row.get("prompt", "none") == "none":
-        return ""
-    if row.get("prompt_init") != PROMPT_INIT:
-        return OLD_START
-    return "" if row.get("prompt_warmup") == PROMPT_WARMUP else NO_WARMUP
+    way it differs: :data:`OLD_START` (another backbone start), :data:`NO_WARMUP` (the
+    prompt trained from the first step) or :data:`OLD_MIXQ` (MixQ kept its ranges at the
+    freeze)."""
+    if row.get("prompt", "none") != "none":
+        if row.get("prompt_init") != PROMPT_INIT:
+            return OLD_START
+        if row.get("prompt_warmup") != PROMPT_WARMUP:
+            return NO_WARMUP
+    if row.get("scheme") == "mixq" and row.get("mixq_freeze") != MIXQ_FREEZE:
+        return OLD_MIXQ
+    return ""
 
 
 def start_suffix(row: dict[str, Any]) -> str:
@@ -68,7 +90,7 @@ def same_start(row: dict[str, Any]) -> bool:
 def start_notes(rows: Sequence[dict[str, Any]]) -> list[str]:
     """The notes of the marks :func:`start_mark` gives any of ``rows``."""
     marks = {start_mark(r) for r in rows}
-    notes = {OLD_START: OLD_START_NOTE, NO_WARMUP: NO_WARMUP_NOTE}
+    notes = {OLD_START: OLD_START_NOTE, NO_WARMUP: NO_WARMUP_NOTE, OLD_MIXQ: OLD_MIXQ_NOTE}
     return [note for mark, note in notes.items() if mark in marks]
 
 
