@@ -826,9 +826,12 @@ def pooled_effect(rows: list[dict[str, Any]]) -> list[str]:
     lines = []
     for (prompt, bits, mark), cell_means in sorted(effects.items()):
         n = len(cell_means)
-        sem = statistics.stdev(cell_means) / n**0.5 if n > 1 else float("nan")
         above = sum(m > 0 for m in cell_means)
         how = f" {mark}" if mark else " (the defaults)"
+        if n == 1:
+            lines.append(f"{prompt} at INT{bits}{how}: {cell_means[0]:+.2f} points in 1 cell")
+            continue
+        sem = statistics.stdev(cell_means) / n**0.5
         lines.append(
             f"{prompt} at INT{bits}{how}: {statistics.fmean(cell_means):+.2f} ± {sem:.2f} "
             f"points over {n} cells, {above} of {n} above their scheme alone, from "
