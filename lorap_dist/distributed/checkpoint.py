@@ -270,9 +270,8 @@ def saved_prompt_warmup(config: dict[str, Any]) -> int:
     train = config.get("train", {})
     if "prompt_warmup" not in train:
         return 0
-    if train["prompt_warmup"] is None:
-        return int(train.get("epochs", 200)) // 4
-    return int(train["prompt_warmup"])
+    fields = {key: train[key] for key in ("epochs", "prompt_warmup") if key in train}
+    return TrainConfig(**fields).prompt_warmup_epochs
 
 
 def keep_prompt_warmup(train: TrainConfig, saved: dict[str, Any], where: Path | str) -> None:
