@@ -37,16 +37,18 @@ NO_WARMUP_NOTE = (
 )
 
 
-#: How a MixQ row's points froze: ``"reranged"`` since a point forgets its range when it
-#: freezes (``MixQQuantizer.freeze``). MixQ rows without the key kept the range tracked on
-#: the mixture, which could clamp the frozen model's values and stop its fine-tuning.
-MIXQ_FREEZE = "reranged"
+#: How a MixQ row's points froze: ``"covered"`` since a point's range widens, at the first
+#: batch after the freeze, to cover all but 0.1% of that batch's values at each end
+#: (``MixQQuantizer.freeze``). Rows with ``"reranged"`` forgot the range instead (the
+#: next batch's extremes); rows without the key kept the range tracked on the mixture.
+MIXQ_FREEZE = "covered"
 OLD_MIXQ = "§"
 OLD_MIXQ_NOTE = (
-    f"{OLD_MIXQ}: MixQ measured before its points forgot their ranges at the freeze: a "
-    "range still following the mixture's values could clamp the frozen model's and pass "
-    "them no gradient, so the fine-tuning after the freeze could fall to chance (the "
-    "reported model is then the one at the freeze). A run with `--resume` measures it again."
+    f"{OLD_MIXQ}: MixQ measured before a point's range widened to cover the values the "
+    "frozen model sends it: either kept as tracked on the mixture (it could clamp the "
+    "frozen model's values and pass them no gradient, so the fine-tuning could fall to "
+    "chance) or forgotten at the freeze (the next batch's extremes, which stretch the grid "
+    "over heavy tails: Cora GIN lost 1-2 points). A run with `--resume` measures it again."
 )
 
 
@@ -63,8 +65,8 @@ def prompt_start(prompt: str) -> dict[str, str]:
 def start_mark(row: dict[str, Any]) -> str:
     """``""`` for a row measured as the benchmarks run today, else the mark of the first
     way it differs: :data:`OLD_START` (another backbone start), :data:`NO_WARMUP` (the
-    prompt trained from the first step) or :data:`OLD_MIXQ` (MixQ kept its ranges at the
-    freeze)."""
+    prompt trained from the first step) or :data:`OLD_MIXQ` (MixQ froze by an older
+    rule)."""
     if row.get("prompt", "none") != "none":
         if row.get("prompt_init") != PROMPT_INIT:
             return OLD_START

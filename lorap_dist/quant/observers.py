@@ -56,10 +56,18 @@ class RangeObserver(nn.Module):
         return self.min_val.numel() > 0
 
     @torch.no_grad()
-    def reset(self) -> None:
-        """Forget the stored range: the next batch observed sets it afresh, as the first did."""
-        self.min_val = self.min_val.new_empty(0)
-        self.max_val = self.max_val.new_empty(0)
+    def widen(self, lo: Tensor, hi: Tensor) -> None:
+        """Grow the stored range to include ``[lo, hi]`` (one-element tensors; per tensor),
+        or take it when none is stored."""
+        if self.per_row:
+            raise ValueError(
+                f"{type(self).__name__}(per_row=True) holds one range per row; widen takes one "
+                "range for the whole tensor."
+            )
+        lo, hi = lo.reshape(()).float(), hi.reshape(()).float()
+        if self.initialized:
+            lo, hi = torch.minimum(self.min_val, lo), torch.maximum(self.max_val, hi)
+        self.min_val, self.max_val = lo, hi
 
     def forward(self, x: Tensor) -> Tensor:
         """Fold the range of ``x`` into the stored range when training; return ``x``."""

@@ -152,25 +152,79 @@ def test_freeze_selects_the_argmax_and_quantizes_with_it_alone():
     assert quantizer.regularization() is None and quantizer.average_bits() == 4.0
 
 
-def test_a_frozen_point_ranges_its_values_afresh_and_passes_every_gradient():
-    """Freezing changes what a point sees at once (a coarse choice upstream); a range still
-    following the mixture's values would clamp the new ones and pass them no gradient."""
-    quantizer = MixQQuantizer(
+def _searched(quantizer: MixQQuantizer, values: torch.Tensor) -> MixQQuantizer:
+    for _ in range(50):  # the search: a moving average of these values' extremes
+        quantizer(values)
+    return quantizer
+
+
+def _point() -> MixQQuantizer:
+    return MixQQuantizer(
         (2, 4, 8), symmetric=False, per_row=False, observer=EMAObserver(momentum=0.01),
         penalty=0.0,
     ).train()  # fmt: skip
-    for _ in range(50):  # the search: values in [0, 1]
-        quantizer(torch.linspace(0.0, 1.0, 64))
+
+
+def test_a_frozen_point_widens_its_range_to_the_values_it_now_sees_and_passes_their_gradient():
+    """Freezing changes what a point sees at once (a coarse choice upstream); a range still
+    following the mixture's values would clamp the new ones and pass them no gradient."""
+    quantizer = _searched(_point(), torch.linspace(0.0, 1.0, 64))
     quantizer.freeze()
-    after = torch.linspace(0.0, 3.0, 64, requires_grad=True)  # what the frozen model sends
+    # What the frozen model sends: most values above the stale range, the top one repeated.
+    after = torch.cat([torch.linspace(0.0, 3.0, 60), torch.full((4,), 3.0)]).requires_grad_()
     quantizer(after).sum().backward()
     assert torch.equal(after.grad, torch.ones(64))  # no value clamped by a stale range
     assert float(quantizer.observer.max_val) == 3.0
-    kept = EMAObserver(momentum=0.01).train()  # the same range, not forgotten: clamps
-    for _ in range(50):
-        kept(torch.linspace(0.0, 1.0, 64))
+    assert float(quantizer.observer.min_val) == 0.0
+    assert not bool(quantizer.cover_pending)  # once only: the average goes on from there
+    quantizer(torch.linspace(0.0, 1.0, 64))
+    assert float(quantizer.observer.max_val) == pytest.approx(0.99 * 3.0 + 0.01 * 1.0)
+    kept = _searched(_point(), torch.linspace(0.0, 1.0, 64))  # not frozen: clamps
     kept(after.detach())
-    assert float(kept.max_val) < 1.1
+    assert float(kept.observer.max_val) < 1.1
+
+
+def test_a_frozen_point_whose_range_covers_the_bulk_keeps_clipping_rare_extremes():
+    """Heavy tails (GIN's sums): a few values far above a range that covers all the others
+    stay clipped, instead of stretching the grid over them."""
+    bulk = torch.linspace(-1.0, 1.0, 10_000)
+    quantizer = _searched(_point(), bulk)
+    before = (float(quantizer.observer.min_val), float(quantizer.observer.max_val))
+    quantizer.freeze()
+    inside = 0.9 * bulk  # inside the grid's ends, which round the zero point
+    after = torch.cat([inside, torch.tensor([50.0, 60.0, -40.0])]).requires_grad_()
+    quantizer(after).sum().backward()
+    assert (float(quantizer.observer.min_val), float(quantizer.observer.max_val)) == before
+    assert after.grad[-3:].tolist() == [0.0, 0.0, 0.0]  # the outliers stay clipped
+    assert torch.equal(after.grad[:-3], torch.ones(10_000))
+
+
+def test_a_pending_widening_survives_a_checkpoint_and_older_states_load_without_one():
+    quantizer = _searched(_point(), torch.linspace(0.0, 1.0, 64))
+    quantizer.freeze()
+    state = quantizer.state_dict()
+    assert bool(state["cover_pending"])
+    restored = _point()
+    restored.load_state_dict(state)
+    restored(torch.cat([torch.linspace(0.0, 3.0, 60), torch.full((4,), 3.0)]))
+    assert float(restored.observer.max_val) == 3.0
+    older = {k: v for k, v in state.items() if k != "cover_pending"}
+    legacy = _point()
+    legacy.load_state_dict(older)
+    assert not bool(legacy.cover_pending) and legacy.frozen
+
+
+def test_weight_points_keep_their_ranges_at_the_freeze():
+    quantizer = MixQQuantizer(
+        (2, 4, 8), symmetric=True, per_row=True, observer=MinMaxObserver(per_row=True),
+        penalty=0.0,
+    ).train()  # fmt: skip
+    weight = torch.randn(3, 5)
+    quantizer(weight)
+    quantizer.freeze()
+    assert not bool(quantizer.cover_pending)
+    with pytest.raises(ValueError, match="one range per row"):
+        quantizer.observer.widen(torch.tensor(0.0), torch.tensor(1.0))
 
 
 def test_model_level_selection_and_reported_bits():
