@@ -293,7 +293,7 @@ def run(args: Any) -> None:
 def _cell(row: dict[str, Any] | None) -> str:
     if row is None:
         return "not run"
-    return f"{row['acc_mean']:.1f} ± {row['acc_std']:.1f}"
+    return f"{row['acc_mean']:.1f} ± {row['acc_std']:.1f}{common.start_suffix(row)}"
 
 
 def paired(row: dict[str, Any], alone: dict[str, Any] | None) -> str:
@@ -301,11 +301,10 @@ def paired(row: dict[str, Any], alone: dict[str, Any] | None) -> str:
     if row["prompt"] == "none" or alone is None or alone["folds"] != row["folds"]:
         return ""
     diffs = [b - a for a, b in zip(alone["accs"], row["accs"], strict=True)]
-    mark = common.start_suffix(row)
     if len(diffs) < 2:
-        return f"{diffs[0]:+.1f} (one fold){mark}"
+        return f"{diffs[0]:+.1f} (one fold)"
     error = statistics.stdev(diffs) / len(diffs) ** 0.5
-    return f"{statistics.fmean(diffs):+.2f} ± {error:.2f}{mark}"
+    return f"{statistics.fmean(diffs):+.2f} ± {error:.2f}"
 
 
 def targets(rows: list[dict[str, Any]]) -> list[str]:
