@@ -52,7 +52,12 @@ from lorap_dist.quant.fake_quant import (
     on_nonzeros,
     quant_range,
 )
-from lorap_dist.quant.observers import EMAObserver, MinMaxObserver, RangeObserver
+from lorap_dist.quant.observers import (
+    EMAObserver,
+    MinMaxObserver,
+    RangeObserver,
+    tail_quantiles,
+)
 from lorap_dist.validation import check, check_bits, check_choice, is_number
 
 OBSERVERS = ("minmax", "ema")
@@ -60,10 +65,6 @@ OBSERVERS = ("minmax", "ema")
 #: At its first training batch after the freeze, a node point's range grows to cover all but
 #: this fraction of that batch's values at each end (see :meth:`MixQQuantizer.freeze`).
 FREEZE_COVER = 0.001
-
-#: Values drawn (evenly strided) for the quantiles of :data:`FREEZE_COVER`; within
-#: :func:`torch.quantile`'s limit of 2**24 elements.
-_COVER_SAMPLES = 1 << 22
 
 
 @dataclass
@@ -224,7 +225,7 @@ class MixQQuantizer(Quantizer):
     def forward(self, x: Tensor, nodes: NodeInfo | None = None) -> Tensor:
         if x.numel() == 0:
             return x
-        if self.training and bool(self.cover_pending):
+        if self.training and not self.per_row and bool(self.cover_pending):  # weights: never
             return self._mixture(x, *self._cover(x))
         index = None if self.per_row else self.nonzeros(x)
         if index is None:
@@ -315,11 +316,7 @@ class MixQQuantizer(Quantizer):
         self.cover_pending.fill_(False)
         if not self.observer.initialized:
             return self.observer.range_of(x)
-        values = x.detach().to(torch.float32).reshape(-1)
-        values = values[:: -(-values.numel() // _COVER_SAMPLES)]
-        ends = torch.tensor([FREEZE_COVER, 1.0 - FREEZE_COVER], device=values.device)
-        lo, hi = torch.quantile(values, ends)
-        self.observer.widen(lo, hi)
+        self.observer.widen(*tail_quantiles(x.detach().float().reshape(-1), FREEZE_COVER))
         return self.observer.min_val, self.observer.max_val
 
     def regularization(self) -> Tensor | None:
