@@ -270,7 +270,7 @@ def run(args: Any) -> None:
                 "accs": [round(a, 1) for a in accs],
                 "best_epochs": [o["best_epoch"] for o in outcomes],
                 "wall_s_per_fold": round(statistics.fmean(o["wall_s"] for o in outcomes), 1),
-                **common.prompt_start(setting["key"]["prompt"]),
+                **common.prompt_start(setting["key"]["prompt"], setting["key"]["scheme"]),
                 **common.scheme_facts(setting["key"]["scheme"]),
             }
             row = merge_folds(setting["kept"], row)

@@ -431,7 +431,7 @@ def main_settings(args: Any) -> list[dict[str, Any]]:
 #: The ablation, diagnosis and points parts were measured before the prompt's warm start
 #: became the default: their base trains the prompt from the first step, and a row that
 #: holds it still says so.
-WITHOUT_WARMUP = {"train": {"prompt_warmup": 0}}
+WITHOUT_WARMUP = {"train": {"prompt_warmup": 0, "prompt_after_search": False}}
 
 ABLATIONS: list[tuple[str, str, dict[str, Any], str | None]] = [
     # (label, prompt, config changes, LoRAP variant)
@@ -589,7 +589,7 @@ def run_part(name: str, settings: list[dict[str, Any]], args: Any, diagnose: boo
     def on_row(setting: dict[str, Any], outcomes: list[dict[str, Any]]) -> None:
         row = {**setting["key"], **summary(outcomes)}
         if "prompt" in setting["key"]:
-            row.update(prompt_start(setting["key"]["prompt"]))
+            row.update(prompt_start(setting["key"]["prompt"], setting["key"].get("scheme")))
         row.update(scheme_facts(setting["key"].get("scheme")))
         if diagnose:
             row["diagnostics"] = mean_diagnostics(outcomes)

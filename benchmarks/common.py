@@ -36,6 +36,18 @@ NO_WARMUP_NOTE = (
     "of the epochs. Not what the shipped defaults do; a run with `--resume` measures it again."
 )
 
+#: Whether a prompted MixQ row's prompt waited for the bit-width search to freeze
+#: (``train.prompt_after_search``, the default since it was measured on CiteSeer GIN). Rows
+#: without the key trained the prompt during the search, from the first quarter on.
+PROMPT_AFTER_SEARCH = True
+IN_SEARCH = "¶"
+IN_SEARCH_NOTE = (
+    f"{IN_SEARCH}: MixQ with a prompt measured before the prompt waited for MixQ's search to "
+    "freeze the bit widths: it trained during the search (from the first quarter of the "
+    "epochs on) and shifted which widths the search picked. A run with `--resume` measures "
+    "it again."
+)
+
 
 #: How a MixQ row's points froze: ``"covered"`` since a point's range widens, at the first
 #: batch after the freeze, to cover all but 0.1% of that batch's values at each end
@@ -57,21 +69,28 @@ def scheme_facts(scheme: str | None) -> dict[str, str]:
     return {"mixq_freeze": MIXQ_FREEZE} if scheme == "mixq" else {}
 
 
-def prompt_start(prompt: str) -> dict[str, str]:
+def prompt_start(prompt: str, scheme: str | None = None) -> dict[str, Any]:
     """The row keys that record how a prompted run's prompt started (empty without one)."""
-    return {} if prompt == "none" else {"prompt_init": PROMPT_INIT, "prompt_warmup": PROMPT_WARMUP}
+    if prompt == "none":
+        return {}
+    facts: dict[str, Any] = {"prompt_init": PROMPT_INIT, "prompt_warmup": PROMPT_WARMUP}
+    if scheme == "mixq":
+        facts["prompt_after_search"] = PROMPT_AFTER_SEARCH
+    return facts
 
 
 def start_mark(row: dict[str, Any]) -> str:
     """``""`` for a row measured as the benchmarks run today, else the mark of the first
     way it differs: :data:`OLD_START` (another backbone start), :data:`NO_WARMUP` (the
-    prompt trained from the first step) or :data:`OLD_MIXQ` (MixQ froze by an older
-    rule)."""
+    prompt trained from the first step), :data:`IN_SEARCH` (a MixQ prompt trained during
+    the search) or :data:`OLD_MIXQ` (MixQ froze by an older rule)."""
     if row.get("prompt", "none") != "none":
         if row.get("prompt_init") != PROMPT_INIT:
             return OLD_START
         if row.get("prompt_warmup") != PROMPT_WARMUP:
             return NO_WARMUP
+        if row.get("scheme") == "mixq" and row.get("prompt_after_search") != PROMPT_AFTER_SEARCH:
+            return IN_SEARCH
     if row.get("scheme") == "mixq" and row.get("mixq_freeze") != MIXQ_FREEZE:
         return OLD_MIXQ
     return ""
@@ -92,7 +111,12 @@ def same_start(row: dict[str, Any]) -> bool:
 def start_notes(rows: Sequence[dict[str, Any]]) -> list[str]:
     """The notes of the marks :func:`start_mark` gives any of ``rows``."""
     marks = {start_mark(r) for r in rows}
-    notes = {OLD_START: OLD_START_NOTE, NO_WARMUP: NO_WARMUP_NOTE, OLD_MIXQ: OLD_MIXQ_NOTE}
+    notes = {
+        OLD_START: OLD_START_NOTE,
+        NO_WARMUP: NO_WARMUP_NOTE,
+        IN_SEARCH: IN_SEARCH_NOTE,
+        OLD_MIXQ: OLD_MIXQ_NOTE,
+    }
     return [note for mark, note in notes.items() if mark in marks]
 
 

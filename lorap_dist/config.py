@@ -342,6 +342,12 @@ class TrainConfig:
             first steps can stop a run on a graph whose activations are a few hundredths
             (CiteSeer GAT, MixQ INT4: one seed of ten at 24.5% where MixQ alone reaches
             65.7%); held still for 50 of 200 epochs, no seed collapses.
+        prompt_after_search: also hold the prompts still while a scheme is still searching
+            (MixQ's bit-width search, until it freezes; default ``True``). A prompt that
+            trains during the search shifts which widths the search picks, and it learns
+            against a mixture of grids that the freeze replaces; held still (its output is
+            zero until it trains), the run is the scheme alone's up to the freeze. Measured
+            in ``benchmarks/accuracy_planetoid.py`` (CiteSeer GIN, MixQ INT4).
         lr_decay_every: multiply every learning rate by ``lr_decay`` every this many epochs
             (0, the default, keeps it constant).
         lr_decay: the factor of the step decay (default 0.5).
@@ -364,6 +370,7 @@ class TrainConfig:
     prompt_lr_scale: float = 0.1
     prompt_weight_decay: float = 0.0
     prompt_warmup: int | None = None
+    prompt_after_search: bool = True
     lr_decay_every: int = 0
     lr_decay: float = 0.5
     patience: int = 50
@@ -392,6 +399,10 @@ class TrainConfig:
             f"train.prompt_warmup={self.prompt_warmup!r} must be a whole number of epochs in "
             f"[0, train.epochs={self.epochs}), or null for the default (a quarter of the "
             "epochs).",
+        )
+        check(
+            isinstance(self.prompt_after_search, bool),
+            f"train.prompt_after_search={self.prompt_after_search!r} must be true or false.",
         )
         check(
             self.lr_decay_every >= 0,

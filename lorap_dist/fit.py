@@ -137,7 +137,7 @@ def fit(
     epoch = -1
     for epoch in bar:
         # 3. one epoch of training
-        schedule_lr(optimizer, epoch, config.train)
+        schedule_lr(optimizer, epoch, config.train, searching=not quantization_settled(model))
         loss = runner.train_epoch(model, optimizer, epoch)
         if epoch == 0 and num_classes is not None:
             notes += diverging(loss, num_classes)

@@ -63,23 +63,30 @@ def build_optimizer(model: nn.Module, train: TrainConfig) -> torch.optim.Adam:
     return torch.optim.Adam(parameter_groups(model, train), lr=train.lr)
 
 
-def schedule_lr(optimizer: torch.optim.Optimizer, epoch: int, train: TrainConfig) -> None:
+def schedule_lr(
+    optimizer: torch.optim.Optimizer, epoch: int, train: TrainConfig, searching: bool = False
+) -> None:
     """Set every group's learning rate for epoch ``epoch`` (0-based), a function of the
-    epoch alone (a resumed run continues the schedule exactly):
+    epoch and of ``searching`` (whether a scheme's search still runs,
+    ``not quantization_settled(model)``; both are in a checkpoint, so a resumed run continues
+    the schedule exactly):
 
     - step decay: every rate times ``train.lr_decay ** (epoch // train.lr_decay_every)``
       (off when ``lr_decay_every`` is 0; Degree-Quant's graph-level recipe halves it every
       50 epochs);
     - warm start: the prompt group trains at rate 0 for the first
       ``train.prompt_warmup_epochs`` (a quarter of the epochs by default: the backbone and
-      its quantizers settle first), then at its own rate.
+      its quantizers settle first), and while ``searching`` when
+      ``train.prompt_after_search`` (MixQ's prompts start when its bit widths freeze), then
+      at its own rate.
     """
     every = train.lr_decay_every
     factor = train.lr_decay ** (epoch // every) if every else 1.0
+    held = epoch < train.prompt_warmup_epochs or (searching and train.prompt_after_search)
     rates = {
         "backbone": train.lr,
         "quantizer": train.lr,
-        "prompt": 0.0 if epoch < train.prompt_warmup_epochs else train.lr * train.prompt_lr_scale,
+        "prompt": 0.0 if held else train.lr * train.prompt_lr_scale,
     }
     for group in optimizer.param_groups:
         group["lr"] = rates.get(group.get("name"), train.lr) * factor

@@ -95,6 +95,33 @@ def test_by_default_the_prompt_is_still_for_the_first_quarter_of_the_epochs(epoc
     assert rates == [0.0] * still + [0.05] * (epochs - still)
 
 
+@pytest.mark.parametrize(
+    ("after_search", "expected"), [(True, [0.0] * 6 + [0.05] * 2), (False, [0.0] * 2 + [0.05] * 6)]
+)
+def test_the_prompt_waits_for_a_search_unless_told_otherwise(after_search, expected):
+    from lorap_dist.optim import schedule_lr
+
+    train = TrainConfig(lr=0.1, prompt_lr_scale=0.5, epochs=8, prompt_after_search=after_search)
+    optimizer = build_optimizer(model_with_every_kind(), train)
+    prompt = next(g for g in optimizer.param_groups if g["name"] == "prompt")
+    rates = []
+    for epoch in range(8):
+        schedule_lr(optimizer, epoch, train, searching=epoch < 6)  # a search of 6 epochs
+        rates.append(prompt["lr"])
+        assert {g["name"]: g["lr"] for g in optimizer.param_groups if g is not prompt} == {
+            "backbone": 0.1,
+            "quantizer": 0.1,
+        }
+    assert rates == expected
+
+
+def test_a_non_boolean_prompt_after_search_is_a_config_error():
+    from lorap_dist.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"train.prompt_after_search='yes'"):
+        TrainConfig(prompt_after_search="yes")
+
+
 def test_an_explicit_warm_start_replaces_the_default():
     assert TrainConfig(epochs=200, prompt_warmup=0).prompt_warmup_epochs == 0
     assert TrainConfig(epochs=200, prompt_warmup=120).prompt_warmup_epochs == 120

@@ -44,7 +44,7 @@ from lorap_dist.distributed.worker import (
     stop_early,
 )
 from lorap_dist.optim import build_optimizer, schedule_lr
-from lorap_dist.quant import end_epoch
+from lorap_dist.quant import end_epoch, quantization_settled
 from lorap_dist.tracking import BestEpoch
 from lorap_dist.train_graphs import (
     GraphBatchRunner,
@@ -104,7 +104,7 @@ def graph_loop_per_worker(config: dict[str, Any]) -> None:
     }  # fixed: evaluation shares
 
     for epoch in range(start_epoch, train_cfg.epochs):
-        schedule_lr(optimizer, epoch, train_cfg)
+        schedule_lr(optimizer, epoch, train_cfg, searching=not quantization_settled(model))
         ddp.train()
         started = time.perf_counter()
         own = rank_share(splits["train"], train_cfg.seed, epoch, rank, world_size)

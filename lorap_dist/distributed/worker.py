@@ -123,7 +123,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     rows = RowGather()  # each batch's feature rows, in one buffer kept across batches
     weights = schedule.loss_weights(rank)
     for epoch in range(start_epoch, train_cfg.epochs):
-        schedule_lr(optimizer, epoch, train_cfg)
+        schedule_lr(optimizer, epoch, train_cfg, searching=not quantization_settled(model))
         ddp.train()
         started = time.perf_counter()
         bytes_before = exchange.bytes_sent

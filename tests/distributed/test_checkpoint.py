@@ -334,6 +334,16 @@ def test_a_resume_with_more_epochs_keeps_the_checkpoints_warm_start():
     assert explicit.prompt_warmup_epochs == 80
 
 
+def test_a_checkpoint_from_before_the_search_wait_resumes_with_the_prompt_trained_in_search():
+    older = TrainConfig(epochs=200)
+    keep_prompt_warmup(older, {"train": {"epochs": 200, "prompt_warmup": None}}, "ckpt")
+    assert older.prompt_after_search is False  # as its run trained
+    newer = TrainConfig(epochs=200)
+    saved = {"train": {"epochs": 200, "prompt_warmup": None, "prompt_after_search": True}}
+    keep_prompt_warmup(newer, saved, "ckpt")
+    assert newer.prompt_after_search is True
+
+
 def test_a_resume_too_short_for_the_saved_warm_start_says_what_to_set():
     saved = {"train": {"epochs": 200, "prompt_warmup": None}}
     with pytest.raises(CheckpointError, match=r"held still for 50 epochs.*train.epochs=40"):
