@@ -343,11 +343,15 @@ class TrainConfig:
             (CiteSeer GAT, MixQ INT4: one seed of ten at 24.5% where MixQ alone reaches
             65.7%); held still for 50 of 200 epochs, no seed collapses.
         prompt_after_search: also hold the prompts still while a scheme is still searching
-            (MixQ's bit-width search, until it freezes; default ``True``). A prompt that
-            trains during the search shifts which widths the search picks, and it learns
-            against a mixture of grids that the freeze replaces; held still (its output is
-            zero until it trains), the run is the scheme alone's up to the freeze. Measured
-            in ``benchmarks/accuracy_planetoid.py`` (CiteSeer GIN, MixQ INT4).
+            (MixQ's bit-width search, until it freezes). ``None`` (the default) means
+            ``True`` (:attr:`prompts_wait_for_search`); a resumed run that leaves it to the
+            default keeps its checkpoint's choice. A prompt that trains during the search
+            shifts which widths the search picks, and it learns against a mixture of grids
+            that the freeze replaces; held still (its output is zero until it trains), the
+            run is the scheme alone's up to the freeze. Measured in
+            ``benchmarks/accuracy_planetoid.py`` (CiteSeer GIN, MixQ INT4). A search that
+            never freezes by itself (MixQ's ``search_fraction: 1``) counts as settled, so
+            its prompts train from the warm start on.
         lr_decay_every: multiply every learning rate by ``lr_decay`` every this many epochs
             (0, the default, keeps it constant).
         lr_decay: the factor of the step decay (default 0.5).
@@ -370,7 +374,7 @@ class TrainConfig:
     prompt_lr_scale: float = 0.1
     prompt_weight_decay: float = 0.0
     prompt_warmup: int | None = None
-    prompt_after_search: bool = True
+    prompt_after_search: bool | None = None
     lr_decay_every: int = 0
     lr_decay: float = 0.5
     patience: int = 50
@@ -401,8 +405,9 @@ class TrainConfig:
             "epochs).",
         )
         check(
-            isinstance(self.prompt_after_search, bool),
-            f"train.prompt_after_search={self.prompt_after_search!r} must be true or false.",
+            self.prompt_after_search is None or isinstance(self.prompt_after_search, bool),
+            f"train.prompt_after_search={self.prompt_after_search!r} must be true, false or "
+            "null (the default, true).",
         )
         check(
             self.lr_decay_every >= 0,
@@ -422,6 +427,11 @@ class TrainConfig:
                 all(isinstance(f, int) and (f >= 1 or f == -1) for f in self.fanout),
                 f"train.fanout={list(self.fanout)} must hold integers >= 1 or -1 (all).",
             )
+
+    @property
+    def prompts_wait_for_search(self) -> bool:
+        """``prompt_after_search``, with ``None`` (the default) read as ``True``."""
+        return self.prompt_after_search is not False
 
     @property
     def prompt_warmup_epochs(self) -> int:

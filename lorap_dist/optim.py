@@ -82,7 +82,7 @@ def schedule_lr(
     """
     every = train.lr_decay_every
     factor = train.lr_decay ** (epoch // every) if every else 1.0
-    held = epoch < train.prompt_warmup_epochs or (searching and train.prompt_after_search)
+    held = epoch < train.prompt_warmup_epochs or (searching and train.prompts_wait_for_search)
     rates = {
         "backbone": train.lr,
         "quantizer": train.lr,

@@ -96,7 +96,12 @@ def test_by_default_the_prompt_is_still_for_the_first_quarter_of_the_epochs(epoc
 
 
 @pytest.mark.parametrize(
-    ("after_search", "expected"), [(True, [0.0] * 6 + [0.05] * 2), (False, [0.0] * 2 + [0.05] * 6)]
+    ("after_search", "expected"),
+    [
+        (None, [0.0] * 6 + [0.05] * 2),  # the default waits
+        (True, [0.0] * 6 + [0.05] * 2),
+        (False, [0.0] * 2 + [0.05] * 6),
+    ],
 )
 def test_the_prompt_waits_for_a_search_unless_told_otherwise(after_search, expected):
     from lorap_dist.optim import schedule_lr
@@ -118,7 +123,7 @@ def test_the_prompt_waits_for_a_search_unless_told_otherwise(after_search, expec
 def test_a_non_boolean_prompt_after_search_is_a_config_error():
     from lorap_dist.config import ConfigError
 
-    with pytest.raises(ConfigError, match=r"train.prompt_after_search='yes'"):
+    with pytest.raises(ConfigError, match=r"train.prompt_after_search='yes' must be true, false"):
         TrainConfig(prompt_after_search="yes")
 
 

@@ -282,16 +282,18 @@ def keep_prompt_warmup(train: TrainConfig, saved: dict[str, Any], where: Path | 
     (the prompts of a 200-epoch run, released at epoch 50, would freeze again until 100 when
     resumed with 400) and no longer be the run it continues. Where ``train`` leaves the field
     to the default, it is set in place to the checkpoint's resolved value
-    (:func:`saved_prompt_warmup`); an explicit value is the user's choice and is kept. A
-    checkpoint written before ``train.prompt_after_search`` existed trained its prompts
-    during the search, and so does its resumed run.
+    (:func:`saved_prompt_warmup`); an explicit value is the user's choice and is kept. The
+    same holds for ``train.prompt_after_search``: left to the default, it takes the
+    checkpoint's value, and ``False`` from a checkpoint written before the field existed
+    (its run trained the prompts during the search).
 
     Raises:
         CheckpointError: the kept warm start does not fit ``train.epochs`` (a resume with
             fewer epochs than the checkpoint's warm start); the message says what to set.
     """
-    if "prompt_after_search" not in saved.get("train", {}):
-        train.prompt_after_search = False
+    if train.prompt_after_search is None:
+        saved_choice = saved.get("train", {}).get("prompt_after_search", False)
+        train.prompt_after_search = saved_choice is not False
     if train.prompt_warmup is not None:
         return
     kept = saved_prompt_warmup(saved)

@@ -334,14 +334,22 @@ def test_a_resume_with_more_epochs_keeps_the_checkpoints_warm_start():
     assert explicit.prompt_warmup_epochs == 80
 
 
-def test_a_checkpoint_from_before_the_search_wait_resumes_with_the_prompt_trained_in_search():
-    older = TrainConfig(epochs=200)
-    keep_prompt_warmup(older, {"train": {"epochs": 200, "prompt_warmup": None}}, "ckpt")
-    assert older.prompt_after_search is False  # as its run trained
-    newer = TrainConfig(epochs=200)
-    saved = {"train": {"epochs": 200, "prompt_warmup": None, "prompt_after_search": True}}
-    keep_prompt_warmup(newer, saved, "ckpt")
-    assert newer.prompt_after_search is True
+@pytest.mark.parametrize(
+    ("saved", "explicit", "resumed"),
+    [
+        ({}, None, False),  # written before the field: its run trained the prompts in search
+        ({"prompt_after_search": None}, None, True),  # the default, resolved
+        ({"prompt_after_search": False}, None, False),  # a saved choice survives a resume
+        ({"prompt_after_search": True}, None, True),
+        ({}, True, True),  # the user's explicit choice is kept
+        ({"prompt_after_search": True}, False, False),
+    ],
+)
+def test_a_resume_keeps_the_checkpoints_choice_of_waiting_for_the_search(saved, explicit, resumed):
+    train = TrainConfig(epochs=200, prompt_after_search=explicit)
+    keep_prompt_warmup(train, {"train": {"epochs": 200, "prompt_warmup": None, **saved}}, "ckpt")
+    assert train.prompt_after_search is resumed
+    assert train.prompts_wait_for_search is resumed
 
 
 def test_a_resume_too_short_for_the_saved_warm_start_says_what_to_set():
