@@ -315,6 +315,7 @@ def _run(task: tuple[dict[str, Any], str | None, int, bool]) -> dict[str, Any]:
         "test": 100 * result.test_acc,
         "valid": 100 * result.valid_acc,
         "best_epoch": result.best_epoch,
+        "prompt_start": result.prompt_start_epoch,
         "avg_bits": result.avg_bits,
         "tied": 100 * tied_share(model, graph),
     }
@@ -376,6 +377,8 @@ def summary(outcomes: list[dict[str, Any]]) -> dict[str, Any]:
         "n_seeds": len(outcomes),
         "accs": [round(a, 1) for a in accs],
         "tied_mean": round(statistics.fmean(o["tied"] for o in outcomes), 2),
+        "best_epochs": [o["best_epoch"] for o in outcomes],
+        "prompt_starts": [o.get("prompt_start") for o in outcomes],
     }
 
 
@@ -840,15 +843,28 @@ def pooled_effect(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def trained_prompt_seeds(row: dict[str, Any]) -> str:
+    """How many seeds report a model whose prompt had trained (its best validation epoch
+    at or after the first epoch that trained the prompt), as "k/n"; "-" for rows measured
+    before the runs recorded it. A seed that reports an untrained prompt reports its scheme
+    alone: the warm start (``train.prompt_warmup``) ended after its best epoch."""
+    starts = row.get("prompt_starts")
+    if starts is None:
+        return "-"
+    trained = sum(s is not None and b >= s for b, s in zip(row["best_epochs"], starts, strict=True))
+    return f"{trained}/{len(starts)}"
+
+
 def prompt_effect_table(rows: list[dict[str, Any]]) -> str:
     """Every prompted cell minus its scheme alone, paired by seed."""
     body = []
     for (dataset, model, scheme, prompt, bits), row, alone in prompted_cells(rows):
         worst = min(a - alone["acc_mean"] for a in row["accs"])
         body.append([dataset, model, f"INT{bits}", scheme, prompt, _cell(alone), _cell(row),
-                     paired(row, alone), f"{worst:+.1f}"])  # fmt: skip
+                     paired(row, alone), f"{worst:+.1f}", trained_prompt_seeds(row)])  # fmt: skip
     header = ["dataset", "model", "bits", "scheme", "prompt", "alone", "prompted",
-              "prompted minus alone, paired", "worst seed minus alone's mean"]  # fmt: skip
+              "prompted minus alone, paired", "worst seed minus alone's mean",
+              "seeds reporting a trained prompt"]  # fmt: skip
     return markdown_table(header, body)
 
 

@@ -24,9 +24,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from lorap_dist.config import ConfigError, ExperimentConfig
+from lorap_dist.config import ConfigError, ExperimentConfig, TrainConfig
 from lorap_dist.nn import parameter_counts
-from lorap_dist.optim import build_optimizer, schedule_lr
+from lorap_dist.optim import build_optimizer, has_prompts, prompts_train, schedule_lr
 from lorap_dist.quant import (
     average_bits,
     budget_overruns,
@@ -46,7 +46,11 @@ class TrainResult:
     hold: ``accuracy`` (fractions), or ``mae`` (mean absolute error; graph regression, the
     best epoch having the lowest validation error). ``warnings`` lists what went wrong without
     stopping the run (a learned bit width above its budget, a diverging first epoch, a loss
-    that never fell below guessing); each is also raised as a :class:`UserWarning`.
+    that never fell below guessing, a reported model whose prompts had not trained yet);
+    each is also raised as a :class:`UserWarning`. ``prompt_start_epoch`` is the first epoch
+    the prompts trained in (``train.prompt_warmup`` and MixQ's search hold them still
+    before it), ``None`` without prompts or when they never trained: a ``best_epoch`` below
+    it reports the model without a trained prompt.
     """
 
     train_acc: float
@@ -60,6 +64,7 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     metric: str = "accuracy"
+    prompt_start_epoch: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -134,10 +139,14 @@ def fit(
     notes: list[str] = []
     history: list[dict[str, float]] = []
     bar = tqdm(range(config.train.epochs), desc="train", unit="epoch", disable=not progress)
-    epoch = -1
+    epoch, prompt_start, searched = -1, None, False
     for epoch in bar:
         # 3. one epoch of training
-        schedule_lr(optimizer, epoch, config.train, searching=not quantization_settled(model))
+        searching = not quantization_settled(model)
+        schedule_lr(optimizer, epoch, config.train, searching=searching)
+        searched |= searching
+        if prompt_start is None and prompts_train(optimizer):
+            prompt_start = epoch
         loss = runner.train_epoch(model, optimizer, epoch)
         if epoch == 0 and num_classes is not None:
             notes += diverging(loss, num_classes)
@@ -162,6 +171,8 @@ def fit(
     if num_classes is not None:
         notes += stalled(history, num_classes)
     notes += budget_overruns(model) + collapsed_points(model)
+    if has_prompts(optimizer):
+        notes += untrained_prompts(config.train, best.epoch, prompt_start, epoch + 1, searched)
     for note in notes:
         warnings.warn(note, stacklevel=3)
     result = TrainResult(
@@ -176,8 +187,41 @@ def fit(
         history=history,
         warnings=notes,
         metric="accuracy" if runner.higher_is_better else "mae",
+        prompt_start_epoch=prompt_start,
     )
     return result, model
+
+
+def untrained_prompts(
+    train: TrainConfig,
+    best_epoch: int,
+    prompt_start: int | None,
+    epochs_run: int,
+    searched: bool = False,
+) -> list[str]:
+    """A note when the reported model's prompts never trained: the best validation epoch
+    came before the first epoch that trained them (``prompt_start``, ``None`` when none did).
+    The run then reports its scheme alone, and a comparison with it measures no prompt.
+    ``searched``: a bit-width search ran during the run (MixQ's), which holds the prompts
+    too when ``train.prompt_after_search``."""
+    if prompt_start is not None and best_epoch >= prompt_start:
+        return []
+    epochs = train.prompt_warmup_epochs
+    held = f"train.prompt_warmup holds them still for the first {epochs} epochs"
+    if searched and train.prompts_wait_for_search:
+        held += " and until a bit-width search freezes (train.prompt_after_search)"
+    if prompt_start is None:
+        when = f"they never trained: {held}, and the run ended after {epochs_run} epochs"
+    else:
+        when = (
+            f"the best validation epoch ({best_epoch}) came before the prompts started "
+            f"training (epoch {prompt_start}; {held})"
+        )
+    return [
+        f"{when}, so the reported model is its scheme without a trained prompt. To let a "
+        "prompted model compete, lower train.prompt_warmup or raise train.patience "
+        f"(now {train.patience})."
+    ]
 
 
 def diverging(loss: float, num_classes: int) -> list[str]:

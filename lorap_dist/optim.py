@@ -90,3 +90,16 @@ def schedule_lr(
     }
     for group in optimizer.param_groups:
         group["lr"] = rates.get(group.get("name"), train.lr) * factor
+
+
+def has_prompts(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether ``optimizer`` has a prompt group (the model carries LoRAP or GPF-plus)."""
+    return any(group.get("name") == "prompt" for group in optimizer.param_groups)
+
+
+def prompts_train(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether the prompt group trains at the rates :func:`schedule_lr` set last (``False``
+    without one)."""
+    return any(
+        group.get("name") == "prompt" and group["lr"] > 0 for group in optimizer.param_groups
+    )

@@ -6,6 +6,7 @@ import torch
 
 from lorap_dist.cli import main
 from lorap_dist.config import ConfigError, ExperimentConfig
+from lorap_dist.fit import untrained_prompts
 from lorap_dist.graph.synthetic import generate_synthetic
 from lorap_dist.train import train
 
@@ -55,7 +56,7 @@ def test_by_default_a_prompted_run_trains_as_its_scheme_alone_until_the_prompt_s
     the epochs), so the search picks the widths it picks alone."""
     options = {"bits": 4} if scheme == "qat" else {"candidate_bits": [2, 4, 8]}
     sections = {"quant": {"scheme": scheme, "options": options}, "train": {"epochs": 12}}
-    config = small_config(**sections)
+    config = small_config(prompt={"kind": "none"}, **sections)  # the default has LoRAP
     graph = generate_synthetic(config.data.synthetic)
     alone, _ = train(config, graph, progress=False)
     moved = []
@@ -77,6 +78,39 @@ def test_by_default_a_prompted_run_trains_as_its_scheme_alone_until_the_prompt_s
     ]
     if scheme == "mixq":  # the search picked the widths it picks alone
         assert prompted.avg_bits == alone.avg_bits
+    assert (prompted.prompt_start_epoch, alone.prompt_start_epoch) == (still, None)
+
+
+def test_a_run_that_stops_before_its_prompts_train_says_the_prompt_never_trained():
+    """Early stopping inside the warm start reports the scheme alone: the run says so,
+    with the settings that change it, and a prompt that trains from the first epoch does
+    not get the note."""
+    prompt = {"kind": "lorap", "k": 4, "r": 2}
+    held = small_config(prompt=prompt, train={"epochs": 200, "patience": 3, "prompt_warmup": 150})
+    with pytest.warns(UserWarning) as raised:
+        result, _ = train(held, progress=False)
+    assert result.epochs_run < 150 and result.prompt_start_epoch is None
+    notes = [w for w in result.warnings if "never trained" in w]
+    assert len(notes) == 1 and notes[0] in [str(w.message) for w in raised]
+    assert "first 150 epochs" in notes[0] and "train.patience (now 3)" in notes[0]
+    assert "bit-width search" not in notes[0]  # plain QAT has none
+    free = small_config(prompt=prompt, train={"epochs": 20, "patience": 3, "prompt_warmup": 0})
+    result, _ = train(free, progress=False)
+    assert result.prompt_start_epoch == 0
+    assert not any("prompt" in w for w in result.warnings)
+
+
+def test_the_untrained_prompt_note_names_the_epochs_and_the_search():
+    train_cfg = small_config(train={"epochs": 100, "prompt_warmup": 25}).train
+    assert untrained_prompts(train_cfg, best_epoch=25, prompt_start=25, epochs_run=90) == []
+    (early,) = untrained_prompts(train_cfg, best_epoch=12, prompt_start=25, epochs_run=90)
+    assert early.startswith("the best validation epoch (12) came before the prompts started")
+    assert "(epoch 25; train.prompt_warmup holds them still for the first 25 epochs)" in early
+    (search,) = untrained_prompts(train_cfg, 49, 50, 90, searched=True)
+    assert "until a bit-width search freezes (train.prompt_after_search)" in search
+    train_cfg.prompt_after_search = False
+    (no_wait,) = untrained_prompts(train_cfg, 12, 25, 90, searched=True)
+    assert "bit-width search" not in no_wait
 
 
 def test_early_stopping_stops_and_keeps_the_best_epoch():
