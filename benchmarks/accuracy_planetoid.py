@@ -914,6 +914,11 @@ def write_report(args: Any) -> None:
         parts.append(
             "## The prompt's effect (mean ± standard error of the per-seed differences)\n\n"
             + prompt_effect_table(main_rows)
+            + "\n\nThe last column: a seed reports a trained prompt when its best validation "
+            "epoch is at or after the first epoch that trained the prompt; the others report "
+            "their scheme alone (the warm start ended after their best epoch), so their "
+            'difference is zero by construction. "-": measured before runs recorded it '
+            "(`benchmarks/prompt_in_reported_model.py` measures it side by side)."
             + "\n\nPooled over the cells (each cell's paired mean difference):\n\n"
             + "\n".join(f"- {line}" for line in pooled_effect(main_rows))
         )

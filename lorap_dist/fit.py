@@ -211,7 +211,7 @@ def untrained_prompts(
     if searched and train.prompts_wait_for_search:
         held += " and until a bit-width search freezes (train.prompt_after_search)"
     if prompt_start is None:
-        when = f"they never trained: {held}, and the run ended after {epochs_run} epochs"
+        when = f"the prompts never trained: {held}, and the run ended after {epochs_run} epochs"
     else:
         when = (
             f"the best validation epoch ({best_epoch}) came before the prompts started "

@@ -139,6 +139,24 @@ def test_mixq_freezing_mid_run_rewraps_ddp(ray_cluster, tiny_dataset, tmp_path):
     assert 0 < result["best_valid_acc"] <= 1
 
 
+@pytest.mark.parametrize("wait", [True, False])
+def test_a_distributed_mixq_run_holds_its_prompts_until_the_search_freezes(
+    ray_cluster, tiny_dataset, tmp_path, wait
+):
+    """The worker's learning-rate schedule knows whether MixQ still searches: in a 1-epoch
+    run whose search freezes at the end of that epoch, the prompts (``P_B`` starts at zero)
+    do not move with ``train.prompt_after_search`` and do without it."""
+    data = experiment(tiny_dataset, 1, prompt_warmup=0, prompt_after_search=wait).to_dict()
+    data["quant"] = {"scheme": "mixq", "options": {"bits": 4, "search_fraction": 0.5}}
+    result = run_distributed(ExperimentConfig.from_dict(data), settings(tmp_path, f"wait-{wait}"))
+    state = final_state(result)
+    selected = [value for key, value in state.model.items() if key.endswith(".selected")]
+    assert selected and all(int(value) >= 0 for value in selected)  # frozen after epoch 0
+    p_b = [value for key, value in state.model.items() if key.endswith("p_b")]
+    assert len(p_b) == 2  # one prompt per layer
+    assert any(bool(value.abs().sum() > 0) for value in p_b) is not wait
+
+
 def test_patience_stops_every_rank_after_the_same_epoch(ray_cluster, tiny_dataset, tmp_path):
     """``train.patience`` stops a distributed run as it stops ``lorap train``. A float model
     at a learning rate of 1e-9 scores the same every epoch, so its best epoch is the first
