@@ -712,9 +712,23 @@ def paired(row: dict[str, Any], reference: dict[str, Any] | None) -> str:
     """Mean ± standard error of the per-seed differences (the same seeds run both)."""
     if reference is None or reference is row or len(reference["accs"]) != len(row["accs"]):
         return "-"
-    diffs = [a - b for a, b in zip(row["accs"], reference["accs"], strict=True)]
-    sem = statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else float("nan")
+    return mean_sem([a - b for a, b in zip(row["accs"], reference["accs"], strict=True)])
+
+
+def mean_sem(diffs: list[float]) -> str:
+    """``diffs``' mean ± its standard error ("-" when empty; one difference stands alone)."""
+    if not diffs:
+        return "-"
+    if len(diffs) == 1:
+        return f"{diffs[0]:+.2f} (1 seed)"
+    sem = statistics.stdev(diffs) / len(diffs) ** 0.5
     return f"{statistics.fmean(diffs):+.2f} ± {sem:.2f}"
+
+
+def reports_trained_prompt(best_epoch: int, prompt_start: int | None) -> bool:
+    """Whether a run's reported model holds a trained prompt: its best validation epoch is
+    at or after the first epoch that trained the prompt (``None``: none did)."""
+    return prompt_start is not None and best_epoch >= prompt_start
 
 
 def ablation_reference(variant: str) -> str:
@@ -851,7 +865,7 @@ def trained_prompt_seeds(row: dict[str, Any]) -> str:
     starts = row.get("prompt_starts")
     if starts is None:
         return "-"
-    trained = sum(s is not None and b >= s for b, s in zip(row["best_epochs"], starts, strict=True))
+    trained = sum(map(reports_trained_prompt, row["best_epochs"], starts))
     return f"{trained}/{len(starts)}"
 
 

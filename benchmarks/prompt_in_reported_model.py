@@ -31,7 +31,13 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from accuracy_planetoid import experiment, merged, run_settings  # noqa: E402
+from accuracy_planetoid import (  # noqa: E402
+    experiment,
+    mean_sem,
+    merged,
+    reports_trained_prompt,
+    run_settings,
+)
 from common import machine, write_report, write_result  # noqa: E402
 
 ARMS = {
@@ -39,21 +45,6 @@ ARMS = {
     "+ LoRAP, warm start (default)": ("lorap", {}),
     "+ LoRAP from the first step": ("lorap", {"train": {"prompt_warmup": 0}}),
 }
-
-
-def trained(outcome: dict[str, Any]) -> bool:
-    """Whether the reported model's prompt had trained."""
-    start = outcome["prompt_start"]
-    return start is not None and outcome["best_epoch"] >= start
-
-
-def paired(diffs: list[float]) -> str:
-    if not diffs:
-        return "-"
-    if len(diffs) == 1:
-        return f"{diffs[0]:+.2f} (1 seed)"
-    sem = statistics.stdev(diffs) / len(diffs) ** 0.5
-    return f"{statistics.fmean(diffs):+.2f} ± {sem:.2f}"
 
 
 def main() -> None:
@@ -89,7 +80,11 @@ def main() -> None:
             for arm in list(ARMS)[1:]:
                 runs = outcomes[(dataset, scheme, arm)]
                 diffs = [r["test"] - a["test"] for r, a in zip(runs, alone, strict=True)]
-                kept = [d for d, r in zip(diffs, runs, strict=True) if trained(r)]
+                kept = [
+                    d
+                    for d, r in zip(diffs, runs, strict=True)
+                    if reports_trained_prompt(r["best_epoch"], r["prompt_start"])
+                ]
                 row = {
                     "dataset": dataset,
                     "model": "gcn",
@@ -112,7 +107,7 @@ def main() -> None:
                 epochs = sorted(row["best_epochs"])
                 table.append([
                     dataset, scheme, arm, f"{row['alone_mean']:.1f}", f"{row['acc_mean']:.1f}",
-                    paired(diffs), f"{len(kept)}/{len(runs)}", paired(kept),
+                    mean_sem(diffs), f"{len(kept)}/{len(runs)}", mean_sem(kept),
                     " ".join(str(e) for e in epochs),
                 ])  # fmt: skip
     write_result("prompt_in_reported_model", {"machine": machine(), "rows": rows})

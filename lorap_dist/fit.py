@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from lorap_dist.config import ConfigError, ExperimentConfig, TrainConfig
 from lorap_dist.nn import parameter_counts
-from lorap_dist.optim import build_optimizer, has_prompts, prompts_train, schedule_lr
+from lorap_dist.optim import build_optimizer, prompt_rate, schedule_lr
 from lorap_dist.quant import (
     average_bits,
     budget_overruns,
@@ -145,7 +145,7 @@ def fit(
         searching = not quantization_settled(model)
         schedule_lr(optimizer, epoch, config.train, searching=searching)
         searched |= searching
-        if prompt_start is None and prompts_train(optimizer):
+        if prompt_start is None and prompt_rate(optimizer):
             prompt_start = epoch
         loss = runner.train_epoch(model, optimizer, epoch)
         if epoch == 0 and num_classes is not None:
@@ -171,7 +171,7 @@ def fit(
     if num_classes is not None:
         notes += stalled(history, num_classes)
     notes += budget_overruns(model) + collapsed_points(model)
-    if has_prompts(optimizer):
+    if prompt_rate(optimizer) is not None:
         notes += untrained_prompts(config.train, best.epoch, prompt_start, epoch + 1, searched)
     for note in notes:
         warnings.warn(note, stacklevel=3)

@@ -92,14 +92,8 @@ def schedule_lr(
         group["lr"] = rates.get(group.get("name"), train.lr) * factor
 
 
-def has_prompts(optimizer: torch.optim.Optimizer) -> bool:
-    """Whether ``optimizer`` has a prompt group (the model carries LoRAP or GPF-plus)."""
-    return any(group.get("name") == "prompt" for group in optimizer.param_groups)
-
-
-def prompts_train(optimizer: torch.optim.Optimizer) -> bool:
-    """Whether the prompt group trains at the rates :func:`schedule_lr` set last (``False``
-    without one)."""
-    return any(
-        group.get("name") == "prompt" and group["lr"] > 0 for group in optimizer.param_groups
-    )
+def prompt_rate(optimizer: torch.optim.Optimizer) -> float | None:
+    """The prompt group's learning rate as :func:`schedule_lr` set it last (``0`` while the
+    prompts are held still), or ``None`` when the optimizer has no prompt group."""
+    rates = [group["lr"] for group in optimizer.param_groups if group.get("name") == "prompt"]
+    return rates[0] if rates else None
