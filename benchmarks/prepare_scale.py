@@ -90,7 +90,7 @@ def tree_pss(root: psutil.Process) -> int:
 
 def measure(scale: float, partitioner: str, parts: int) -> dict:
     """Parent: run one configuration in a child process and poll its memory."""
-    workdir = Path(tempfile.mkdtemp(prefix="prepare-scale-", dir="/tmp"))
+    workdir = Path(tempfile.mkdtemp(prefix="prepare-scale-"))
     command = [
         sys.executable,
         __file__,

@@ -59,14 +59,14 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--hidden", type=int, default=256)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--cache", type=Path, default=Path("/tmp/lorap-bench"))
+    p.add_argument("--cache", type=Path, default=Path("runs/bench"))
     p.add_argument(
         "--fresh-rows",
         action="store_true",
         help="ours gathers each batch's rows into a new tensor (as before RowGather)",
     )
-    p.add_argument("--dgl-python", default="/tmp/lorap-bench/dgl-venv/bin/python")
-    p.add_argument("--pyg-python", default="/tmp/lorap-bench/pyg-venv/bin/python")
+    p.add_argument("--dgl-python", default="runs/bench/dgl-venv/bin/python")
+    p.add_argument("--pyg-python", default="runs/bench/pyg-venv/bin/python")
     p.add_argument("--rounds", type=int, default=1, help="turns per side; the fastest is kept")
     p.add_argument("--prepare-only", action="store_true")
     p.add_argument("--dgl-worker", type=Path, help=argparse.SUPPRESS)  # graph dir (internal)

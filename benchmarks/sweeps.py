@@ -6,8 +6,8 @@ configuration and the Markdown tables, and writes the JSON (per configuration: s
 prompt, bits, r, k, accuracy mean and std over seeds, seed count) and the plots
 (``sweeps_<sweep>_*.png``).
 
-    python benchmarks/sweeps.py --rank /tmp/lorap-sweeps/rank-e30/results/trials.parquet \
-        --schemes /tmp/lorap-sweeps/schemes-e30/results/trials.parquet
+    python benchmarks/sweeps.py --rank runs/sweeps/rank-e30/results/trials.parquet \
+        --schemes runs/sweeps/schemes-e30/results/trials.parquet
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ Writes ``benchmarks/results/train_scaling.{json,md}``. Run it alone on the machi
 
     .venv/bin/python benchmarks/train_scaling.py \\
         [--num-nodes 200000] [--avg-degree 30] [--steps 2] \\
-        [--pyg-python /tmp/lorap-bench/pyg-venv/bin/python]
+        [--pyg-python runs/bench/pyg-venv/bin/python]
 """
 
 from __future__ import annotations
@@ -294,7 +294,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="repeats of every run (median)")
     parser.add_argument("--data", default=str(REPO / "data" / "bench-train-scaling"))
     parser.add_argument(
-        "--pyg-python", default="/tmp/lorap-bench/pyg-venv/bin/python", help="PyG venv python"
+        "--pyg-python", default="runs/bench/pyg-venv/bin/python", help="PyG venv python"
     )
     parser.add_argument("--pyg-baseline", help=argparse.SUPPRESS)  # internal: run the baseline
     parser.add_argument("--name", default="train_scaling", help="result file name")

@@ -34,7 +34,7 @@ from lorap_dist.quant import (
     end_epoch,
     quantization_settled,
 )
-from lorap_dist.tracking import BestEpoch
+from lorap_dist.tracking import BestEpoch, PromptStart
 
 
 @dataclass
@@ -139,14 +139,12 @@ def fit(
     notes: list[str] = []
     history: list[dict[str, float]] = []
     bar = tqdm(range(config.train.epochs), desc="train", unit="epoch", disable=not progress)
-    epoch, prompt_start, searched = -1, None, False
+    epoch, prompts = -1, PromptStart()
     for epoch in bar:
         # 3. one epoch of training
         searching = not quantization_settled(model)
         schedule_lr(optimizer, epoch, config.train, searching=searching)
-        searched |= searching
-        if prompt_start is None and prompt_rate(optimizer):
-            prompt_start = epoch
+        prompts.record(epoch, bool(prompt_rate(optimizer)), searching)
         loss = runner.train_epoch(model, optimizer, epoch)
         if epoch == 0 and num_classes is not None:
             notes += diverging(loss, num_classes)
@@ -172,7 +170,7 @@ def fit(
         notes += stalled(history, num_classes)
     notes += budget_overruns(model) + collapsed_points(model)
     if prompt_rate(optimizer) is not None:
-        notes += untrained_prompts(config.train, best.epoch, prompt_start, epoch + 1, searched)
+        notes += untrained_prompts(config.train, best.epoch, prompts, epoch + 1)
     for note in notes:
         warnings.warn(note, stacklevel=3)
     result = TrainResult(
@@ -187,23 +185,20 @@ def fit(
         history=history,
         warnings=notes,
         metric="accuracy" if runner.higher_is_better else "mae",
-        prompt_start_epoch=prompt_start,
+        prompt_start_epoch=prompts.epoch,
     )
     return result, model
 
 
 def untrained_prompts(
-    train: TrainConfig,
-    best_epoch: int,
-    prompt_start: int | None,
-    epochs_run: int,
-    searched: bool = False,
+    train: TrainConfig, best_epoch: int, prompts: PromptStart, epochs_run: int
 ) -> list[str]:
     """A note when the reported model's prompts never trained: the best validation epoch
-    came before the first epoch that trained them (``prompt_start``, ``None`` when none did).
-    The run then reports its scheme alone, and a comparison with it measures no prompt.
-    ``searched``: a bit-width search ran during the run (MixQ's), which holds the prompts
-    too when ``train.prompt_after_search``."""
+    came before the first epoch that trained them (``prompts.epoch``, ``None`` when none
+    did). The run then reports its scheme alone, and a comparison with it measures no
+    prompt. ``prompts.searched``: a bit-width search ran during the run (MixQ's), which
+    holds the prompts too when ``train.prompt_after_search``."""
+    prompt_start, searched = prompts.epoch, prompts.searched
     if prompt_start is not None and best_epoch >= prompt_start:
         return []
     epochs = train.prompt_warmup_epochs

@@ -10,6 +10,10 @@ rule, through one :class:`BestEpoch`:
   :meth:`BestEpoch.restart` forgets the best, so the reported model is the final one;
 - a run stops once ``patience`` epochs have passed without a new best, but never while a
   quantization schedule is still to change the model.
+
+Beside it, :class:`PromptStart` records the first epoch that trained the prompts, so every
+loop can say when the reported model's prompts never trained
+(:func:`lorap_dist.fit.untrained_prompts`).
 """
 
 from __future__ import annotations
@@ -68,3 +72,33 @@ class BestEpoch:
         self.valid = float(state.get("valid", -1.0))
         self.test = float(state.get("test", math.nan))
         self.epoch = int(state.get("epoch", -1))
+
+
+@dataclass
+class PromptStart:
+    """The first epoch whose learning rate moved the prompts, and whether a bit-width
+    search (MixQ's) ran during the run; both survive a checkpoint.
+
+    Args:
+        epoch: the first epoch that trained the prompts, 0-based (``None`` before any).
+        searched: a bit-width search ran in some epoch so far.
+    """
+
+    epoch: int | None = None
+    searched: bool = False
+
+    def record(self, epoch: int, prompts_train: bool, searching: bool) -> None:
+        """Note epoch ``epoch``: whether its schedule trains the prompts and whether a
+        bit-width search is still running in it."""
+        self.searched = self.searched or searching
+        if self.epoch is None and prompts_train:
+            self.epoch = epoch
+
+    def state_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore from :meth:`state_dict` (an older checkpoint without it: nothing yet)."""
+        epoch = state.get("epoch")
+        self.epoch = None if epoch is None else int(epoch)
+        self.searched = bool(state.get("searched", False))

@@ -8,6 +8,7 @@ from lorap_dist.cli import main
 from lorap_dist.config import ConfigError, ExperimentConfig
 from lorap_dist.fit import untrained_prompts
 from lorap_dist.graph.synthetic import generate_synthetic
+from lorap_dist.tracking import PromptStart
 from lorap_dist.train import train
 
 SMALL = {
@@ -102,15 +103,31 @@ def test_a_run_that_stops_before_its_prompts_train_says_the_prompt_never_trained
 
 def test_the_untrained_prompt_note_names_the_epochs_and_the_search():
     train_cfg = small_config(train={"epochs": 100, "prompt_warmup": 25}).train
-    assert untrained_prompts(train_cfg, best_epoch=25, prompt_start=25, epochs_run=90) == []
-    (early,) = untrained_prompts(train_cfg, best_epoch=12, prompt_start=25, epochs_run=90)
+    started = PromptStart(epoch=25)
+    assert untrained_prompts(train_cfg, best_epoch=25, prompts=started, epochs_run=90) == []
+    (early,) = untrained_prompts(train_cfg, best_epoch=12, prompts=started, epochs_run=90)
     assert early.startswith("the best validation epoch (12) came before the prompts started")
     assert "(epoch 25; train.prompt_warmup holds them still for the first 25 epochs)" in early
-    (search,) = untrained_prompts(train_cfg, 49, 50, 90, searched=True)
+    (never,) = untrained_prompts(train_cfg, 12, PromptStart(), 20)
+    assert never.startswith("the prompts never trained") and "after 20 epochs" in never
+    (search,) = untrained_prompts(train_cfg, 49, PromptStart(50, searched=True), 90)
     assert "until a bit-width search freezes (train.prompt_after_search)" in search
     train_cfg.prompt_after_search = False
-    (no_wait,) = untrained_prompts(train_cfg, 12, 25, 90, searched=True)
+    (no_wait,) = untrained_prompts(train_cfg, 12, PromptStart(25, searched=True), 90)
     assert "bit-width search" not in no_wait
+
+
+def test_prompt_start_keeps_the_first_training_epoch_and_any_search_across_a_checkpoint():
+    prompts = PromptStart()
+    prompts.record(0, prompts_train=False, searching=True)  # held: warm start, search
+    prompts.record(1, prompts_train=True, searching=False)
+    prompts.record(2, prompts_train=True, searching=False)
+    assert (prompts.epoch, prompts.searched) == (1, True)
+    restored = PromptStart()
+    restored.load_state_dict(prompts.state_dict())
+    assert restored == prompts
+    restored.load_state_dict({})  # a checkpoint from before it was saved
+    assert restored == PromptStart()
 
 
 def test_early_stopping_stops_and_keeps_the_best_epoch():

@@ -43,9 +43,9 @@ from lorap_dist.distributed.worker import (
     restore_training,
     stop_early,
 )
-from lorap_dist.optim import build_optimizer, schedule_lr
+from lorap_dist.optim import build_optimizer, prompt_rate, schedule_lr
 from lorap_dist.quant import end_epoch, quantization_settled
-from lorap_dist.tracking import BestEpoch
+from lorap_dist.tracking import BestEpoch, PromptStart
 from lorap_dist.train_graphs import (
     GraphBatchRunner,
     build_graph_model,
@@ -88,8 +88,10 @@ def graph_loop_per_worker(config: dict[str, Any]) -> None:
     }
 
     best = BestEpoch(patience=train_cfg.patience, higher_is_better=runner.higher_is_better)
+    prompts = PromptStart()
+    trackers = {"best": best, "prompts": prompts}
     start_epoch, step, restored_rng = restore_training(
-        config, experiment, facts, model, optimizer, best, rank
+        config, experiment, facts, model, optimizer, trackers, rank
     )
     ddp = DistributedDataParallel(
         model,
@@ -104,7 +106,9 @@ def graph_loop_per_worker(config: dict[str, Any]) -> None:
     }  # fixed: evaluation shares
 
     for epoch in range(start_epoch, train_cfg.epochs):
-        schedule_lr(optimizer, epoch, train_cfg, searching=not quantization_settled(model))
+        searching = not quantization_settled(model)
+        schedule_lr(optimizer, epoch, train_cfg, searching=searching)
+        prompts.record(epoch, bool(prompt_rate(optimizer)), searching)
         ddp.train()
         started = time.perf_counter()
         own = rank_share(splits["train"], train_cfg.seed, epoch, rank, world_size)
@@ -127,9 +131,9 @@ def graph_loop_per_worker(config: dict[str, Any]) -> None:
             metrics |= evaluate(model, graphs, shares, runner)
             best.update(epoch, metrics["valid_acc"], metrics["test_acc"])
         stop = not last and stop_early(model, best, epoch, evaluated)
-        metrics |= best_metrics(best, stop)
+        metrics |= best_metrics(best, stop, prompts, optimizer)
         due = last or stop or (epoch + 1) % settings.checkpoint_every == 0
-        report_epoch(metrics, due, rank, world_size, model, optimizer, experiment, facts, best)
+        report_epoch(metrics, due, rank, world_size, model, optimizer, experiment, facts, trackers)
         if stop:  # every rank: the same all-reduced scores decided it
             break
 

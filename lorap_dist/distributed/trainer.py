@@ -10,14 +10,17 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from lorap_dist.config import ConfigError, DistConfig, ExperimentConfig, check_feature_rows
+from lorap_dist.fit import untrained_prompts
 from lorap_dist.graph.errors import DatasetError
 from lorap_dist.locks import LockHeld, try_lock
 from lorap_dist.ray_session import offline_defaults
+from lorap_dist.tracking import PromptStart
 
 
 def validate_dataset(path: str | Path | None, num_workers: int) -> Path:
@@ -261,8 +264,10 @@ def run_distributed(
         ``bytes_exchanged``, ``epoch_s`` and ``peak_rss_gib`` (the largest worker's peak
         resident set so far) of the last epoch, ``epochs`` (trained), ``stopped_early``
         (``train.patience`` epochs passed without a better validation score, the rule of
-        ``lorap train``), ``steps``, ``checkpoint`` (path of the last checkpoint) and
-        ``run_dir``.
+        ``lorap train``), ``steps``, ``checkpoint`` (path of the last checkpoint),
+        ``run_dir``, ``prompt_start_epoch`` (the first epoch that trained the prompts) and
+        ``warnings`` (each also raised as a :class:`UserWarning`: the reported model's
+        prompts never trained, as ``lorap train`` says it).
 
     Raises:
         DatasetError: the dataset directory is unusable (before any worker starts).
@@ -293,6 +298,9 @@ def run_distributed(
     if error is not None:
         raise DistributedRunError(failure_message(error, run_dir)) from error
     metrics = dict(result.metrics or {})
+    notes = untrained_prompt_notes(experiment, metrics)
+    for note in notes:
+        warnings.warn(note, stacklevel=2)
     return {
         "valid_acc": metrics.get("valid_acc"),
         "test_acc": metrics.get("test_acc"),
@@ -310,4 +318,17 @@ def run_distributed(
         "steps": metrics.get("step"),
         "checkpoint": None if result.checkpoint is None else result.checkpoint.path,
         "run_dir": str(result.path),
+        "prompt_start_epoch": metrics.get("prompt_start_epoch"),
+        "warnings": notes,
     }
+
+
+def untrained_prompt_notes(experiment: ExperimentConfig, metrics: dict[str, Any]) -> list[str]:
+    """``lorap train``'s note when the reported (best-validation) model's prompts never
+    trained (:func:`lorap_dist.fit.untrained_prompts`), from the last epoch's report; none
+    for a model without prompts or a run that never evaluated."""
+    best_epoch = metrics.get("best_epoch")
+    if not metrics.get("prompted") or best_epoch is None or best_epoch < 0:
+        return []
+    prompts = PromptStart(metrics.get("prompt_start_epoch"), bool(metrics.get("prompts_searched")))
+    return untrained_prompts(experiment.train, best_epoch, prompts, int(metrics["epoch"]))

@@ -52,9 +52,9 @@ from lorap_dist.graph.gather import RowGather
 from lorap_dist.graph.sampler import NeighborSampler
 from lorap_dist.graph.storage import Dataset, open_dataset
 from lorap_dist.nn.model import build_model
-from lorap_dist.optim import build_optimizer, schedule_lr
+from lorap_dist.optim import build_optimizer, prompt_rate, schedule_lr
 from lorap_dist.quant import QuantizedRows, end_epoch, quantization_settled
-from lorap_dist.tracking import BestEpoch
+from lorap_dist.tracking import BestEpoch, PromptStart
 from lorap_dist.train import backward_loss
 
 SAMPLING_STREAM = 1  # epoch_generator stream of the neighbour sampler (0 orders the seeds)
@@ -100,8 +100,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     # 3. Resume: Ray Train's checkpoint after a restart, else the --resume path.
     best = BestEpoch(patience=train_cfg.patience)  # the best-validation epoch
+    prompts = PromptStart()
+    trackers = {"best": best, "prompts": prompts}
     start_epoch, step, restored_rng = restore_training(
-        config, experiment, dataset_facts, model, optimizer, best, rank
+        config, experiment, dataset_facts, model, optimizer, trackers, rank
     )
 
     def data_parallel() -> DistributedDataParallel:
@@ -123,7 +125,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     rows = RowGather()  # each batch's feature rows, in one buffer kept across batches
     weights = schedule.loss_weights(rank)
     for epoch in range(start_epoch, train_cfg.epochs):
-        schedule_lr(optimizer, epoch, train_cfg, searching=not quantization_settled(model))
+        searching = not quantization_settled(model)
+        schedule_lr(optimizer, epoch, train_cfg, searching=searching)
+        prompts.record(epoch, bool(prompt_rate(optimizer)), searching)
         ddp.train()
         started = time.perf_counter()
         bytes_before = exchange.bytes_sent
@@ -165,12 +169,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             metrics |= evaluate(model, dataset, part, degree, exchange, settings, device)
             best.update(epoch, metrics["valid_acc"], metrics["test_acc"])
         stop = not last and stop_early(model, best, epoch, evaluated)
-        metrics |= best_metrics(best, stop)
+        metrics |= best_metrics(best, stop, prompts, optimizer)
 
         # 6. Rank 0 writes the checkpoint; every rank reports once per epoch.
         due = last or stop or (epoch + 1) % settings.checkpoint_every == 0
         report_epoch(
-            metrics, due, rank, world_size, model, optimizer, experiment, dataset_facts, best
+            metrics, due, rank, world_size, model, optimizer, experiment, dataset_facts, trackers
         )
         if stop:  # every rank: the same all-reduced scores decided it
             break
@@ -191,14 +195,22 @@ def stop_early(model: nn.Module, best: BestEpoch, epoch: int, evaluated: bool) -
     return evaluated and best.should_stop(epoch, quantization_settled(model))
 
 
-def best_metrics(best: BestEpoch, stopped_early: bool) -> dict[str, Any]:
+def best_metrics(
+    best: BestEpoch, stopped_early: bool, prompts: PromptStart, optimizer: torch.optim.Optimizer
+) -> dict[str, Any]:
     """An epoch report's view of the best-validation epoch so far (``best_epoch``
-    0-based, ``-1`` before any evaluation) and whether the run stops early here."""
+    0-based, ``-1`` before any evaluation), whether the run stops early here, and the
+    prompts' start: ``prompted`` (the model has prompts), ``prompt_start_epoch`` (0-based,
+    ``None`` before any epoch trained them) and ``prompts_searched`` (a bit-width search
+    ran), from which the driver says when the reported model's prompts never trained."""
     return {
         "best_valid_acc": best.valid,
         "best_test_acc": best.test,
         "best_epoch": best.epoch,
         "stopped_early": stopped_early,
+        "prompted": prompt_rate(optimizer) is not None,
+        "prompt_start_epoch": prompts.epoch,
+        "prompts_searched": prompts.searched,
     }
 
 
@@ -234,11 +246,12 @@ def report_epoch(
     optimizer: torch.optim.Optimizer,
     experiment: ExperimentConfig,
     dataset_facts: dict[str, int],
-    best: BestEpoch,
+    trackers: dict[str, Any],
 ) -> None:
     """Report the epoch (``metrics["epoch"]`` done, ``metrics["step"]`` steps) from every
     rank; with ``checkpoint``, rank 0 also writes the :class:`TrainingState`, with every
-    rank's RNG streams."""
+    rank's RNG streams and each of ``trackers`` (:class:`BestEpoch`, :class:`PromptStart`)
+    saved under its key."""
     if not checkpoint:
         ray.train.report(metrics)
         return
@@ -252,7 +265,7 @@ def report_epoch(
         step=metrics["step"],
         rng=rng_states,
         dataset=dataset_facts,
-        extra={"best": best.state_dict()},
+        extra={key: tracker.state_dict() for key, tracker in trackers.items()},
     )
     report_with_checkpoint(metrics, state, rank)
 
@@ -277,15 +290,15 @@ def restore_training(
     dataset_facts: dict[str, int],
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
-    best: BestEpoch,
+    trackers: dict[str, Any],
     rank: int,
 ) -> tuple[int, int, Any]:
     """Load the checkpoint a (re)started run resumes from (:func:`resume_directory`) into
-    ``model``, ``optimizer`` and ``best`` (and the checkpoint's warm start into
-    ``experiment.train`` where it leaves ``prompt_warmup`` to the default:
-    :func:`~lorap_dist.distributed.checkpoint.keep_prompt_warmup`); returns the epoch and
-    step to continue from and this rank's saved RNG state (``(0, 0, None)`` for a fresh
-    run). The RNG state is for the caller to restore last, once nothing else draws from the
+    ``model``, ``optimizer`` and ``trackers`` (as :func:`report_epoch` saved them; and the
+    checkpoint's warm start into ``experiment.train`` where it leaves ``prompt_warmup`` to
+    the default: :func:`~lorap_dist.distributed.checkpoint.keep_prompt_warmup`); returns the
+    epoch and step to continue from and this rank's saved RNG state (``(0, 0, None)`` for a
+    fresh run). The RNG state is for the caller to restore last, once nothing else draws from the
     streams. A collective: it raises on every rank when the ranks found different
     checkpoints."""
     checkpoint_dir = resume_directory(config.get("resume"), config.get("run_dir"))
@@ -299,7 +312,8 @@ def restore_training(
     keep_prompt_warmup(experiment.train, state.config, directory)
     model.load_state_dict(state.model)
     load_optimizer_state(optimizer, state.optimizer, directory)
-    best.load_state_dict(state.extra.get("best", {}))
+    for key, tracker in trackers.items():  # a checkpoint without one: its fresh state
+        tracker.load_state_dict(state.extra.get(key, {}))
     check_same_resume_point(state.epoch, state.step)
     return state.epoch, state.step, state.rng[rank]
 

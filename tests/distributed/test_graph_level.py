@@ -63,6 +63,7 @@ def test_graph_level_resumed_run_equals_the_uninterrupted_one(
         straight_of=lambda epochs: experiment(tu_root, epochs, prompt_warmup=0),
     )
     assert load_checkpoint(resumed["checkpoint"]).config["train"]["prompt_warmup"] == 0
+    assert straight["prompt_start_epoch"] == resumed["prompt_start_epoch"] == 0
     # 20 training graphs of 40 (4 folds: test, valid, 2 train), 10 per rank, batches of
     # 8 / 2 = 4 graphs per rank: 3 steps per epoch
     assert straight["steps"] == 12

@@ -7,6 +7,7 @@ One local Ray instance (2 CPUs, ``ray_cluster`` in conftest.py) serves the whole
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 
@@ -52,6 +53,8 @@ def test_resumed_run_is_bit_identical(ray_cluster, tiny_dataset, tmp_path, strai
     )
     a, b = final_state(straight), final_state(resumed)
     assert b.config["train"]["prompt_warmup"] == 0  # recorded, for the next resume
+    # the first epoch that trained the prompts comes back from the checkpoint, not epoch 2
+    assert straight["prompt_start_epoch"] == resumed["prompt_start_epoch"] == 0
     # Torch's generator drives dropout and sampling; Ray's own code in the worker draws from
     # python's and numpy's global RNGs, so those are restored but not compared.
     assert [r["torch"] for r in a.rng] == [r["torch"] for r in b.rng]
@@ -145,10 +148,22 @@ def test_a_distributed_mixq_run_holds_its_prompts_until_the_search_freezes(
 ):
     """The worker's learning-rate schedule knows whether MixQ still searches: in a 1-epoch
     run whose search freezes at the end of that epoch, the prompts (``P_B`` starts at zero)
-    do not move with ``train.prompt_after_search`` and do without it."""
+    do not move with ``train.prompt_after_search`` and do without it; the run says so as
+    ``lorap train`` does."""
     data = experiment(tiny_dataset, 1, prompt_warmup=0, prompt_after_search=wait).to_dict()
     data["quant"] = {"scheme": "mixq", "options": {"bits": 4, "search_fraction": 0.5}}
-    result = run_distributed(ExperimentConfig.from_dict(data), settings(tmp_path, f"wait-{wait}"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = run_distributed(
+            ExperimentConfig.from_dict(data), settings(tmp_path, f"wait-{wait}")
+        )
+    assert result["prompt_start_epoch"] == (None if wait else 0)
+    if wait:
+        (note,) = result["warnings"]
+        assert note.startswith("the prompts never trained") and "bit-width search" in note
+        assert note in [str(w.message) for w in caught]
+    else:
+        assert result["warnings"] == []
     state = final_state(result)
     selected = [value for key, value in state.model.items() if key.endswith(".selected")]
     assert selected and all(int(value) >= 0 for value in selected)  # frozen after epoch 0
