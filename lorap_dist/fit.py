@@ -142,9 +142,7 @@ def fit(
     epoch, prompts = -1, PromptStart()
     for epoch in bar:
         # 3. one epoch of training
-        searching = not quantization_settled(model)
-        schedule_lr(optimizer, epoch, config.train, searching=searching)
-        prompts.record(epoch, bool(prompt_rate(optimizer)), searching)
+        schedule_epoch(model, optimizer, epoch, config.train, prompts)
         loss = runner.train_epoch(model, optimizer, epoch)
         if epoch == 0 and num_classes is not None:
             notes += diverging(loss, num_classes)
@@ -188,6 +186,21 @@ def fit(
         prompt_start_epoch=prompts.epoch,
     )
     return result, model
+
+
+def schedule_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    epoch: int,
+    train: TrainConfig,
+    prompts: PromptStart,
+) -> None:
+    """Every training loop's first step of epoch ``epoch``: set the learning rates
+    (:func:`~lorap_dist.optim.schedule_lr`, told whether a scheme's search still runs) and
+    record in ``prompts`` whether they train the prompts."""
+    searching = not quantization_settled(model)
+    schedule_lr(optimizer, epoch, train, searching=searching)
+    prompts.record(epoch, bool(prompt_rate(optimizer)), searching)
 
 
 def untrained_prompts(

@@ -43,8 +43,9 @@ from lorap_dist.distributed.worker import (
     restore_training,
     stop_early,
 )
-from lorap_dist.optim import build_optimizer, prompt_rate, schedule_lr
-from lorap_dist.quant import end_epoch, quantization_settled
+from lorap_dist.fit import schedule_epoch
+from lorap_dist.optim import build_optimizer
+from lorap_dist.quant import end_epoch
 from lorap_dist.tracking import BestEpoch, PromptStart
 from lorap_dist.train_graphs import (
     GraphBatchRunner,
@@ -106,9 +107,7 @@ def graph_loop_per_worker(config: dict[str, Any]) -> None:
     }  # fixed: evaluation shares
 
     for epoch in range(start_epoch, train_cfg.epochs):
-        searching = not quantization_settled(model)
-        schedule_lr(optimizer, epoch, train_cfg, searching=searching)
-        prompts.record(epoch, bool(prompt_rate(optimizer)), searching)
+        schedule_epoch(model, optimizer, epoch, train_cfg, prompts)
         ddp.train()
         started = time.perf_counter()
         own = rank_share(splits["train"], train_cfg.seed, epoch, rank, world_size)

@@ -47,12 +47,13 @@ from lorap_dist.distributed.model_state import (
 )
 from lorap_dist.distributed.seeds import SeedSchedule, epoch_generator, seed_rank
 from lorap_dist.distributed.step import train_batch
+from lorap_dist.fit import schedule_epoch
 from lorap_dist.graph.block import NodeInfo
 from lorap_dist.graph.gather import RowGather
 from lorap_dist.graph.sampler import NeighborSampler
 from lorap_dist.graph.storage import Dataset, open_dataset
 from lorap_dist.nn.model import build_model
-from lorap_dist.optim import build_optimizer, prompt_rate, schedule_lr
+from lorap_dist.optim import build_optimizer, prompt_rate
 from lorap_dist.quant import QuantizedRows, end_epoch, quantization_settled
 from lorap_dist.tracking import BestEpoch, PromptStart
 from lorap_dist.train import backward_loss
@@ -125,9 +126,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     rows = RowGather()  # each batch's feature rows, in one buffer kept across batches
     weights = schedule.loss_weights(rank)
     for epoch in range(start_epoch, train_cfg.epochs):
-        searching = not quantization_settled(model)
-        schedule_lr(optimizer, epoch, train_cfg, searching=searching)
-        prompts.record(epoch, bool(prompt_rate(optimizer)), searching)
+        schedule_epoch(model, optimizer, epoch, train_cfg, prompts)
         ddp.train()
         started = time.perf_counter()
         bytes_before = exchange.bytes_sent
