@@ -68,9 +68,11 @@ def experiment(
     epochs: int,
     prompt_lr_scale: float | None = None,
     prompt_unit: str | None = None,
+    quantizer_lr_scale: float | None = None,
 ) -> dict[str, Any]:
     """The run's config as a plain dict (scheme ``None``: FP32, with INT8's recipe;
-    ``prompt_lr_scale`` and ``prompt_unit`` ``None``: the package's defaults)."""
+    ``prompt_lr_scale``, ``prompt_unit`` and ``quantizer_lr_scale`` ``None``: the package's
+    defaults)."""
     quant = (
         {"scheme": "none"}
         if scheme is None
@@ -90,6 +92,7 @@ def experiment(
             "lr_decay": 0.5,
             "device": "cpu",
             **({} if prompt_lr_scale is None else {"prompt_lr_scale": prompt_lr_scale}),
+            **({} if quantizer_lr_scale is None else {"quantizer_lr_scale": quantizer_lr_scale}),
         },
     }
 
@@ -135,25 +138,35 @@ def settings(args: Any) -> list[dict[str, Any]]:
             }
             scale = args.prompt_lr_scale if prompt != "none" else None
             unit = args.prompt_unit if prompt != "none" else None
-            key |= {k: v for k, v in (("prompt_lr_scale", scale), ("prompt_unit", unit)) if v}
+            # only schemes with learned quantizer state (A2Q's steps and bits, MixQ's logits)
+            learned = args.quantizer_lr_scale if scheme in LEARNED_STATE else None
+            variants = (("prompt_lr_scale", scale), ("prompt_unit", unit))
+            key |= {k: v for k, v in (*variants, ("quantizer_lr_scale", learned)) if v}
             width = "FP32" if scheme is None else f"INT{bits}"
             label = f"{dataset} {key['scheme']} {width} {prompt_label(key)}"
-            config = experiment(dataset, args.root, scheme, bits, prompt, args.epochs, scale, unit)
+            config = experiment(
+                dataset, args.root, scheme, bits, prompt, args.epochs, scale, unit, learned
+            )
             out.append({"key": key, "label": label, "config": config})
     return out
 
 
-#: Row keys that set a prompt option away from the package's default.
-VARIANTS = ("prompt_lr_scale", "prompt_unit")
+#: Row keys that set a prompt or optimizer option away from the package's default.
+VARIANTS = ("prompt_lr_scale", "prompt_unit", "quantizer_lr_scale")
+#: The schemes whose quantizers hold learned state (``train.quantizer_lr_scale`` applies).
+LEARNED_STATE = ("a2q", "mixq")
 
 
 def prompt_label(row: dict[str, Any]) -> str:
-    """The prompt, with its unit and learning rate where a row sets them."""
+    """The prompt, with its unit and learning rate (and the quantizer state's) where a row
+    sets them."""
     parts = [row["prompt"]]
     if row.get("prompt_unit"):
         parts.append(f"in {row['prompt_unit']} units")
     if row.get("prompt_lr_scale") is not None:
         parts.append(f"prompt lr {row['prompt_lr_scale']:g} x lr")
+    if row.get("quantizer_lr_scale") is not None:
+        parts.append(f"quantizer lr {row['quantizer_lr_scale']:g} x lr")
     return ", ".join(parts)
 
 
@@ -297,8 +310,10 @@ def _cell(row: dict[str, Any] | None) -> str:
 
 
 def paired(row: dict[str, Any], alone: dict[str, Any] | None) -> str:
-    """A prompted row against its scheme alone, fold by fold: mean ± standard error."""
-    if row["prompt"] == "none" or alone is None or alone["folds"] != row["folds"]:
+    """A row against its reference fold by fold, mean ± standard error: a prompted row
+    against its scheme alone (at the same quantizer rate), a scheme alone at another
+    quantizer rate against the scheme alone at the default one."""
+    if alone is None or alone is row or alone["folds"] != row["folds"]:
         return ""
     diffs = [b - a for a, b in zip(alone["accs"], row["accs"], strict=True)]
     if len(diffs) < 2:
@@ -360,6 +375,12 @@ def targets(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def reference_key(row: dict[str, Any]) -> tuple[Any, ...]:
+    """The key of the row ``row`` is compared with (see :func:`paired`)."""
+    rate = row.get("quantizer_lr_scale") if row["prompt"] != "none" else None
+    return row["scheme"], row["bits"], row["epochs"], rate
+
+
 def span(folds: list[int]) -> str:
     """``0-9`` for a run of folds, else the list."""
     if folds == list(range(folds[0], folds[-1] + 1)):
@@ -381,10 +402,15 @@ def write_report() -> None:
                 prompts[r["prompt"]],
                 r.get("prompt_unit", ""),
                 r.get("prompt_lr_scale", 0),
+                r.get("quantizer_lr_scale", 0),
                 r["epochs"],
             )
         )
-        alone = {(r["scheme"], r["bits"], r["epochs"]): r for r in subset if r["prompt"] == "none"}
+        alone = {
+            (r["scheme"], r["bits"], r["epochs"], r.get("quantizer_lr_scale")): r
+            for r in subset
+            if r["prompt"] == "none"
+        }
         table = []
         for r in subset:
             paper = (
@@ -396,7 +422,7 @@ def write_report() -> None:
                     r["scheme"],
                     prompt_label(r),
                     _cell(r),
-                    paired(r, alone.get((r["scheme"], r["bits"], r["epochs"]))),
+                    paired(r, alone.get(reference_key(r))),
                     paper,
                     f"{r['avg_bits']:.2f}",
                     f"{r['n_folds']} ({span(r['folds'])})",
@@ -450,6 +476,14 @@ def main() -> None:
         default=None,
         help="what LoRAP's bases count in (prompt.unit; default: the package's, value); "
         "rows that set it are kept apart from the default's",
+    )
+    parser.add_argument(
+        "--quantizer-lr-scale",
+        type=float,
+        default=None,
+        help="learned quantizer state's learning rate (A2Q's steps and bits, MixQ's logits) "
+        "as a multiple of lr (train.quantizer_lr_scale; default: the package's, 1); rows "
+        "that set it are kept apart from the default's",
     )
     parser.add_argument("--folds", default="0-9", help="which of the 10 folds to run")
     parser.add_argument("--epochs", type=int, default=200)

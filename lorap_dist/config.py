@@ -328,12 +328,17 @@ class TrainConfig:
 
     Args:
         epochs: maximum epochs.
-        lr: Adam learning rate of the backbone (and of learned quantizer state).
+        lr: Adam learning rate of the backbone.
         weight_decay: Adam weight decay of the backbone (quantizer state is never decayed;
             see :mod:`lorap_dist.optim`).
         prompt_lr_scale: the prompts' (LoRAP, GPF-plus) learning rate as a fraction of
             ``lr`` (default 0.1, measured in ``benchmarks/accuracy_planetoid.py``).
         prompt_weight_decay: the prompts' weight decay (default 0).
+        quantizer_lr_scale: the learning rate of learned quantizer state (A2Q's steps and
+            bit widths, MixQ's logits) as a multiple of ``lr`` (default 1). A2Q's own recipes
+            train its steps and bits at 2-20 times the backbone's rate; at the graph-level
+            recipe's ``lr`` 0.001 and rate 1 A2Q's bit widths barely move (measured in
+            ``benchmarks/accuracy_graph_level.py``).
         prompt_warmup: epochs at the start during which the prompts do not train (a warm
             start: the quantized backbone first, then the prompt). ``None`` (the default)
             holds them still for a quarter of ``epochs`` (:attr:`prompt_warmup_epochs`);
@@ -373,6 +378,7 @@ class TrainConfig:
     weight_decay: float = 5e-4
     prompt_lr_scale: float = 0.1
     prompt_weight_decay: float = 0.0
+    quantizer_lr_scale: float = 1.0
     prompt_warmup: int | None = None
     prompt_after_search: bool | None = None
     lr_decay_every: int = 0
@@ -396,6 +402,11 @@ class TrainConfig:
         check(
             self.prompt_weight_decay >= 0,
             f"train.prompt_weight_decay={self.prompt_weight_decay} must be >= 0.",
+        )
+        check(
+            is_number(self.quantizer_lr_scale) and self.quantizer_lr_scale > 0,
+            f"train.quantizer_lr_scale={self.quantizer_lr_scale!r} must be a number > 0 (1 "
+            "trains learned quantizer state at train.lr).",
         )
         check(
             self.prompt_warmup is None

@@ -1,18 +1,21 @@
 """The optimizer every training loop builds: Adam over three parameter groups.
 
-=========== ===================================== ======================== ====================
-group       what                                  learning rate            weight decay
-=========== ===================================== ======================== ====================
-backbone    layer weights and biases, norms       ``train.lr``             ``train.weight_decay``
-prompt      LoRAP and GPF-plus parameters         ``lr * prompt_lr_scale`` ``prompt_weight_decay``
-quantizer   learned quantizer state (A2Q steps    ``train.lr``             0
-            and bit widths, MixQ logits)
-=========== ===================================== ======================== ====================
+=========== ================================ =========================== =======================
+group       what                             learning rate               weight decay
+=========== ================================ =========================== =======================
+backbone    layer weights and biases, norms  ``train.lr``                ``train.weight_decay``
+prompt      LoRAP and GPF-plus parameters    ``lr * prompt_lr_scale``    ``prompt_weight_decay``
+quantizer   learned quantizer state (A2Q     ``lr * quantizer_lr_scale`` 0
+            steps and bit widths, MixQ
+            logits)
+=========== ================================ =========================== =======================
 
 Quantizer state is never decayed: pulling A2Q's steps or MixQ's logits toward zero is a
 bias toward a degenerate grid, not a regulariser. The prompt gets its own, smaller learning
 rate: at the backbone's rate the prompt moves the prompted point's range from step to step
 faster than the backbone adapts to it (measured in ``benchmarks/accuracy_planetoid.py``).
+Quantizer state may take a larger rate than the backbone's (A2Q's recipes train its steps
+and bit widths at several times the backbone's rate).
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ def parameter_groups(model: nn.Module, train: TrainConfig) -> list[dict[str, Any
             "lr": train.lr * train.prompt_lr_scale,
             "weight_decay": train.prompt_weight_decay,
         },
-        "quantizer": {"lr": train.lr, "weight_decay": 0.0},
+        "quantizer": {"lr": train.lr * train.quantizer_lr_scale, "weight_decay": 0.0},
     }
     groups = {name: {"name": name, "params": [], **values} for name, values in settings.items()}
     for parameter in model.parameters():
@@ -85,7 +88,7 @@ def schedule_lr(
     held = epoch < train.prompt_warmup_epochs or (searching and train.prompts_wait_for_search)
     rates = {
         "backbone": train.lr,
-        "quantizer": train.lr,
+        "quantizer": train.lr * train.quantizer_lr_scale,
         "prompt": 0.0 if held else train.lr * train.prompt_lr_scale,
     }
     for group in optimizer.param_groups:

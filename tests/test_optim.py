@@ -54,6 +54,42 @@ def test_a_float_model_has_one_group():
     assert [g["name"] for g in groups] == ["backbone"]
 
 
+def test_quantizer_state_takes_its_own_rate_through_the_whole_schedule():
+    """``train.quantizer_lr_scale`` sets the quantizer group's rate when the optimizer is
+    built and at every epoch the schedule sets (A2Q's recipes train its steps and bits faster
+    than the backbone); the other groups keep theirs, and step decay scales it too."""
+    from lorap_dist.optim import schedule_lr
+
+    train = TrainConfig(
+        lr=0.1, prompt_lr_scale=0.5, quantizer_lr_scale=10.0, prompt_warmup=0,
+        lr_decay_every=2, lr_decay=0.5, epochs=4,
+    )  # fmt: skip
+    model = model_with_every_kind()
+    optimizer = build_optimizer(model, train)
+    assert {g["name"]: g["lr"] for g in optimizer.param_groups} == pytest.approx(
+        {"backbone": 0.1, "prompt": 0.05, "quantizer": 1.0}
+    )
+    schedule_lr(optimizer, 2, train)
+    assert {g["name"]: g["lr"] for g in optimizer.param_groups} == pytest.approx(
+        {"backbone": 0.05, "prompt": 0.025, "quantizer": 0.5}
+    )
+    # one Adam step moves a bit width by about the group's rate, ten times the backbone's
+    bits = next(p for n, p in model.named_parameters() if n.endswith(".pool_bits"))
+    before = bits.detach().clone()
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    optimizer.step()
+    assert torch.allclose(before - bits.detach(), torch.full_like(bits, 0.5), atol=1e-4)
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, "fast"])
+def test_a_bad_quantizer_rate_is_a_config_error_naming_the_field(bad):
+    from lorap_dist.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"train.quantizer_lr_scale=.* must be a number > 0"):
+        TrainConfig(quantizer_lr_scale=bad)
+
+
 @pytest.mark.parametrize("field", ["prompt_lr_scale", "prompt_weight_decay"])
 def test_bad_prompt_settings_are_config_errors(field):
     from lorap_dist.config import ConfigError
