@@ -71,6 +71,7 @@ from common import (  # noqa: E402
 
 from lorap_dist.config import ExperimentConfig  # noqa: E402
 from lorap_dist.graph.pyg_source import planetoid_raw_files  # noqa: E402
+from lorap_dist.tracking import PromptStart  # noqa: E402
 
 SCHEMES = ("qat", "degree_quant", "a2q", "mixq")
 MODELS = {
@@ -728,7 +729,7 @@ def mean_sem(diffs: list[float]) -> str:
 def reports_trained_prompt(best_epoch: int, prompt_start: int | None) -> bool:
     """Whether a run's reported model holds a trained prompt: its best validation epoch is
     at or after the first epoch that trained the prompt (``None``: none did)."""
-    return prompt_start is not None and best_epoch >= prompt_start
+    return PromptStart(prompt_start).trained_by(best_epoch)
 
 
 def ablation_reference(variant: str) -> str:

@@ -112,11 +112,13 @@ class EpochReport:
         row: the epoch's history row (``epoch``, ``loss``, ``train``, ``valid``, ``test``).
         best: the best-validation epoch so far (after this epoch's update).
         last: whether training ends after this epoch (its last, or stopped early).
+        prompts: the first epoch that trained the prompts so far.
     """
 
     row: dict[str, float]
     best: BestEpoch
     last: bool
+    prompts: PromptStart = field(default_factory=PromptStart)
 
 
 def fit(
@@ -156,7 +158,7 @@ def fit(
         stop = best.should_stop(epoch, quantization_settled(model))
         if on_epoch is not None:
             last = stop or epoch + 1 == config.train.epochs
-            on_epoch(EpochReport(row=history[-1], best=best, last=last), model)
+            on_epoch(EpochReport(history[-1], best, last, prompts), model)
         bar.set_postfix(loss=f"{loss:.3f}", valid=f"{accs['valid']:.3f}", best=f"{best.valid:.3f}")
         if stop:
             break
@@ -211,9 +213,9 @@ def untrained_prompts(
     did). The run then reports its scheme alone, and a comparison with it measures no
     prompt. ``prompts.searched``: a bit-width search ran during the run (MixQ's), which
     holds the prompts too when ``train.prompt_after_search``."""
-    prompt_start, searched = prompts.epoch, prompts.searched
-    if prompt_start is not None and best_epoch >= prompt_start:
+    if prompts.trained_by(best_epoch):
         return []
+    prompt_start, searched = prompts.epoch, prompts.searched
     epochs = train.prompt_warmup_epochs
     held = f"train.prompt_warmup holds them still for the first {epochs} epochs"
     if searched and train.prompts_wait_for_search:

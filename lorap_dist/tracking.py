@@ -94,6 +94,11 @@ class PromptStart:
         if self.epoch is None and prompts_train:
             self.epoch = epoch
 
+    def trained_by(self, epoch: int) -> bool:
+        """Whether the model after epoch ``epoch`` (0-based) holds trained prompts: that
+        epoch is the first that trained them or a later one."""
+        return self.epoch is not None and epoch >= self.epoch
+
     def state_dict(self) -> dict[str, Any]:
         return asdict(self)
 

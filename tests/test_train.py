@@ -130,6 +130,11 @@ def test_prompt_start_keeps_the_first_training_epoch_and_any_search_across_a_che
     assert restored == PromptStart()
 
 
+def test_a_model_holds_trained_prompts_from_the_first_epoch_that_trained_them():
+    assert [PromptStart(epoch=2).trained_by(e) for e in range(4)] == [False, False, True, True]
+    assert not PromptStart().trained_by(10)  # they never trained
+
+
 def test_early_stopping_stops_and_keeps_the_best_epoch():
     config = small_config(train={"epochs": 300, "patience": 5, "lr": 0.05})
     result, _ = train(config, progress=False)

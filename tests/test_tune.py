@@ -457,6 +457,61 @@ def test_folds_are_averaged_like_seeds_in_the_summary():
     assert table["acc_mean"].round(6).tolist() == [0.6, 0.8]
 
 
+def test_the_summary_counts_the_seeds_whose_reported_model_trained_its_prompts():
+    """A prompted seed whose best validation epoch came before the warm start ended reports
+    its scheme alone; the summary says how many seeds report a trained prompt."""
+    from lorap_dist.tune.report import markdown_summary, summarize
+
+    rows = []
+    for kind, trained in (("lorap", [1.0, 0.0, 1.0]), ("none", [float("nan")] * 3)):
+        for seed, flag in enumerate(trained):
+            rows.append(
+                {
+                    "point": kind,
+                    "status": "completed",
+                    "prompt.kind": kind,
+                    "train.seed": seed,
+                    "best_test_acc": 0.5,
+                    "best_valid_acc": 0.5,
+                    "prompt_trained": flag,
+                    **dict.fromkeys(
+                        ["params_prompt", "params_backbone", "avg_bits", "seeds_per_s", "wall_s"],
+                        1.0,
+                    ),
+                }
+            )
+    table = summarize(pd.DataFrame(rows))
+    assert table["prompt_trained"].iloc[0] == 2 and pd.isna(table["prompt_trained"].iloc[1])
+    lines = markdown_summary(table).splitlines()
+    assert "trained prompt" in lines[0]
+    assert "| 2/3 |" in lines[2] and "| - |" in lines[3]
+    # a table written before the column existed still summarises
+    old = summarize(pd.DataFrame(rows).drop(columns="prompt_trained"))
+    assert old["prompt_trained"].isna().all()
+
+
+def test_a_trial_reports_whether_its_best_epoch_trained_the_prompts(monkeypatch):
+    import ray.tune
+
+    from lorap_dist.config import ModelConfig, PromptConfig
+    from lorap_dist.fit import EpochReport
+    from lorap_dist.nn import build_model
+    from lorap_dist.tracking import BestEpoch, PromptStart
+    from lorap_dist.tune.trial import _EpochReporter
+
+    reports = []
+    monkeypatch.setattr(ray.tune, "report", reports.append)
+    best = BestEpoch()
+    best.update(1, 0.5, 0.5)  # the best validation epoch is epoch 1
+    row = {"epoch": 3, "loss": 1.0, "train": 0.5, "valid": 0.4, "test": 0.4}
+    prompted = build_model(6, 3, ModelConfig(hidden=8), PromptConfig(kind="lorap"))
+    plain = build_model(6, 3, ModelConfig(hidden=8), PromptConfig())
+    reporter = _EpochReporter(train_nodes=10)
+    for model, start in ((prompted, 2), (prompted, 1), (plain, None)):
+        reporter(EpochReport(row, best, False, PromptStart(epoch=start)), model)
+    assert [r["prompt_trained"] for r in reports] == [False, True, None]
+
+
 def test_accuracy_vs_bits_draws_a_curve_per_prompt_unit_not_their_average():
     from lorap_dist.tune.report import bits_series, curves
 

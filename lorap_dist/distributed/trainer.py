@@ -265,8 +265,9 @@ def run_distributed(
         resident set so far) of the last epoch, ``epochs`` (trained), ``stopped_early``
         (``train.patience`` epochs passed without a better validation score, the rule of
         ``lorap train``), ``steps``, ``checkpoint`` (path of the last checkpoint),
-        ``run_dir``, ``prompt_start_epoch`` (the first epoch that trained the prompts) and
-        ``warnings`` (each also raised as a :class:`UserWarning`: the reported model's
+        ``run_dir``, ``prompt_start_epoch`` (the first epoch that trained the prompts),
+        ``prompt_trained`` (the best epoch's model holds trained prompts; ``None`` without
+        prompts) and ``warnings`` (each also raised as a :class:`UserWarning`: the reported model's
         prompts never trained, as ``lorap train`` says it).
 
     Raises:
@@ -319,6 +320,7 @@ def run_distributed(
         "checkpoint": None if result.checkpoint is None else result.checkpoint.path,
         "run_dir": str(result.path),
         "prompt_start_epoch": metrics.get("prompt_start_epoch"),
+        "prompt_trained": metrics.get("prompt_trained"),
         "warnings": notes,
     }
 

@@ -200,16 +200,20 @@ def best_metrics(
     """An epoch report's view of the best-validation epoch so far (``best_epoch``
     0-based, ``-1`` before any evaluation), whether the run stops early here, and the
     prompts' start: ``prompted`` (the model has prompts), ``prompt_start_epoch`` (0-based,
-    ``None`` before any epoch trained them) and ``prompts_searched`` (a bit-width search
-    ran), from which the driver says when the reported model's prompts never trained."""
+    ``None`` before any epoch trained them), ``prompts_searched`` (a bit-width search
+    ran), from which the driver says when the reported model's prompts never trained, and
+    ``prompt_trained`` (whether the best epoch's model holds trained prompts; ``None``
+    without prompts or before any evaluation)."""
+    prompted = prompt_rate(optimizer) is not None
     return {
         "best_valid_acc": best.valid,
         "best_test_acc": best.test,
         "best_epoch": best.epoch,
         "stopped_early": stopped_early,
-        "prompted": prompt_rate(optimizer) is not None,
+        "prompted": prompted,
         "prompt_start_epoch": prompts.epoch,
         "prompts_searched": prompts.searched,
+        "prompt_trained": prompts.trained_by(best.epoch) if prompted and best.epoch >= 0 else None,
     }
 
 

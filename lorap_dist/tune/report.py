@@ -33,6 +33,7 @@ METRIC_COLUMNS = (
     "avg_bits",
     "seeds_per_s",
     "wall_s",
+    "prompt_trained",  # 1: the reported model's prompts trained, 0: before the warm start
 )
 
 
@@ -161,6 +162,7 @@ def summarize(trials: Any) -> Any:
                 "params_prompt": done["params_prompt"].mean(),
                 "params_backbone": done["params_backbone"].mean(),
                 "avg_bits": done["avg_bits"].mean(),
+                "prompt_trained": _trained_count(done),
                 "seeds_per_s": done["seeds_per_s"].mean(),
                 "wall_s": done["wall_s"].mean(),
             }
@@ -180,7 +182,10 @@ def _label(value: Any) -> str:
 def markdown_summary(summary: Any) -> str:
     """The summary as a Markdown table (accuracy as mean ± std in percent)."""
     axes = [c for c in summary.columns if c.startswith(CONFIG_PREFIXES) or c == "point"]
-    header = [*axes, "test acc (%)", "n", "failed", "prompt params", "avg bits", "seeds/s"]
+    header = [
+        *axes, "test acc (%)", "n", "failed", "prompt params", "trained prompt", "avg bits",
+        "seeds/s",
+    ]  # fmt: skip
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in summary.to_dict("records"):
         acc = f"{100 * row['acc_mean']:.2f} ± {100 * row['acc_std']:.2f}" if row["n_seeds"] else "-"
@@ -190,11 +195,26 @@ def markdown_summary(summary: Any) -> str:
             str(row["n_seeds"]),
             str(row["n_failed"]),
             _fmt(row["params_prompt"], "{:.0f}"),
+            _trained(row["prompt_trained"], row["n_seeds"]),
             _fmt(row["avg_bits"], "{:.2f}"),
             _fmt(row["seeds_per_s"], "{:.0f}"),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _trained_count(done: Any) -> int | None:
+    """How many of the completed trials ``done`` report a model whose prompts trained
+    (``None`` when none has prompts, or the table predates the column)."""
+    if "prompt_trained" not in done or not done["prompt_trained"].notna().any():
+        return None
+    return int(done["prompt_trained"].sum())
+
+
+def _trained(count: Any, n_seeds: int) -> str:
+    """``k/n``: of ``n`` completed seeds, ``k`` report a model whose prompts trained."""
+    missing = count is None or (isinstance(count, float) and math.isnan(count))
+    return "-" if missing else f"{int(count)}/{n_seeds}"
 
 
 def _fmt(value: Any, pattern: str) -> str:

@@ -60,8 +60,10 @@ def run_trial(
     ``on_start`` (tests only) is told that the trial started.
 
     Every report carries ``epoch``, ``valid_acc``/``test_acc`` (that epoch),
-    ``best_valid_acc``/``best_test_acc`` (the best validation epoch so far) and, from the
-    in-process trainer, the parameter counts, ``avg_bits``, ``seeds_per_s`` and ``wall_s``.
+    ``best_valid_acc``/``best_test_acc`` (the best validation epoch so far),
+    ``prompt_trained`` (whether that epoch's model holds trained prompts, ``None`` without
+    prompts) and, from the in-process trainer, the parameter counts, ``avg_bits``,
+    ``seeds_per_s`` and ``wall_s``.
     """
     point = trial_point(config)
     experiment = experiment_config(base, point, config["seed"])
@@ -111,6 +113,10 @@ class _EpochReporter:
                 "best_valid_acc": best.valid,
                 "best_test_acc": best.test,
                 "best_epoch": best.epoch + 1,
+                # the prompts' warm start: a best epoch before it reports the scheme alone
+                "prompt_trained": report.prompts.trained_by(best.epoch)
+                if counts["prompt"]
+                else None,
                 **{f"params_{kind}": n for kind, n in counts.items()},
                 "avg_bits": average_bits(model),
                 # training nodes (graphs, graph level) per second of the epoch, evaluation

@@ -158,6 +158,7 @@ def test_a_distributed_mixq_run_holds_its_prompts_until_the_search_freezes(
             ExperimentConfig.from_dict(data), settings(tmp_path, f"wait-{wait}")
         )
     assert result["prompt_start_epoch"] == (None if wait else 0)
+    assert result["prompt_trained"] is (not wait)  # the best epoch, 0, trained them or not
     if wait:
         (note,) = result["warnings"]
         assert note.startswith("the prompts never trained") and "bit-width search" in note
