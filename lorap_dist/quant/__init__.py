@@ -30,6 +30,7 @@ from lorap_dist.quant.integer import (
     unpack_int4,
 )
 from lorap_dist.quant.observers import (
+    CurrentRangeObserver,
     EMAObserver,
     MinMaxObserver,
     PercentileObserver,
@@ -44,6 +45,7 @@ from lorap_dist.quant.schemes.qat import QATConfig
 __all__ = [
     "A2QConfig",
     "DegreeQuantConfig",
+    "CurrentRangeObserver",
     "EMAObserver",
     "FakeQuantizer",
     "IdentityQuantizer",

@@ -13,7 +13,10 @@ With :math:`m_t, M_t` the range of batch :math:`t`:
 - :class:`EMAObserver`: :math:`r_1 = (m_1, M_1)`,
   :math:`r_t = (1 - \mu)\, r_{t-1} + \mu\, (m_t, M_t)`;
 - :class:`PercentileObserver`: as :class:`EMAObserver`, with :math:`m_t, M_t` the
-  :math:`p` and :math:`1 - p` quantiles of the batch instead of its extremes.
+  :math:`p` and :math:`1 - p` quantiles of the batch instead of its extremes;
+- :class:`CurrentRangeObserver`: the range of the tensor it is given, in evaluation too
+  (weights: evaluation quantizes the weights it evaluates on their own grid, as an integer
+  export of those weights would, not on the grid of the weights before the last step).
 """
 
 from __future__ import annotations
@@ -43,6 +46,9 @@ class RangeObserver(nn.Module):
     #: Whether the batch range is the batch's extremes, so that a kernel that computes only
     #: ``(min, max)`` can hand it to :meth:`observe_range` (quantiles need the values).
     range_from_extremes: bool = True
+    #: Whether evaluation also takes the range of the tensor it is given instead of the
+    #: stored one (:class:`CurrentRangeObserver`); the stored range then is only training's.
+    follows_input: bool = False
 
     def __init__(self, per_row: bool = False) -> None:
         super().__init__()
@@ -226,6 +232,44 @@ class EMAObserver(RangeObserver):
 
     def extra_repr(self) -> str:
         return f"momentum={self.momentum}, per_row={self.per_row}"
+
+
+class CurrentRangeObserver(EMAObserver):
+    """The range of the tensor it is given, in training and in evaluation: what the
+    quantizers of weights use.
+
+    Training stores each range (an :class:`EMAObserver` with momentum 1), so it is saved
+    with the model. Evaluation takes the range of the tensor itself rather than the stored
+    one: the stored range is that of the weights before the optimizer's last step, so
+    evaluating with it would clip weights that grew in that step and round all of them on
+    a grid the weights no longer have, unlike an integer export of the same weights.
+
+    ``follows_input`` set to ``False`` on an instance evaluates on the stored range
+    instead (what weights did before; ``benchmarks/weight_grid_eval.py`` compares the two).
+
+    Args:
+        per_row: one range per index of axis 0 (per output channel of a weight).
+    """
+
+    follows_input = True
+
+    def __init__(self, per_row: bool = False) -> None:
+        super().__init__(momentum=1.0, per_row=per_row)
+
+    def range_of(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        if self.training or not self.follows_input:
+            return super().range_of(x)
+        return self.batch_range(x)
+
+    def range_of_nonzeros(self, values: Tensor, numel: int) -> tuple[Tensor, Tensor]:
+        if self.training or not self.follows_input:
+            return super().range_of_nonzeros(values, numel)
+        if self.per_row:
+            return super().range_of_nonzeros(values, numel)  # raises: no rows
+        return self.nonzeros_range(values.detach().to(torch.float32).reshape(-1), numel)
+
+    def extra_repr(self) -> str:
+        return f"per_row={self.per_row}"
 
 
 class PercentileObserver(EMAObserver):

@@ -133,15 +133,18 @@ class FakeQuantizer(Quantizer):
         :class:`~lorap_dist.quant.observers.PercentileObserver`, which needs the values), no
         protected rows in ``nodes``, :meth:`forward` not overridden by a subclass, and a range
         to quantize with (stored, or observed in this call because the observer is training;
-        :meth:`forward` of an untrained quantizer in evaluation uses the input's range, which
-        a fused kernel does not have).
+        :meth:`forward` of an untrained quantizer in evaluation, or of one whose observer
+        follows its input, uses the input's range, which a fused kernel does not have).
         """
         return (
             type(self).forward is FakeQuantizer.forward
             and not self.per_row
             and self.observer.range_from_extremes
             and (nodes is None or nodes.protect is None)
-            and (self.observer.training or self.observer.initialized)
+            and (
+                self.observer.training
+                or (self.observer.initialized and not self.observer.follows_input)
+            )
         )
 
     @property

@@ -269,3 +269,33 @@ def test_tail_quantiles_of_long_tensors_equal_torch_quantile_bit_for_bit(kind):
     for p in (0.001, 0.01, 0.1):
         expected = torch.quantile(x, torch.tensor([p, 1 - p]))
         assert torch.equal(torch.stack(tail_quantiles(x, p)), expected), p
+
+
+@pytest.mark.parametrize("per_row", [False, True])
+def test_a_current_range_observer_evaluates_on_the_range_of_the_tensor_it_is_given(per_row):
+    from lorap_dist.quant import CurrentRangeObserver
+
+    obs = CurrentRangeObserver(per_row=per_row)
+    before = torch.tensor([[-1.0, 0.5], [0.25, 2.0]])
+    obs.range_of(before)  # training: stored, as an EMA with momentum 1
+    stored = (obs.min_val.clone(), obs.max_val.clone())
+    after = before * 1.5  # the optimizer's step moved the weights
+    obs.eval()
+    lo, hi = obs.range_of(after)
+    assert torch.equal(torch.stack([lo, hi]), torch.stack(obs.batch_range(after)))
+    assert torch.equal(obs.min_val, stored[0]) and torch.equal(obs.max_val, stored[1])
+    plain = EMAObserver(momentum=1.0, per_row=per_row)  # node points keep the stored range
+    plain.range_of(before)
+    plain.eval()
+    assert torch.equal(plain.range_of(after)[1], stored[1])
+
+
+def test_a_current_range_observer_takes_a_sparse_tensors_range_from_its_nonzeros():
+    from lorap_dist.quant import CurrentRangeObserver
+
+    obs = CurrentRangeObserver()
+    obs.range_of_nonzeros(torch.tensor([0.5, -1.0]), numel=10)
+    obs.eval()
+    lo, hi = obs.range_of_nonzeros(torch.tensor([3.0, 1.0]), numel=10)
+    assert (float(lo), float(hi)) == (0.0, 3.0)  # the zeros are in its range
+    assert (float(obs.min_val), float(obs.max_val)) == (-1.0, 0.5)

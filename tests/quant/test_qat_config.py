@@ -8,6 +8,7 @@ from torch import nn
 
 from lorap_dist.config import ConfigError, QuantSettings, from_dict, to_dict
 from lorap_dist.quant import (
+    CurrentRangeObserver,
     EMAObserver,
     FakeQuantizer,
     IdentityQuantizer,
@@ -109,7 +110,8 @@ def test_quantize_replaces_both_points_with_fake_quantizers():
             assert quantizer.observer.momentum == 0.01
         else:
             assert (quantizer.bits, quantizer.symmetric, quantizer.per_row) == (6, True, True)
-            assert type(quantizer.observer) is EMAObserver
+            # the current weights' range, in evaluation too
+            assert type(quantizer.observer) is CurrentRangeObserver
             assert quantizer.observer.momentum == 1.0
     assert average_bits(model) == 5.0
 

@@ -115,6 +115,39 @@ def test_per_row_weight_quantizer_matches_torch_per_channel(bits):
     assert quantizer.qparams() is None  # not a per-tensor quantizer
 
 
+@pytest.mark.parametrize("scheme", ["qat", "degree_quant", "mixq"])
+def test_evaluation_rounds_the_weights_it_evaluates_on_their_own_grid(scheme):
+    """After an optimizer step the stored weight range is that of the weights before it;
+    evaluation quantizes the current weights on their own per-channel grid, as
+    ``torch.fake_quantize_per_channel_affine`` does with their exact range (an integer export
+    of the same weights), and the next training step still starts from the stored range."""
+    from lorap_dist.config import ModelConfig, PromptConfig
+    from lorap_dist.nn import build_model
+    from lorap_dist.quant import DegreeQuantConfig, MixQConfig, QATConfig, quantize_
+
+    config = {"qat": QATConfig, "degree_quant": DegreeQuantConfig, "mixq": MixQConfig}[scheme]
+    model = build_model(13, 3, ModelConfig(arch="gcn", hidden=7), PromptConfig())
+    quantize_(model, config(bits=4), num_nodes=5)
+    lin = model.convs[0].lin
+    weight, quantizer = lin.weight, lin.quantizers["weight"]
+    if scheme == "mixq":
+        quantizer.freeze()  # one grid: the chosen width's
+    quantizer(weight)  # a training forward stores the range of these weights
+    stored = quantizer.observer.max_val.clone()
+    with torch.no_grad():
+        weight.mul_(1.25)  # the step: every row's extremes grow
+    quantizer.eval()
+    bits = quantizer.chosen_bits() if scheme == "mixq" else 4
+    lo, hi = torch.aminmax(weight.detach(), dim=1)
+    scale, zero_point = calculate_qparams(lo, hi, int(bits), symmetric=True)
+    qmin, qmax = quant_range(int(bits), True)
+    expected = torch.fake_quantize_per_channel_affine(
+        weight.detach(), scale, zero_point, 0, qmin, qmax
+    )
+    assert torch.equal(quantizer(weight).detach(), expected)
+    assert torch.equal(quantizer.observer.max_val, stored)  # evaluation stored nothing
+
+
 def test_observer_per_row_must_match():
     with pytest.raises(ValueError, match="per_row"):
         FakeQuantizer(per_row=True, observer=PercentileObserver())

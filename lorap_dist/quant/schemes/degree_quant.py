@@ -33,7 +33,11 @@ from torch import Tensor, nn
 from lorap_dist.graph.block import NodeInfo
 from lorap_dist.quant.api import QuantConfig, QuantizeContext, register_scheme, unsupported_role
 from lorap_dist.quant.base import NODE, WEIGHT, Quantizer
-from lorap_dist.quant.observers import EMAObserver, PercentileObserver, RangeObserver
+from lorap_dist.quant.observers import (
+    CurrentRangeObserver,
+    PercentileObserver,
+    RangeObserver,
+)
 from lorap_dist.quant.quantizer import FakeQuantizer
 from lorap_dist.validation import ConfigError, check, check_bits, is_number
 
@@ -353,7 +357,7 @@ def _build_degree_quant_quantizer(
             bits=config.resolved_weight_bits,
             symmetric=True,
             per_row=True,
-            observer=EMAObserver(momentum=1.0, per_row=True),
+            observer=CurrentRangeObserver(per_row=True),
             grad_clip=config.grad_clip,
         )
     raise unsupported_role("degree_quant", module, point, role)

@@ -53,6 +53,7 @@ from lorap_dist.quant.fake_quant import (
     quant_range,
 )
 from lorap_dist.quant.observers import (
+    CurrentRangeObserver,
     EMAObserver,
     MinMaxObserver,
     RangeObserver,
@@ -439,7 +440,7 @@ def _build_mixq_quantizer(
             config.candidate_bits,
             symmetric=True,
             per_row=True,
-            observer=EMAObserver(momentum=1.0, per_row=True),
+            observer=CurrentRangeObserver(per_row=True),
             penalty=config.penalty,
             search_fraction=config.search_fraction,
             final_temperature=config.final_temperature,

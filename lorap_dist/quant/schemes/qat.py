@@ -23,6 +23,7 @@ from torch import nn
 from lorap_dist.quant.api import QuantConfig, QuantizeContext, register_scheme, unsupported_role
 from lorap_dist.quant.base import NODE, WEIGHT, Quantizer
 from lorap_dist.quant.observers import (
+    CurrentRangeObserver,
     EMAObserver,
     MinMaxObserver,
     PercentileObserver,
@@ -121,6 +122,6 @@ def _build_qat_quantizer(
             bits=config.resolved_weight_bits,
             symmetric=config.weight_symmetric,
             per_row=config.weight_per_row,
-            observer=EMAObserver(momentum=1.0, per_row=config.weight_per_row),
+            observer=CurrentRangeObserver(per_row=config.weight_per_row),
         )
     raise unsupported_role("qat", module, point, role)
