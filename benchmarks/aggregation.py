@@ -30,7 +30,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-from common import RESULTS, machine, markdown_table, write_result  # noqa: E402
+from common import RESULTS, machine, markdown_table, parse_timing, timing_parser, write_result  # noqa: E402
 from torch_geometric.utils import scatter  # noqa: E402
 
 from lorap_dist.graph.pyg_source import planetoid_raw_files  # noqa: E402
@@ -131,13 +131,9 @@ def layer_rows(name: str, edge_index: torch.Tensor, width: int, args: Any) -> li
 def timing_args(doc: str) -> argparse.Namespace:
     """``--root`` (Planetoid's raw files), ``--repeats`` and ``--threads`` (set here) of a
     CPU timing script whose docstring is ``doc``."""
-    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser = timing_parser(doc, repeats=9)
     parser.add_argument("--root", default="data/planetoid", help="ROOT/<Name>/raw/ind.*")
-    parser.add_argument("--repeats", type=int, default=9)
-    parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    return args
+    return parse_timing(parser)
 
 
 def main() -> None:

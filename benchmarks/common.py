@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import platform
 import statistics
@@ -167,3 +168,21 @@ def scheme_options(scheme: str, bits: int) -> dict[str, Any]:
     if scheme == "a2q":
         return {"init_bits": bits, "memory_budget": float(bits)}
     return {"candidate_bits": [4, 8] if bits == 8 else [2, 4, 8], "penalty": 1e-4}
+
+
+def timing_parser(doc: str, repeats: int) -> argparse.ArgumentParser:
+    """The argument parser of a timing benchmark, described by ``doc``'s first paragraph,
+    with ``--repeats`` (each timing is the median of this many) and ``--threads`` (torch's
+    intra-op threads; 1 by default, so other jobs on the machine disturb it less); add the
+    script's own arguments, then call :func:`parse_timing`."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=repeats, help="median of this many")
+    parser.add_argument("--threads", type=int, default=1, help="torch's intra-op threads")
+    return parser
+
+
+def parse_timing(parser: argparse.ArgumentParser) -> argparse.Namespace:
+    """Parse the command line and set torch's threads to ``--threads``."""
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    return args

@@ -16,7 +16,6 @@ bit_equal) and ``benchmarks/results/fake_quant.md``.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
@@ -26,7 +25,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-from common import machine, write_report, write_result  # noqa: E402
+from common import machine, parse_timing, timing_parser, write_report, write_result  # noqa: E402
 
 from lorap_dist.quant.fake_quant import calculate_qparams, fake_quantize  # noqa: E402
 
@@ -80,11 +79,7 @@ def measure(shape: tuple[int, int], repeats: int) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=15)
-    parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    args = parse_timing(timing_parser(__doc__, repeats=15))
     rows = []
     for shape in SHAPES:
         rows.append(measure(shape, args.repeats))

@@ -33,19 +33,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from common import machine, write_report, write_result  # noqa: E402
+from common import machine, parse_timing, timing_parser, write_report, write_result  # noqa: E402
 
 from lorap_dist.graph.gather import RowGather  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--repeats", type=int, default=9)
-    p.add_argument("--threads", type=int, default=1)
+    p = timing_parser(__doc__, repeats=9)
     p.add_argument("--nodes", type=int, default=2_400_000)
     p.add_argument("--features", type=int, default=100)
     p.add_argument("--rows", type=int, default=447_000)
-    return p.parse_args()
+    return parse_timing(p)
 
 
 def median_ms(fn, repeats: int) -> float:
@@ -59,7 +57,6 @@ def median_ms(fn, repeats: int) -> float:
 
 def main() -> None:
     args = parse_args()
-    torch.set_num_threads(args.threads)
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(0, args.nodes, (args.rows,), generator=gen).sort().values
     tables = {

@@ -26,7 +26,6 @@ ratio_to_qat, quantizer_share, top_points) and ``benchmarks/results/scheme_speed
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
@@ -38,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 from accuracy_planetoid import SCHEMES, scheme_options  # noqa: E402
 from accuracy_schemes import GRAPH  # noqa: E402
-from common import RESULTS, machine, markdown_table, write_result  # noqa: E402
+from common import RESULTS, machine, markdown_table, parse_timing, timing_parser, write_result  # noqa: E402
 
 import lorap_dist.quant.observers as observers  # noqa: E402
 from lorap_dist.config import ExperimentConfig  # noqa: E402
@@ -207,13 +206,10 @@ def report(rows: list[dict[str, Any]], args: Any) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = timing_parser(__doc__, repeats=7)
     parser.add_argument("--root", default="data/planetoid", help="ROOT/<Name>/raw/ind.*")
-    parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--steps", type=int, default=5, help="training steps per repeat")
-    parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    args = parse_timing(parser)
     rows = measure(args)
     write_result("scheme_speed", {"machine": machine(), "args": vars(args), "rows": rows})
     text = report(rows, args)

@@ -44,7 +44,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-from common import RESULTS, machine, write_report, write_result  # noqa: E402
+from common import RESULTS, machine, parse_timing, timing_parser, write_report, write_result  # noqa: E402
 
 from lorap_dist.graph.block import Block  # noqa: E402
 from lorap_dist.nn.aggregate import CSRAggregation  # noqa: E402
@@ -55,14 +55,12 @@ DEFAULT_BLOCKS = [(234825, 79500, 457496), (79500, 11639, 118327), (11639, 1024,
 
 
 def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--repeats", type=int, default=7)
-    p.add_argument("--threads", type=int, default=1)
+    p = timing_parser(__doc__, repeats=7)
     p.add_argument("--features", type=int, default=100)
     p.add_argument("--hidden", type=int, default=256)
     p.add_argument("--classes", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
-    return p.parse_args()
+    return parse_timing(p)
 
 
 class SliceRoot(CSRAggregation):
@@ -96,7 +94,6 @@ def time_it(fn) -> float:
 
 def main() -> None:
     args = parse_args()
-    torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta")
     gen = torch.Generator().manual_seed(args.seed)
     sampler_json = RESULTS / "sampler.json"

@@ -245,6 +245,11 @@ class Part:
         return torch.nonzero(self.split == SPLIT_CODES[name]).flatten() + self.start
 
 
+def _meta_field(key: str, kind: type) -> property:
+    """A read-only :class:`Dataset` property: ``meta.json``'s ``key`` as ``kind``."""
+    return property(lambda self: kind(self.meta[key]), doc=f"``meta.json``'s ``{key}``.")
+
+
 class Dataset:
     """A prepared dataset directory, memory-mapped. Build one with :func:`open_dataset`."""
 
@@ -257,29 +262,12 @@ class Dataset:
 
     # Counts -------------------------------------------------------------------------------
 
-    @property
-    def num_nodes(self) -> int:
-        return int(self.meta["num_nodes"])
-
-    @property
-    def num_edges(self) -> int:
-        return int(self.meta["num_edges"])
-
-    @property
-    def num_features(self) -> int:
-        return int(self.meta["num_features"])
-
-    @property
-    def num_classes(self) -> int:
-        return int(self.meta["num_classes"])
-
-    @property
-    def num_parts(self) -> int:
-        return int(self.meta["num_parts"])
-
-    @property
-    def feature_encoding(self) -> str:
-        return str(self.meta["feature_encoding"])
+    num_nodes = _meta_field("num_nodes", int)
+    num_edges = _meta_field("num_edges", int)
+    num_features = _meta_field("num_features", int)
+    num_classes = _meta_field("num_classes", int)
+    num_parts = _meta_field("num_parts", int)
+    feature_encoding = _meta_field("feature_encoding", str)  # "fp32" or "int8"
 
     # Topology and IDs ---------------------------------------------------------------------
 
