@@ -140,6 +140,7 @@ def settings(args: Any) -> list[dict[str, Any]]:
             unit = args.prompt_unit if prompt != "none" else None
             # only schemes with learned quantizer state (A2Q's steps and bits, MixQ's logits)
             learned = args.quantizer_lr_scale if scheme in LEARNED_STATE else None
+            learned = None if learned == 1 else learned  # the package's default
             variants = (("prompt_lr_scale", scale), ("prompt_unit", unit))
             key |= {k: v for k, v in (*variants, ("quantizer_lr_scale", learned)) if v}
             width = "FP32" if scheme is None else f"INT{bits}"

@@ -74,7 +74,8 @@ def _run(task: tuple[dict[str, Any], int]) -> dict[str, Any]:
 
     config_dict, seed = task
     torch.set_num_threads(1)
-    config = ExperimentConfig.from_dict(merged(config_dict, {"train": {"seed": seed}}))
+    changes = {"train": {"seed": seed, "device": "cpu"}}  # the graph stays on the CPU
+    config = ExperimentConfig.from_dict(merged(config_dict, changes))
     graph = load_graph(config)
     nodes = NodeInfo(ids=torch.arange(graph.num_nodes), degree=graph.in_degree())
     epochs: list[dict[str, float]] = []

@@ -509,7 +509,8 @@ def test_a_trial_reports_whether_its_best_epoch_trained_the_prompts(monkeypatch)
     reporter = _EpochReporter(train_nodes=10)
     for model, start in ((prompted, 2), (prompted, 1), (plain, None)):
         reporter(EpochReport(row, best, False, PromptStart(epoch=start)), model)
-    assert [r["prompt_trained"] for r in reports] == [False, True, None]
+    reporter(EpochReport(row, BestEpoch(), False, PromptStart(epoch=0)), prompted)  # no best yet
+    assert [r["prompt_trained"] for r in reports] == [False, True, None, None]
 
 
 def test_accuracy_vs_bits_draws_a_curve_per_prompt_unit_not_their_average():

@@ -212,8 +212,9 @@ class EMAObserver(RangeObserver):
 
         r_t = (1 - \mu)\, r_{t-1} + \mu\, r^{\text{batch}}_t, \qquad r_1 = r^{\text{batch}}_1
 
-    ``momentum=1`` keeps the latest batch's range (the quantizers of weights use this: the
-    range of the current weights).
+    ``momentum=1`` keeps the latest batch's range (in evaluation the stored one; the
+    quantizers of weights use :class:`CurrentRangeObserver`, which takes the current
+    weights' range in evaluation too).
 
     Args:
         momentum: :math:`\mu \in (0, 1]`, weight of the new batch (default 0.01).

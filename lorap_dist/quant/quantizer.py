@@ -158,8 +158,8 @@ class FakeQuantizer(Quantizer):
         self.observer.observe_range(batch_min, batch_max)
 
     def qparams(self) -> tuple[float, int, int, int] | None:
-        """``(scale, zero_point, qmin, qmax)`` of the stored range; ``None`` when per row or
-        before a range has been observed."""
+        """``(scale, zero_point, qmin, qmax)`` of the stored range; ``None`` when per row,
+        before a range has been observed, or when :meth:`grid` is ``None``."""
         grid = self.grid()
         if grid is None:
             return None
@@ -168,8 +168,11 @@ class FakeQuantizer(Quantizer):
 
     def grid(self) -> tuple[Tensor, Tensor, int, int] | None:
         """:meth:`qparams` with ``scale`` (fp32) and ``zero_point`` (int32) as one-element
-        tensors on the observer's device: what a kernel reads without a host sync."""
-        if self.per_row or not self.observer.initialized:
+        tensors on the observer's device: what a kernel reads without a host sync. ``None``
+        also in evaluation when the observer follows its input (weights): :meth:`forward`
+        then rounds on the input's own range, which no stored grid holds."""
+        follows = self.observer.follows_input and not self.observer.training
+        if self.per_row or not self.observer.initialized or follows:
             return None
         scale, zero_point = calculate_qparams(
             self.observer.min_val, self.observer.max_val, self.bits, self.symmetric

@@ -114,9 +114,11 @@ class _EpochReporter:
                 "best_test_acc": best.test,
                 "best_epoch": best.epoch + 1,
                 # the prompts' warm start: a best epoch before it reports the scheme alone
-                "prompt_trained": report.prompts.trained_by(best.epoch)
-                if counts["prompt"]
-                else None,
+                "prompt_trained": (
+                    report.prompts.trained_by(best.epoch)
+                    if counts["prompt"] and best.epoch >= 0
+                    else None
+                ),
                 **{f"params_{kind}": n for kind, n in counts.items()},
                 "avg_bits": average_bits(model),
                 # training nodes (graphs, graph level) per second of the epoch, evaluation

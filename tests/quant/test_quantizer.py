@@ -7,6 +7,7 @@ import torch
 
 from lorap_dist.graph.block import NodeInfo
 from lorap_dist.quant import (
+    CurrentRangeObserver,
     EMAObserver,
     FakeQuantizer,
     PercentileObserver,
@@ -194,6 +195,13 @@ def test_fused_grid_available_only_for_a_fixed_per_tensor_grid() -> None:
             return x
 
     assert not Subclass().fused_grid_available()
+    # a weight's quantizer evaluates on the weights' own range: no stored grid describes it
+    weights = FakeQuantizer(bits=4, symmetric=True, observer=CurrentRangeObserver())
+    weights(_randn(5, 3))
+    assert weights.fused_grid_available() and weights.grid() is not None
+    weights.eval()
+    assert not weights.fused_grid_available()
+    assert weights.grid() is None and weights.qparams() is None
 
 
 def test_observe_range_then_qparams_equals_forward() -> None:

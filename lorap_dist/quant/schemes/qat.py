@@ -7,11 +7,11 @@ at every quantization point:
 role     grid                                        range
 ======== =========================================== =========================================
 node     ``bits``; affine per tensor by default      ``observer``: min/max, EMA or percentile
-weight   ``weight_bits``; symmetric per output row   the current weights (EMA with momentum 1)
+weight   ``weight_bits``; symmetric per output row   the current weights (CurrentRangeObserver)
 ======== =========================================== =========================================
 
 Weights need no estimate over batches: their exact range is known at every step, so the
-weight quantizers always use it, whatever ``observer`` says.
+weight quantizers always use it, whatever ``observer`` says, in evaluation too.
 """
 
 from __future__ import annotations
