@@ -50,22 +50,18 @@ CELLS = [  # (dataset, model, scheme, bits)
 def on_stored_grid(model: Any, graph: Any, nodes: Any) -> dict[str, float]:
     """Accuracy per split with every weight rounded on its stored (last step's) grid."""
     from lorap_dist.quant.observers import CurrentRangeObserver
-    from lorap_dist.train import accuracy
+    from lorap_dist.train import FullBatchRunner
 
     observers = [m for m in model.modules() if isinstance(m, CurrentRangeObserver)]
     was_training = model.training
     for observer in observers:
         observer.follows_input = False
     try:
-        model.eval()
-        with torch.no_grad():
-            logits = model(graph.x, graph.edge_index, nodes)
+        return FullBatchRunner(graph, nodes).evaluate(model)  # as train() evaluates
     finally:
         for observer in observers:
             observer.follows_input = True
         model.train(was_training)
-    splits = (("valid", graph.valid_idx), ("test", graph.test_idx))
-    return {name: accuracy(logits[idx], graph.y[idx]) for name, idx in splits}
 
 
 def _run(task: tuple[dict[str, Any], int]) -> dict[str, Any]:

@@ -99,6 +99,11 @@ class PromptStart:
         epoch is the first that trained them or a later one."""
         return self.epoch is not None and epoch >= self.epoch
 
+    def reported(self, best: BestEpoch, prompted: bool) -> bool | None:
+        """Whether the reported (best-validation) model holds trained prompts; ``None`` for
+        a model without prompts or before any evaluation."""
+        return self.trained_by(best.epoch) if prompted and best.epoch >= 0 else None
+
     def state_dict(self) -> dict[str, Any]:
         return asdict(self)
 

@@ -213,7 +213,7 @@ def best_metrics(
         "prompted": prompted,
         "prompt_start_epoch": prompts.epoch,
         "prompts_searched": prompts.searched,
-        "prompt_trained": prompts.trained_by(best.epoch) if prompted and best.epoch >= 0 else None,
+        "prompt_trained": prompts.reported(best, prompted),
     }
 
 

@@ -61,6 +61,12 @@ class RangeObserver(nn.Module):
         """Whether a range has been observed (or loaded)."""
         return self.min_val.numel() > 0
 
+    @property
+    def range_is_stored(self) -> bool:
+        """Whether the range a quantizer rounds with now is the stored one: one has been
+        observed, and this is training or an observer that keeps it for evaluation."""
+        return self.initialized and (self.training or not self.follows_input)
+
     @torch.no_grad()
     def widen(self, lo: Tensor, hi: Tensor) -> None:
         """Grow the stored range to include ``[lo, hi]`` (one-element tensors; per tensor),
@@ -263,10 +269,8 @@ class CurrentRangeObserver(EMAObserver):
         return self.batch_range(x)
 
     def range_of_nonzeros(self, values: Tensor, numel: int) -> tuple[Tensor, Tensor]:
-        if self.training or not self.follows_input:
+        if self.training or not self.follows_input or self.per_row:  # per row: it raises
             return super().range_of_nonzeros(values, numel)
-        if self.per_row:
-            return super().range_of_nonzeros(values, numel)  # raises: no rows
         return self.nonzeros_range(values.detach().to(torch.float32).reshape(-1), numel)
 
     def extra_repr(self) -> str:

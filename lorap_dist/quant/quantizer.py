@@ -141,10 +141,7 @@ class FakeQuantizer(Quantizer):
             and not self.per_row
             and self.observer.range_from_extremes
             and (nodes is None or nodes.protect is None)
-            and (
-                self.observer.training
-                or (self.observer.initialized and not self.observer.follows_input)
-            )
+            and (self.observer.training or self.observer.range_is_stored)
         )
 
     @property
@@ -171,8 +168,7 @@ class FakeQuantizer(Quantizer):
         tensors on the observer's device: what a kernel reads without a host sync. ``None``
         also in evaluation when the observer follows its input (weights): :meth:`forward`
         then rounds on the input's own range, which no stored grid holds."""
-        follows = self.observer.follows_input and not self.observer.training
-        if self.per_row or not self.observer.initialized or follows:
+        if self.per_row or not self.observer.range_is_stored:
             return None
         scale, zero_point = calculate_qparams(
             self.observer.min_val, self.observer.max_val, self.bits, self.symmetric

@@ -114,11 +114,7 @@ class _EpochReporter:
                 "best_test_acc": best.test,
                 "best_epoch": best.epoch + 1,
                 # the prompts' warm start: a best epoch before it reports the scheme alone
-                "prompt_trained": (
-                    report.prompts.trained_by(best.epoch)
-                    if counts["prompt"] and best.epoch >= 0
-                    else None
-                ),
+                "prompt_trained": report.prompts.reported(best, counts["prompt"] > 0),
                 **{f"params_{kind}": n for kind, n in counts.items()},
                 "avg_bits": average_bits(model),
                 # training nodes (graphs, graph level) per second of the epoch, evaluation
