@@ -20,6 +20,11 @@ without a better validation accuracy, features row-normalised):
 - ``points``: Cora GIN with plain QAT INT4 quantized at some of its points only (weights,
   input, aggregate, hidden and output), with and without LoRAP: which rounding costs the
   accuracy, and whether LoRAP recovers the aggregate's.
+- ``tuning``: prompt tuning on a frozen backbone (``train.prompt_tuning_epochs``): each
+  run is its scheme alone for the recipe's epochs, then only the prompt trains on the
+  scheme's best model, which it replaces only by beating it on validation. Both figures
+  come from the same run, so the paired difference needs no second run: the scheme alone's
+  is the best model before the prompt trained.
 
 The scheme options per bit width: ``qat`` ``{bits}``; ``degree_quant`` ``{bits}`` (the
 paper's protection recipe and percentile follow the bit width); ``a2q``
@@ -31,7 +36,7 @@ bits, acc_mean, acc_std, avg_bits, n_seeds), ``accuracy_planetoid_ablation.json`
 ``accuracy_planetoid.md``. Rows are written as settings finish; ``--resume`` keeps finished
 rows with the same seed count. The raw files are Planetoid's own (see BENCHMARKS.md):
 
-    python benchmarks/accuracy_planetoid.py --part main|ablation|diagnosis|points \\
+    python benchmarks/accuracy_planetoid.py --part main|ablation|diagnosis|points|tuning \\
         [--seeds 10] [--jobs 2] [--root data/planetoid] [--models gcn,gin,gat] [--bits 4,8]
 """
 
@@ -306,8 +311,13 @@ def _run(task: tuple[dict[str, Any], str | None, int, bool]) -> dict[str, Any]:
         training.build_quantized_model = functools.partial(_only_points, build, points)
     elif variant is not None:
         PercentileObserver.batch_range = OBSERVER_VARIANTS[variant]
+    bests: list[tuple[float, float]] = []  # (valid, test) of the best epoch so far
+
+    def best_so_far(report: Any, _model: Any) -> None:
+        bests.append((report.best.valid, report.best.test))
+
     try:
-        result, model = training.train(config, graph, progress=False)
+        result, model = training.train(config, graph, progress=False, on_epoch=best_so_far)
     finally:
         training.build_quantized_model = build
         training.quantization_loss = quantization_loss
@@ -320,6 +330,10 @@ def _run(task: tuple[dict[str, Any], str | None, int, bool]) -> dict[str, Any]:
         "avg_bits": result.avg_bits,
         "tied": 100 * tied_share(model, graph),
     }
+    if config.train.prompt_tuning_epochs and result.prompt_start_epoch:
+        # the scheme alone: the best model when the run ended, before prompt tuning began
+        valid, test = bests[result.prompt_start_epoch - 1]
+        out["scheme_test"], out["scheme_valid"] = 100 * test, 100 * valid
     for module in model.modules():  # the objective's wrappers, gone before diagnostics copy
         for name in ("forward", "quantize_aggregate"):
             module.__dict__.pop(name, None)
@@ -380,6 +394,20 @@ def summary(outcomes: list[dict[str, Any]]) -> dict[str, Any]:
         "tied_mean": round(statistics.fmean(o["tied"] for o in outcomes), 2),
         "best_epochs": [o["best_epoch"] for o in outcomes],
         "prompt_starts": [o.get("prompt_start") for o in outcomes],
+    } | tuning_summary(outcomes)
+
+
+def tuning_summary(outcomes: list[dict[str, Any]]) -> dict[str, Any]:
+    """A prompt-tuning row's scheme alone, taken from the same runs (empty otherwise)."""
+    if not all("scheme_test" in o for o in outcomes):
+        return {}
+    accs = [o["scheme_test"] for o in outcomes]
+    mean, std = mean_std(accs)
+    return {
+        "scheme_acc_mean": round(mean, 2),
+        "scheme_acc_std": round(std, 2),
+        "scheme_valid_mean": round(statistics.fmean(o["scheme_valid"] for o in outcomes), 2),
+        "scheme_accs": [round(a, 1) for a in accs],
     }
 
 
@@ -532,6 +560,28 @@ def diagnosis_settings(args: Any) -> list[dict[str, Any]]:
     args = copy.copy(args)
     args.datasets = ["Cora"]
     return [s for s in ablation_settings(args, "gin") if s["key"]["variant"] in chosen]
+
+
+def tuning_settings(args: Any) -> list[dict[str, Any]]:
+    """Prompt tuning on the frozen backbone, INT4, every scheme, LoRAP and GPF + LoRAP."""
+    settings = []
+    for dataset in args.datasets or datasets(args.root):
+        for model in args.models or ["gcn"]:
+            for scheme in SCHEMES:
+                for prompt in ("lorap", "gpf_lorap"):
+                    config = experiment(dataset, model, scheme, 4, prompt, args.root)
+                    config["train"] = {"prompt_tuning_epochs": args.tuning_epochs}
+                    key = {
+                        "dataset": dataset,
+                        "model": model,
+                        "scheme": scheme,
+                        "prompt": prompt,
+                        "bits": 4,
+                        "tuning_epochs": args.tuning_epochs,
+                    }
+                    label = f"{dataset} {model} {scheme} {prompt} tuned {args.tuning_epochs}"
+                    settings.append({"key": key, "config": config, "label": label})
+    return settings  # fmt: skip
 
 
 #: The points part's reference rows, taken from the main part (the same configs and seeds).
@@ -907,14 +957,48 @@ def diagnosis_table(rows: list[dict[str, Any]]) -> str:
     return markdown_table(header, body)
 
 
+def tuning_table(rows: list[dict[str, Any]], main_rows: list[dict[str, Any]]) -> str:
+    """Each prompt-tuning row against its scheme alone from the same runs, beside the main
+    part's scheme alone (the same seeds and recipe: equal seed by seed when both are current)
+    and the main part's prompt trained with the backbone."""
+    index = {(r["dataset"], r["model"], r["scheme"], r["prompt"], r["bits"]): r
+             for r in main_rows}  # fmt: skip
+    body = []
+    for r in rows:
+        cell = (r["dataset"], r["model"], r["scheme"])
+        alone_main = index.get((*cell, "none", 4))
+        joint = index.get((*cell, r["prompt"], 4))
+        same = "-"
+        if alone_main is not None and len(alone_main["accs"]) == len(r["scheme_accs"]):
+            equal = sum(a == b for a, b in zip(alone_main["accs"], r["scheme_accs"], strict=True))
+            same = f"{equal}/{len(r['scheme_accs'])}"
+        won = sum(
+            PromptStart(start).trained_by(epoch)
+            for epoch, start in zip(r["best_epochs"], r["prompt_starts"], strict=True)
+        )
+        alone = {"acc_mean": r["scheme_acc_mean"], "acc_std": r["scheme_acc_std"],
+                 "accs": r["scheme_accs"]}  # fmt: skip
+        body.append([
+            r["dataset"], r["model"], r["scheme"], r["prompt"], _cell(alone), _cell(r),
+            paired(r, alone), f"{won}/{r['n_seeds']}", same,
+            paired(joint, alone_main) if joint is not None else "-",
+        ])  # fmt: skip
+    header = ["dataset", "model", "scheme", "prompt", "scheme alone (same runs)",
+              "+ prompt tuned on the frozen backbone", "tuned minus alone, paired",
+              "seeds whose prompt won on validation", "seeds equal to the main part's alone",
+              "main part: prompt trained with the backbone, paired"]  # fmt: skip
+    return markdown_table(header, body)
+
+
 def write_report(args: Any) -> None:
     main_rows = load_rows("accuracy_planetoid")
     ablation_rows = load_rows("accuracy_planetoid_ablation")
     diagnosis_rows = load_rows("accuracy_planetoid_diagnosis")
     points_rows = load_rows("accuracy_planetoid_points")
+    tuning_rows = load_rows("accuracy_planetoid_tuning")
     command = (
         "python benchmarks/accuracy_planetoid.py "
-        f"--part {{main,ablation,diagnosis,points}} --seeds {args.seeds} --jobs {args.jobs} "
+        f"--part {{main,ablation,diagnosis,points,tuning}} --seeds {args.seeds} --jobs {args.jobs} "
         f"--root {args.root}"
     )
     parts = [
@@ -947,6 +1031,11 @@ def write_report(args: Any) -> None:
             "precision)\n\n"
             + ablation_table(with_every_point(points_rows, main_rows), points_reference)
         )
+    if tuning_rows:
+        parts.append(
+            "## Prompt tuning on the frozen backbone (INT4, mean ± std; paired: mean ± "
+            "standard error of the per-seed differences)\n\n" + tuning_table(tuning_rows, main_rows)
+        )
     if ablation_rows or diagnosis_rows:
         table = diagnosis_table(ablation_rows + diagnosis_rows)
         parts.append("## Diagnosis (per layer, mean over seeds)\n\n" + table)
@@ -957,7 +1046,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--part",
-        choices=("main", "ablation", "diagnosis", "points", "report"),
+        choices=("main", "ablation", "diagnosis", "points", "tuning", "report"),
         required=True,
         help="report: rewrite accuracy_planetoid.md from the JSON files without running",
     )
@@ -991,6 +1080,13 @@ def main() -> None:
         default=[4, 8],
         help="main part: the bit widths to run (FP32 runs with 4)",
     )
+    parser.add_argument(
+        "--tuning-epochs",
+        type=int,
+        default=50,
+        help="tuning part: epochs of prompt tuning after the run (default 50, a quarter of "
+        "the recipe's 200)",
+    )
     args = parser.parse_args()
     if args.part == "main":
         run_part("accuracy_planetoid", main_settings(args), args, diagnose=False)
@@ -1001,6 +1097,8 @@ def main() -> None:
         run_part("accuracy_planetoid_diagnosis", diagnosis_settings(args), args, diagnose=True)
     elif args.part == "points":
         run_part("accuracy_planetoid_points", points_settings(args), args, diagnose=False)
+    elif args.part == "tuning":
+        run_part("accuracy_planetoid_tuning", tuning_settings(args), args, diagnose=False)
     write_report(args)
     print((RESULTS / "accuracy_planetoid.md").read_text())
 

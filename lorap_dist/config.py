@@ -357,6 +357,15 @@ class TrainConfig:
             ``benchmarks/accuracy_planetoid.py`` (CiteSeer GIN, MixQ INT4). A search that
             never freezes by itself (MixQ's ``search_fraction: 1``) counts as settled, so
             its prompts train from the warm start on.
+        prompt_tuning_epochs: train the prompts on a frozen backbone instead of beside it
+            (prompt tuning). ``0`` (the default) trains them together with the backbone
+            after the warm start. ``N > 0``: the prompts stay still for the whole run, which
+            is then the scheme alone; its best-validation model is restored, and for ``N``
+            more epochs only the prompts train (every other learning rate is 0). The
+            prompted model is reported only when its validation accuracy beats the
+            scheme's best, so the run reports the scheme alone unless the prompt helps on
+            validation. Single-process runs only (``lorap train``, the Tune driver). Measured
+            in ``benchmarks/accuracy_planetoid.py`` (the ``tuning`` part).
         lr_decay_every: multiply every learning rate by ``lr_decay`` every this many epochs
             (0, the default, keeps it constant).
         lr_decay: the factor of the step decay (default 0.5).
@@ -381,6 +390,7 @@ class TrainConfig:
     quantizer_lr_scale: float = 1.0
     prompt_warmup: int | None = None
     prompt_after_search: bool | None = None
+    prompt_tuning_epochs: int = 0
     lr_decay_every: int = 0
     lr_decay: float = 0.5
     patience: int = 50
@@ -419,6 +429,17 @@ class TrainConfig:
             self.prompt_after_search is None or isinstance(self.prompt_after_search, bool),
             f"train.prompt_after_search={self.prompt_after_search!r} must be true, false or "
             "null (the default, true).",
+        )
+        check(
+            is_int(self.prompt_tuning_epochs) and self.prompt_tuning_epochs >= 0,
+            f"train.prompt_tuning_epochs={self.prompt_tuning_epochs!r} must be a whole number "
+            ">= 0 (0 trains the prompts together with the backbone).",
+        )
+        check(
+            not (self.prompt_tuning_epochs and self.prompt_warmup),
+            f"train.prompt_tuning_epochs={self.prompt_tuning_epochs} already holds the prompts "
+            f"still for the whole run; train.prompt_warmup={self.prompt_warmup} would not "
+            "change anything. Leave train.prompt_warmup unset (or 0) with prompt tuning.",
         )
         check(
             self.lr_decay_every >= 0,

@@ -140,27 +140,38 @@ def fit(
     best_state = copy.deepcopy(model.state_dict())
     notes: list[str] = []
     history: list[dict[str, float]] = []
-    bar = tqdm(range(config.train.epochs), desc="train", unit="epoch", disable=not progress)
-    epoch, prompts = -1, PromptStart()
-    for epoch in bar:
+    # Prompt tuning: after the run, only the prompts train on its best model.
+    tuning_epochs = config.train.prompt_tuning_epochs if prompt_rate(optimizer) is not None else 0
+    bar = tqdm(
+        total=config.train.epochs + tuning_epochs, desc="train", unit="epoch", disable=not progress
+    )
+    epoch, end, tuning, prompts = -1, config.train.epochs, False, PromptStart()
+    while epoch + 1 < end:
+        epoch += 1
         # 3. one epoch of training
-        schedule_epoch(model, optimizer, epoch, config.train, prompts)
+        schedule_epoch(model, optimizer, epoch, config.train, prompts, tuning)
         loss = runner.train_epoch(model, optimizer, epoch)
         if epoch == 0 and num_classes is not None:
             notes += diverging(loss, num_classes)
-        if end_epoch(model, epoch, config.train.epochs):
+        if not tuning and end_epoch(model, epoch, config.train.epochs):
             best.restart()  # e.g. MixQ froze its bit widths: a different model now
         # 4. validation, best state, early stop
         accs = runner.evaluate(model)
         history.append({"epoch": epoch, "loss": loss, **accs})
         if best.update(epoch, accs["valid"], accs["test"]):
             best_state = copy.deepcopy(model.state_dict())
-        stop = best.should_stop(epoch, quantization_settled(model))
+        stop = not tuning and best.should_stop(epoch, quantization_settled(model))
+        start_tuning = not tuning and tuning_epochs > 0 and (stop or epoch + 1 == end)
         if on_epoch is not None:
-            last = stop or epoch + 1 == config.train.epochs
+            last = not start_tuning and (stop or epoch + 1 == end)
             on_epoch(EpochReport(history[-1], best, last, prompts), model)
+        bar.update()
         bar.set_postfix(loss=f"{loss:.3f}", valid=f"{accs['valid']:.3f}", best=f"{best.valid:.3f}")
-        if stop:
+        if start_tuning:  # the scheme's best model, its prompts still untrained
+            model.load_state_dict(best_state)
+            forget_prompt_moments(optimizer)
+            tuning, end = True, epoch + 1 + tuning_epochs
+        elif stop:
             break
     bar.close()
     # 5. report the best epoch
@@ -196,13 +207,25 @@ def schedule_epoch(
     epoch: int,
     train: TrainConfig,
     prompts: PromptStart,
+    tuning: bool = False,
 ) -> None:
     """Every training loop's first step of epoch ``epoch``: set the learning rates
-    (:func:`~lorap_dist.optim.schedule_lr`, told whether a scheme's search still runs) and
-    record in ``prompts`` whether they train the prompts."""
+    (:func:`~lorap_dist.optim.schedule_lr`, told whether a scheme's search still runs and
+    whether the epoch is one of prompt tuning's) and record in ``prompts`` whether they train
+    the prompts."""
     searching = not quantization_settled(model)
-    schedule_lr(optimizer, epoch, train, searching=searching)
+    schedule_lr(optimizer, epoch, train, searching=searching, tuning=tuning)
     prompts.record(epoch, bool(prompt_rate(optimizer)), searching)
+
+
+def forget_prompt_moments(optimizer: torch.optim.Optimizer) -> None:
+    """Drop Adam's moments of the prompt group. Held still at rate 0, the prompts still
+    took gradients, and their moments describe the run's last epochs rather than the best
+    model that prompt tuning starts from."""
+    for group in optimizer.param_groups:
+        if group.get("name") == "prompt":
+            for parameter in group["params"]:
+                optimizer.state.pop(parameter, None)
 
 
 def untrained_prompts(
@@ -215,6 +238,12 @@ def untrained_prompts(
     holds the prompts too when ``train.prompt_after_search``."""
     if prompts.trained_by(best_epoch):
         return []
+    if train.prompt_tuning_epochs:
+        return [
+            f"prompt tuning ({train.prompt_tuning_epochs} epochs, train.prompt_tuning_epochs) "
+            "did not raise the validation accuracy above that of the scheme's best epoch "
+            f"({best_epoch}), so the reported model is the scheme without a prompt."
+        ]
     prompt_start, searched = prompts.epoch, prompts.searched
     epochs = train.prompt_warmup_epochs
     held = f"train.prompt_warmup holds them still for the first {epochs} epochs"

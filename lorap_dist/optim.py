@@ -67,7 +67,11 @@ def build_optimizer(model: nn.Module, train: TrainConfig) -> torch.optim.Adam:
 
 
 def schedule_lr(
-    optimizer: torch.optim.Optimizer, epoch: int, train: TrainConfig, searching: bool = False
+    optimizer: torch.optim.Optimizer,
+    epoch: int,
+    train: TrainConfig,
+    searching: bool = False,
+    tuning: bool = False,
 ) -> None:
     """Set every group's learning rate for epoch ``epoch`` (0-based), a function of the
     epoch and of ``searching`` (whether a scheme's search still runs,
@@ -81,14 +85,21 @@ def schedule_lr(
       ``train.prompt_warmup_epochs`` (a quarter of the epochs by default: the backbone and
       its quantizers settle first), and while ``searching`` when
       ``train.prompt_after_search`` (MixQ's prompts start when its bit widths freeze), then
-      at its own rate.
+      at its own rate;
+    - prompt tuning (``train.prompt_tuning_epochs > 0``): the prompt group stays at rate 0
+      for the whole run, and in the tuning epochs after it (``tuning``) only the prompt
+      group trains, every other group at rate 0.
     """
     every = train.lr_decay_every
     factor = train.lr_decay ** (epoch // every) if every else 1.0
-    held = epoch < train.prompt_warmup_epochs or (searching and train.prompts_wait_for_search)
+    if train.prompt_tuning_epochs:
+        held = not tuning
+    else:
+        held = epoch < train.prompt_warmup_epochs or (searching and train.prompts_wait_for_search)
+    frozen = 0.0 if tuning else 1.0
     rates = {
-        "backbone": train.lr,
-        "quantizer": train.lr * train.quantizer_lr_scale,
+        "backbone": frozen * train.lr,
+        "quantizer": frozen * train.lr * train.quantizer_lr_scale,
         "prompt": 0.0 if held else train.lr * train.prompt_lr_scale,
     }
     for group in optimizer.param_groups:

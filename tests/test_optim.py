@@ -176,6 +176,39 @@ def test_a_bad_warm_start_is_a_config_error_naming_the_field(bad):
         TrainConfig(epochs=10, prompt_warmup=bad)
 
 
+def test_prompt_tuning_holds_the_prompt_through_the_run_then_trains_it_alone():
+    """``train.prompt_tuning_epochs``: whatever the epoch or search, the run's epochs keep the
+    prompt at rate 0 (no warm start ends it), and the tuning epochs train only the prompt."""
+    from lorap_dist.optim import schedule_lr
+
+    train = TrainConfig(lr=0.1, prompt_lr_scale=0.5, quantizer_lr_scale=2.0, epochs=8,
+                        prompt_tuning_epochs=3)  # fmt: skip
+    optimizer = build_optimizer(model_with_every_kind(), train)
+    rates = []
+    for epoch, tuning in [(0, False), (5, False), (7, False), (8, True), (10, True), (3, True)]:
+        schedule_lr(optimizer, epoch, train, searching=epoch < 2, tuning=tuning)
+        rates.append({g["name"]: g["lr"] for g in optimizer.param_groups})
+    run = {"backbone": 0.1, "prompt": 0.0, "quantizer": 0.2}
+    tune = {"backbone": 0.0, "prompt": 0.05, "quantizer": 0.0}
+    assert rates == [run] * 3 + [tune] * 3
+
+
+@pytest.mark.parametrize("bad", [-1, 2.5, True, "5"])
+def test_bad_prompt_tuning_epochs_are_a_config_error(bad):
+    from lorap_dist.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"train.prompt_tuning_epochs=.* must be a whole"):
+        TrainConfig(prompt_tuning_epochs=bad)
+
+
+def test_prompt_tuning_with_a_warm_start_is_a_config_error_naming_both():
+    from lorap_dist.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"prompt_tuning_epochs=20 .*train.prompt_warmup=5"):
+        TrainConfig(epochs=40, prompt_warmup=5, prompt_tuning_epochs=20)
+    assert TrainConfig(epochs=40, prompt_warmup=0, prompt_tuning_epochs=20).prompt_tuning_epochs
+
+
 def test_step_decay_scales_every_group_by_the_epoch_alone():
     from lorap_dist.optim import schedule_lr
 

@@ -82,6 +82,70 @@ def test_by_default_a_prompted_run_trains_as_its_scheme_alone_until_the_prompt_s
     assert (prompted.prompt_start_epoch, alone.prompt_start_epoch) == (still, None)
 
 
+@pytest.mark.parametrize(("epochs", "patience"), [(12, 0), (30, 2)])
+def test_prompt_tuning_trains_only_the_prompts_on_the_scheme_alones_best_model(epochs, patience):
+    """``train.prompt_tuning_epochs``: the run is its scheme alone's, step for step (cut
+    short by early stopping or not); then only the prompts train, on the scheme's best
+    model, and the prompted model is reported only if it beats that model on validation."""
+    sections = {
+        "quant": {"scheme": "qat", "options": {"bits": 4}},
+        "train": {"epochs": epochs, "patience": patience},
+    }
+    config = small_config(prompt={"kind": "none"}, **sections)
+    graph = generate_synthetic(config.data.synthetic)
+    alone, alone_model = train(config, graph, progress=False)
+    backbone = {k: v.clone() for k, v in alone_model.named_parameters()}
+    seen = []
+
+    def record(report, model):
+        params = dict(model.named_parameters())
+        prompt = [v for k, v in params.items() if k not in backbone]
+        seen.append(
+            (
+                all(torch.equal(params[k], v) for k, v in backbone.items()),
+                any(bool(v.abs().sum() > 0) for v in prompt if v.shape[0] != 0),
+                report.last,
+            )
+        )
+
+    tuned_config = small_config(
+        prompt={"kind": "lorap", "k": 4, "r": 2},
+        **{**sections, "train": {**sections["train"], "prompt_tuning_epochs": 5}},
+    )
+    tuned, _ = train(tuned_config, graph, progress=False, on_epoch=record)
+    ran = alone.epochs_run
+    assert ran < epochs if patience else ran == epochs  # stopped early, or not
+    assert alone.best_epoch < ran - 1  # restoring the best model is not the last one
+    assert tuned.epochs_run == ran + 5 and tuned.prompt_start_epoch == ran
+    assert [(h["loss"], h["valid"]) for h in tuned.history[:ran]] == [
+        (h["loss"], h["valid"]) for h in alone.history
+    ]
+    # every tuning epoch starts from the scheme's best backbone and leaves it unchanged
+    assert [frozen for frozen, _, _ in seen[ran:]] == [True] * 5
+    assert [last for _, _, last in seen] == [False] * (ran + 4) + [True]
+    assert seen[-1][1]  # the prompts trained
+    if tuned.best_epoch < ran:  # prompt tuning did not win on validation
+        assert (tuned.valid_acc, tuned.test_acc) == (alone.valid_acc, alone.test_acc)
+        assert any(w.startswith("prompt tuning (5 epochs") for w in tuned.warnings)
+    else:
+        assert tuned.valid_acc > alone.valid_acc
+
+
+def test_prompt_tuning_reports_the_prompted_model_when_it_wins_on_validation():
+    """The selection rule with a prompt that does win: a model whose best epoch is a tuning
+    epoch holds the prompt trained up to that epoch."""
+    sections = {
+        "quant": {"scheme": "qat", "options": {"bits": 4}},
+        "train": {"epochs": 2, "patience": 0, "prompt_tuning_epochs": 40},
+        "prompt": {"kind": "lorap", "k": 4, "r": 2},
+    }
+    tuned, model = train(small_config(**sections), progress=False)
+    assert tuned.best_epoch >= 2, "the prompt never beat 2 epochs of INT4 QAT on validation"
+    best_row = tuned.history[tuned.best_epoch]
+    assert tuned.valid_acc == best_row["valid"] > max(h["valid"] for h in tuned.history[:2])
+    assert not any(w.startswith("prompt tuning") for w in tuned.warnings)
+
+
 def test_a_run_that_stops_before_its_prompts_train_says_the_prompt_never_trained():
     """Early stopping inside the warm start reports the scheme alone: the run says so,
     with the settings that change it, and a prompt that trains from the first epoch does
@@ -115,6 +179,11 @@ def test_the_untrained_prompt_note_names_the_epochs_and_the_search():
     train_cfg.prompt_after_search = False
     (no_wait,) = untrained_prompts(train_cfg, 12, PromptStart(25, searched=True), 90)
     assert "bit-width search" not in no_wait
+    tuned_cfg = small_config(train={"epochs": 100, "prompt_tuning_epochs": 30}).train
+    (not_better,) = untrained_prompts(tuned_cfg, 71, PromptStart(100), 130)
+    assert not_better.startswith("prompt tuning (30 epochs, train.prompt_tuning_epochs) did not")
+    assert "scheme's best epoch (71)" in not_better and "prompt_warmup" not in not_better
+    assert untrained_prompts(tuned_cfg, 104, PromptStart(100), 130) == []
 
 
 def test_prompt_start_keeps_the_first_training_epoch_and_any_search_across_a_checkpoint():

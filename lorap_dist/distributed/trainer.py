@@ -277,6 +277,12 @@ def run_distributed(
             message names the last good checkpoint and how to resume from it.
     """
     check_feature_rows(experiment, settings)  # settings need not be experiment.dist
+    if experiment.train.prompt_tuning_epochs:
+        raise ConfigError(
+            f"train.prompt_tuning_epochs={experiment.train.prompt_tuning_epochs}: prompt "
+            "tuning on a frozen backbone runs in single-process training only (lorap train, "
+            "the Tune driver); set it to 0 for a distributed run."
+        )
     if experiment.data.graph_level:
         experiment = check_graph_level_run(experiment)
     else:

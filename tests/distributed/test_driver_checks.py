@@ -47,6 +47,16 @@ def test_a_fanout_longer_than_the_model_fails_in_the_driver(tiny_dataset, tmp_pa
         )
 
 
+def test_prompt_tuning_in_a_distributed_run_fails_in_the_driver(tiny_dataset, tmp_path, no_ray):
+    data = experiment(tiny_dataset, [4, 4]).to_dict()
+    data["train"]["prompt_tuning_epochs"] = 3
+    with pytest.raises(ConfigError, match=r"train.prompt_tuning_epochs=3: .* single-process"):
+        trainer.run_distributed(
+            ExperimentConfig.from_dict(data),
+            DistConfig(num_workers=2, storage_path=str(tmp_path)),
+        )
+
+
 def test_a_truncated_checkpoint_named_in_resume_fails_in_the_driver(tiny_dataset, tmp_path, no_ray):
     model = torch.nn.Linear(3, 2)
     state = TrainingState(
