@@ -361,7 +361,8 @@ class TrainConfig:
             (prompt tuning). ``0`` (the default) trains them together with the backbone
             after the warm start. ``N > 0``: the prompts stay still for the whole run, which
             is then the scheme alone; its best-validation model is restored, and for ``N``
-            more epochs only the prompts train (every other learning rate is 0). The
+            more epochs only the prompts train (every other learning rate is 0, and the
+            backbone runs as in evaluation: no dropout, its ranges and norms fixed). The
             prompted model is reported only when its validation accuracy beats the
             scheme's best, so the run reports the scheme alone unless the prompt helps on
             validation. Single-process runs only (``lorap train``, the Tune driver). Measured

@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+import types
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -27,6 +28,8 @@ from tqdm.auto import tqdm
 from lorap_dist.config import ConfigError, ExperimentConfig, TrainConfig
 from lorap_dist.nn import parameter_counts
 from lorap_dist.optim import build_optimizer, prompt_rate, schedule_lr
+from lorap_dist.prompt.gpf import GPFPlus
+from lorap_dist.prompt.lorap import LoRAP
 from lorap_dist.quant import (
     average_bits,
     budget_overruns,
@@ -170,10 +173,13 @@ def fit(
         if start_tuning:  # the scheme's best model, its prompts still untrained
             model.load_state_dict(best_state)
             forget_prompt_moments(optimizer)
+            freeze_backbone(model)
             tuning, end = True, epoch + 1 + tuning_epochs
         elif stop:
             break
     bar.close()
+    if tuning:
+        thaw_backbone(model)
     # 5. report the best epoch
     model.load_state_dict(best_state)
     accs = runner.evaluate(model, final=True)
@@ -216,6 +222,28 @@ def schedule_epoch(
     searching = not quantization_settled(model)
     schedule_lr(optimizer, epoch, train, searching=searching, tuning=tuning)
     prompts.record(epoch, bool(prompt_rate(optimizer)), searching)
+
+
+def freeze_backbone(model: nn.Module) -> None:
+    """From here on ``model.train()`` leaves every module but the prompts in evaluation
+    mode: prompt tuning trains the prompts on the model that evaluation runs (no dropout, no
+    Degree-Quant protection, batch norm on its running statistics, and no quantization
+    range or A2Q step moving), so nothing but the prompts changes what the model computes.
+    :func:`thaw_backbone` undoes it."""
+
+    def train(self: nn.Module, mode: bool = True) -> nn.Module:
+        nn.Module.train(self, False)
+        for module in self.modules():
+            if isinstance(module, (LoRAP, GPFPlus)):
+                module.train(mode)
+        return self
+
+    model.train = types.MethodType(train, model)  # type: ignore[method-assign]
+
+
+def thaw_backbone(model: nn.Module) -> None:
+    """Undo :func:`freeze_backbone`: ``model.train()`` is the module's own again."""
+    model.__dict__.pop("train", None)
 
 
 def forget_prompt_moments(optimizer: torch.optim.Optimizer) -> None:
