@@ -408,6 +408,9 @@ def tuning_summary(outcomes: list[dict[str, Any]]) -> dict[str, Any]:
         "scheme_acc_std": round(std, 2),
         "scheme_valid_mean": round(statistics.fmean(o["scheme_valid"] for o in outcomes), 2),
         "scheme_accs": [round(a, 1) for a in accs],
+        # per seed, to judge a margin on validation afterwards
+        "valids": [round(o["valid"], 1) for o in outcomes],
+        "scheme_valids": [round(o["scheme_valid"], 1) for o in outcomes],
     }
 
 
