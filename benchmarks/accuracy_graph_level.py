@@ -69,10 +69,11 @@ def experiment(
     prompt_lr_scale: float | None = None,
     prompt_unit: str | None = None,
     quantizer_lr_scale: float | None = None,
+    prompt_tuning_epochs: int | None = None,
 ) -> dict[str, Any]:
     """The run's config as a plain dict (scheme ``None``: FP32, with INT8's recipe;
-    ``prompt_lr_scale``, ``prompt_unit`` and ``quantizer_lr_scale`` ``None``: the package's
-    defaults)."""
+    ``prompt_lr_scale``, ``prompt_unit``, ``quantizer_lr_scale`` and
+    ``prompt_tuning_epochs`` ``None``: the package's defaults)."""
     quant = (
         {"scheme": "none"}
         if scheme is None
@@ -93,6 +94,7 @@ def experiment(
             "device": "cpu",
             **({} if prompt_lr_scale is None else {"prompt_lr_scale": prompt_lr_scale}),
             **({} if quantizer_lr_scale is None else {"quantizer_lr_scale": quantizer_lr_scale}),
+            **({} if not prompt_tuning_epochs else {"prompt_tuning_epochs": prompt_tuning_epochs}),
         },
     }
 
@@ -112,14 +114,21 @@ def _run(task: tuple[dict[str, Any], int]) -> dict[str, Any]:
     key = json.dumps(config_dict["data"] | {"fold": None}, sort_keys=True)
     if key not in _GRAPHS:
         _GRAPHS[key] = load_graph_set(config)
-    result, _ = train_graphs(config, _GRAPHS[key], progress=False)
-    return {
+    bests: list[float] = []  # test accuracy of the best epoch so far, after each epoch
+    result, _ = train_graphs(
+        config, _GRAPHS[key], progress=False, on_epoch=lambda r, _m: bests.append(r.best.test)
+    )
+    out = {
         "test": 100 * result.test_acc,
         "valid": 100 * result.valid_acc,
         "best_epoch": result.best_epoch,
         "avg_bits": result.avg_bits,
         "wall_s": result.wall_s,
     }
+    if config.train.prompt_tuning_epochs and result.prompt_start_epoch:
+        # prompt tuning: the same run's scheme alone, its best model before the prompt trained
+        out["scheme_test"] = 100 * bests[result.prompt_start_epoch - 1]
+    return out
 
 
 def settings(args: Any) -> list[dict[str, Any]]:
@@ -141,19 +150,21 @@ def settings(args: Any) -> list[dict[str, Any]]:
             # only schemes with learned quantizer state (A2Q's steps and bits, MixQ's logits)
             learned = args.quantizer_lr_scale if scheme in LEARNED_STATE else None
             learned = None if learned == 1 else learned  # the package's default
+            tuning = args.prompt_tuning_epochs if prompt != "none" else None
             variants = (("prompt_lr_scale", scale), ("prompt_unit", unit))
+            variants += (("prompt_tuning_epochs", tuning),)
             key |= {k: v for k, v in (*variants, ("quantizer_lr_scale", learned)) if v}
             width = "FP32" if scheme is None else f"INT{bits}"
             label = f"{dataset} {key['scheme']} {width} {prompt_label(key)}"
             config = experiment(
-                dataset, args.root, scheme, bits, prompt, args.epochs, scale, unit, learned
+                dataset, args.root, scheme, bits, prompt, args.epochs, scale, unit, learned, tuning
             )
             out.append({"key": key, "label": label, "config": config})
     return out
 
 
 #: Row keys that set a prompt or optimizer option away from the package's default.
-VARIANTS = ("prompt_lr_scale", "prompt_unit", "quantizer_lr_scale")
+VARIANTS = ("prompt_lr_scale", "prompt_unit", "quantizer_lr_scale", "prompt_tuning_epochs")
 #: The schemes whose quantizers hold learned state (``train.quantizer_lr_scale`` applies).
 LEARNED_STATE = ("a2q", "mixq")
 
@@ -168,6 +179,8 @@ def prompt_label(row: dict[str, Any]) -> str:
         parts.append(f"prompt lr {row['prompt_lr_scale']:g} x lr")
     if row.get("quantizer_lr_scale") is not None:
         parts.append(f"quantizer lr {row['quantizer_lr_scale']:g} x lr")
+    if row.get("prompt_tuning_epochs"):
+        parts.append(f"tuned {row['prompt_tuning_epochs']} epochs on the frozen backbone")
     return ", ".join(parts)
 
 
@@ -220,6 +233,13 @@ def plan(args: Any, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def scheme_alone_of(outcomes: list[dict[str, Any]]) -> dict[str, Any]:
+    """A prompt-tuning row's scheme alone per fold, from the same runs (else nothing)."""
+    if not all("scheme_test" in o for o in outcomes):
+        return {}
+    return {"scheme_accs": [round(o["scheme_test"], 1) for o in outcomes]}
+
+
 def merge_folds(kept: dict[str, Any] | None, row: dict[str, Any]) -> dict[str, Any]:
     """``row`` (new folds) joined with ``kept`` (earlier folds of the same setting), in
     fold order; means over folds weighted by how many folds each side holds."""
@@ -238,6 +258,15 @@ def merge_folds(kept: dict[str, Any] | None, row: dict[str, Any]) -> dict[str, A
     folds = sorted(by_fold)
     accs = [by_fold[f][0] for f in folds]
     mean, std = mean_std(accs)
+    if "scheme_accs" in row and "scheme_accs" not in kept:
+        row = {key: value for key, value in row.items() if key != "scheme_accs"}
+    if "scheme_accs" in row:  # prompt tuning's scheme alone, from the same runs
+        alone = {
+            f: a
+            for side in (kept, row)
+            for f, a in zip(side["folds"], side["scheme_accs"], strict=True)
+        }
+        row = {**row, "scheme_accs": [alone[f] for f in folds]}
     return {
         **row,
         "acc_mean": round(mean, 2),
@@ -284,6 +313,7 @@ def run(args: Any) -> None:
                 "accs": [round(a, 1) for a in accs],
                 "best_epochs": [o["best_epoch"] for o in outcomes],
                 "wall_s_per_fold": round(statistics.fmean(o["wall_s"] for o in outcomes), 1),
+                **scheme_alone_of(outcomes),
                 **common.prompt_start(setting["key"]["prompt"], setting["key"]["scheme"]),
                 **common.scheme_facts(setting["key"]["scheme"]),
             }
@@ -312,8 +342,11 @@ def _cell(row: dict[str, Any] | None) -> str:
 
 def paired(row: dict[str, Any], alone: dict[str, Any] | None) -> str:
     """A row against its reference fold by fold, mean ± standard error: a prompted row
-    against its scheme alone (at the same quantizer rate), a scheme alone at another
-    quantizer rate against the scheme alone at the default one."""
+    against its scheme alone (at the same quantizer rate; a prompt-tuning row against the
+    scheme alone of its own runs), a scheme alone at another quantizer rate against the
+    scheme alone at the default one."""
+    if "scheme_accs" in row:  # prompt tuning: its scheme alone ran in the same runs
+        alone = {"folds": row["folds"], "accs": row["scheme_accs"]}
     if alone is None or alone is row or alone["folds"] != row["folds"]:
         return ""
     diffs = [b - a for a, b in zip(alone["accs"], row["accs"], strict=True)]
@@ -485,6 +518,15 @@ def main() -> None:
         help="learned quantizer state's learning rate (A2Q's steps and bits, MixQ's logits) "
         "as a multiple of lr (train.quantizer_lr_scale; default: the package's, 1); rows "
         "that set it are kept apart from the default's",
+    )
+    parser.add_argument(
+        "--prompt-tuning-epochs",
+        type=int,
+        default=None,
+        help="prompted rows: tune the prompt for this many epochs on the frozen backbone "
+        "after the run (train.prompt_tuning_epochs; default: the package's, 0, the prompt "
+        "trains with the backbone); such rows are paired with the scheme alone of their own "
+        "runs and kept apart from the default's",
     )
     parser.add_argument("--folds", default="0-9", help="which of the 10 folds to run")
     parser.add_argument("--epochs", type=int, default=200)
