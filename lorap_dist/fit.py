@@ -6,6 +6,9 @@ and says whether a higher score is better. Around that it keeps the rules every 
 the learning-rate schedule, the best-validation epoch and early stopping
 (:class:`~lorap_dist.tracking.BestEpoch`), the quantization schedules (MixQ's freeze), the
 ``on_epoch`` hook the Tune reporter uses, and the warnings for a diverging or stalled run.
+With ``train.prompt_tuning_epochs`` the run is followed by prompt tuning: the best model is
+restored, its backbone frozen (:func:`freeze_backbone`), and only the prompts train, the
+same best-epoch rule deciding whether the prompted model is the one reported.
 :mod:`lorap_dist.train` (one graph) and :mod:`lorap_dist.train_graphs` (many graphs)
 supply the runners.
 """
