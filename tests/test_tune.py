@@ -414,6 +414,34 @@ def test_a_mixq_trial_reports_its_frozen_models_accuracy(monkeypatch):
     assert reports[-1]["best_epoch"] == result.best_epoch + 1
 
 
+def test_a_prompt_tuning_trial_reports_every_epoch_of_both_phases(monkeypatch):
+    """With ``train.prompt_tuning_epochs`` a trial reports the run's epochs and then the
+    tuning epochs, ends only after the last of them, and reports train()'s own result."""
+    import ray.tune
+
+    from lorap_dist.config import ExperimentConfig
+    from lorap_dist.train import load_graph, train
+    from lorap_dist.tune import _EpochReporter
+
+    experiment = ExperimentConfig.from_dict(
+        {
+            "data": {"synthetic": {"num_nodes": 300}},
+            "quant": {"scheme": "qat", "options": {"bits": 4}},
+            "prompt": {"kind": "lorap", "k": 4, "r": 2},
+            "train": {"epochs": 30, "patience": 2, "prompt_tuning_epochs": 4, "lr": 0.05},
+        }
+    )
+    reports: list[dict] = []
+    monkeypatch.setattr(ray.tune, "report", lambda metrics: reports.append(metrics))
+    result, _ = train(experiment, load_graph(experiment), progress=False,
+                      on_epoch=_EpochReporter(300))  # fmt: skip
+    assert result.prompt_start_epoch < 30  # early stopping ended the run, then tuning began
+    assert len(reports) == result.epochs_run == result.prompt_start_epoch + 4
+    assert reports[-1]["trial_done"] and not any(r["trial_done"] for r in reports[:-1])
+    assert reports[-1]["best_test_acc"] == result.test_acc
+    assert reports[-1]["prompt_trained"] == (result.best_epoch >= result.prompt_start_epoch)
+
+
 def test_trial_id_survives_rays_directory_suffix():
     """A trial restarted after the driver was killed may get the directory ``<id>_<4 hex>``
     (its first one exists); its row keeps the trial's own id."""
