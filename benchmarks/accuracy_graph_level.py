@@ -114,10 +114,7 @@ def _run(task: tuple[dict[str, Any], int]) -> dict[str, Any]:
     key = json.dumps(config_dict["data"] | {"fold": None}, sort_keys=True)
     if key not in _GRAPHS:
         _GRAPHS[key] = load_graph_set(config)
-    bests: list[float] = []  # test accuracy of the best epoch so far, after each epoch
-    result, _ = train_graphs(
-        config, _GRAPHS[key], progress=False, on_epoch=lambda r, _m: bests.append(r.best.test)
-    )
+    result, _ = train_graphs(config, _GRAPHS[key], progress=False)
     out = {
         "test": 100 * result.test_acc,
         "valid": 100 * result.valid_acc,
@@ -125,9 +122,8 @@ def _run(task: tuple[dict[str, Any], int]) -> dict[str, Any]:
         "avg_bits": result.avg_bits,
         "wall_s": result.wall_s,
     }
-    if config.train.prompt_tuning_epochs and result.prompt_start_epoch:
-        # prompt tuning: the same run's scheme alone, its best model before the prompt trained
-        out["scheme_test"] = 100 * bests[result.prompt_start_epoch - 1]
+    if result.before_tuning is not None:  # prompt tuning: the same run's scheme alone
+        out["scheme_test"] = 100 * result.before_tuning["test"]
     return out
 
 

@@ -311,13 +311,8 @@ def _run(task: tuple[dict[str, Any], str | None, int, bool]) -> dict[str, Any]:
         training.build_quantized_model = functools.partial(_only_points, build, points)
     elif variant is not None:
         PercentileObserver.batch_range = OBSERVER_VARIANTS[variant]
-    bests: list[tuple[float, float]] = []  # (valid, test) of the best epoch so far
-
-    def best_so_far(report: Any, _model: Any) -> None:
-        bests.append((report.best.valid, report.best.test))
-
     try:
-        result, model = training.train(config, graph, progress=False, on_epoch=best_so_far)
+        result, model = training.train(config, graph, progress=False)
     finally:
         training.build_quantized_model = build
         training.quantization_loss = quantization_loss
@@ -330,10 +325,9 @@ def _run(task: tuple[dict[str, Any], str | None, int, bool]) -> dict[str, Any]:
         "avg_bits": result.avg_bits,
         "tied": 100 * tied_share(model, graph),
     }
-    if config.train.prompt_tuning_epochs and result.prompt_start_epoch:
-        # the scheme alone: the best model when the run ended, before prompt tuning began
-        valid, test = bests[result.prompt_start_epoch - 1]
-        out["scheme_test"], out["scheme_valid"] = 100 * test, 100 * valid
+    if result.before_tuning is not None:  # the scheme alone, before prompt tuning began
+        out["scheme_test"] = 100 * result.before_tuning["test"]
+        out["scheme_valid"] = 100 * result.before_tuning["valid"]
     for module in model.modules():  # the objective's wrappers, gone before diagnostics copy
         for name in ("forward", "quantize_aggregate"):
             module.__dict__.pop(name, None)

@@ -56,7 +56,9 @@ class TrainResult:
     each is also raised as a :class:`UserWarning`. ``prompt_start_epoch`` is the first epoch
     the prompts trained in (``train.prompt_warmup`` and MixQ's search hold them still
     before it), ``None`` without prompts or when they never trained: a ``best_epoch`` below
-    it reports the model without a trained prompt.
+    it reports the model without a trained prompt. ``before_tuning`` is, with
+    ``train.prompt_tuning_epochs``, the scheme alone's best epoch when prompt tuning began
+    (``epoch``, ``valid``, ``test``): the run's own comparison without the prompt.
     """
 
     train_acc: float
@@ -71,6 +73,7 @@ class TrainResult:
     warnings: list[str] = field(default_factory=list)
     metric: str = "accuracy"
     prompt_start_epoch: int | None = None
+    before_tuning: dict[str, float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -152,6 +155,7 @@ def fit(
         total=config.train.epochs + tuning_epochs, desc="train", unit="epoch", disable=not progress
     )
     epoch, end, tuning, prompts = -1, config.train.epochs, False, PromptStart()
+    before_tuning = None
     while epoch + 1 < end:
         epoch += 1
         # 3. one epoch of training
@@ -174,6 +178,7 @@ def fit(
         bar.update()
         bar.set_postfix(loss=f"{loss:.3f}", valid=f"{accs['valid']:.3f}", best=f"{best.valid:.3f}")
         if start_tuning:  # the scheme's best model, its prompts still untrained
+            before_tuning = {"epoch": best.epoch, "valid": best.valid, "test": best.test}
             model.load_state_dict(best_state)
             forget_prompt_moments(optimizer)
             freeze_backbone(model)
@@ -206,6 +211,7 @@ def fit(
         warnings=notes,
         metric="accuracy" if runner.higher_is_better else "mae",
         prompt_start_epoch=prompts.epoch,
+        before_tuning=before_tuning,
     )
     return result, model
 

@@ -122,6 +122,12 @@ def test_prompt_tuning_trains_only_the_prompts_on_the_scheme_alones_best_model(
     assert ran < epochs if patience else ran == epochs  # stopped early, or not
     assert alone.best_epoch < ran - 1  # restoring the best model is not the last one
     assert tuned.epochs_run == ran + 5 and tuned.prompt_start_epoch == ran
+    best_alone = alone.history[alone.best_epoch]
+    assert tuned.before_tuning == {
+        "epoch": alone.best_epoch,
+        "valid": best_alone["valid"],
+        "test": best_alone["test"],
+    }
     assert [(h["loss"], h["valid"]) for h in tuned.history[:ran]] == [
         (h["loss"], h["valid"]) for h in alone.history
     ]
