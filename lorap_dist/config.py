@@ -368,8 +368,10 @@ class TrainConfig:
             backbone runs as in evaluation: no dropout, its ranges and norms fixed). The
             prompted model is reported only when its validation accuracy beats the
             scheme's best, so the run reports the scheme alone unless the prompt helps on
-            validation. Single-process runs only (``lorap train``, the Tune driver). Measured
-            in ``benchmarks/accuracy_planetoid.py`` (the ``tuning`` part).
+            validation. Every kind of run: ``lorap train``, Tune trials and distributed
+            runs (which need ``dist.eval_every``, keep the best model in their checkpoints
+            and resume inside the tuning phase). Measured in
+            ``benchmarks/accuracy_planetoid.py`` (the ``tuning`` part).
         lr_decay_every: multiply every learning rate by ``lr_decay`` every this many epochs
             (0, the default, keeps it constant).
         lr_decay: the factor of the step decay (default 0.5).

@@ -40,7 +40,7 @@ from lorap_dist.quant import (
     end_epoch,
     quantization_settled,
 )
-from lorap_dist.tracking import BestEpoch, PromptStart
+from lorap_dist.tracking import BestEpoch, PromptStart, PromptTuning
 
 
 @dataclass
@@ -150,43 +150,39 @@ def fit(
     notes: list[str] = []
     history: list[dict[str, float]] = []
     # Prompt tuning: after the run, only the prompts train on its best model.
-    tuning_epochs = config.train.prompt_tuning_epochs if prompt_rate(optimizer) is not None else 0
+    tuning = PromptTuning(tuning_epochs(config.train, optimizer))
     bar = tqdm(
-        total=config.train.epochs + tuning_epochs, desc="train", unit="epoch", disable=not progress
+        total=config.train.epochs + tuning.epochs, desc="train", unit="epoch", disable=not progress
     )
-    epoch, end, tuning, prompts = -1, config.train.epochs, False, PromptStart()
-    before_tuning = None
-    while epoch + 1 < end:
+    epoch, prompts = -1, PromptStart()
+    while epoch + 1 < tuning.end(config.train.epochs):
         epoch += 1
         # 3. one epoch of training
-        schedule_epoch(model, optimizer, epoch, config.train, prompts, tuning)
+        schedule_epoch(model, optimizer, epoch, config.train, prompts, tuning.active)
         loss = runner.train_epoch(model, optimizer, epoch)
         if epoch == 0 and num_classes is not None:
             notes += diverging(loss, num_classes)
-        if not tuning and end_epoch(model, epoch, config.train.epochs):
+        if not tuning.active and end_epoch(model, epoch, config.train.epochs):
             best.restart()  # e.g. MixQ froze its bit widths: a different model now
         # 4. validation, best state, early stop
         accs = runner.evaluate(model)
         history.append({"epoch": epoch, "loss": loss, **accs})
         if best.update(epoch, accs["valid"], accs["test"]):
             best_state = copy.deepcopy(model.state_dict())
-        stop = not tuning and best.should_stop(epoch, quantization_settled(model))
-        start_tuning = not tuning and tuning_epochs > 0 and (stop or epoch + 1 == end)
+        stop = not tuning.active and best.should_stop(epoch, quantization_settled(model))
+        last = stop or epoch + 1 == tuning.end(config.train.epochs)
+        start_tuning = tuning.due(last)
         if on_epoch is not None:
-            last = not start_tuning and (stop or epoch + 1 == end)
-            on_epoch(EpochReport(history[-1], best, last, prompts), model)
+            on_epoch(EpochReport(history[-1], best, last and not start_tuning, prompts), model)
         bar.update()
         bar.set_postfix(loss=f"{loss:.3f}", valid=f"{accs['valid']:.3f}", best=f"{best.valid:.3f}")
         if start_tuning:  # the scheme's best model, its prompts still untrained
-            before_tuning = {"epoch": best.epoch, "valid": best.valid, "test": best.test}
-            model.load_state_dict(best_state)
-            forget_prompt_moments(optimizer)
-            freeze_backbone(model)
-            tuning, end = True, epoch + 1 + tuning_epochs
+            tuning.begin(epoch, best)
+            begin_prompt_tuning(model, optimizer, best_state)
         elif stop:
             break
     bar.close()
-    if tuning:
+    if tuning.active:
         thaw_backbone(model)
     # 5. report the best epoch
     model.load_state_dict(best_state)
@@ -211,7 +207,7 @@ def fit(
         warnings=notes,
         metric="accuracy" if runner.higher_is_better else "mae",
         prompt_start_epoch=prompts.epoch,
-        before_tuning=before_tuning,
+        before_tuning=tuning.before,
     )
     return result, model
 
@@ -231,6 +227,23 @@ def schedule_epoch(
     searching = not quantization_settled(model)
     schedule_lr(optimizer, epoch, train, searching=searching, tuning=tuning)
     prompts.record(epoch, bool(prompt_rate(optimizer)), searching)
+
+
+def tuning_epochs(train: TrainConfig, optimizer: torch.optim.Optimizer) -> int:
+    """Epochs of prompt tuning after the run: ``train.prompt_tuning_epochs``, or ``0`` for
+    a model without prompts."""
+    return train.prompt_tuning_epochs if prompt_rate(optimizer) is not None else 0
+
+
+def begin_prompt_tuning(
+    model: nn.Module, optimizer: torch.optim.Optimizer, best_state: dict[str, Any]
+) -> None:
+    """Every loop's switch to prompt tuning: the scheme's best model (``best_state``, its
+    prompts still untrained) back in ``model``, the prompts' Adam moments dropped and the
+    backbone frozen."""
+    model.load_state_dict(best_state)
+    forget_prompt_moments(optimizer)
+    freeze_backbone(model)
 
 
 def freeze_backbone(model: nn.Module) -> None:

@@ -13,7 +13,8 @@ rule, through one :class:`BestEpoch`:
 
 Beside it, :class:`PromptStart` records the first epoch that trained the prompts, so every
 loop can say when the reported model's prompts never trained
-(:func:`lorap_dist.fit.untrained_prompts`).
+(:func:`lorap_dist.fit.untrained_prompts`), and :class:`PromptTuning` where the run's
+prompt-tuning phase (``train.prompt_tuning_epochs``) begins and ends.
 """
 
 from __future__ import annotations
@@ -112,3 +113,52 @@ class PromptStart:
         epoch = state.get("epoch")
         self.epoch = None if epoch is None else int(epoch)
         self.searched = bool(state.get("searched", False))
+
+
+@dataclass
+class PromptTuning:
+    """The prompt-tuning phase of a run (``train.prompt_tuning_epochs``): after the run's
+    last epoch, or its early stop, only the prompts train on its best model for ``epochs``
+    more epochs, the epoch numbers carrying on. It survives a checkpoint, so a run resumed
+    inside the phase ends where the uninterrupted one does.
+
+    Args:
+        epochs: epochs of prompt tuning (``0``: none, as for a model without prompts).
+        start: the first tuning epoch, 0-based (``None`` before the phase began).
+        before: the scheme alone's best when the phase began (``epoch``, ``valid``,
+            ``test``): the run's own comparison without the prompt.
+    """
+
+    epochs: int = 0
+    start: int | None = None
+    before: dict[str, float] | None = None
+
+    @property
+    def active(self) -> bool:
+        """Whether the phase has begun: only the prompts train."""
+        return self.start is not None
+
+    def end(self, run_epochs: int) -> int:
+        """The epoch count the run ends at: ``run_epochs`` (``train.epochs``) before the
+        phase, its start plus ``epochs`` once it began."""
+        return run_epochs if self.start is None else self.start + self.epochs
+
+    def due(self, run_over: bool) -> bool:
+        """Whether the phase begins after this epoch: the run is over (its last epoch, or
+        stopped early) and the phase is configured and has not begun."""
+        return run_over and self.epochs > 0 and self.start is None
+
+    def begin(self, epoch: int, best: BestEpoch) -> None:
+        """Begin the phase after epoch ``epoch`` (0-based), recording ``best``."""
+        self.start = epoch + 1
+        self.before = {"epoch": best.epoch, "valid": best.valid, "test": best.test}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"start": self.start, "before": self.before}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore from :meth:`state_dict` (``epochs`` stays as configured; an older
+        checkpoint without it: the phase has not begun)."""
+        start = state.get("start")
+        self.start = None if start is None else int(start)
+        self.before = state.get("before")

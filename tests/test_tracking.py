@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from lorap_dist.tracking import BestEpoch
+from lorap_dist.tracking import BestEpoch, PromptTuning
 
 
 def test_the_best_is_the_first_strictly_higher_validation_accuracy():
@@ -51,3 +51,22 @@ def test_an_error_is_best_when_lowest_and_the_first_finite_one_counts():
     best.restart()
     assert best.update(4, 9.0, 9.0)
     assert "higher_is_better" not in best.state_dict()
+
+
+def test_prompt_tuning_extends_the_run_once_and_survives_a_checkpoint():
+    tuning = PromptTuning(epochs=3)
+    assert not tuning.active and tuning.end(10) == 10
+    assert not tuning.due(run_over=False) and tuning.due(run_over=True)
+    best = BestEpoch()
+    best.update(4, 0.7, 0.6)
+    tuning.begin(6, best)  # stopped early after epoch 6
+    assert tuning.active and (tuning.start, tuning.end(10)) == (7, 10)
+    assert tuning.before == {"epoch": 4, "valid": 0.7, "test": 0.6}
+    assert not tuning.due(run_over=True)  # once
+    resumed = PromptTuning(epochs=3)
+    resumed.load_state_dict(tuning.state_dict())
+    assert (resumed.start, resumed.before, resumed.end(10)) == (7, tuning.before, 10)
+    fresh = PromptTuning(epochs=3)
+    fresh.load_state_dict({})  # a checkpoint written before it existed
+    assert not fresh.active and fresh.end(10) == 10
+    assert not PromptTuning(epochs=0).due(run_over=True)  # not configured

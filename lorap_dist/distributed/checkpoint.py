@@ -6,7 +6,8 @@ A checkpoint is a plain directory, so Ray Train can carry it
     checkpoint_epoch_000004/
       tensors.arrow    one row per tensor: name, dtype, shape, bytes
                        (``model/<key>`` for the model state dict, quantizer state included;
-                       ``optimizer/<param id>/<key>`` for the optimizer's per-parameter state)
+                       ``optimizer/<param id>/<key>`` for the optimizer's per-parameter state,
+                       ``best/<key>`` for the best-validation epoch's model, the reported one)
       state.json       run config, epoch, step, architecture, optimizer non-tensor state,
                        every rank's RNG state (torch CPU, python, numpy; CUDA when present)
       manifest.json    format version and the checksum (xxh3-64) + size of each file above
@@ -82,6 +83,9 @@ class TrainingState:
         dataset: dataset facts the model's shapes depend on (``num_features``,
             ``num_classes``, ``num_nodes``).
         extra: anything else JSON-serialisable (best validation accuracy, history).
+        best_model: the ``state_dict`` of the best-validation epoch's model, the one the
+            run reports (empty before any evaluation, and in checkpoints written before
+            they kept it); prompt tuning starts from it.
     """
 
     model: dict[str, Tensor]
@@ -92,6 +96,7 @@ class TrainingState:
     rng: list[dict[str, Any]] = field(default_factory=list)
     dataset: dict[str, int] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+    best_model: dict[str, Tensor] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------------------
@@ -375,6 +380,7 @@ def save_checkpoint(state: TrainingState, directory: str | Path) -> Path:
     try:
         opt_tensors, opt_meta = _flatten_optimizer(state.optimizer)
         tensors = {f"model/{k}": v for k, v in state.model.items()} | opt_tensors
+        tensors |= {f"best/{k}": v for k, v in state.best_model.items()}
         sink = pa.BufferOutputStream()
         table = _tensor_table(tensors)
         with pa.ipc.new_file(sink, table.schema) as writer:
@@ -475,7 +481,8 @@ def load_checkpoint(
         check_architecture(meta["architecture"], expected_architecture, path)
     with pa.memory_map(str(path / TENSORS_FILE)) as source:
         tensors = _table_tensors(pa.ipc.open_file(source).read_all())
-    model = {k.removeprefix("model/"): v for k, v in tensors.items() if k.startswith("model/")}
+    model, best = ({k.removeprefix(p): v for k, v in tensors.items() if k.startswith(p)}
+                   for p in ("model/", "best/"))  # fmt: skip
     return TrainingState(
         model=model,
         optimizer=_unflatten_optimizer(meta["optimizer"], tensors),
@@ -485,6 +492,7 @@ def load_checkpoint(
         rng=meta["rng"],
         dataset=meta["dataset"],
         extra=meta["extra"],
+        best_model=best,
     )
 
 

@@ -20,6 +20,7 @@ start), and each epoch
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from typing import Any
@@ -29,9 +30,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from lorap_dist.distributed.checkpoint import (
-    restore_rng,
-)
+from lorap_dist.distributed.checkpoint import restore_rng
 from lorap_dist.distributed.model_state import broadcast_buffers, share_quantizer_writes
 from lorap_dist.distributed.seeds import seed_rank
 from lorap_dist.distributed.worker import (
@@ -42,11 +41,12 @@ from lorap_dist.distributed.worker import (
     report_epoch,
     restore_training,
     stop_early,
+    tuning_metrics,
 )
-from lorap_dist.fit import schedule_epoch
+from lorap_dist.fit import begin_prompt_tuning, schedule_epoch, tuning_epochs
 from lorap_dist.optim import build_optimizer
 from lorap_dist.quant import end_epoch
-from lorap_dist.tracking import BestEpoch, PromptStart
+from lorap_dist.tracking import BestEpoch, PromptStart, PromptTuning
 from lorap_dist.train_graphs import (
     GraphBatchRunner,
     build_graph_model,
@@ -90,8 +90,9 @@ def graph_loop_per_worker(config: dict[str, Any]) -> None:
 
     best = BestEpoch(patience=train_cfg.patience, higher_is_better=runner.higher_is_better)
     prompts = PromptStart()
-    trackers = {"best": best, "prompts": prompts}
-    start_epoch, step, restored_rng = restore_training(
+    tuning = PromptTuning(tuning_epochs(train_cfg, optimizer))
+    trackers = {"best": best, "prompts": prompts, "tuning": tuning}
+    start_epoch, step, restored_rng, best_state = restore_training(
         config, experiment, facts, model, optimizer, trackers, rank
     )
     ddp = DistributedDataParallel(
@@ -106,8 +107,10 @@ def graph_loop_per_worker(config: dict[str, Any]) -> None:
         split: splits[split][rank::world_size] for split in ("valid", "test")
     }  # fixed: evaluation shares
 
-    for epoch in range(start_epoch, train_cfg.epochs):
-        schedule_epoch(model, optimizer, epoch, train_cfg, prompts)
+    epoch = start_epoch - 1
+    while epoch + 1 < tuning.end(train_cfg.epochs):  # train.epochs, then prompt tuning's
+        epoch += 1
+        schedule_epoch(model, optimizer, epoch, train_cfg, prompts, tuning.active)
         ddp.train()
         started = time.perf_counter()
         own = rank_share(splits["train"], train_cfg.seed, epoch, rank, world_size)
@@ -120,19 +123,29 @@ def graph_loop_per_worker(config: dict[str, Any]) -> None:
             share_quantizer_writes(model)  # e.g. A2Q's pool, set from each rank's batch
             step += 1
         elapsed = time.perf_counter() - started
-        if end_epoch(model, epoch, train_cfg.epochs):  # e.g. MixQ froze: a different model
+        # e.g. MixQ froze: a different model
+        if not tuning.active and end_epoch(model, epoch, train_cfg.epochs):
             best.restart()
         metrics = epoch_metrics(epoch, step, totals, elapsed, bytes_sent=0)
         # seeds_per_s: training graphs per second here
-        last = epoch + 1 == train_cfg.epochs
+        last = epoch + 1 == tuning.end(train_cfg.epochs)
         evaluated = evaluation_due(epoch, last, settings.eval_every)
         if evaluated:
             metrics |= evaluate(model, graphs, shares, runner)
-            best.update(epoch, metrics["valid_acc"], metrics["test_acc"])
-        stop = not last and stop_early(model, best, epoch, evaluated)
-        metrics |= best_metrics(best, stop, prompts, optimizer)
-        due = last or stop or (epoch + 1) % settings.checkpoint_every == 0
-        report_epoch(metrics, due, rank, world_size, model, optimizer, experiment, facts, trackers)
+            if best.update(epoch, metrics["valid_acc"], metrics["test_acc"]):
+                best_state = copy.deepcopy(model.state_dict())  # rank 0's buffers on all
+        stop = not last and not tuning.active and stop_early(model, best, epoch, evaluated)
+        began = tuning.due(last or stop)
+        if began:  # prompt tuning from the run's best model
+            tuning.begin(epoch, best)
+            begin_prompt_tuning(model, optimizer, best_state)
+            stop = False
+        metrics |= best_metrics(best, stop, prompts, optimizer) | tuning_metrics(tuning)
+        due = last or stop or began or (epoch + 1) % settings.checkpoint_every == 0
+        report_epoch(
+            metrics, due, rank, world_size, model, optimizer, experiment, facts, trackers,
+            best_state,
+        )  # fmt: skip
         if stop:  # every rank: the same all-reduced scores decided it
             break
 

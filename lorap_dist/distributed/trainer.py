@@ -267,8 +267,11 @@ def run_distributed(
         ``lorap train``), ``steps``, ``checkpoint`` (path of the last checkpoint),
         ``run_dir``, ``prompt_start_epoch`` (the first epoch that trained the prompts),
         ``prompt_trained`` (the best epoch's model holds trained prompts; ``None`` without
-        prompts) and ``warnings`` (each also raised as a :class:`UserWarning`: the reported model's
-        prompts never trained, as ``lorap train`` says it).
+        prompts), with ``train.prompt_tuning_epochs`` ``tuning_start_epoch`` (its first
+        epoch, 0-based) and ``before_tuning`` (the scheme alone's best when it began:
+        ``epoch``, ``valid``, ``test``), and ``warnings`` (each also raised as a
+        :class:`UserWarning`: the reported model's prompts never trained, as ``lorap train``
+        says it). The last checkpoint holds the best-validation model under ``best_model``.
 
     Raises:
         DatasetError: the dataset directory is unusable (before any worker starts).
@@ -277,11 +280,12 @@ def run_distributed(
             message names the last good checkpoint and how to resume from it.
     """
     check_feature_rows(experiment, settings)  # settings need not be experiment.dist
-    if experiment.train.prompt_tuning_epochs:
+    if experiment.train.prompt_tuning_epochs and settings.eval_every is None:
         raise ConfigError(
-            f"train.prompt_tuning_epochs={experiment.train.prompt_tuning_epochs}: prompt "
-            "tuning on a frozen backbone runs in single-process training only (lorap train, "
-            "the Tune driver); set it to 0 for a distributed run."
+            f"train.prompt_tuning_epochs={experiment.train.prompt_tuning_epochs} starts from "
+            "the run's best-validation model and keeps the prompt only if it beats it on "
+            "validation, but dist.eval_every is null (never evaluate); set dist.eval_every "
+            "(e.g. 1), or train.prompt_tuning_epochs: 0."
         )
     if experiment.data.graph_level:
         experiment = check_graph_level_run(experiment)
@@ -327,8 +331,19 @@ def run_distributed(
         "run_dir": str(result.path),
         "prompt_start_epoch": metrics.get("prompt_start_epoch"),
         "prompt_trained": metrics.get("prompt_trained"),
+        "tuning_start_epoch": metrics.get("tuning_start_epoch"),
+        "before_tuning": before_tuning(metrics),
         "warnings": notes,
     }
+
+
+def before_tuning(metrics: dict[str, Any]) -> dict[str, float] | None:
+    """The scheme alone's best when prompt tuning began (``epoch``, ``valid``, ``test``, as
+    :class:`~lorap_dist.fit.TrainResult` has it), from the last epoch's report; ``None``
+    without prompt tuning."""
+    if metrics.get("tuning_start_epoch") is None:
+        return None
+    return {key: metrics[f"before_tuning_{key}"] for key in ("epoch", "valid", "test")}
 
 
 def untrained_prompt_notes(experiment: ExperimentConfig, metrics: dict[str, Any]) -> list[str]:

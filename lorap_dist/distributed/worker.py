@@ -27,6 +27,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from lorap_dist.config import DistConfig, ExperimentConfig
 from lorap_dist.distributed.checkpoint import (
+    CheckpointError,
     TrainingState,
     architecture,
     capture_rng,
@@ -37,6 +38,7 @@ from lorap_dist.distributed.checkpoint import (
     load_optimizer_state,
     restore_rng,
     save_checkpoint,
+    verify_checkpoint,
 )
 from lorap_dist.distributed.exchange import FeatureExchange
 from lorap_dist.distributed.inference import layerwise_inference
@@ -47,7 +49,7 @@ from lorap_dist.distributed.model_state import (
 )
 from lorap_dist.distributed.seeds import SeedSchedule, epoch_generator, seed_rank
 from lorap_dist.distributed.step import train_batch
-from lorap_dist.fit import schedule_epoch
+from lorap_dist.fit import begin_prompt_tuning, freeze_backbone, schedule_epoch, tuning_epochs
 from lorap_dist.graph.block import NodeInfo
 from lorap_dist.graph.gather import RowGather
 from lorap_dist.graph.sampler import NeighborSampler
@@ -55,7 +57,7 @@ from lorap_dist.graph.storage import Dataset, open_dataset
 from lorap_dist.nn.model import build_model
 from lorap_dist.optim import build_optimizer, prompt_rate
 from lorap_dist.quant import QuantizedRows, end_epoch, quantization_settled
-from lorap_dist.tracking import BestEpoch, PromptStart
+from lorap_dist.tracking import BestEpoch, PromptStart, PromptTuning
 from lorap_dist.train import backward_loss
 
 SAMPLING_STREAM = 1  # epoch_generator stream of the neighbour sampler (0 orders the seeds)
@@ -102,8 +104,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     # 3. Resume: Ray Train's checkpoint after a restart, else the --resume path.
     best = BestEpoch(patience=train_cfg.patience)  # the best-validation epoch
     prompts = PromptStart()
-    trackers = {"best": best, "prompts": prompts}
-    start_epoch, step, restored_rng = restore_training(
+    tuning = PromptTuning(tuning_epochs(train_cfg, optimizer))
+    trackers = {"best": best, "prompts": prompts, "tuning": tuning}
+    start_epoch, step, restored_rng, best_state = restore_training(
         config, experiment, dataset_facts, model, optimizer, trackers, rank
     )
 
@@ -125,8 +128,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     # share of the step's seeds (a short last batch would otherwise count as a full one).
     rows = RowGather()  # each batch's feature rows, in one buffer kept across batches
     weights = schedule.loss_weights(rank)
-    for epoch in range(start_epoch, train_cfg.epochs):
-        schedule_epoch(model, optimizer, epoch, train_cfg, prompts)
+    epoch = start_epoch - 1
+    while epoch + 1 < tuning.end(train_cfg.epochs):  # train.epochs, then prompt tuning's
+        epoch += 1
+        schedule_epoch(model, optimizer, epoch, train_cfg, prompts, tuning.active)
         ddp.train()
         started = time.perf_counter()
         bytes_before = exchange.bytes_sent
@@ -155,26 +160,37 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             )
             step += 1
         elapsed = time.perf_counter() - started
-        if end_epoch(model, epoch, train_cfg.epochs):  # e.g. MixQ froze: a different model
+        # e.g. MixQ froze: a different model
+        if not tuning.active and end_epoch(model, epoch, train_cfg.epochs):
             best.restart()
             del ddp  # its reducer's hooks go with it
             ddp = data_parallel()
         metrics = epoch_metrics(epoch, step, totals, elapsed, exchange.bytes_sent - bytes_before)
 
-        # 5. Evaluate exactly (full neighbourhoods, layer by layer) on every partition.
-        last = epoch + 1 == train_cfg.epochs
+        # 5. Evaluate exactly (full neighbourhoods, layer by layer) on every partition;
+        # after the run, prompt tuning starts from its best model.
+        last = epoch + 1 == tuning.end(train_cfg.epochs)
         evaluated = evaluation_due(epoch, last, settings.eval_every)
         if evaluated:
             metrics |= evaluate(model, dataset, part, degree, exchange, settings, device)
-            best.update(epoch, metrics["valid_acc"], metrics["test_acc"])
-        stop = not last and stop_early(model, best, epoch, evaluated)
-        metrics |= best_metrics(best, stop, prompts, optimizer)
+            if best.update(epoch, metrics["valid_acc"], metrics["test_acc"]):
+                best_state = copy.deepcopy(model.state_dict())  # rank 0's buffers on all
+        stop = not last and not tuning.active and stop_early(model, best, epoch, evaluated)
+        began = tuning.due(last or stop)
+        if began:
+            tuning.begin(epoch, best)
+            begin_prompt_tuning(model, optimizer, best_state)
+            stop = False
+            del ddp  # the backbone in evaluation mode: ask again which parameters train
+            ddp = data_parallel()
+        metrics |= best_metrics(best, stop, prompts, optimizer) | tuning_metrics(tuning)
 
         # 6. Rank 0 writes the checkpoint; every rank reports once per epoch.
-        due = last or stop or (epoch + 1) % settings.checkpoint_every == 0
+        due = last or stop or began or (epoch + 1) % settings.checkpoint_every == 0
         report_epoch(
-            metrics, due, rank, world_size, model, optimizer, experiment, dataset_facts, trackers
-        )
+            metrics, due, rank, world_size, model, optimizer, experiment, dataset_facts, trackers,
+            best_state,
+        )  # fmt: skip
         if stop:  # every rank: the same all-reduced scores decided it
             break
 
@@ -217,6 +233,16 @@ def best_metrics(
     }
 
 
+def tuning_metrics(tuning: PromptTuning) -> dict[str, Any]:
+    """An epoch report's view of prompt tuning (``train.prompt_tuning_epochs``): the first
+    tuning epoch (``tuning_start_epoch``, 0-based) and the scheme alone's best when it began
+    (``before_tuning_epoch``, ``_valid``, ``_test``); ``None`` before the phase."""
+    before = tuning.before or {}
+    return {"tuning_start_epoch": tuning.start} | {
+        f"before_tuning_{key}": before.get(key) for key in ("epoch", "valid", "test")
+    }
+
+
 def epoch_metrics(
     epoch: int, step: int, totals: Tensor, elapsed: float, bytes_sent: int
 ) -> dict[str, Any]:
@@ -250,11 +276,13 @@ def report_epoch(
     experiment: ExperimentConfig,
     dataset_facts: dict[str, int],
     trackers: dict[str, Any],
+    best_model: dict[str, Tensor],
 ) -> None:
     """Report the epoch (``metrics["epoch"]`` done, ``metrics["step"]`` steps) from every
     rank; with ``checkpoint``, rank 0 also writes the :class:`TrainingState`, with every
-    rank's RNG streams and each of ``trackers`` (:class:`BestEpoch`, :class:`PromptStart`)
-    saved under its key."""
+    rank's RNG streams, each of ``trackers`` (:class:`BestEpoch`, :class:`PromptStart`,
+    :class:`PromptTuning`) saved under its key and ``best_model``, the best-validation
+    epoch's ``state_dict``."""
     if not checkpoint:
         ray.train.report(metrics)
         return
@@ -269,6 +297,7 @@ def report_epoch(
         rng=rng_states,
         dataset=dataset_facts,
         extra={key: tracker.state_dict() for key, tracker in trackers.items()},
+        best_model=best_model,
     )
     report_with_checkpoint(metrics, state, rank)
 
@@ -295,19 +324,20 @@ def restore_training(
     optimizer: torch.optim.Optimizer,
     trackers: dict[str, Any],
     rank: int,
-) -> tuple[int, int, Any]:
+) -> tuple[int, int, Any, dict[str, Tensor]]:
     """Load the checkpoint a (re)started run resumes from (:func:`resume_directory`) into
     ``model``, ``optimizer`` and ``trackers`` (as :func:`report_epoch` saved them; and the
     checkpoint's warm start into ``experiment.train`` where it leaves ``prompt_warmup`` to
     the default: :func:`~lorap_dist.distributed.checkpoint.keep_prompt_warmup`); returns the
-    epoch and step to continue from and this rank's saved RNG state (``(0, 0, None)`` for a
-    fresh run). The RNG state is for the caller to restore last, once nothing else draws from the
-    streams. A collective: it raises on every rank when the ranks found different
-    checkpoints."""
+    epoch and step to continue from, this rank's saved RNG state and the best model's
+    ``state_dict`` (``(0, 0, None, model's state)`` for a fresh run). A run resumed inside
+    prompt tuning (``trackers["tuning"]``) has its backbone frozen again. The RNG state is
+    for the caller to restore last, once nothing else draws from the streams. A
+    collective: it raises on every rank when the ranks found different checkpoints."""
     checkpoint_dir = resume_directory(config.get("resume"), config.get("run_dir"))
     if checkpoint_dir is None:
         check_same_resume_point(0, 0)
-        return 0, 0, None
+        return 0, 0, None, copy.deepcopy(model.state_dict())
     with checkpoint_dir as directory:
         state = load_checkpoint(
             directory, expected_architecture=architecture(experiment.to_dict(), dataset_facts)
@@ -317,8 +347,22 @@ def restore_training(
     load_optimizer_state(optimizer, state.optimizer, directory)
     for key, tracker in trackers.items():  # a checkpoint without one: its fresh state
         tracker.load_state_dict(state.extra.get(key, {}))
+    tuning, best = trackers["tuning"], trackers["best"]
+    if tuning.epochs and best.epoch >= 0 and not state.best_model:
+        raise CheckpointError(
+            f"checkpoint {directory} holds no best model (it was written before checkpoints "
+            f"kept it), which train.prompt_tuning_epochs={tuning.epochs} starts from; resume "
+            "it with train.prompt_tuning_epochs: 0, or start a new run without --resume."
+        )
+    if tuning.active:
+        freeze_backbone(model)
     check_same_resume_point(state.epoch, state.step)
-    return state.epoch, state.step, state.rng[rank]
+    return (
+        state.epoch,
+        state.step,
+        state.rng[rank],
+        state.best_model or copy.deepcopy(model.state_dict()),
+    )
 
 
 def evaluate(
@@ -425,16 +469,12 @@ def newer_checkpoint_on_disk(
 def resolve_resume_path(resume: str | Path) -> Path:
     """A checkpoint directory itself (verified: a truncated or corrupt one is refused here,
     before any worker starts), or the newest good checkpoint under a run directory."""
-    from lorap_dist.distributed.checkpoint import verify_checkpoint
-
     path = Path(resume)
     if (path / "manifest.json").is_file():
         verify_checkpoint(path)
         return path
     found = latest_good_checkpoint(path)
     if found is None:
-        from lorap_dist.distributed.checkpoint import CheckpointError
-
         raise CheckpointError(
             f"--resume {path}: no usable checkpoint there (neither a checkpoint directory "
             "with manifest.json nor a run directory holding checkpoint_epoch_* ones)."

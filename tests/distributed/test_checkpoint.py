@@ -32,6 +32,7 @@ from lorap_dist.distributed.checkpoint import (
 )
 from lorap_dist.nn import build_model
 from lorap_dist.optim import build_optimizer
+from lorap_dist.tracking import BestEpoch, PromptStart, PromptTuning
 
 CONFIG = {
     "model": {"arch": "gcn", "hidden": 8, "layers": 2, "heads": 2},
@@ -94,6 +95,18 @@ def test_round_trip_is_bit_exact(tmp_path):
     assert torch.equal(torch.rand(4), expected_next[0])
     assert random.random() == expected_next[1]
     assert np.random.rand() == expected_next[2]
+
+
+def test_the_best_model_round_trips_beside_the_model_and_older_checkpoints_have_none(tmp_path):
+    state, _, _ = trained_state()
+    state.best_model = {key: value + 1 for key, value in state.model.items()}
+    loaded = load_checkpoint(save_checkpoint(state, tmp_path / checkpoint_name(1)))
+    assert loaded.best_model.keys() == state.model.keys() == loaded.model.keys()
+    for key, value in state.model.items():
+        assert torch.equal(loaded.model[key], value), key
+        assert torch.equal(loaded.best_model[key], value + 1), key
+    state.best_model = {}  # as written before checkpoints kept it
+    assert load_checkpoint(save_checkpoint(state, tmp_path / checkpoint_name(2))).best_model == {}
 
 
 def test_no_temporary_directory_is_left(tmp_path):
@@ -356,3 +369,68 @@ def test_a_resume_too_short_for_the_saved_warm_start_says_what_to_set():
     saved = {"train": {"epochs": 200, "prompt_warmup": None}}
     with pytest.raises(CheckpointError, match=r"held still for 50 epochs.*train.epochs=40"):
         keep_prompt_warmup(TrainConfig(epochs=40), saved, "ckpt")
+
+
+def prompt_tuning_checkpoint(tmp_path, tuning: dict | None, keep_best: bool):
+    """A checkpoint of a LoRAP GCN run with ``train.prompt_tuning_epochs: 2`` whose best
+    epoch is 1, written after 2 epochs; inside the tuning phase when ``tuning`` is given,
+    with its best model when ``keep_best``; and what the worker resumes into."""
+    from lorap_dist.config import ExperimentConfig
+
+    experiment = ExperimentConfig.from_dict(
+        {**CONFIG, "train": {"epochs": 2, "prompt_tuning_epochs": 2}}
+    )
+    model = build_model(5, 3, experiment.model, experiment.prompt)
+    optimizer = build_optimizer(model, experiment.train)
+    extra = {"best": {"epoch": 1, "valid": 0.5, "test": 0.4}}
+    state = TrainingState(
+        model=model.state_dict(),
+        optimizer=optimizer.state_dict(),
+        config=experiment.to_dict(),
+        epoch=2,
+        step=2,
+        rng=[capture_rng()],
+        dataset=DATASET,
+        extra=extra | ({"tuning": tuning} if tuning else {}),
+        best_model={k: v + 1 for k, v in model.state_dict().items()} if keep_best else {},
+    )
+    path = save_checkpoint(state, tmp_path / checkpoint_name(2))
+    trackers = {"best": BestEpoch(), "prompts": PromptStart(), "tuning": PromptTuning(2)}
+    return path, (experiment, DATASET, model, optimizer, trackers, 0)
+
+
+@pytest.fixture
+def outside_ray_train(monkeypatch):
+    """The worker's resume outside a Ray Train session: no checkpoint registered."""
+    from lorap_dist.distributed import worker
+
+    monkeypatch.setattr(worker.ray.train, "get_checkpoint", lambda: None)
+
+
+def test_prompt_tuning_resumed_inside_the_phase_freezes_the_backbone_again(
+    tmp_path, outside_ray_train, one_rank_group
+):
+    from lorap_dist.distributed.worker import restore_training
+
+    before = {"epoch": 1, "valid": 0.5, "test": 0.4}
+    path, args = prompt_tuning_checkpoint(tmp_path, {"start": 2, "before": before}, True)
+    epoch, step, _, best = restore_training({"resume": str(path)}, *args)
+    model, tuning = args[2], args[4]["tuning"]
+    assert (epoch, step, tuning.start, tuning.before, tuning.end(2)) == (2, 2, 2, before, 4)
+    assert all(torch.equal(best[k], v + 1) for k, v in model.state_dict().items())
+    model.train()
+    assert not model.training  # the backbone runs as in evaluation ...
+    assert all(m.training for m in model.modules() if type(m).__name__ == "LoRAP")  # ... not these
+
+
+def test_prompt_tuning_from_a_checkpoint_without_the_best_model_is_refused_naming_it(
+    tmp_path, outside_ray_train, one_rank_group
+):
+    from lorap_dist.distributed.worker import restore_training
+
+    path, args = prompt_tuning_checkpoint(tmp_path, None, keep_best=False)
+    with pytest.raises(
+        CheckpointError, match=r"holds no best model .*prompt_tuning_epochs=2"
+    ) as info:
+        restore_training({"resume": str(path)}, *args)
+    assert str(path) in str(info.value)

@@ -47,13 +47,15 @@ def test_a_fanout_longer_than_the_model_fails_in_the_driver(tiny_dataset, tmp_pa
         )
 
 
-def test_prompt_tuning_in_a_distributed_run_fails_in_the_driver(tiny_dataset, tmp_path, no_ray):
+def test_prompt_tuning_without_evaluation_fails_in_the_driver(tiny_dataset, tmp_path, no_ray):
+    """Prompt tuning starts from the best-validation model: a run that never evaluates
+    (``dist.eval_every: null``) has none."""
     data = experiment(tiny_dataset, [4, 4]).to_dict()
     data["train"]["prompt_tuning_epochs"] = 3
-    with pytest.raises(ConfigError, match=r"train.prompt_tuning_epochs=3: .* single-process"):
+    with pytest.raises(ConfigError, match=r"prompt_tuning_epochs=3 .* dist.eval_every is null"):
         trainer.run_distributed(
             ExperimentConfig.from_dict(data),
-            DistConfig(num_workers=2, storage_path=str(tmp_path)),
+            DistConfig(num_workers=2, storage_path=str(tmp_path), eval_every=None),
         )
 
 

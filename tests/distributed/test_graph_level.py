@@ -109,3 +109,29 @@ def test_graph_level_errors_come_before_any_worker(tu_root, tmp_path):
     missing.data.name = "ABSENT"
     with pytest.raises(DatasetError, match="ABSENT_A.txt"):
         run_distributed(missing, settings(tmp_path, "y"))
+
+
+@pytest.mark.slow
+def test_graph_level_prompt_tuning_resumed_inside_the_phase_ends_as_the_uninterrupted_run(
+    ray_cluster, tu_root, tmp_path
+):
+    """``train.prompt_tuning_epochs`` in a graph-level run (Degree-Quant INT4, batch-norm
+    statistics and protection masks in play): 2 epochs, then 2 of prompt tuning in which
+    the backbone stays the best model's; ``--resume`` from the checkpoint after the first
+    tuning epoch ends where the uninterrupted run does."""
+    config = experiment(tu_root, 2, prompt_tuning_epochs=2)
+    straight = run_distributed(config, settings(tmp_path, "tuned"))
+    assert straight["epochs"] == 4 and straight["tuning_start_epoch"] == 2
+    assert straight["before_tuning"]["epoch"] in (0, 1)
+    (inside,) = (tmp_path / "runs").rglob(checkpoint_name(3))
+    resumed = run_distributed(config, settings(tmp_path, "resumed"), resume=inside)
+    for key in ("epochs", "loss", "valid_acc", "best_valid_acc", "best_epoch", "before_tuning"):
+        assert straight[key] == resumed[key], key
+    a, b = load_checkpoint(straight["checkpoint"]), load_checkpoint(resumed["checkpoint"])
+    start = load_checkpoint(next((tmp_path / "runs" / "tuned").rglob(checkpoint_name(2))))
+    prompt = {key for key in a.model if ".lorap." in key}
+    assert prompt
+    for key in a.model:
+        assert torch.equal(a.model[key], b.model[key]), key
+        if key not in prompt:  # weights, ranges, batch-norm statistics: the best model's
+            assert torch.equal(a.model[key], start.best_model[key]), key

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import math
 import warnings
+from pathlib import Path
 
 import pytest
+import torch
 
 from lorap_dist.config import ConfigError, DistConfig, ExperimentConfig
 from lorap_dist.distributed.checkpoint import checkpoint_name, load_checkpoint
@@ -218,3 +220,45 @@ def test_without_restarts_a_killed_worker_ends_in_one_line_naming_the_checkpoint
     message = str(info.value)
     assert "\n" not in message
     assert f"--resume {tmp_path / 'runs' / 'no-retry' / checkpoint_name(1)}" in message
+
+
+def test_prompt_tuning_resumed_after_a_killed_worker_ends_as_the_uninterrupted_run(
+    ray_cluster, tiny_dataset, tmp_path
+):
+    """``train.prompt_tuning_epochs`` on 2 workers: 2 epochs of QAT INT4 with the prompts
+    held still, then 3 in which only the prompts train on the run's best model. Rank 1 is
+    killed in the second tuning epoch; restarted from the checkpoint inside the phase, the
+    run ends with the uninterrupted run's weights, best model and scores, and its backbone
+    is the one the phase began from."""
+    config = experiment(tiny_dataset, 2, prompt_tuning_epochs=3)
+    straight = run_distributed(config, settings(tmp_path, "tuned"))
+    marker = tmp_path / "killed"
+    killed = run_distributed(
+        config,
+        settings(tmp_path, "tuned-killed", max_failures=1),
+        step_hook=KillOnce(rank=1, epoch=3, step=1, marker=str(marker)),
+    )
+    assert marker.exists()  # the worker did die, inside the phase
+    assert straight["epochs"] == killed["epochs"] == 5
+    assert straight["tuning_start_epoch"] == killed["tuning_start_epoch"] == 2
+    assert straight["prompt_start_epoch"] == 2  # held still through the run
+    before = straight["before_tuning"]
+    assert before == killed["before_tuning"] and before["epoch"] in (0, 1)
+    assert straight["best_valid_acc"] >= before["valid"]
+    for key in ("loss", "valid_acc", "test_acc", "best_valid_acc", "best_test_acc", "best_epoch"):
+        assert straight[key] == killed[key], key
+    a, b = final_state(straight), final_state(killed)
+    for key in a.model:
+        assert torch.equal(a.model[key], b.model[key]), key
+        assert torch.equal(a.best_model[key], b.best_model[key]), key
+    # The checkpoint written as the phase began holds the run's best model ...
+    (began,) = Path(straight["run_dir"]).rglob(checkpoint_name(2))
+    start = load_checkpoint(began)
+    assert start.best_model.keys() == start.model.keys()
+    assert all(torch.equal(start.model[key], start.best_model[key]) for key in start.model)
+    # ... and only its prompts moved since: weights, ranges and steps stayed.
+    prompt = {key for key in start.model if ".lorap." in key}
+    assert prompt
+    for key in start.model.keys() - prompt:
+        assert torch.equal(a.model[key], start.model[key]), key
+    assert any(not torch.equal(a.model[key], start.model[key]) for key in prompt)
