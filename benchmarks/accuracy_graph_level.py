@@ -72,8 +72,9 @@ def experiment(
     prompt_tuning_epochs: int | None = None,
 ) -> dict[str, Any]:
     """The run's config as a plain dict (scheme ``None``: FP32, with INT8's recipe;
-    ``prompt_lr_scale``, ``prompt_unit``, ``quantizer_lr_scale`` and
-    ``prompt_tuning_epochs`` ``None``: the package's defaults)."""
+    ``prompt_lr_scale``, ``prompt_unit`` and ``quantizer_lr_scale`` ``None``: the
+    package's defaults; ``prompt_tuning_epochs`` ``None``: the prompt trained with the
+    backbone, :data:`common.TRAINED_TOGETHER`)."""
     quant = (
         {"scheme": "none"}
         if scheme is None
@@ -94,7 +95,7 @@ def experiment(
             "device": "cpu",
             **({} if prompt_lr_scale is None else {"prompt_lr_scale": prompt_lr_scale}),
             **({} if quantizer_lr_scale is None else {"quantizer_lr_scale": quantizer_lr_scale}),
-            **({} if not prompt_tuning_epochs else {"prompt_tuning_epochs": prompt_tuning_epochs}),
+            "prompt_tuning_epochs": prompt_tuning_epochs or 0,  # 0: common.TRAINED_TOGETHER
         },
     }
 
@@ -520,9 +521,9 @@ def main() -> None:
         type=int,
         default=None,
         help="prompted rows: tune the prompt for this many epochs on the frozen backbone "
-        "after the run (train.prompt_tuning_epochs; default: the package's, 0, the prompt "
-        "trains with the backbone); such rows are paired with the scheme alone of their own "
-        "runs and kept apart from the default's",
+        "after the run (train.prompt_tuning_epochs; default: 0, the prompt trains with the "
+        "backbone, as the tables were measured); such rows are paired with the scheme "
+        "alone of their own runs and kept apart from the others",
     )
     parser.add_argument("--folds", default="0-9", help="which of the 10 folds to run")
     parser.add_argument("--epochs", type=int, default=200)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import machine, markdown_table, mean_std, write_result  # noqa: E402
+from common import TRAINED_TOGETHER, machine, markdown_table, mean_std, write_result  # noqa: E402
 
 from lorap_dist.config import ExperimentConfig  # noqa: E402
 from lorap_dist.graph.synthetic import generate_synthetic  # noqa: E402
@@ -52,7 +52,8 @@ def config_for(graph: dict, model: dict, prompt: str, bits: int | None, seed: in
             "model": copy.deepcopy(model),
             "prompt": {"kind": prompt, "k": 8, "r": 4},
             "quant": quant,
-            "train": {"epochs": epochs, "patience": 50, "lr": 0.01, "seed": seed},
+            "train": {"epochs": epochs, "patience": 50, "lr": 0.01, "seed": seed}
+            | TRAINED_TOGETHER,
         }
     )
 

@@ -61,6 +61,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 from common import (  # noqa: E402
     RESULTS,
+    TRAINED_TOGETHER,
     machine,
     markdown_table,
     mean_std,
@@ -94,6 +95,7 @@ def experiment(
         "data": {"source": "planetoid", "name": dataset, "root": root},
         "model": dict(MODELS[model]),
         "prompt": {"kind": prompt},
+        "train": dict(TRAINED_TOGETHER),  # the tuning part replaces it
     }
     config["quant"] = (
         {"scheme": "none"}

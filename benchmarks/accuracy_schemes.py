@@ -36,7 +36,14 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-from common import RESULTS, machine, markdown_table, mean_std, write_result  # noqa: E402
+from common import (  # noqa: E402
+    RESULTS,
+    TRAINED_TOGETHER,
+    machine,
+    markdown_table,
+    mean_std,
+    write_result,
+)
 
 from lorap_dist.config import ExperimentConfig  # noqa: E402
 from lorap_dist.graph.synthetic import generate_synthetic  # noqa: E402
@@ -86,6 +93,7 @@ def config_for(
                 "patience": args.patience,
                 "lr": 0.01,
                 "seed": seed,
+                **TRAINED_TOGETHER,
             },
         }
     )

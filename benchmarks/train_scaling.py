@@ -41,7 +41,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import RESULTS, machine, markdown_table, write_result  # noqa: E402
+from common import RESULTS, TRAINED_TOGETHER, machine, markdown_table, write_result  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 FANOUT = [15, 10, 5]
@@ -235,6 +235,7 @@ def run_ours(
                 "fanout": FANOUT,
                 "batch_size": BATCH,
                 "seed": 0,
+                **TRAINED_TOGETHER,
             },
             "dist": {
                 "num_workers": workers,

@@ -230,9 +230,9 @@ def schedule_epoch(
 
 
 def tuning_epochs(train: TrainConfig, optimizer: torch.optim.Optimizer) -> int:
-    """Epochs of prompt tuning after the run: ``train.prompt_tuning_epochs``, or ``0`` for
-    a model without prompts."""
-    return train.prompt_tuning_epochs if prompt_rate(optimizer) is not None else 0
+    """Epochs of prompt tuning after the run: ``train.tuning_epochs`` (resolved from
+    ``train.prompt_tuning_epochs``), or ``0`` for a model without prompts."""
+    return train.tuning_epochs if prompt_rate(optimizer) is not None else 0
 
 
 def begin_prompt_tuning(
@@ -288,9 +288,9 @@ def untrained_prompts(
     holds the prompts too when ``train.prompt_after_search``."""
     if prompts.trained_by(best_epoch):
         return []
-    if train.prompt_tuning_epochs:
+    if train.tuning_epochs:
         return [
-            f"prompt tuning ({train.prompt_tuning_epochs} epochs, train.prompt_tuning_epochs) "
+            f"prompt tuning ({train.tuning_epochs} epochs, train.prompt_tuning_epochs) "
             "did not raise the validation accuracy above that of the scheme's best epoch "
             f"({best_epoch}), so the reported model is the scheme without a prompt."
         ]

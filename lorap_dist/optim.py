@@ -86,13 +86,13 @@ def schedule_lr(
       its quantizers settle first), and while ``searching`` when
       ``train.prompt_after_search`` (MixQ's prompts start when its bit widths freeze), then
       at its own rate;
-    - prompt tuning (``train.prompt_tuning_epochs > 0``): the prompt group stays at rate 0
+    - prompt tuning (``train.tuning_epochs > 0``, the default): the prompt group stays at rate 0
       for the whole run, and in the tuning epochs after it (``tuning``) only the prompt
       group trains, every other group at rate 0.
     """
     every = train.lr_decay_every
     factor = train.lr_decay ** (epoch // every) if every else 1.0
-    if train.prompt_tuning_epochs:
+    if train.tuning_epochs:
         held = not tuning
     else:
         held = epoch < train.prompt_warmup_epochs or (searching and train.prompts_wait_for_search)

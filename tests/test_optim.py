@@ -7,7 +7,7 @@ import torch
 
 from lorap_dist.config import ModelConfig, PromptConfig, TrainConfig
 from lorap_dist.nn import build_model
-from lorap_dist.optim import build_optimizer, parameter_groups
+from lorap_dist.optim import build_optimizer, parameter_groups, prompt_rate
 from lorap_dist.quant import quantize_
 from lorap_dist.quant.schemes.a2q import A2QConfig
 
@@ -117,10 +117,10 @@ def test_a_warm_start_keeps_the_prompt_still_then_trains_it():
 
 
 @pytest.mark.parametrize(("epochs", "still"), [(200, 50), (10, 2), (3, 0), (1, 0)])
-def test_by_default_the_prompt_is_still_for_the_first_quarter_of_the_epochs(epochs, still):
+def test_trained_together_the_prompt_is_still_for_the_first_quarter_of_the_epochs(epochs, still):
     from lorap_dist.optim import schedule_lr
 
-    train = TrainConfig(lr=0.1, prompt_lr_scale=0.5, epochs=epochs)
+    train = TrainConfig(lr=0.1, prompt_lr_scale=0.5, epochs=epochs, prompt_tuning_epochs=0)
     assert train.prompt_warmup is None and train.prompt_warmup_epochs == still
     optimizer = build_optimizer(model_with_every_kind(), train)
     prompt = next(g for g in optimizer.param_groups if g["name"] == "prompt")
@@ -142,7 +142,8 @@ def test_by_default_the_prompt_is_still_for_the_first_quarter_of_the_epochs(epoc
 def test_the_prompt_waits_for_a_search_unless_told_otherwise(after_search, expected):
     from lorap_dist.optim import schedule_lr
 
-    train = TrainConfig(lr=0.1, prompt_lr_scale=0.5, epochs=8, prompt_after_search=after_search)
+    train = TrainConfig(lr=0.1, prompt_lr_scale=0.5, epochs=8, prompt_after_search=after_search,
+                        prompt_tuning_epochs=0)  # fmt: skip
     optimizer = build_optimizer(model_with_every_kind(), train)
     prompt = next(g for g in optimizer.param_groups if g["name"] == "prompt")
     rates = []
@@ -191,6 +192,31 @@ def test_prompt_tuning_holds_the_prompt_through_the_run_then_trains_it_alone():
     run = {"backbone": 0.1, "prompt": 0.0, "quantizer": 0.2}
     tune = {"backbone": 0.0, "prompt": 0.05, "quantizer": 0.0}
     assert rates == [run] * 3 + [tune] * 3
+
+
+@pytest.mark.parametrize(
+    ("train", "tuning"),
+    [
+        ({"epochs": 200}, 50),  # the default: a quarter of the epochs ...
+        ({"epochs": 3}, 1),  # ... at least one
+        ({"epochs": 200, "prompt_warmup": 20}, 0),  # a warm start asks for training together
+        ({"epochs": 200, "prompt_warmup": 0}, 0),
+        ({"epochs": 200, "prompt_tuning_epochs": 0}, 0),
+        ({"epochs": 200, "prompt_tuning_epochs": 7}, 7),
+    ],
+)
+def test_by_default_the_prompt_is_tuned_on_the_frozen_backbone_for_a_quarter_of_the_epochs(
+    train, tuning
+):
+    """``train.prompt_tuning_epochs: null`` (the default) resolves in ``tuning_epochs``; with
+    it the run's epochs hold the prompt still whatever the warm start's default says."""
+    from lorap_dist.optim import schedule_lr
+
+    config = TrainConfig(lr=0.1, prompt_lr_scale=0.5, **train)
+    assert config.tuning_epochs == tuning
+    optimizer = build_optimizer(model_with_every_kind(), config)
+    schedule_lr(optimizer, config.epochs - 1, config)  # past any warm start
+    assert prompt_rate(optimizer) == (0.0 if tuning else 0.05)
 
 
 @pytest.mark.parametrize("bad", [-1, 2.5, True, "5"])

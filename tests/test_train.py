@@ -48,15 +48,17 @@ def test_int4_lorap_run_reports_bits_and_prompt_parameters():
 
 
 @pytest.mark.parametrize(("scheme", "expected_still"), [("qat", 3), ("mixq", 6)])
-def test_by_default_a_prompted_run_trains_as_its_scheme_alone_until_the_prompt_starts(
+def test_trained_together_a_prompted_run_trains_as_its_scheme_alone_until_the_prompt_starts(
     scheme, expected_still
 ):
-    """The default warm start: while the prompt is held still (``P_B`` stays zero) the
-    prompted model is its scheme's model, step for step; the prompt trains from epoch
-    ``epochs // 4`` on, and with MixQ not before its search freezes the bit widths (half
-    the epochs), so the search picks the widths it picks alone."""
+    """The default warm start of a prompt trained together with the backbone
+    (``train.prompt_tuning_epochs: 0``): while the prompt is held still (``P_B`` stays
+    zero) the prompted model is its scheme's model, step for step; the prompt trains from
+    epoch ``epochs // 4`` on, and with MixQ not before its search freezes the bit widths
+    (half the epochs), so the search picks the widths it picks alone."""
     options = {"bits": 4} if scheme == "qat" else {"candidate_bits": [2, 4, 8]}
-    sections = {"quant": {"scheme": scheme, "options": options}, "train": {"epochs": 12}}
+    train_section = {"epochs": 12, "prompt_tuning_epochs": 0}
+    sections = {"quant": {"scheme": scheme, "options": options}, "train": train_section}
     config = small_config(prompt={"kind": "none"}, **sections)  # the default has LoRAP
     graph = generate_synthetic(config.data.synthetic)
     alone, _ = train(config, graph, progress=False)
@@ -218,7 +220,9 @@ def test_a_model_holds_trained_prompts_from_the_first_epoch_that_trained_them():
 
 
 def test_early_stopping_stops_and_keeps_the_best_epoch():
-    config = small_config(train={"epochs": 300, "patience": 5, "lr": 0.05})
+    config = small_config(
+        train={"epochs": 300, "patience": 5, "lr": 0.05, "prompt_tuning_epochs": 0}
+    )
     result, _ = train(config, progress=False)
     assert result.epochs_run < 300
     assert result.epochs_run - 1 - result.best_epoch == 5
@@ -244,7 +248,9 @@ def test_cli_train_with_overrides_writes_the_result(tmp_path, capsys):
         main(args)
     assert code.value.code == 0
     saved = json.loads(out.read_text())
-    assert saved["epochs_run"] == 3 and len(saved["history"]) == 3
+    # by default the prompts are tuned after the run, for a quarter of its epochs (>= 1)
+    assert saved["epochs_run"] == 4 and len(saved["history"]) == 4
+    assert saved["before_tuning"]["epoch"] in (0, 1, 2)
     assert "test_acc" in json.loads(capsys.readouterr().out)
 
 
@@ -421,7 +427,7 @@ def test_a2q_missing_its_budget_is_reported():
                 "scheme": "a2q",
                 "options": {"init_bits": 8, "memory_budget": 4.0, "penalty": 0.0},
             },
-            "train": {"epochs": 2},
+            "train": {"epochs": 2, "prompt_tuning_epochs": 0},
         }
     )
     result, raised = _quiet_train(config)

@@ -279,6 +279,17 @@ def saved_prompt_warmup(config: dict[str, Any]) -> int:
     return TrainConfig(**fields).prompt_warmup_epochs
 
 
+def saved_prompt_tuning(config: dict[str, Any]) -> int:
+    """The epochs of prompt tuning a checkpoint's run was set to (``train.tuning_epochs``,
+    resolved): ``0`` where ``train.prompt_tuning_epochs`` is missing or ``0`` (written
+    before prompt tuning was the default, or with it off)."""
+    train = config.get("train", {})
+    if "prompt_tuning_epochs" not in train:
+        return 0
+    keys = ("epochs", "prompt_warmup", "prompt_tuning_epochs")
+    return TrainConfig(**{key: train[key] for key in keys if key in train}).tuning_epochs
+
+
 def keep_prompt_warmup(train: TrainConfig, saved: dict[str, Any], where: Path | str) -> None:
     """Resume under the warm start the checkpoint's run began with.
 
@@ -290,7 +301,11 @@ def keep_prompt_warmup(train: TrainConfig, saved: dict[str, Any], where: Path | 
     (:func:`saved_prompt_warmup`); an explicit value is the user's choice and is kept. The
     same holds for ``train.prompt_after_search``: left to the default, it takes the
     checkpoint's value, and ``False`` from a checkpoint written before the field existed
-    (its run trained the prompts during the search).
+    (its run trained the prompts during the search); and for
+    ``train.prompt_tuning_epochs``: left to the default, it takes the checkpoint's resolved
+    value (:func:`saved_prompt_tuning`), ``0`` from a checkpoint written before prompt
+    tuning was the default (its run trained the prompts with the backbone), and with
+    prompt tuning the warm start does not apply.
 
     Raises:
         CheckpointError: the kept warm start does not fit ``train.epochs`` (a resume with
@@ -299,7 +314,9 @@ def keep_prompt_warmup(train: TrainConfig, saved: dict[str, Any], where: Path | 
     if train.prompt_after_search is None:
         saved_choice = saved.get("train", {}).get("prompt_after_search", False)
         train.prompt_after_search = saved_choice is not False
-    if train.prompt_warmup is not None:
+    if train.prompt_tuning_epochs is None:
+        train.prompt_tuning_epochs = saved_prompt_tuning(saved)
+    if train.prompt_warmup is not None or train.tuning_epochs:
         return
     kept = saved_prompt_warmup(saved)
     if kept >= train.epochs:

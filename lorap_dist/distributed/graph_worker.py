@@ -34,16 +34,15 @@ from lorap_dist.distributed.checkpoint import restore_rng
 from lorap_dist.distributed.model_state import broadcast_buffers, share_quantizer_writes
 from lorap_dist.distributed.seeds import seed_rank
 from lorap_dist.distributed.worker import (
-    best_metrics,
     epoch_metrics,
     evaluation_due,
+    progress_metrics,
     rank_context,
     report_epoch,
     restore_training,
-    stop_early,
-    tuning_metrics,
+    settle_epoch,
 )
-from lorap_dist.fit import begin_prompt_tuning, schedule_epoch, tuning_epochs
+from lorap_dist.fit import schedule_epoch, tuning_epochs
 from lorap_dist.optim import build_optimizer
 from lorap_dist.quant import end_epoch
 from lorap_dist.tracking import BestEpoch, PromptStart, PromptTuning
@@ -134,13 +133,8 @@ def graph_loop_per_worker(config: dict[str, Any]) -> None:
             metrics |= evaluate(model, graphs, shares, runner)
             if best.update(epoch, metrics["valid_acc"], metrics["test_acc"]):
                 best_state = copy.deepcopy(model.state_dict())  # rank 0's buffers on all
-        stop = not last and not tuning.active and stop_early(model, best, epoch, evaluated)
-        began = tuning.due(last or stop)
-        if began:  # prompt tuning from the run's best model
-            tuning.begin(epoch, best)
-            begin_prompt_tuning(model, optimizer, best_state)
-            stop = False
-        metrics |= best_metrics(best, stop, prompts, optimizer) | tuning_metrics(tuning)
+        stop, began = settle_epoch(model, optimizer, trackers, best_state, epoch, last, evaluated)
+        metrics |= progress_metrics(trackers, stop, optimizer)
         due = last or stop or began or (epoch + 1) % settings.checkpoint_every == 0
         report_epoch(
             metrics, due, rank, world_size, model, optimizer, experiment, facts, trackers,

@@ -8,6 +8,8 @@ it checks the dataset directory before any worker starts, builds the trainer
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 import os
 import time
 import warnings
@@ -20,7 +22,7 @@ from lorap_dist.fit import untrained_prompts
 from lorap_dist.graph.errors import DatasetError
 from lorap_dist.locks import LockHeld, try_lock
 from lorap_dist.ray_session import offline_defaults
-from lorap_dist.tracking import PromptStart
+from lorap_dist.tracking import PromptStart, PromptTuning
 
 
 def validate_dataset(path: str | Path | None, num_workers: int) -> Path:
@@ -280,7 +282,8 @@ def run_distributed(
             message names the last good checkpoint and how to resume from it.
     """
     check_feature_rows(experiment, settings)  # settings need not be experiment.dist
-    if experiment.train.prompt_tuning_epochs and settings.eval_every is None:
+    experiment = without_unselectable_tuning(experiment, settings)
+    if experiment.train.tuning_epochs and settings.eval_every is None:
         raise ConfigError(
             f"train.prompt_tuning_epochs={experiment.train.prompt_tuning_epochs} starts from "
             "the run's best-validation model and keeps the prompt only if it beats it on "
@@ -295,6 +298,7 @@ def run_distributed(
         from lorap_dist.distributed.worker import resolve_resume_path
 
         resume = resolve_resume_path(resume)
+        check_epochs_left(experiment, resume)
     offline_defaults()
     name = run_name(settings)
     run_dir = _local_run_dir(settings, name)
@@ -335,6 +339,50 @@ def run_distributed(
         "before_tuning": before_tuning(metrics),
         "warnings": notes,
     }
+
+
+def check_epochs_left(experiment: ExperimentConfig, checkpoint: Path) -> None:
+    """A run resumed from ``checkpoint`` must have epochs left to train, counted as the
+    workers will count them (the checkpoint's warm start and prompt tuning kept where
+    ``experiment`` leaves them to the default, and its tuning phase if it began); else a
+    :class:`~lorap_dist.distributed.checkpoint.CheckpointError` saying what to set,
+    before any worker starts (the workers would otherwise train nothing and report
+    nothing)."""
+    from lorap_dist.distributed.checkpoint import STATE_FILE, CheckpointError, keep_prompt_warmup
+
+    saved = json.loads((checkpoint / STATE_FILE).read_text())
+    train = dataclasses.replace(experiment.train)
+    keep_prompt_warmup(train, saved["config"], checkpoint)
+    tuning = PromptTuning(train.tuning_epochs if experiment.prompt.kind != "none" else 0)
+    tuning.load_state_dict(saved["extra"].get("tuning", {}))
+    end = tuning.end(train.epochs)
+    if saved["epoch"] < end:
+        return
+    if tuning.active:
+        what = (
+            f"its prompt tuning, from epoch {tuning.start}, ends there with "
+            f"train.prompt_tuning_epochs={tuning.epochs}; raise that to tune the prompts longer"
+        )
+    else:
+        what = f"train.epochs={train.epochs} ends there; raise it to train on"
+    raise CheckpointError(
+        f"checkpoint {checkpoint} was taken after {saved['epoch']} epochs, and this run "
+        f"would end after {end}: {what}, or start a new run without --resume."
+    )
+
+
+def without_unselectable_tuning(
+    experiment: ExperimentConfig, settings: DistConfig
+) -> ExperimentConfig:
+    """A run that never evaluates (``dist.eval_every: null``) has no best model to tune
+    the prompts on and no validation score to keep them by: where ``experiment`` leaves
+    ``train.prompt_tuning_epochs`` to the default, it trains them together with the
+    backbone (``0``) instead. Returns a copy; an explicit value is kept (and refused)."""
+    if settings.eval_every is not None or experiment.train.prompt_tuning_epochs is not None:
+        return experiment
+    data = experiment.to_dict()
+    data["train"]["prompt_tuning_epochs"] = 0
+    return ExperimentConfig.from_dict(data)
 
 
 def before_tuning(metrics: dict[str, Any]) -> dict[str, float] | None:

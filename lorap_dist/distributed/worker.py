@@ -175,15 +175,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             metrics |= evaluate(model, dataset, part, degree, exchange, settings, device)
             if best.update(epoch, metrics["valid_acc"], metrics["test_acc"]):
                 best_state = copy.deepcopy(model.state_dict())  # rank 0's buffers on all
-        stop = not last and not tuning.active and stop_early(model, best, epoch, evaluated)
-        began = tuning.due(last or stop)
-        if began:
-            tuning.begin(epoch, best)
-            begin_prompt_tuning(model, optimizer, best_state)
-            stop = False
-            del ddp  # the backbone in evaluation mode: ask again which parameters train
+        stop, began = settle_epoch(model, optimizer, trackers, best_state, epoch, last, evaluated)
+        if began:  # the backbone in evaluation mode: ask again which parameters train
+            del ddp
             ddp = data_parallel()
-        metrics |= best_metrics(best, stop, prompts, optimizer) | tuning_metrics(tuning)
+        metrics |= progress_metrics(trackers, stop, optimizer)
 
         # 6. Rank 0 writes the checkpoint; every rank reports once per epoch.
         due = last or stop or began or (epoch + 1) % settings.checkpoint_every == 0
@@ -200,6 +196,31 @@ def evaluation_due(epoch: int, last: bool, every: int | None) -> bool:
     ``dist.eval_every`` epochs apart and after the last, ``0`` only after the last, ``None``
     never."""
     return every is not None and (last or (every > 0 and (epoch + 1) % every == 0))
+
+
+def settle_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    trackers: dict[str, Any],
+    best_state: dict[str, Tensor],
+    epoch: int,
+    last: bool,
+    evaluated: bool,
+) -> tuple[bool, bool]:
+    """What follows epoch ``epoch`` of either worker loop, alike on every rank (the scores
+    are all-reduced): whether the run stops early (:func:`stop_early`; never inside prompt
+    tuning) and whether prompt tuning begins, when the run is over (its ``last`` epoch, or
+    stopped early) and ``trackers["tuning"]`` asks for it: then ``model`` holds
+    ``best_state`` again with its backbone frozen
+    (:func:`~lorap_dist.fit.begin_prompt_tuning`) and the run goes on. Returns ``(stop,
+    began)``."""
+    best, tuning = trackers["best"], trackers["tuning"]
+    stop = not last and not tuning.active and stop_early(model, best, epoch, evaluated)
+    began = tuning.due(last or stop)
+    if began:
+        tuning.begin(epoch, best)
+        begin_prompt_tuning(model, optimizer, best_state)
+    return stop and not began, began
 
 
 def stop_early(model: nn.Module, best: BestEpoch, epoch: int, evaluated: bool) -> bool:
@@ -233,14 +254,20 @@ def best_metrics(
     }
 
 
-def tuning_metrics(tuning: PromptTuning) -> dict[str, Any]:
-    """An epoch report's view of prompt tuning (``train.prompt_tuning_epochs``): the first
-    tuning epoch (``tuning_start_epoch``, 0-based) and the scheme alone's best when it began
-    (``before_tuning_epoch``, ``_valid``, ``_test``); ``None`` before the phase."""
+def progress_metrics(
+    trackers: dict[str, Any], stopped_early: bool, optimizer: torch.optim.Optimizer
+) -> dict[str, Any]:
+    """An epoch report's view of ``trackers``: :func:`best_metrics`, then prompt tuning
+    (``train.prompt_tuning_epochs``): its first epoch (``tuning_start_epoch``, 0-based) and
+    the scheme alone's best when it began (``before_tuning_epoch``, ``_valid``, ``_test``);
+    ``None`` before the phase."""
+    tuning = trackers["tuning"]
     before = tuning.before or {}
-    return {"tuning_start_epoch": tuning.start} | {
-        f"before_tuning_{key}": before.get(key) for key in ("epoch", "valid", "test")
-    }
+    return (
+        best_metrics(trackers["best"], stopped_early, trackers["prompts"], optimizer)
+        | {"tuning_start_epoch": tuning.start}
+        | {f"before_tuning_{key}": before.get(key) for key in ("epoch", "valid", "test")}
+    )
 
 
 def epoch_metrics(
@@ -343,6 +370,7 @@ def restore_training(
             directory, expected_architecture=architecture(experiment.to_dict(), dataset_facts)
         )
     keep_prompt_warmup(experiment.train, state.config, directory)
+    trackers["tuning"].epochs = tuning_epochs(experiment.train, optimizer)  # as kept
     model.load_state_dict(state.model)
     load_optimizer_state(optimizer, state.optimizer, directory)
     for key, tracker in trackers.items():  # a checkpoint without one: its fresh state

@@ -371,22 +371,25 @@ def test_a_resume_too_short_for_the_saved_warm_start_says_what_to_set():
         keep_prompt_warmup(TrainConfig(epochs=40), saved, "ckpt")
 
 
-def prompt_tuning_checkpoint(tmp_path, tuning: dict | None, keep_best: bool):
+def prompt_tuning_checkpoint(tmp_path, tuning: dict | None, keep_best: bool, **resumed_train):
     """A checkpoint of a LoRAP GCN run with ``train.prompt_tuning_epochs: 2`` whose best
     epoch is 1, written after 2 epochs; inside the tuning phase when ``tuning`` is given,
-    with its best model when ``keep_best``; and what the worker resumes into."""
+    with its best model when ``keep_best``; and what the worker resumes into (the run's
+    ``train`` section updated with ``resumed_train``)."""
     from lorap_dist.config import ExperimentConfig
 
-    experiment = ExperimentConfig.from_dict(
+    saved = ExperimentConfig.from_dict(
         {**CONFIG, "train": {"epochs": 2, "prompt_tuning_epochs": 2}}
     )
+    train = {"epochs": 2, "prompt_tuning_epochs": 2} | resumed_train
+    experiment = ExperimentConfig.from_dict({**CONFIG, "train": train})
     model = build_model(5, 3, experiment.model, experiment.prompt)
     optimizer = build_optimizer(model, experiment.train)
     extra = {"best": {"epoch": 1, "valid": 0.5, "test": 0.4}}
     state = TrainingState(
         model=model.state_dict(),
         optimizer=optimizer.state_dict(),
-        config=experiment.to_dict(),
+        config=saved.to_dict(),
         epoch=2,
         step=2,
         rng=[capture_rng()],
@@ -413,8 +416,11 @@ def test_prompt_tuning_resumed_inside_the_phase_freezes_the_backbone_again(
     from lorap_dist.distributed.worker import restore_training
 
     before = {"epoch": 1, "valid": 0.5, "test": 0.4}
-    path, args = prompt_tuning_checkpoint(tmp_path, {"start": 2, "before": before}, True)
+    path, args = prompt_tuning_checkpoint(
+        tmp_path, {"start": 2, "before": before}, True, prompt_tuning_epochs=None, epochs=40
+    )  # resumed under the default, which would be 10: the checkpoint's 2 are kept
     epoch, step, _, best = restore_training({"resume": str(path)}, *args)
+    assert args[0].train.prompt_tuning_epochs == args[4]["tuning"].epochs == 2
     model, tuning = args[2], args[4]["tuning"]
     assert (epoch, step, tuning.start, tuning.before, tuning.end(2)) == (2, 2, 2, before, 4)
     assert all(torch.equal(best[k], v + 1) for k, v in model.state_dict().items())
@@ -434,3 +440,22 @@ def test_prompt_tuning_from_a_checkpoint_without_the_best_model_is_refused_namin
     ) as info:
         restore_training({"resume": str(path)}, *args)
     assert str(path) in str(info.value)
+
+
+def test_a_run_trained_together_resumed_under_the_default_keeps_training_together(
+    tmp_path, outside_ray_train, one_rank_group
+):
+    """A checkpoint written before prompt tuning was the default (``0``) resumed by a config
+    that leaves it to the default: the run goes on training the prompts with the backbone,
+    and the worker's tuning phase agrees with the learning-rate schedule."""
+    from lorap_dist.config import ExperimentConfig
+    from lorap_dist.distributed.worker import restore_training
+
+    path, args = prompt_tuning_checkpoint(tmp_path, None, False, prompt_tuning_epochs=None)
+    saved = load_checkpoint(path)
+    saved.config["train"]["prompt_tuning_epochs"] = 0
+    path = save_checkpoint(saved, tmp_path / "joint" / checkpoint_name(2))
+    experiment = ExperimentConfig.from_dict({**CONFIG, "train": {"epochs": 8}})
+    assert experiment.train.tuning_epochs == 2  # the default, before the resume
+    restore_training({"resume": str(path)}, experiment, *args[1:])
+    assert experiment.train.tuning_epochs == args[4]["tuning"].epochs == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -78,6 +79,65 @@ def test_a_truncated_checkpoint_named_in_resume_fails_in_the_driver(tiny_dataset
             DistConfig(num_workers=2, storage_path=str(tmp_path)),
             resume=path,
         )
+
+
+def finished_checkpoint(tmp_path, config: dict, epoch: int, extra: dict) -> Path:
+    model = torch.nn.Linear(3, 2)
+    state = TrainingState(
+        model=model.state_dict(),
+        optimizer=torch.optim.Adam(model.parameters()).state_dict(),
+        config=config,
+        epoch=epoch,
+        step=epoch,
+        rng=[capture_rng(), capture_rng()],
+        dataset={},
+        extra=extra,
+    )
+    return save_checkpoint(state, tmp_path / "run" / checkpoint_name(epoch))
+
+
+def resumed(data: dict, path: Path, tmp_path) -> None:
+    trainer.run_distributed(
+        ExperimentConfig.from_dict(data),
+        DistConfig(num_workers=2, storage_path=str(tmp_path)),
+        resume=path,
+    )
+
+
+def test_resuming_a_run_whose_prompt_tuning_ended_fails_in_the_driver_saying_what_to_raise(
+    tiny_dataset, tmp_path, no_ray
+):
+    """By default a 2-epoch run tunes its prompts for 1 epoch after them; its last
+    checkpoint, after 3 epochs, leaves nothing to train unless the tuning is lengthened."""
+    data = experiment(tiny_dataset, [4, 4]).to_dict()
+    before = {"epoch": 1, "valid": 0.5, "test": 0.5}
+    path = finished_checkpoint(tmp_path, data, 3, {"tuning": {"start": 2, "before": before}})
+    with pytest.raises(
+        CheckpointError,
+        match=r"taken after 3 epochs, and this run would end after 3: its prompt tuning, from "
+        r"epoch 2, ends there with train.prompt_tuning_epochs=1; raise that",
+    ):
+        resumed(data, path, tmp_path)
+    data["train"]["prompt_tuning_epochs"] = 3
+    with pytest.raises(AssertionError, match="the driver started Ray"):
+        resumed(data, path, tmp_path)
+
+
+def test_resuming_a_finished_run_trained_together_fails_in_the_driver_unless_extended(
+    tiny_dataset, tmp_path, no_ray
+):
+    """A checkpoint whose run trained the prompts with the backbone (written with
+    ``prompt_tuning_epochs: 0``, or before it existed) keeps doing so under the default;
+    after its last epoch only more ``train.epochs`` leave something to train."""
+    data = experiment(tiny_dataset, [4, 4]).to_dict()
+    saved = json.loads(json.dumps(data))
+    del saved["train"]["prompt_tuning_epochs"]  # written before the field existed
+    path = finished_checkpoint(tmp_path, saved, 2, {})
+    with pytest.raises(CheckpointError, match=r"train.epochs=2 ends there; raise it to train on"):
+        resumed(data, path, tmp_path)
+    data["train"]["epochs"] = 4
+    with pytest.raises(AssertionError, match="the driver started Ray"):
+        resumed(data, path, tmp_path)
 
 
 def codes_experiment(path, arch: str = "sage") -> ExperimentConfig:

@@ -58,7 +58,7 @@ def test_graph_level_resumed_run_equals_the_uninterrupted_one(
     # the resumed leg extends `epochs` and keeps its checkpoint's warm start (see
     # test_ray_train): 0, the default for the 2-epoch first leg
     straight, resumed = straight_and_resumed(
-        lambda epochs: experiment(tu_root, epochs),
+        lambda epochs: experiment(tu_root, epochs, prompt_tuning_epochs=0),
         tmp_path,
         straight_of=lambda epochs: experiment(tu_root, epochs, prompt_warmup=0),
     )
@@ -98,8 +98,9 @@ def test_graph_level_patience_stops_the_run(ray_cluster, tu_root, tmp_path):
 def test_graph_level_killed_worker_resumes_from_its_checkpoint(
     ray_cluster, tu_root, tmp_path, run_with_a_killed_worker
 ):
-    result = run_with_a_killed_worker(experiment(tu_root, 3), tmp_path, epochs=3)
-    assert result["checkpoint"].endswith(checkpoint_name(3))
+    # 3 epochs and, by default, 1 of prompt tuning
+    result = run_with_a_killed_worker(experiment(tu_root, 3), tmp_path, epochs=4)
+    assert result["checkpoint"].endswith(checkpoint_name(4))
 
 
 def test_graph_level_errors_come_before_any_worker(tu_root, tmp_path):

@@ -44,12 +44,14 @@ def final_state(result: dict):
 
 
 def test_resumed_run_is_bit_identical(ray_cluster, tiny_dataset, tmp_path, straight_and_resumed):
-    # Both legs leave the prompts' warm start to the default, a quarter of train.epochs: 0
-    # for the 2-epoch first leg. The resumed leg extends the run to 4 epochs, where the
-    # default would be 1; it keeps the checkpoint's 0 (and records it), so it equals a
-    # straight run told 0, whose prompt trains in epoch 0 as the first leg's did.
+    # The prompts train together with the backbone (train.prompt_tuning_epochs: 0), so a
+    # finished run continues by raising train.epochs. Both legs leave the prompts' warm
+    # start to the default, a quarter of train.epochs: 0 for the 2-epoch first leg. The
+    # resumed leg extends the run to 4 epochs, where the default would be 1; it keeps the
+    # checkpoint's 0 (and records it), so it equals a straight run told 0, whose prompt
+    # trains in epoch 0 as the first leg's did.
     straight, resumed = straight_and_resumed(
-        lambda epochs: experiment(tiny_dataset, epochs),
+        lambda epochs: experiment(tiny_dataset, epochs, prompt_tuning_epochs=0),
         tmp_path,
         straight_of=lambda epochs: experiment(tiny_dataset, epochs, prompt_warmup=0),
     )
@@ -79,8 +81,9 @@ def test_ranks_draw_their_own_dropout_masks(ray_cluster, tiny_dataset, tmp_path)
 def test_killed_worker_resumes_from_last_checkpoint(
     ray_cluster, tiny_dataset, tmp_path, run_with_a_killed_worker
 ):
-    result = run_with_a_killed_worker(experiment(tiny_dataset, 3), tmp_path, epochs=3)
-    assert result["checkpoint"].endswith(checkpoint_name(3))
+    # 3 epochs and, by default, 1 of prompt tuning (a quarter of them, at least 1)
+    result = run_with_a_killed_worker(experiment(tiny_dataset, 3), tmp_path, epochs=4)
+    assert result["checkpoint"].endswith(checkpoint_name(4))
 
 
 def test_missing_dataset_fails_before_workers_start(tmp_path):
@@ -140,7 +143,8 @@ def test_mixq_freezing_mid_run_rewraps_ddp(ray_cluster, tiny_dataset, tmp_path):
     data = experiment(tiny_dataset, 2).to_dict()
     data["quant"] = {"scheme": "mixq", "options": {"bits": 4, "search_fraction": 0.5}}
     result = run_distributed(ExperimentConfig.from_dict(data), settings(tmp_path, "mixq"))
-    assert result["epochs"] == 2 and result["steps"] > 0
+    # the run's 2 epochs, then 1 of prompt tuning (the default), DDP set up again for it
+    assert result["epochs"] == 3 and result["steps"] > 0
     assert 0 < result["best_valid_acc"] <= 1
 
 

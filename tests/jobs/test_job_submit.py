@@ -178,7 +178,14 @@ def test_submitted_run_resumes_from_checkpoint(head, tmp_path):
         "model": {"arch": "gcn", "hidden": 8, "layers": 2, "dropout": 0.5},
         "prompt": {"kind": "lorap", "k": 4, "r": 2},
         "quant": {"scheme": "qat", "options": {"bits": 4}},
-        "train": {"epochs": 2, "lr": 0.01, "fanout": [4, 4], "batch_size": 32},
+        # trained together with the backbone: a finished run continues by raising its epochs
+        "train": {
+            "epochs": 2,
+            "lr": 0.01,
+            "fanout": [4, 4],
+            "batch_size": 32,
+            "prompt_tuning_epochs": 0,
+        },
         "dist": {
             "num_workers": 2,
             "storage_path": str(storage),
