@@ -110,6 +110,7 @@ def main(argv: list[str]) -> int:
         f"{config.dist.num_workers} workers\n"
         f"[main] test accuracy {summary['test_acc']:.4f} (valid {summary['valid_acc']:.4f}; "
         f"best valid {summary['best_valid_acc']:.4f} -> test {summary['best_test_acc']:.4f})\n"
+        f"{tuning_line(summary)}"
         f"[main] throughput {summary['seeds_per_s']:.0f} seeds/s (last epoch), "
         f"{summary['bytes_exchanged'] / 1e6:.2f} MB feature exchange per epoch\n"
         f"[main] checkpoint {summary['checkpoint']}\n"
@@ -117,6 +118,24 @@ def main(argv: list[str]) -> int:
         flush=True,
     )
     return 0
+
+
+def tuning_line(summary: dict) -> str:
+    """The prompt-tuning phase in one line (empty without it): where it began, the scheme
+    alone's best it had to beat, and whether the prompted model is the one reported."""
+    before = summary.get("before_tuning")
+    if before is None:
+        return ""
+    kept = (
+        "kept: it beat"
+        if summary["best_epoch"] >= summary["tuning_start_epoch"]
+        else "not kept: it did not beat"
+    )
+    return (
+        f"[main] prompt tuning on the frozen backbone from epoch {summary['tuning_start_epoch']}"
+        f"; the prompted model {kept} the scheme alone's best valid {before['valid']:.4f} "
+        f"(test {before['test']:.4f})\n"
+    )
 
 
 if __name__ == "__main__":

@@ -309,7 +309,10 @@ def build_parser() -> argparse.ArgumentParser:
         "generated power-law graph with planted classes.",
         epilog="The result (printed, and written by --out): train_acc, valid_acc and test_acc "
         "of the epoch with the best validation accuracy (best_epoch, 0-based), whose weights "
-        "the run ends with; epochs_run; params (backbone, prompt, quantizer); avg_bits, the "
+        "the run ends with; epochs_run; before_tuning, with prompt tuning (the default for a "
+        "prompted model: train.prompt_tuning_epochs), the scheme alone's best epoch, valid "
+        "and test accuracy when the prompts began training on its frozen backbone; params "
+        "(backbone, prompt, quantizer); avg_bits, the "
         "mean stored bit width over the quantization points (MixQ: of the frozen model; null "
         "for FP32); history, one row per epoch (--out only). With --seeds (and/or --folds): "
         "each accuracy's mean and std over the runs, the per-run values, and every run. "
