@@ -39,7 +39,6 @@ import torch
 from torch import Tensor
 
 from lorap_dist.checksums import checksum_entry, checksum_matches
-from lorap_dist.config import TrainConfig
 
 FORMAT_VERSION = 1
 TENSORS_FILE = "tensors.arrow"
@@ -265,68 +264,6 @@ def check_architecture(found: dict[str, Any], expected: dict[str, Any], where: P
             + "). Resume with the config the checkpoint was trained with, or start a new run "
             "without --resume."
         )
-
-
-def saved_prompt_warmup(config: dict[str, Any]) -> int:
-    """The epochs a checkpoint's run held its prompts still (``train.prompt_warmup``,
-    resolved): its explicit value, a quarter of its ``train.epochs`` where it was ``None``
-    (the default), and ``0`` where the field is missing (written before the warm start
-    existed, when prompts trained from the first step)."""
-    train = config.get("train", {})
-    if "prompt_warmup" not in train:
-        return 0
-    fields = {key: train[key] for key in ("epochs", "prompt_warmup") if key in train}
-    return TrainConfig(**fields).prompt_warmup_epochs
-
-
-def saved_prompt_tuning(config: dict[str, Any]) -> int:
-    """The epochs of prompt tuning a checkpoint's run was set to (``train.tuning_epochs``,
-    resolved): ``0`` where ``train.prompt_tuning_epochs`` is missing or ``0`` (written
-    before prompt tuning was the default, or with it off)."""
-    train = config.get("train", {})
-    if "prompt_tuning_epochs" not in train:
-        return 0
-    keys = ("epochs", "prompt_warmup", "prompt_tuning_epochs")
-    return TrainConfig(**{key: train[key] for key in keys if key in train}).tuning_epochs
-
-
-def keep_prompt_warmup(train: TrainConfig, saved: dict[str, Any], where: Path | str) -> None:
-    """Resume under the warm start the checkpoint's run began with.
-
-    ``train.prompt_warmup: null`` holds the prompts still for a quarter of ``train.epochs``,
-    so a run resumed with more epochs would otherwise move its warm start after the fact
-    (the prompts of a 200-epoch run, released at epoch 50, would freeze again until 100 when
-    resumed with 400) and no longer be the run it continues. Where ``train`` leaves the field
-    to the default, it is set in place to the checkpoint's resolved value
-    (:func:`saved_prompt_warmup`); an explicit value is the user's choice and is kept. The
-    same holds for ``train.prompt_after_search``: left to the default, it takes the
-    checkpoint's value, and ``False`` from a checkpoint written before the field existed
-    (its run trained the prompts during the search); and for
-    ``train.prompt_tuning_epochs``: left to the default, it takes the checkpoint's resolved
-    value (:func:`saved_prompt_tuning`), ``0`` from a checkpoint written before prompt
-    tuning was the default (its run trained the prompts with the backbone), and with
-    prompt tuning the warm start does not apply.
-
-    Raises:
-        CheckpointError: the kept warm start does not fit ``train.epochs`` (a resume with
-            fewer epochs than the checkpoint's warm start); the message says what to set.
-    """
-    if train.prompt_after_search is None:
-        saved_choice = saved.get("train", {}).get("prompt_after_search", False)
-        train.prompt_after_search = saved_choice is not False
-    if train.prompt_tuning_epochs is None:
-        train.prompt_tuning_epochs = saved_prompt_tuning(saved)
-    if train.prompt_warmup is not None or train.tuning_epochs:
-        return
-    kept = saved_prompt_warmup(saved)
-    if kept >= train.epochs:
-        raise CheckpointError(
-            f"checkpoint {where} was trained with its prompts held still for {kept} epochs "
-            f"(train.prompt_warmup), but this run has train.epochs={train.epochs}, so they "
-            "would never train again. Set train.prompt_warmup explicitly (below "
-            "train.epochs), or resume with more epochs."
-        )
-    train.prompt_warmup = kept
 
 
 def load_optimizer_state(

@@ -20,7 +20,6 @@ start), and each epoch
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from typing import Any
@@ -32,20 +31,10 @@ from torch.nn.parallel import DistributedDataParallel
 
 from lorap_dist.distributed.checkpoint import restore_rng
 from lorap_dist.distributed.model_state import broadcast_buffers, share_quantizer_writes
+from lorap_dist.distributed.progress import Rank, RankProgress
 from lorap_dist.distributed.seeds import seed_rank
-from lorap_dist.distributed.worker import (
-    epoch_metrics,
-    evaluation_due,
-    progress_metrics,
-    rank_context,
-    report_epoch,
-    restore_training,
-    settle_epoch,
-)
-from lorap_dist.fit import schedule_epoch, tuning_epochs
+from lorap_dist.distributed.worker import epoch_metrics, rank_context, restore_training
 from lorap_dist.optim import build_optimizer
-from lorap_dist.quant import end_epoch
-from lorap_dist.tracking import BestEpoch, PromptStart, PromptTuning
 from lorap_dist.train_graphs import (
     GraphBatchRunner,
     build_graph_model,
@@ -87,13 +76,9 @@ def graph_loop_per_worker(config: dict[str, Any]) -> None:
         "num_graphs": len(graphs),
     }
 
-    best = BestEpoch(patience=train_cfg.patience, higher_is_better=runner.higher_is_better)
-    prompts = PromptStart()
-    tuning = PromptTuning(tuning_epochs(train_cfg, optimizer))
-    trackers = {"best": best, "prompts": prompts, "tuning": tuning}
-    start_epoch, step, restored_rng, best_state = restore_training(
-        config, experiment, facts, model, optimizer, trackers, rank
-    )
+    reporter = Rank(rank, world_size, experiment, facts, settings.checkpoint_every)
+    progress = RankProgress(reporter, optimizer, higher_is_better=runner.higher_is_better)
+    start_epoch, step, restored_rng = restore_training(config, model, optimizer, progress)
     ddp = DistributedDataParallel(
         model,
         device_ids=[device.index] if device.type == "cuda" else None,
@@ -106,10 +91,8 @@ def graph_loop_per_worker(config: dict[str, Any]) -> None:
         split: splits[split][rank::world_size] for split in ("valid", "test")
     }  # fixed: evaluation shares
 
-    epoch = start_epoch - 1
-    while epoch + 1 < tuning.end(train_cfg.epochs):  # train.epochs, then prompt tuning's
-        epoch += 1
-        schedule_epoch(model, optimizer, epoch, train_cfg, prompts, tuning.active)
+    for epoch in progress.epochs(start_epoch):  # train.epochs, then prompt tuning's
+        progress.begin_epoch(model, optimizer, epoch)
         ddp.train()
         started = time.perf_counter()
         own = rank_share(splits["train"], train_cfg.seed, epoch, rank, world_size)
@@ -122,24 +105,14 @@ def graph_loop_per_worker(config: dict[str, Any]) -> None:
             share_quantizer_writes(model)  # e.g. A2Q's pool, set from each rank's batch
             step += 1
         elapsed = time.perf_counter() - started
-        # e.g. MixQ froze: a different model
-        if not tuning.active and end_epoch(model, epoch, train_cfg.epochs):
-            best.restart()
+        progress.model_changed(model, epoch)  # e.g. MixQ froze (DDP finds unused parameters)
         metrics = epoch_metrics(epoch, step, totals, elapsed, bytes_sent=0)
         # seeds_per_s: training graphs per second here
-        last = epoch + 1 == tuning.end(train_cfg.epochs)
-        evaluated = evaluation_due(epoch, last, settings.eval_every)
+        evaluated = progress.evaluation_due(epoch, settings.eval_every)
         if evaluated:
             metrics |= evaluate(model, graphs, shares, runner)
-            if best.update(epoch, metrics["valid_acc"], metrics["test_acc"]):
-                best_state = copy.deepcopy(model.state_dict())  # rank 0's buffers on all
-        stop, began = settle_epoch(model, optimizer, trackers, best_state, epoch, last, evaluated)
-        metrics |= progress_metrics(trackers, stop, optimizer)
-        due = last or stop or began or (epoch + 1) % settings.checkpoint_every == 0
-        report_epoch(
-            metrics, due, rank, world_size, model, optimizer, experiment, facts, trackers,
-            best_state,
-        )  # fmt: skip
+            progress.scored(model, epoch, metrics)
+        stop, _ = progress.close_epoch(model, optimizer, metrics, epoch, evaluated)
         if stop:  # every rank: the same all-reduced scores decided it
             break
 

@@ -348,7 +348,8 @@ def check_epochs_left(experiment: ExperimentConfig, checkpoint: Path) -> None:
     :class:`~lorap_dist.distributed.checkpoint.CheckpointError` saying what to set,
     before any worker starts (the workers would otherwise train nothing and report
     nothing)."""
-    from lorap_dist.distributed.checkpoint import STATE_FILE, CheckpointError, keep_prompt_warmup
+    from lorap_dist.distributed.checkpoint import STATE_FILE, CheckpointError
+    from lorap_dist.distributed.resume import keep_prompt_warmup
 
     saved = json.loads((checkpoint / STATE_FILE).read_text())
     train = dataclasses.replace(experiment.train)

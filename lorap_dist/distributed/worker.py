@@ -13,7 +13,6 @@ from __future__ import annotations
 import copy
 import math
 import resource
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -28,16 +27,11 @@ from torch.nn.parallel import DistributedDataParallel
 from lorap_dist.config import DistConfig, ExperimentConfig
 from lorap_dist.distributed.checkpoint import (
     CheckpointError,
-    TrainingState,
     architecture,
-    capture_rng,
-    checkpoint_name,
-    keep_prompt_warmup,
     latest_good_checkpoint,
     load_checkpoint,
     load_optimizer_state,
     restore_rng,
-    save_checkpoint,
     verify_checkpoint,
 )
 from lorap_dist.distributed.exchange import FeatureExchange
@@ -47,17 +41,18 @@ from lorap_dist.distributed.model_state import (
     check_same_resume_point,
     count_full_graph,
 )
+from lorap_dist.distributed.progress import Rank, RankProgress
+from lorap_dist.distributed.resume import keep_prompt_warmup
 from lorap_dist.distributed.seeds import SeedSchedule, epoch_generator, seed_rank
 from lorap_dist.distributed.step import train_batch
-from lorap_dist.fit import begin_prompt_tuning, freeze_backbone, schedule_epoch, tuning_epochs
+from lorap_dist.fit import freeze_backbone, tuning_epochs
 from lorap_dist.graph.block import NodeInfo
 from lorap_dist.graph.gather import RowGather
 from lorap_dist.graph.sampler import NeighborSampler
 from lorap_dist.graph.storage import Dataset, open_dataset
 from lorap_dist.nn.model import build_model
-from lorap_dist.optim import build_optimizer, prompt_rate
-from lorap_dist.quant import QuantizedRows, end_epoch, quantization_settled
-from lorap_dist.tracking import BestEpoch, PromptStart, PromptTuning
+from lorap_dist.optim import build_optimizer
+from lorap_dist.quant import QuantizedRows
 from lorap_dist.train import backward_loss
 
 SAMPLING_STREAM = 1  # epoch_generator stream of the neighbour sampler (0 orders the seeds)
@@ -102,13 +97,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     }
 
     # 3. Resume: Ray Train's checkpoint after a restart, else the --resume path.
-    best = BestEpoch(patience=train_cfg.patience)  # the best-validation epoch
-    prompts = PromptStart()
-    tuning = PromptTuning(tuning_epochs(train_cfg, optimizer))
-    trackers = {"best": best, "prompts": prompts, "tuning": tuning}
-    start_epoch, step, restored_rng, best_state = restore_training(
-        config, experiment, dataset_facts, model, optimizer, trackers, rank
-    )
+    reporter = Rank(rank, world_size, experiment, dataset_facts, settings.checkpoint_every)
+    progress = RankProgress(reporter, optimizer)
+    start_epoch, step, restored_rng = restore_training(config, model, optimizer, progress)
 
     def data_parallel() -> DistributedDataParallel:
         # Asked again whenever a scheme changes the model: after MixQ freezes, its logits
@@ -128,10 +119,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     # share of the step's seeds (a short last batch would otherwise count as a full one).
     rows = RowGather()  # each batch's feature rows, in one buffer kept across batches
     weights = schedule.loss_weights(rank)
-    epoch = start_epoch - 1
-    while epoch + 1 < tuning.end(train_cfg.epochs):  # train.epochs, then prompt tuning's
-        epoch += 1
-        schedule_epoch(model, optimizer, epoch, train_cfg, prompts, tuning.active)
+    for epoch in progress.epochs(start_epoch):  # train.epochs, then prompt tuning's
+        progress.begin_epoch(model, optimizer, epoch)
         ddp.train()
         started = time.perf_counter()
         bytes_before = exchange.bytes_sent
@@ -160,114 +149,24 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             )
             step += 1
         elapsed = time.perf_counter() - started
-        # e.g. MixQ froze: a different model
-        if not tuning.active and end_epoch(model, epoch, train_cfg.epochs):
-            best.restart()
+        if progress.model_changed(model, epoch):  # e.g. MixQ froze: a different model
             del ddp  # its reducer's hooks go with it
             ddp = data_parallel()
         metrics = epoch_metrics(epoch, step, totals, elapsed, exchange.bytes_sent - bytes_before)
 
-        # 5. Evaluate exactly (full neighbourhoods, layer by layer) on every partition;
-        # after the run, prompt tuning starts from its best model.
-        last = epoch + 1 == tuning.end(train_cfg.epochs)
-        evaluated = evaluation_due(epoch, last, settings.eval_every)
+        # 5. Evaluate exactly (full neighbourhoods, layer by layer) on every partition.
+        evaluated = progress.evaluation_due(epoch, settings.eval_every)
         if evaluated:
             metrics |= evaluate(model, dataset, part, degree, exchange, settings, device)
-            if best.update(epoch, metrics["valid_acc"], metrics["test_acc"]):
-                best_state = copy.deepcopy(model.state_dict())  # rank 0's buffers on all
-        stop, began = settle_epoch(model, optimizer, trackers, best_state, epoch, last, evaluated)
+            progress.scored(model, epoch, metrics)
+
+        # 6. Stop early or begin prompt tuning; every rank reports, rank 0 checkpoints.
+        stop, began = progress.close_epoch(model, optimizer, metrics, epoch, evaluated)
         if began:  # the backbone in evaluation mode: ask again which parameters train
             del ddp
             ddp = data_parallel()
-        metrics |= progress_metrics(trackers, stop, optimizer)
-
-        # 6. Rank 0 writes the checkpoint; every rank reports once per epoch.
-        due = last or stop or began or (epoch + 1) % settings.checkpoint_every == 0
-        report_epoch(
-            metrics, due, rank, world_size, model, optimizer, experiment, dataset_facts, trackers,
-            best_state,
-        )  # fmt: skip
         if stop:  # every rank: the same all-reduced scores decided it
             break
-
-
-def evaluation_due(epoch: int, last: bool, every: int | None) -> bool:
-    """Whether the full-graph evaluation runs after epoch ``epoch`` (0-based):
-    ``dist.eval_every`` epochs apart and after the last, ``0`` only after the last, ``None``
-    never."""
-    return every is not None and (last or (every > 0 and (epoch + 1) % every == 0))
-
-
-def settle_epoch(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    trackers: dict[str, Any],
-    best_state: dict[str, Tensor],
-    epoch: int,
-    last: bool,
-    evaluated: bool,
-) -> tuple[bool, bool]:
-    """What follows epoch ``epoch`` of either worker loop, alike on every rank (the scores
-    are all-reduced): whether the run stops early (:func:`stop_early`; never inside prompt
-    tuning) and whether prompt tuning begins, when the run is over (its ``last`` epoch, or
-    stopped early) and ``trackers["tuning"]`` asks for it: then ``model`` holds
-    ``best_state`` again with its backbone frozen
-    (:func:`~lorap_dist.fit.begin_prompt_tuning`) and the run goes on. Returns ``(stop,
-    began)``."""
-    best, tuning = trackers["best"], trackers["tuning"]
-    stop = not last and not tuning.active and stop_early(model, best, epoch, evaluated)
-    began = tuning.due(last or stop)
-    if began:
-        tuning.begin(epoch, best)
-        begin_prompt_tuning(model, optimizer, best_state)
-    return stop and not began, began
-
-
-def stop_early(model: nn.Module, best: BestEpoch, epoch: int, evaluated: bool) -> bool:
-    """Whether the run stops after epoch ``epoch`` on ``train.patience``, the rule of
-    ``lorap train`` (:meth:`BestEpoch.should_stop`): only after an evaluation, and never
-    while a quantization schedule (MixQ's freeze) is still to change the model. Every rank
-    decides alike: ``best`` holds scores all-reduced over the ranks."""
-    return evaluated and best.should_stop(epoch, quantization_settled(model))
-
-
-def best_metrics(
-    best: BestEpoch, stopped_early: bool, prompts: PromptStart, optimizer: torch.optim.Optimizer
-) -> dict[str, Any]:
-    """An epoch report's view of the best-validation epoch so far (``best_epoch``
-    0-based, ``-1`` before any evaluation), whether the run stops early here, and the
-    prompts' start: ``prompted`` (the model has prompts), ``prompt_start_epoch`` (0-based,
-    ``None`` before any epoch trained them), ``prompts_searched`` (a bit-width search
-    ran), from which the driver says when the reported model's prompts never trained, and
-    ``prompt_trained`` (whether the best epoch's model holds trained prompts; ``None``
-    without prompts or before any evaluation)."""
-    prompted = prompt_rate(optimizer) is not None
-    return {
-        "best_valid_acc": best.valid,
-        "best_test_acc": best.test,
-        "best_epoch": best.epoch,
-        "stopped_early": stopped_early,
-        "prompted": prompted,
-        "prompt_start_epoch": prompts.epoch,
-        "prompts_searched": prompts.searched,
-        "prompt_trained": prompts.reported(best, prompted),
-    }
-
-
-def progress_metrics(
-    trackers: dict[str, Any], stopped_early: bool, optimizer: torch.optim.Optimizer
-) -> dict[str, Any]:
-    """An epoch report's view of ``trackers``: :func:`best_metrics`, then prompt tuning
-    (``train.prompt_tuning_epochs``): its first epoch (``tuning_start_epoch``, 0-based) and
-    the scheme alone's best when it began (``before_tuning_epoch``, ``_valid``, ``_test``);
-    ``None`` before the phase."""
-    tuning = trackers["tuning"]
-    before = tuning.before or {}
-    return (
-        best_metrics(trackers["best"], stopped_early, trackers["prompts"], optimizer)
-        | {"tuning_start_epoch": tuning.start}
-        | {f"before_tuning_{key}": before.get(key) for key in ("epoch", "valid", "test")}
-    )
 
 
 def epoch_metrics(
@@ -293,42 +192,6 @@ def epoch_metrics(
     }
 
 
-def report_epoch(
-    metrics: dict[str, Any],
-    checkpoint: bool,
-    rank: int,
-    world_size: int,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    experiment: ExperimentConfig,
-    dataset_facts: dict[str, int],
-    trackers: dict[str, Any],
-    best_model: dict[str, Tensor],
-) -> None:
-    """Report the epoch (``metrics["epoch"]`` done, ``metrics["step"]`` steps) from every
-    rank; with ``checkpoint``, rank 0 also writes the :class:`TrainingState`, with every
-    rank's RNG streams, each of ``trackers`` (:class:`BestEpoch`, :class:`PromptStart`,
-    :class:`PromptTuning`) saved under its key and ``best_model``, the best-validation
-    epoch's ``state_dict``."""
-    if not checkpoint:
-        ray.train.report(metrics)
-        return
-    rng_states: list[Any] = [None] * world_size
-    dist.all_gather_object(rng_states, capture_rng())
-    state = TrainingState(
-        model=model.state_dict(),
-        optimizer=optimizer.state_dict(),
-        config=experiment.to_dict(),
-        epoch=metrics["epoch"],
-        step=metrics["step"],
-        rng=rng_states,
-        dataset=dataset_facts,
-        extra={key: tracker.state_dict() for key, tracker in trackers.items()},
-        best_model=best_model,
-    )
-    report_with_checkpoint(metrics, state, rank)
-
-
 def rank_context(
     config: dict[str, Any],
 ) -> tuple[ExperimentConfig, DistConfig, int, int, torch.device]:
@@ -345,52 +208,49 @@ def rank_context(
 
 def restore_training(
     config: dict[str, Any],
-    experiment: ExperimentConfig,
-    dataset_facts: dict[str, int],
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
-    trackers: dict[str, Any],
-    rank: int,
-) -> tuple[int, int, Any, dict[str, Tensor]]:
+    progress: RankProgress,
+) -> tuple[int, int, Any]:
     """Load the checkpoint a (re)started run resumes from (:func:`resume_directory`) into
-    ``model``, ``optimizer`` and ``trackers`` (as :func:`report_epoch` saved them; and the
-    checkpoint's warm start into ``experiment.train`` where it leaves ``prompt_warmup`` to
-    the default: :func:`~lorap_dist.distributed.checkpoint.keep_prompt_warmup`); returns the
-    epoch and step to continue from, this rank's saved RNG state and the best model's
-    ``state_dict`` (``(0, 0, None, model's state)`` for a fresh run). A run resumed inside
-    prompt tuning (``trackers["tuning"]``) has its backbone frozen again. The RNG state is
-    for the caller to restore last, once nothing else draws from the streams. A
-    collective: it raises on every rank when the ranks found different checkpoints."""
+    ``model``, ``optimizer`` and ``progress`` (its trackers and best model, as
+    :meth:`RankProgress.report` saved them; and the checkpoint's warm start and prompt
+    tuning into the experiment's ``train`` where it leaves them to the default:
+    :func:`~lorap_dist.distributed.resume.keep_prompt_warmup`); returns the epoch and
+    step to continue from and this rank's saved RNG state (``(0, 0, None)`` for a fresh
+    run, whose best model is the initial one). A run resumed inside prompt tuning has its
+    backbone frozen again. The RNG state is for the caller to restore last, once nothing
+    else draws from the streams. A collective: it raises on every rank when the ranks
+    found different checkpoints."""
     checkpoint_dir = resume_directory(config.get("resume"), config.get("run_dir"))
+    progress.best_state = copy.deepcopy(model.state_dict())
     if checkpoint_dir is None:
         check_same_resume_point(0, 0)
-        return 0, 0, None, copy.deepcopy(model.state_dict())
+        return 0, 0, None
+    experiment, facts = progress.rank.experiment, progress.rank.facts
     with checkpoint_dir as directory:
         state = load_checkpoint(
-            directory, expected_architecture=architecture(experiment.to_dict(), dataset_facts)
+            directory, expected_architecture=architecture(experiment.to_dict(), facts)
         )
     keep_prompt_warmup(experiment.train, state.config, directory)
-    trackers["tuning"].epochs = tuning_epochs(experiment.train, optimizer)  # as kept
+    progress.tuning.epochs = tuning_epochs(experiment.train, optimizer)  # as kept
     model.load_state_dict(state.model)
     load_optimizer_state(optimizer, state.optimizer, directory)
-    for key, tracker in trackers.items():  # a checkpoint without one: its fresh state
+    for key, tracker in progress.trackers.items():  # a checkpoint without one: its fresh state
         tracker.load_state_dict(state.extra.get(key, {}))
-    tuning, best = trackers["tuning"], trackers["best"]
+    tuning, best = progress.tuning, progress.best
     if tuning.epochs and best.epoch >= 0 and not state.best_model:
         raise CheckpointError(
             f"checkpoint {directory} holds no best model (it was written before checkpoints "
             f"kept it), which train.prompt_tuning_epochs={tuning.epochs} starts from; resume "
             "it with train.prompt_tuning_epochs: 0, or start a new run without --resume."
         )
+    # a checkpoint written before checkpoints kept it: its model, the best there is to say
+    progress.best_state = state.best_model or copy.deepcopy(model.state_dict())
     if tuning.active:
         freeze_backbone(model)
     check_same_resume_point(state.epoch, state.step)
-    return (
-        state.epoch,
-        state.step,
-        state.rng[rank],
-        state.best_model or copy.deepcopy(model.state_dict()),
-    )
+    return state.epoch, state.step, state.rng[progress.rank.rank]
 
 
 def evaluate(
@@ -429,20 +289,6 @@ def evaluate(
         f"{name}_acc": float(totals[2 * i] / totals[2 * i + 1]) if totals[2 * i + 1] else math.nan
         for i, name in enumerate(("train", "valid", "test"))
     }
-
-
-def report_with_checkpoint(metrics: dict[str, Any], state: TrainingState, rank: int) -> None:
-    name = checkpoint_name(state.epoch)
-    if rank != 0:
-        ray.train.report(metrics, checkpoint_dir_name=name)
-        return
-    with tempfile.TemporaryDirectory(prefix="lorap-ckpt-") as tmp:
-        path = save_checkpoint(state, Path(tmp) / name)
-        ray.train.report(
-            metrics,
-            checkpoint=ray.train.Checkpoint.from_directory(str(path)),
-            checkpoint_dir_name=name,
-        )
 
 
 class _Directory:

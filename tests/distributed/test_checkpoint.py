@@ -22,17 +22,15 @@ from lorap_dist.distributed.checkpoint import (
     capture_rng,
     check_architecture,
     checkpoint_name,
-    keep_prompt_warmup,
     latest_good_checkpoint,
     load_checkpoint,
     load_optimizer_state,
     restore_rng,
     save_checkpoint,
-    saved_prompt_warmup,
 )
+from lorap_dist.distributed.resume import keep_prompt_warmup, saved_prompt_warmup
 from lorap_dist.nn import build_model
 from lorap_dist.optim import build_optimizer
-from lorap_dist.tracking import BestEpoch, PromptStart, PromptTuning
 
 CONFIG = {
     "model": {"arch": "gcn", "hidden": 8, "layers": 2, "heads": 2},
@@ -375,8 +373,9 @@ def prompt_tuning_checkpoint(tmp_path, tuning: dict | None, keep_best: bool, **r
     """A checkpoint of a LoRAP GCN run with ``train.prompt_tuning_epochs: 2`` whose best
     epoch is 1, written after 2 epochs; inside the tuning phase when ``tuning`` is given,
     with its best model when ``keep_best``; and what the worker resumes into (the run's
-    ``train`` section updated with ``resumed_train``)."""
+    ``train`` section updated with ``resumed_train``): its model, optimizer and progress."""
     from lorap_dist.config import ExperimentConfig
+    from lorap_dist.distributed.progress import Rank, RankProgress
 
     saved = ExperimentConfig.from_dict(
         {**CONFIG, "train": {"epochs": 2, "prompt_tuning_epochs": 2}}
@@ -398,8 +397,8 @@ def prompt_tuning_checkpoint(tmp_path, tuning: dict | None, keep_best: bool, **r
         best_model={k: v + 1 for k, v in model.state_dict().items()} if keep_best else {},
     )
     path = save_checkpoint(state, tmp_path / checkpoint_name(2))
-    trackers = {"best": BestEpoch(), "prompts": PromptStart(), "tuning": PromptTuning(2)}
-    return path, (experiment, DATASET, model, optimizer, trackers, 0)
+    progress = RankProgress(Rank(0, 1, experiment, DATASET, 1), optimizer)
+    return path, (model, optimizer, progress)
 
 
 @pytest.fixture
@@ -419,11 +418,14 @@ def test_prompt_tuning_resumed_inside_the_phase_freezes_the_backbone_again(
     path, args = prompt_tuning_checkpoint(
         tmp_path, {"start": 2, "before": before}, True, prompt_tuning_epochs=None, epochs=40
     )  # resumed under the default, which would be 10: the checkpoint's 2 are kept
-    epoch, step, _, best = restore_training({"resume": str(path)}, *args)
-    assert args[0].train.prompt_tuning_epochs == args[4]["tuning"].epochs == 2
-    model, tuning = args[2], args[4]["tuning"]
-    assert (epoch, step, tuning.start, tuning.before, tuning.end(2)) == (2, 2, 2, before, 4)
-    assert all(torch.equal(best[k], v + 1) for k, v in model.state_dict().items())
+    model, _, progress = args
+    assert progress.tuning.epochs == 10
+    epoch, step, _ = restore_training({"resume": str(path)}, *args)
+    assert progress.train.prompt_tuning_epochs == progress.tuning.epochs == 2
+    tuning = progress.tuning
+    assert (epoch, step, tuning.start, tuning.before, tuning.end(40)) == (2, 2, 2, before, 4)
+    assert progress.best.epoch == 1
+    assert all(torch.equal(progress.best_state[k], v + 1) for k, v in model.state_dict().items())
     model.train()
     assert not model.training  # the backbone runs as in evaluation ...
     assert all(m.training for m in model.modules() if type(m).__name__ == "LoRAP")  # ... not these
@@ -448,14 +450,15 @@ def test_a_run_trained_together_resumed_under_the_default_keeps_training_togethe
     """A checkpoint written before prompt tuning was the default (``0``) resumed by a config
     that leaves it to the default: the run goes on training the prompts with the backbone,
     and the worker's tuning phase agrees with the learning-rate schedule."""
-    from lorap_dist.config import ExperimentConfig
     from lorap_dist.distributed.worker import restore_training
 
-    path, args = prompt_tuning_checkpoint(tmp_path, None, False, prompt_tuning_epochs=None)
+    path, args = prompt_tuning_checkpoint(
+        tmp_path, None, False, prompt_tuning_epochs=None, epochs=8
+    )
     saved = load_checkpoint(path)
     saved.config["train"]["prompt_tuning_epochs"] = 0
     path = save_checkpoint(saved, tmp_path / "joint" / checkpoint_name(2))
-    experiment = ExperimentConfig.from_dict({**CONFIG, "train": {"epochs": 8}})
-    assert experiment.train.tuning_epochs == 2  # the default, before the resume
-    restore_training({"resume": str(path)}, experiment, *args[1:])
-    assert experiment.train.tuning_epochs == args[4]["tuning"].epochs == 0
+    progress = args[2]
+    assert progress.train.tuning_epochs == progress.tuning.epochs == 2  # the default
+    restore_training({"resume": str(path)}, *args)
+    assert progress.train.tuning_epochs == progress.tuning.epochs == 0
