@@ -368,7 +368,10 @@ def tuned_targets(rows: list[dict[str, Any]]) -> list[str]:
         (r["dataset"], r["epochs"], r["prompt_tuning_epochs"]) for r in tuned
     ):
         cells = [
-            (f"{r['scheme']} INT{r['bits']}", r["acc_mean"] - statistics.mean(r["scheme_accs"]))
+            (
+                f"{r['scheme']} INT{r['bits']}",
+                statistics.mean(r["accs"]) - statistics.mean(r["scheme_accs"]),
+            )
             for r in sorted(tuned, key=lambda r: (r["scheme"], r["bits"]))
             if (r["dataset"], r["epochs"], r["prompt_tuning_epochs"]) == (dataset, epochs, tuning)
         ]
