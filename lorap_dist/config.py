@@ -366,11 +366,12 @@ class TrainConfig:
             (prompt tuning). ``N > 0``: the prompts stay still for the whole run, which is
             then the scheme alone; its best-validation model is restored, and for ``N``
             more epochs only the prompts train (every other learning rate is 0, and the
-            backbone runs as in evaluation: no dropout, its ranges and norms fixed). The
-            prompted model is reported only when its validation accuracy beats the
-            scheme's best, so the run reports the scheme alone unless the prompt helps on
-            validation. ``0`` trains the prompts together with the backbone after the warm
-            start (``prompt_warmup``), as the LoRAP paper does. ``None`` (the default,
+            backbone runs as in evaluation: no dropout, its ranges and norms fixed), fewer
+            when ``patience`` of them pass without a new best. The prompted model is
+            reported only when its validation accuracy beats the scheme's best, so the run
+            reports the scheme alone unless the prompt helps on validation. ``0`` trains
+            the prompts together with the backbone after the warm start
+            (``prompt_warmup``), as the LoRAP paper does. ``None`` (the default,
             :attr:`tuning_epochs`): a quarter of ``epochs`` (at least 1), or ``0`` where
             ``prompt_warmup`` is set (a warm start asks for training together); a resumed
             run that leaves it to the default keeps its checkpoint's choice. The default

@@ -169,7 +169,10 @@ def fit(
         history.append({"epoch": epoch, "loss": loss, **accs})
         if best.update(epoch, accs["valid"], accs["test"]):
             best_state = copy.deepcopy(model.state_dict())
-        stop = not tuning.active and best.should_stop(epoch, quantization_settled(model))
+        if tuning.active:
+            stop = tuning.should_stop(epoch, best)
+        else:
+            stop = best.should_stop(epoch, quantization_settled(model))
         last = stop or epoch + 1 == tuning.end(config.train.epochs)
         start_tuning = tuning.due(last)
         if on_epoch is not None:

@@ -9,7 +9,9 @@ rule, through one :class:`BestEpoch`:
 - when a quantization schedule changes the model (MixQ freezing its bit widths),
   :meth:`BestEpoch.restart` forgets the best, so the reported model is the final one;
 - a run stops once ``patience`` epochs have passed without a new best, but never while a
-  quantization schedule is still to change the model.
+  quantization schedule is still to change the model;
+- its prompt-tuning phase stops on the same patience, counted from the phase's start until
+  a tuned epoch beats the scheme's best (:meth:`PromptTuning.should_stop`).
 
 Beside it, :class:`PromptStart` records the first epoch that trained the prompts, so every
 loop can say when the reported model's prompts never trained
@@ -119,7 +121,8 @@ class PromptStart:
 class PromptTuning:
     """The prompt-tuning phase of a run (``train.prompt_tuning_epochs``): after the run's
     last epoch, or its early stop, only the prompts train on its best model for ``epochs``
-    more epochs, the epoch numbers carrying on. It survives a checkpoint, so a run resumed
+    more epochs, the epoch numbers carrying on, or fewer when the run's patience runs out
+    first (:meth:`should_stop`). It survives a checkpoint, so a run resumed
     inside the phase ends where the uninterrupted one does.
 
     Args:
@@ -147,6 +150,15 @@ class PromptTuning:
         """Whether the phase begins after this epoch: the run is over (its last epoch, or
         stopped early) and the phase is configured and has not begun."""
         return run_over and self.epochs > 0 and self.start is None
+
+    def should_stop(self, epoch: int, best: BestEpoch) -> bool:
+        """Whether the phase stops after epoch ``epoch``: ``best.patience`` of its epochs
+        have passed without a new best, counted from its start while the best is still the
+        scheme's (so a long phase whose prompt does not win ends early, and one shorter
+        than the patience always runs out). ``False`` before the phase."""
+        if self.start is None or not best.patience:
+            return False
+        return epoch - max(best.epoch, self.start - 1) >= best.patience
 
     def begin(self, epoch: int, best: BestEpoch) -> None:
         """Begin the phase after epoch ``epoch`` (0-based), recording ``best``."""

@@ -70,3 +70,16 @@ def test_prompt_tuning_extends_the_run_once_and_survives_a_checkpoint():
     fresh.load_state_dict({})  # a checkpoint written before it existed
     assert not fresh.active and fresh.end(10) == 10
     assert not PromptTuning(epochs=0).due(run_over=True)  # not configured
+
+
+def test_prompt_tuning_stops_on_the_patience_counted_from_its_start_or_its_own_best():
+    best = BestEpoch(patience=3)
+    best.update(4, 0.7, 0.6)
+    tuning = PromptTuning(epochs=50)
+    assert not tuning.should_stop(20, best)  # before the phase: the run's rule decides
+    tuning.begin(6, best)  # the phase starts at epoch 7; the best is the scheme's, epoch 4
+    assert [tuning.should_stop(e, best) for e in (7, 8, 9)] == [False, False, True]
+    best.update(8, 0.8, 0.6)  # a tuned epoch wins: the patience counts from it
+    assert [tuning.should_stop(e, best) for e in (9, 10, 11)] == [False, False, True]
+    best.patience = 0  # never stops early: the phase runs its epochs
+    assert not tuning.should_stop(40, best)

@@ -84,14 +84,17 @@ def test_trained_together_a_prompted_run_trains_as_its_scheme_alone_until_the_pr
     assert (prompted.prompt_start_epoch, alone.prompt_start_epoch) == (still, None)
 
 
-@pytest.mark.parametrize(("epochs", "patience", "arch"), [(12, 0, "gcn"), (30, 2, "gin")])
+@pytest.mark.parametrize(
+    ("epochs", "patience", "arch", "phase"), [(14, 0, "gcn", 5), (30, 2, "gin", 2)]
+)
 def test_prompt_tuning_trains_only_the_prompts_on_the_scheme_alones_best_model(
-    epochs, patience, arch
+    epochs, patience, arch, phase
 ):
     """``train.prompt_tuning_epochs``: the run is its scheme alone's, step for step (cut
     short by early stopping or not); then only the prompts train, on the scheme's best
     model, whose weights, quantization ranges and norms stay as they were, and the prompted
-    model is reported only if it beats that model on validation. GIN has batch norm."""
+    model is reported only if it beats that model on validation. GIN has batch norm. A
+    phase no longer than the patience always runs out."""
     sections = {
         "quant": {"scheme": "qat", "options": {"bits": 4}},
         "train": {"epochs": epochs, "patience": patience},
@@ -117,13 +120,13 @@ def test_prompt_tuning_trains_only_the_prompts_on_the_scheme_alones_best_model(
 
     tuned_config = small_config(
         prompt={"kind": "lorap", "k": 4, "r": 2},
-        **{**sections, "train": {**sections["train"], "prompt_tuning_epochs": 5}},
+        **{**sections, "train": {**sections["train"], "prompt_tuning_epochs": phase}},
     )
     tuned, _ = train(tuned_config, graph, progress=False, on_epoch=record)
     ran = alone.epochs_run
     assert ran < epochs if patience else ran == epochs  # stopped early, or not
     assert alone.best_epoch < ran - 1  # restoring the best model is not the last one
-    assert tuned.epochs_run == ran + 5 and tuned.prompt_start_epoch == ran
+    assert tuned.epochs_run == ran + phase and tuned.prompt_start_epoch == ran
     best_alone = alone.history[alone.best_epoch]
     assert tuned.before_tuning == {
         "epoch": alone.best_epoch,
@@ -136,12 +139,12 @@ def test_prompt_tuning_trains_only_the_prompts_on_the_scheme_alones_best_model(
     # every tuning epoch starts from the scheme's best backbone and leaves it unchanged
     frozen = [flags for flags, _, _ in seen[ran:]]
     assert len(frozen[0]) > len(backbone) // 2  # LoRAP takes over the aggregate's point
-    assert [all(flags) for flags in frozen] == [True] * 5
-    assert [last for _, _, last in seen] == [False] * (ran + 4) + [True]
+    assert [all(flags) for flags in frozen] == [True] * phase
+    assert [last for _, _, last in seen] == [False] * (ran + phase - 1) + [True]
     assert seen[-1][1]  # the prompts trained
     if tuned.best_epoch < ran:  # prompt tuning did not win on validation
         assert (tuned.valid_acc, tuned.test_acc) == (alone.valid_acc, alone.test_acc)
-        assert any(w.startswith("prompt tuning (5 epochs") for w in tuned.warnings)
+        assert any(w.startswith(f"prompt tuning ({phase} epochs") for w in tuned.warnings)
     else:
         assert tuned.valid_acc > alone.valid_acc
 
@@ -159,6 +162,27 @@ def test_prompt_tuning_reports_the_prompted_model_when_it_wins_on_validation():
     best_row = tuned.history[tuned.best_epoch]
     assert tuned.valid_acc == best_row["valid"] > max(h["valid"] for h in tuned.history[:2])
     assert not any(w.startswith("prompt tuning") for w in tuned.warnings)
+
+
+def test_prompt_tuning_stops_once_patience_runs_out_without_a_new_best():
+    """A phase whose prompt cannot beat the scheme's best (its rate so small that the
+    prompted model predicts as the scheme does) ends ``train.patience`` epochs after it
+    began, not after ``train.prompt_tuning_epochs``, and reports the scheme alone
+    (``test_tracking`` has the rule once a tuned epoch wins)."""
+    sections = {
+        "quant": {"scheme": "qat", "options": {"bits": 4}},
+        "prompt": {"kind": "lorap", "k": 4, "r": 2},
+    }
+    still = small_config(
+        **sections,
+        train={"epochs": 8, "patience": 3, "prompt_tuning_epochs": 20, "prompt_lr_scale": 1e-12},
+    )
+    result, _ = train(still, progress=False)
+    start = result.prompt_start_epoch
+    assert result.before_tuning is not None and start == len(result.history) - 3
+    assert result.epochs_run == start + 3 < start + 20
+    assert result.best_epoch < start
+    assert [h["valid"] for h in result.history[start:]] == [result.valid_acc] * 3
 
 
 def test_a_run_that_stops_before_its_prompts_train_says_the_prompt_never_trained():

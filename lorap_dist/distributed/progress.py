@@ -117,7 +117,7 @@ class RankProgress:
         evaluated: bool,
     ) -> tuple[bool, bool]:
         """After epoch ``epoch`` (and its evaluation, if ``evaluated``): decide whether the
-        run stops early (:func:`stop_early`; never inside prompt tuning) and whether prompt
+        run stops early (:func:`stop_early`) and whether prompt
         tuning begins, when the run is over (its last epoch, or stopped early) and the config
         asks for it (``model`` then holds the best model again with its backbone frozen,
         :func:`~lorap_dist.fit.begin_prompt_tuning`, and the run goes on); then report the
@@ -125,9 +125,7 @@ class RankProgress:
         last epoch, an early stop, the start of prompt tuning, or every
         ``dist.checkpoint_every``). Returns ``(stop, began)``; a collective."""
         last = epoch + 1 == self.tuning.end(self.train.epochs)
-        stop = (
-            not last and not self.tuning.active and stop_early(model, self.best, epoch, evaluated)
-        )
+        stop = not last and stop_early(model, self.best, self.tuning, epoch, evaluated)
         began = self.tuning.due(last or stop)
         if began:
             self.tuning.begin(epoch, self.best)
@@ -196,12 +194,19 @@ def evaluation_due(epoch: int, last: bool, every: int | None) -> bool:
     return every is not None and (last or (every > 0 and (epoch + 1) % every == 0))
 
 
-def stop_early(model: nn.Module, best: BestEpoch, epoch: int, evaluated: bool) -> bool:
+def stop_early(
+    model: nn.Module, best: BestEpoch, tuning: PromptTuning, epoch: int, evaluated: bool
+) -> bool:
     """Whether the run stops after epoch ``epoch`` on ``train.patience``, the rule of
-    ``lorap train`` (:meth:`BestEpoch.should_stop`): only after an evaluation, and never
-    while a quantization schedule (MixQ's freeze) is still to change the model. Every rank
-    decides alike: ``best`` holds scores all-reduced over the ranks."""
-    return evaluated and best.should_stop(epoch, quantization_settled(model))
+    ``lorap train`` (:meth:`BestEpoch.should_stop`, and :meth:`PromptTuning.should_stop`
+    inside prompt tuning): only after an evaluation, and never while a quantization
+    schedule (MixQ's freeze) is still to change the model. Every rank decides alike:
+    ``best`` holds scores all-reduced over the ranks."""
+    if not evaluated:
+        return False
+    if tuning.active:
+        return tuning.should_stop(epoch, best)
+    return best.should_stop(epoch, quantization_settled(model))
 
 
 def report_with_checkpoint(metrics: dict[str, Any], state: TrainingState, rank: int) -> None:

@@ -183,7 +183,8 @@ def test_patience_stops_every_rank_after_the_same_epoch(ray_cluster, tiny_datase
     """``train.patience`` stops a distributed run as it stops ``lorap train``. A float model
     at a learning rate of 1e-9 scores the same every epoch, so its best epoch is the first
     and with patience 2 the run ends after epoch 2 (0-based) of 10, with a checkpoint there;
-    a rank that went on alone would hang its peer's next collective."""
+    a rank that went on alone would hang its peer's next collective. So does a prompt
+    tuning phase."""
     data = experiment(tiny_dataset, 10).to_dict()
     data["prompt"] = {"kind": "none"}
     data["quant"] = {"scheme": "none"}
@@ -199,6 +200,16 @@ def test_patience_stops_every_rank_after_the_same_epoch(ray_cluster, tiny_datase
     result = run_distributed(ExperimentConfig.from_dict(data), settings(tmp_path, "no-patience"))
     assert result["stopped_early"] is False
     assert (result["epochs"], result["best_epoch"]) == (4, 0)
+
+    # Prompt tuning stops on the same patience: the run stops after epoch 2, the phase
+    # begins at epoch 3, and its prompt (as still as the rest) never wins, so it ends after
+    # epoch 4 instead of running its 10 epochs.
+    data["prompt"] = {"kind": "lorap", "k": 4, "r": 2}
+    data["train"] |= {"patience": 2, "epochs": 10, "prompt_tuning_epochs": 10}
+    result = run_distributed(ExperimentConfig.from_dict(data), settings(tmp_path, "tuning"))
+    assert result["stopped_early"] is True and result["tuning_start_epoch"] == 3
+    assert (result["epochs"], result["best_epoch"]) == (5, 0)
+    assert load_checkpoint(result["checkpoint"]).epoch == 5
 
 
 def test_dist_config_rejects_bad_caps():
