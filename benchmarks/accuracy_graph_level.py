@@ -48,6 +48,8 @@ import common  # noqa: E402
 import torch  # noqa: E402
 from common import RESULTS, markdown_table, mean_std, scheme_options, write_result  # noqa: E402
 
+from lorap_dist.config import DEFAULT_TUNING_PROMPT_LR_SCALE  # noqa: E402
+
 NAME = "accuracy_graph_level"
 PAPER = {  # Degree-Quant, GIN on REDDIT-BINARY (paper; public code's rerun in brackets)
     ("REDDIT-BINARY", "qat", 8): "76.0",
@@ -70,11 +72,13 @@ def experiment(
     prompt_unit: str | None = None,
     quantizer_lr_scale: float | None = None,
     prompt_tuning_epochs: int | None = None,
+    tuning_lr_scale: float | None = None,
 ) -> dict[str, Any]:
     """The run's config as a plain dict (scheme ``None``: FP32, with INT8's recipe;
     ``prompt_lr_scale``, ``prompt_unit`` and ``quantizer_lr_scale`` ``None``: the
     package's defaults; ``prompt_tuning_epochs`` ``None``: the prompt trained with the
-    backbone, :data:`common.TRAINED_TOGETHER`)."""
+    backbone, :data:`common.TRAINED_TOGETHER`; ``tuning_lr_scale``: the prompts' rate while
+    they tune, ``train.prompt_tuning_lr_scale``, ``None`` the package's default)."""
     quant = (
         {"scheme": "none"}
         if scheme is None
@@ -96,6 +100,7 @@ def experiment(
             **({} if prompt_lr_scale is None else {"prompt_lr_scale": prompt_lr_scale}),
             **({} if quantizer_lr_scale is None else {"quantizer_lr_scale": quantizer_lr_scale}),
             "prompt_tuning_epochs": prompt_tuning_epochs or 0,  # 0: common.TRAINED_TOGETHER
+            **({} if tuning_lr_scale is None else {"prompt_tuning_lr_scale": tuning_lr_scale}),
         },
     }
 
@@ -149,19 +154,39 @@ def settings(args: Any) -> list[dict[str, Any]]:
             learned = None if learned == 1 else learned  # the package's default
             tuning = args.prompt_tuning_epochs if prompt != "none" else None
             variants = (("prompt_lr_scale", scale), ("prompt_unit", unit))
-            variants += (("prompt_tuning_epochs", tuning),)
+            # the rate the prompts tune at, recorded (its default changed once)
+            tuning_rate = args.tuning_prompt_lr_scale if tuning else None
+            variants += (("prompt_tuning_epochs", tuning), ("tuning_lr_scale", tuning_rate))
             key |= {k: v for k, v in (*variants, ("quantizer_lr_scale", learned)) if v}
             width = "FP32" if scheme is None else f"INT{bits}"
             label = f"{dataset} {key['scheme']} {width} {prompt_label(key)}"
             config = experiment(
-                dataset, args.root, scheme, bits, prompt, args.epochs, scale, unit, learned, tuning
+                dataset,
+                args.root,
+                scheme,
+                bits,
+                prompt,
+                args.epochs,
+                scale,
+                unit,
+                learned,
+                tuning,
+                tuning_rate,
             )
             out.append({"key": key, "label": label, "config": config})
     return out
 
 
 #: Row keys that set a prompt or optimizer option away from the package's default.
-VARIANTS = ("prompt_lr_scale", "prompt_unit", "quantizer_lr_scale", "prompt_tuning_epochs")
+VARIANTS = (
+    "prompt_lr_scale",
+    "prompt_unit",
+    "quantizer_lr_scale",
+    "prompt_tuning_epochs",
+    "tuning_lr_scale",
+)
+#: What a row tuned on the frozen backbone holds besides its tuning epochs.
+TUNING = ("prompt_tuning_epochs", "tuning_lr_scale")
 #: The schemes whose quantizers hold learned state (``train.quantizer_lr_scale`` applies).
 LEARNED_STATE = ("a2q", "mixq")
 
@@ -177,7 +202,10 @@ def prompt_label(row: dict[str, Any]) -> str:
     if row.get("quantizer_lr_scale") is not None:
         parts.append(f"quantizer lr {row['quantizer_lr_scale']:g} x lr")
     if row.get("prompt_tuning_epochs"):
-        parts.append(f"tuned {row['prompt_tuning_epochs']} epochs on the frozen backbone")
+        parts.append(
+            f"tuned {row['prompt_tuning_epochs']} epochs on the frozen backbone at "
+            f"{row['tuning_lr_scale']:g} x lr"
+        )
     return ", ".join(parts)
 
 
@@ -354,31 +382,34 @@ def paired(row: dict[str, Any], alone: dict[str, Any] | None) -> str:
 
 
 def tuned_targets(rows: list[dict[str, Any]]) -> list[str]:
-    """ "LoRAP at least as good as its scheme alone" for the package's default, the prompt
-    tuned on the frozen backbone (rows with ``prompt_tuning_epochs`` and no other variant),
-    each against the scheme alone of its own runs."""
+    """ "LoRAP at least as good as its scheme alone" for the prompt tuned on the frozen
+    backbone (rows with ``prompt_tuning_epochs`` and no variant but its rate), each against
+    the scheme alone of its own runs, per tuning rate; the shipped rate is the default."""
     tuned = [
         r
         for r in rows
         if r.get("prompt_tuning_epochs") and "scheme_accs" in r
-        and not any(k in r for k in VARIANTS if k != "prompt_tuning_epochs")
+        and not any(k in r for k in VARIANTS if k not in TUNING)
     ]  # fmt: skip
     lines = []
-    for dataset, epochs, tuning in dict.fromkeys(
-        (r["dataset"], r["epochs"], r["prompt_tuning_epochs"]) for r in tuned
-    ):
+    groups = dict.fromkeys(
+        (r["dataset"], r["epochs"], r["prompt_tuning_epochs"], r["tuning_lr_scale"]) for r in tuned
+    )
+    for group in groups:
+        dataset, epochs, tuning, rate = group
         cells = [
             (
                 f"{r['scheme']} INT{r['bits']}",
                 statistics.mean(r["accs"]) - statistics.mean(r["scheme_accs"]),
             )
             for r in sorted(tuned, key=lambda r: (r["scheme"], r["bits"]))
-            if (r["dataset"], r["epochs"], r["prompt_tuning_epochs"]) == (dataset, epochs, tuning)
+            if (r["dataset"], r["epochs"], r["prompt_tuning_epochs"], r["tuning_lr_scale"]) == group
         ]
         worse = [f"{cell} ({diff:+.1f})" for cell, diff in cells if diff < -1e-9]
+        shipped = "the default" if rate == DEFAULT_TUNING_PROMPT_LR_SCALE else "not the default"
         lines.append(
-            f"- {dataset} ({epochs} epochs + {tuning} of prompt tuning, the default): LoRAP at "
-            "least as good as its scheme alone of the same runs (mean): "
+            f"- {dataset} ({epochs} epochs + {tuning} of prompt tuning at {rate:g} x lr, "
+            f"{shipped}): LoRAP at least as good as its scheme alone of the same runs (mean): "
             + ("met in every cell" if not worse else "NOT met: " + ", ".join(worse))
         )
     return lines
@@ -555,6 +586,14 @@ def main() -> None:
         "after the run (train.prompt_tuning_epochs; default: 0, the prompt trains with the "
         "backbone, as the tables were measured); such rows are paired with the scheme "
         "alone of their own runs and kept apart from the others",
+    )
+    parser.add_argument(
+        "--tuning-prompt-lr-scale",
+        type=float,
+        default=DEFAULT_TUNING_PROMPT_LR_SCALE,
+        help="with --prompt-tuning-epochs: the prompts' rate while they tune, as a multiple "
+        "of lr (train.prompt_tuning_lr_scale; default: the package's, "
+        f"{DEFAULT_TUNING_PROMPT_LR_SCALE:g}); rows keep it as tuning_lr_scale",
     )
     parser.add_argument("--folds", default="0-9", help="which of the 10 folds to run")
     parser.add_argument("--epochs", type=int, default=200)

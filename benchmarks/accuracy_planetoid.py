@@ -24,7 +24,9 @@ without a better validation accuracy, features row-normalised):
   run is its scheme alone for the recipe's epochs, then only the prompt trains on the
   scheme's best model, which it replaces only by beating it on validation. Both figures
   come from the same run, so the paired difference needs no second run: the scheme alone's
-  is the best model before the prompt trained.
+  is the best model before the prompt trained. The prompts tune at
+  ``--tuning-prompt-lr-scale`` x lr (``train.prompt_tuning_lr_scale``, default the
+  package's); rows record it as ``tuning_lr_scale``.
 
 The scheme options per bit width: ``qat`` ``{bits}``; ``degree_quant`` ``{bits}`` (the
 paper's protection recipe and percentile follow the bit width); ``a2q``
@@ -75,7 +77,7 @@ from common import (  # noqa: E402
     write_result,
 )
 
-from lorap_dist.config import ExperimentConfig  # noqa: E402
+from lorap_dist.config import DEFAULT_TUNING_PROMPT_LR_SCALE, ExperimentConfig  # noqa: E402
 from lorap_dist.graph.pyg_source import planetoid_raw_files  # noqa: E402
 from lorap_dist.tracking import PromptStart  # noqa: E402
 
@@ -578,7 +580,10 @@ def tuning_settings(args: Any) -> list[dict[str, Any]]:
                         "bits": 4,
                         "tuning_epochs": args.tuning_epochs,
                     }
-                    label = f"{dataset} {model} {scheme} {prompt} tuned {args.tuning_epochs}"
+                    scale = args.tuning_prompt_lr_scale
+                    config["train"]["prompt_tuning_lr_scale"] = key["tuning_lr_scale"] = scale
+                    label = (f"{dataset} {model} {scheme} {prompt} tuned {args.tuning_epochs} "
+                             f"prompt lr {scale:g}")  # fmt: skip
                     settings.append({"key": key, "config": config, "label": label})
     return settings  # fmt: skip
 
@@ -758,12 +763,18 @@ def targets(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def shipped_rate(row: dict[str, Any]) -> bool:
+    """Whether a tuning row's prompts tuned at the shipped rate
+    (``train.prompt_tuning_lr_scale``'s default)."""
+    return row["tuning_lr_scale"] == DEFAULT_TUNING_PROMPT_LR_SCALE
+
+
 def tuning_targets(rows: list[dict[str, Any]], main_rows: list[dict[str, Any]]) -> list[str]:
     """The issue's LoRAP targets for the shipped default, prompt tuning on the frozen
     backbone (the tuning part's rows, each against its runs' own scheme alone; FP32 from
     the main part)."""
     fp32 = {(r["dataset"], r["model"]): r["acc_mean"] for r in main_rows if r["scheme"] == "fp32"}
-    lorap = [r for r in rows if r["prompt"] == "lorap"]
+    lorap = [r for r in rows if r["prompt"] == "lorap" and shipped_rate(r)]
     if not lorap:
         return []
     cells = {(d, m, s) for d in ("Cora", "CiteSeer") for m in MODELS for s in SCHEMES}
@@ -1033,8 +1044,9 @@ def tuning_table(rows: list[dict[str, Any]], main_rows: list[dict[str, Any]]) ->
         )
         alone = {"acc_mean": r["scheme_acc_mean"], "acc_std": r["scheme_acc_std"],
                  "accs": r["scheme_accs"]}  # fmt: skip
+        prompt = f"{r['prompt']}, prompt lr {r['tuning_lr_scale']:g} x lr"
         body.append([
-            r["dataset"], r["model"], r["scheme"], r["prompt"], _cell(alone), _cell(r),
+            r["dataset"], r["model"], r["scheme"], prompt, _cell(alone), _cell(r),
             paired(r, alone), f"{won}/{r['n_seeds']}", same,
             paired(joint, alone_main) if joint is not None else "-",
         ])  # fmt: skip
@@ -1144,6 +1156,14 @@ def main() -> None:
         default=50,
         help="tuning part: epochs of prompt tuning after the run (default 50, a quarter of "
         "the recipe's 200)",
+    )
+    parser.add_argument(
+        "--tuning-prompt-lr-scale",
+        type=float,
+        default=DEFAULT_TUNING_PROMPT_LR_SCALE,
+        help="tuning part: the prompts' learning rate as a multiple of lr while they tune "
+        "(train.prompt_tuning_lr_scale; default: the shipped one, "
+        f"{DEFAULT_TUNING_PROMPT_LR_SCALE:g}); rows keep it as tuning_lr_scale",
     )
     args = parser.parse_args()
     if args.part == "main":

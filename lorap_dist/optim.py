@@ -88,7 +88,7 @@ def schedule_lr(
       at its own rate;
     - prompt tuning (``train.tuning_epochs > 0``, the default): the prompt group stays at rate 0
       for the whole run, and in the tuning epochs after it (``tuning``) only the prompt
-      group trains, every other group at rate 0.
+      group trains, at ``lr * train.tuning_prompt_lr_scale``, every other group at rate 0.
     """
     every = train.lr_decay_every
     factor = train.lr_decay ** (epoch // every) if every else 1.0
@@ -97,10 +97,11 @@ def schedule_lr(
     else:
         held = epoch < train.prompt_warmup_epochs or (searching and train.prompts_wait_for_search)
     frozen = 0.0 if tuning else 1.0
+    prompt_scale = train.tuning_prompt_lr_scale if tuning else train.prompt_lr_scale
     rates = {
         "backbone": frozen * train.lr,
         "quantizer": frozen * train.lr * train.quantizer_lr_scale,
-        "prompt": 0.0 if held else train.lr * train.prompt_lr_scale,
+        "prompt": 0.0 if held else train.lr * prompt_scale,
     }
     for group in optimizer.param_groups:
         group["lr"] = rates.get(group.get("name"), train.lr) * factor

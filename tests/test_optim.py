@@ -183,15 +183,40 @@ def test_prompt_tuning_holds_the_prompt_through_the_run_then_trains_it_alone():
     from lorap_dist.optim import schedule_lr
 
     train = TrainConfig(lr=0.1, prompt_lr_scale=0.5, quantizer_lr_scale=2.0, epochs=8,
-                        prompt_tuning_epochs=3)  # fmt: skip
+                        prompt_tuning_epochs=3, prompt_tuning_lr_scale=3.0)  # fmt: skip
     optimizer = build_optimizer(model_with_every_kind(), train)
     rates = []
     for epoch, tuning in [(0, False), (5, False), (7, False), (8, True), (10, True), (3, True)]:
         schedule_lr(optimizer, epoch, train, searching=epoch < 2, tuning=tuning)
         rates.append({g["name"]: g["lr"] for g in optimizer.param_groups})
     run = {"backbone": 0.1, "prompt": 0.0, "quantizer": 0.2}
-    tune = {"backbone": 0.0, "prompt": 0.05, "quantizer": 0.0}
+    tune = {"backbone": 0.0, "prompt": 0.1 * 3.0, "quantizer": 0.0}
     assert rates == [run] * 3 + [tune] * 3
+
+
+def test_prompt_tuning_has_its_own_rate_whose_default_is_not_the_trained_together_one():
+    """``train.prompt_tuning_lr_scale: null`` (the default) tunes the prompts at
+    ``lr * DEFAULT_TUNING_PROMPT_LR_SCALE``, whatever ``prompt_lr_scale`` (the rate beside a
+    training backbone) says; trained together, the prompts keep ``prompt_lr_scale``."""
+    from lorap_dist.config import DEFAULT_TUNING_PROMPT_LR_SCALE
+    from lorap_dist.optim import schedule_lr
+
+    train = TrainConfig(lr=0.01, prompt_lr_scale=0.5, epochs=8, prompt_tuning_epochs=2)
+    assert train.tuning_prompt_lr_scale == DEFAULT_TUNING_PROMPT_LR_SCALE
+    optimizer = build_optimizer(model_with_every_kind(), train)
+    schedule_lr(optimizer, 8, train, tuning=True)
+    assert prompt_rate(optimizer) == 0.01 * DEFAULT_TUNING_PROMPT_LR_SCALE
+    together = TrainConfig(lr=0.01, prompt_lr_scale=0.5, epochs=8, prompt_tuning_epochs=0)
+    schedule_lr(optimizer, 7, together)
+    assert prompt_rate(optimizer) == 0.01 * 0.5
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, True, "5"])
+def test_a_bad_prompt_tuning_rate_is_a_config_error_naming_the_field(bad):
+    from lorap_dist.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"train.prompt_tuning_lr_scale=.* must be a number"):
+        TrainConfig(prompt_tuning_lr_scale=bad)
 
 
 @pytest.mark.parametrize(

@@ -175,7 +175,12 @@ def test_prompt_tuning_stops_once_patience_runs_out_without_a_new_best():
     }
     still = small_config(
         **sections,
-        train={"epochs": 8, "patience": 3, "prompt_tuning_epochs": 20, "prompt_lr_scale": 1e-12},
+        train={
+            "epochs": 8,
+            "patience": 3,
+            "prompt_tuning_epochs": 20,
+            "prompt_tuning_lr_scale": 1e-12,
+        },
     )
     result, _ = train(still, progress=False)
     start = result.prompt_start_epoch

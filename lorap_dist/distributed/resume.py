@@ -55,7 +55,9 @@ def keep_prompt_warmup(train: TrainConfig, saved: dict[str, Any], where: Path | 
     ``train.prompt_tuning_epochs``: left to the default, it takes the checkpoint's resolved
     value (:func:`saved_prompt_tuning`), ``0`` from a checkpoint written before prompt
     tuning was the default (its run trained the prompts with the backbone), and with
-    prompt tuning the warm start does not apply.
+    prompt tuning the warm start does not apply; and for ``train.prompt_tuning_lr_scale``:
+    left to the default, it takes the checkpoint's, and from a checkpoint written before the
+    field existed that checkpoint's ``train.prompt_lr_scale``, at which its prompts tuned.
 
     Raises:
         CheckpointError: the kept warm start does not fit ``train.epochs`` (a resume with
@@ -66,6 +68,11 @@ def keep_prompt_warmup(train: TrainConfig, saved: dict[str, Any], where: Path | 
         train.prompt_after_search = saved_choice is not False
     if train.prompt_tuning_epochs is None:
         train.prompt_tuning_epochs = saved_prompt_tuning(saved)
+    saved_train = saved.get("train", {})
+    if train.prompt_tuning_lr_scale is None:
+        # written before the field existed, the run tuned its prompts at their usual rate
+        old_rate = saved_train.get("prompt_lr_scale", 0.1)
+        train.prompt_tuning_lr_scale = saved_train.get("prompt_tuning_lr_scale", old_rate)
     if train.prompt_warmup is not None or train.tuning_epochs:
         return
     kept = saved_prompt_warmup(saved)

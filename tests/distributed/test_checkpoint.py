@@ -11,7 +11,12 @@ import pytest
 import torch
 from torch import nn
 
-from lorap_dist.config import ModelConfig, PromptConfig, TrainConfig
+from lorap_dist.config import (
+    DEFAULT_TUNING_PROMPT_LR_SCALE,
+    ModelConfig,
+    PromptConfig,
+    TrainConfig,
+)
 from lorap_dist.distributed.checkpoint import (
     OLD_GPF,
     STATE_FILE,
@@ -361,6 +366,22 @@ def test_a_resume_keeps_the_checkpoints_choice_of_waiting_for_the_search(saved, 
     keep_prompt_warmup(train, {"train": {"epochs": 200, "prompt_warmup": None, **saved}}, "ckpt")
     assert train.prompt_after_search is resumed
     assert train.prompts_wait_for_search is resumed
+
+
+@pytest.mark.parametrize(
+    ("saved", "explicit", "resumed"),
+    [
+        ({"prompt_lr_scale": 0.5}, None, 0.5),  # written before the field: its prompts'
+        ({}, None, 0.1),  # rate, whatever it was (the old default, 0.1, where not saved)
+        ({"prompt_tuning_lr_scale": None}, None, DEFAULT_TUNING_PROMPT_LR_SCALE),
+        ({"prompt_tuning_lr_scale": 3.0}, None, 3.0),  # a saved choice survives a resume
+        ({"prompt_lr_scale": 0.5}, 2.0, 2.0),  # the user's explicit choice is kept
+    ],
+)
+def test_a_resume_tunes_the_prompts_at_the_rate_its_checkpoints_run_did(saved, explicit, resumed):
+    train = TrainConfig(epochs=200, prompt_tuning_lr_scale=explicit)
+    keep_prompt_warmup(train, {"train": {"epochs": 200, "prompt_warmup": None, **saved}}, "ckpt")
+    assert train.tuning_prompt_lr_scale == resumed
 
 
 def test_a_resume_too_short_for_the_saved_warm_start_says_what_to_set():
