@@ -350,7 +350,9 @@ class TrainConfig:
             they barely moved in the 50 epochs of the 200-epoch recipe and gained nothing.
             At 10 x lr plain QAT INT4 GIN gained 4.5 points on Cora and 2.0 on CiteSeer,
             and GCN was unchanged (10 seeds). At 20 x lr and above the prompt never won
-            (``benchmarks/accuracy_planetoid.py``, the ``tuning`` part).
+            (``benchmarks/accuracy_planetoid.py``, the ``tuning`` part). Those runs are
+            full-batch, one step an epoch; sampled training takes many steps an epoch, so
+            a lower rate (0.1 to 1) may suit it better (not yet measured).
         prompt_weight_decay: the prompts' weight decay (default 0).
         quantizer_lr_scale: the learning rate of learned quantizer state (A2Q's steps and
             bit widths, MixQ's logits) as a multiple of ``lr`` (default 1). A2Q's own recipes
