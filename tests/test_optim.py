@@ -196,9 +196,11 @@ def test_prompt_tuning_holds_the_prompt_through_the_run_then_trains_it_alone():
 
 def test_prompt_tuning_has_its_own_rate_whose_default_is_not_the_trained_together_one():
     """``train.prompt_tuning_lr_scale: null`` (the default) tunes the prompts at
-    ``lr * DEFAULT_TUNING_PROMPT_LR_SCALE``, whatever ``prompt_lr_scale`` (the rate beside a
-    training backbone) says; trained together, the prompts keep ``prompt_lr_scale``."""
-    from lorap_dist.config import DEFAULT_TUNING_PROMPT_LR_SCALE
+    ``lr * DEFAULT_TUNING_PROMPT_LR_SCALE`` in full-batch training and at
+    ``lr * SAMPLED_TUNING_PROMPT_LR_SCALE`` with ``train.fanout``, whatever
+    ``prompt_lr_scale`` (the rate beside a training backbone) says; trained together, the
+    prompts keep ``prompt_lr_scale``."""
+    from lorap_dist.config import DEFAULT_TUNING_PROMPT_LR_SCALE, SAMPLED_TUNING_PROMPT_LR_SCALE
     from lorap_dist.optim import schedule_lr
 
     train = TrainConfig(lr=0.01, prompt_lr_scale=0.5, epochs=8, prompt_tuning_epochs=2)
@@ -209,6 +211,12 @@ def test_prompt_tuning_has_its_own_rate_whose_default_is_not_the_trained_togethe
     together = TrainConfig(lr=0.01, prompt_lr_scale=0.5, epochs=8, prompt_tuning_epochs=0)
     schedule_lr(optimizer, 7, together)
     assert prompt_rate(optimizer) == 0.01 * 0.5
+    # sampled training (many steps an epoch) keeps the trained-together default rate
+    sampled = TrainConfig(lr=0.01, prompt_lr_scale=0.5, fanout=[5, 5], prompt_tuning_epochs=2)
+    assert sampled.tuning_prompt_lr_scale == SAMPLED_TUNING_PROMPT_LR_SCALE == 0.1
+    schedule_lr(optimizer, 8, sampled, tuning=True)
+    assert prompt_rate(optimizer) == 0.01 * SAMPLED_TUNING_PROMPT_LR_SCALE
+    assert TrainConfig(fanout=[5], prompt_tuning_lr_scale=3.0).tuning_prompt_lr_scale == 3.0
 
 
 @pytest.mark.parametrize("bad", [0, -1.0, True, "5"])
