@@ -169,10 +169,7 @@ def fit(
         history.append({"epoch": epoch, "loss": loss, **accs})
         if best.update(epoch, accs["valid"], accs["test"]):
             best_state = copy.deepcopy(model.state_dict())
-        if tuning.active:
-            stop = tuning.should_stop(epoch, best)
-        else:
-            stop = best.should_stop(epoch, quantization_settled(model))
+        stop = stops_early(model, best, tuning, epoch)
         last = stop or epoch + 1 == tuning.end(config.train.epochs)
         start_tuning = tuning.due(last)
         if on_epoch is not None:
@@ -230,6 +227,16 @@ def schedule_epoch(
     searching = not quantization_settled(model)
     schedule_lr(optimizer, epoch, train, searching=searching, tuning=tuning)
     prompts.record(epoch, bool(prompt_rate(optimizer)), searching)
+
+
+def stops_early(model: nn.Module, best: BestEpoch, tuning: PromptTuning, epoch: int) -> bool:
+    """Every loop's early stop after epoch ``epoch``: inside prompt tuning on the phase's
+    patience (:meth:`PromptTuning.should_stop`), else on the run's
+    (:meth:`BestEpoch.should_stop`), never while a quantization schedule (MixQ's freeze) is
+    still to change the model."""
+    if tuning.active:
+        return tuning.should_stop(epoch, best)
+    return best.should_stop(epoch, quantization_settled(model))
 
 
 def tuning_epochs(train: TrainConfig, optimizer: torch.optim.Optimizer) -> int:

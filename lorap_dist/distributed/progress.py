@@ -31,9 +31,9 @@ from lorap_dist.distributed.checkpoint import (
     checkpoint_name,
     save_checkpoint,
 )
-from lorap_dist.fit import begin_prompt_tuning, schedule_epoch, tuning_epochs
+from lorap_dist.fit import begin_prompt_tuning, schedule_epoch, stops_early, tuning_epochs
 from lorap_dist.optim import prompt_rate
-from lorap_dist.quant import end_epoch, quantization_settled
+from lorap_dist.quant import end_epoch
 from lorap_dist.tracking import BestEpoch, PromptStart, PromptTuning
 
 
@@ -197,16 +197,10 @@ def evaluation_due(epoch: int, last: bool, every: int | None) -> bool:
 def stop_early(
     model: nn.Module, best: BestEpoch, tuning: PromptTuning, epoch: int, evaluated: bool
 ) -> bool:
-    """Whether the run stops after epoch ``epoch`` on ``train.patience``, the rule of
-    ``lorap train`` (:meth:`BestEpoch.should_stop`, and :meth:`PromptTuning.should_stop`
-    inside prompt tuning): only after an evaluation, and never while a quantization
-    schedule (MixQ's freeze) is still to change the model. Every rank decides alike:
-    ``best`` holds scores all-reduced over the ranks."""
-    if not evaluated:
-        return False
-    if tuning.active:
-        return tuning.should_stop(epoch, best)
-    return best.should_stop(epoch, quantization_settled(model))
+    """Whether the run stops after epoch ``epoch``: the rule of ``lorap train``
+    (:func:`~lorap_dist.fit.stops_early`), only after an evaluation. Every rank decides
+    alike: ``best`` holds scores all-reduced over the ranks."""
+    return evaluated and stops_early(model, best, tuning, epoch)
 
 
 def report_with_checkpoint(metrics: dict[str, Any], state: TrainingState, rank: int) -> None:

@@ -71,7 +71,7 @@ def keep_prompt_warmup(train: TrainConfig, saved: dict[str, Any], where: Path | 
     saved_train = saved.get("train", {})
     if train.prompt_tuning_lr_scale is None:
         # written before the field existed, the run tuned its prompts at their usual rate
-        old_rate = saved_train.get("prompt_lr_scale", 0.1)
+        old_rate = saved_train.get("prompt_lr_scale", TrainConfig.prompt_lr_scale)
         train.prompt_tuning_lr_scale = saved_train.get("prompt_tuning_lr_scale", old_rate)
     if train.prompt_warmup is not None or train.tuning_epochs:
         return
