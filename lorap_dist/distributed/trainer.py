@@ -283,7 +283,8 @@ def run_distributed(
     """
     check_feature_rows(experiment, settings)  # settings need not be experiment.dist
     experiment = without_unselectable_tuning(experiment, settings)
-    if experiment.train.tuning_epochs and settings.eval_every is None:
+    tunes = experiment.prompt.kind != "none" and experiment.train.tuning_epochs
+    if tunes and settings.eval_every is None:
         raise ConfigError(
             f"train.prompt_tuning_epochs={experiment.train.prompt_tuning_epochs} starts from "
             "the run's best-validation model and keeps the prompt only if it beats it on "

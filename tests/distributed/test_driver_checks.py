@@ -60,6 +60,29 @@ def test_prompt_tuning_without_evaluation_fails_in_the_driver(tiny_dataset, tmp_
         )
 
 
+def test_prompt_tuning_without_evaluation_is_no_error_without_prompts(
+    tiny_dataset, tmp_path, monkeypatch
+):
+    """A model without prompts has nothing to tune, so ``train.prompt_tuning_epochs`` and a
+    run that never evaluates do not clash: the driver goes on to start the run."""
+
+    class Started(Exception):
+        pass
+
+    def start(*args, **kwargs):
+        raise Started
+
+    monkeypatch.setattr(trainer, "build_trainer", start)
+    data = experiment(tiny_dataset, [4, 4]).to_dict()
+    data["train"]["prompt_tuning_epochs"] = 3
+    data["prompt"] = {"kind": "none"}
+    with pytest.raises(Started):
+        trainer.run_distributed(
+            ExperimentConfig.from_dict(data),
+            DistConfig(num_workers=2, storage_path=str(tmp_path), eval_every=None),
+        )
+
+
 def test_a_truncated_checkpoint_named_in_resume_fails_in_the_driver(tiny_dataset, tmp_path, no_ray):
     model = torch.nn.Linear(3, 2)
     state = TrainingState(
