@@ -166,11 +166,14 @@ class PromptTuning:
         self.before = {"epoch": best.epoch, "valid": best.valid, "test": best.test}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"start": self.start, "before": self.before}
+        """The phase's state; ``epochs`` rides along for a resumed run that leaves
+        ``train.prompt_tuning_epochs`` to the default
+        (:func:`~lorap_dist.distributed.resume.saved_prompt_tuning`)."""
+        return {"epochs": self.epochs, "start": self.start, "before": self.before}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore from :meth:`state_dict` (``epochs`` stays as configured; an older
-        checkpoint without it: the phase has not begun)."""
+        checkpoint without ``start``: the phase has not begun)."""
         start = state.get("start")
         self.start = None if start is None else int(start)
         self.before = state.get("before")

@@ -230,15 +230,17 @@ def test_a_bad_prompt_tuning_rate_is_a_config_error_naming_the_field(bad):
 @pytest.mark.parametrize(
     ("train", "tuning"),
     [
-        ({"epochs": 200}, 50),  # the default: a quarter of the epochs ...
-        ({"epochs": 3}, 1),  # ... at least one
+        ({"epochs": 200}, 100),  # the default: half of the epochs with patience ...
+        ({"epochs": 200, "patience": 0}, 50),  # ... a quarter without it (all of them run)
+        ({"epochs": 1}, 1),  # ... at least one
+        ({"epochs": 3, "patience": 0}, 1),
         ({"epochs": 200, "prompt_warmup": 20}, 0),  # a warm start asks for training together
         ({"epochs": 200, "prompt_warmup": 0}, 0),
         ({"epochs": 200, "prompt_tuning_epochs": 0}, 0),
         ({"epochs": 200, "prompt_tuning_epochs": 7}, 7),
     ],
 )
-def test_by_default_the_prompt_is_tuned_on_the_frozen_backbone_for_a_quarter_of_the_epochs(
+def test_by_default_the_prompt_is_tuned_on_the_frozen_backbone_for_half_the_epochs_with_patience(
     train, tuning
 ):
     """``train.prompt_tuning_epochs: null`` (the default) resolves in ``tuning_epochs``; with

@@ -29,18 +29,36 @@ def saved_prompt_warmup(config: dict[str, Any]) -> int:
     return TrainConfig(**fields).prompt_warmup_epochs
 
 
-def saved_prompt_tuning(config: dict[str, Any]) -> int:
+#: ``train.prompt_tuning_epochs: null`` resolved to ``epochs // LEGACY_TUNING_DIVISOR`` (at
+#: least 1) before checkpoints kept the phase's length, when the default was a quarter.
+LEGACY_TUNING_DIVISOR = 4
+
+
+def saved_prompt_tuning(config: dict[str, Any], tuning: dict[str, Any] | None = None) -> int:
     """The epochs of prompt tuning a checkpoint's run was set to (``train.tuning_epochs``,
-    resolved): ``0`` where ``train.prompt_tuning_epochs`` is missing or ``0`` (written
-    before prompt tuning was the default, or with it off)."""
+    resolved): the length its tuning state kept (``tuning``, the checkpoint's
+    ``extra["tuning"]``); in a checkpoint written before it kept one, its explicit
+    ``train.prompt_tuning_epochs``, a quarter of its ``train.epochs`` (at least 1) where
+    that was ``None`` (the default then; ``0`` with ``train.prompt_warmup`` set), and ``0``
+    where the field is missing (written before prompt tuning was the default)."""
+    if tuning is not None and "epochs" in tuning:
+        return int(tuning["epochs"])
     train = config.get("train", {})
     if "prompt_tuning_epochs" not in train:
         return 0
-    keys = ("epochs", "prompt_warmup", "prompt_tuning_epochs")
-    return TrainConfig(**{key: train[key] for key in keys if key in train}).tuning_epochs
+    if train["prompt_tuning_epochs"] is not None:
+        return int(train["prompt_tuning_epochs"])
+    if train.get("prompt_warmup") is not None:
+        return 0
+    return max(1, train.get("epochs", TrainConfig.epochs) // LEGACY_TUNING_DIVISOR)
 
 
-def keep_prompt_warmup(train: TrainConfig, saved: dict[str, Any], where: Path | str) -> None:
+def keep_prompt_warmup(
+    train: TrainConfig,
+    saved: dict[str, Any],
+    where: Path | str,
+    tuning: dict[str, Any] | None = None,
+) -> None:
     """Resume under the warm start the checkpoint's run began with.
 
     ``train.prompt_warmup: null`` holds the prompts still for a quarter of ``train.epochs``,
@@ -52,8 +70,9 @@ def keep_prompt_warmup(train: TrainConfig, saved: dict[str, Any], where: Path | 
     same holds for ``train.prompt_after_search``: left to the default, it takes the
     checkpoint's value, and ``False`` from a checkpoint written before the field existed
     (its run trained the prompts during the search); and for
-    ``train.prompt_tuning_epochs``: left to the default, it takes the checkpoint's resolved
-    value (:func:`saved_prompt_tuning`), ``0`` from a checkpoint written before prompt
+    ``train.prompt_tuning_epochs``: left to the default, it takes the checkpoint's length
+    (:func:`saved_prompt_tuning`, from its tuning state ``tuning`` where the checkpoint
+    kept one), ``0`` from a checkpoint written before prompt
     tuning was the default (its run trained the prompts with the backbone), and with
     prompt tuning the warm start does not apply; and for ``train.prompt_tuning_lr_scale``:
     left to the default, it takes the checkpoint's, and from a checkpoint written before the
@@ -67,7 +86,7 @@ def keep_prompt_warmup(train: TrainConfig, saved: dict[str, Any], where: Path | 
         saved_choice = saved.get("train", {}).get("prompt_after_search", False)
         train.prompt_after_search = saved_choice is not False
     if train.prompt_tuning_epochs is None:
-        train.prompt_tuning_epochs = saved_prompt_tuning(saved)
+        train.prompt_tuning_epochs = saved_prompt_tuning(saved, tuning)
     saved_train = saved.get("train", {})
     if train.prompt_tuning_lr_scale is None:
         # written before the field existed, the run tuned its prompts at their usual rate

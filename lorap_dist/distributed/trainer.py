@@ -354,7 +354,7 @@ def check_epochs_left(experiment: ExperimentConfig, checkpoint: Path) -> None:
 
     saved = json.loads((checkpoint / STATE_FILE).read_text())
     train = dataclasses.replace(experiment.train)
-    keep_prompt_warmup(train, saved["config"], checkpoint)
+    keep_prompt_warmup(train, saved["config"], checkpoint, saved["extra"].get("tuning"))
     tuning = PromptTuning(train.tuning_epochs if experiment.prompt.kind != "none" else 0)
     tuning.load_state_dict(saved["extra"].get("tuning", {}))
     end = tuning.end(train.epochs)

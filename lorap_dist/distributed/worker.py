@@ -232,7 +232,7 @@ def restore_training(
         state = load_checkpoint(
             directory, expected_architecture=architecture(experiment.to_dict(), facts)
         )
-    keep_prompt_warmup(experiment.train, state.config, directory)
+    keep_prompt_warmup(experiment.train, state.config, directory, state.extra.get("tuning"))
     progress.tuning.epochs = tuning_epochs(experiment.train, optimizer)  # as kept
     model.load_state_dict(state.model)
     load_optimizer_state(optimizer, state.optimizer, directory)

@@ -384,6 +384,42 @@ def test_a_resume_tunes_the_prompts_at_the_rate_its_checkpoints_run_did(saved, e
     assert train.tuning_prompt_lr_scale == resumed
 
 
+@pytest.mark.parametrize(
+    ("saved", "tuning", "explicit", "resumed"),
+    [
+        # the length its tuning state kept, whatever the default says now
+        ({"prompt_tuning_epochs": None}, {"epochs": 100}, None, 100),
+        ({"prompt_tuning_epochs": None}, {"epochs": 0}, None, 0),  # a model without prompts
+        # written before checkpoints kept it: the default then, a quarter of its epochs
+        ({"prompt_tuning_epochs": None}, {}, None, 50),
+        ({"prompt_tuning_epochs": None}, None, None, 50),
+        ({"prompt_tuning_epochs": 7}, None, None, 7),  # its explicit choice
+        ({}, None, None, 0),  # written before prompt tuning: trained with the backbone
+        ({"prompt_tuning_epochs": None}, {"epochs": 100}, 30, 30),  # the user's is kept
+    ],
+)
+def test_a_resume_tunes_the_prompts_as_long_as_its_checkpoints_run_would(
+    saved, tuning, explicit, resumed
+):
+    """Resumed with more epochs, a run that leaves ``train.prompt_tuning_epochs`` to the
+    default keeps its checkpoint's phase length (half of 400 would be 200)."""
+    train = TrainConfig(epochs=400, prompt_tuning_epochs=explicit)
+    saved = {"train": {"epochs": 200, "prompt_warmup": None, **saved}}
+    keep_prompt_warmup(train, saved, "ckpt", tuning)
+    assert train.tuning_epochs == resumed
+
+
+def test_a_checkpoints_tuning_state_keeps_the_phase_length_for_a_resume():
+    from lorap_dist.distributed.resume import saved_prompt_tuning
+    from lorap_dist.tracking import PromptTuning
+
+    config = {"train": {"epochs": 200, "prompt_tuning_epochs": None}}
+    assert saved_prompt_tuning(config, PromptTuning(epochs=100).state_dict()) == 100
+    restored = PromptTuning(epochs=3)
+    restored.load_state_dict(PromptTuning(epochs=100).state_dict())
+    assert restored.epochs == 3  # loading the state leaves the configured length alone
+
+
 def test_a_resume_too_short_for_the_saved_warm_start_says_what_to_set():
     saved = {"train": {"epochs": 200, "prompt_warmup": None}}
     with pytest.raises(CheckpointError, match=r"held still for 50 epochs.*train.epochs=40"):
@@ -438,9 +474,9 @@ def test_prompt_tuning_resumed_inside_the_phase_freezes_the_backbone_again(
     before = {"epoch": 1, "valid": 0.5, "test": 0.4}
     path, args = prompt_tuning_checkpoint(
         tmp_path, {"start": 2, "before": before}, True, prompt_tuning_epochs=None, epochs=40
-    )  # resumed under the default, which would be 10: the checkpoint's 2 are kept
+    )  # resumed under the default, which would be 20: the checkpoint's 2 are kept
     model, _, progress = args
-    assert progress.tuning.epochs == 10
+    assert progress.tuning.epochs == 20
     epoch, step, _ = restore_training({"resume": str(path)}, *args)
     assert progress.train.prompt_tuning_epochs == progress.tuning.epochs == 2
     tuning = progress.tuning
@@ -480,6 +516,6 @@ def test_a_run_trained_together_resumed_under_the_default_keeps_training_togethe
     saved.config["train"]["prompt_tuning_epochs"] = 0
     path = save_checkpoint(saved, tmp_path / "joint" / checkpoint_name(2))
     progress = args[2]
-    assert progress.train.tuning_epochs == progress.tuning.epochs == 2  # the default
+    assert progress.train.tuning_epochs == progress.tuning.epochs == 4  # the default
     restore_training({"resume": str(path)}, *args)
     assert progress.train.tuning_epochs == progress.tuning.epochs == 0
