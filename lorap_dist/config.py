@@ -403,8 +403,8 @@ class TrainConfig:
             once the prompt has stopped improving on validation: on Cora GIN (plain QAT
             INT4) a quarter, 50 epochs, cut the phase short in the seeds whose prompt was
             still improving (10 seeds, tuned minus alone: +4.48 with 50 epochs, +5.59 with
-            100; CiteSeer GIN +2.01 and +3.13). Without ``patience`` every epoch of the phase runs, so it
-            stays a quarter. The default
+            100; CiteSeer GIN +2.01 and +3.13). Without ``patience`` every epoch of the
+            phase runs, so it stays a quarter. The default
             since the measurements showed that trained together with the backbone, LoRAP
             falls up to 1.8 points below its scheme alone, and tuned on the frozen backbone
             never more than 0.3 (``benchmarks/accuracy_planetoid.py``, the ``tuning`` part;
