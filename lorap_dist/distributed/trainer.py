@@ -17,7 +17,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from lorap_dist.config import ConfigError, DistConfig, ExperimentConfig, check_feature_rows
+from lorap_dist.config import (
+    ConfigError,
+    DistConfig,
+    ExperimentConfig,
+    TrainConfig,
+    check_feature_rows,
+)
 from lorap_dist.fit import untrained_prompts
 from lorap_dist.graph.errors import DatasetError
 from lorap_dist.locks import LockHeld, try_lock
@@ -283,8 +289,7 @@ def run_distributed(
     """
     check_feature_rows(experiment, settings)  # settings need not be experiment.dist
     experiment = without_unselectable_tuning(experiment, settings)
-    tunes = experiment.prompt.kind != "none" and experiment.train.tuning_epochs
-    if tunes and settings.eval_every is None:
+    if prompt_tuning_epochs(experiment.train, experiment) and settings.eval_every is None:
         raise ConfigError(
             f"train.prompt_tuning_epochs={experiment.train.prompt_tuning_epochs} starts from "
             "the run's best-validation model and keeps the prompt only if it beats it on "
@@ -342,6 +347,13 @@ def run_distributed(
     }
 
 
+def prompt_tuning_epochs(train: TrainConfig, experiment: ExperimentConfig) -> int:
+    """The epochs of prompt tuning the workers will run: ``train.tuning_epochs``, or ``0``
+    for a model without prompts (as :func:`lorap_dist.fit.tuning_epochs` finds from the
+    optimizer, which the driver does not build)."""
+    return train.tuning_epochs if experiment.prompt.kind != "none" else 0
+
+
 def check_epochs_left(experiment: ExperimentConfig, checkpoint: Path) -> None:
     """A run resumed from ``checkpoint`` must have epochs left to train, counted as the
     workers will count them (the checkpoint's warm start and prompt tuning kept where
@@ -353,10 +365,11 @@ def check_epochs_left(experiment: ExperimentConfig, checkpoint: Path) -> None:
     from lorap_dist.distributed.resume import keep_prompt_warmup
 
     saved = json.loads((checkpoint / STATE_FILE).read_text())
+    saved_tuning = saved["extra"].get("tuning", {})
     train = dataclasses.replace(experiment.train)
-    keep_prompt_warmup(train, saved["config"], checkpoint, saved["extra"].get("tuning"))
-    tuning = PromptTuning(train.tuning_epochs if experiment.prompt.kind != "none" else 0)
-    tuning.load_state_dict(saved["extra"].get("tuning", {}))
+    keep_prompt_warmup(train, saved["config"], checkpoint, saved_tuning)
+    tuning = PromptTuning(prompt_tuning_epochs(train, experiment))
+    tuning.load_state_dict(saved_tuning)
     end = tuning.end(train.epochs)
     if saved["epoch"] < end:
         return
