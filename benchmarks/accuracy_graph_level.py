@@ -46,7 +46,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
 import torch  # noqa: E402
-from common import RESULTS, markdown_table, mean_std, scheme_options, write_result  # noqa: E402
+from common import (  # noqa: E402
+    RESULTS,
+    markdown_table,
+    mean_std,
+    run_figures,
+    scheme_options,
+    write_result,
+)
 
 from lorap_dist.config import DEFAULT_TUNING_PROMPT_LR_SCALE  # noqa: E402
 
@@ -121,16 +128,7 @@ def _run(task: tuple[dict[str, Any], int]) -> dict[str, Any]:
     if key not in _GRAPHS:
         _GRAPHS[key] = load_graph_set(config)
     result, _ = train_graphs(config, _GRAPHS[key], progress=False)
-    out = {
-        "test": 100 * result.test_acc,
-        "valid": 100 * result.valid_acc,
-        "best_epoch": result.best_epoch,
-        "avg_bits": result.avg_bits,
-        "wall_s": result.wall_s,
-    }
-    if result.before_tuning is not None:  # prompt tuning: the same run's scheme alone
-        out["scheme_test"] = 100 * result.before_tuning["test"]
-    return out
+    return run_figures(result)
 
 
 def settings(args: Any) -> list[dict[str, Any]]:

@@ -68,6 +68,7 @@ from common import (  # noqa: E402
     markdown_table,
     mean_std,
     prompt_start,
+    run_figures,
     same_start,
     scheme_facts,
     scheme_options,
@@ -325,17 +326,10 @@ def _run(task: tuple[dict[str, Any], str | None, int, bool]) -> dict[str, Any]:
         training.build_quantized_model = build
         training.quantization_loss = quantization_loss
         PercentileObserver.batch_range = batch_range
-    out = {
-        "test": 100 * result.test_acc,
-        "valid": 100 * result.valid_acc,
-        "best_epoch": result.best_epoch,
+    out = run_figures(result) | {
         "prompt_start": result.prompt_start_epoch,
-        "avg_bits": result.avg_bits,
         "tied": 100 * tied_share(model, graph),
     }
-    if result.before_tuning is not None:  # the scheme alone, before prompt tuning began
-        out["scheme_test"] = 100 * result.before_tuning["test"]
-        out["scheme_valid"] = 100 * result.before_tuning["valid"]
     for module in model.modules():  # the objective's wrappers, gone before diagnostics copy
         for name in ("forward", "quantize_aggregate"):
             module.__dict__.pop(name, None)

@@ -129,6 +129,23 @@ def start_notes(rows: Sequence[dict[str, Any]]) -> list[str]:
     return [note for mark, note in notes.items() if mark in marks]
 
 
+def run_figures(result: Any) -> dict[str, Any]:
+    """A training run's figures (a :class:`lorap_dist.fit.TrainResult`), accuracies in %:
+    test, valid, best epoch, average bits, wall time; with prompt tuning also the same
+    run's scheme alone when tuning began (``scheme_test``, ``scheme_valid``)."""
+    out = {
+        "test": 100 * result.test_acc,
+        "valid": 100 * result.valid_acc,
+        "best_epoch": result.best_epoch,
+        "avg_bits": result.avg_bits,
+        "wall_s": result.wall_s,
+    }
+    if result.before_tuning is not None:
+        out["scheme_test"] = 100 * result.before_tuning["test"]
+        out["scheme_valid"] = 100 * result.before_tuning["valid"]
+    return out
+
+
 def machine() -> dict[str, Any]:
     """What the numbers were measured on."""
     return {
