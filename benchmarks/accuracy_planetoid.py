@@ -26,7 +26,9 @@ without a better validation accuracy, features row-normalised):
   come from the same run, so the paired difference needs no second run: the scheme alone's
   is the best model before the prompt trained. The prompts tune at
   ``--tuning-prompt-lr-scale`` x lr (``train.prompt_tuning_lr_scale``, default the
-  package's); rows record it as ``tuning_lr_scale``.
+  package's); rows record it as ``tuning_lr_scale``. ``--tuning-variant`` changes LoRAP in
+  one place (one prompt for every node; weights from the RMS-normalised aggregate); rows
+  keep it as ``variant``, and the targets use the rows without one.
 
 The scheme options per bit width: ``qat`` ``{bits}``; ``degree_quant`` ``{bits}`` (the
 paper's protection recipe and percentile follow the bit width); ``a2q``
@@ -150,9 +152,23 @@ def _scores_from_normalised(lorap: Any, h: Any, quantizer: Any, nodes: Any) -> A
     return quantizer(h + (weights @ lorap.p_a) @ lorap.p_b, nodes)
 
 
+def _uniform_weights(lorap: Any, h: Any, quantizer: Any, nodes: Any) -> Any:
+    """Every node's softmax weights ``1 / k``: one prompt, the same for every node (a
+    learned offset per channel before the rounding), so whatever it gains owes nothing to
+    the prompt's dependence on the input."""
+    weights = h.new_full((h.shape[0], lorap.k), 1.0 / lorap.k)
+    return quantizer(h + (weights @ lorap.p_a) @ lorap.p_b, nodes)
+
+
 LORAP_VARIANTS = {
     "range_from_aggregate": _range_from_aggregate,
     "rms_scores": _scores_from_normalised,
+    "uniform_weights": _uniform_weights,
+}
+#: The tuning part's LoRAP variants (``--tuning-variant``), as its table names them.
+TUNING_VARIANTS = {
+    "uniform_weights": "one prompt for every node (softmax weights 1/k)",
+    "rms_scores": "weights from the RMS-normalised aggregate",
 }
 
 
@@ -582,7 +598,13 @@ def tuning_settings(args: Any) -> list[dict[str, Any]]:
                     config["train"]["prompt_tuning_lr_scale"] = key["tuning_lr_scale"] = scale
                     label = (f"{dataset} {model} {scheme} {prompt} tuned {args.tuning_epochs} "
                              f"prompt lr {scale:g}")  # fmt: skip
-                    settings.append({"key": key, "config": config, "label": label})
+                    # None for the shipped LoRAP: a key matches rows without the field, and
+                    # rows are written without it (on_row drops None).
+                    key["variant"] = args.tuning_variant
+                    if args.tuning_variant:
+                        label += f" variant {args.tuning_variant}"
+                    settings.append({"key": key, "config": config, "label": label,
+                                     "variant": args.tuning_variant})  # fmt: skip
     return settings  # fmt: skip
 
 
@@ -643,7 +665,7 @@ def run_part(name: str, settings: list[dict[str, Any]], args: Any, diagnose: boo
     print(f"{name}: {len(done)} settings kept, {len(todo)} to run", flush=True)
 
     def on_row(setting: dict[str, Any], outcomes: list[dict[str, Any]]) -> None:
-        row = {**setting["key"], **summary(outcomes)}
+        row = {k: v for k, v in setting["key"].items() if v is not None} | summary(outcomes)
         if "prompt" in setting["key"]:
             row.update(prompt_start(setting["key"]["prompt"], setting["key"].get("scheme")))
         row.update(scheme_facts(setting["key"].get("scheme")))
@@ -783,7 +805,12 @@ def default_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     chosen: dict[tuple[str, str, str], dict[str, Any]] = {}
     for length in lengths:  # the shipped length last: it replaces the earlier one
         for r in rows:
-            if r["prompt"] == "lorap" and shipped_rate(r) and r["tuning_epochs"] == length:
+            if (
+                r["prompt"] == "lorap"
+                and shipped_rate(r)
+                and r["tuning_epochs"] == length
+                and not r.get("variant")
+            ):
                 chosen[r["dataset"], r["model"], r["scheme"]] = r
     return list(chosen.values())
 
@@ -1068,6 +1095,8 @@ def tuning_table(rows: list[dict[str, Any]], main_rows: list[dict[str, Any]]) ->
                  "accs": r["scheme_accs"]}  # fmt: skip
         rate = r["tuning_lr_scale"]
         prompt = f"{r['prompt']}, {r['tuning_epochs']} epochs, prompt lr {rate:g} x lr"
+        if r.get("variant"):
+            prompt += f", {TUNING_VARIANTS[r['variant']]}"
         body.append([
             r["dataset"], r["model"], r["scheme"], prompt, _cell(alone), _cell(r),
             paired(r, alone), f"{won}/{r['n_seeds']}", same,
@@ -1188,6 +1217,14 @@ def main() -> None:
         help="tuning part: the prompts' learning rate as a multiple of lr while they tune "
         "(train.prompt_tuning_lr_scale; default: the shipped one, "
         f"{DEFAULT_TUNING_PROMPT_LR_SCALE:g}); rows keep it as tuning_lr_scale",
+    )
+    parser.add_argument(
+        "--tuning-variant",
+        choices=sorted(TUNING_VARIANTS),
+        default=None,
+        help="tuning part: LoRAP changed in one place (rows keep it as variant; the targets "
+        "use rows without one): "
+        + "; ".join(f"{name}: {text}" for name, text in TUNING_VARIANTS.items()),
     )
     args = parser.parse_args()
     if args.part == "main":
