@@ -291,7 +291,10 @@ def _only_points(build: Any, points: frozenset[str], config: Any, graph: Any) ->
 _GRAPHS: dict[str, Any] = {}
 
 
-def _run(task: tuple[dict[str, Any], str | None, int, bool]) -> dict[str, Any]:
+def _run(task: tuple[dict[str, Any], str | None, int, bool | str]) -> dict[str, Any]:
+    """One seed of one setting. ``diagnose``: ``True`` adds the prompt's diagnostics;
+    ``"kept"`` adds them only where the reported model carries the trained prompt (prompt
+    tuning reports the scheme alone, without its prompt, when the prompt did not win)."""
     import types
 
     import lorap_dist.train as training
@@ -349,7 +352,8 @@ def _run(task: tuple[dict[str, Any], str | None, int, bool]) -> dict[str, Any]:
     for module in model.modules():  # the objective's wrappers, gone before diagnostics copy
         for name in ("forward", "quantize_aggregate"):
             module.__dict__.pop(name, None)
-    if diagnose and config.prompt.lorap:
+    kept = PromptStart(result.prompt_start_epoch).trained_by(result.best_epoch)
+    if diagnose and config.prompt.lorap and (diagnose != "kept" or kept):
         out["diagnostics"] = lorap_diagnostics(model, graph)
     return out
 
@@ -368,7 +372,11 @@ def tied_share(model: Any, graph: Any) -> float:
 
 
 def run_settings(
-    settings: list[dict[str, Any]], seeds: int, jobs: int, on_row: Any, diagnose: bool = False
+    settings: list[dict[str, Any]],
+    seeds: int,
+    jobs: int,
+    on_row: Any,
+    diagnose: bool | str = False,
 ) -> None:
     """Run every setting over ``seeds`` seeds; ``on_row(setting, outcomes)`` as each ends."""
     tasks = [
@@ -652,7 +660,7 @@ def key_of(row: dict[str, Any], key: dict[str, Any]) -> bool:
     return all(row.get(k) == v for k, v in key.items())
 
 
-def run_part(name: str, settings: list[dict[str, Any]], args: Any, diagnose: bool) -> None:
+def run_part(name: str, settings: list[dict[str, Any]], args: Any, diagnose: bool | str) -> None:
     rows = load_rows(name) if args.resume else []
     done = [
         s
@@ -671,6 +679,7 @@ def run_part(name: str, settings: list[dict[str, Any]], args: Any, diagnose: boo
         row.update(scheme_facts(setting["key"].get("scheme")))
         if diagnose:
             row["diagnostics"] = mean_diagnostics(outcomes)
+            row["diagnosed_seeds"] = sum("diagnostics" in o for o in outcomes)
         # Runs of other settings (other models, datasets) may write the same file meanwhile:
         # read it again under a lock and replace only this row.
         RESULTS.mkdir(parents=True, exist_ok=True)
@@ -1072,6 +1081,15 @@ def diagnosis_table(rows: list[dict[str, Any]]) -> str:
     return markdown_table(header, body)
 
 
+def tuning_label(row: dict[str, Any]) -> str:
+    """A tuning row's prompt, phase length, rate and variant, as the tables name them."""
+    rate = row["tuning_lr_scale"]
+    label = f"{row['prompt']}, {row['tuning_epochs']} epochs, prompt lr {rate:g} x lr"
+    if row.get("variant"):
+        label += f", {TUNING_VARIANTS[row['variant']]}"
+    return label
+
+
 def tuning_table(rows: list[dict[str, Any]], main_rows: list[dict[str, Any]]) -> str:
     """Each prompt-tuning row against its scheme alone from the same runs, beside the main
     part's scheme alone (the same seeds and recipe: equal seed by seed when both are current)
@@ -1093,10 +1111,7 @@ def tuning_table(rows: list[dict[str, Any]], main_rows: list[dict[str, Any]]) ->
         )
         alone = {"acc_mean": r["scheme_acc_mean"], "acc_std": r["scheme_acc_std"],
                  "accs": r["scheme_accs"]}  # fmt: skip
-        rate = r["tuning_lr_scale"]
-        prompt = f"{r['prompt']}, {r['tuning_epochs']} epochs, prompt lr {rate:g} x lr"
-        if r.get("variant"):
-            prompt += f", {TUNING_VARIANTS[r['variant']]}"
+        prompt = tuning_label(r)
         body.append([
             r["dataset"], r["model"], r["scheme"], prompt, _cell(alone), _cell(r),
             paired(r, alone), f"{won}/{r['n_seeds']}", same,
@@ -1161,6 +1176,16 @@ def write_report(args: Any) -> None:
     if ablation_rows or diagnosis_rows:
         table = diagnosis_table(ablation_rows + diagnosis_rows)
         parts.append("## Diagnosis (per layer, mean over seeds)\n\n" + table)
+    tuned = [
+        {**r, "variant": f"{tuning_label(r)} ({r['diagnosed_seeds']} seeds whose prompt won)"}
+        for r in tuning_rows
+        if r.get("diagnostics")
+    ]
+    if tuned:
+        parts.append(
+            "## Diagnosis of the tuned prompts (per layer, mean over the seeds whose prompt "
+            "won on validation)\n\n" + diagnosis_table(tuned)
+        )
     (RESULTS / "accuracy_planetoid.md").write_text("\n\n".join(parts) + "\n")
 
 
@@ -1237,7 +1262,9 @@ def main() -> None:
     elif args.part == "points":
         run_part("accuracy_planetoid_points", points_settings(args), args, diagnose=False)
     elif args.part == "tuning":
-        run_part("accuracy_planetoid_tuning", tuning_settings(args), args, diagnose=False)
+        # The prompt's diagnostics where it won (a variant's would misread its weights).
+        diagnose = "kept" if args.tuning_variant is None else False
+        run_part("accuracy_planetoid_tuning", tuning_settings(args), args, diagnose)
     write_report(args)
     print((RESULTS / "accuracy_planetoid.md").read_text())
 
