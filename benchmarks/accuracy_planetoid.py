@@ -840,11 +840,16 @@ def tuning_targets(rows: list[dict[str, Any]], main_rows: list[dict[str, Any]]) 
         for r in lorap
         if r["acc_mean"] < r["scheme_acc_mean"] - 0.5
     ]
+    lengths = (
+        f"all with the shipped {SHIPPED_TUNING_EPOCHS}-epoch phase"
+        if at_shipped == len(lorap)
+        else f"{at_shipped} with the shipped {SHIPPED_TUNING_EPOCHS}-epoch phase, the rest "
+        f"with the earlier {EARLIER_TUNING_EPOCHS}"
+    )
     lines = [
         f"With the default, prompt tuning ({len(lorap)} of the {len(cells)} INT4 LoRAP cells "
-        f"measured, {at_shipped} with the shipped {SHIPPED_TUNING_EPOCHS}-epoch phase, the "
-        f"rest with the earlier {EARLIER_TUNING_EPOCHS}), LoRAP never more than 0.5 point "
-        "below its scheme alone: " + ("met" if not worse else "NOT met: " + "; ".join(worse))
+        f"measured, {lengths}), LoRAP never more than 0.5 point below its scheme alone: "
+        + ("met" if not worse else "NOT met: " + "; ".join(worse))
     ]
     for r in lorap:
         gap = fp32.get((r["dataset"], r["model"]), math.nan) - r["scheme_acc_mean"]
@@ -1074,7 +1079,7 @@ def diagnosis_table(rows: list[dict[str, Any]]) -> str:
                 _number(d.get("error_of_exact_rounding"), 4),
             ])  # fmt: skip
     header = [
-        "graph", "setting", "layer", "‖p‖/‖h‖", "mean |p| / step", "weight entropy",
+        "graph", "setting", "layer", "‖p‖/‖h‖", "mean \\|p\\| / step", "weight entropy",
         "prompt range / aggregate range", "agg. error without p", "agg. error with p",
         "error of rounding the exact aggregate",
     ]  # fmt: skip
@@ -1177,7 +1182,11 @@ def write_report(args: Any) -> None:
         table = diagnosis_table(ablation_rows + diagnosis_rows)
         parts.append("## Diagnosis (per layer, mean over seeds)\n\n" + table)
     tuned = [
-        {**r, "variant": f"{tuning_label(r)} ({r['diagnosed_seeds']} seeds whose prompt won)"}
+        {
+            **r,
+            "variant": f"{r['scheme']}, {tuning_label(r)} "
+            f"({r['diagnosed_seeds']} seeds whose prompt won)",
+        }
         for r in tuning_rows
         if r.get("diagnostics")
     ]
