@@ -99,7 +99,12 @@ class RankProgress:
     def evaluation_due(self, epoch: int, every: int | None) -> bool:
         """Whether the evaluation runs after epoch ``epoch`` (:func:`evaluation_due`; the
         last is the run's, or prompt tuning's once it began)."""
-        return evaluation_due(epoch, epoch + 1 == self.tuning.end(self.train.epochs), every)
+        return evaluation_due(epoch, self.is_last(epoch), every)
+
+    def is_last(self, epoch: int) -> bool:
+        """Whether epoch ``epoch`` (0-based) is the run's last: ``train.epochs``' last, or
+        prompt tuning's once it began."""
+        return epoch + 1 == self.tuning.end(self.train.epochs)
 
     def scored(self, model: nn.Module, epoch: int, metrics: dict[str, Any]) -> None:
         """Record epoch ``epoch``'s all-reduced ``valid_acc`` and ``test_acc``, keeping
@@ -124,7 +129,7 @@ class RankProgress:
         epoch, ``metrics`` with :meth:`metrics`, and write a checkpoint when one is due (the
         last epoch, an early stop, the start of prompt tuning, or every
         ``dist.checkpoint_every``). Returns ``(stop, began)``; a collective."""
-        last = epoch + 1 == self.tuning.end(self.train.epochs)
+        last = self.is_last(epoch)
         stop = not last and stop_early(model, self.best, self.tuning, epoch, evaluated)
         began = self.tuning.due(last or stop)
         if began:
