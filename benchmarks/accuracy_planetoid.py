@@ -352,7 +352,7 @@ def _run(task: tuple[dict[str, Any], str | None, int, bool | str]) -> dict[str, 
     for module in model.modules():  # the objective's wrappers, gone before diagnostics copy
         for name in ("forward", "quantize_aggregate"):
             module.__dict__.pop(name, None)
-    kept = PromptStart(result.prompt_start_epoch).trained_by(result.best_epoch)
+    kept = reports_trained_prompt(result.best_epoch, result.prompt_start_epoch)
     if diagnose and config.prompt.lorap and (diagnose != "kept" or kept):
         out["diagnostics"] = lorap_diagnostics(model, graph)
     return out
@@ -1111,7 +1111,7 @@ def tuning_table(rows: list[dict[str, Any]], main_rows: list[dict[str, Any]]) ->
             equal = sum(a == b for a, b in zip(alone_main["accs"], r["scheme_accs"], strict=True))
             same = f"{equal}/{len(r['scheme_accs'])}"
         won = sum(
-            PromptStart(start).trained_by(epoch)
+            reports_trained_prompt(epoch, start)
             for epoch, start in zip(r["best_epochs"], r["prompt_starts"], strict=True)
         )
         alone = {"acc_mean": r["scheme_acc_mean"], "acc_std": r["scheme_acc_std"],
