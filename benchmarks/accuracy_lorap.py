@@ -5,7 +5,13 @@ INT8, INT4, INT4 + LoRAP, INT4 + GPF-plus and INT4 + GPF + LoRAP (plain QAT), 5 
 and reports mean and std of test accuracy at the best validation epoch. Writes
 ``benchmarks/results/accuracy_lorap.json`` and prints the Markdown table for BENCHMARKS.md.
 
-    python benchmarks/accuracy_lorap.py [--seeds 5] [--epochs 200]
+``--prompt-training tuned`` measures the shipped default instead of prompts trained with
+the backbone: each prompt tuned on its run's frozen backbone, and each prompted setting
+paired with its own runs' scheme alone (``<variant>_minus_alone``: mean ± standard error of
+the per-seed differences; ``<variant>_kept``: the seeds whose prompt won on validation).
+Writes ``benchmarks/results/accuracy_lorap_tuned.json``.
+
+    python benchmarks/accuracy_lorap.py [--seeds 5] [--epochs 200] [--prompt-training tuned]
 """
 
 from __future__ import annotations
@@ -18,7 +24,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import TRAINED_TOGETHER, machine, markdown_table, mean_std, write_result  # noqa: E402
+from common import (  # noqa: E402
+    PROMPT_TRAINING,
+    add_prompt_training,
+    machine,
+    markdown_table,
+    mean_sem,
+    mean_std,
+    run_figures,
+    write_result,
+)
 
 from lorap_dist.config import ExperimentConfig  # noqa: E402
 from lorap_dist.graph.synthetic import generate_synthetic  # noqa: E402
@@ -44,7 +59,15 @@ VARIANTS = {
 }
 
 
-def config_for(graph: dict, model: dict, prompt: str, bits: int | None, seed: int, epochs: int):
+def config_for(
+    graph: dict,
+    model: dict,
+    prompt: str,
+    bits: int | None,
+    seed: int,
+    epochs: int,
+    prompt_training: str = "together",
+) -> ExperimentConfig:
     quant = {"scheme": "none"} if bits is None else {"scheme": "qat", "options": {"bits": bits}}
     return ExperimentConfig.from_dict(
         {
@@ -53,7 +76,7 @@ def config_for(graph: dict, model: dict, prompt: str, bits: int | None, seed: in
             "prompt": {"kind": prompt, "k": 8, "r": 4},
             "quant": quant,
             "train": {"epochs": epochs, "patience": 50, "lr": 0.01, "seed": seed}
-            | TRAINED_TOGETHER,
+            | PROMPT_TRAINING[prompt_training],
         }
     )
 
@@ -62,7 +85,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--epochs", type=int, default=200)
+    add_prompt_training(parser)
     args = parser.parse_args()
+    tuned = args.prompt_training == "tuned"
+    paired = [v for v, (prompt, _) in VARIANTS.items() if prompt != "none"] if tuned else []
 
     settings, rows = [], []
     start = time.perf_counter()
@@ -72,14 +98,20 @@ def main() -> None:
         for model_name, model_cfg in MODELS.items():
             setting = {"graph": graph_name, "model": model_name}
             for variant, (prompt, bits) in VARIANTS.items():
-                accs = []
+                runs = []
                 for seed in range(args.seeds):
-                    cfg = config_for(graph_cfg, model_cfg, prompt, bits, seed, args.epochs)
-                    result, _ = train(cfg, graph, progress=False)
-                    accs.append(100 * result.test_acc)
-                mean, std = mean_std(accs)
+                    cfg = config_for(
+                        graph_cfg, model_cfg, prompt, bits, seed, args.epochs, args.prompt_training
+                    )
+                    runs.append(run_figures(train(cfg, graph, progress=False)[0]))
+                mean, std = mean_std([r["test"] for r in runs])
                 setting[variant] = round(mean, 2)
                 setting[f"{variant}_std"] = round(std, 2)
+                if variant in paired:
+                    setting[f"{variant}_minus_alone"] = mean_sem(
+                        [r["test"] - r["scheme_test"] for r in runs]
+                    )
+                    setting[f"{variant}_kept"] = sum(r["valid"] > r["scheme_valid"] for r in runs)
                 print(f"{graph_name} {model_name} {variant}: {mean:.2f} +- {std:.2f}", flush=True)
             gap = setting["fp32"] - setting["int4"]
             setting["int4_gap"] = round(gap, 2)
@@ -91,18 +123,21 @@ def main() -> None:
                 [graph_name, model_name]
                 + [f"{setting[v]:.2f} ± {setting[v + '_std']:.2f}" for v in VARIANTS]
                 + [f"{gap:.2f}", setting["lorap_recovered"]]
+                + [f"{setting[f'{v}_minus_alone']} ({setting[f'{v}_kept']})" for v in paired]
             )
     write_result(
-        "accuracy_lorap",
+        "accuracy_lorap_tuned" if tuned else "accuracy_lorap",
         {
             "settings": settings,
             "seeds": args.seeds,
             "epochs": args.epochs,
+            "prompt_training": args.prompt_training,
             "wall_s": round(time.perf_counter() - start, 1),
             "machine": machine(),
         },
     )
     header = ["graph", "model", *VARIANTS, "INT4 gap", "LoRAP recovered"]
+    header += [f"{v} minus alone, paired (seeds kept)" for v in paired]
     print(markdown_table(header, rows))
 
 

@@ -68,6 +68,7 @@ from common import (  # noqa: E402
     TRAINED_TOGETHER,
     machine,
     markdown_table,
+    mean_sem,
     mean_std,
     prompt_start,
     run_figures,
@@ -893,16 +894,6 @@ def paired(row: dict[str, Any], reference: dict[str, Any] | None) -> str:
     if reference is None or reference is row or len(reference["accs"]) != len(row["accs"]):
         return "-"
     return mean_sem([a - b for a, b in zip(row["accs"], reference["accs"], strict=True)])
-
-
-def mean_sem(diffs: list[float]) -> str:
-    """``diffs``' mean ± its standard error ("-" when empty; one difference stands alone)."""
-    if not diffs:
-        return "-"
-    if len(diffs) == 1:
-        return f"{diffs[0]:+.2f} (1 seed)"
-    sem = statistics.stdev(diffs) / len(diffs) ** 0.5
-    return f"{statistics.fmean(diffs):+.2f} ± {sem:.2f}"
 
 
 def reports_trained_prompt(best_epoch: int, prompt_start: int | None) -> bool:

@@ -72,6 +72,24 @@ OLD_MIXQ_NOTE = (
 #: ``accuracy_graph_level.py --prompt-tuning-epochs`` measure the default.
 TRAINED_TOGETHER = {"prompt_tuning_epochs": 0}
 
+#: ``--prompt-training`` of ``accuracy_lorap`` and ``accuracy_schemes``: ``together`` pins
+#: :data:`TRAINED_TOGETHER` (their first tables), ``tuned`` leaves the prompts to the
+#: shipped default (tuned on the frozen backbone after the run; each prompted run then
+#: reports its own scheme alone, the model the tuning started from).
+PROMPT_TRAINING = {"together": TRAINED_TOGETHER, "tuned": {}}
+
+
+def add_prompt_training(parser: argparse.ArgumentParser) -> None:
+    """``--prompt-training`` (see :data:`PROMPT_TRAINING`)."""
+    parser.add_argument(
+        "--prompt-training",
+        choices=tuple(PROMPT_TRAINING),
+        default="together",
+        help="together: LoRAP trained with the backbone (the paper's recipe, the default "
+        "table); tuned: the shipped default, tuned on the frozen backbone, each run paired "
+        "with its own scheme alone (written to <name>_tuned.json / .md)",
+    )
+
 
 def scheme_facts(scheme: str | None) -> dict[str, str]:
     """The row keys that record how the scheme's code ran (empty but for MixQ)."""
@@ -166,6 +184,16 @@ def write_result(name: str, payload: Any) -> Path:
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def mean_sem(diffs: Sequence[float]) -> str:
+    """``diffs``' mean ± its standard error ("-" when empty; one difference stands alone)."""
+    if not diffs:
+        return "-"
+    if len(diffs) == 1:
+        return f"{diffs[0]:+.2f} (1 seed)"
+    sem = statistics.stdev(diffs) / len(diffs) ** 0.5
+    return f"{statistics.fmean(diffs):+.2f} ± {sem:.2f}"
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
