@@ -27,9 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
     PROMPT_TRAINING,
     add_prompt_training,
+    against_scheme_alone,
     machine,
     markdown_table,
-    mean_sem,
     mean_std,
     run_figures,
     write_result,
@@ -108,10 +108,8 @@ def main() -> None:
                 setting[variant] = round(mean, 2)
                 setting[f"{variant}_std"] = round(std, 2)
                 if variant in paired:
-                    setting[f"{variant}_minus_alone"] = mean_sem(
-                        [r["test"] - r["scheme_test"] for r in runs]
-                    )
-                    setting[f"{variant}_kept"] = sum(r["valid"] > r["scheme_valid"] for r in runs)
+                    for key, value in against_scheme_alone(runs).items():
+                        setting[f"{variant}_{key}"] = value
                 print(f"{graph_name} {model_name} {variant}: {mean:.2f} +- {std:.2f}", flush=True)
             gap = setting["fp32"] - setting["int4"]
             setting["int4_gap"] = round(gap, 2)

@@ -46,9 +46,9 @@ from common import (  # noqa: E402
     PROMPT_TRAINING,
     RESULTS,
     add_prompt_training,
+    against_scheme_alone,
     machine,
     markdown_table,
-    mean_sem,
     mean_std,
     run_figures,
     write_result,
@@ -192,9 +192,7 @@ def summarize(key: tuple, outcomes: list[dict[str, Any]]) -> dict[str, Any]:
         row |= {
             "scheme_acc_mean": round(alone_mean, 2),
             "scheme_acc_std": round(alone_std, 2),
-            "minus_alone": mean_sem([o["test"] - o["scheme_test"] for o in outcomes]),
-            "kept": sum(o["valid"] > o["scheme_valid"] for o in outcomes),
-        }
+        } | against_scheme_alone(outcomes)
     return row
 
 

@@ -164,6 +164,16 @@ def run_figures(result: Any) -> dict[str, Any]:
     return out
 
 
+def against_scheme_alone(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Prompt-tuned runs' figures (:func:`run_figures`) against the same runs' scheme alone:
+    ``minus_alone`` (mean ± standard error of the per-seed test differences) and ``kept``
+    (the seeds whose tuned prompt won on validation, so the run reports it)."""
+    return {
+        "minus_alone": mean_sem([r["test"] - r["scheme_test"] for r in runs]),
+        "kept": sum(r["valid"] > r["scheme_valid"] for r in runs),
+    }
+
+
 def machine() -> dict[str, Any]:
     """What the numbers were measured on."""
     return {
