@@ -24,16 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import (  # noqa: E402
-    PROMPT_TRAINING,
-    add_prompt_training,
-    against_scheme_alone,
-    machine,
-    markdown_table,
-    mean_std,
-    run_figures,
-    write_result,
-)
+import common  # noqa: E402
 
 from lorap_dist.config import ExperimentConfig  # noqa: E402
 from lorap_dist.graph.synthetic import generate_synthetic  # noqa: E402
@@ -76,7 +67,7 @@ def config_for(
             "prompt": {"kind": prompt, "k": 8, "r": 4},
             "quant": quant,
             "train": {"epochs": epochs, "patience": 50, "lr": 0.01, "seed": seed}
-            | PROMPT_TRAINING[prompt_training],
+            | common.PROMPT_TRAINING[prompt_training],
         }
     )
 
@@ -85,7 +76,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--epochs", type=int, default=200)
-    add_prompt_training(parser)
+    common.add_prompt_training(parser)
     args = parser.parse_args()
     tuned = args.prompt_training == "tuned"
     paired = [v for v, (prompt, _) in VARIANTS.items() if prompt != "none"] if tuned else []
@@ -103,12 +94,12 @@ def main() -> None:
                     cfg = config_for(
                         graph_cfg, model_cfg, prompt, bits, seed, args.epochs, args.prompt_training
                     )
-                    runs.append(run_figures(train(cfg, graph, progress=False)[0]))
-                mean, std = mean_std([r["test"] for r in runs])
+                    runs.append(common.run_figures(train(cfg, graph, progress=False)[0]))
+                mean, std = common.mean_std([r["test"] for r in runs])
                 setting[variant] = round(mean, 2)
                 setting[f"{variant}_std"] = round(std, 2)
                 if variant in paired:
-                    for key, value in against_scheme_alone(runs).items():
+                    for key, value in common.against_scheme_alone(runs).items():
                         setting[f"{variant}_{key}"] = value
                 print(f"{graph_name} {model_name} {variant}: {mean:.2f} +- {std:.2f}", flush=True)
             gap = setting["fp32"] - setting["int4"]
@@ -123,7 +114,7 @@ def main() -> None:
                 + [f"{gap:.2f}", setting["lorap_recovered"]]
                 + [f"{setting[f'{v}_minus_alone']} ({setting[f'{v}_kept']})" for v in paired]
             )
-    write_result(
+    common.write_result(
         "accuracy_lorap_tuned" if tuned else "accuracy_lorap",
         {
             "settings": settings,
@@ -131,12 +122,12 @@ def main() -> None:
             "epochs": args.epochs,
             "prompt_training": args.prompt_training,
             "wall_s": round(time.perf_counter() - start, 1),
-            "machine": machine(),
+            "machine": common.machine(),
         },
     )
     header = ["graph", "model", *VARIANTS, "INT4 gap", "LoRAP recovered"]
     header += [f"{v} minus alone, paired (seeds kept)" for v in paired]
-    print(markdown_table(header, rows))
+    print(common.markdown_table(header, rows))
 
 
 if __name__ == "__main__":
