@@ -7,8 +7,9 @@ and reports mean and std of test accuracy at the best validation epoch. Writes
 
 ``--prompt-training tuned`` measures the shipped default instead of prompts trained with
 the backbone: each prompt tuned on its run's frozen backbone, and each prompted setting
-paired with its own runs' scheme alone (``<variant>_minus_alone``: mean ± standard error of
-the per-seed differences; ``<variant>_kept``: the seeds whose prompt won on validation).
+paired with its own runs' scheme alone (``<variant>_scheme_acc_mean``; ``<variant>_minus_alone``:
+mean ± standard error of the per-seed differences; ``<variant>_kept``: the seeds whose prompt
+won on validation).
 Writes ``benchmarks/results/accuracy_lorap_tuned.json``.
 
     python benchmarks/accuracy_lorap.py [--seeds 5] [--epochs 200] [--prompt-training tuned]

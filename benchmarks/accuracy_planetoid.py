@@ -73,6 +73,7 @@ from common import (  # noqa: E402
     prompt_start,
     run_figures,
     same_start,
+    scheme_alone,
     scheme_facts,
     scheme_options,
     start_mark,
@@ -422,13 +423,9 @@ def tuning_summary(outcomes: list[dict[str, Any]]) -> dict[str, Any]:
     """A prompt-tuning row's scheme alone, taken from the same runs (empty otherwise)."""
     if not all("scheme_test" in o for o in outcomes):
         return {}
-    accs = [o["scheme_test"] for o in outcomes]
-    mean, std = mean_std(accs)
-    return {
-        "scheme_acc_mean": round(mean, 2),
-        "scheme_acc_std": round(std, 2),
+    return scheme_alone(outcomes) | {
         "scheme_valid_mean": round(statistics.fmean(o["scheme_valid"] for o in outcomes), 2),
-        "scheme_accs": [round(a, 1) for a in accs],
+        "scheme_accs": [round(o["scheme_test"], 1) for o in outcomes],
         # per seed, to judge a margin on validation afterwards
         "valids": [round(o["valid"], 1) for o in outcomes],
         "scheme_valids": [round(o["scheme_valid"], 1) for o in outcomes],

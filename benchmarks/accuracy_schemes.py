@@ -188,11 +188,7 @@ def summarize(key: tuple, outcomes: list[dict[str, Any]]) -> dict[str, Any]:
         "avg_bits": round(sum(bit_values) / len(bit_values), 2) if bit_values else 32.0,
     }
     if all("scheme_test" in o for o in outcomes):
-        alone_mean, alone_std = mean_std([o["scheme_test"] for o in outcomes])
-        row |= {
-            "scheme_acc_mean": round(alone_mean, 2),
-            "scheme_acc_std": round(alone_std, 2),
-        } | against_scheme_alone(outcomes)
+        row |= against_scheme_alone(outcomes)
     return row
 
 
@@ -212,11 +208,14 @@ def write_report(rows: list[dict[str, Any]], args: Any, wall: float, complete: b
         header += ["scheme alone, same runs", "minus alone, paired", "prompt kept"]
     table = markdown_table(header, [table_row(r, tuned) for r in rows])
     status = "" if complete else "**Partial: the run had not finished these settings.**\n\n"
+    recipe = config_for(MODELS["gin"], "lorap", "qat", 4, 0, args).train
     prompts = (
-        "Prompts tuned on the frozen backbone after each run (the shipped default: "
-        f"{args.epochs // 2} epochs at 10 x lr, kept only where they win on validation). "
+        "Prompts tuned on the frozen backbone after each run (the shipped default: up to "
+        f"{recipe.tuning_epochs} epochs at {recipe.tuning_prompt_lr_scale:g} x lr, kept only "
+        "where they win on validation). "
         if tuned
-        else "Prompts trained with the backbone after a warm start of a quarter of the epochs. "
+        else "Prompts trained with the backbone after a warm start of "
+        f"{recipe.prompt_warmup_epochs} epochs. "
     )
     text = (
         "# Accuracy of the four QAT schemes with and without LoRAP\n\n"

@@ -164,11 +164,18 @@ def run_figures(result: Any) -> dict[str, Any]:
     return out
 
 
+def scheme_alone(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Prompt-tuned runs' scheme alone, the model each tuning started from
+    (:func:`run_figures`' ``scheme_test``): ``scheme_acc_mean`` and ``scheme_acc_std``."""
+    mean, std = mean_std([r["scheme_test"] for r in runs])
+    return {"scheme_acc_mean": round(mean, 2), "scheme_acc_std": round(std, 2)}
+
+
 def against_scheme_alone(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Prompt-tuned runs' figures (:func:`run_figures`) against the same runs' scheme alone:
+    """Prompt-tuned runs against the same runs' scheme alone: :func:`scheme_alone`,
     ``minus_alone`` (mean ± standard error of the per-seed test differences) and ``kept``
     (the seeds whose tuned prompt won on validation, so the run reports it)."""
-    return {
+    return scheme_alone(runs) | {
         "minus_alone": mean_sem([r["test"] - r["scheme_test"] for r in runs]),
         "kept": sum(r["valid"] > r["scheme_valid"] for r in runs),
     }
