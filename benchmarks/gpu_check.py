@@ -2,13 +2,14 @@
 
 A GPU machine is lent now and then for about 15 minutes, its start included, so the GPU
 work is prepared here and runs as one command (the measurements take at most about 7
-minutes on one H100/H200, the kernel test suite, last, at most 4 more; a run cut short keeps
+minutes on one H100/H200, the kernel test suite, last, at most about 5 more; a run cut short keeps
 every step it finished, and ``--only`` picks steps)::
 
     PYTHONPATH=. python3 benchmarks/gpu_check.py --out gpu-out
 
 It needs only what such a machine has (torch with CUDA, triton, torch_geometric, numpy,
-pytest; no ray, ogb or pymetis) and runs from the repository root without an install.
+pyarrow, pyyaml, pytest; no ray, ogb or pymetis) and runs from the repository root without
+an install.
 Steps, in order, each in its own process with a time limit, each writing its figures as
 soon as it ends (a killed run keeps what it had) into ``<out>/gpu_check.json``:
 

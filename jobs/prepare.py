@@ -4,7 +4,8 @@
         --source ogbn-products --out /data/products-4 --parts 4 --partitioner metis
 
 Inside a Ray job the pipeline joins the cluster (``RAY_ADDRESS`` is set); run by hand it
-starts a small local Ray instance. Flags are those of ``lorap prepare``.
+starts a small local Ray instance, except for small graphs (one part, or few nodes), which
+are written in-process as ``lorap prepare`` writes them. Flags are those of ``lorap prepare``.
 """
 
 from __future__ import annotations

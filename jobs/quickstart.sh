@@ -5,8 +5,8 @@
 #   bash jobs/quickstart.sh test   # install into .venv, then lint and run the whole test suite
 #
 # Both are idempotent: the virtual environment is created once, and packages are installed
-# again only when pyproject.toml changes. The pinned CPU build of torch is installed first, so
-# that no dependency pulls the newest (CUDA) torch.
+# again only when pyproject.toml changes. The pinned torch (torch==2.13.0) is installed first,
+# so that no dependency pulls the newest torch (see README.md for a CPU-only wheel index).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
