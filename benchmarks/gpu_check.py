@@ -2,8 +2,8 @@
 
 A GPU machine is lent now and then for about 15 minutes, its start included, so the GPU
 work is prepared here and runs as one command (the measurements take at most about 7
-minutes on one H100/H200, the kernel test suite, last, at most about 5 more; a run cut short keeps
-every step it finished, and ``--only`` picks steps)::
+minutes on one H100/H200, the kernel test suite, last, at most about 5 more; a run cut
+short keeps every step it finished, and ``--only`` picks steps)::
 
     PYTHONPATH=. python3 benchmarks/gpu_check.py --out gpu-out
 
