@@ -33,10 +33,27 @@ BIN = Path(sys.executable).parent
 JOB_TIMEOUT_S = 600
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+# Ports a Ray head takes by default besides the two it is given (client server, dashboard
+# agent); a free port equal to one of them makes `ray start` refuse to run.
+RAY_DEFAULT_PORTS = frozenset({10001, 52365})
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct free ports: the sockets stay bound until all are chosen, so the
+    kernel cannot hand the same port out twice (it did, and the head refused to start)."""
+    sockets: list[socket.socket] = []
+    try:
+        while len(sockets) < count:
+            sock = socket.socket()
+            sock.bind(("127.0.0.1", 0))
+            if sock.getsockname()[1] in RAY_DEFAULT_PORTS:
+                sock.close()
+                continue
+            sockets.append(sock)
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
 @pytest.fixture(scope="module")
@@ -44,10 +61,11 @@ def head():
     """A Ray head on 127.0.0.1 with 2 CPUs; yields (job server address, environment)."""
     # Short: Ray's unix sockets live under the temp dir (path limit 107 bytes).
     temp_dir = tempfile.mkdtemp(prefix="ray-job-", dir="/tmp")
+    ray_port, dashboard_port = free_ports(2)
     env = os.environ | {
         "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-        "RAY_PORT": str(free_port()),
-        "DASHBOARD_PORT": str(free_port()),
+        "RAY_PORT": str(ray_port),
+        "DASHBOARD_PORT": str(dashboard_port),
         "NUM_CPUS": "2",
         "RAY_TEMP_DIR": temp_dir,
         "RAY": str(BIN / "ray"),
