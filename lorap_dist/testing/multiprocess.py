@@ -19,7 +19,7 @@ import pickle
 import queue
 import socket
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from datetime import timedelta
 from typing import Any
 
@@ -27,11 +27,27 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 
+def free_ports(count: int, avoid: Collection[int] = ()) -> list[int]:
+    """``count`` distinct TCP ports on 127.0.0.1 that were free a moment ago, none in
+    ``avoid``: every socket stays bound until all are chosen, so no port is handed out twice."""
+    sockets: list[socket.socket] = []
+    try:
+        while len(sockets) < count:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.bind(("127.0.0.1", 0))
+            if sock.getsockname()[1] in avoid:
+                sock.close()
+            else:
+                sockets.append(sock)
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
 
 
 def _rank_main(

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,6 +23,7 @@ import yaml
 
 from lorap_dist.config import SyntheticConfig
 from lorap_dist.graph.prepare import PrepareOptions, prepare
+from lorap_dist.testing.multiprocess import free_ports
 from lorap_dist.testing.source_tree import copy_source_tree, install_build
 
 pytestmark = pytest.mark.slow
@@ -34,26 +34,8 @@ JOB_TIMEOUT_S = 600
 
 
 # Ports a Ray head takes by default besides the two it is given (client server, dashboard
-# agent); a free port equal to one of them makes `ray start` refuse to run.
+# agent); a port equal to one of them, or the same port twice, makes `ray start` refuse to run.
 RAY_DEFAULT_PORTS = frozenset({10001, 52365})
-
-
-def free_ports(count: int) -> list[int]:
-    """``count`` distinct free ports: the sockets stay bound until all are chosen, so the
-    kernel cannot hand the same port out twice (it did, and the head refused to start)."""
-    sockets: list[socket.socket] = []
-    try:
-        while len(sockets) < count:
-            sock = socket.socket()
-            sock.bind(("127.0.0.1", 0))
-            if sock.getsockname()[1] in RAY_DEFAULT_PORTS:
-                sock.close()
-                continue
-            sockets.append(sock)
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +43,7 @@ def head():
     """A Ray head on 127.0.0.1 with 2 CPUs; yields (job server address, environment)."""
     # Short: Ray's unix sockets live under the temp dir (path limit 107 bytes).
     temp_dir = tempfile.mkdtemp(prefix="ray-job-", dir="/tmp")
-    ray_port, dashboard_port = free_ports(2)
+    ray_port, dashboard_port = free_ports(2, avoid=RAY_DEFAULT_PORTS)
     env = os.environ | {
         "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
         "RAY_PORT": str(ray_port),
