@@ -47,6 +47,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 import torch  # noqa: E402
 from common import (  # noqa: E402
+    PROMPT_VARIANT_NAMES,
+    PROMPT_VARIANTS,
     RESULTS,
     markdown_table,
     mean_sem,
@@ -116,11 +118,12 @@ def experiment(
 _GRAPHS: dict[str, Any] = {}
 
 
-def _run(task: tuple[dict[str, Any], int]) -> dict[str, Any]:
+def _run(task: tuple[dict[str, Any], int, str | None]) -> dict[str, Any]:
     from lorap_dist.config import ExperimentConfig
+    from lorap_dist.prompt.lorap import LoRAP
     from lorap_dist.train_graphs import load_graph_set, train_graphs
 
-    config_dict, fold = task
+    config_dict, fold, variant = task
     torch.set_num_threads(1)
     config_dict = json.loads(json.dumps(config_dict))
     config_dict["data"]["fold"] = fold
@@ -128,7 +131,14 @@ def _run(task: tuple[dict[str, Any], int]) -> dict[str, Any]:
     key = json.dumps(config_dict["data"] | {"fold": None}, sort_keys=True)
     if key not in _GRAPHS:
         _GRAPHS[key] = load_graph_set(config)
-    result, _ = train_graphs(config, _GRAPHS[key], progress=False)
+    forward = LoRAP.forward
+    if variant is not None:  # this process runs one task at a time
+        function = PROMPT_VARIANTS[variant]
+        LoRAP.forward = lambda self, h, q, nodes=None: function(self, h, q, nodes)
+    try:
+        result, _ = train_graphs(config, _GRAPHS[key], progress=False)
+    finally:
+        LoRAP.forward = forward
     return run_figures(result)
 
 
@@ -156,6 +166,7 @@ def settings(args: Any) -> list[dict[str, Any]]:
             # the rate the prompts tune at, recorded (its default changed once)
             tuning_rate = args.tuning_prompt_lr_scale if tuning else None
             variants += (("prompt_tuning_epochs", tuning), ("tuning_lr_scale", tuning_rate))
+            variants += (("variant", args.variant if prompt != "none" else None),)
             key |= {k: v for k, v in (*variants, ("quantizer_lr_scale", learned)) if v}
             width = "FP32" if scheme is None else f"INT{bits}"
             label = f"{dataset} {key['scheme']} {width} {prompt_label(key)}"
@@ -172,7 +183,8 @@ def settings(args: Any) -> list[dict[str, Any]]:
                 tuning,
                 tuning_rate,
             )
-            out.append({"key": key, "label": label, "config": config})
+            variant = key.get("variant")
+            out.append({"key": key, "label": label, "config": config, "variant": variant})
     return out
 
 
@@ -183,6 +195,7 @@ VARIANTS = (
     "quantizer_lr_scale",
     "prompt_tuning_epochs",
     "tuning_lr_scale",
+    "variant",
 )
 #: What a row tuned on the frozen backbone holds besides its tuning epochs.
 TUNING = ("prompt_tuning_epochs", "tuning_lr_scale")
@@ -205,6 +218,8 @@ def prompt_label(row: dict[str, Any]) -> str:
             f"tuned {row['prompt_tuning_epochs']} epochs on the frozen backbone at "
             f"{row['tuning_lr_scale']:g} x lr"
         )
+    if row.get("variant"):
+        parts.append(PROMPT_VARIANT_NAMES[row["variant"]])
     return ", ".join(parts)
 
 
@@ -311,7 +326,7 @@ def run(args: Any) -> None:
     if args.only:
         todo = [s for s in todo if any(part in s["label"] for part in args.only)]
     print(f"{NAME}: {len(todo)} settings to run, folds {args.folds}", flush=True)
-    tasks = [(s["config"], fold) for s in todo for fold in s["folds"]]
+    tasks = [(s["config"], fold, s["variant"]) for s in todo for fold in s["folds"]]
     owner = [i for i, s in enumerate(todo) for _ in s["folds"]]
     start = time.perf_counter()
     context = multiprocessing.get_context("spawn")
@@ -641,6 +656,14 @@ def main() -> None:
         "of lr (train.prompt_tuning_lr_scale; default: the package's, "
         f"{DEFAULT_TUNING_PROMPT_LR_SCALE:g}); rows keep it as tuning_lr_scale",
     )
+    parser.add_argument(
+        "--variant",
+        choices=sorted(PROMPT_VARIANTS),
+        default=None,
+        help="prompted rows: LoRAP changed in one place, for the ablation ("
+        + "; ".join(f"{name}: {text}" for name, text in PROMPT_VARIANT_NAMES.items())
+        + "); rows keep it as variant, apart from the others",
+    )
     parser.add_argument("--folds", default="0-9", help="which of the 10 folds to run")
     parser.add_argument("--epochs", type=int, default=200)
     parser.add_argument("--jobs", type=int, default=1, help="runs in parallel, one thread each")
@@ -655,6 +678,9 @@ def main() -> None:
     if args.report:
         write_report()
         return
+    if args.variant and not args.prompt_tuning_epochs:
+        parser.error("--variant changes the prompt tuned on the frozen backbone: give "
+                     "--prompt-tuning-epochs too")  # fmt: skip
     args.datasets = args.datasets.split(",")
     args.bits = [int(b) for b in args.bits.split(",") if b]
     args.schemes = [s for s in args.schemes.split(",") if s]

@@ -64,6 +64,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 from common import (  # noqa: E402
+    PROMPT_VARIANT_NAMES,
+    PROMPT_VARIANTS,
     RESULTS,
     TRAINED_TOGETHER,
     machine,
@@ -147,31 +149,9 @@ def _range_from_aggregate(lorap: Any, h: Any, quantizer: Any, nodes: Any) -> Any
         observer.train()
 
 
-def _scores_from_normalised(lorap: Any, h: Any, quantizer: Any, nodes: Any) -> Any:
-    """Softmax weights from ``h / rms(h)`` per row: scale-free, so they are node-specific."""
-    scaled = h / h.pow(2).mean(-1, keepdim=True).add(1e-12).sqrt()
-    weights = torch.softmax(scaled @ lorap.w_phi, dim=-1)
-    return quantizer(h + (weights @ lorap.p_a) @ lorap.p_b, nodes)
-
-
-def _uniform_weights(lorap: Any, h: Any, quantizer: Any, nodes: Any) -> Any:
-    """Every node's softmax weights ``1 / k``: one prompt, the same for every node (a
-    learned offset per channel before the rounding), so whatever it gains owes nothing to
-    the prompt's dependence on the input."""
-    weights = h.new_full((h.shape[0], lorap.k), 1.0 / lorap.k)
-    return quantizer(h + (weights @ lorap.p_a) @ lorap.p_b, nodes)
-
-
-LORAP_VARIANTS = {
-    "range_from_aggregate": _range_from_aggregate,
-    "rms_scores": _scores_from_normalised,
-    "uniform_weights": _uniform_weights,
-}
+LORAP_VARIANTS = {"range_from_aggregate": _range_from_aggregate, **PROMPT_VARIANTS}
 #: The tuning part's LoRAP variants (``--tuning-variant``), as its table names them.
-TUNING_VARIANTS = {
-    "uniform_weights": "one prompt for every node (softmax weights 1/k)",
-    "rms_scores": "weights from the RMS-normalised aggregate",
-}
+TUNING_VARIANTS = PROMPT_VARIANT_NAMES
 
 
 def _percentile_without_fallback(observer: Any, x: Any) -> Any:

@@ -256,3 +256,31 @@ def parse_timing(parser: argparse.ArgumentParser) -> argparse.Namespace:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     return args
+
+
+# ---------------------------------------------------------------------------------------
+# LoRAP changed in one place, for ablations only (not config options): each replaces
+# ``LoRAP.forward(h, quantizer, nodes)`` with the value-unit prompt computed otherwise.
+
+
+def rms_scores(lorap: Any, h: Any, quantizer: Any, nodes: Any) -> Any:
+    """Softmax weights from ``h / rms(h)`` per row: scale-free, so they are node-specific."""
+    scaled = h / h.pow(2).mean(-1, keepdim=True).add(1e-12).sqrt()
+    weights = torch.softmax(scaled @ lorap.w_phi, dim=-1)
+    return quantizer(h + (weights @ lorap.p_a) @ lorap.p_b, nodes)
+
+
+def uniform_weights(lorap: Any, h: Any, quantizer: Any, nodes: Any) -> Any:
+    """Every node's softmax weights ``1 / k``: one prompt, the same for every node (a
+    learned offset per channel before the rounding), so whatever it gains owes nothing to
+    the prompt's dependence on the input."""
+    weights = h.new_full((h.shape[0], lorap.k), 1.0 / lorap.k)
+    return quantizer(h + (weights @ lorap.p_a) @ lorap.p_b, nodes)
+
+
+PROMPT_VARIANTS = {"rms_scores": rms_scores, "uniform_weights": uniform_weights}
+#: What each of :data:`PROMPT_VARIANTS` does, as the tables name it.
+PROMPT_VARIANT_NAMES = {
+    "uniform_weights": "one prompt for every node (softmax weights 1/k)",
+    "rms_scores": "weights from the RMS-normalised aggregate",
+}
