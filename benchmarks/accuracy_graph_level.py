@@ -325,7 +325,8 @@ def run(args: Any) -> None:
     todo = plan(args, rows)
     if args.only:
         todo = [s for s in todo if any(part in s["label"] for part in args.only)]
-    print(f"{NAME}: {len(todo)} settings to run, folds {args.folds}", flush=True)
+    runs = ", ".join(f"{s['label']}: folds {span(s['folds'])}" for s in todo)
+    print(f"{NAME}: {len(todo)} settings to run ({runs})", flush=True)
     tasks = [(s["config"], fold, s["variant"]) for s in todo for fold in s["folds"]]
     owner = [i for i, s in enumerate(todo) for _ in s["folds"]]
     start = time.perf_counter()
