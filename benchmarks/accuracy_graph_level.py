@@ -183,8 +183,7 @@ def settings(args: Any) -> list[dict[str, Any]]:
                 tuning,
                 tuning_rate,
             )
-            variant = key.get("variant")
-            out.append({"key": key, "label": label, "config": config, "variant": variant})
+            out.append({"key": key, "label": label, "config": config})
     return out
 
 
@@ -327,7 +326,7 @@ def run(args: Any) -> None:
         todo = [s for s in todo if any(part in s["label"] for part in args.only)]
     runs = ", ".join(f"{s['label']}: folds {span(s['folds'])}" for s in todo)
     print(f"{NAME}: {len(todo)} settings to run ({runs})", flush=True)
-    tasks = [(s["config"], fold, s["variant"]) for s in todo for fold in s["folds"]]
+    tasks = [(s["config"], fold, s["key"].get("variant")) for s in todo for fold in s["folds"]]
     owner = [i for i, s in enumerate(todo) for _ in s["folds"]]
     start = time.perf_counter()
     context = multiprocessing.get_context("spawn")

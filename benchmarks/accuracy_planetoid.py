@@ -150,8 +150,6 @@ def _range_from_aggregate(lorap: Any, h: Any, quantizer: Any, nodes: Any) -> Any
 
 
 LORAP_VARIANTS = {"range_from_aggregate": _range_from_aggregate, **PROMPT_VARIANTS}
-#: The tuning part's LoRAP variants (``--tuning-variant``), as its table names them.
-TUNING_VARIANTS = PROMPT_VARIANT_NAMES
 
 
 def _percentile_without_fallback(observer: Any, x: Any) -> Any:
@@ -1059,7 +1057,7 @@ def tuning_label(row: dict[str, Any]) -> str:
     rate = row["tuning_lr_scale"]
     label = f"{row['prompt']}, {row['tuning_epochs']} epochs, prompt lr {rate:g} x lr"
     if row.get("variant"):
-        label += f", {TUNING_VARIANTS[row['variant']]}"
+        label += f", {PROMPT_VARIANT_NAMES[row['variant']]}"
     return label
 
 
@@ -1222,11 +1220,11 @@ def main() -> None:
     )
     parser.add_argument(
         "--tuning-variant",
-        choices=sorted(TUNING_VARIANTS),
+        choices=sorted(PROMPT_VARIANT_NAMES),
         default=None,
         help="tuning part: LoRAP changed in one place (rows keep it as variant; the targets "
         "use rows without one): "
-        + "; ".join(f"{name}: {text}" for name, text in TUNING_VARIANTS.items()),
+        + "; ".join(f"{name}: {text}" for name, text in PROMPT_VARIANT_NAMES.items()),
     )
     args = parser.parse_args()
     if args.part == "main":
