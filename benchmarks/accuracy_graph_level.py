@@ -244,7 +244,9 @@ def plan(args: Any, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
     A kept row (same setting, epochs and prompt start) that holds every requested fold is
     done; one that holds some of them is extended by the others, so ``--folds 0-4
-    --resume`` adds folds 1-4 to a row measured on fold 0 instead of re-running it.
+    --resume`` adds folds 1-4 to a row measured on fold 0 instead of re-running it. With
+    ``--resume`` :func:`run` writes each fold as it finishes, so a run stopped part-way
+    leaves such a row.
     """
     out = []
     for setting in settings(args):
@@ -335,7 +337,8 @@ def run(args: Any) -> None:
         for index, outcome in enumerate(pool.map(_run, tasks)):
             outcomes.append(outcome)
             setting = todo[owner[index]]
-            if len(outcomes) < len(setting["folds"]):
+            done = len(outcomes) == len(setting["folds"])
+            if not (done or args.resume):  # --resume also keeps each fold as it finishes
                 continue
             accs = [o["test"] for o in outcomes]
             mean, std = mean_std(accs)
@@ -347,7 +350,7 @@ def run(args: Any) -> None:
                 "valid_mean": round(statistics.fmean(o["valid"] for o in outcomes), 2),
                 "avg_bits": round(statistics.fmean(bits), 2) if bits else 32.0,
                 "n_folds": len(outcomes),
-                "folds": list(setting["folds"]),
+                "folds": list(setting["folds"][: len(outcomes)]),
                 "epochs": args.epochs,
                 "accs": [round(a, 1) for a in accs],
                 "best_epochs": [o["best_epoch"] for o in outcomes],
@@ -370,7 +373,8 @@ def run(args: Any) -> None:
                 f"{row['folds']} [{time.perf_counter() - start:.0f} s]",
                 flush=True,
             )
-            outcomes = []
+            if done:
+                outcomes = []
 
 
 def _cell(row: dict[str, Any] | None) -> str:
@@ -670,7 +674,8 @@ def main() -> None:
     parser.add_argument(
         "--resume",
         action="store_true",
-        help="keep finished rows; a row holding some of --folds gains the others",
+        help="keep finished rows; a row holding some of --folds gains the others, each "
+        "fold written as it finishes (an interrupted run keeps its finished folds)",
     )
     parser.add_argument("--only", default=None, help="labels containing one of these")
     parser.add_argument("--report", action="store_true", help="rewrite the table only")
