@@ -170,7 +170,7 @@ def main() -> None:
         NAME,
         f"`{command}` ({DATASET} fold {args.fold}, GIN, {args.epochs} epochs, INT4; "
         "one batch of 128 graphs for the prompt sizes)\n\nQAT INT4 + LoRAP, per layer:",
-        ["setting", "test %", "layer", "mean |p|", "mean |h|", "step", "|p| / step"],
+        ["setting", "test %", "layer", r"mean \|p\|", r"mean \|h\|", "step", r"\|p\| / step"],
         prompt_table,
         after,
     )
