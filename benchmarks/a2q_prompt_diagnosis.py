@@ -31,9 +31,11 @@ p_over_h, pair_moved, step_ratio, dominant_basis, dominant_share) and
 from __future__ import annotations
 
 import argparse
+import contextlib
 import multiprocessing
 import statistics
 import sys
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -54,33 +56,19 @@ def bin_label(low: int, high: int) -> str:
     return f"{low}+" if high >= 1 << 30 else (f"{low}" if low == high else f"{low}-{high}")
 
 
-def test_loader(graphs: Any, fold: int) -> Any:
-    from torch_geometric.loader import DataLoader
-
-    from lorap_dist.train_graphs import fold_splits
-
-    test = fold_splits(graphs.labels, len(graphs), 10, fold)["test"]
-    return DataLoader(graphs.dataset[test], batch_size=128)
-
-
 @torch.no_grad()
-def predictions(model: torch.nn.Module, loader: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(predicted class, true class)`` of every test graph, in evaluation."""
-    from lorap_dist.graph.block import NodeInfo
-
+def predictions(model: torch.nn.Module, runner: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(predicted class, true class)`` of every test graph, in evaluation, batched and
+    passed as the run's own runner (a ``GraphBatchRunner``) scores them."""
     model.eval()
-    preds, labels = [], []
-    for batch in loader:
-        degree = torch.bincount(batch.edge_index[1], minlength=batch.num_nodes)
-        nodes = NodeInfo(degree=degree)
-        out = model(batch.x, batch.edge_index, batch.batch, batch.num_graphs, nodes)
-        preds.append(out.argmax(-1))
-        labels.append(batch.y.view(-1))
-    return torch.cat(preds), torch.cat(labels)
+    outputs = [runner.forward(model, batch) for batch in runner.loaders["test"]]
+    return torch.cat([o.argmax(-1) for o, _ in outputs]), torch.cat(
+        [y.view(-1) for _, y in outputs]
+    )
 
 
-def accuracy_row(setting: str, model: torch.nn.Module, loader: Any) -> dict[str, Any]:
-    pred, true = predictions(model, loader)
+def accuracy_row(setting: str, model: torch.nn.Module, runner: Any) -> dict[str, Any]:
+    pred, true = predictions(model, runner)
     per_class = [
         100 * float((pred[true == c] == c).float().mean()) for c in range(int(true.max()) + 1)
     ]
@@ -88,24 +76,23 @@ def accuracy_row(setting: str, model: torch.nn.Module, loader: Any) -> dict[str,
             "per_class": per_class}  # fmt: skip
 
 
-def with_prompts(prompts: list[Any], keep: set[int]) -> list[torch.Tensor]:
-    """Zero every prompt's ``P_B`` but those of layers ``keep``; returns the saved values."""
-    saved = [lorap.p_b.detach().clone() for lorap in prompts]
-    with torch.no_grad():
-        for layer, lorap in enumerate(prompts):
-            if layer not in keep:
-                lorap.p_b.zero_()
-    return saved
-
-
-def restore(prompts: list[Any], saved: list[torch.Tensor]) -> None:
-    with torch.no_grad():
+@contextlib.contextmanager
+@torch.no_grad()
+def prompts_kept(prompts: list[Any], keep: set[int]) -> Iterator[None]:
+    """Inside, every prompt's ``P_B`` is zero but those of layers ``keep``."""
+    saved = [lorap.p_b.clone() for lorap in prompts]
+    for layer, lorap in enumerate(prompts):
+        if layer not in keep:
+            lorap.p_b.zero_()
+    try:
+        yield
+    finally:
         for lorap, p_b in zip(prompts, saved, strict=True):
             lorap.p_b.copy_(p_b)
 
 
 @torch.no_grad()
-def layer_rows(model: torch.nn.Module, prompts: list[Any], loader: Any) -> list[dict[str, Any]]:
+def layer_rows(model: torch.nn.Module, prompts: list[Any], runner: Any) -> list[dict[str, Any]]:
     """Section 3 of the module docstring, every test graph, per layer and degree bin."""
     from lorap_dist.quant.schemes.a2q import A2QNodeQuantizer
     from lorap_dist.quant.schemes.a2q_functional import nearest_pool_entry
@@ -114,12 +101,12 @@ def layer_rows(model: torch.nn.Module, prompts: list[Any], loader: Any) -> list[
 
     def hook(layer: int):
         def record(lorap: Any, args: tuple, kwargs: dict, _output: Any) -> None:
-            h, quantizer, nodes = (list(args) + [kwargs.get("quantizer"), kwargs.get("nodes")])[:3]
+            names = ("h", "quantizer", "nodes")  # LoRAP.forward's, by position or name
+            h, quantizer, nodes = (*args, *(kwargs.get(name) for name in names[len(args) :]))
             if not isinstance(quantizer, A2QNodeQuantizer):
                 raise TypeError(f"layer {layer}'s prompt point is not A2Q's: {quantizer}")
             weights, p = lorap.weights_and_prompt(h, quantizer)
-            step = quantizer.pool_log_step.exp()
-            bits = quantizer.pool_bits.clamp(quantizer.min_bits, quantizer.max_bits)
+            step, bits = quantizer.pool_log_step.exp(), quantizer.pool_bits  # as its forward
             before = nearest_pool_entry(h.abs().amax(1), step, bits)
             after = nearest_pool_entry((h + p).abs().amax(1), step, bits)
             seen[layer].append({
@@ -137,7 +124,7 @@ def layer_rows(model: torch.nn.Module, prompts: list[Any], loader: Any) -> list[
         lorap.register_forward_hook(hook(i), with_kwargs=True) for i, lorap in enumerate(prompts)
     ]
     try:
-        predictions(model, loader)
+        predictions(model, runner)
     finally:
         for handle in handles:
             handle.remove()
@@ -168,7 +155,7 @@ def diagnose(task: tuple[str, int, int]) -> dict[str, Any]:
     """Train fold ``fold`` and measure it (module docstring)."""
     from lorap_dist.config import ExperimentConfig
     from lorap_dist.prompt.lorap import LoRAP
-    from lorap_dist.train_graphs import load_graph_set, train_graphs
+    from lorap_dist.train_graphs import GraphBatchRunner, graph_splits, load_graph_set, train_graphs
 
     root, fold, epochs = task
     torch.set_num_threads(1)
@@ -177,26 +164,26 @@ def diagnose(task: tuple[str, int, int]) -> dict[str, Any]:
     config = ExperimentConfig.from_dict(config)
     graphs = load_graph_set(config)
     result, model = train_graphs(config, graphs, progress=False)
-    loader = test_loader(graphs, fold)
+    test = {"test": graph_splits(config, graphs)["test"]}
+    runner = GraphBatchRunner(graphs, test, config.train.batch_size, 0, torch.device("cpu"))
     prompts = [m for m in model.modules() if isinstance(m, LoRAP)]
-    accuracy = [accuracy_row("prompted (as reported)" if result.best_epoch >= epochs
-                             else "prompted (not kept: the run reports the scheme alone)",
-                             model, loader)]  # fmt: skip
+    kept = result.best_epoch >= epochs  # a tuning epoch won on validation
+    label = "as reported" if kept else "not kept: the run reports the scheme alone"
+    accuracy = [accuracy_row(f"prompted ({label})", model, runner)]
     variants = [("scheme alone (every P_B zero)", set())]
     variants += [(f"without layer {i}'s prompt", set(range(len(prompts))) - {i})
                  for i in range(len(prompts))]  # fmt: skip
     variants += [(f"layer {i}'s prompt only", {i}) for i in range(len(prompts))]
-    for label, keep in variants:
-        saved = with_prompts(prompts, keep)
-        accuracy.append(accuracy_row(label, model, loader))
-        restore(prompts, saved)
+    for setting, keep in variants:
+        with prompts_kept(prompts, keep):
+            accuracy.append(accuracy_row(setting, model, runner))
     return {
         "fold": fold,
         "reported_test": 100 * result.test_acc,
         "scheme_test": 100 * result.before_tuning["test"],
-        "kept": result.best_epoch >= epochs,
+        "kept": kept,
         "accuracy": accuracy,
-        "layers": layer_rows(model, prompts, loader),
+        "layers": layer_rows(model, prompts, runner),
     }
 
 
