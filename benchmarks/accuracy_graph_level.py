@@ -206,6 +206,8 @@ def prompt_label(row: dict[str, Any]) -> str:
     """The prompt, with its unit and learning rate (and the quantizer state's) where a row
     sets them."""
     parts = [row["prompt"]]
+    if row.get("backbone_of"):
+        parts.append(f"the frozen backbone of the runs tuned {row['backbone_of']} epochs")
     if row.get("prompt_unit"):
         parts.append(f"in {row['prompt_unit']} units")
     if row.get("prompt_lr_scale") is not None:
@@ -420,10 +422,25 @@ def tuned_targets(rows: list[dict[str, Any]]) -> list[str]:
         ]
         worse = [f"{cell} ({diff:+.1f})" for cell, diff in cells if diff < -1e-9]
         shipped = "the default" if rate == DEFAULT_TUNING_PROMPT_LR_SCALE else "not the default"
+        # Every fold of every cell: whether the cells that fall short are the scatter of
+        # an effect near zero or a loss.
+        diffs = [
+            b - a
+            for r in tuned
+            if (r["dataset"], r["epochs"], r["prompt_tuning_epochs"], r["tuning_lr_scale"]) == group
+            for a, b in zip(r["scheme_accs"], r["accs"], strict=True)
+        ]
+        pooled = (
+            f"; over all {len(cells)} cells' {len(diffs)} folds, paired: {mean_sem(diffs)} "
+            f"({sum(d > 0 for d in diffs)} folds up, {sum(d < 0 for d in diffs)} down)"
+            if len(cells) > 1
+            else ""
+        )
         lines.append(
             f"- {dataset} ({epochs} epochs + {tuning} of prompt tuning at {rate:g} x lr, "
             f"{shipped}): LoRAP at least as good as its scheme alone of the same runs (mean): "
             + ("met in every cell" if not worse else "NOT met: " + ", ".join(worse))
+            + pooled
         )
     return lines
 
@@ -437,6 +454,34 @@ def tuned_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if r.get("prompt_tuning_epochs") and "scheme_accs" in r
         and not any(k in r for k in VARIANTS if k not in TUNING)
     ]  # fmt: skip
+
+
+def backbone_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The scheme alone of each tuned row's own runs (the frozen backbone the prompt was
+    tuned on), as a row of its own where no run of the scheme alone at those epochs and
+    folds stands in the table: the prompted row's "vs scheme alone" then has its reference
+    beside it, with the paper's figure."""
+    measured = {
+        (r["dataset"], r["scheme"], r["bits"], r["epochs"], tuple(r["folds"]))
+        for r in rows
+        if r["prompt"] == "none" and not any(k in r for k in VARIANTS)
+    }
+    backbones: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for r in tuned_rows(rows):
+        key = (r["dataset"], r["scheme"], r["bits"], r["epochs"], tuple(r["folds"]))
+        if key in measured or key in backbones:
+            continue
+        mean, std = mean_std(r["scheme_accs"])
+        backbones[key] = {
+            **{k: r[k] for k in ("dataset", "scheme", "bits", "epochs", "folds", "n_folds")},
+            **{k: r[k] for k in ("avg_bits", "mixq_freeze") if k in r},
+            "prompt": "none",
+            "backbone_of": r["prompt_tuning_epochs"],
+            "accs": r["scheme_accs"],
+            "acc_mean": round(mean, 2),
+            "acc_std": round(std, 2),
+        }
+    return list(backbones.values())
 
 
 def against_longer(rows: list[dict[str, Any]]) -> list[str]:
@@ -547,8 +592,9 @@ def write_report() -> None:
     order = {"fp32": 0, "qat": 1, "degree_quant": 2, "a2q": 3, "mixq": 4}
     prompts = {"none": 0, "lorap": 1, "gpf_lorap": 2}
     lines = []
+    shown = rows + backbone_rows(rows)
     for dataset in dict.fromkeys(r["dataset"] for r in rows):
-        subset = [r for r in rows if r["dataset"] == dataset]
+        subset = [r for r in shown if r["dataset"] == dataset]
         subset.sort(
             key=lambda r: (
                 -r["bits"],
