@@ -405,31 +405,28 @@ def tuned_targets(rows: list[dict[str, Any]]) -> list[str]:
     """ "LoRAP at least as good as its scheme alone" for the prompt tuned on the frozen
     backbone (rows with ``prompt_tuning_epochs`` and no variant but its rate), each against
     the scheme alone of its own runs, per tuning rate; the shipped rate is the default."""
+
+    def setting(r: dict[str, Any]) -> tuple[Any, ...]:
+        return r["dataset"], r["epochs"], r["prompt_tuning_epochs"], r["tuning_lr_scale"]
+
     tuned = tuned_rows(rows)
+    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {setting(r): [] for r in tuned}
+    for r in sorted(tuned, key=lambda r: (r["scheme"], r["bits"])):
+        groups[setting(r)].append(r)
     lines = []
-    groups = dict.fromkeys(
-        (r["dataset"], r["epochs"], r["prompt_tuning_epochs"], r["tuning_lr_scale"]) for r in tuned
-    )
-    for group in groups:
-        dataset, epochs, tuning, rate = group
+    for (dataset, epochs, tuning, rate), group in groups.items():
         cells = [
             (
                 f"{r['scheme']} INT{r['bits']}",
                 statistics.mean(r["accs"]) - statistics.mean(r["scheme_accs"]),
             )
-            for r in sorted(tuned, key=lambda r: (r["scheme"], r["bits"]))
-            if (r["dataset"], r["epochs"], r["prompt_tuning_epochs"], r["tuning_lr_scale"]) == group
+            for r in group
         ]
         worse = [f"{cell} ({diff:+.1f})" for cell, diff in cells if diff < -1e-9]
         shipped = "the default" if rate == DEFAULT_TUNING_PROMPT_LR_SCALE else "not the default"
         # Every fold of every cell: whether the cells that fall short are the scatter of
         # an effect near zero or a loss.
-        diffs = [
-            b - a
-            for r in tuned
-            if (r["dataset"], r["epochs"], r["prompt_tuning_epochs"], r["tuning_lr_scale"]) == group
-            for a, b in zip(r["scheme_accs"], r["accs"], strict=True)
-        ]
+        diffs = [b - a for r in group for a, b in zip(r["scheme_accs"], r["accs"], strict=True)]
         pooled = (
             f"; over all {len(cells)} cells' {len(diffs)} folds, paired: {mean_sem(diffs)} "
             f"({sum(d > 0 for d in diffs)} folds up, {sum(d < 0 for d in diffs)} down)"
@@ -461,14 +458,14 @@ def backbone_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     tuned on), as a row of its own where no run of the scheme alone at those epochs and
     folds stands in the table: the prompted row's "vs scheme alone" then has its reference
     beside it, with the paper's figure."""
-    measured = {
-        (r["dataset"], r["scheme"], r["bits"], r["epochs"], tuple(r["folds"]))
-        for r in rows
-        if r["prompt"] == "none" and not any(k in r for k in VARIANTS)
-    }
+
+    def run(r: dict[str, Any]) -> tuple[Any, ...]:
+        return r["dataset"], r["scheme"], r["bits"], r["epochs"], tuple(r["folds"])
+
+    measured = {run(r) for r in rows if r["prompt"] == "none" and not any(k in r for k in VARIANTS)}
     backbones: dict[tuple[Any, ...], dict[str, Any]] = {}
     for r in tuned_rows(rows):
-        key = (r["dataset"], r["scheme"], r["bits"], r["epochs"], tuple(r["folds"]))
+        key = run(r)
         if key in measured or key in backbones:
             continue
         mean, std = mean_std(r["scheme_accs"])
