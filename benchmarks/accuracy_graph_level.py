@@ -26,7 +26,7 @@ BENCHMARKS.md for where they came from)::
 
     python benchmarks/accuracy_graph_level.py --datasets PROTEINS,REDDIT-BINARY \\
         [--bits 4,8] [--schemes qat,degree_quant,a2q,mixq] [--prompts none,lorap] \\
-        [--folds 0-9] [--epochs 200] [--jobs 2] [--resume] [--only LABEL]
+        [--folds 0-9] [--epochs 200] [--seed 0] [--jobs 2] [--resume] [--only LABEL]
 """
 
 from __future__ import annotations
@@ -83,12 +83,15 @@ def experiment(
     quantizer_lr_scale: float | None = None,
     prompt_tuning_epochs: int | None = None,
     tuning_lr_scale: float | None = None,
+    seed: int = 0,
 ) -> dict[str, Any]:
     """The run's config as a plain dict (scheme ``None``: FP32, with INT8's recipe;
     ``prompt_lr_scale``, ``prompt_unit`` and ``quantizer_lr_scale`` ``None``: the
     package's defaults; ``prompt_tuning_epochs`` ``None``: the prompt trained with the
     backbone, :data:`common.TRAINED_TOGETHER`; ``tuning_lr_scale``: the prompts' rate while
-    they tune, ``train.prompt_tuning_lr_scale``, ``None`` the package's default)."""
+    they tune, ``train.prompt_tuning_lr_scale``, ``None`` the package's default;
+    ``seed``: ``train.seed``, which seeds the weights, dropout and batch order, not the
+    folds)."""
     quant = (
         {"scheme": "none"}
         if scheme is None
@@ -107,6 +110,7 @@ def experiment(
             "lr_decay_every": 50,
             "lr_decay": 0.5,
             "device": "cpu",
+            "seed": seed,
             **({} if prompt_lr_scale is None else {"prompt_lr_scale": prompt_lr_scale}),
             **({} if quantizer_lr_scale is None else {"quantizer_lr_scale": quantizer_lr_scale}),
             "prompt_tuning_epochs": prompt_tuning_epochs or 0,  # 0: common.TRAINED_TOGETHER
@@ -167,6 +171,7 @@ def settings(args: Any) -> list[dict[str, Any]]:
             tuning_rate = args.tuning_prompt_lr_scale if tuning else None
             variants += (("prompt_tuning_epochs", tuning), ("tuning_lr_scale", tuning_rate))
             variants += (("variant", args.variant if prompt != "none" else None),)
+            variants += (("seed", args.seed),)  # 0, the tables' seed, is left out
             key |= {k: v for k, v in (*variants, ("quantizer_lr_scale", learned)) if v}
             width = "FP32" if scheme is None else f"INT{bits}"
             label = f"{dataset} {key['scheme']} {width} {prompt_label(key)}"
@@ -182,6 +187,7 @@ def settings(args: Any) -> list[dict[str, Any]]:
                 learned,
                 tuning,
                 tuning_rate,
+                args.seed,
             )
             out.append({"key": key, "label": label, "config": config})
     return out
@@ -195,9 +201,11 @@ VARIANTS = (
     "prompt_tuning_epochs",
     "tuning_lr_scale",
     "variant",
+    "seed",
 )
-#: What a row tuned on the frozen backbone holds besides its tuning epochs.
-TUNING = ("prompt_tuning_epochs", "tuning_lr_scale")
+#: What a row tuned on the frozen backbone may hold besides its tuning epochs (a row of
+#: another seed is a second sample of the same setting).
+TUNING = ("prompt_tuning_epochs", "tuning_lr_scale", "seed")
 #: The schemes whose quantizers hold learned state (``train.quantizer_lr_scale`` applies).
 LEARNED_STATE = ("a2q", "mixq")
 
@@ -221,6 +229,8 @@ def prompt_label(row: dict[str, Any]) -> str:
         )
     if row.get("variant"):
         parts.append(PROMPT_VARIANT_NAMES[row["variant"]])
+    if row.get("seed"):
+        parts.append(f"seed {row['seed']}")
     return ", ".join(parts)
 
 
@@ -404,17 +414,23 @@ def paired(row: dict[str, Any], alone: dict[str, Any] | None) -> str:
 def tuned_targets(rows: list[dict[str, Any]]) -> list[str]:
     """ "LoRAP at least as good as its scheme alone" for the prompt tuned on the frozen
     backbone (rows with ``prompt_tuning_epochs`` and no variant but its rate), each against
-    the scheme alone of its own runs, per tuning rate; the shipped rate is the default."""
+    the scheme alone of its own runs, per tuning rate and seed; the shipped rate is the default."""
 
     def setting(r: dict[str, Any]) -> tuple[Any, ...]:
-        return r["dataset"], r["epochs"], r["prompt_tuning_epochs"], r["tuning_lr_scale"]
+        return (
+            r["dataset"],
+            r["epochs"],
+            r["prompt_tuning_epochs"],
+            r["tuning_lr_scale"],
+            r.get("seed", 0),
+        )
 
     tuned = tuned_rows(rows)
     groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {setting(r): [] for r in tuned}
     for r in sorted(tuned, key=lambda r: (r["scheme"], r["bits"])):
         groups[setting(r)].append(r)
     lines = []
-    for (dataset, epochs, tuning, rate), group in groups.items():
+    for (dataset, epochs, tuning, rate, seed), group in groups.items():
         cells = [
             (
                 f"{r['scheme']} INT{r['bits']}",
@@ -424,6 +440,7 @@ def tuned_targets(rows: list[dict[str, Any]]) -> list[str]:
         ]
         worse = [f"{cell} ({diff:+.1f})" for cell, diff in cells if diff < -1e-9]
         shipped = "the default" if rate == DEFAULT_TUNING_PROMPT_LR_SCALE else "not the default"
+        shipped += f", seed {seed}" if seed else ""
         # Every fold of every cell: whether the cells that fall short are the scatter of
         # an effect near zero or a loss.
         diffs = [b - a for r in group for a, b in zip(r["scheme_accs"], r["accs"], strict=True)]
@@ -460,7 +477,7 @@ def backbone_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     beside it, with the paper's figure."""
 
     def run(r: dict[str, Any]) -> tuple[Any, ...]:
-        return r["dataset"], r["scheme"], r["bits"], r["epochs"], tuple(r["folds"])
+        return r["dataset"], r["scheme"], r["bits"], r["epochs"], tuple(r["folds"]), r.get("seed")
 
     measured = {run(r) for r in rows if r["prompt"] == "none" and not any(k in r for k in VARIANTS)}
     backbones: dict[tuple[Any, ...], dict[str, Any]] = {}
@@ -471,7 +488,7 @@ def backbone_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         mean, std = mean_std(r["scheme_accs"])
         backbones[key] = {
             **{k: r[k] for k in ("dataset", "scheme", "bits", "epochs", "folds", "n_folds")},
-            **{k: r[k] for k in ("avg_bits", "mixq_freeze") if k in r},
+            **{k: r[k] for k in ("avg_bits", "mixq_freeze", "seed") if k in r},
             "prompt": "none",
             "backbone_of": r["prompt_tuning_epochs"],
             "accs": r["scheme_accs"],
@@ -487,6 +504,8 @@ def against_longer(rows: list[dict[str, Any]]) -> list[str]:
     beats spending its epochs on training the whole model instead."""
     lines = []
     for r in tuned_rows(rows):
+        if r.get("seed"):  # the longer runs are the tables' seed
+            continue
         total = r["epochs"] + r["prompt_tuning_epochs"]
         longer = next(
             (
@@ -574,7 +593,7 @@ def targets(rows: list[dict[str, Any]]) -> list[str]:
 def reference_key(row: dict[str, Any]) -> tuple[Any, ...]:
     """The key of the row ``row`` is compared with (see :func:`paired`)."""
     rate = row.get("quantizer_lr_scale") if row["prompt"] != "none" else None
-    return row["scheme"], row["bits"], row["epochs"], rate
+    return row["scheme"], row["bits"], row["epochs"], rate, row.get("seed", 0)
 
 
 def span(folds: list[int]) -> str:
@@ -601,10 +620,11 @@ def write_report() -> None:
                 r.get("prompt_lr_scale", 0),
                 r.get("quantizer_lr_scale", 0),
                 r["epochs"],
+                r.get("seed", 0),
             )
         )
         alone = {
-            (r["scheme"], r["bits"], r["epochs"], r.get("quantizer_lr_scale")): r
+            (r["scheme"], r["bits"], r["epochs"], r.get("quantizer_lr_scale"), r.get("seed", 0)): r
             for r in subset
             if r["prompt"] == "none"
         }
@@ -713,6 +733,13 @@ def main() -> None:
     )
     parser.add_argument("--folds", default="0-9", help="which of the 10 folds to run")
     parser.add_argument("--epochs", type=int, default=200)
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="train.seed: the weights, dropout and batch order (the folds stay); rows of "
+        "another seed than 0 are kept apart, a second sample of their setting",
+    )
     parser.add_argument("--jobs", type=int, default=1, help="runs in parallel, one thread each")
     parser.add_argument(
         "--resume",
