@@ -413,8 +413,9 @@ def paired(row: dict[str, Any], alone: dict[str, Any] | None) -> str:
 
 def tuned_targets(rows: list[dict[str, Any]]) -> list[str]:
     """ "LoRAP at least as good as its scheme alone" for the prompt tuned on the frozen
-    backbone (rows with ``prompt_tuning_epochs`` and no variant but its rate), each against
-    the scheme alone of its own runs, per tuning rate and seed; the shipped rate is the default."""
+    backbone (rows with ``prompt_tuning_epochs`` and no variant but its rate and seed), each
+    against the scheme alone of its own runs, per tuning rate and seed; the shipped rate is
+    the default."""
 
     def setting(r: dict[str, Any]) -> tuple[Any, ...]:
         return (
@@ -460,8 +461,8 @@ def tuned_targets(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def tuned_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The rows tuned on the frozen backbone, with no variant but the tuning's rate, whose
-    scheme alone ran in the same runs."""
+    """The rows tuned on the frozen backbone, with no variant but the tuning's rate and the
+    seed, whose scheme alone ran in the same runs."""
     return [
         r
         for r in rows
@@ -477,7 +478,8 @@ def backbone_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     beside it, with the paper's figure."""
 
     def run(r: dict[str, Any]) -> tuple[Any, ...]:
-        return r["dataset"], r["scheme"], r["bits"], r["epochs"], tuple(r["folds"]), r.get("seed")
+        folds = tuple(r["folds"])
+        return r["dataset"], r["scheme"], r["bits"], r["epochs"], folds, r.get("seed", 0)
 
     measured = {run(r) for r in rows if r["prompt"] == "none" and not any(k in r for k in VARIANTS)}
     backbones: dict[tuple[Any, ...], dict[str, Any]] = {}
