@@ -112,6 +112,47 @@ def worker_env(settings: DistConfig) -> dict[str, str]:
     }
 
 
+#: The environment variable through which Ray Train's controller learns how often to poll the
+#: workers (Ray's default 2 s). The controller collects an epoch's report when it polls, and
+#: a worker's next report waits until the last one is collected, so a run with epochs
+#: shorter than the interval spends the rest of each epoch waiting
+#: (``benchmarks/report_interval.py``).
+CONTROLLER_POLL_INTERVAL = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
+
+#: Worker polls a second the controller makes at most under :func:`controller_polling`.
+WORKER_POLLS_PER_S = 20.0
+
+#: Ray Train's own interval, which :func:`poll_interval` never exceeds.
+RAY_POLL_INTERVAL_S = 2.0
+
+
+def poll_interval(num_workers: int) -> float:
+    """Seconds between the controller's polls for ``num_workers`` workers: 0.1 s for 2,
+    growing with the worker count so that the controller makes at most
+    :data:`WORKER_POLLS_PER_S` worker polls a second, and never above Ray's 2 s."""
+    return min(RAY_POLL_INTERVAL_S, max(1, num_workers) / WORKER_POLLS_PER_S)
+
+
+@contextlib.contextmanager
+def controller_polling(num_workers: int) -> Iterator[None]:
+    """Within the block, trainers started in this process poll their ``num_workers``
+    workers every :func:`poll_interval` seconds (Ray Train passes the driver's
+    :data:`CONTROLLER_POLL_INTERVAL` on to its controller when ``fit`` starts it). A value
+    the user has set is kept; the variable is removed again at the end of the block.
+
+    A missed poll is not a failure: the controller keeps waiting on it, and only a worker
+    silent for Ray's worker health-check timeout (10 minutes) counts as lost.
+    """
+    if CONTROLLER_POLL_INTERVAL in os.environ:
+        yield
+        return
+    os.environ[CONTROLLER_POLL_INTERVAL] = f"{poll_interval(num_workers):g}"
+    try:
+        yield
+    finally:
+        os.environ.pop(CONTROLLER_POLL_INTERVAL, None)
+
+
 def build_trainer(
     experiment: ExperimentConfig,
     settings: DistConfig,
@@ -310,7 +351,8 @@ def run_distributed(
     run_dir = _local_run_dir(settings, name)
     with run_lock(run_dir):
         try:
-            result = build_trainer(experiment, settings, resume, name, step_hook).fit()
+            with controller_polling(settings.num_workers):
+                result = build_trainer(experiment, settings, resume, name, step_hook).fit()
             error = result.error
         except Exception as exc:  # Ray Train raises once max_failures restarts are used up
             if type(exc).__module__.split(".")[0] != "ray":

@@ -138,7 +138,11 @@ def _train_in_process(experiment: ExperimentConfig) -> None:
 def _train_distributed(experiment: ExperimentConfig, trial_name: str) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from lorap_dist.distributed.trainer import build_trainer, validate_dataset
+    from lorap_dist.distributed.trainer import (
+        build_trainer,
+        controller_polling,
+        validate_dataset,
+    )
 
     offline_defaults()
     settings = dataclasses.replace(experiment.dist, name=trial_name)
@@ -147,7 +151,8 @@ def _train_distributed(experiment: ExperimentConfig, trial_name: str) -> None:
     ray.tune.report({"epoch": 0, "best_valid_acc": -1.0, **_static_facts(experiment)})
     trainer = build_trainer(experiment, settings)
     trainer.run_config.callbacks = [*(trainer.run_config.callbacks or []), TuneReportCallback()]
-    result = trainer.fit()
+    with controller_polling(settings.num_workers):
+        result = trainer.fit()
     last = dict(result.metrics or {})
     ray.tune.report(
         {

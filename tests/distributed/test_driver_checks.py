@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -312,3 +314,65 @@ def test_workers_start_with_a_thread_per_cpu_and_sleeping_idle_threads(monkeypat
     monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")  # the user's choice is passed on
     trainer.build_trainer(experiment(tiny_dataset, [4, 4]), settings, name="r")
     assert seen["env"]["OMP_WAIT_POLICY"] == "ACTIVE"
+
+
+def test_the_controller_polls_short_epochs_often_and_a_users_interval_wins(monkeypatch):
+    """Ray Train's controller collects one epoch report per poll (every 2 s by Ray's
+    default); the driver shortens the interval for the run, through the variable Ray Train
+    itself passes on to its controller, and leaves no trace after it."""
+    from ray.train.v2._internal.constants import get_env_vars_to_propagate
+
+    key = trainer.CONTROLLER_POLL_INTERVAL
+    monkeypatch.delenv(key, raising=False)
+    assert trainer.poll_interval(2) == pytest.approx(0.1)
+    assert trainer.poll_interval(8) == pytest.approx(0.4)
+    assert trainer.poll_interval(1000) == trainer.RAY_POLL_INTERVAL_S
+    with trainer.controller_polling(2):
+        assert get_env_vars_to_propagate()[key] == "0.1"
+    assert key not in os.environ
+    monkeypatch.setenv(key, "1.5")
+    with trainer.controller_polling(2):
+        assert get_env_vars_to_propagate()[key] == "1.5"
+    assert os.environ[key] == "1.5"
+
+
+class _Fitted(Exception):
+    """Raised by a stand-in trainer's ``fit`` once it has seen the environment."""
+
+
+def _trainer_seeing_the_interval(seen: dict):
+    class Stand_in:
+        run_config = type("RunConfig", (), {"callbacks": None})()
+
+        def fit(self):
+            seen["interval"] = os.environ.get(trainer.CONTROLLER_POLL_INTERVAL)
+            raise _Fitted
+
+    return lambda *args, **kwargs: Stand_in()
+
+
+def test_lorap_train_and_tune_trials_fit_under_the_short_interval(
+    monkeypatch, tiny_dataset, tmp_path
+):
+    import ray.tune
+    import ray.tune.integration.ray_train
+
+    from lorap_dist.tune import trial
+
+    monkeypatch.delenv(trainer.CONTROLLER_POLL_INTERVAL, raising=False)
+    seen: dict = {}
+    monkeypatch.setattr(trainer, "build_trainer", _trainer_seeing_the_interval(seen))
+    exp = experiment(tiny_dataset, [4, 4])
+    settings = DistConfig(num_workers=2, storage_path=str(tmp_path / "runs"))
+    with pytest.raises(_Fitted):
+        trainer.run_distributed(exp, settings)
+    assert seen.pop("interval") == "0.1"
+    monkeypatch.setattr(ray.tune, "report", lambda metrics: None)
+    monkeypatch.setattr(
+        ray.tune.integration.ray_train, "TuneReportCallback", lambda: "tune-report"
+    )
+    exp = dataclasses.replace(exp, dist=settings)
+    with pytest.raises(_Fitted):
+        trial._train_distributed(exp, "trial-0")
+    assert seen.pop("interval") == "0.1"
+    assert trainer.CONTROLLER_POLL_INTERVAL not in os.environ
