@@ -18,11 +18,9 @@ fetched integer rows (``dist.feature_rows: codes``), the same
 rows the first layer's ``input`` point is never called, so it never observed a range:
 float rows here would be rounded on an untrained grid. Later layers read float rows.
 
-GCN normalises an edge ``j -> i`` by ``1 / sqrt(d_i d_j)`` and its block form takes ``d_j``
-from the block, where a source that is not a destination has no in-edges. To keep the
-numbers exact, GCN layers make every source of the one-hop block a destination too (its own
-in-edges come along, a two-hop block) and keep the first ``|V_r|`` output rows. If the GCN
-layer learns to read source degrees from ``NodeInfo.degree``, the one-hop block suffices.
+GCN normalises an edge ``j -> i`` by ``1 / sqrt(d_i d_j)``; a source that is not a
+destination has no in-edges in the one-hop block, so the layer reads every ``d_j`` from
+``NodeInfo.degree`` (the full graph's), and the one-hop block gives exact outputs for GCN too.
 """
 
 from __future__ import annotations
@@ -33,7 +31,6 @@ from torch import Tensor, nn
 
 from lorap_dist.distributed.exchange import FeatureExchange
 from lorap_dist.graph.block import Block, NodeInfo
-from lorap_dist.nn.gcn import QGCNConv
 
 
 def ordered_unique(ids: Tensor) -> tuple[Tensor, Tensor]:
@@ -120,15 +117,12 @@ def layerwise_inference(
             fetch = FeatureExchange(book, h, device=device).fetch
         out = []
         for piece in pieces:
-            dst = piece
-            if isinstance(conv, QGCNConv):
-                dst = ordered_unique(torch.cat([piece, in_edges(piece, indptr, indices)[0]]))[0]
-            block, src_ids = full_block(dst, indptr, indices)
+            block, src_ids = full_block(piece, indptr, indices)
             x_src = fetch(src_ids).to(device)  # [num_src, F] rows, or QuantizedRows
             nodes = NodeInfo(ids=src_ids.to(device), degree=degree[src_ids].to(device))
             if model.node_transform is not None:
                 nodes = model.node_transform(nodes)
-            y = conv(x_src, block.to(device), nodes)[: piece.numel()]
+            y = conv(x_src, block.to(device), nodes)
             if l < num_layers - 1:
                 y = F.relu(model.norms[l](y))
             out.append(y.cpu())

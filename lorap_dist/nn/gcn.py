@@ -13,7 +13,11 @@ from lorap_dist.nn.linear import QLinear
 
 
 def block_gcn_norm(
-    edge_index: Tensor, num_src: int, num_dst: int, edge_weight: Tensor | None = None
+    edge_index: Tensor,
+    num_src: int,
+    num_dst: int,
+    edge_weight: Tensor | None = None,
+    degree: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     r"""Symmetric GCN normalisation of a block, with a self loop on every destination.
 
@@ -27,15 +31,40 @@ def block_gcn_norm(
     With ``edge_weight`` (``[E]``) the degrees sum weights instead of counting edges, as in
     :func:`gcn_norm`: an added self loop weighs 1, one already in the graph keeps its weight.
 
+    With ``degree`` (``[num_src]``, each source's in-degree :math:`d` in the full graph, self
+    loops not counted) and no ``edge_weight``, the block stands for the full graph instead:
+    :math:`\hat{d}_j = 1 + d_j` for every source, and a destination ``i`` that kept
+    :math:`s_i` of its :math:`d_i` in-edges weighs each by :math:`d_i / s_i`, so the sum over
+    a uniform sample of its in-neighbours is an unbiased estimate of the full graph's, and
+    equals it where every in-edge was kept. Self loops in ``edge_index`` are dropped and one
+    of weight :math:`1 / \hat{d}_i` is added to every destination. This is how a sampled
+    block trains like the full graph it is evaluated on.
+
     Returns:
         ``(edge_index [2, E'], edge_weight [E'])`` with
-        :math:`w_{ji} \hat{d}_j^{-1/2} \hat{d}_i^{-1/2}` per edge ``j -> i``.
+        :math:`w_{ji} \hat{d}_j^{-1/2} \hat{d}_i^{-1/2}` per edge ``j -> i`` (times
+        :math:`d_i / s_i` with ``degree``).
     """
+    if degree is not None and edge_weight is None:
+        return _full_graph_norm(edge_index, num_dst, degree)
     edge_index, weight = gcn_norm(edge_index, edge_weight, num_src, add_self_loops=True)
     if num_dst < num_src:
         keep = edge_index[1] < num_dst
         edge_index, weight = edge_index[:, keep], weight[keep]
     return edge_index, weight
+
+
+def _full_graph_norm(edge_index: Tensor, num_dst: int, degree: Tensor) -> tuple[Tensor, Tensor]:
+    """:func:`block_gcn_norm` with the full graph's ``degree`` of every source."""
+    edge_index, _ = remove_self_loops(edge_index)
+    src, dst = edge_index
+    d = degree.to(torch.float32)
+    inv_sqrt = (d + 1).rsqrt()  # [num_src]
+    kept = torch.bincount(dst, minlength=num_dst).clamp_(min=1)  # s_i
+    weight = (d[:num_dst] / kept)[dst] * inv_sqrt[src] * inv_sqrt[dst]
+    loops = torch.arange(num_dst, device=edge_index.device)
+    edge_index = torch.cat([edge_index, torch.stack([loops, loops])], dim=1)
+    return edge_index, torch.cat([weight, inv_sqrt[:num_dst].square()])
 
 
 def normalised_edges(g: LayerInput) -> tuple[Tensor, Tensor]:
@@ -49,7 +78,10 @@ def normalised_edges(g: LayerInput) -> tuple[Tensor, Tensor]:
         return gcn_norm(edge_index, weight, g.num_src, add_self_loops=False)
     if g.form == "SparseTensor":
         edge_index, weight = remove_self_loops(edge_index, weight)
-    return block_gcn_norm(edge_index, g.num_src, g.num_dst, weight)
+    degree = None
+    if g.form == "block" and g.nodes_src is not None:
+        degree = g.nodes_src.degree  # the full graph's: a sampled block trains like it
+    return block_gcn_norm(edge_index, g.num_src, g.num_dst, weight, degree)
 
 
 class QGCNConv(QuantizedConv):
@@ -76,9 +108,12 @@ class QGCNConv(QuantizedConv):
     a unit loop to every diagonal entry of a ``torch.sparse`` adjacency, and so does this
     layer (see :func:`normalised_edges`). Like GCNConv it takes no ``(x_src, x_dst)`` pair.
     On a :class:`~lorap_dist.graph.Block` each destination ``i`` gets a self loop from
-    source ``i`` (itself) and the degrees are those of the block (see
-    :func:`block_gcn_norm`): a sampled block therefore normalises like PyG's GCNConv run on
-    the sampled subgraph, not like the full graph.
+    source ``i`` (itself). Its degrees are those of the full graph when ``nodes`` gives them
+    (:class:`~lorap_dist.graph.NodeInfo` ``degree``, as the trainers do), each kept in-edge
+    weighted by :math:`d_i / s_i` for the :math:`s_i` of :math:`d_i` the sampler kept, so a
+    sampled block estimates the full-graph output it is evaluated with (exact where every
+    in-edge was kept); without them they are the block's, as PyG's GCNConv normalises the
+    sampled subgraph (see :func:`block_gcn_norm`).
 
     Quantization points (all node role): ``input`` (source rows), ``message`` (the
     transformed source rows ``x W``), ``aggregate``, ``prompt`` (LoRAP only) and ``output``

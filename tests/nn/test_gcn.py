@@ -149,3 +149,58 @@ def test_reset_repr_and_points() -> None:
     layer.reset_parameters()
     assert torch.all(layer.bias == 0) and torch.all(layer.lorap.p_b == 0)
     assert not torch.equal(layer.lin.weight, weight)
+
+
+def loop_free(num_nodes: int, num_edges: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A random graph without self loops (repeated edges kept) and its in-degrees."""
+    edge_index = random_graph(num_nodes, num_edges, seed)
+    edge_index = edge_index[:, edge_index[0] != edge_index[1]]
+    return edge_index, torch.bincount(edge_index[1], minlength=num_nodes)
+
+
+@pytest.mark.parametrize("seed", [0, 4])
+def test_a_block_given_full_degrees_gives_the_full_graph_outputs(seed: int) -> None:
+    """With the full graph's degrees in NodeInfo, a block holding every in-edge of its
+    destinations gives them PyG's full-graph GCNConv outputs, though its pure sources have
+    no in-edges in the block."""
+    ours, theirs = pair(6, 4, seed)
+    edge_index, degree = loop_free(15, 35, seed)
+    dst = torch.tensor([0, 5, 9, 14])
+    block, src_ids = in_neighbour_block(edge_index, dst)
+    assert block.num_src > block.num_dst
+    x = torch.randn(15, 6)
+    out = ours(x[src_ids], block, nodes=NodeInfo(degree=degree[src_ids]))
+    torch.testing.assert_close(out, theirs(x, edge_index)[dst], atol=1e-6, rtol=1e-5)
+
+
+def test_full_degrees_weigh_a_sampled_destination_by_its_kept_share() -> None:
+    # destination 0 kept 2 of its 4 in-edges (from sources 2 and 3, of degrees 1 and 3)
+    index, weight = block_gcn_norm(
+        torch.tensor([[2, 3], [0, 0]]), num_src=4, num_dst=1, degree=torch.tensor([4, 0, 1, 3])
+    )
+    pairs = {(int(s), int(d)): float(w) for (s, d), w in zip(index.t(), weight, strict=True)}
+    expected = {(2, 0): 2 * (5 * 2) ** -0.5, (3, 0): 2 * (5 * 4) ** -0.5, (0, 0): 1 / 5}
+    assert pairs.keys() == expected.keys()
+    for key, value in expected.items():
+        assert pairs[key] == pytest.approx(value)
+
+
+def test_over_every_sample_of_its_in_edges_a_destination_averages_its_full_graph_output() -> None:
+    """Uniform sampling without replacement keeps each in-edge with probability s / d, which
+    the weight d / s undoes: the mean over all samples of s in-edges is the exact output."""
+    from itertools import combinations
+
+    ours, theirs = pair(5, 3, seed=7)
+    edge_index, degree = loop_free(12, 40, seed=7)
+    node = int(torch.argmax(degree))
+    into = edge_index[:, edge_index[1] == node]
+    assert into.size(1) >= 4
+    x = torch.randn(12, 5)
+    ids = torch.cat([torch.tensor([node]), into[0]])  # the destination first, then sources
+    outputs = []
+    for kept in combinations(range(into.size(1)), 2):
+        sources = torch.tensor([k + 1 for k in kept])
+        block = Block(torch.stack([sources, torch.zeros(2, dtype=torch.long)]), ids.numel(), 1)
+        outputs.append(ours(x[ids], block, nodes=NodeInfo(degree=degree[ids])))
+    expected = theirs(x, edge_index)[node]
+    torch.testing.assert_close(torch.stack(outputs).mean(0)[0], expected, atol=1e-5, rtol=1e-5)
