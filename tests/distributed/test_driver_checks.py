@@ -368,9 +368,7 @@ def test_lorap_train_and_tune_trials_fit_under_the_short_interval(
         trainer.run_distributed(exp, settings)
     assert seen.pop("interval") == "0.1"
     monkeypatch.setattr(ray.tune, "report", lambda metrics: None)
-    monkeypatch.setattr(
-        ray.tune.integration.ray_train, "TuneReportCallback", lambda: "tune-report"
-    )
+    monkeypatch.setattr(ray.tune.integration.ray_train, "TuneReportCallback", lambda: "tune-report")
     exp = dataclasses.replace(exp, dist=settings)
     with pytest.raises(_Fitted):
         trial._train_distributed(exp, "trial-0")
