@@ -48,7 +48,14 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import RESULTS, machine, mean_sem, write_report, write_result  # noqa: E402
+from common import (  # noqa: E402
+    RESULTS,
+    machine,
+    mean_sem,
+    prepared_once,
+    write_report,
+    write_result,
+)
 
 PREPARED = REPO / "data" / "prepared"
 WORKERS = 2
@@ -66,21 +73,8 @@ MODES = ("full_batch", "distributed")
 
 def prepared(name: str, root: Path) -> Path:
     """``name`` prepared into :data:`WORKERS` parts, once."""
-    from lorap_dist.graph.prepare import PrepareOptions, prepare
-
     out = PREPARED / f"{name.lower()}-{WORKERS}p"
-    if not (out / "meta.json").is_file():
-        prepare(
-            PrepareOptions(
-                out=out,
-                source=f"planetoid:{name}",
-                root=str(root),
-                parts=WORKERS,
-                use_ray=False,
-                progress=False,
-            )
-        )
-    return out
+    return prepared_once(out, source=f"planetoid:{name}", root=str(root), parts=WORKERS)
 
 
 def experiment(path: Path, scheme: str, seed: int, mode: str, storage: str) -> Any:
@@ -167,27 +161,18 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
                         [100 * (r["test_acc"] - r["alone_test_acc"]) for r in runs]
                     ),
                 }
-            entry["distributed_minus_full_batch"] = mean_sem(
-                [
-                    100 * (cell["distributed"][s]["test_acc"] - cell["full_batch"][s]["test_acc"])
-                    for s in seeds
-                ]
-            )
-            entry["alone_distributed_minus_full_batch"] = mean_sem(
-                [
-                    100
-                    * (
-                        cell["distributed"][s]["alone_test_acc"]
-                        - cell["full_batch"][s]["alone_test_acc"]
-                    )
-                    for s in seeds
-                ]
-            )
+            for key, prefix in (("test_acc", ""), ("alone_test_acc", "alone_")):
+                entry[f"{prefix}distributed_minus_full_batch"] = mean_sem(
+                    [
+                        100 * (cell["distributed"][s][key] - cell["full_batch"][s][key])
+                        for s in seeds
+                    ]
+                )
             out[f"{dataset} {scheme}"] = entry
     return out
 
 
-def report(name: str, rows: list[dict[str, Any]], summary: dict[str, Any]) -> None:
+def report(name: str, summary: dict[str, Any]) -> None:
     table = []
     for key, e in summary.items():
         prompted = SCHEMES[key.split()[1]][1]["kind"] != "none"
@@ -264,7 +249,7 @@ def main() -> None:
                                 "rows": rows,
                             },
                         )
-    report(args.name, rows, summarise(rows))
+    report(args.name, summarise(rows))
 
 
 if __name__ == "__main__":

@@ -191,6 +191,16 @@ def machine() -> dict[str, Any]:
     }
 
 
+def prepared_once(out: Path, **options: Any) -> Path:
+    """The dataset directory ``out``, prepared with ``lorap_dist``'s ``PrepareOptions`` of
+    ``options`` (in this process, no progress bars) unless it already holds a dataset."""
+    from lorap_dist.graph.prepare import PrepareOptions, prepare
+
+    if not (out / "meta.json").is_file():
+        prepare(PrepareOptions(out=out, use_ray=False, progress=False, **options))
+    return out
+
+
 def write_result(name: str, payload: Any) -> Path:
     """Write ``benchmarks/results/<name>.json``."""
     RESULTS.mkdir(parents=True, exist_ok=True)

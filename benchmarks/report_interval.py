@@ -36,7 +36,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import machine, write_report, write_result  # noqa: E402
+from common import machine, prepared_once, write_report, write_result  # noqa: E402
 
 CONFIG = REPO / "jobs" / "configs" / "distributed-default.yaml"
 PREPARED = REPO / "data" / "prepared"
@@ -46,20 +46,14 @@ RESULT_KEYS = ("epochs", "epoch_s", "best_test_acc", "best_valid_acc", "best_epo
 
 def prepared(graph: str, config: Any, planetoid_root: Path) -> Path:
     """The graph's 2-part dataset directory, prepared on first use."""
-    from lorap_dist.graph.prepare import PrepareOptions, prepare
-
     out = PREPARED / f"{graph}-{config.dist.num_workers}p"
-    if (out / "meta.json").is_file():
-        return out
-    common = {"out": out, "parts": config.dist.num_workers, "use_ray": False, "progress": False}
+    parts = config.dist.num_workers
     if graph == "cora":
-        prepare(PrepareOptions(source="planetoid:Cora", root=str(planetoid_root), **common))
-    else:
-        synthetic = config.data.synthetic
-        prepare(
-            PrepareOptions(source="synthetic", synthetic=synthetic, seed=synthetic.seed, **common)
-        )
-    return out
+        return prepared_once(out, source="planetoid:Cora", root=str(planetoid_root), parts=parts)
+    synthetic = config.data.synthetic
+    return prepared_once(
+        out, source="synthetic", synthetic=synthetic, seed=synthetic.seed, parts=parts
+    )
 
 
 def one_run(graph: str, path: Path, interval: str | None, repeat: int, storage: str) -> dict:
