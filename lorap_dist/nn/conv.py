@@ -338,6 +338,24 @@ class QuantizedConv(MessagePassing):
     aggregate are known, reads its forward's arguments with :meth:`read_input`, and resets
     its own parameters before calling :meth:`reset_parameters`. ``QUANT_POINTS`` is an
     instance attribute because the ``"prompt"`` point exists only when LoRAP is on.
+
+    **Inputs.** Every layer's forward takes PyG's arguments, read by :meth:`read_input`:
+
+    - ``x``: ``[N, in_channels]`` features; where the layer's PyG counterpart takes them
+      (all but GCN), the bipartite pair ``(x_src [N_src, in_channels], x_dst [N_dst,
+      in_channels] or None)``; for SAGE and GIN also integer rows
+      (:class:`~lorap_dist.quant.integer.QuantizedRows`: codes ``int8 [N, in_channels]``,
+      scales ``[N]``).
+    - ``edge_index``: the graph in any form the PyG counterpart takes (``edge_index [2, E]``
+      as a tensor or ``EdgeIndex``, a sparse adjacency ``[N_dst, N_src]``, a
+      ``SparseTensor``: :func:`layer_input` lists them), or a
+      :class:`~lorap_dist.graph.Block` with ``x`` its source rows.
+    - ``size``: ``(N_src, N_dst)`` where the graph and ``x`` do not tell (default ``None``).
+    - ``nodes``: node facts for the quantizers: a :class:`~lorap_dist.graph.NodeInfo` of
+      ``x``'s rows, or ``(nodes_src, nodes_dst)`` with a pair (default ``None``); a
+      ``NodeInfo`` given third is read as ``nodes``.
+
+    The output has one row per destination, ``N_dst`` (``N`` on a full graph).
     """
 
     QUANT_POINTS: dict[str, str]
@@ -349,6 +367,12 @@ class QuantizedConv(MessagePassing):
     #: :class:`~lorap_dist.nn.model.GNN` with ``model.dropout_after_input``, so that the
     #: point observes and rounds the values evaluation sees.
     input_dropout: float = 0.0
+
+    def __init__(self, in_channels: int, out_channels: int, **kwargs: Any) -> None:
+        """``kwargs`` go to :class:`~torch_geometric.nn.MessagePassing` (``aggr``, ...)."""
+        super().__init__(**kwargs)
+        self.in_channels = in_channels
+        self.out_channels = out_channels
 
     @property
     def output_points(self) -> tuple[str, ...]:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch_geometric.nn.inits import glorot
+from torch_geometric.nn.inits import glorot, zeros
+from torch_geometric.typing import Size
 from torch_geometric.utils import add_self_loops, remove_self_loops, softmax
 
 from lorap_dist.config import PromptConfig
@@ -64,16 +65,12 @@ class QGATConv(QuantizedConv):
         add_self_loops: give every node that is both a source and a destination a self
             loop (default ``True``).
         bias: add a learnable bias (default ``True``).
-        prompt: a :class:`~lorap_dist.config.PromptConfig`; LoRAP is on when its ``kind``
-            is ``lorap`` or ``gpf_lorap``, sized by its ``k`` and ``r`` (default ``None``: off).
+        prompt: LoRAP's :class:`~lorap_dist.config.PromptConfig` (default ``None``: off).
 
     Shapes:
-        - input: ``x [N, in_channels]`` or ``(x_src [N_src, in_channels], x_dst [N_dst,
-          in_channels] or None)``; ``edge_index [2, E]`` (tensor or ``EdgeIndex``), a sparse
-          adjacency ``[N_dst, N_src]`` or a ``Block``; optional ``size (N_src, N_dst)``;
-          optional ``NodeInfo`` of the rows (a pair of them with a pair)
+        - input: ``x [N, in_channels]`` or a pair, and a graph
+          (:class:`~lorap_dist.nn.conv.QuantizedConv` lists the forms)
         - output: ``[N_dst, H * C]`` when concatenating, else ``[N_dst, C]``
-          (``N_dst = N`` on a full graph)
     """
 
     TRANSFORMS_FIRST = True
@@ -90,9 +87,7 @@ class QGATConv(QuantizedConv):
         bias: bool = True,
         prompt: PromptConfig | None = None,
     ) -> None:
-        super().__init__(aggr="add", node_dim=0)
-        self.in_channels = in_channels
-        self.out_channels = out_channels
+        super().__init__(in_channels, out_channels, aggr="add", node_dim=0)
         self.heads = heads
         self.concat = concat
         self.negative_slope = negative_slope
@@ -110,35 +105,18 @@ class QGATConv(QuantizedConv):
         self.lin.reset_parameters()
         glorot(self.att_src)
         glorot(self.att_dst)
-        if self.bias is not None:
-            nn.init.zeros_(self.bias)
+        zeros(self.bias)
         super().reset_parameters()
 
     def forward(
-        self,
-        x: Features,
-        edge_index: Graph,
-        size: tuple[int, int] | None = None,
-        nodes: NodeFacts = None,
+        self, x: Features, edge_index: Graph, size: Size = None, nodes: NodeFacts = None
     ) -> Tensor:
-        """Attend over the graph.
+        """Attend over the graph; the arguments take the forms
+        :class:`~lorap_dist.nn.conv.QuantizedConv` lists, as GATConv's do.
 
-        Args:
-            x: ``[N, in_channels]`` node features, or PyG's bipartite pair ``(x_src
-                [N_src, in_channels], x_dst [N_dst, in_channels])``; without ``x_dst``
-                (``None``) the logits have no destination term, as in GATConv.
-            edge_index: the graph in any form PyG's GATConv takes: an ``edge_index [2, E]``
-                (a tensor or a :class:`torch_geometric.EdgeIndex`), a ``torch.sparse``
-                adjacency ``adj_t [N_dst, N_src]`` (COO, CSR or CSC; entry ``(i, j)`` is the
-                edge ``j -> i``; its values are not used, as in GATConv), or a
-                ``torch_sparse.SparseTensor`` where torch_sparse is installed; or a
-                :class:`~lorap_dist.graph.Block` with ``x`` its source rows.
-            size: ``(N_src, N_dst)`` where the graph and ``x`` do not tell (default
-                ``None``); GATConv's ``size`` is its fourth argument, after ``edge_attr``,
-                which this layer does not take.
-            nodes: node facts for the quantizers: a :class:`~lorap_dist.graph.NodeInfo` of
-                ``x``'s rows, or ``(nodes_src, nodes_dst)`` with a pair (default ``None``);
-                a ``NodeInfo`` given third is read as ``nodes``.
+        A pair without ``x_dst`` (``None``) gives logits without a destination term, as in
+        GATConv; a sparse adjacency's values are not used, as in GATConv. GATConv's ``size``
+        is its fourth argument, after ``edge_attr``, which this layer does not take.
         """
         g = self.read_input(x, edge_index, nodes, size=size, sparse_values="ignored")
         H, C = self.heads, self.out_channels

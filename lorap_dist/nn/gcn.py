@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 from torch_geometric.nn.conv.gcn_conv import gcn_norm
+from torch_geometric.nn.inits import zeros
+from torch_geometric.typing import OptTensor
 from torch_geometric.utils import add_self_loops, remove_self_loops
 
 from lorap_dist.config import PromptConfig
@@ -123,8 +125,7 @@ class QGCNConv(QuantizedConv):
         in_channels: input width.
         out_channels: output width.
         bias: add a learnable bias (default ``True``).
-        prompt: a :class:`~lorap_dist.config.PromptConfig`; LoRAP is on when its ``kind``
-            is ``lorap`` or ``gpf_lorap``, sized by its ``k`` and ``r`` (default ``None``: off).
+        prompt: LoRAP's :class:`~lorap_dist.config.PromptConfig` (default ``None``: off).
 
     Shapes:
         - input: ``x [N_src, in_channels]``; ``edge_index [2, E]`` (tensor or
@@ -142,9 +143,7 @@ class QGCNConv(QuantizedConv):
         bias: bool = True,
         prompt: PromptConfig | None = None,
     ) -> None:
-        super().__init__(aggr="add")
-        self.in_channels = in_channels
-        self.out_channels = out_channels
+        super().__init__(in_channels, out_channels, aggr="add")
         self.lin = QLinear(in_channels, out_channels, bias=False)
         self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
         self.init_quantization(("input", "message", "aggregate", "output"), out_channels, prompt)
@@ -152,16 +151,11 @@ class QGCNConv(QuantizedConv):
 
     def reset_parameters(self) -> None:
         self.lin.reset_parameters()
-        if self.bias is not None:
-            nn.init.zeros_(self.bias)
+        zeros(self.bias)
         super().reset_parameters()
 
     def forward(
-        self,
-        x: Tensor,
-        edge_index: Graph,
-        edge_weight: Tensor | None = None,
-        nodes: NodeFacts = None,
+        self, x: Tensor, edge_index: Graph, edge_weight: OptTensor = None, nodes: NodeFacts = None
     ) -> Tensor:
         """Convolve ``x`` over the graph.
 

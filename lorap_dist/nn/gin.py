@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+from torch_geometric.typing import Size
 
 from lorap_dist.config import PromptConfig
 from lorap_dist.nn.conv import Graph, NodeFacts, QuantizedConv, RowFeatures
@@ -59,16 +60,13 @@ class QGINConv(QuantizedConv):
         hidden_channels: width of the MLP's inner layer (default ``out_channels``).
         eps: initial :math:`\epsilon` (default ``0.0``).
         train_eps: learn :math:`\epsilon` (default ``False``).
-        prompt: a :class:`~lorap_dist.config.PromptConfig`; LoRAP is on when its ``kind``
-            is ``lorap`` or ``gpf_lorap``, sized by its ``k`` and ``r`` (default ``None``: off).
+        prompt: LoRAP's :class:`~lorap_dist.config.PromptConfig` (default ``None``: off).
 
     Shapes:
-        - input: ``x [N, in_channels]``, ``(x_src [N_src, in_channels], x_dst [N_dst,
-          in_channels] or None)`` or ``QuantizedRows`` (codes ``int8 [N, in_channels]``,
-          scales ``[N]``); ``edge_index [2, E]`` (tensor or ``EdgeIndex``), a sparse
-          adjacency ``[N_dst, N_src]`` or a ``Block``; optional ``size (N_src, N_dst)``;
-          optional ``NodeInfo`` of the rows (a pair of them with a pair)
-        - output: ``[N_dst, out_channels]`` (``N_dst = N`` on a full graph)
+        - input: ``x [N, in_channels]``, a pair or ``QuantizedRows``, and a graph
+          (:class:`~lorap_dist.nn.conv.QuantizedConv` lists the forms)
+        - hidden: ``[N_dst, hidden_channels]``
+        - output: ``[N_dst, out_channels]``
     """
 
     def __init__(
@@ -80,9 +78,7 @@ class QGINConv(QuantizedConv):
         train_eps: bool = False,
         prompt: PromptConfig | None = None,
     ) -> None:
-        super().__init__(aggr="add")
-        self.in_channels = in_channels
-        self.out_channels = out_channels
+        super().__init__(in_channels, out_channels, aggr="add")
         self.hidden_channels = hidden_channels or out_channels
         self.initial_eps = eps
         self.lin1 = QLinear(in_channels, self.hidden_channels)
@@ -101,27 +97,14 @@ class QGINConv(QuantizedConv):
         super().reset_parameters()
 
     def forward(
-        self,
-        x: RowFeatures,
-        edge_index: Graph,
-        size: tuple[int, int] | None = None,
-        nodes: NodeFacts = None,
+        self, x: RowFeatures, edge_index: Graph, size: Size = None, nodes: NodeFacts = None
     ) -> Tensor:
-        """Convolve ``x`` over the graph.
+        """Convolve ``x`` over the graph; the arguments take the forms
+        :class:`~lorap_dist.nn.conv.QuantizedConv` lists, as GINConv's do.
 
-        Args:
-            x: ``[N, in_channels]`` node features, PyG's bipartite pair ``(x_src
-                [N_src, in_channels], x_dst [N_dst, in_channels])``, or integer rows
-                (:class:`~lorap_dist.quant.integer.QuantizedRows` of ``N`` rows, not
-                passed through the ``input`` point; see the class docstring); without ``x_dst``
-                (``None``) the ``(1 + eps)`` root term is left out, as in GINConv.
-            edge_index: the graph in any form PyG's GINConv takes (a sparse adjacency's
-                values scale the messages; :func:`~lorap_dist.nn.conv.layer_input` lists the
-                forms), or a :class:`~lorap_dist.graph.Block` with ``x`` its source rows.
-            size: ``(N_src, N_dst)`` where the graph and ``x`` do not tell (default ``None``).
-            nodes: node facts for the quantizers: a :class:`~lorap_dist.graph.NodeInfo` of
-                ``x``'s rows, or ``(nodes_src, nodes_dst)`` with a pair (default ``None``);
-                a ``NodeInfo`` given third is read as ``nodes``.
+        A pair without ``x_dst`` (``None``) leaves the ``(1 + eps)`` root term out, as in
+        GINConv; a sparse adjacency's values scale the messages; integer rows skip the
+        ``input`` point (see the class docstring).
         """
         g, h, x_dst = self.aggregate_input(x, edge_index, nodes, size, "sum")  # [N_dst, in]
         if x_dst is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from torch import Tensor
+from torch_geometric.typing import Size
 
 from lorap_dist.config import PromptConfig
 from lorap_dist.nn.conv import Graph, NodeFacts, QuantizedConv, RowFeatures
@@ -57,27 +58,18 @@ class QSAGEConv(QuantizedConv):
     Args:
         in_channels: input width.
         out_channels: output width.
-        prompt: a :class:`~lorap_dist.config.PromptConfig`; LoRAP is on when its ``kind``
-            is ``lorap`` or ``gpf_lorap``, sized by its ``k`` and ``r`` (default ``None``: off).
+        prompt: LoRAP's :class:`~lorap_dist.config.PromptConfig` (default ``None``: off).
 
     Shapes:
-        - input: ``x [N, in_channels]``, ``(x_src [N_src, in_channels], x_dst [N_dst,
-          in_channels] or None)`` or ``QuantizedRows`` (codes ``int8 [N, in_channels]``,
-          scales ``[N]``); ``edge_index [2, E]`` (tensor or ``EdgeIndex``), a sparse
-          adjacency ``[N_dst, N_src]`` or a ``Block``; optional ``size (N_src, N_dst)``;
-          optional ``NodeInfo`` of the rows (a pair of them with a pair)
-        - output: ``[N_dst, out_channels]`` (``N_dst = N`` on a full graph)
+        - input: ``x [N, in_channels]``, a pair or ``QuantizedRows``, and a graph
+          (:class:`~lorap_dist.nn.conv.QuantizedConv` lists the forms)
+        - output: ``[N_dst, out_channels]``
     """
 
     def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        prompt: PromptConfig | None = None,
+        self, in_channels: int, out_channels: int, prompt: PromptConfig | None = None
     ) -> None:
-        super().__init__(aggr="mean")
-        self.in_channels = in_channels
-        self.out_channels = out_channels
+        super().__init__(in_channels, out_channels, aggr="mean")
         self.lin_l = QLinear(in_channels, out_channels, bias=True)
         self.lin_r = QLinear(in_channels, out_channels, bias=False)
         self.init_quantization(("input", "aggregate", "output"), in_channels, prompt)
@@ -89,27 +81,14 @@ class QSAGEConv(QuantizedConv):
         super().reset_parameters()
 
     def forward(
-        self,
-        x: RowFeatures,
-        edge_index: Graph,
-        size: tuple[int, int] | None = None,
-        nodes: NodeFacts = None,
+        self, x: RowFeatures, edge_index: Graph, size: Size = None, nodes: NodeFacts = None
     ) -> Tensor:
-        """Convolve ``x`` over the graph.
+        """Convolve ``x`` over the graph; the arguments take the forms
+        :class:`~lorap_dist.nn.conv.QuantizedConv` lists, as SAGEConv's do.
 
-        Args:
-            x: ``[N, in_channels]`` node features, PyG's bipartite pair ``(x_src
-                [N_src, in_channels], x_dst [N_dst, in_channels])``, or integer rows
-                (:class:`~lorap_dist.quant.integer.QuantizedRows` of ``N`` rows, not
-                passed through the ``input`` point; see the class docstring); without ``x_dst``
-                (``None``) the root term is left out, as in SAGEConv.
-            edge_index: the graph in any form PyG's SAGEConv takes (a sparse adjacency's
-                values scale the messages; :func:`~lorap_dist.nn.conv.layer_input` lists the
-                forms), or a :class:`~lorap_dist.graph.Block` with ``x`` its source rows.
-            size: ``(N_src, N_dst)`` where the graph and ``x`` do not tell (default ``None``).
-            nodes: node facts for the quantizers: a :class:`~lorap_dist.graph.NodeInfo` of
-                ``x``'s rows, or ``(nodes_src, nodes_dst)`` with a pair (default ``None``);
-                a ``NodeInfo`` given third is read as ``nodes``.
+        A pair without ``x_dst`` (``None``) leaves the root term out, as in SAGEConv; a sparse
+        adjacency's values scale the messages; integer rows skip the ``input`` point (see the
+        class docstring).
         """
         g, h, x_dst = self.aggregate_input(x, edge_index, nodes, size, "mean")  # [N_dst, in]
         out = self.lin_l(h)
