@@ -53,6 +53,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
+#: A grid's scale: one value, or per-channel values of shape ``[x.shape[axis]]``.
+Scale = Tensor | float
+#: A grid's zero point, integer valued, shaped like its :data:`Scale`.
+ZeroPoint = Tensor | int
+
 EPS = torch.finfo(torch.float32).eps
 #: Below this share of non-zero entries a tensor is handled through its non-zeros only.
 SPARSE_SHARE = 0.25
@@ -197,12 +202,7 @@ def _fake_quantize_codes(
 
 
 def fake_quantize_with_mask(
-    x: Tensor,
-    scale: Tensor | float,
-    zero_point: Tensor | int,
-    qmin: int,
-    qmax: int,
-    axis: int | None = None,
+    x: Tensor, scale: Scale, zero_point: ZeroPoint, qmin: int, qmax: int, axis: int | None = None
 ) -> tuple[Tensor, Tensor]:
     """``(fake_quantize(x, ...), mask)`` without autograd, ``mask`` the in-range mask (1
     inside the grid, 0 outside; float on the CPU, boolean elsewhere) through which
@@ -214,12 +214,7 @@ def fake_quantize_with_mask(
 
 
 def fake_quantize(
-    x: Tensor,
-    scale: Tensor | float,
-    zero_point: Tensor | int,
-    qmin: int,
-    qmax: int,
-    axis: int | None = None,
+    x: Tensor, scale: Scale, zero_point: ZeroPoint, qmin: int, qmax: int, axis: int | None = None
 ) -> Tensor:
     """Fake-quantize ``x`` with a straight-through gradient (formulas in the module docstring).
 
@@ -242,12 +237,7 @@ def fake_quantize(
 
 
 def _parameters(
-    x: Tensor,
-    scale: Tensor | float,
-    zero_point: Tensor | int,
-    qmin: int,
-    qmax: int,
-    axis: int | None,
+    x: Tensor, scale: Scale, zero_point: ZeroPoint, qmin: int, qmax: int, axis: int | None
 ) -> tuple[Tensor, Tensor]:
     """``scale`` (float32) and ``zero_point`` as detached tensors on ``x``'s device, checked
     against the grid and against ``x`` along ``axis``."""

@@ -34,16 +34,11 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from lorap_dist.quant.fake_quant import _broadcast, quantize_codes
+from lorap_dist.quant.fake_quant import Scale, ZeroPoint, _broadcast, quantize_codes
 
 
 def quantize(
-    x: Tensor,
-    scale: Tensor | float,
-    zero_point: Tensor | int,
-    qmin: int,
-    qmax: int,
-    axis: int | None = None,
+    x: Tensor, scale: Scale, zero_point: ZeroPoint, qmin: int, qmax: int, axis: int | None = None
 ) -> Tensor:
     """Integer codes ``clamp(round(x / scale) + zero_point, qmin, qmax)``.
 
@@ -73,10 +68,7 @@ def quantize(
 
 
 def dequantize(
-    codes: Tensor,
-    scale: Tensor | float,
-    zero_point: Tensor | int,
-    axis: int | None = None,
+    codes: Tensor, scale: Scale, zero_point: ZeroPoint, axis: int | None = None
 ) -> Tensor:
     """Float32 values ``(codes - zero_point) * scale`` of integer ``codes``."""
     scale = torch.as_tensor(scale, dtype=torch.float32, device=codes.device)

@@ -341,15 +341,16 @@ def _build_degree_quant_quantizer(
 ) -> Quantizer:
     """Percentile-tracked node points, exact-range per-channel weights."""
     if role == NODE:
+        observer = PercentileObserver(
+            percentile=config.resolved_percentile,
+            momentum=config.momentum,
+            max_samples=config.subsample,
+        )
         return DegreeQuantQuantizer(
             bits=config.bits,
             symmetric=config.symmetric,
             per_row=False,
-            observer=PercentileObserver(
-                percentile=config.resolved_percentile,
-                momentum=config.momentum,
-                max_samples=config.subsample,
-            ),
+            observer=observer,
             grad_clip=config.grad_clip,
         )
     if role == WEIGHT:
