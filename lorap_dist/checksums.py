@@ -1,5 +1,6 @@
-"""One file checksum for everything this package writes and verifies: prepared dataset
-directories (``meta.json``) and checkpoints (``manifest.json``).
+"""One file checksum, one manifest reader and one file check for everything this package
+writes and verifies: prepared dataset directories (``meta.json``) and checkpoints
+(``manifest.json``). Each caller words its own errors (what the user should do differs).
 
 xxh3-64 (the ``xxhash`` package): datasets run to hundreds of gigabytes, and xxh3 reads them
 at memory speed. Checkpoints written before they shared this checksum recorded a blake2b
@@ -9,6 +10,7 @@ digest instead; :func:`checksum_matches` still verifies those.
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -47,3 +49,35 @@ def checksum_matches(path: str | Path, entry: dict[str, Any]) -> bool:
                 digest.update(block)
         return digest.hexdigest() == entry["blake2b"]
     return False
+
+
+def read_manifest(path: Path) -> dict[str, Any]:
+    """The JSON object in ``path``.
+
+    Raises:
+        FileNotFoundError: ``path`` is not a file.
+        ValueError: it does not hold a JSON object (the message says what it holds).
+    """
+    if not path.is_file():
+        raise FileNotFoundError(path)
+    manifest = json.loads(path.read_text())  # json.JSONDecodeError is a ValueError
+    if not isinstance(manifest, dict):
+        raise ValueError(f"a JSON {type(manifest).__name__}, not an object")
+    return manifest
+
+
+def mismatched_file(directory: Path, files: dict[str, dict[str, Any]]) -> tuple[Path, str] | None:
+    """The first file of a manifest's ``files`` table (names relative to ``directory``) that
+    does not match its entry, with what is wrong, worded to follow "is": ``missing``,
+    ``truncated or damaged: N bytes, the manifest says M`` or ``corrupt: its checksum does
+    not match the manifest``; ``None`` when every file matches."""
+    for name, entry in files.items():
+        path = directory / name
+        if not path.is_file():
+            return path, "missing"
+        size, recorded = path.stat().st_size, entry.get("bytes", entry.get("size"))
+        if size != recorded:
+            return path, f"truncated or damaged: {size} bytes, the manifest says {recorded}"
+        if not checksum_matches(path, entry):
+            return path, "corrupt: its checksum does not match the manifest"
+    return None

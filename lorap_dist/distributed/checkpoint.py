@@ -38,7 +38,7 @@ import pyarrow as pa
 import torch
 from torch import Tensor
 
-from lorap_dist.checksums import checksum_entry, checksum_matches
+from lorap_dist.checksums import checksum_entry, mismatched_file, read_manifest
 
 FORMAT_VERSION = 1
 TENSORS_FILE = "tensors.arrow"
@@ -378,15 +378,15 @@ def verify_checkpoint(directory: str | Path) -> None:
     if not path.is_dir():
         raise CheckpointError(f"checkpoint {path} does not exist or is not a directory.")
     manifest_path = path / MANIFEST_FILE
-    if not manifest_path.is_file():
+    try:
+        manifest = read_manifest(manifest_path)
+        files = manifest["files"]
+    except FileNotFoundError:
         raise CheckpointError(
             f"checkpoint {path} has no {MANIFEST_FILE}: it was not completely written. "
             "Use an earlier checkpoint (latest_good_checkpoint picks one)."
-        )
-    try:
-        manifest = json.loads(manifest_path.read_text())
-        files = manifest["files"]
-    except (ValueError, KeyError, TypeError) as exc:
+        ) from None
+    except (ValueError, KeyError) as exc:
         raise CheckpointError(
             f"checkpoint file {manifest_path} is damaged ({exc}); use an earlier checkpoint."
         ) from None
@@ -395,22 +395,10 @@ def verify_checkpoint(directory: str | Path) -> None:
             f"checkpoint {path} has format version {manifest.get('format_version')!r}; this "
             f"version of lorap-dist reads version {FORMAT_VERSION}."
         )
-    for name, entry in files.items():
-        file = path / name
-        if not file.is_file():
-            raise CheckpointError(f"checkpoint file {file} is missing; use an earlier checkpoint.")
-        size = file.stat().st_size
-        recorded = entry.get("bytes", entry.get("size"))
-        if size != recorded:
-            raise CheckpointError(
-                f"checkpoint file {file} is truncated or damaged: {size} bytes, the manifest "
-                f"says {recorded}. Use an earlier checkpoint."
-            )
-        if not checksum_matches(file, entry):
-            raise CheckpointError(
-                f"checkpoint file {file} is corrupt: its checksum does not match the "
-                "manifest. Use an earlier checkpoint."
-            )
+    mismatch = mismatched_file(path, files)
+    if mismatch is not None:
+        file, problem = mismatch
+        raise CheckpointError(f"checkpoint file {file} is {problem}. Use an earlier checkpoint.")
 
 
 def load_checkpoint(

@@ -40,7 +40,7 @@ import pyarrow as pa
 import torch
 from torch import Tensor
 
-from lorap_dist.checksums import checksum_entry, checksum_matches
+from lorap_dist.checksums import checksum_entry, mismatched_file, read_manifest
 from lorap_dist.graph.data import GraphData
 from lorap_dist.graph.errors import DatasetError
 from lorap_dist.quant.integer import dequantize_rows
@@ -156,15 +156,15 @@ def write_meta(directory: str | Path, meta: dict[str, Any]) -> None:
 def read_meta(directory: str | Path) -> dict[str, Any]:
     """``meta.json`` of a dataset directory, after checking its format and version."""
     path = Path(directory) / "meta.json"
-    if not path.is_file():
+    try:
+        meta = read_manifest(path)
+    except FileNotFoundError:
         raise DatasetError(
             f"{directory} is not a prepared dataset: {path.name} is missing. "
             "Create it with `lorap prepare --out DIR ...`."
-        )
-    try:
-        meta = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise DatasetError(f"{path} is not valid JSON ({err}); prepare the dataset again.") from err
+        ) from None
+    except ValueError as err:
+        raise DatasetError(f"{path} is not valid ({err}); prepare the dataset again.") from None
     if meta.get("format") != FORMAT_NAME:
         raise DatasetError(
             f"{path}: field 'format' is {meta.get('format')!r}, not "
@@ -185,16 +185,13 @@ def verify_checksums(directory: str | Path, meta: dict[str, Any]) -> None:
     Raises:
         DatasetError: naming the first file that is missing, resized or changed.
     """
-    directory = Path(directory)
-    for name, expected in meta["files"].items():
-        path = directory / name
-        if not path.is_file():
-            raise DatasetError(f"{path} is listed in meta.json but missing; prepare again.")
-        if not checksum_matches(path, expected):
-            raise DatasetError(
-                f"{path} does not match its checksum in meta.json: the file was changed or "
-                "damaged after it was written. Prepare the dataset again (or copy it again)."
-            )
+    mismatch = mismatched_file(Path(directory), meta["files"])
+    if mismatch is not None:
+        path, problem = mismatch
+        raise DatasetError(
+            f"dataset file {path} is {problem} (meta.json): it was changed or damaged after "
+            "it was written. Prepare the dataset again (or copy it again)."
+        )
 
 
 # --- Reading a dataset ----------------------------------------------------------------------

@@ -135,7 +135,24 @@ def test_checksums_detect_a_flipped_byte(tmp_path):
     data[len(data) // 2] ^= 0x01
     path.write_bytes(bytes(data))
     open_dataset(out)  # opening without verify does not read everything
-    with pytest.raises(DatasetError, match="part-00001/features.arrow does not match"):
+    corrupt = r"part-00001/features\.arrow is corrupt: its checksum does not match"
+    with pytest.raises(DatasetError, match=corrupt):
+        open_dataset(out, verify=True)
+
+
+@pytest.mark.parametrize(
+    ("damage", "expected"),
+    [("truncate", r"is truncated or damaged: \d+ bytes, the manifest says \d+"),
+     ("delete", "is missing")],
+)  # fmt: skip
+def test_verify_names_a_truncated_or_missing_file(tmp_path, damage, expected):
+    out = prepared(tmp_path)
+    path = out / "parts/part-00000/features.arrow"
+    if damage == "truncate":
+        path.write_bytes(path.read_bytes()[:-7])
+    else:
+        path.unlink()
+    with pytest.raises(DatasetError, match=r"part-00000/features\.arrow " + expected):
         open_dataset(out, verify=True)
 
 
