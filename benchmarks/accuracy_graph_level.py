@@ -78,20 +78,19 @@ def experiment(
     bits: int,
     prompt: str,
     epochs: int,
-    prompt_lr_scale: float | None = None,
+    *,
     prompt_unit: str | None = None,
-    quantizer_lr_scale: float | None = None,
-    prompt_tuning_epochs: int | None = None,
-    tuning_lr_scale: float | None = None,
     seed: int = 0,
+    **train: Any,
 ) -> dict[str, Any]:
-    """The run's config as a plain dict (scheme ``None``: FP32, with INT8's recipe;
-    ``prompt_lr_scale``, ``prompt_unit`` and ``quantizer_lr_scale`` ``None``: the
-    package's defaults; ``prompt_tuning_epochs`` ``None``: the prompt trained with the
-    backbone, :data:`common.TRAINED_TOGETHER`; ``tuning_lr_scale``: the prompts' rate while
-    they tune, ``train.prompt_tuning_lr_scale``, ``None`` the package's default;
-    ``seed``: ``train.seed``, which seeds the weights, dropout and batch order, not the
-    folds)."""
+    """The run's config as a plain dict (scheme ``None``: FP32, with INT8's recipe).
+
+    ``prompt_unit`` ``None`` is the package's default; ``seed`` is ``train.seed``, which
+    seeds the weights, dropout and batch order, not the folds. ``train`` sets other train
+    fields (``prompt_lr_scale``, ``quantizer_lr_scale``, ``prompt_tuning_lr_scale`` ...), a
+    ``None`` leaving the package's default; ``prompt_tuning_epochs`` is 0 unless given (the
+    prompt trained with the backbone, :data:`common.TRAINED_TOGETHER`).
+    """
     quant = (
         {"scheme": "none"}
         if scheme is None
@@ -111,10 +110,8 @@ def experiment(
             "lr_decay": 0.5,
             "device": "cpu",
             "seed": seed,
-            **({} if prompt_lr_scale is None else {"prompt_lr_scale": prompt_lr_scale}),
-            **({} if quantizer_lr_scale is None else {"quantizer_lr_scale": quantizer_lr_scale}),
-            "prompt_tuning_epochs": prompt_tuning_epochs or 0,  # 0: common.TRAINED_TOGETHER
-            **({} if tuning_lr_scale is None else {"prompt_tuning_lr_scale": tuning_lr_scale}),
+            "prompt_tuning_epochs": 0,  # common.TRAINED_TOGETHER
+            **{field: value for field, value in train.items() if value is not None},
         },
     }
 
@@ -176,19 +173,10 @@ def settings(args: Any) -> list[dict[str, Any]]:
             width = "FP32" if scheme is None else f"INT{bits}"
             label = f"{dataset} {key['scheme']} {width} {prompt_label(key)}"
             config = experiment(
-                dataset,
-                args.root,
-                scheme,
-                bits,
-                prompt,
-                args.epochs,
-                scale,
-                unit,
-                learned,
-                tuning,
-                tuning_rate,
-                args.seed,
-            )
+                dataset, args.root, scheme, bits, prompt, args.epochs, prompt_unit=unit,
+                seed=args.seed, prompt_lr_scale=scale, quantizer_lr_scale=learned,
+                prompt_tuning_epochs=tuning, prompt_tuning_lr_scale=tuning_rate,
+            )  # fmt: skip
             out.append({"key": key, "label": label, "config": config})
     return out
 

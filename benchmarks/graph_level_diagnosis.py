@@ -62,7 +62,7 @@ def config_for(args: Any, scheme: str, prompt: str, **changes: Any) -> Experimen
     """``accuracy_graph_level``'s INT4 config for ``scheme`` on the chosen fold."""
     config = experiment(
         DATASET, args.root, scheme, 4, prompt, args.epochs,
-        changes.get("prompt_lr_scale"), changes.get("prompt_unit"),
+        prompt_unit=changes.get("prompt_unit"), prompt_lr_scale=changes.get("prompt_lr_scale"),
     )  # fmt: skip
     config["quant"]["options"].update(changes.get("options", {}))
     config["data"]["fold"] = args.fold
