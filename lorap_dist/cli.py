@@ -24,6 +24,7 @@ from lorap_dist.config import (
 )
 from lorap_dist.graph.partition import PARTITIONERS
 from lorap_dist.graph.prepare import RAY_MIN_NODES, PrepareOptions, prepare
+from lorap_dist.graph.sources import SOURCE_FORMS
 from lorap_dist.graph.storage import FEATURE_ENCODINGS, open_dataset
 from lorap_dist.graph.transforms import TRANSFORMS
 
@@ -210,12 +211,8 @@ SYNTHETIC_FLAGS = ("num_nodes", "avg_degree", "num_features", "num_classes", "ho
 
 def add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``lorap prepare`` flags to ``parser``."""
-    parser.add_argument(
-        "--source",
-        default="synthetic",
-        help="synthetic | ogbn-NAME | dir:PATH | planetoid:NAME | pyg:CLASS[:NAME] "
-        "(default: synthetic)",
-    )
+    forms = " | ".join(SOURCE_FORMS)
+    parser.add_argument("--source", default="synthetic", help=f"{forms} (default: synthetic)")
     parser.add_argument("--out", required=True, help="dataset directory to create")
     parser.add_argument("--parts", type=int, default=1, help="number of parts (default: 1)")
     parser.add_argument("--partitioner", default="metis", choices=sorted(PARTITIONERS))

@@ -31,6 +31,9 @@ from lorap_dist.graph.synthetic import (
     synthetic_split,
 )
 
+#: How each kind of source is named (the module docstring says what each reads).
+SOURCE_FORMS = ("synthetic", "ogbn-NAME", "dir:PATH", "planetoid:NAME", "pyg:CLASS[:NAME]")
+
 
 def synthetic_source(cfg: SyntheticConfig) -> GraphSource:
     """The generated graph of ``cfg``, edges and features drawn chunk by chunk.
@@ -76,8 +79,7 @@ def open_source(
     synthetic: SyntheticConfig | None = None,
     split_type: str | None = None,
 ) -> GraphSource:
-    """The source named by ``spec``: ``synthetic``, ``ogbn-NAME``, ``dir:PATH``,
-    ``planetoid:NAME`` or ``pyg:CLASS[:NAME]``.
+    """The source named by ``spec``, in one of the :data:`SOURCE_FORMS`.
 
     Args:
         spec: which source.

@@ -16,9 +16,10 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch_geometric import EdgeIndex
 from torch_geometric.nn import MessagePassing
+from torch_geometric.nn.inits import zeros
 from torch_geometric.typing import WITH_TORCH_SPARSE, SparseTensor
 from torch_geometric.utils import is_torch_sparse_tensor, to_edge_index
 
@@ -385,7 +386,12 @@ class QuantizedConv(MessagePassing):
         points: tuple[str, ...],
         aggregate_channels: int,
         prompt: PromptConfig | None,
+        bias: bool = False,
     ) -> None:
+        """Create the points, the LoRAP prompt (when ``prompt`` turns it on) and, with
+        ``bias``, the ``[aggregate_channels]`` bias :meth:`biased_output` adds (GCN, GAT);
+        without it ``self.bias`` is ``None``."""
+        self.bias = nn.Parameter(torch.empty(aggregate_channels)) if bias else None
         on = prompt is not None and prompt.lorap
         self.lorap = LoRAP(aggregate_channels, prompt.k, prompt.r, prompt.unit) if on else None
         rounding = (prompt or PromptConfig()).rounding
@@ -401,9 +407,11 @@ class QuantizedConv(MessagePassing):
         self.csr_aggregation = CSRAggregation()
 
     def reset_parameters(self) -> None:
-        """Reset PyG's aggregation and the LoRAP prompt; a subclass resets its own
-        parameters first, so they draw from the random stream before the prompt does."""
+        """Reset PyG's aggregation, the bias (zeros) and the LoRAP prompt; a subclass resets
+        its own parameters first, so they draw from the random stream before the prompt
+        does."""
         super().reset_parameters()
+        zeros(self.bias)
         if self.lorap is not None:
             self.lorap.reset_parameters()
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch_geometric.nn.inits import glorot, zeros
+from torch_geometric.nn.inits import glorot
 from torch_geometric.typing import Size
 from torch_geometric.utils import add_self_loops, remove_self_loops, softmax
 
@@ -97,15 +97,13 @@ class QGATConv(QuantizedConv):
         self.lin = QLinear(in_channels, heads * out_channels, bias=False)
         self.att_src = nn.Parameter(torch.empty(1, heads, out_channels))
         self.att_dst = nn.Parameter(torch.empty(1, heads, out_channels))
-        self.bias = nn.Parameter(torch.empty(width)) if bias else None
-        self.init_quantization(("input", "message", "aggregate", "output"), width, prompt)
+        self.init_quantization(("input", "message", "aggregate", "output"), width, prompt, bias)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         self.lin.reset_parameters()
         glorot(self.att_src)
         glorot(self.att_dst)
-        zeros(self.bias)
         super().reset_parameters()
 
     def forward(

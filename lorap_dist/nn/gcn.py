@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torch_geometric.nn.conv.gcn_conv import gcn_norm
-from torch_geometric.nn.inits import zeros
 from torch_geometric.typing import OptTensor
 from torch_geometric.utils import add_self_loops, remove_self_loops
 
@@ -16,12 +15,12 @@ from lorap_dist.nn.linear import QLinear
 
 def block_gcn_norm(
     edge_index: Tensor,
-    num_src: int,
-    num_dst: int,
-    edge_weight: Tensor | None = None,
-    degree: Tensor | None = None,
+    size: tuple[int, int],
+    edge_weight: OptTensor = None,
+    degree: OptTensor = None,
 ) -> tuple[Tensor, Tensor]:
-    r"""Symmetric GCN normalisation of a block, with a self loop on every destination.
+    r"""Symmetric GCN normalisation of a block of ``size = (num_src, num_dst)`` (PyG's
+    order), with a self loop on every destination.
 
     The block is normalised as PyG's :func:`gcn_norm` normalises the graph on its
     ``num_src`` nodes (self loops added where missing, repeated self loops kept once), so
@@ -47,6 +46,7 @@ def block_gcn_norm(
         :math:`w_{ji} \hat{d}_j^{-1/2} \hat{d}_i^{-1/2}` per edge ``j -> i`` (times
         :math:`d_i / s_i` with ``degree``).
     """
+    num_src, num_dst = size
     if degree is not None and edge_weight is None:
         return _full_graph_norm(edge_index, num_dst, degree)
     edge_index, weight = gcn_norm(edge_index, edge_weight, num_src, add_self_loops=True)
@@ -83,7 +83,7 @@ def normalised_edges(g: LayerInput) -> tuple[Tensor, Tensor]:
     degree = None
     if g.form == "block" and g.nodes_src is not None:
         degree = g.nodes_src.degree  # the full graph's: a sampled block trains like it
-    return block_gcn_norm(edge_index, g.num_src, g.num_dst, weight, degree)
+    return block_gcn_norm(edge_index, (g.num_src, g.num_dst), weight, degree)
 
 
 class QGCNConv(QuantizedConv):
@@ -145,13 +145,12 @@ class QGCNConv(QuantizedConv):
     ) -> None:
         super().__init__(in_channels, out_channels, aggr="add")
         self.lin = QLinear(in_channels, out_channels, bias=False)
-        self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
-        self.init_quantization(("input", "message", "aggregate", "output"), out_channels, prompt)
+        points = ("input", "message", "aggregate", "output")
+        self.init_quantization(points, out_channels, prompt, bias)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         self.lin.reset_parameters()
-        zeros(self.bias)
         super().reset_parameters()
 
     def forward(

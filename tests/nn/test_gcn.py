@@ -94,7 +94,7 @@ def test_block_normalises_like_pyg_on_the_sampled_subgraph(seed: int) -> None:
 
 def test_block_norm_drops_only_the_self_loops_of_pure_sources() -> None:
     edge_index = torch.tensor([[2, 3, 1, 3], [0, 0, 1, 1]])
-    index, weight = block_gcn_norm(edge_index, num_src=4, num_dst=2)
+    index, weight = block_gcn_norm(edge_index, size=(4, 2))
     pairs = {(int(s), int(d)): float(w) for (s, d), w in zip(index.t(), weight, strict=True)}
     # degrees with self loops: node 0 -> 3, node 1 -> 2 (its own loop is not added twice),
     # sources 2 and 3 -> 1 (no in-edges in the block)
@@ -176,7 +176,7 @@ def test_a_block_given_full_degrees_gives_the_full_graph_outputs(seed: int) -> N
 def test_full_degrees_weigh_a_sampled_destination_by_its_kept_share() -> None:
     # destination 0 kept 2 of its 4 in-edges (from sources 2 and 3, of degrees 1 and 3)
     index, weight = block_gcn_norm(
-        torch.tensor([[2, 3], [0, 0]]), num_src=4, num_dst=1, degree=torch.tensor([4, 0, 1, 3])
+        torch.tensor([[2, 3], [0, 0]]), size=(4, 1), degree=torch.tensor([4, 0, 1, 3])
     )
     pairs = {(int(s), int(d)): float(w) for (s, d), w in zip(index.t(), weight, strict=True)}
     expected = {(2, 0): 2 * (5 * 2) ** -0.5, (3, 0): 2 * (5 * 4) ** -0.5, (0, 0): 1 / 5}
