@@ -280,7 +280,8 @@ def _(grad_out, src_codes, src_scale, indptr, indices, bits, reduce, w_phi, p_a,
 
 
 class _ForwardInputs(NamedTuple):
-    """The inputs of :func:`aggregate_lorap`, by name, in its schema's order."""
+    """The inputs of :func:`aggregate_lorap`, by name, in its schema's order (all of them:
+    the autograd receives every input, defaults filled in)."""
 
     src_codes: Tensor
     src_scale: Tensor
@@ -295,14 +296,14 @@ class _ForwardInputs(NamedTuple):
     zero_point: Tensor
     qmin: int
     qmax: int
-    agg_scale: Tensor | None = None
-    agg_zero_point: Tensor | None = None
-    agg_qmin: int = 0
-    agg_qmax: int = 1
-    saved_h: Tensor | None = None
-    saved_y: Tensor | None = None
-    saved_w: Tensor | None = None
-    keep_residuals: bool = True
+    agg_scale: Tensor | None
+    agg_zero_point: Tensor | None
+    agg_qmin: int
+    agg_qmax: int
+    saved_h: Tensor | None
+    saved_y: Tensor | None
+    saved_w: Tensor | None
+    keep_residuals: bool
 
 
 _NO_GRADIENTS = _ForwardInputs(*(None,) * len(_ForwardInputs._fields))
