@@ -6,7 +6,7 @@ round-trip through plain dicts (``to_dict`` / ``from_dict``, in :mod:`lorap_dist
 and re-exported here) so they can live in YAML files, checkpoints and Tune result tables.
 This module is the schema a user writes against: one dataclass per section, each with its
 fields documented and checked, in the order of a config file. It is longer than the
-project's other modules (about 700 lines) for that reason: every field a config file can
+project's other modules (about 800 lines) for that reason: every field a config file can
 hold is documented and checked here, in one place; the dict round trip and the shared
 checks live in :mod:`lorap_dist.config_dicts` and :mod:`lorap_dist.validation`.
 """

@@ -4,7 +4,7 @@ the aggregation of integer feature rows (:class:`~lorap_dist.quant.integer.Quant
 by the fused ``quant_aggregate`` op (or, with LoRAP on, ``aggregate_lorap``), and the optional
 LoRAP step.
 
-It is longer than the project's other modules (about 550 lines) because it is one contract:
+It is longer than the project's other modules (about 630 lines) because it is one contract:
 every layer reads its input, runs its points and aggregates through these pieces, and a
 change to one of them (a new graph form, a new row type) must be made with the others in
 view."""
