@@ -13,12 +13,12 @@ same prepared dataset, seed by seed:
   one optimiser step an epoch and differ by the sampling, the partitioning and the
   data-parallel step.
 
-Both use the package's defaults for a 2-layer GCN (hidden 64, dropout 0.5, Adam lr 0.01,
-weight decay 5e-4, 200 epochs, patience 50) and its default prompt training: LoRAP tuned on
-the frozen backbone after the run (at 10 x lr full-batch and 0.1 x lr sampled, the package's
-defaults for each), reported only when it beats the scheme alone on validation. So one
-prompted run gives the scheme alone (``before_tuning``, its best epoch before tuning) and
-the run as reported: the LoRAP effect is paired within each run.
+Both use the package's defaults for a 2-layer GCN (``--arch gin``: GIN; hidden 64, dropout
+0.5, Adam lr 0.01, weight decay 5e-4, 200 epochs, patience 50) and its default prompt
+training: LoRAP tuned on the frozen backbone after the run (at 10 x lr full-batch and 0.1 x
+lr sampled, the package's defaults for each), reported only when it beats the scheme alone
+on validation. So one prompted run gives the scheme alone (``before_tuning``, its best epoch
+before tuning) and the run as reported: the LoRAP effect is paired within each run.
 
 Writes ``benchmarks/results/accuracy_distributed.json`` (rows: dataset, mode, scheme, seed,
 test_acc (the reported model), alone_test_acc, valid_acc, alone_valid_acc, prompt_kept,
@@ -27,10 +27,12 @@ best_epoch, epochs, wall_s; and per dataset and scheme ``distributed_minus_full_
 ``benchmarks/results/accuracy_distributed.md``::
 
     .venv/bin/python benchmarks/accuracy_distributed.py [--seeds 5] [--datasets Cora,CiteSeer]
+        [--arch gcn|gin]
 
 ``--name`` writes ``<name>.{json,md}`` instead (``accuracy_distributed_block_degrees`` holds
-Cora measured before GCN read the full graph's degrees on sampled blocks); ``--resume``
-keeps the runs a file already holds. Raw files under ``<planetoid-root>/<Name>/raw/``
+Cora measured before GCN read the full graph's degrees on sampled blocks;
+``accuracy_distributed_gin_block_sums`` GIN before its sums were weighted by them);
+``--resume`` keeps the runs a file already holds. Raw files under ``<planetoid-root>/<Name>/raw/``
 (BENCHMARKS.md says where they came from).
 """
 
@@ -77,11 +79,12 @@ def prepared(name: str, root: Path) -> Path:
     return prepared_once(out, source=f"planetoid:{name}", root=str(root), parts=WORKERS)
 
 
-def experiment(path: Path, scheme: str, seed: int, mode: str, storage: str) -> Any:
+def experiment(path: Path, scheme: str, seed: int, mode: str, storage: str, arch: str) -> Any:
     from lorap_dist.config import ExperimentConfig
 
     quant, prompt = SCHEMES[scheme]
     config = ExperimentConfig().to_dict()  # the built-in default's model and recipe
+    config["model"]["arch"] = arch
     config["data"] = {"source": "dir", "path": str(path)}
     config["quant"], config["prompt"] = quant, prompt
     config["train"]["seed"] = seed
@@ -91,7 +94,7 @@ def experiment(path: Path, scheme: str, seed: int, mode: str, storage: str) -> A
             "num_workers": WORKERS,
             "cpus_per_worker": 1,
             "storage_path": storage,
-            "name": f"{path.name}-{scheme}-{seed}",
+            "name": f"{path.name}-{arch}-{scheme}-{seed}",
             "eval_every": 1,
             "checkpoint_every": 1000,
             "keep_checkpoints": 1,
@@ -100,9 +103,11 @@ def experiment(path: Path, scheme: str, seed: int, mode: str, storage: str) -> A
     return ExperimentConfig.from_dict(config)
 
 
-def one_run(path: Path, scheme: str, seed: int, mode: str, storage: str) -> dict[str, Any]:
+def one_run(
+    path: Path, scheme: str, seed: int, mode: str, storage: str, arch: str
+) -> dict[str, Any]:
     """Train once; the reported model's figures and, with a prompt, the scheme alone's."""
-    config = experiment(path, scheme, seed, mode, storage)
+    config = experiment(path, scheme, seed, mode, storage, arch)
     started = time.perf_counter()
     if mode == "distributed":
         from lorap_dist.distributed.trainer import run_distributed
@@ -172,7 +177,7 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def report(name: str, summary: dict[str, Any]) -> None:
+def report(name: str, summary: dict[str, Any], arch: str) -> None:
     table = []
     for key, e in summary.items():
         prompted = SCHEMES[key.split()[1]][1]["kind"] != "none"
@@ -193,8 +198,8 @@ def report(name: str, summary: dict[str, Any]) -> None:
         )
     write_report(
         name,
-        "Test accuracy (%), mean over seeds, GCN INT4 (FP32 for `fp32`); 'alone' is the "
-        "scheme's best epoch before prompt tuning, in the same run; the reported model is "
+        f"Test accuracy (%), mean over seeds, {arch.upper()} INT4 (FP32 for `fp32`); 'alone' is "
+        "the scheme's best epoch before prompt tuning, in the same run; the reported model is "
         "the prompted one only where it beat that on validation (how many seeds: in "
         "brackets). Differences are paired by seed, mean ± standard error.",
         [
@@ -218,6 +223,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--datasets", default="Cora,CiteSeer")
     parser.add_argument("--schemes", default=",".join(SCHEMES))
+    parser.add_argument("--arch", default="gcn", choices=("gcn", "gin"), help="the model")
     parser.add_argument("--planetoid-root", type=Path, default=REPO / "data" / "planetoid")
     parser.add_argument("--resume", action="store_true", help="keep the runs already written")
     parser.add_argument("--name", default="accuracy_distributed", help="result file name")
@@ -227,6 +233,8 @@ def main() -> None:
 
     path = RESULTS / f"{args.name}.json"
     rows = json.loads(path.read_text())["rows"] if args.resume and path.is_file() else []
+    if any(r.get("arch", "gcn") != args.arch for r in rows):
+        parser.error(f"{path} holds runs of another model than --arch {args.arch}; use --name")
     done = {(r["dataset"], r["mode"], r["scheme"], r["seed"]) for r in rows}
     with tempfile.TemporaryDirectory() as storage, ray_session(WORKERS, join=False):
         for dataset in args.datasets.split(","):
@@ -236,7 +244,8 @@ def main() -> None:
                     for mode in MODES:
                         if (dataset, mode, scheme, seed) in done:
                             continue
-                        row = {"dataset": dataset} | one_run(data, scheme, seed, mode, storage)
+                        run = one_run(data, scheme, seed, mode, storage, args.arch)
+                        row = {"dataset": dataset, "arch": args.arch} | run
                         print(f"[accuracy_distributed] {row}", flush=True)
                         rows.append(row)
                         summary = summarise(rows)
@@ -245,11 +254,12 @@ def main() -> None:
                             {
                                 "machine": machine(),
                                 "workers": WORKERS,
+                                "arch": args.arch,
                                 "summary": summary,
                                 "rows": rows,
                             },
                         )
-    report(args.name, summarise(rows))
+    report(args.name, summarise(rows), args.arch)
 
 
 if __name__ == "__main__":
