@@ -31,7 +31,8 @@ best_epoch, epochs, wall_s; and per dataset and scheme ``distributed_minus_full_
 
 ``--name`` writes ``<name>.{json,md}`` instead (``accuracy_distributed_block_degrees`` holds
 Cora measured before GCN read the full graph's degrees on sampled blocks;
-``accuracy_distributed_gin_block_sums`` GIN before its sums were weighted by them);
+``accuracy_distributed_gin_weighted_sums`` GIN with its sums over a block weighted by the
+full graph's degrees, a change measured at commit ffc63b9 and reverted);
 ``--resume`` keeps the runs a file already holds. Raw files under ``<planetoid-root>/<Name>/raw/``
 (BENCHMARKS.md says where they came from).
 """

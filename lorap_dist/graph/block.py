@@ -71,17 +71,3 @@ class NodeInfo:
             protect=None if self.protect is None else self.protect[:n],
             graph=None if self.graph is None else self.graph[:n],
         )
-
-
-def sample_scale(dst: Tensor, degree: Tensor, num_dst: int) -> Tensor:
-    """``[num_dst]`` float32 :math:`d_i / s_i`: each destination's in-degree :math:`d_i` in the
-    full graph (``degree``, of at least ``num_dst`` rows) over the :math:`s_i` in-edges its
-    block kept (``dst``, the destination of every kept edge).
-
-    Weighing each kept edge by it turns a sum over a uniform sample of a node's in-edges into
-    an unbiased estimate of the sum over all of them, equal to it where every in-edge was
-    kept (the factor is then exactly 1). A destination that kept none (so :math:`d_i = 0` in
-    a block the sampler built) gets 0.
-    """
-    kept = torch.bincount(dst, minlength=num_dst).clamp_(min=1)
-    return degree[:num_dst].to(torch.float32) / kept

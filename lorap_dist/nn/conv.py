@@ -24,7 +24,7 @@ from torch_geometric.typing import WITH_TORCH_SPARSE, SparseTensor
 from torch_geometric.utils import is_torch_sparse_tensor, to_edge_index
 
 from lorap_dist.config import PromptConfig
-from lorap_dist.graph.block import Block, NodeInfo, sample_scale
+from lorap_dist.graph.block import Block, NodeInfo
 from lorap_dist.kernels.quant_aggregate import CsrBlock, quant_aggregate
 from lorap_dist.nn.aggregate import CSRAggregation
 from lorap_dist.prompt.lorap import LoRAP
@@ -332,19 +332,6 @@ def _describe(value: Any) -> str:
     return "None" if value is None else type(value).__name__
 
 
-def sum_scale(g: LayerInput, reduce: str) -> Tensor | None:
-    """``[num_dst, 1]`` :func:`~lorap_dist.graph.block.sample_scale` factors that make a sum
-    over a sampled block an unbiased estimate of the full graph's, or ``None`` where the sum
-    is taken as it is: a mean (already unbiased), a graph that is not a block, weighted
-    edges, or destinations without the full graph's ``degree`` in their node facts."""
-    nodes = g.nodes_dst
-    if reduce != "sum" or g.form != "block" or g.edge_weight is not None:
-        return None
-    if nodes is None or nodes.degree is None:
-        return None
-    return sample_scale(g.edge_index[1], nodes.degree, g.num_dst).unsqueeze(1)
-
-
 class QuantizedConv(MessagePassing):
     """Base of the quantized layers: holds the quantization points and the optional LoRAP.
 
@@ -462,14 +449,6 @@ class QuantizedConv(MessagePassing):
         it (:meth:`quantize_aggregate`), and the destination rows for the root term (``None``
         for a pair without ``x_dst``). For SAGE and GIN.
 
-        A sum over a sampled :class:`~lorap_dist.graph.Block` whose destinations' node facts
-        hold the full graph's ``degree`` (as the trainers pass them) weighs each destination
-        ``i`` by :math:`d_i / s_i` for the :math:`s_i` of its :math:`d_i` in-edges the block
-        kept (:func:`sum_scale`): the sampled sum then estimates the full-graph sum that
-        evaluation computes, without bias, and equals it where every in-edge was kept. A
-        sum over a block without those degrees is the block's own, as PyG's layers sum a
-        sampled subgraph; a mean needs no weight.
-
         Float features pass through the ``input`` point first (:meth:`quantize_input`) and
         are aggregated by :meth:`aggregate_rows`; where the destinations are the first
         source rows and the CSR matmul applies, the aggregate and the root rows come from
@@ -509,8 +488,6 @@ class QuantizedConv(MessagePassing):
             if not g.pair and g.edge_weight is None:  # the root rows are x_src's first rows
                 both = self.csr_aggregation.with_root(x_src, g.edge_index, g.num_dst, reduce)
             h, x_dst = both if both is not None else (self.aggregate_rows(x_src, g, reduce), x_dst)
-            scale = sum_scale(g, reduce)
-            h = h if scale is None else h * scale.to(h.dtype)
             return g, self.quantize_aggregate(h, g.nodes_dst), x_dst
         rows = x.check(f"{type(self).__name__}'s x")
         dtypes = {p.dtype for p in self.parameters() if p.is_floating_point()}
@@ -539,13 +516,10 @@ class QuantizedConv(MessagePassing):
         <lorap_dist.prompt.lorap.LoRAP.forward_codes>`), with the ``aggregate`` point's grid
         where ``prompt.rounding="twice"`` keeps one. On the CPU the op performs the fp32
         operations of the two steps, so the result, the ``prompt`` point's observed range and
-        the gradients are bit for bit theirs. Otherwise (and for a sum :func:`sum_scale`
-        weighs, which the op does not) the steps run one after the other.
+        the gradients are bit for bit theirs. Otherwise the steps run one after the other.
         """
-        scale = sum_scale(g, reduce)
-        if g.num_dst == 0 or scale is not None or not self.fuses_prompt(g.nodes_dst):
-            h = self.aggregate_codes(rows, g, reduce)
-            return self.quantize_aggregate(h if scale is None else h * scale, g.nodes_dst)
+        if g.num_dst == 0 or not self.fuses_prompt(g.nodes_dst):
+            return self.quantize_aggregate(self.aggregate_codes(rows, g, reduce), g.nodes_dst)
         indptr, indices = self.csr_aggregation.csr(g.edge_index, g.num_src, g.num_dst)
         block = CsrBlock(rows.codes, rows.scales, indptr, indices, 8, reduce)  # INT4 unpacked
         agg_grid = self.quantizers["aggregate"].grid() if "aggregate" in self.quantizers else None

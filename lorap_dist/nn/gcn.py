@@ -9,7 +9,6 @@ from torch_geometric.typing import OptTensor
 from torch_geometric.utils import add_self_loops, remove_self_loops
 
 from lorap_dist.config import PromptConfig
-from lorap_dist.graph.block import sample_scale
 from lorap_dist.nn.conv import Graph, LayerInput, NodeFacts, QuantizedConv
 from lorap_dist.nn.linear import QLinear
 
@@ -61,8 +60,10 @@ def _full_graph_norm(edge_index: Tensor, num_dst: int, degree: Tensor) -> tuple[
     """:func:`block_gcn_norm` with the full graph's ``degree`` of every source."""
     edge_index, _ = remove_self_loops(edge_index)
     src, dst = edge_index
-    inv_sqrt = (degree.to(torch.float32) + 1).rsqrt()  # [num_src]
-    weight = sample_scale(dst, degree, num_dst)[dst] * inv_sqrt[src] * inv_sqrt[dst]
+    d = degree.to(torch.float32)
+    inv_sqrt = (d + 1).rsqrt()  # [num_src]
+    kept = torch.bincount(dst, minlength=num_dst).clamp_(min=1)  # s_i
+    weight = (d[:num_dst] / kept)[dst] * inv_sqrt[src] * inv_sqrt[dst]
     loops = torch.arange(num_dst, device=edge_index.device)
     edge_index = torch.cat([edge_index, torch.stack([loops, loops])], dim=1)
     return edge_index, torch.cat([weight, inv_sqrt[:num_dst].square()])

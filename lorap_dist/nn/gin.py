@@ -36,12 +36,11 @@ class QGINConv(QuantizedConv):
     w_{j,i} Q_\text{in}(\mathbf{x}_j)`, and a ``SparseTensor``'s are dropped, as in GINConv).
     On a :class:`~lorap_dist.graph.Block` the root term uses ``x[:num_dst]``, so a block
     holding every in-neighbour of its destinations gives them their full-graph outputs; with
-    a pair it uses ``x_dst``. When ``nodes`` gives the full graph's degrees
-    (:class:`~lorap_dist.graph.NodeInfo` ``degree``, as the trainers pass it), a destination
-    that kept :math:`s_i` of its :math:`d_i` in-edges weighs its sum by :math:`d_i / s_i`,
-    so a sampled block estimates the full-graph sum it is evaluated with (unbiased; exact
-    where every in-edge was kept); without them the block's own sum is taken, as GINConv
-    sums a sampled subgraph.
+    a pair it uses ``x_dst``. On a sampled block the sum is the block's own, as GINConv sums a
+    sampled subgraph: weighing it by :math:`d_i / s_i` to estimate the full-graph sum (as
+    :class:`~lorap_dist.nn.QGCNConv` does) was measured and left out, since it cost plain
+    QAT INT4 12 points on Cora and gained nothing in FP32 or Degree-Quant (BENCHMARKS.md,
+    ``accuracy_distributed``, GIN).
 
     **Integer rows.** ``x`` may also be a :class:`~lorap_dist.quant.integer.QuantizedRows`
     (codes ``c`` with per-row scales ``s``), with any graph form the layer takes. The neighbour

@@ -1,14 +1,10 @@
-import copy
-
 import pytest
 import torch
 from torch import nn
 from torch_geometric.nn import GINConv
 
 from lorap_dist.config import PromptConfig
-from lorap_dist.graph import Block, NodeInfo
 from lorap_dist.nn import QGINConv
-from lorap_dist.quant import IdentityQuantizer
 from lorap_dist.testing.graphs import (
     GRAPH_FORMS,
     full_block,
@@ -137,82 +133,3 @@ def test_reset_repr_and_points() -> None:
         layer.eps.fill_(2.0)
     layer.reset_parameters()
     assert layer.eps.item() == pytest.approx(0.1)
-
-
-# -- Sums over sampled blocks, given the full graph's degrees -----------------------------
-
-
-@pytest.mark.parametrize("seed", [0, 4])
-def test_a_block_given_full_degrees_and_every_in_edge_gives_full_graph_outputs(seed: int) -> None:
-    """Every destination kept all its in-edges (self loops and repeats included), so each
-    weight d_i / s_i is exactly 1."""
-    layer = QGINConv(6, 4, eps=0.5)
-    edge_index = random_graph(15, 35, seed)
-    degree = torch.bincount(edge_index[1], minlength=15)
-    x = torch.randn(15, 6)
-    dst_ids = torch.tensor([0, 5, 9, 14])
-    block, src_ids = in_neighbour_block(edge_index, dst_ids)
-    out = layer(x[src_ids], block, nodes=NodeInfo(degree=degree[src_ids]))
-    assert torch.equal(out, layer(x[src_ids], block))
-    torch.testing.assert_close(out, layer(x, edge_index)[dst_ids])
-
-
-def sampled_sums(layer: QGINConv, x, edge_index: torch.Tensor, node: int, kept: int, **facts):
-    """The aggregate ``h`` of ``node`` over every block that keeps ``kept`` of its in-edges,
-    and its full-graph aggregate."""
-    from itertools import combinations
-
-    into = edge_index[:, edge_index[1] == node]
-    ids = torch.cat([torch.tensor([node]), into[0]])  # the destination first, then sources
-    sums = []
-    for chosen in combinations(range(into.size(1)), kept):
-        sources = torch.tensor([k + 1 for k in chosen])
-        block = Block(torch.stack([sources, torch.zeros(kept, dtype=torch.long)]), len(ids), 1)
-        nodes = NodeInfo(**{k: v[ids] for k, v in facts.items()}) if facts else None
-        sums.append(layer.aggregate_input(x[ids], block, nodes, None, "sum")[1][0])
-    full = layer.aggregate_input(x, edge_index, None, None, "sum")[1][node]
-    return torch.stack(sums), full
-
-
-def test_over_every_sample_of_its_in_edges_a_destination_averages_its_full_sum() -> None:
-    """Uniform sampling without replacement keeps each in-edge with probability s / d, which
-    the weight d / s undoes; without the degrees the sampled sum falls short by s / d."""
-    layer = QGINConv(5, 3)
-    edge_index = random_graph(12, 40, seed=7)
-    degree = torch.bincount(edge_index[1], minlength=12)
-    node = int(torch.argmax(degree))
-    assert degree[node] >= 4
-    x = torch.randn(12, 5)
-    sums, full = sampled_sums(layer, x, edge_index, node, 2, degree=degree)
-    torch.testing.assert_close(sums.mean(0), full, atol=1e-5, rtol=1e-5)
-    unweighted, _ = sampled_sums(layer, x, edge_index, node, 2)
-    torch.testing.assert_close(unweighted.mean(0), full * 2 / degree[node], atol=1e-5, rtol=1e-5)
-
-
-def test_integer_rows_on_a_sampled_block_weigh_their_sum_like_float_rows() -> None:
-    """The fused aggregate_lorap op sums unweighted, so a weighted sum takes the two steps:
-    a QAT layer with LoRAP (which fuses otherwise) gives the float path's outputs on the
-    dequantized rows, the input point bypassed, in training and in evaluation."""
-    from lorap_dist.quant import QuantizedRows, quantize_
-    from lorap_dist.quant.schemes.qat import QATConfig
-
-    torch.manual_seed(0)
-    layer = QGINConv(40, 4, prompt=PromptConfig(kind="lorap", k=4, r=2))
-    torch.nn.init.normal_(layer.lorap.p_b)
-    quantize_(layer, QATConfig(bits=8))
-    edge_index = random_graph(15, 60, seed=3)
-    degree = torch.bincount(edge_index[1], minlength=15)
-    rows = QuantizedRows.from_float(torch.randn(15, 40))
-    block, src_ids = in_neighbour_block(edge_index, torch.tensor([2, 7, 11]))
-    sampled = Block(block.edge_index[:, ::2], block.num_src, block.num_dst)  # half the edges
-    nodes = NodeInfo(degree=degree[src_ids])
-    float_layer = copy.deepcopy(layer)
-    float_layer.quantizers["input"] = IdentityQuantizer()
-    for training in (True, False):
-        out = layer.train(training)(rows.rows(src_ids), sampled, nodes=nodes)
-        expected = float_layer.train(training)(
-            rows.rows(src_ids).dequantize(), sampled, nodes=nodes
-        )
-        torch.testing.assert_close(out, expected)
-        unweighted = copy.deepcopy(layer)(rows.rows(src_ids), sampled)  # observers kept apart
-        assert not torch.allclose(out, unweighted)
