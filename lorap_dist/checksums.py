@@ -37,8 +37,7 @@ def checksum_entry(path: str | Path) -> dict[str, Any]:
 def checksum_matches(path: str | Path, entry: dict[str, Any]) -> bool:
     """Whether ``path`` has the size and checksum its manifest ``entry`` records (an entry
     of an older checkpoint: ``size`` and ``blake2b``)."""
-    size = entry.get("bytes", entry.get("size"))
-    if Path(path).stat().st_size != size:
+    if Path(path).stat().st_size != _recorded_size(entry):
         return False
     if CHECKSUM in entry:
         return file_checksum(path) == entry[CHECKSUM]
@@ -75,9 +74,15 @@ def mismatched_file(directory: Path, files: dict[str, dict[str, Any]]) -> tuple[
         path = directory / name
         if not path.is_file():
             return path, "missing"
-        size, recorded = path.stat().st_size, entry.get("bytes", entry.get("size"))
+        size, recorded = path.stat().st_size, _recorded_size(entry)
         if size != recorded:
             return path, f"truncated or damaged: {size} bytes, the manifest says {recorded}"
         if not checksum_matches(path, entry):
             return path, "corrupt: its checksum does not match the manifest"
     return None
+
+
+def _recorded_size(entry: dict[str, Any]) -> int | None:
+    """The byte size a manifest entry records (``size`` in checkpoints older than the shared
+    checksum)."""
+    return entry.get("bytes", entry.get("size"))
